@@ -1,0 +1,114 @@
+"""The `sftlaunch` command line.
+
+Commands live in `launcher/commands/<name>.py` and are imported only when invoked: the table
+below holds each command's one-line help, so `sftlaunch --help` imports nothing but click.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from launcher import __version__
+
+# name -> (module:attribute, short help). Kept as data so --help needs no imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("launcher.commands.validate:validate", "Check recipes; report every error as file:line: field: message."),
+    "plan": ("launcher.commands.plan:plan", "Estimate memory, time and cost; pick the cheapest GPU that fits."),
+    "render": ("launcher.commands.render:render", "Print the SkyPilot task YAML for a recipe."),
+    "data-preview": ("launcher.commands.data_preview:data_preview", "Token counts, padding, packing and rendered samples of a recipe's data."),
+    "up": ("launcher.commands.up:up", "Validate, plan, launch a run (cloud or --local) and print its run id."),
+    "status": ("launcher.commands.status:status", "Show runs: where, state, progress, cost so far, eval average."),
+    "logs": ("launcher.commands.logs:logs", "Show (or --follow) a run's logs."),
+    "eval": ("launcher.commands.eval:eval_", "Score a run or model on the Open LLM Leaderboard v1 preset or custom tasks."),
+    "generate": ("launcher.commands.generate:generate", "Generate text from a run's model or a model id/path."),
+    "chat": ("launcher.commands.generate:chat", "Chat interactively with a run's model or a model id/path."),
+    "teardown": ("launcher.commands.teardown:teardown", "Stop everything sftlaunch launched (only labelled resources)."),
+    "image": ("launcher.commands.image:image", "Build or push the container image from docker/."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                raise click.UsageError(f"`sftlaunch {name}` is not available in this version.") from None
+            raise
+        return getattr(module, attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sftlaunch")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output where a command prints a table.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, as_json: bool) -> None:
+    """sftlaunch: one recipe YAML → GPUs provisioned, model fine-tuned, evaluated, uploaded."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["json"] = as_json
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("SFTLAUNCH_DEBUG") == "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: maps exceptions to DESIGN's exit codes, never a traceback unless --debug."""
+    from launcher.errors import SftlaunchError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    try:
+        cli.main(args=argv, prog_name="sftlaunch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except SftlaunchError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"error: {line}" if not _is_located(line) else line, err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _is_located(line: str) -> bool:
+    # `file:line: field: message` lines are printed as they are.
+    head = line.split(": ", 1)[0]
+    parts = head.rsplit(":", 1)
+    return len(parts) == 2 and parts[1].isdigit()
+
+
+if __name__ == "__main__":
+    main()
