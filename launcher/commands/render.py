@@ -1,0 +1,85 @@
+"""`sftlaunch render RECIPE`: the SkyPilot task YAML a launch would use, secrets by name only."""
+
+from __future__ import annotations
+
+import secrets as _secrets
+from pathlib import Path
+
+import click
+
+from launcher.errors import UserError
+from launcher.options import cloud_option, gpu_option, recipe_argument
+
+
+def resolve_target(recipe, cloud: str | None, gpu: str | None):
+    """An explicit gpu renders as given; `auto` asks the planner for the cheapest that fits."""
+    from launcher.clouds import CLOUDS
+    from launcher.render import Target
+
+    allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
+    if cloud is None:
+        if not allowed:
+            raise UserError(
+                f"{recipe.source_path or 'recipe'}: resources.clouds: only local is allowed; "
+                "run it with `sftlaunch up --local`, or add a cloud (lambda, runpod, gcp, kubernetes)"
+            )
+    gpu = gpu or recipe.resources.gpu
+    if gpu != "auto":
+        from launcher.recipe import GPU_RE
+
+        m = GPU_RE.match(gpu)
+        if not m:
+            raise UserError(f'--gpu {gpu}: expected NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8"')
+        return Target(
+            cloud=cloud or allowed[0], gpu=m.group("name"), gpus_per_node=int(m.group("count") or 1),
+            nodes=recipe.resources.nodes, spot=recipe.resources.spot,
+        )
+    try:
+        from launcher.estimate import plan
+    except ImportError:
+        raise UserError("resources.gpu: auto needs the planner, which this install lacks; set resources.gpu, e.g. \"H100:1\"") from None
+    result = plan(recipe, cloud=cloud)
+    if result.chosen is None:
+        raise UserError(f"{recipe.source_path or 'recipe'}: resources.gpu: nothing fits: {result.reason}")
+    return result.chosen
+
+
+def new_run_id(name: str) -> str:
+    try:
+        from launcher.runid import new_run_id as registry_run_id
+    except ImportError:
+        return f"sftl-{name}-{_secrets.token_hex(2)}"
+    return registry_run_id(name)
+
+
+@click.command()
+@recipe_argument
+@cloud_option
+@gpu_option
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="Write the YAML here instead of stdout.")
+@click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
+@click.option("--step", "steps", multiple=True, type=click.Choice(["train", "eval", "publish"]),
+              help="Steps to run (default: train, eval, publish).")
+def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None, run_id: str | None, steps: tuple[str, ...]) -> None:
+    """Print the SkyPilot task YAML for RECIPE (secrets appear by name only)."""
+    from launcher.images import sftlaunch_home
+    from launcher.recipe import load_recipe
+    from launcher.render import STEPS, container_recipe_yaml, render_task, to_yaml
+
+    r = load_recipe(recipe)
+    target = resolve_target(r, cloud.lower() if cloud else None, gpu)
+    run_id = run_id or new_run_id(r.name)
+    # The container reads the resolved recipe from a file mount; write it where the mount points.
+    mount_dir = sftlaunch_home() / "rendered" / run_id
+    mount_dir.mkdir(parents=True, exist_ok=True)
+    mount_src = mount_dir / "recipe.yaml"
+    mount_src.write_text(container_recipe_yaml(r))
+    task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS)
+    text = f"# sftlaunch render {recipe} --cloud {target.cloud}  (run id {run_id})\n" + to_yaml(task)
+    if output:
+        if output.exists() and output.resolve() == Path(recipe).resolve():
+            raise UserError(f"-o {output}: refusing to overwrite the recipe itself; pick another file")
+        output.write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,216 @@
+"""Recipe + chosen target → SkyPilot task dict. A pure function: no I/O, no SkyPilot import.
+
+Why pure: `render`, `up`, `up --dry-run` and the tests must all produce the very same task, and
+the tests feed the result to SkyPilot's own `Task.from_yaml_config` to prove it is valid. Secrets
+are named only (`HF_TOKEN: null`); their values are supplied by the launcher at launch time from
+the caller's environment and never written here.
+
+Inside the container the recipe is a file mount at CONTAINER_RECIPE; local data files and task
+directories are mounted beside it and the mounted recipe's paths point at them
+(`container_recipe`), so the job reads exactly what the laptop validated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher.clouds import CLOUDS, autostop_down, capability_problem
+from launcher.errors import UserError
+from launcher.images import resolve_image
+from launcher.recipe import Recipe, looks_local
+
+CONTAINER_ROOT = "/sftlaunch"
+CONTAINER_RECIPE = f"{CONTAINER_ROOT}/recipe.yaml"
+ENTRYPOINT = "/opt/sftlaunch/docker/entrypoint.sh"
+OUT_ROOT = "/data/sftlaunch"
+RUN_LABEL = "sftlaunch-run"
+STEPS = ("train", "eval", "publish")
+# Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
+SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
+S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
+DOCKER_RUN_OPTIONS = ["--shm-size=16g", "--ulimit memlock=-1", "--ulimit stack=67108864"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run goes. The planner's Candidate has the same attributes, so either renders."""
+
+    cloud: str
+    gpu: str
+    gpus_per_node: int = 1
+    nodes: int = 1
+    spot: bool = False
+    region: str | None = None
+
+    @property
+    def accelerators(self) -> str:
+        return f"{self.gpu}:{self.gpus_per_node}"
+
+
+def target_from_recipe(recipe: Recipe, cloud: str) -> Target | None:
+    """The target for an explicit `resources.gpu`; None when it is `auto` (the planner decides)."""
+    parsed = recipe.resources.gpu_name_count()
+    if parsed is None:
+        return None
+    name, count = parsed
+    return Target(cloud=cloud, gpu=name, gpus_per_node=count, nodes=recipe.resources.nodes, spot=recipe.resources.spot)
+
+
+def check_target(recipe: Recipe, target: Any) -> None:
+    """Refuse what the cloud cannot do, quoting SkyPilot's reason (exit 2)."""
+    cloud = target.cloud
+    if cloud == "local":
+        raise UserError("resources.clouds: local is not a SkyPilot cloud; run it with `sftlaunch up --local RECIPE`")
+    if cloud not in CLOUDS:
+        raise UserError(f"--cloud {cloud}: unknown cloud; use one of {', '.join(CLOUDS)}")
+    allowed = recipe.resources.clouds
+    if cloud not in allowed:
+        raise UserError(
+            f"{_src(recipe)}: resources.clouds: {cloud} is not allowed by the recipe ({', '.join(allowed)}); "
+            f"add it to resources.clouds or pick --cloud {allowed[0]}"
+        )
+    if target.spot and (reason := capability_problem(cloud, "spot")):
+        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "spot")]
+        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('spot')}"
+        raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
+    if target.nodes > 1 and (reason := capability_problem(cloud, "multi_node")):
+        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "multi_node")]
+        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('multi_node')}"
+        raise UserError(f"{_src(recipe)}: resources.nodes: {reason}; set nodes: 1{fix}")
+
+
+def _first_able(feature: str) -> str:
+    return next(c for c in CLOUDS if not capability_problem(c, feature))
+
+
+def _src(recipe: Recipe) -> str:
+    return str(recipe.source_path) if recipe.source_path else "recipe"
+
+
+def _mount_name(i: int, path: str) -> str:
+    return f"{i}-{Path(path).name}"
+
+
+def container_recipe(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
+    """The resolved recipe as the container sees it, plus the file mounts it needs (remote→local)."""
+    data = copy.deepcopy(recipe.resolved_dict())
+    mounts: dict[str, str] = {}
+    for i, src in enumerate(data["data"]["sources"]):
+        if looks_local(src["path"]) and Path(src["path"]).is_absolute():
+            remote = f"{CONTAINER_ROOT}/data/{_mount_name(i, src['path'])}"
+            mounts[remote] = src["path"]
+            src["path"] = remote
+    ev = data.get("eval")
+    if ev and ev.get("tasks_dir"):
+        remote = f"{CONTAINER_ROOT}/tasks"
+        mounts[remote] = ev["tasks_dir"]
+        ev["tasks_dir"] = remote
+    return data, mounts
+
+
+def run_script(recipe: Recipe, steps: tuple[str, ...]) -> str:
+    lines = ["set -euo pipefail", f"E={ENTRYPOINT}"]
+    for step in steps:
+        if step == "eval" and recipe.eval is None:
+            continue
+        if step == "train":
+            lines.append("bash $E train")
+        else:
+            # Eval and publish run once, on the head node.
+            lines.append(f'if [ "${{SKYPILOT_NODE_RANK:-0}}" = "0" ]; then bash $E {step}; fi')
+    return "\n".join(lines) + "\n"
+
+
+SETUP_SCRIPT = (
+    f'test -f {ENTRYPOINT} || {{ echo "this image has no sftlaunch entrypoint at {ENTRYPOINT}; '
+    'build it with `sftlaunch image build`" >&2; exit 1; }\n'
+    "nvidia-smi -L || echo 'no NVIDIA GPU visible'\n"
+)
+
+
+def render_task(
+    recipe: Recipe,
+    target: Any,
+    run_id: str,
+    recipe_mount_src: str,
+    steps: tuple[str, ...] = STEPS,
+) -> dict[str, Any]:
+    """The SkyPilot task for `recipe` on `target` (a Target or the planner's Candidate)."""
+    check_target(recipe, target)
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise UserError(f"unknown step {unknown[0]}; steps are {', '.join(STEPS)}")
+    cloud = target.cloud
+    res = recipe.resources
+    resources: dict[str, Any] = {
+        "cloud": cloud,
+        "accelerators": f"{target.gpu}:{target.gpus_per_node}",
+        "use_spot": bool(target.spot),
+        "disk_size": res.disk_gb,
+        "image_id": f"docker:{resolve_image(recipe.image)}",
+        "labels": {RUN_LABEL: run_id},
+    }
+    if getattr(target, "region", None):
+        resources["region"] = target.region
+    if target.spot:
+        # A managed job: the jobs controller relaunches it after preemption, and the job resumes
+        # from the newest complete checkpoint in the bucket (keyed by the run id).
+        resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 3}
+    else:
+        resources["autostop"] = {"idle_minutes": res.autostop_minutes, "down": autostop_down(cloud)}
+
+    _, data_mounts = container_recipe(recipe)
+    file_mounts = {CONTAINER_RECIPE: recipe_mount_src, **data_mounts}
+    envs: dict[str, str] = {
+        "SFTLAUNCH_RUN_ID": run_id,
+        "SFTLAUNCH_RECIPE": CONTAINER_RECIPE,
+        "SFTLAUNCH_OUT": f"{OUT_ROOT}/{run_id}",
+        "SFTLAUNCH_STEPS": ",".join(steps),
+        "HF_HOME": f"{OUT_ROOT}/cache/huggingface",
+    }
+    if recipe.output.bucket:
+        envs["SFTLAUNCH_BUCKET"] = recipe.output.bucket
+    secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
+    if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
+        secrets.update({name: None for name in S3_SECRET_NAMES})
+
+    task: dict[str, Any] = {
+        "name": run_id,
+        "num_nodes": target.nodes,
+        "resources": resources,
+        "envs": envs,
+        "secrets": secrets,
+        "file_mounts": file_mounts,
+        "setup": SETUP_SCRIPT,
+        "run": run_script(recipe, steps),
+        "config": {"docker": {"run_options": list(DOCKER_RUN_OPTIONS)}},
+    }
+    return task
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line scripts as `|` blocks, so the rendered task reads like a hand-written one."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(task: dict[str, Any]) -> str:
+    return yaml.dump(task, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def container_recipe_yaml(recipe: Recipe) -> str:
+    data, _ = container_recipe(recipe)
+    header = f"# Resolved recipe (sha256 {recipe.sha256()}), as mounted in the container.\n"
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
