@@ -1,0 +1,276 @@
+"""The one place that talks to SkyPilot's stateful API (0.14 client SDK).
+
+Why an adapter: every call that provisions, queries or deletes something goes through
+`SkyBackend`, so commands stay testable offline with a fake of this class (tests drive success,
+failure, preemption, Ctrl-C and teardown through it) and a SkyPilot upgrade touches one file.
+
+SkyPilot 0.14's SDK is client/server: `sky.launch`, `sky.status`, `sky.down`, `sky.jobs.*`,
+`sky.check` return a request id; `sky.stream_and_get(request_id)` streams the request's own log
+and returns its result (`sky.get` waits without streaming). `tail_logs` calls stream directly
+and return the job's exit code (0 ok, 100 failed, see `sky.exceptions.JobExitCode`).
+`sky` is imported inside methods only: importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+LABEL = "sftlaunch-run"
+
+# What each cloud needs before SkyPilot's check passes (shown when it does not).
+CREDENTIAL_HINTS: dict[str, str] = {
+    "runpod": "RunPod: set RUNPOD_API_KEY, or run `runpod config` (writes ~/.runpod/config.toml)",
+    "lambda": "Lambda: put `api_key = <key>` in ~/.lambda_cloud/lambda_keys",
+    "gcp": (
+        "GCP: `gcloud auth application-default login` and "
+        "`gcloud config set project <project>` (or GOOGLE_APPLICATION_CREDENTIALS)"
+    ),
+    "kubernetes": "Kubernetes: a reachable cluster in ~/.kube/config (or KUBECONFIG)",
+}
+# SkyPilot reports clouds by their class repr; ours are lowercase keys.
+_SKY_CLOUD_NAMES = {"runpod": "runpod", "lambda": "lambda", "gcp": "gcp", "kubernetes": "kubernetes"}
+
+# SkyPilot's cluster / managed-job states, normalised to ours (launcher.runs.STATES).
+CLUSTER_STATES = {"INIT": "launching", "UP": "running", "STOPPED": "stopped"}
+JOB_STATES = {
+    "PENDING": "pending", "SUBMITTED": "pending", "STARTING": "launching", "RUNNING": "running",
+    "WINDING_DOWN": "running", "RECOVERING": "recovering", "CANCELLING": "stopping",
+    "SUCCEEDED": "succeeded", "CANCELLED": "cancelled", "FAILED": "failed", "FAILED_SETUP": "failed",
+    "FAILED_PRECHECKS": "failed", "FAILED_NO_RESOURCE": "failed", "FAILED_CONTROLLER": "failed",
+}
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 100
+EXIT_CANCELLED = 103
+
+JOB_QUEUE_FIELDS = (
+    "job_id", "job_name", "status", "submitted_at", "end_at", "job_duration", "recovery_count",
+    "failure_reason", "cloud", "region", "labels",
+)
+
+
+@dataclass
+class Cluster:
+    name: str
+    status: str  # SkyPilot's: INIT | UP | STOPPED
+    labels: dict = field(default_factory=dict)
+    cloud: str | None = None
+    region: str | None = None
+    launched_at: float | None = None
+    resources: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return (self.labels or {}).get(LABEL)
+
+
+@dataclass
+class ManagedJob:
+    job_id: int
+    name: str
+    status: str  # SkyPilot's ManagedJobStatus value
+    labels: dict = field(default_factory=dict)
+    recovery_count: int = 0
+    submitted_at: float | None = None
+    end_at: float | None = None
+    duration_s: float | None = None
+    cloud: str | None = None
+    region: str | None = None
+    failure_reason: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return (self.labels or {}).get(LABEL)
+
+    @property
+    def finished(self) -> bool:
+        return JOB_STATES.get(self.status, "running") in ("succeeded", "failed", "cancelled")
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream SkyPilot can print to; hands complete lines to a callback."""
+
+    def __init__(self, on_line):
+        self._on_line = on_line
+        self._buf = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._on_line(line)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def close_out(self) -> None:
+        if self._buf:
+            self._on_line(self._buf)
+            self._buf = ""
+
+
+def _task(task_config: dict, secrets: dict[str, str] | None = None):
+    """sky.Task from our rendered dict; secret values join only here, at launch time."""
+    import copy
+
+    import sky
+
+    config = copy.deepcopy(task_config)
+    declared = config.get("secrets") or {}
+    if isinstance(declared, dict):
+        # Names we have no value for are dropped rather than left as managed-secret references
+        # that a plain SkyPilot install cannot resolve.
+        config["secrets"] = {k: v for k, v in declared.items() if v is not None or k in (secrets or {})} or None
+        if config["secrets"] is None:
+            config.pop("secrets")
+    overrides = list((secrets or {}).items()) or None
+    return sky.Task.from_yaml_config(config, secrets_overrides=overrides)
+
+
+class SkyBackend:
+    """Real SkyPilot. Methods mirror what the commands need, nothing more."""
+
+    def enabled_clouds(self, clouds: list[str]) -> dict[str, bool]:
+        """cloud -> whether SkyPilot's check says it can launch compute there."""
+        import sky
+
+        wanted = [c for c in clouds if c in _SKY_CLOUD_NAMES]
+        if not wanted:
+            return {}
+        result = sky.get(sky.check(tuple(wanted), verbose=False))
+        enabled: set[str] = set()
+        for per_cloud in (result or {}).values():
+            for cloud_name, capabilities in (per_cloud or {}).items():
+                if "compute" in [str(c).lower() for c in capabilities]:
+                    enabled.add(str(cloud_name).lower())
+        return {c: c in enabled for c in wanted}
+
+    def optimize(self, task_config: dict) -> str:
+        """SkyPilot's optimizer over the task (its dry run); returns the chosen resources."""
+        import sky
+
+        task = _task(task_config)
+        request_id = sky.optimize(_as_dag(task))
+        dag = sky.get(request_id)
+        chosen = [str(t.best_resources) for t in dag.tasks if getattr(t, "best_resources", None)]
+        return ", ".join(chosen) or "(no resources chosen)"
+
+    def launch(self, task_config: dict, cluster_name: str, idle_minutes: int | None, down: bool,
+               secrets: dict[str, str] | None = None, on_line=None) -> int | None:
+        """Provision (or reuse) `cluster_name` and submit the task; returns the cluster job id."""
+        import sky
+
+        task = _task(task_config, secrets)
+        request_id = sky.launch(
+            task, cluster_name=cluster_name, idle_minutes_to_autostop=idle_minutes, down=down,
+        )
+        job_id, _handle = self._stream(request_id, on_line)
+        return job_id
+
+    def jobs_launch(self, task_config: dict, name: str, secrets: dict[str, str] | None = None,
+                    on_line=None) -> int | None:
+        """Submit a managed job (SkyPilot recovers it on preemption); returns its job id."""
+        import sky
+
+        task = _task(task_config, secrets)
+        job_ids, _handle = self._stream(sky.jobs.launch(task, name=name), on_line)
+        return job_ids[0] if job_ids else None
+
+    def status(self, cluster_names: list[str] | None = None) -> list[Cluster]:
+        import sky
+
+        records = sky.get(sky.status(cluster_names=cluster_names))
+        out = []
+        for r in records or []:
+            get = r.get if isinstance(r, dict) else (lambda k, _r=r: getattr(_r, k, None))
+            status = get("status")
+            out.append(Cluster(
+                name=get("name"), status=getattr(status, "value", str(status)),
+                labels=dict(get("labels") or {}), cloud=get("cloud"), region=get("region"),
+                launched_at=get("launched_at"), resources=get("resources_str"),
+            ))
+        return out
+
+    def jobs_queue(self) -> list[ManagedJob]:
+        import sky
+
+        result = sky.get(sky.jobs.queue_v2(refresh=False, fields=list(JOB_QUEUE_FIELDS)))
+        records = result[0] if isinstance(result, tuple) else result
+        out = []
+        for r in records or []:
+            get = r.get if isinstance(r, dict) else (lambda k, _r=r: getattr(_r, k, None))
+            status = get("status")
+            out.append(ManagedJob(
+                job_id=int(get("job_id")), name=get("job_name") or "",
+                status=getattr(status, "value", str(status)), labels=dict(get("labels") or {}),
+                recovery_count=int(get("recovery_count") or 0), submitted_at=get("submitted_at"),
+                end_at=get("end_at"), duration_s=get("job_duration"), cloud=get("cloud"),
+                region=get("region"), failure_reason=get("failure_reason"),
+            ))
+        return out
+
+    def down(self, cluster_name: str) -> None:
+        import sky
+        from sky import exceptions
+
+        try:
+            sky.get(sky.down(cluster_name))
+        except exceptions.ClusterDoesNotExist:
+            pass  # already gone: teardown is idempotent
+
+    def jobs_cancel(self, job_id: int) -> None:
+        import sky
+
+        sky.get(sky.jobs.cancel(job_ids=[job_id]))
+
+    def tail_logs(self, cluster_name: str, job_id: int | None, follow: bool, on_line) -> int | None:
+        import sky
+
+        writer = _LineWriter(on_line)
+        try:
+            return sky.tail_logs(cluster_name, job_id, follow=follow, output_stream=writer)
+        finally:
+            writer.close_out()
+
+    def jobs_tail_logs(self, job_id: int, follow: bool, on_line) -> int | None:
+        import sky
+
+        writer = _LineWriter(on_line)
+        try:
+            return sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=writer)
+        finally:
+            writer.close_out()
+
+    def _stream(self, request_id, on_line):
+        import sky
+
+        if on_line is None:
+            return sky.stream_and_get(request_id)
+        writer = _LineWriter(on_line)
+        try:
+            return sky.stream_and_get(request_id, output_stream=writer)
+        finally:
+            writer.close_out()
+
+
+def _as_dag(task):
+    from sky.utils import dag_utils
+
+    return dag_utils.convert_entrypoint_to_dag(task)
+
+
+_backend_factory = SkyBackend
+
+
+def get_backend():
+    """The backend commands use; tests swap `_backend_factory` for a fake."""
+    return _backend_factory()
+
+
+def set_backend_factory(factory) -> None:
+    global _backend_factory
+    _backend_factory = factory

@@ -1,0 +1,378 @@
+"""The run registry: one sqlite file, `$SFTLAUNCH_HOME/runs.db`, that every command reads.
+
+Why sqlite with WAL: several `sftlaunch` processes (an `up` streaming logs, a `status` in another
+terminal, a budget guard) read and write at once. WAL lets readers proceed while one writer
+commits; every write is one `BEGIN IMMEDIATE` transaction with a generous busy timeout, so
+concurrent writers queue instead of failing or corrupting the file.
+
+Why a schema version table: the file outlives upgrades of sftlaunch. `MIGRATIONS[i]` takes a
+database from version i to i+1; opening an older file applies the missing steps in one
+exclusive transaction.
+
+Cost so far is derived, never guessed: `usd_per_hour` times the seconds spent in billing states
+(`BILLING_STATES`), accumulated by `set_state` as the state history is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from launcher.secrets import mask, mask_obj
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_S = 30.0
+
+# States a run moves through. Billing states are those where GPUs are (likely) held.
+STATES = (
+    "pending", "launching", "running", "recovering", "stopping",
+    "succeeded", "failed", "cancelled", "stopped",
+)
+BILLING_STATES = frozenset({"launching", "running"})
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
+
+MIGRATIONS: list[list[str]] = [
+    # 0 -> 1: the first release: the run and its state history.
+    [
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            recipe_json TEXT NOT NULL,
+            recipe_sha256 TEXT NOT NULL,
+            state TEXT NOT NULL,
+            cloud TEXT, region TEXT, gpu TEXT, spot INTEGER,
+            usd_per_hour REAL,
+            cluster_name TEXT, job_id TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE states (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            state TEXT NOT NULL,
+            detail TEXT,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX states_run ON states(run_id, id)",
+    ],
+    # 1 -> 2: where outputs go, images, progress, eval scores, running-time accounting, local runs.
+    [
+        "ALTER TABLE runs ADD COLUMN image TEXT",
+        "ALTER TABLE runs ADD COLUMN backend TEXT",  # cluster | managed | local
+        "ALTER TABLE runs ADD COLUMN gpus_per_node INTEGER",
+        "ALTER TABLE runs ADD COLUMN nodes INTEGER",
+        "ALTER TABLE runs ADD COLUMN max_usd REAL",
+        "ALTER TABLE runs ADD COLUMN bucket TEXT",
+        "ALTER TABLE runs ADD COLUMN checkpoint_uri TEXT",
+        "ALTER TABLE runs ADD COLUMN result_uri TEXT",
+        "ALTER TABLE runs ADD COLUMN log_uri TEXT",
+        "ALTER TABLE runs ADD COLUMN local_dir TEXT",
+        "ALTER TABLE runs ADD COLUMN pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN progress_step INTEGER",
+        "ALTER TABLE runs ADD COLUMN progress_total INTEGER",
+        "ALTER TABLE runs ADD COLUMN eval_json TEXT",
+        "ALTER TABLE runs ADD COLUMN eval_average REAL",
+        "ALTER TABLE runs ADD COLUMN running_seconds REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN running_since REAL",
+        "ALTER TABLE runs ADD COLUMN ended_at REAL",
+        "ALTER TABLE runs ADD COLUMN eta_hours REAL",
+        "ALTER TABLE runs ADD COLUMN total_usd REAL",
+        "ALTER TABLE runs ADD COLUMN extra_json TEXT",
+        "CREATE INDEX runs_created ON runs(created_at)",
+    ],
+]
+
+# Columns a caller may set through create()/update(); the rest are managed here.
+FIELDS = frozenset({
+    "state", "cloud", "region", "gpu", "spot", "usd_per_hour", "cluster_name", "job_id", "image",
+    "backend", "gpus_per_node", "nodes", "max_usd", "bucket", "checkpoint_uri", "result_uri",
+    "log_uri", "local_dir", "pid", "progress_step", "progress_total", "eta_hours", "total_usd",
+    "extra",
+})
+# Metric names preferred, in order, when reducing one lm-eval task's results to one score.
+_PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
+
+
+def sftlaunch_home() -> Path:
+    return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
+
+
+def run_dir(run_id: str, home: Path | None = None) -> Path:
+    """Where a run's local outputs live (train out dir, eval results, publish dir, run.log)."""
+    return (home or sftlaunch_home()) / "runs" / run_id
+
+
+def eval_scores(results: dict) -> tuple[dict[str, float], float | None]:
+    """(task -> score, average) from a results.json: `scores`/`average` keys if the eval job
+    wrote them, else lm-eval's `results` section reduced to one metric per task."""
+    scores: dict[str, float] = {}
+    if isinstance(results.get("scores"), dict):
+        scores = {k: float(v) for k, v in results["scores"].items() if isinstance(v, (int, float))}
+    elif isinstance(results.get("results"), dict):
+        for task, metrics in results["results"].items():
+            if not isinstance(metrics, dict):
+                continue
+            by_name = {}
+            for key, value in metrics.items():
+                name = key.split(",", 1)[0]
+                if isinstance(value, (int, float)) and not name.endswith("_stderr") and name != "alias":
+                    by_name.setdefault(name, float(value))
+            for name in _PREFERRED_METRICS:
+                if name in by_name:
+                    scores[task] = by_name[name]
+                    break
+    average = results.get("average")
+    if not isinstance(average, (int, float)):
+        average = sum(scores.values()) / len(scores) if scores else None
+    return scores, (float(average) if average is not None else None)
+
+
+def recipe_payload(recipe) -> tuple[str, str, str]:
+    """(name, resolved recipe JSON, sha256) from a Recipe or an already-resolved dict."""
+    if hasattr(recipe, "resolved_dict"):
+        data = recipe.resolved_dict()
+        sha = recipe.sha256()
+    else:
+        data = dict(recipe)
+        sha = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return str(data.get("name", "")), json.dumps(mask_obj(data), sort_keys=True), sha
+
+
+class Registry:
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home) if home is not None else sftlaunch_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "runs.db"
+        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------------------
+    def _version(self) -> int:
+        row = self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        ).fetchone()
+        if row is None:
+            return 0
+        row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._tx("EXCLUSIVE"):
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = self._version()
+            if current > SCHEMA_VERSION:
+                from launcher.errors import UserError
+
+                raise UserError(
+                    f"{self.path}: schema version {current} is newer than this sftlaunch understands "
+                    f"({SCHEMA_VERSION}); upgrade sftlaunch"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                for statement in MIGRATIONS[version]:
+                    self._conn.execute(statement)
+                self._conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, time.time())
+                )
+
+    def schema_version(self) -> int:
+        return self._version()
+
+    def _tx(self, mode: str = "IMMEDIATE"):
+        conn = self._conn
+
+        class _Tx:
+            def __enter__(self_inner):
+                conn.execute(f"BEGIN {mode}")
+                return conn
+
+            def __exit__(self_inner, exc_type, exc, tb):
+                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                return False
+
+        return _Tx()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    def create(self, run_id: str, recipe, **fields) -> dict:
+        name, recipe_json, sha = recipe_payload(recipe)
+        now = time.time()
+        state = fields.pop("state", "pending")
+        cols = self._columns(fields)
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, name, recipe_json, recipe_sha256, state, created_at, updated_at"
+                + "".join(f", {c}" for c in cols) + ") VALUES (?, ?, ?, ?, ?, ?, ?"
+                + ", ?" * len(cols) + ")",
+                (run_id, name, recipe_json, sha, state, now, now, *cols.values()),
+            )
+            conn.execute(
+                "INSERT INTO states (run_id, state, detail, at) VALUES (?, ?, ?, ?)", (run_id, state, None, now)
+            )
+            if state in BILLING_STATES:
+                conn.execute("UPDATE runs SET running_since=? WHERE run_id=?", (now, run_id))
+        return self.get(run_id)
+
+    def update(self, run_id: str, **fields) -> None:
+        if "state" in fields:
+            self.set_state(run_id, fields.pop("state"))
+        if not fields:
+            return
+        cols = self._columns(fields)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET " + ", ".join(f"{c}=?" for c in cols) + ", updated_at=? WHERE run_id=?",
+                (*cols.values(), time.time(), run_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(run_id)
+
+    def set_state(self, run_id: str, state: str, detail: str | None = None, at: float | None = None) -> bool:
+        """Record a transition (no-op if unchanged); returns whether the state changed.
+
+        Running time is accumulated here: leaving a billing state adds the time spent in it.
+        A final state is sticky against late, stale refreshes (a cancelled run stays cancelled)."""
+        if state not in STATES:
+            raise ValueError(f"unknown run state {state!r}")
+        now = time.time() if at is None else at
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT state, running_seconds, running_since FROM runs WHERE run_id=?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(run_id)
+            if row["state"] == state:
+                return False
+            if row["state"] in FINAL_STATES and state not in FINAL_STATES:
+                return False
+            running_seconds = row["running_seconds"] or 0.0
+            running_since = row["running_since"]
+            if running_since is not None and state not in BILLING_STATES:
+                running_seconds += max(0.0, now - running_since)
+                running_since = None
+            elif running_since is None and state in BILLING_STATES:
+                running_since = now
+            ended_at = now if state in FINAL_STATES else None
+            conn.execute(
+                "UPDATE runs SET state=?, running_seconds=?, running_since=?, ended_at=COALESCE(?, ended_at),"
+                " updated_at=? WHERE run_id=?",
+                (state, running_seconds, running_since, ended_at, now, run_id),
+            )
+            conn.execute(
+                "INSERT INTO states (run_id, state, detail, at) VALUES (?, ?, ?, ?)",
+                (run_id, state, mask(detail), now),
+            )
+        return True
+
+    def set_eval(self, run_id: str, results: dict) -> dict:
+        scores, average = eval_scores(results)
+        payload = {"scores": scores, "average": average}
+        if isinstance(results.get("config"), dict):
+            payload["config"] = mask_obj(results["config"])
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET eval_json=?, eval_average=?, updated_at=? WHERE run_id=?",
+                (json.dumps(payload, sort_keys=True), average, time.time(), run_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(run_id)
+        return payload
+
+    def _columns(self, fields: dict) -> dict:
+        unknown = set(fields) - FIELDS
+        if unknown:
+            raise ValueError(f"unknown run record fields: {sorted(unknown)}")
+        cols = {}
+        for key, value in fields.items():
+            if key == "extra":
+                cols["extra_json"] = json.dumps(mask_obj(value), sort_keys=True) if value is not None else None
+            elif key == "spot":
+                cols["spot"] = None if value is None else int(bool(value))
+            else:
+                cols[key] = mask(value)
+        return cols
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, run_id: str, history: bool = True) -> dict | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        record = self._record(row)
+        if history:
+            record["history"] = [
+                {"state": r["state"], "detail": r["detail"], "at": r["at"]}
+                for r in self._conn.execute(
+                    "SELECT state, detail, at FROM states WHERE run_id=? ORDER BY id", (run_id,)
+                )
+            ]
+        return record
+
+    def list(self, active_only: bool = False) -> list[dict]:
+        """Every run, newest first, without the (larger) recipe and history."""
+        sql = "SELECT * FROM runs"
+        if active_only:
+            sql += f" WHERE state NOT IN ({','.join('?' * len(FINAL_STATES))})"
+        rows = self._conn.execute(sql + " ORDER BY created_at DESC", tuple(FINAL_STATES) if active_only else ())
+        return [self._record(r, with_recipe=False) for r in rows]
+
+    def find(self, prefix: str) -> list[dict]:
+        """Runs whose id starts with `prefix` (a unique prefix is enough to name a run)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._conn.execute(
+            "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created_at DESC", (escaped + "%",)
+        )
+        return [self._record(r, with_recipe=False) for r in rows]
+
+    def resolve(self, ref: str) -> dict:
+        """The one run `ref` names (full id or unique prefix); UserError otherwise."""
+        from launcher.errors import UserError
+
+        exact = self.get(ref)
+        if exact is not None:
+            return exact
+        matches = self.find(ref)
+        if not matches:
+            raise UserError(f"no run {ref!r} in {self.path}; `sftlaunch status` lists runs")
+        if len(matches) > 1:
+            ids = ", ".join(m["run_id"] for m in matches[:5])
+            raise UserError(f"{ref!r} matches several runs ({ids}); give more of the id")
+        return self.get(matches[0]["run_id"])
+
+    def _record(self, row: sqlite3.Row, with_recipe: bool = True) -> dict:
+        record = dict(row)
+        record["spot"] = None if record.get("spot") is None else bool(record["spot"])
+        recipe_json = record.pop("recipe_json", None)
+        if with_recipe and recipe_json:
+            record["recipe"] = json.loads(recipe_json)
+        eval_json = record.pop("eval_json", None)
+        record["eval"] = json.loads(eval_json) if eval_json else None
+        extra_json = record.pop("extra_json", None)
+        record["extra"] = json.loads(extra_json) if extra_json else {}
+        record["running_hours"] = running_hours(record)
+        record["cost_usd"] = cost_so_far(record)
+        return record
+
+
+def running_hours(record: dict, now: float | None = None) -> float:
+    seconds = record.get("running_seconds") or 0.0
+    since = record.get("running_since")
+    if since is not None:
+        seconds += max(0.0, (time.time() if now is None else now) - since)
+    return seconds / 3600.0
+
+
+def cost_so_far(record: dict, now: float | None = None) -> float:
+    return round((record.get("usd_per_hour") or 0.0) * running_hours(record, now), 4)
