@@ -48,6 +48,13 @@ class LazyGroup(click.Group):
             raise
         return getattr(module, attr)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        code = run(self, argv, prog_name or "sftlaunch")
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
     def format_commands(self, ctx, formatter):
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
@@ -70,44 +77,48 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("SFTLAUNCH_DEBUG") == "1"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: maps exceptions to DESIGN's exit codes, never a traceback unless --debug."""
-    from launcher.errors import SftlaunchError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(argv)
-    try:
-        cli.main(args=argv, prog_name="sftlaunch", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except SftlaunchError as exc:
-        if debug:
-            raise
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            click.echo(f"error: {line}" if not _is_located(line) else line, err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug, not bad input: still one line unless --debug
-        if debug:
-            raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
-        sys.exit(1)
-    sys.exit(0)
-
-
 def _is_located(line: str) -> bool:
     # `file:line: field: message` lines are printed as they are.
     head = line.split(": ", 1)[0]
     parts = head.rsplit(":", 1)
     return len(parts) == 2 and parts[1].isdigit()
+
+
+def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> int:
+    """Run the CLI and map exceptions to DESIGN's exit codes; never a traceback unless --debug."""
+    from launcher.errors import SftlaunchError
+
+    debug = _debug_requested(argv)
+    try:
+        click.Group.main(group, args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2 if exc.exit_code in (1, 2) else exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    except SftlaunchError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(line if _is_located(line) else f"error: {line}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(args=list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The capability table must say what the installed SkyPilot says, reason for reason."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+
+from launcher.clouds import CLOUDS, SKY_FEATURE, capability_problem, min_name_limit
+
+sky = pytest.importorskip("sky")
+
+
+def _sky_unsupported(cloud_key: str) -> dict[str, str]:
+    from sky import clouds as sky_clouds
+
+    cls = getattr(sky_clouds, CLOUDS[cloud_key].sky_class)
+    resources = sky.Resources(cloud=cls(), accelerators="H100:1") if cloud_key == "gcp" else sky.Resources(accelerators="H100:1")
+    # Kubernetes asks the live cluster for per-context extras; with no contexts it returns the
+    # cloud-wide facts, which is what we record.
+    with mock.patch.object(sky_clouds.Kubernetes, "existing_allowed_contexts", return_value=[]):
+        found = cls._unsupported_features_for_resources(resources)
+    return {feature.name: reason for feature, reason in found.items()}
+
+
+@pytest.mark.parametrize("cloud", sorted(CLOUDS))
+def test_table_matches_installed_skypilot(cloud):
+    sky_reasons = _sky_unsupported(cloud)
+    for ours, sky_name in SKY_FEATURE.items():
+        if ours in CLOUDS[cloud].unsupported:
+            assert sky_name in sky_reasons, f"{cloud}: we say no {ours}, SkyPilot now supports it"
+            assert CLOUDS[cloud].unsupported[ours] == sky_reasons[sky_name]
+        else:
+            assert sky_name not in sky_reasons, f"{cloud}: SkyPilot says no {ours}: {sky_reasons.get(sky_name)}"
+
+
+@pytest.mark.parametrize("cloud", sorted(CLOUDS))
+def test_name_limits_match_skypilot(cloud):
+    from sky import clouds as sky_clouds
+
+    cls = getattr(sky_clouds, CLOUDS[cloud].sky_class)
+    assert cls._MAX_CLUSTER_NAME_LEN_LIMIT == CLOUDS[cloud].name_limit
+
+
+def test_capability_problem_quotes_reason():
+    assert capability_problem("lambda", "spot") == "Lambda: Spot instances are not supported in Lambda"
+    assert capability_problem("gcp", "spot") is None
+    assert min_name_limit(["runpod", "gcp"]) == 35
