@@ -368,6 +368,8 @@ def _message(err: dict) -> str:
         return f"must be a list, got {type(err.get('input')).__name__}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"must be a mapping of keys, got {type(err.get('input')).__name__} {err.get('input')!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"):
+        return f"{msg[0].lower() + msg[1:]}, got {err.get('input')!r}"
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind

@@ -15,7 +15,7 @@ def validate(recipes: tuple[str, ...], quiet: bool) -> None:
     from launcher.recipe import load_recipe
 
     problems: list[str] = []
-    for path in recipes:
+    for path in _expand(recipes):
         try:
             recipe = load_recipe(path)
         except RecipeError as exc:
@@ -25,3 +25,14 @@ def validate(recipes: tuple[str, ...], quiet: bool) -> None:
             click.echo(f"{path}: ok ({recipe.name}: {recipe.method} {recipe.model.id})")
     if problems:
         raise RecipeError(problems)
+
+
+def _expand(paths: tuple[str, ...]) -> list[str]:
+    """A directory stands for the recipes in it, so `sftlaunch validate recipes/` works."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for path in paths:
+        p = Path(path)
+        out.extend(sorted(str(f) for f in p.glob("*.yaml")) if p.is_dir() else [path])
+    return out
