@@ -176,6 +176,14 @@ def render_task(
     }
     if recipe.output.bucket:
         envs["SFTLAUNCH_BUCKET"] = recipe.output.bucket
+    # What the job needs to describe its hardware and cost (model card) and to stop itself when
+    # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
+    envs["SFTLAUNCH_HARDWARE"] = f"{cloud} {target.nodes}x{target.gpu}:{target.gpus_per_node}" + (" spot" if target.spot else "")
+    usd_per_hour = getattr(target, "usd_per_hour", None)
+    if usd_per_hour is not None:
+        envs["SFTLAUNCH_USD_PER_HOUR"] = f"{float(usd_per_hour):.4f}"
+    if res.max_usd is not None:
+        envs["SFTLAUNCH_MAX_USD"] = f"{float(res.max_usd):.2f}"
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})
