@@ -39,6 +39,12 @@ JOB_STATES = {
     "SUCCEEDED": "succeeded", "CANCELLED": "cancelled", "FAILED": "failed", "FAILED_SETUP": "failed",
     "FAILED_PRECHECKS": "failed", "FAILED_NO_RESOURCE": "failed", "FAILED_CONTROLLER": "failed",
 }
+# sky.skylet.job_lib.JobStatus values for a job on a cluster.
+CLUSTER_JOB_STATES = {
+    "INIT": "launching", "PENDING": "launching", "SETTING_UP": "launching", "RUNNING": "running",
+    "SUCCEEDED": "succeeded", "FAILED": "failed", "FAILED_SETUP": "failed", "FAILED_DRIVER": "failed",
+    "CANCELLED": "cancelled",
+}
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 100
 EXIT_CANCELLED = 103
@@ -212,6 +218,18 @@ class SkyBackend:
                 region=get("region"), failure_reason=get("failure_reason"),
             ))
         return out
+
+    def cluster_job_status(self, cluster_name: str, job_id: int | None) -> str | None:
+        """SkyPilot's status of a job on a cluster (SUCCEEDED, FAILED, RUNNING, ...), None if unknown."""
+        import sky
+        from sky import exceptions
+
+        try:
+            statuses = sky.get(sky.job_status(cluster_name, [job_id] if job_id is not None else None))
+        except (exceptions.ClusterDoesNotExist, exceptions.ClusterNotUpError):
+            return None
+        status = next(iter((statuses or {}).values()), None)
+        return None if status is None else getattr(status, "value", str(status))
 
     def down(self, cluster_name: str) -> None:
         import sky

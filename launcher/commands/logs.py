@@ -1,0 +1,94 @@
+"""`sftlaunch logs RUN [--follow]`: a run's logs, wherever they live now.
+
+Why several sources: a running cluster's job log comes from SkyPilot; a managed job's from the
+jobs controller (which keeps it after the job ends); a local run's from its run.log; and once a
+cluster is gone, from the copy the job uploaded to `<bucket>/<run id>/logs/`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from launcher.errors import JobFailed, UserError
+from launcher.secrets import mask
+
+
+def _print(line: str) -> None:
+    click.echo(mask(line))
+
+
+def bucket_logs(record: dict, on_line) -> bool:
+    """Print `<bucket>/<run id>/logs/*` in name order; False when there is no copy to read."""
+    bucket = record.get("bucket")
+    if not bucket:
+        return False
+    try:
+        import fsspec
+    except ImportError:
+        return False
+    base = f"{bucket.rstrip('/')}/{record['run_id']}/logs"
+    try:
+        fs, path = fsspec.core.url_to_fs(base)
+        files = sorted(p for p in fs.find(path) if not p.endswith("/"))
+    except Exception:  # noqa: BLE001 - unreachable or absent: say so below
+        return False
+    if not files:
+        return False
+    for p in files:
+        with fs.open(p, "r") as fh:
+            for line in fh:
+                on_line(line.rstrip("\n"))
+    return True
+
+
+@click.command()
+@click.argument("run")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+def logs(run: str, follow: bool) -> None:
+    """Show (or --follow) a run's logs."""
+    from launcher.lifecycle import ACTIVE_STATES
+    from launcher.runs import Registry
+
+    registry = Registry()
+    record = registry.resolve(run)
+    run_id = record["run_id"]
+    kind = record.get("backend")
+    try:
+        if kind == "local":
+            from launcher.backends import local
+
+            local.follow_log(record, _print, follow=follow)
+            return
+        active = record.get("state") in ACTIVE_STATES
+        if kind in ("cluster", "managed") and (active or kind == "managed"):
+            from launcher.backends.sky import get_backend
+
+            backend = get_backend()
+            try:
+                if kind == "managed":
+                    backend.jobs_tail_logs(int(record["job_id"]), follow=follow, on_line=_print)
+                else:
+                    job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
+                    backend.tail_logs(record["cluster_name"], job_id, follow=follow, on_line=_print)
+                if follow and active:
+                    from launcher.lifecycle import refresh
+
+                    refresh(registry, lambda: backend, [registry.get(run_id, history=False)])
+                return
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - gone from SkyPilot: fall back to the bucket copy
+                if not bucket_logs(record, _print):
+                    raise JobFailed(mask(f"cannot read logs of {run_id} from SkyPilot ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}) "
+                                         "and there is no bucket copy")) from None
+                return
+        if bucket_logs(record, _print):
+            return
+        where = f"{record['bucket'].rstrip('/')}/{run_id}/logs/" if record.get("bucket") else None
+        raise UserError(
+            f"{run_id} has ended and its cluster is gone; "
+            + (f"no log copy found at {where}" if where else "it had no output.bucket, so no log copy was kept")
+        )
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; the run keeps going. Reattach: sftlaunch logs {run_id} --follow", err=True)
+        raise click.exceptions.Exit(130) from None

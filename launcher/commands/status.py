@@ -1,0 +1,117 @@
+"""`sftlaunch status [RUN]`: the runs table, refreshed from SkyPilot and local processes.
+
+Why refresh here: the registry is only as true as its last look. Active runs are checked against
+SkyPilot's clusters and managed-jobs queue (and local process ids) before printing, which is also
+when ended on-demand clusters are torn down and the budget guard acts for detached runs.
+Finished runs are not queried, so the table stays fast with many runs recorded.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from launcher.options import json_option
+from launcher.secrets import mask
+
+COLUMNS = ("RUN", "RECIPE", "WHERE", "STATE", "PROGRESS", "$ SO FAR", "EVAL AVG")
+
+
+def where(record: dict) -> str:
+    if record.get("backend") == "local":
+        return "local" + (" (docker)" if record.get("image") else "")
+    if not record.get("cloud"):
+        return "-"
+    gpu = f"{record.get('gpu')}×{record.get('gpus_per_node') or 1}"
+    if (record.get("nodes") or 1) > 1:
+        gpu = f"{record['nodes']}×{gpu}"
+    region = f"/{record['region']}" if record.get("region") else ""
+    return f"{record['cloud']}{region} {gpu}" + (" spot" if record.get("spot") else "")
+
+
+def progress(record: dict) -> str:
+    step, total = record.get("progress_step"), record.get("progress_total")
+    if step is None or not total:
+        return "-"
+    return f"{step}/{total} ({100.0 * step / total:.0f}%)"
+
+
+def row(record: dict) -> dict:
+    avg = record.get("eval_average")
+    return {
+        "run_id": record["run_id"],
+        "recipe": record.get("name"),
+        "where": where(record),
+        "state": record.get("state"),
+        "progress": progress(record),
+        "progress_step": record.get("progress_step"),
+        "progress_total": record.get("progress_total"),
+        "cost_usd": record.get("cost_usd"),
+        "usd_per_hour": record.get("usd_per_hour"),
+        "max_usd": record.get("max_usd"),
+        "eval_average": avg,
+        "eval_scores": (record.get("eval") or {}).get("scores"),
+        "backend": record.get("backend"),
+        "cluster_name": record.get("cluster_name"),
+        "job_id": record.get("job_id"),
+        "created_at": record.get("created_at"),
+        "ended_at": record.get("ended_at"),
+        "checkpoint_uri": record.get("checkpoint_uri"),
+        "result_uri": record.get("result_uri"),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [COLUMNS] + [
+        (r["run_id"], r["recipe"] or "-", r["where"], r["state"] or "-", r["progress"],
+         f"${(r['cost_usd'] or 0):.2f}", "-" if r["eval_average"] is None else f"{r['eval_average']:.3f}")
+        for r in rows
+    ]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(str(c[i]).ljust(widths[i]) for i in range(len(COLUMNS))).rstrip() for c in cells)
+
+
+@click.command()
+@click.argument("run", required=False)
+@json_option
+@click.option("--no-refresh", is_flag=True, help="Show what the registry recorded; ask no one.")
+def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
+    """Show runs: where, state, progress, cost so far, eval average."""
+    from launcher.runs import Registry
+
+    registry = Registry()
+    records = [registry.resolve(run)] if run else registry.list()
+    if not no_refresh:
+        from launcher.lifecycle import ACTIVE_STATES, refresh
+
+        active = [r for r in records if r.get("state") in ACTIVE_STATES]
+        if active:
+            from launcher.backends.sky import get_backend
+
+            try:
+                changed = refresh(registry, get_backend, active)
+            except Exception as exc:  # noqa: BLE001 - SkyPilot unreachable: show what we know
+                click.echo(mask(f"note: could not refresh from SkyPilot ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                "showing recorded states"), err=True)
+                changed = []
+            if changed:
+                records = [registry.resolve(run)] if run else registry.list()
+    rows = [row(r) for r in records]
+    if as_json:
+        click.echo(mask(json.dumps(rows[0] if run else rows, indent=2, default=str)))
+        return
+    if not rows:
+        click.echo("no runs yet; start one with `sftlaunch up RECIPE`")
+        return
+    click.echo(mask(format_table(rows)))
+    if run:
+        rec = registry.get(records[0]["run_id"])
+        for h in rec.get("history", []):
+            import time as _t
+
+            when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.localtime(h["at"]))
+            click.echo(mask(f"  {when}  {h['state']}" + (f"  {h['detail']}" if h.get("detail") else "")))
+        for key in ("checkpoint_uri", "result_uri"):
+            if rec.get(key):
+                click.echo(f"  {key.replace('_uri', 's')}: {rec[key]}")

@@ -1,0 +1,394 @@
+"""`sftlaunch up RECIPE`: validate → plan → show → confirm → launch → (stream logs) → record.
+
+Why the order: everything that can refuse without spending money runs first — the recipe, the
+plan and its cost against max_usd, spot without a bucket, credentials from SkyPilot's check —
+each refusal one line and exit 2. Only then is anything provisioned. Once launched, the run is
+the remote job's: Ctrl-C stops our log stream, never the run; the reattach and teardown
+commands are printed instead.
+
+On-demand runs are a cluster named after the run id (autostop as the safety net, `down` where
+the cloud cannot stop); when its job ends, success or failure, the cluster is torn down (here
+when attached, by the next `status` when detached). Spot runs are managed jobs that SkyPilot
+relaunches after preemption; the job resumes from the bucket checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from launcher.errors import JobFailed, UserError
+from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
+from launcher.secrets import mask
+
+PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    click.echo(mask(text), err=err)
+
+
+def _src(recipe) -> str:
+    return str(recipe.source_path) if recipe.source_path else "recipe"
+
+
+def _outputs_line(recipe, run_id: str) -> str:
+    bucket = recipe.output.bucket
+    if bucket:
+        base = f"{bucket.rstrip('/')}/{run_id}"
+        text = f"checkpoints → {base}/checkpoints/, results and logs → {base}/"
+    else:
+        text = "checkpoints and results stay on the cluster disk (no output.bucket): lost at teardown"
+    if recipe.output.hub_repo:
+        text += f"; model → https://huggingface.co/{recipe.output.hub_repo}"
+    return text
+
+
+def print_plan(recipe, cand, run_id: str) -> None:
+    spot = "yes (managed job, recovers from preemption)" if cand.spot else "no"
+    where = cand.cloud + (f" ({cand.region})" if getattr(cand, "region", None) else "")
+    nodes = f"{cand.nodes} node(s) × " if cand.nodes > 1 else ""
+    mem = ""
+    if getattr(cand, "mem_needed_gb", None) and getattr(cand, "mem_available_gb", None):
+        mem = f"  [{cand.mem_needed_gb:.0f} of {cand.mem_available_gb:.0f} GB per GPU]"
+    echo(f"Plan for {_src(recipe)} ({recipe.name} · {recipe.method} · {recipe.model.id})")
+    echo(f"  cloud     {where}")
+    echo(f"  GPUs      {nodes}{cand.gpu}×{cand.gpus_per_node}{mem}")
+    echo(f"  spot      {spot}")
+    echo(f"  price     ${cand.usd_per_hour:.2f}/h")
+    echo(f"  ETA       {cand.eta_hours:.1f} h")
+    budget = f" (max_usd ${recipe.resources.max_usd:.2f})" if recipe.resources.max_usd is not None else ""
+    echo(f"  total     ~${cand.total_usd:.2f}{budget}")
+    echo(f"  outputs   {_outputs_line(recipe, run_id)}")
+    echo(f"  run id    {run_id}")
+
+
+def confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin or not sys.stdin.isatty():
+        raise UserError("no terminal to confirm on; rerun with --yes to launch without asking")
+    if not click.confirm(question, default=False):
+        raise click.exceptions.Exit(1)
+
+
+def reattach_hints(run_id: str) -> None:
+    echo("", err=True)
+    echo(f"Detached from the logs; the run {run_id} keeps going.", err=True)
+    echo(f"  reattach:  sftlaunch logs {run_id} --follow", err=True)
+    echo(f"  status:    sftlaunch status {run_id}", err=True)
+    echo(f"  stop it:   sftlaunch teardown {run_id}", err=True)
+
+
+class Streamer:
+    """Prints log lines (masked), turns metrics lines into a progress line, and keeps the
+    registry's progress and the budget guard current while the run streams."""
+
+    def __init__(self, registry, run_id: str, backend=None, show_progress: bool = True):
+        self.registry, self.run_id, self.backend = registry, run_id, backend
+        self.progress: tuple[int, int] | None = None
+        self.show_progress = show_progress
+        self._last_save = 0.0
+
+    def __call__(self, line: str) -> None:
+        from launcher.lifecycle import parse_progress
+
+        echo(line)
+        p = parse_progress(line)
+        if p and p != self.progress:
+            self.progress = p
+            if self.show_progress:
+                pct = 100.0 * p[0] / p[1] if p[1] else 0.0
+                echo(f"progress: step {p[0]}/{p[1]} ({pct:.0f}%)", err=True)
+            self._save()
+
+    def _save(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_save < PROGRESS_EVERY_S:
+            return
+        self._last_save = now
+        if self.progress:
+            self.registry.update(self.run_id, progress_step=self.progress[0], progress_total=self.progress[1])
+        if self.backend is not None:
+            from launcher.lifecycle import guard_budget
+
+            record = self.registry.get(self.run_id, history=False)
+            if guard_budget(self.registry, self.backend, record) == "requested":
+                echo(f"budget: cost passed max_usd; asked {self.run_id} to checkpoint and stop", err=True)
+
+    def flush(self) -> None:
+        self._save(force=True)
+
+
+# -- the command ----------------------------------------------------------------------------------
+@click.command()
+@recipe_argument
+@click.option("--local", is_flag=True, help="Run on this machine (Docker if a daemon is reachable, else directly).")
+@dry_run_option
+@click.option("--detach", is_flag=True, help="Return once the run is submitted; do not stream logs.")
+@yes_option
+@cloud_option
+@gpu_option
+def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+    """Launch RECIPE: print the plan, confirm, launch, print the run id."""
+    from launcher.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if local or r.resources.clouds == ["local"]:
+        _up_local(r, dry_run, detach, yes)
+    else:
+        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
+
+
+def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
+    from launcher.backends import local
+    from launcher.runid import new_run_id
+    from launcher.runs import Registry, run_dir
+
+    registry = Registry()
+    run_id = new_run_id(r.name, taken=lambda rid: registry.get(rid, history=False) is not None)
+    out = run_dir(run_id, registry.home)
+    use_docker = local.docker_available()
+    how = "Docker (image from docker/)" if use_docker else f"directly with {sys.executable}"
+    echo(f"Plan for {_src(r)} ({r.name} · {r.method} · {r.model.id})")
+    echo(f"  where     this machine, {how}")
+    echo("  price     $0.00/h (local)")
+    echo(f"  outputs   {out}/ (checkpoints, metrics, eval results, run.log)")
+    echo(f"  run id    {run_id}")
+    if dry_run:
+        echo("dry run: nothing started.")
+        return
+    confirm(yes, "Start this run here?")
+    fields = local.start(r, run_id, out, use_docker=use_docker)
+    registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
+                    max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
+    echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
+    if detach:
+        echo(f"follow it with: sftlaunch logs {run_id} --follow")
+        echo(run_id)
+        return
+    record = registry.get(run_id, history=False)
+    streamer = Streamer(registry, run_id)
+    try:
+        code = local.follow_log(record, streamer)
+    except KeyboardInterrupt:
+        reattach_hints(run_id)
+        raise click.exceptions.Exit(130) from None
+    streamer.flush()
+    from launcher import lifecycle
+
+    lifecycle.refresh(registry, lambda: None, [registry.get(run_id, history=False)])
+    final = registry.get(run_id, history=False)
+    _report_end(final)
+    if code != 0:
+        raise JobFailed(f"run {run_id} failed (exit code {code}); see {fields['log_uri']}")
+
+
+def _report_end(record: dict) -> None:
+    avg = record.get("eval_average")
+    score = f", eval average {avg:.3f}" if isinstance(avg, (int, float)) else ""
+    echo(f"{record['run_id']}: {record['state']}{score}, cost ${record['cost_usd']:.2f}")
+    echo(record["run_id"])
+
+
+def _candidates(r, cloud: str | None, gpu: str | None):
+    from launcher.estimate import plan
+
+    spot = None
+    result = plan(r, cloud=cloud, gpu=gpu, spot=spot)
+    return result
+
+
+def pick(result, enabled: dict[str, bool]):
+    """The cheapest fitting candidate on a cloud with credentials (planner order is by cost)."""
+    if result.chosen is not None and enabled.get(result.chosen.cloud):
+        return result.chosen
+    for cand in result.candidates:
+        if cand.fits and enabled.get(cand.cloud):
+            return cand
+    return None
+
+
+def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
+    from launcher.backends.sky import CREDENTIAL_HINTS
+
+    return [f"  {CREDENTIAL_HINTS.get(c, c)}" for c in clouds if not enabled.get(c)]
+
+
+def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+    from launcher.backends.sky import get_backend
+    from launcher.clouds import CLOUDS, autostop_down
+
+    src = _src(r)
+    if r.resources.spot and not r.output.bucket:
+        raise UserError(
+            f"{src}: output.bucket: spot runs need a bucket for checkpoints (a preempted job resumes "
+            "from it); set output.bucket, e.g. gs://my-bucket/sftlaunch, or set resources.spot: false"
+        )
+    if cloud and cloud not in r.resources.clouds:
+        raise UserError(
+            f"--cloud {cloud}: {src}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
+            f"add {cloud} there or pick one of those"
+        )
+    result = _candidates(r, cloud, gpu)
+    if result.chosen is None:
+        raise UserError(f"{src}: resources.gpu: nothing fits: {result.reason or 'no candidate'}")
+    from launcher.runid import new_run_id
+    from launcher.runs import Registry
+
+    registry = Registry()
+    run_id = new_run_id(r.name, taken=lambda rid: registry.get(rid, history=False) is not None)
+    print_plan(r, result.chosen, run_id)
+    max_usd = r.resources.max_usd
+    if max_usd is not None and result.chosen.total_usd > max_usd:
+        raise UserError(
+            f"{src}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds max_usd "
+            f"${max_usd:.2f}; raise max_usd, lower data.max_samples/train.epochs, or allow cheaper clouds"
+        )
+
+    clouds = [c for c in ([cloud] if cloud else r.resources.clouds) if c in CLOUDS]
+    backend = get_backend()
+    try:
+        enabled = backend.enabled_clouds(clouds)
+    except Exception as exc:  # noqa: BLE001 - SkyPilot's check itself failed (no API server, ...)
+        if not dry_run:
+            raise UserError(f"SkyPilot's credential check failed: {mask(str(exc)).splitlines()[0]}; "
+                            "run `sky check` to see why") from None
+        echo(f"note: SkyPilot's credential check failed: {mask(str(exc)).splitlines()[0]}", err=True)
+        enabled = {c: False for c in clouds}
+    missing = _missing_lines(clouds, enabled)
+    chosen = pick(result, enabled)
+    if chosen is None:
+        lines = "\n".join(missing)
+        if dry_run:
+            echo("")
+            echo(f"No credentials for any allowed cloud ({', '.join(clouds)}); to launch, set up one of:")
+            echo(lines)
+            echo("dry run: nothing launched.")
+            return
+        raise UserError(f"no credentials for any allowed cloud ({', '.join(clouds)}); set up one of:\n{lines}")
+    if chosen is not result.chosen:
+        echo(f"note: no credentials for {result.chosen.cloud}; using {chosen.cloud} instead:")
+        print_plan(r, chosen, run_id)
+        if max_usd is not None and chosen.total_usd > max_usd:
+            raise UserError(f"{src}: resources.max_usd: on {chosen.cloud} the estimate ${chosen.total_usd:.2f} "
+                            f"exceeds max_usd ${max_usd:.2f}; set up {result.chosen.cloud} credentials or raise max_usd")
+    if missing:
+        echo("clouds without credentials (not considered):", err=True)
+        for line in missing:
+            echo(line, err=True)
+
+    from launcher.render import container_recipe_yaml, render_task
+    from launcher.runs import run_dir
+
+    if dry_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            mount = Path(tmp) / "recipe.yaml"
+            mount.write_text(container_recipe_yaml(r))
+            task = render_task(r, chosen, run_id, str(mount))
+            try:
+                choice = backend.optimize(task)
+            except Exception as exc:  # noqa: BLE001
+                raise UserError(f"SkyPilot's optimizer found no resources for {chosen.accelerators} on "
+                                f"{chosen.cloud}: {mask(str(exc)).splitlines()[0]}") from None
+        echo(f"SkyPilot optimizer (dry run): {choice}")
+        echo("dry run: nothing launched.")
+        return
+
+    _check_secrets(r)
+    confirm(yes, f"Launch {run_id} on {chosen.cloud} for ~${chosen.total_usd:.2f}?")
+    out = run_dir(run_id, registry.home)
+    out.mkdir(parents=True, exist_ok=True)
+    mount = out / "recipe.yaml"
+    mount.write_text(container_recipe_yaml(r))
+    task = render_task(r, chosen, run_id, str(mount))
+    from launcher import render
+    from launcher.images import resolve_image
+    from launcher.secrets import launch_secrets
+
+    kind = "managed" if chosen.spot else "cluster"
+    registry.create(
+        run_id, r, state="launching", backend=kind, cloud=chosen.cloud, region=getattr(chosen, "region", None),
+        gpu=chosen.gpu, gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot,
+        usd_per_hour=chosen.usd_per_hour, max_usd=max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
+        image=resolve_image(r.image), bucket=r.output.bucket,
+        cluster_name=None if chosen.spot else run_id,
+        checkpoint_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/checkpoints/" if r.output.bucket else None,
+        result_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/" if r.output.bucket else None,
+        log_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/logs/" if r.output.bucket else None,
+        local_dir=str(out),
+    )
+    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
+    present, _missing = launch_secrets(names)
+    streamer = Streamer(registry, run_id, backend)
+    try:
+        if chosen.spot:
+            job_id = backend.jobs_launch(task, name=run_id, secrets=present, on_line=streamer)
+        else:
+            job_id = backend.launch(task, cluster_name=run_id, idle_minutes=r.resources.autostop_minutes,
+                                    down=autostop_down(chosen.cloud), secrets=present, on_line=streamer)
+    except KeyboardInterrupt:
+        reattach_hints(run_id)
+        raise click.exceptions.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
+        detail = mask(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        registry.set_state(run_id, "failed", f"launch failed: {detail}")
+        if not chosen.spot:
+            try:
+                backend.down(run_id)  # a half-provisioned cluster must not keep billing
+            except Exception:  # noqa: BLE001
+                pass
+        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
+    finally:
+        del present
+    registry.update(run_id, job_id=None if job_id is None else str(job_id))
+    registry.set_state(run_id, "running" if not chosen.spot else "launching",
+                       f"submitted ({'managed job' if chosen.spot else 'cluster job'} {job_id})")
+    echo(f"launched {run_id} ({'managed job' if chosen.spot else 'cluster'} on {chosen.cloud})")
+    if detach:
+        echo(f"follow it with: sftlaunch logs {run_id} --follow   ·   stop it: sftlaunch teardown {run_id}")
+        echo(run_id)
+        return
+    code = stream_until_end(registry, backend, run_id, streamer)
+    final = registry.get(run_id, history=False)
+    _report_end(final)
+    if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
+        raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
+
+
+def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | None:
+    """Follow the run's logs to the end, then record the outcome (and down an on-demand cluster).
+    Ctrl-C leaves the run alone: print how to reattach and tear down, exit 130."""
+    from launcher import lifecycle
+
+    record = registry.get(run_id, history=False)
+    streamer = streamer or Streamer(registry, run_id, backend)
+    try:
+        if record["backend"] == "managed":
+            code = backend.jobs_tail_logs(int(record["job_id"]), follow=True, on_line=streamer)
+        else:
+            job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
+            code = backend.tail_logs(record["cluster_name"], job_id, follow=True, on_line=streamer)
+    except KeyboardInterrupt:
+        streamer.flush()
+        reattach_hints(run_id)
+        raise click.exceptions.Exit(130) from None
+    streamer.flush()
+    lifecycle.refresh(registry, lambda: backend, [registry.get(run_id, history=False)], remote_progress=False)
+    return code
+
+
+def _check_secrets(r) -> None:
+    import os
+
+    if r.output.hub_repo and not os.environ.get("HF_TOKEN"):
+        raise UserError(
+            f"{_src(r)}: output.hub_repo: pushing to the Hub needs HF_TOKEN in your environment; "
+            "export HF_TOKEN=... (a write token) or remove output.hub_repo"
+        )
+    if "/" in r.model.id and not Path(r.model.id).exists() and not os.environ.get("HF_TOKEN"):
+        echo("note: HF_TOKEN is not set; gated models (e.g. meta-llama/*) will fail to download", err=True)

@@ -1,0 +1,328 @@
+"""Keeping the registry true: refresh from SkyPilot / local processes, progress, the budget guard.
+
+Why here and not in each command: `up` (while streaming), `status` and `teardown` all need the
+same answers — is this run still billing, how far is it, did it pass its budget — and the same
+reactions: a cluster whose job has ended is torn down (the run's last step, success or failure;
+autostop is only the safety net), a run past `max_usd` is asked to stop after a checkpoint.
+
+The budget guard's protocol with the training job (jobs/ side):
+  1. The launcher writes a JSON flag `{reason, cost_usd, max_usd, at}` to `<control>/stop`, where
+     <control> is `<bucket>/<run id>/control` for cloud runs (the job sees SFTLAUNCH_BUCKET and
+     SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
+  2. The training job polls for that file (at each logging step, through fsspec); when it
+     appears it saves a checkpoint (manifest last, as usual), writes `<control>/stopped`
+     (`{step, checkpoint}`) and exits 0 without eval or publish.
+  3. The launcher records `stopping` when it writes the flag, `stopped` when the job ends, and
+     downs the cluster / cancels the managed job itself if the job has not ended within
+     `STOP_GRACE_S` (or has no control channel: no bucket), so spending always ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from launcher.runs import FINAL_STATES, Registry, cost_so_far
+
+STOP_GRACE_S = 20 * 60
+_STEP_RE = re.compile(r"\bstep[\s=:]+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
+ACTIVE_STATES = frozenset({"pending", "launching", "running", "recovering", "stopping"})
+
+
+# -- progress -------------------------------------------------------------------------------------
+def parse_progress(line: str) -> tuple[int, int] | None:
+    """(step, total) from one log line: a metrics JSON line (step, total_steps) or `step N/M`."""
+    text = line.strip()
+    brace = text.find("{")
+    if brace != -1 and '"step"' in text:
+        try:
+            data = json.loads(text[brace:])
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("step"), int) and isinstance(data.get("total_steps"), int):
+            return data["step"], data["total_steps"]
+    m = _STEP_RE.search(text)
+    if m:
+        step, total = int(m.group(1)), int(m.group(2))
+        if 0 <= step <= total and total > 0:
+            return step, total
+    return None
+
+
+def _metrics_files(run_dir: Path) -> list[Path]:
+    return [p for p in (run_dir / "metrics.jsonl", run_dir / "train" / "metrics.jsonl") if p.exists()]
+
+
+def last_progress(lines) -> tuple[int, int] | None:
+    found = None
+    for line in lines:
+        p = parse_progress(line)
+        if p:
+            found = p
+    return found
+
+
+def local_progress(run_dir: Path) -> tuple[int, int] | None:
+    for path in _metrics_files(run_dir):
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - 16384))
+                tail = fh.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        p = last_progress(tail)
+        if p:
+            return p
+    return None
+
+
+def _fs_read_text(uri: str) -> str | None:
+    try:
+        import fsspec
+
+        with fsspec.open(uri, "r") as fh:
+            return fh.read()
+    except Exception:  # noqa: BLE001 - a missing or unreachable copy just means "unknown"
+        return None
+
+
+def _fs_write_text(uri: str, text: str) -> None:
+    if "://" not in uri:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_text(text)
+        return
+    import fsspec
+
+    with fsspec.open(uri, "w") as fh:
+        fh.write(text)
+
+
+def bucket_base(record: dict) -> str | None:
+    bucket = record.get("bucket")
+    return f"{bucket.rstrip('/')}/{record['run_id']}" if bucket else None
+
+
+def bucket_progress(record: dict) -> tuple[int, int] | None:
+    base = bucket_base(record)
+    text = _fs_read_text(f"{base}/metrics.jsonl") if base else None
+    return last_progress(text.splitlines()[-200:]) if text else None
+
+
+def find_results(record: dict) -> dict | None:
+    """The run's eval results.json, from the local run dir or the bucket copy."""
+    candidates = []
+    if record.get("local_dir"):
+        d = Path(record["local_dir"])
+        candidates += [str(d / "eval" / "results.json"), str(d / "results.json")]
+    base = bucket_base(record)
+    if base:
+        candidates += [f"{base}/eval/results.json", f"{base}/results.json"]
+    for uri in candidates:
+        text = Path(uri).read_text() if "://" not in uri and Path(uri).exists() else (
+            _fs_read_text(uri) if "://" in uri else None)
+        if text:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+# -- budget guard ---------------------------------------------------------------------------------
+def control_dir(record: dict) -> str | None:
+    if record.get("backend") == "local" and record.get("local_dir"):
+        return str(Path(record["local_dir"]) / "control")
+    base = bucket_base(record)
+    return f"{base}/control" if base else None
+
+
+def request_stop(registry: Registry, record: dict, reason: str) -> str | None:
+    """Ask the job to checkpoint and stop (flag file); returns the flag's URI or None if no channel."""
+    control = control_dir(record)
+    if control is None:
+        return None
+    flag = f"{control}/stop"
+    payload = {"reason": reason, "cost_usd": record.get("cost_usd"), "max_usd": record.get("max_usd"), "at": time.time()}
+    _fs_write_text(flag, json.dumps(payload))
+    extra = dict(record.get("extra") or {})
+    extra.update({"stop_requested_at": payload["at"], "stop_flag": flag})
+    registry.update(record["run_id"], extra=extra)
+    registry.set_state(record["run_id"], "stopping", reason)
+    return flag
+
+
+def hard_stop(registry: Registry, backend, record: dict, state: str, detail: str) -> None:
+    """Release whatever the run holds (cluster, managed job, local process) and record `state`."""
+    kind = record.get("backend")
+    if kind == "local":
+        from launcher.backends import local
+
+        local.stop(record)
+    elif kind == "managed" and record.get("job_id") is not None:
+        backend.jobs_cancel(int(record["job_id"]))
+    elif kind == "cluster" and record.get("cluster_name"):
+        backend.down(record["cluster_name"])
+    registry.set_state(record["run_id"], state, detail)
+
+
+def guard_budget(registry: Registry, backend, record: dict, now: float | None = None) -> str | None:
+    """Apply the budget guard to one run; returns what it did ('requested', 'stopped') or None."""
+    max_usd = record.get("max_usd")
+    if not max_usd or record.get("state") not in ACTIVE_STATES:
+        return None
+    cost = cost_so_far(record, now)
+    if cost < max_usd:
+        return None
+    extra = record.get("extra") or {}
+    requested = extra.get("stop_requested_at")
+    now = time.time() if now is None else now
+    if requested is None:
+        reason = f"budget: ${cost:.2f} spent of max_usd ${max_usd:.2f}; stopping after a checkpoint"
+        record = dict(record, cost_usd=cost)
+        if request_stop(registry, record, reason) is not None:
+            return "requested"
+        hard_stop(registry, backend, record, "stopped",
+                  f"budget: ${cost:.2f} spent of max_usd ${max_usd:.2f}; no bucket to signal a checkpoint, stopped now")
+        return "stopped"
+    if now - requested > STOP_GRACE_S:
+        hard_stop(registry, backend, record, "stopped",
+                  f"budget: the job did not stop within {STOP_GRACE_S // 60} min of the request; stopped it")
+        return "stopped"
+    return None
+
+
+# -- refresh --------------------------------------------------------------------------------------
+def _finish(registry: Registry, backend, record: dict, state: str, detail: str | None) -> None:
+    """Record the end; an on-demand cluster is torn down now that its one job is over."""
+    if (record.get("extra") or {}).get("stop_requested_at") and state in ("succeeded", "failed"):
+        state, detail = "stopped", "budget: stopped after a checkpoint"
+    registry.set_state(record["run_id"], state, detail)
+    if record.get("backend") == "cluster" and record.get("cluster_name"):
+        backend.down(record["cluster_name"])
+        registry.update(record["run_id"], extra={**(record.get("extra") or {}), "cluster_down": True})
+
+
+def refresh(registry: Registry, backend_factory, records: list[dict] | None = None,
+            remote_progress: bool = True) -> list[str]:
+    """Bring active runs up to date; returns the ids that changed. `backend_factory` is called
+    only when a cloud run needs SkyPilot, so local-only registries never import it."""
+    records = [r for r in (records if records is not None else registry.list(active_only=True))
+               if r.get("state") in ACTIVE_STATES]
+    changed: list[str] = []
+    backend = None
+    clusters = jobs = None
+    for rec in records:
+        kind = rec.get("backend")
+        before = (rec.get("state"), rec.get("progress_step"))
+        if kind == "local":
+            _refresh_local(registry, rec)
+        elif kind in ("cluster", "managed"):
+            if backend is None:
+                backend = backend_factory()
+            if kind == "cluster":
+                if clusters is None:
+                    names = [r["cluster_name"] for r in records if r.get("backend") == "cluster" and r.get("cluster_name")]
+                    clusters = {c.name: c for c in backend.status(names)}
+                _refresh_cluster(registry, backend, rec, clusters)
+            else:
+                if jobs is None:
+                    jobs = backend.jobs_queue()
+                _refresh_managed(registry, backend, rec, jobs)
+            if remote_progress and rec.get("bucket"):
+                p = bucket_progress(rec)
+                if p:
+                    registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
+        fresh = registry.get(rec["run_id"], history=False)
+        if fresh["state"] in ACTIVE_STATES:
+            guard_budget(registry, backend if backend is not None else _Lazy(backend_factory), fresh)
+            fresh = registry.get(rec["run_id"], history=False)
+        if fresh["state"] in FINAL_STATES and fresh.get("eval") is None:
+            results = find_results(fresh)
+            if results:
+                registry.set_eval(rec["run_id"], results)
+        if (fresh["state"], fresh.get("progress_step")) != before:
+            changed.append(rec["run_id"])
+    return changed
+
+
+class _Lazy:
+    """Defers building the SkyPilot backend until the guard actually needs it."""
+
+    def __init__(self, factory):
+        self._factory, self._b = factory, None
+
+    def __getattr__(self, name):
+        if self._b is None:
+            self._b = self._factory()
+        return getattr(self._b, name)
+
+
+def _may_move(rec: dict, state: str) -> bool:
+    """A run asked to stop stays `stopping` until it actually ends."""
+    return not (rec.get("state") == "stopping" and state not in FINAL_STATES)
+
+
+def _refresh_local(registry: Registry, rec: dict) -> None:
+    from launcher.backends import local
+
+    p = local_progress(Path(rec["local_dir"])) if rec.get("local_dir") else None
+    if p:
+        registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
+    state, detail = local.poll(rec)
+    if state != rec["state"] and _may_move(rec, state):
+        if state in FINAL_STATES and (rec.get("extra") or {}).get("stop_requested_at"):
+            state, detail = "stopped", "budget: stopped after a checkpoint"
+        registry.set_state(rec["run_id"], state, detail)
+
+
+def _refresh_cluster(registry: Registry, backend, rec: dict, clusters: dict) -> None:
+    from launcher.backends.sky import CLUSTER_JOB_STATES, CLUSTER_STATES
+
+    cluster = clusters.get(rec["cluster_name"])
+    if cluster is None:
+        if rec["state"] in ("pending", "launching") and time.time() - rec["created_at"] < 120:
+            return  # the launch request may not have created the cluster record yet
+        registry.set_state(rec["run_id"], "stopped",
+                           "the cluster no longer exists (autostopped, or torn down outside sftlaunch)")
+        return
+    state = CLUSTER_STATES.get(cluster.status, "launching")
+    if state == "running":
+        job_id = int(rec["job_id"]) if rec.get("job_id") not in (None, "") else None
+        job_status = backend.cluster_job_status(cluster.name, job_id)
+        state = CLUSTER_JOB_STATES.get(job_status or "", "running")
+        if state in FINAL_STATES:
+            _finish(registry, backend, rec, state, f"job {job_status.lower()} on {cluster.name}")
+            return
+    if state != rec["state"] and _may_move(rec, state):
+        registry.set_state(rec["run_id"], state, None if state != "stopped" else "the cluster is stopped")
+
+
+def _refresh_managed(registry: Registry, backend, rec: dict, jobs: list) -> None:
+    from launcher.backends.sky import JOB_STATES
+
+    job = next((j for j in jobs if rec.get("job_id") not in (None, "") and str(j.job_id) == str(rec["job_id"])), None)
+    if job is None:
+        job = next((j for j in jobs if j.name == rec["run_id"]), None)
+    if job is None:
+        if time.time() - rec["created_at"] > 120:
+            registry.set_state(rec["run_id"], "failed", "the managed job is not in SkyPilot's queue")
+        return
+    extra = dict(rec.get("extra") or {})
+    if job.recovery_count > int(extra.get("recovery_count", 0)) and _may_move(rec, "recovering"):
+        extra["recovery_count"] = job.recovery_count
+        registry.update(rec["run_id"], extra=extra)
+        registry.set_state(rec["run_id"], "recovering", f"preempted; recovery #{job.recovery_count}")
+    state = JOB_STATES.get(job.status, "running")
+    if state in FINAL_STATES:
+        detail = f"managed job {job.status.lower()}" + (f": {job.failure_reason}" if job.failure_reason else "")
+        if extra.get("stop_requested_at"):
+            state, detail = "stopped", "budget: stopped after a checkpoint"
+        registry.set_state(rec["run_id"], state, detail)
+    elif state != registry.get(rec["run_id"], history=False)["state"] and _may_move(rec, state):
+        registry.set_state(rec["run_id"], state)
