@@ -1,0 +1,127 @@
+"""A fake of launcher.backends.sky.SkyBackend: SkyPilot's stateful side, in memory.
+
+It behaves like the real thing where the launcher depends on it: clusters and managed jobs carry
+the labels of the task they were launched from, log streams end with the job's exit code (0 ok,
+100 failed), managed jobs can be preempted and recovered, and `down`/`jobs_cancel` are
+idempotent. Scenarios are set with attributes before the command runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from launcher.backends.sky import EXIT_FAILED, EXIT_SUCCEEDED, Cluster, ManagedJob
+
+
+@dataclass
+class FakeSky:
+    enabled: set = field(default_factory=lambda: {"runpod", "lambda", "gcp", "kubernetes"})
+    outcome: str = "SUCCEEDED"  # how jobs end: SUCCEEDED | FAILED
+    log_lines: list = field(default_factory=lambda: [
+        "loading model",
+        '{"step": 5, "total_steps": 20, "loss": 2.1}',
+        '{"step": 10, "total_steps": 20, "loss": 1.7}',
+        '{"step": 20, "total_steps": 20, "loss": 1.2}',
+        "training done",
+    ])
+    preemptions: int = 0  # managed jobs: how many times the job is preempted (and recovered)
+    interrupt_after: int | None = None  # raise KeyboardInterrupt after this many streamed lines
+    launch_error: Exception | None = None
+    check_error: Exception | None = None
+    clusters: dict = field(default_factory=dict)
+    jobs: dict = field(default_factory=dict)
+    cluster_jobs: dict = field(default_factory=dict)  # cluster name -> job status
+    calls: list = field(default_factory=list)
+    launched: list = field(default_factory=list)  # (kind, task, secrets, autostop)
+
+    # -- credentials / optimizer ----------------------------------------------------------------
+    def enabled_clouds(self, clouds):
+        self.calls.append(("check", tuple(clouds)))
+        if self.check_error:
+            raise self.check_error
+        return {c: c in self.enabled for c in clouds}
+
+    def optimize(self, task):
+        self.calls.append(("optimize", task["name"]))
+        res = task["resources"]
+        return f"{res['cloud']}({res['accelerators']}{', spot' if res.get('use_spot') else ''})"
+
+    # -- launching --------------------------------------------------------------------------------
+    def launch(self, task, cluster_name, idle_minutes, down, secrets=None, on_line=None):
+        self.calls.append(("launch", cluster_name))
+        self.launched.append(("cluster", task, dict(secrets or {}), {"idle_minutes": idle_minutes, "down": down}))
+        if on_line:
+            on_line(f"Launching a new cluster {cluster_name!r}.")
+        if self.launch_error:
+            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]), task["resources"]["cloud"])
+            raise self.launch_error
+        self.clusters[cluster_name] = Cluster(
+            cluster_name, "UP", dict(task["resources"]["labels"]), task["resources"]["cloud"], task["resources"].get("region"),
+        )
+        self.cluster_jobs[cluster_name] = "RUNNING"
+        return 1
+
+    def jobs_launch(self, task, name, secrets=None, on_line=None):
+        self.calls.append(("jobs_launch", name))
+        self.launched.append(("managed", task, dict(secrets or {}), None))
+        if self.launch_error:
+            raise self.launch_error
+        job_id = len(self.jobs) + 1
+        self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
+                                       cloud=task["resources"]["cloud"])
+        return job_id
+
+    # -- queries ----------------------------------------------------------------------------------
+    def status(self, cluster_names=None):
+        self.calls.append(("status", tuple(cluster_names) if cluster_names else None))
+        return [c for n, c in self.clusters.items() if cluster_names is None or n in cluster_names]
+
+    def jobs_queue(self):
+        self.calls.append(("jobs_queue",))
+        return list(self.jobs.values())
+
+    def cluster_job_status(self, cluster_name, job_id):
+        return self.cluster_jobs.get(cluster_name) if cluster_name in self.clusters else None
+
+    # -- ending -----------------------------------------------------------------------------------
+    def down(self, cluster_name):
+        self.calls.append(("down", cluster_name))
+        self.clusters.pop(cluster_name, None)
+
+    def jobs_cancel(self, job_id):
+        self.calls.append(("jobs_cancel", job_id))
+        job = self.jobs.get(job_id)
+        if job and not job.finished:
+            job.status = "CANCELLED"
+
+    # -- logs -------------------------------------------------------------------------------------
+    def _emit(self, on_line, lines, count):
+        for line in lines:
+            if self.interrupt_after is not None and count >= self.interrupt_after:
+                raise KeyboardInterrupt
+            on_line(line)
+            count += 1
+        return count
+
+    def tail_logs(self, cluster_name, job_id, follow, on_line):
+        self.calls.append(("tail_logs", cluster_name, job_id))
+        if cluster_name not in self.clusters:
+            raise RuntimeError(f"Cluster {cluster_name!r} does not exist.")
+        self._emit(on_line, self.log_lines, 0)
+        if follow:
+            self.cluster_jobs[cluster_name] = self.outcome
+        return EXIT_SUCCEEDED if self.cluster_jobs.get(cluster_name) == "SUCCEEDED" else EXIT_FAILED
+
+    def jobs_tail_logs(self, job_id, follow, on_line):
+        self.calls.append(("jobs_tail_logs", job_id))
+        job = self.jobs[job_id]
+        count = 0
+        for i in range(self.preemptions):
+            count = self._emit(on_line, self.log_lines[:2], count)
+            job.status, job.recovery_count = "RECOVERING", i + 1
+            on_line(f"(sky) the spot instance was preempted; recovering (attempt {i + 1})")
+            job.status = "RUNNING"
+        self._emit(on_line, self.log_lines, count)
+        if follow:
+            job.status = self.outcome
+        return EXIT_SUCCEEDED if job.status == "SUCCEEDED" else EXIT_FAILED

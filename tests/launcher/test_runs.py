@@ -1,0 +1,153 @@
+"""The run registry: records, derived cost, eval scores, concurrency, migrations."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+
+import pytest
+
+from launcher.errors import UserError
+from launcher.runid import MAX_LEN, looks_like_run_id, new_run_id
+from launcher.runs import MIGRATIONS, SCHEMA_VERSION, Registry, eval_scores
+
+RECIPE = {"name": "demo", "model": {"id": "sftlaunch/tiny-llama"}}
+
+
+def test_create_get_list_find_resolve(tmp_path):
+    reg = Registry(tmp_path)
+    reg.create("sftl-demo-0a0a", RECIPE, cloud="gcp", gpu="H100", gpus_per_node=1, spot=True, usd_per_hour=3.0)
+    reg.create("sftl-demo-0b0b", RECIPE)
+    rec = reg.get("sftl-demo-0a0a")
+    assert rec["recipe"] == RECIPE and len(rec["recipe_sha256"]) == 64
+    assert rec["spot"] is True and rec["state"] == "pending" and rec["history"][0]["state"] == "pending"
+    assert [r["run_id"] for r in reg.list()] == ["sftl-demo-0b0b", "sftl-demo-0a0a"]
+    assert len(reg.find("sftl-demo-0")) == 2 and reg.find("sftl-demo_") == []
+    assert reg.resolve("sftl-demo-0a")["run_id"] == "sftl-demo-0a0a"
+    with pytest.raises(UserError, match="several runs"):
+        reg.resolve("sftl-demo")
+    with pytest.raises(UserError, match="no run"):
+        reg.resolve("nope")
+    with pytest.raises(ValueError, match="unknown run record fields"):
+        reg.update("sftl-demo-0a0a", colour="red")
+
+
+def test_cost_is_rate_times_billing_time(tmp_path):
+    reg = Registry(tmp_path)
+    reg.create("sftl-c-0001", RECIPE, usd_per_hour=4.0)
+    t0 = time.time() - 7200
+    reg.set_state("sftl-c-0001", "launching", at=t0)
+    reg.set_state("sftl-c-0001", "running", at=t0 + 600)  # still billing: no change in accounting
+    reg.set_state("sftl-c-0001", "recovering", at=t0 + 3600)  # preempted: not billing
+    reg.set_state("sftl-c-0001", "running", at=t0 + 5400)
+    reg.set_state("sftl-c-0001", "succeeded", at=t0 + 7200)
+    rec = reg.get("sftl-c-0001")
+    assert rec["running_hours"] == pytest.approx(1.5)
+    assert rec["cost_usd"] == pytest.approx(6.0)
+    assert [h["state"] for h in rec["history"]] == ["pending", "launching", "running", "recovering", "running", "succeeded"]
+    assert rec["ended_at"] == pytest.approx(t0 + 7200)
+    # A final state is not undone by a stale refresh.
+    assert reg.set_state("sftl-c-0001", "running") is False
+    assert reg.get("sftl-c-0001")["state"] == "succeeded"
+
+
+def test_set_eval_from_lm_eval_results_and_from_scores(tmp_path):
+    reg = Registry(tmp_path)
+    reg.create("sftl-e-0001", RECIPE)
+    lm_eval = {"results": {
+        "arc_challenge": {"alias": "arc", "acc,none": 0.5, "acc_stderr,none": 0.01, "acc_norm,none": 0.6},
+        "gsm8k": {"exact_match,strict-match": 0.2, "exact_match_stderr,strict-match": 0.01},
+    }}
+    stored = reg.set_eval("sftl-e-0001", lm_eval)
+    assert stored["scores"] == {"arc_challenge": 0.6, "gsm8k": 0.2}
+    assert reg.get("sftl-e-0001")["eval_average"] == pytest.approx(0.4)
+    assert eval_scores({"scores": {"a": 1.0, "b": 0.0}, "average": 0.9}) == ({"a": 1.0, "b": 0.0}, 0.9)
+
+
+def test_secrets_never_stored(tmp_path, monkeypatch):
+    canary = "hf_REGISTRYcanary0123456789abcdef"
+    monkeypatch.setenv("HF_TOKEN", canary)
+    reg = Registry(tmp_path / "reg")
+    reg.create("sftl-s-0001", {"name": "s", "note": f"token {canary}"}, extra={"cmd": f"x --token {canary}"})
+    reg.set_state("sftl-s-0001", "failed", f"auth failed for {canary}")
+    reg.close()
+    for f in (tmp_path / "reg").iterdir():
+        assert canary.encode() not in f.read_bytes(), f
+
+
+def _writer(home: str, worker: int, n: int) -> None:
+    reg = Registry(home)
+    for i in range(n):
+        rid = f"sftl-w{worker}-{i:04x}"
+        reg.create(rid, RECIPE, usd_per_hour=1.0)
+        reg.set_state(rid, "running")
+        reg.update(rid, progress_step=i, progress_total=n)
+        reg.set_state(rid, "succeeded")
+
+
+def test_concurrent_processes_do_not_corrupt(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    reg = Registry(tmp_path)
+    runs = reg.list()
+    assert len(runs) == 60 and all(r["state"] == "succeeded" for r in runs)
+    assert all(len(reg.get(r["run_id"])["history"]) == 3 for r in runs)
+    assert reg._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert reg._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upgrades_a_v1_database(tmp_path):
+    db = sqlite3.connect(tmp_path / "runs.db")
+    for stmt in MIGRATIONS[0]:
+        db.execute(stmt)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1, 0)")
+    db.execute(
+        "INSERT INTO runs (run_id, name, recipe_json, recipe_sha256, state, cloud, gpu, spot, usd_per_hour,"
+        " cluster_name, created_at, updated_at) VALUES ('sftl-old-0001', 'old', '{\"name\": \"old\"}', 'x',"
+        " 'running', 'lambda', 'H100', 0, 2.5, 'sftl-old-0001', 1, 1)"
+    )
+    db.commit()
+    db.close()
+    reg = Registry(tmp_path)
+    assert reg.schema_version() == SCHEMA_VERSION
+    rec = reg.get("sftl-old-0001")
+    assert rec["cloud"] == "lambda" and rec["recipe"] == {"name": "old"} and rec["spot"] is False
+    reg.update("sftl-old-0001", bucket="gs://b", progress_step=3, progress_total=9)
+    reg.set_state("sftl-old-0001", "succeeded")
+    assert reg.get("sftl-old-0001")["bucket"] == "gs://b"
+    assert Registry(tmp_path).schema_version() == SCHEMA_VERSION  # reopening does not re-migrate
+
+
+def test_refuses_a_newer_schema(tmp_path):
+    Registry(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("INSERT INTO schema_version VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(UserError, match="newer"):
+        Registry(tmp_path)
+
+
+def test_run_ids(tmp_path):
+    rid = new_run_id("llama2-70b-dolphin", taken=lambda _: False)
+    assert looks_like_run_id(rid) and rid.startswith("sftl-llama2-70b-dolphin-") and len(rid) <= MAX_LEN
+    assert len(new_run_id("a" * 40, taken=lambda _: False)) <= MAX_LEN
+    seen = {"sftl-x-0000"}
+    tries = []
+
+    def taken(r):
+        tries.append(r)
+        return len(tries) < 3  # the first two are "taken"
+
+    assert new_run_id("x", taken=taken) == tries[-1] and len(tries) == 3
+    reg = Registry()
+    rid = new_run_id("x")
+    reg.create(rid, RECIPE)
+    assert rid not in seen and new_run_id("x") != rid
