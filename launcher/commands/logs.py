@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from launcher.commands.up import Interrupted
 from launcher.errors import JobFailed, UserError
 from launcher.secrets import mask
 
@@ -91,4 +92,4 @@ def logs(run: str, follow: bool) -> None:
         )
     except KeyboardInterrupt:
         click.echo(f"\nstopped following; the run keeps going. Reattach: sftlaunch logs {run_id} --follow", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise Interrupted() from None

@@ -121,7 +121,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         if not sys.stdin or not sys.stdin.isatty():
             raise UserError("no terminal to confirm on; rerun with --yes to tear down without asking")
         if not click.confirm("Tear these down?", default=False):
-            raise click.exceptions.Exit(1)
+            raise click.Abort()
     from launcher.backends import local
 
     failures = []

@@ -25,7 +25,16 @@ from launcher.errors import JobFailed, UserError
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
 from launcher.secrets import mask
 
-PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
+PROGRESS_EVERY_S = 10.0
+
+
+class Interrupted(JobFailed):
+    """Ctrl-C while following a run: the run goes on; exit 130 (the hints are already printed)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted; the run keeps going"):
+        super().__init__(message)  # how often streaming writes progress/cost to the registry
 
 
 def echo(text: str = "", err: bool = False) -> None:
@@ -73,7 +82,7 @@ def confirm(yes: bool, question: str) -> None:
     if not sys.stdin or not sys.stdin.isatty():
         raise UserError("no terminal to confirm on; rerun with --yes to launch without asking")
     if not click.confirm(question, default=False):
-        raise click.exceptions.Exit(1)
+        raise click.Abort()
 
 
 def reattach_hints(run_id: str) -> None:
@@ -177,7 +186,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         code = local.follow_log(record, streamer)
     except KeyboardInterrupt:
         reattach_hints(run_id)
-        raise click.exceptions.Exit(130) from None
+        raise Interrupted() from None
     streamer.flush()
     from launcher import lifecycle
 
@@ -333,7 +342,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
                                     down=autostop_down(chosen.cloud), secrets=present, on_line=streamer)
     except KeyboardInterrupt:
         reattach_hints(run_id)
-        raise click.exceptions.Exit(130) from None
+        raise Interrupted() from None
     except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
         detail = mask(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
         registry.set_state(run_id, "failed", f"launch failed: {detail}")
@@ -376,7 +385,7 @@ def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | Non
     except KeyboardInterrupt:
         streamer.flush()
         reattach_hints(run_id)
-        raise click.exceptions.Exit(130) from None
+        raise Interrupted() from None
     streamer.flush()
     lifecycle.refresh(registry, lambda: backend, [registry.get(run_id, history=False)], remote_progress=False)
     return code

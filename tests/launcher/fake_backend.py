@@ -125,3 +125,55 @@ class FakeSky:
         if follow:
             job.status = self.outcome
         return EXIT_SUCCEEDED if job.status == "SUCCEEDED" else EXIT_FAILED
+
+
+@dataclass
+class FakeCandidate:
+    """The planner's Candidate shape (launcher.estimate), with chosen numbers."""
+
+    cloud: str
+    gpu: str = "H100"
+    gpus_per_node: int = 1
+    nodes: int = 1
+    spot: bool = False
+    usd_per_hour: float = 2.5
+    region: str | None = None
+    mem_needed_gb: float = 40.0
+    mem_available_gb: float = 80.0
+    fits: bool = True
+    borderline: bool = False
+    eta_hours: float = 2.0
+    total_usd: float = 5.0
+
+    @property
+    def accelerators(self) -> str:
+        return f"{self.gpu}:{self.gpus_per_node}"
+
+
+@dataclass
+class FakePlan:
+    candidates: list
+    chosen: FakeCandidate | None = None
+    reason: str | None = None
+
+
+def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,
+                 hub_repo=None, eval_=True):
+    """A small cloud recipe file (local data beside it); returns its path."""
+    import yaml
+
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / "train.jsonl").write_text('{"instruction": "add 1 and 2", "input": "", "output": "3"}\n')
+    data = {
+        "name": name,
+        "model": {"id": "sftlaunch/tiny-llama"},
+        "method": "full",
+        "data": {"sources": [{"path": "train.jsonl", "format": "alpaca"}], "template": "plain"},
+        "resources": {"clouds": list(clouds), "gpu": "H100:1", "spot": spot, "max_usd": max_usd},
+        "output": {"bucket": str(dir_ / "bucket") if bucket else None, "hub_repo": hub_repo},
+    }
+    if not eval_:
+        data["eval"] = None
+    path = dir_ / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,187 @@
+"""`sftlaunch up` on a fake SkyPilot: the whole lifecycle without a cloud."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.backends import sky as sky_backend
+from launcher.cli import cli
+from launcher.runs import Registry
+from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
+
+CANARY = "hf_CANARYupTOKEN0123456789abcdefXYZ"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeSky()
+    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
+    return fake
+
+
+@pytest.fixture
+def plan(monkeypatch):
+    """The planner's answer: runpod cheapest, gcp next (spot follows the recipe)."""
+    state = {"total": 5.0}
+
+    def fake_plan(recipe, cloud=None, gpu=None, spot=None):
+        spot = recipe.resources.spot
+        cands = [FakeCandidate("runpod", spot=spot, usd_per_hour=2.5, total_usd=state["total"]),
+                 FakeCandidate("gcp", spot=spot, usd_per_hour=3.0, total_usd=state["total"] * 1.2, region="us-central1")]
+        cands = [c for c in cands if cloud is None or c.cloud == cloud]
+        return FakePlan(cands, cands[0] if cands else None, None if cands else "no GPU")
+
+    monkeypatch.setattr("launcher.commands.up._candidates", fake_plan)
+    return state
+
+
+def up(*args, input=None):
+    return CliRunner().invoke(cli, ["up", *map(str, args)], input=input)
+
+
+def only_record():
+    runs = Registry().list()
+    assert len(runs) == 1
+    return Registry().get(runs[0]["run_id"])
+
+
+def test_on_demand_success_streams_records_and_downs_the_cluster(tmp_path, fake, plan):
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 0, res.output
+    rec = only_record()
+    rid = rec["run_id"]
+    assert res.output.strip().splitlines()[-1] == rid
+    for text in ("cloud     runpod", "H100×1", "$2.50/h", "ETA       2.0 h", "~$5.00", "checkpoints →"):
+        assert text in res.output
+    assert "progress: step 10/20 (50%)" in res.output
+    kind, task, _secrets, autostop = fake.launched[0]
+    assert kind == "cluster" and task["name"] == rid and task["resources"]["labels"] == {"sftlaunch-run": rid}
+    assert autostop == {"idle_minutes": 30, "down": True}  # RunPod cannot stop: autostop downs
+    assert rec["state"] == "succeeded" and rec["backend"] == "cluster" and rec["cluster_name"] == rid
+    assert (rec["progress_step"], rec["progress_total"]) == (20, 20)
+    assert [h["state"] for h in rec["history"]] == ["launching", "running", "succeeded"]
+    assert ("down", rid) in fake.calls and rid not in fake.clusters  # the last step: cluster gone
+    assert rec["usd_per_hour"] == 2.5 and rec["checkpoint_uri"].endswith(f"{rid}/checkpoints/")
+
+
+def test_job_failure_exits_1_and_still_downs(tmp_path, fake, plan):
+    fake.outcome = "FAILED"
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 1, res.output
+    rec = only_record()
+    assert rec["state"] == "failed" and ("down", rec["run_id"]) in fake.calls
+
+
+def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
+    fake.launch_error = RuntimeError("ResourcesUnavailableError: no H100 in any region")
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 1 and "no H100" in res.output
+    rec = only_record()
+    assert rec["state"] == "failed" and "launch failed" in rec["history"][-1]["detail"]
+    assert ("down", rec["run_id"]) in fake.calls
+
+
+def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan):
+    fake.preemptions = 1
+    res = up(write_recipe(tmp_path / "r", spot=True, clouds=("gcp", "runpod")), "--yes")
+    assert res.exit_code == 0, res.output
+    rec = only_record()
+    kind, task, _, _ = fake.launched[0]
+    assert kind == "managed" and "job_recovery" in task["resources"] and task["resources"]["use_spot"]
+    assert rec["backend"] == "managed" and rec["job_id"] == "1" and rec["cluster_name"] is None
+    states = [h["state"] for h in rec["history"]]
+    assert "recovering" in states and states[-1] == "succeeded"
+    assert rec["extra"]["recovery_count"] == 1
+    assert not any(c[0] == "down" for c in fake.calls)
+
+
+def test_detach_returns_after_submission(tmp_path, fake, plan):
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    rec = only_record()
+    assert rec["state"] == "running" and res.output.strip().splitlines()[-1] == rec["run_id"]
+    assert not any(c[0] == "tail_logs" for c in fake.calls)
+
+
+def test_ctrl_c_while_streaming_leaves_the_run_alone(tmp_path, fake, plan):
+    fake.interrupt_after = 2
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 130, res.output
+    rec = only_record()
+    rid = rec["run_id"]
+    assert f"sftlaunch logs {rid} --follow" in res.output and f"sftlaunch teardown {rid}" in res.output
+    assert not any(c[0] in ("down", "jobs_cancel") for c in fake.calls)
+    assert rid in fake.clusters and rec["state"] == "running"
+
+
+def test_no_credentials_refuses_with_what_each_cloud_needs(tmp_path, fake, plan):
+    fake.enabled = set()
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 2
+    assert "RUNPOD_API_KEY" in res.output and "gcloud auth application-default login" in res.output
+    assert Registry().list() == [] and not fake.launched
+
+
+def test_dry_run_without_credentials_still_shows_the_cost(tmp_path, fake, plan):
+    fake.enabled = set()
+    res = up(write_recipe(tmp_path / "r"), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "~$5.00" in res.output and "RUNPOD_API_KEY" in res.output and "nothing launched" in res.output
+    assert Registry().list() == [] and not fake.launched
+
+
+def test_dry_run_with_credentials_runs_the_optimizer_only(tmp_path, fake, plan):
+    fake.enabled = {"gcp"}
+    res = up(write_recipe(tmp_path / "r"), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "using gcp instead" in res.output and "SkyPilot optimizer (dry run): gcp(H100:1)" in res.output
+    assert "RunPod: set RUNPOD_API_KEY" in res.output  # the cloud left out, and why
+    assert [c[0] for c in fake.calls] == ["check", "optimize"] and Registry().list() == []
+
+
+def test_refusals_before_spending(tmp_path, fake, plan):
+    plan["total"] = 500.0
+    res = up(write_recipe(tmp_path / "a"), "--yes")
+    assert res.exit_code == 2 and "max_usd" in res.output and "exceeds" in res.output
+    plan["total"] = 5.0
+    res = up(write_recipe(tmp_path / "b", spot=True, bucket=False, clouds=("gcp",)), "--yes")
+    assert res.exit_code == 2 and "bucket" in res.output
+    res = up(write_recipe(tmp_path / "c"), "--yes", "--cloud", "lambda")
+    assert res.exit_code == 2 and "resources.clouds" in res.output
+    res = up(write_recipe(tmp_path / "d", hub_repo="me/demo"), "--yes")
+    assert res.exit_code == 2 and "HF_TOKEN" in res.output
+    res = up(write_recipe(tmp_path / "e"))  # no --yes and no terminal
+    assert res.exit_code == 2 and "--yes" in res.output
+    assert not fake.launched and Registry().list() == []
+
+
+def test_gpu_no_cloud_offers(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr("launcher.commands.up._candidates",
+                        lambda r, cloud=None, gpu=None, spot=None: FakePlan([], None, "no allowed cloud offers TPU-v9"))
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--gpu", "TPU-v9:1")
+    assert res.exit_code == 2 and "TPU-v9" in res.output and not fake.launched
+
+
+def test_canary_secret_never_leaves_the_launch_call(tmp_path, fake, plan, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    monkeypatch.setenv("WANDB_API_KEY", CANARY + "wandb")
+    fake.log_lines = fake.log_lines + [f"debug: token={CANARY}", f"error: 401 for {CANARY}wandb"]
+    res = up(write_recipe(tmp_path / "r", hub_repo="me/demo"), "--yes")
+    assert res.exit_code == 0, res.output
+    _, task, secrets, _ = fake.launched[0]
+    assert secrets == {"HF_TOKEN": CANARY, "WANDB_API_KEY": CANARY + "wandb"}  # SkyPilot got them...
+    assert task["secrets"] == {"HF_TOKEN": None, "WANDB_API_KEY": None}  # ...by name in the task
+    assert CANARY not in res.output and "****" in res.output
+    status = CliRunner().invoke(cli, ["status", "--json"])
+    assert CANARY not in status.output
+    assert json.loads(status.output)[0]["state"] == "succeeded"
+    import os
+
+    for root in (os.environ["SFTLAUNCH_HOME"], str(tmp_path)):
+        for dirpath, _dirs, files in os.walk(root):
+            for f in files:
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    assert CANARY.encode() not in fh.read(), os.path.join(dirpath, f)
