@@ -66,7 +66,7 @@ class FakeSky:
         self.launched.append(("managed", task, dict(secrets or {}), None))
         if self.launch_error:
             raise self.launch_error
-        job_id = len(self.jobs) + 1
+        job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
                                        cloud=task["resources"]["cloud"])
         return job_id

@@ -1,0 +1,144 @@
+"""`sftlaunch status`: refresh from the (fake) SkyPilot, the table, --json, the budget guard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from launcher import lifecycle
+from launcher.backends import sky as sky_backend
+from launcher.cli import cli
+from launcher.runs import Registry
+from tests.launcher.fake_backend import FakeSky
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeSky()
+    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
+    return fake
+
+
+def launched(fake, reg, run_id, kind="cluster", usd=3.0, max_usd=None, bucket=None, hours_ago=1.0):
+    """A run as `up --detach` leaves it, started `hours_ago`."""
+    task = {"name": run_id, "resources": {"cloud": "gcp", "labels": {"sftlaunch-run": run_id}}}
+    reg.create(run_id, {"name": "demo"}, backend=kind, cloud="gcp", gpu="A100-80GB", gpus_per_node=2,
+               spot=kind == "managed", usd_per_hour=usd, max_usd=max_usd, bucket=bucket,
+               cluster_name=run_id if kind == "cluster" else None)
+    reg.set_state(run_id, "running", at=time.time() - hours_ago * 3600)
+    if kind == "cluster":
+        fake.launch(task, run_id, 30, False)
+        reg.update(run_id, job_id="1")
+    else:
+        reg.update(run_id, job_id=str(fake.jobs_launch(task, run_id)))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_status_table_and_json(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-aaaa", usd=3.0, hours_ago=2.0)
+    reg.update("sftl-demo-aaaa", progress_step=30, progress_total=120)
+    reg.create("sftl-demo-bbbb", {"name": "demo"}, backend="local", cloud="local", usd_per_hour=0.0, state="succeeded")
+    reg.set_eval("sftl-demo-bbbb", {"scores": {"tiny_mc": 0.9, "tiny_gen": 0.5}})
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["RUN", "RECIPE", "WHERE", "STATE", "PROGRESS", "$", "SO", "FAR", "EVAL", "AVG"]
+    row = next(line for line in lines if line.startswith("sftl-demo-aaaa"))
+    assert "gcp A100-80GB×2" in row and "running" in row and "30/120 (25%)" in row and "$6.00" in row
+    assert "0.700" in next(line for line in lines if line.startswith("sftl-demo-bbbb"))
+    data = json.loads(run("status", "--json").output)
+    assert {d["run_id"] for d in data} == {"sftl-demo-aaaa", "sftl-demo-bbbb"}
+    one = json.loads(run("--json", "status", "sftl-demo-a").output)
+    assert one["run_id"] == "sftl-demo-aaaa" and one["cost_usd"] == pytest.approx(6.0, abs=0.01)
+
+
+def test_refresh_finishes_a_detached_cluster_run_and_downs_it(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-cccc")
+    fake.cluster_jobs["sftl-demo-cccc"] = "SUCCEEDED"
+    res = run("status")
+    assert res.exit_code == 0 and "succeeded" in res.output
+    assert ("down", "sftl-demo-cccc") in fake.calls
+    # Finished runs are not queried again.
+    fake.calls.clear()
+    run("status")
+    assert fake.calls == []
+
+
+def test_refresh_managed_preemption_then_failure(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-dddd", kind="managed")
+    job = fake.jobs[1]
+    job.status, job.recovery_count = "RECOVERING", 1
+    run("status")
+    assert reg.get("sftl-demo-dddd")["state"] == "recovering"
+    job.status, job.failure_reason = "FAILED", "exit 1"
+    run("status")
+    rec = reg.get("sftl-demo-dddd")
+    assert rec["state"] == "failed" and "exit 1" in rec["history"][-1]["detail"]
+
+
+def test_refresh_failure_shows_recorded_states(fake, monkeypatch):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-eeee")
+
+    def broken(names=None):
+        raise ConnectionError("API server unreachable")
+
+    monkeypatch.setattr(fake, "status", broken)
+    res = run("status")
+    assert res.exit_code == 0 and "could not refresh" in res.output and "running" in res.output
+
+
+def test_budget_guard_asks_the_job_to_checkpoint_then_records_the_stop(fake, tmp_path):
+    reg = Registry()
+    bucket = tmp_path / "bucket"
+    launched(fake, reg, "sftl-demo-ffff", usd=10.0, max_usd=15.0, bucket=str(bucket), hours_ago=2.0)
+    run("status")
+    rec = reg.get("sftl-demo-ffff")
+    flag = bucket / "sftl-demo-ffff" / "control" / "stop"
+    assert rec["state"] == "stopping" and flag.exists()
+    assert json.loads(flag.read_text())["max_usd"] == 15.0
+    assert ("down", "sftl-demo-ffff") not in fake.calls  # the job gets to save its checkpoint first
+    # The job saw the flag, checkpointed and exited 0: recorded as stopped (not succeeded), cluster downed.
+    fake.cluster_jobs["sftl-demo-ffff"] = "SUCCEEDED"
+    run("status")
+    rec = reg.get("sftl-demo-ffff")
+    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
+    assert ("down", "sftl-demo-ffff") in fake.calls
+
+
+def test_budget_guard_hard_stops_after_the_grace_period_or_without_a_bucket(fake, tmp_path):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-gggg", usd=10.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=2.0)
+    run("status")
+    rec = reg.get("sftl-demo-gggg")
+    lifecycle.guard_budget(reg, fake, rec, now=rec["extra"]["stop_requested_at"] + lifecycle.STOP_GRACE_S + 1)
+    assert reg.get("sftl-demo-gggg")["state"] == "stopped" and ("down", "sftl-demo-gggg") in fake.calls
+    launched(fake, reg, "sftl-demo-hhhh", kind="managed", usd=10.0, max_usd=15.0, hours_ago=2.0)
+    run("status")
+    rec = reg.get("sftl-demo-hhhh")
+    assert rec["state"] == "stopped" and "no bucket" in rec["history"][-1]["detail"]
+    assert ("jobs_cancel", int(rec["job_id"])) in fake.calls
+
+
+def test_under_budget_nothing_happens(fake, tmp_path):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-iiii", usd=1.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=1.0)
+    run("status")
+    assert reg.get("sftl-demo-iiii")["state"] == "running"
+    assert not Path(tmp_path / "b").exists()
+
+
+def test_parse_progress():
+    assert lifecycle.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
+    assert lifecycle.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)
+    assert lifecycle.parse_progress("step 50/40") is None and lifecycle.parse_progress("hello") is None

@@ -1,0 +1,107 @@
+"""`sftlaunch teardown`: only labelled resources, with cost, idempotent, recorded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.backends import local
+from launcher.backends import sky as sky_backend
+from launcher.backends.sky import Cluster, ManagedJob
+from launcher.cli import cli
+from launcher.runs import Registry, run_dir
+from tests.launcher.fake_backend import FakeSky
+from tests.launcher.test_status import launched
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeSky()
+    # Someone's own SkyPilot resources: no sftlaunch label. Never to be touched.
+    fake.clusters["my-notebook"] = Cluster("my-notebook", "UP", {"team": "research"})
+    fake.clusters["sftl-lookalike-0000"] = Cluster("sftl-lookalike-0000", "UP", {})
+    fake.jobs[7] = ManagedJob(7, "nightly-eval", "RUNNING", {})
+    fake.jobs[8] = ManagedJob(8, "sftl-demo-9999", "PENDING", None)  # not ours: no record
+    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
+    return fake
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["teardown", *args])
+
+
+def touched(fake):
+    return [c for c in fake.calls if c[0] in ("down", "jobs_cancel")]
+
+
+def test_all_touches_only_labelled_resources(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-aaaa", usd=2.0, hours_ago=1.5)
+    launched(fake, reg, "sftl-demo-bbbb", kind="managed", usd=1.0, hours_ago=1.0)
+    fake.clusters["sftl-other-cccc"] = Cluster("sftl-other-cccc", "UP", {"sftlaunch-run": "sftl-other-cccc"})
+    res = run("--all", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "sftl-demo-aaaa: cluster sftl-demo-aaaa [running] · $3.00 so far" in res.output
+    assert "managed job" in res.output and "sftl-other-cccc" in res.output and "cost unknown" in res.output
+    assert "my-notebook" not in res.output and "nightly-eval" not in res.output and "lookalike" not in res.output
+    assert touched(fake) == []
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    job_id = int(reg.get("sftl-demo-bbbb")["job_id"])
+    assert sorted(touched(fake)) == [("down", "sftl-demo-aaaa"), ("down", "sftl-other-cccc"), ("jobs_cancel", job_id)]
+    assert {"my-notebook", "sftl-lookalike-0000"} <= set(fake.clusters)
+    assert fake.jobs[7].status == "RUNNING" and fake.jobs[8].status == "PENDING"
+    for rid in ("sftl-demo-aaaa", "sftl-demo-bbbb"):
+        rec = reg.get(rid)
+        assert rec["state"] == "cancelled" and "teardown" in rec["history"][-1]["detail"] and rec["extra"]["torn_down"]
+    # Idempotent: nothing left, nothing touched, exit 0.
+    fake.calls.clear()
+    res = run("--all", "--yes")
+    assert res.exit_code == 0 and "nothing to tear down" in res.output and touched(fake) == []
+
+
+def test_named_run_and_unlabelled_pending_job_of_ours(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-dddd", kind="managed")
+    job_id = int(reg.get("sftl-demo-dddd")["job_id"])
+    fake.jobs[job_id].labels = None  # pending: SkyPilot has no cluster handle yet, so no labels
+    launched(fake, reg, "sftl-demo-eeee")
+    res = run("sftl-demo-dddd", "--yes")
+    assert res.exit_code == 0, res.output
+    assert touched(fake) == [("jobs_cancel", job_id)]
+    assert reg.get("sftl-demo-eeee")["state"] == "running"
+
+
+def test_cost_cannot_grow_after_teardown_and_refuses_without_terminal(fake):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-ffff", usd=6.0, hours_ago=1.0)
+    res = run("sftl-demo-ffff")
+    assert res.exit_code == 2 and "--yes" in res.output and touched(fake) == []
+    assert run("sftl-demo-ffff", "--yes").exit_code == 0
+    cost = reg.get("sftl-demo-ffff")["cost_usd"]
+    time.sleep(0.05)
+    assert reg.get("sftl-demo-ffff")["cost_usd"] == cost == pytest.approx(6.0, abs=0.01)
+    assert run().exit_code == 2  # neither runs nor --all
+
+
+def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, tmp_path):
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 60 & sleep 60; wait")
+    reg = Registry()
+    rid = "sftl-local-0001"
+    out = run_dir(rid)
+
+    class R:
+        image = None
+
+        def to_yaml(self):
+            return "name: local\n"
+
+    fields = local.start(R(), rid, out, use_docker=False)
+    reg.create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    assert local.alive(fields["pid"])
+    res = run(rid, "--yes")
+    assert res.exit_code == 0, res.output
+    assert "local process" in res.output and not local.alive(fields["pid"])
+    assert reg.get(rid)["state"] == "cancelled" and touched(fake) == []
