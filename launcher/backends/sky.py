@@ -32,7 +32,10 @@ CREDENTIAL_HINTS: dict[str, str] = {
 _SKY_CLOUD_NAMES = {"runpod": "runpod", "lambda": "lambda", "gcp": "gcp", "kubernetes": "kubernetes"}
 
 # SkyPilot's cluster / managed-job states, normalised to ours (launcher.runs.STATES).
-CLUSTER_STATES = {"INIT": "launching", "UP": "running", "STOPPED": "stopped"}
+# AUTOSTOPPING: idle, so its job has ended; the job status query decides the outcome.
+CLUSTER_STATES = {
+    "PENDING": "launching", "INIT": "launching", "UP": "running", "AUTOSTOPPING": "running", "STOPPED": "stopped",
+}
 JOB_STATES = {
     "PENDING": "pending", "SUBMITTED": "pending", "STARTING": "launching", "RUNNING": "running",
     "WINDING_DOWN": "running", "RECOVERING": "recovering", "CANCELLING": "stopping",
@@ -143,11 +146,12 @@ class SkyBackend:
     def enabled_clouds(self, clouds: list[str]) -> dict[str, bool]:
         """cloud -> whether SkyPilot's check says it can launch compute there."""
         import sky
+        from sky.client import sdk  # `sky.check` is the server-side module, not the SDK call
 
         wanted = [c for c in clouds if c in _SKY_CLOUD_NAMES]
         if not wanted:
             return {}
-        result = sky.get(sky.check(tuple(wanted), verbose=False))
+        result = sky.get(sdk.check(tuple(wanted), verbose=False))
         enabled: set[str] = set()
         for per_cloud in (result or {}).values():
             for cloud_name, capabilities in (per_cloud or {}).items():

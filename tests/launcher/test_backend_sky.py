@@ -1,0 +1,171 @@
+"""The SkyPilot adapter against the installed SkyPilot 0.14, offline.
+
+No API server is started: each SDK function the adapter calls is replaced by a recorder that
+binds the call against the real function's signature (so a renamed or removed parameter fails
+here), and returns what the real request would return.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+sky = pytest.importorskip("sky")
+
+from launcher.backends import sky as adapter  # noqa: E402
+from launcher.recipe import load_recipe  # noqa: E402
+from launcher.render import Target, render_task  # noqa: E402
+from tests.launcher.fake_backend import write_recipe  # noqa: E402
+
+CANARY = "hf_CANARYadapter0123456789abcdefQ"
+
+
+@pytest.fixture
+def task_dict(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r"))
+    mount = tmp_path / "recipe.yaml"
+    mount.write_text("name: demo\n")
+    return render_task(recipe, Target(cloud="gcp", gpu="H100", spot=False), "sftl-demo-abcd", str(mount))
+
+
+class Recorder:
+    def __init__(self, monkeypatch):
+        self.calls = []
+        self.results = {}
+        self.monkeypatch = monkeypatch
+
+    def patch(self, owner, name, result=None):
+        real = getattr(owner, name)
+        sig = inspect.signature(real)
+
+        def fake(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)  # TypeError if the SDK's signature moved
+            self.calls.append((name, bound.arguments))
+            return f"req-{name}" if result is None else result
+
+        self.monkeypatch.setattr(owner, name, fake)
+
+    def returns(self, request_id, value):
+        self.results[request_id] = value
+
+
+@pytest.fixture
+def rec(monkeypatch):
+    r = Recorder(monkeypatch)
+    r.patch(sky, "stream_and_get")
+    r.patch(sky, "get")
+
+    def lookup(request_id, *a, **k):
+        r.calls.append(("get", {"request_id": request_id, **k}))
+        return r.results.get(request_id)
+
+    monkeypatch.setattr(sky, "stream_and_get", lookup)
+    monkeypatch.setattr(sky, "get", lookup)
+    return r
+
+
+def test_state_tables_cover_skypilots_enums():
+    from sky.jobs.state import ManagedJobStatus
+    from sky.skylet.job_lib import JobStatus
+    from sky.utils.status_lib import ClusterStatus
+
+    assert {s.value for s in ManagedJobStatus} <= set(adapter.JOB_STATES)
+    assert {s.value for s in JobStatus} <= set(adapter.CLUSTER_JOB_STATES)
+    assert {s.value for s in ClusterStatus} <= set(adapter.CLUSTER_STATES)
+    assert adapter.EXIT_SUCCEEDED == sky.exceptions.JobExitCode.SUCCEEDED
+    assert adapter.EXIT_FAILED == sky.exceptions.JobExitCode.FAILED
+    fields = set(sky.schemas.api.responses.ManagedJobRecord.model_fields)
+    assert set(adapter.JOB_QUEUE_FIELDS) <= fields
+
+
+def test_task_validates_and_secrets_join_only_at_launch(task_dict, monkeypatch):
+    task = adapter._task(task_dict, {"HF_TOKEN": CANARY})
+    assert task.name == "sftl-demo-abcd"
+    assert list(task.secrets) == ["HF_TOKEN"]  # WANDB_API_KEY had no value: dropped, not a dangling ref
+    assert task.secrets["HF_TOKEN"].get_secret_value() == CANARY
+    # What SkyPilot records as the user's YAML (dashboard, job queue) never holds the value.
+    assert CANARY not in str(task.to_yaml_config(use_user_specified_yaml=True))
+    labels = next(iter(task.resources)).labels
+    assert labels == {"sftlaunch-run": "sftl-demo-abcd"}
+    assert task_dict["secrets"] == {"HF_TOKEN": None, "WANDB_API_KEY": None}  # the caller's dict untouched
+    assert adapter._task(task_dict).secrets == {}
+
+
+def test_launch_calls_the_sdk_as_0_14_expects(task_dict, rec, monkeypatch):
+    rec.patch(sky, "launch")
+    rec.returns("req-launch", (4, object()))
+    lines = []
+    job_id = adapter.SkyBackend().launch(task_dict, "sftl-demo-abcd", 30, False, {"HF_TOKEN": CANARY}, lines.append)
+    assert job_id == 4
+    name, args = rec.calls[0]
+    assert name == "launch" and args["cluster_name"] == "sftl-demo-abcd"
+    assert args["idle_minutes_to_autostop"] == 30 and args["down"] is False
+    assert isinstance(args["task"], sky.Task)
+    assert rec.calls[1][0] == "get" and rec.calls[1][1]["request_id"] == "req-launch"
+    assert "output_stream" in rec.calls[1][1]
+
+
+def test_jobs_launch_queue_cancel_status_down(task_dict, rec):
+    b = adapter.SkyBackend()
+    rec.patch(sky.jobs, "launch")
+    rec.returns("req-launch", ([12], None))
+    assert b.jobs_launch(task_dict, "sftl-demo-abcd") == 12
+    assert rec.calls[0][1]["name"] == "sftl-demo-abcd"
+
+    rec.patch(sky.jobs, "queue_v2")
+    from sky.jobs.state import ManagedJobStatus
+    from sky.schemas.api.responses import ManagedJobRecord
+
+    record = ManagedJobRecord(job_id=12, job_name="sftl-demo-abcd", status=ManagedJobStatus.RECOVERING,
+                              recovery_count=2, labels={"sftlaunch-run": "sftl-demo-abcd"})
+    rec.returns("req-queue_v2", ([record], 1, {}, 1))
+    (job,) = b.jobs_queue()
+    assert (job.job_id, job.status, job.recovery_count, job.run_id) == (12, "RECOVERING", 2, "sftl-demo-abcd")
+    assert "labels" in rec.calls[-2][1]["fields"]
+
+    rec.patch(sky.jobs, "cancel")
+    b.jobs_cancel(12)
+    assert rec.calls[-2][1]["job_ids"] == [12]
+
+    rec.patch(sky, "status")
+    from sky.utils.status_lib import ClusterStatus
+
+    rec.returns("req-status", [{"name": "sftl-demo-abcd", "status": ClusterStatus.UP, "labels": {"sftlaunch-run": "x"},
+                                "cloud": "GCP", "region": "us-central1", "launched_at": 1}])
+    (cluster,) = b.status(["sftl-demo-abcd"])
+    assert (cluster.name, cluster.status, cluster.run_id) == ("sftl-demo-abcd", "UP", "x")
+
+    rec.patch(sky, "down")
+    b.down("sftl-demo-abcd")
+    assert rec.calls[-2] == ("down", {"cluster_name": "sftl-demo-abcd"})
+
+
+def test_check_maps_skypilots_answer_per_cloud(rec):
+    from sky.client import sdk
+
+    rec.patch(sdk, "check")
+    rec.returns("req-check", {"default": {"GCP": ["compute", "storage"], "RunPod": ["storage"]}})
+    assert adapter.SkyBackend().enabled_clouds(["gcp", "runpod", "lambda"]) == {
+        "gcp": True, "runpod": False, "lambda": False}
+    assert rec.calls[0][1]["infra_list"] == ("gcp", "runpod", "lambda")
+    assert set(adapter.CREDENTIAL_HINTS) == {"runpod", "lambda", "gcp", "kubernetes"}
+
+
+def test_tail_logs_streams_lines_and_returns_the_exit_code(monkeypatch):
+    sig = inspect.signature(sky.tail_logs)
+
+    def fake_tail(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs).arguments
+        print("line one\nline", end="", file=bound["output_stream"])
+        print(" two\n", end="", file=bound["output_stream"])
+        print("partial", end="", file=bound["output_stream"])
+        return 100
+
+    monkeypatch.setattr(sky, "tail_logs", fake_tail)
+    lines = []
+    assert adapter.SkyBackend().tail_logs("c", 1, True, lines.append) == 100
+    assert lines == ["line one", "line two", "partial"]
+    jsig = inspect.signature(sky.jobs.tail_logs)
+    monkeypatch.setattr(sky.jobs, "tail_logs", lambda *a, **k: (jsig.bind(*a, **k), 0)[1])
+    assert adapter.SkyBackend().jobs_tail_logs(3, False, lines.append) == 0
