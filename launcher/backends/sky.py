@@ -160,14 +160,18 @@ class SkyBackend:
         return {c: c in enabled for c in wanted}
 
     def optimize(self, task_config: dict) -> str:
-        """SkyPilot's optimizer over the task (its dry run); returns the chosen resources."""
+        """SkyPilot's optimizer over the task (what `sky launch --dryrun` shows): the request's
+        return value is dropped by the server, so its printed plan table is what we return."""
         import sky
+        from sky.client import sdk
 
-        task = _task(task_config)
-        request_id = sky.optimize(_as_dag(task))
-        dag = sky.get(request_id)
-        chosen = [str(t.best_resources) for t in dag.tasks if getattr(t, "best_resources", None)]
-        return ", ".join(chosen) or "(no resources chosen)"
+        lines: list[str] = []
+        writer = _LineWriter(lines.append)
+        try:
+            sky.stream_and_get(sdk.optimize(_as_dag(_task(task_config))), output_stream=writer)
+        finally:
+            writer.close_out()
+        return "\n".join(line for line in lines if line.strip()) or "(SkyPilot printed no plan)"
 
     def launch(self, task_config: dict, cluster_name: str, idle_minutes: int | None, down: bool,
                secrets: dict[str, str] | None = None, on_line=None) -> int | None:

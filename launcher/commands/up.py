@@ -304,7 +304,9 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             except Exception as exc:  # noqa: BLE001
                 raise UserError(f"SkyPilot's optimizer found no resources for {chosen.accelerators} on "
                                 f"{chosen.cloud}: {mask(str(exc)).splitlines()[0]}") from None
-        echo(f"SkyPilot optimizer (dry run): {choice}")
+        echo("SkyPilot optimizer (dry run):")
+        for line in choice.splitlines():
+            echo(f"  {line}")
         echo("dry run: nothing launched.")
         return
 

@@ -141,6 +141,26 @@ def test_jobs_launch_queue_cancel_status_down(task_dict, rec):
     assert rec.calls[-2] == ("down", {"cluster_name": "sftl-demo-abcd"})
 
 
+def test_optimize_returns_skypilots_printed_plan(task_dict, monkeypatch):
+    from sky.client import sdk
+
+    sig = inspect.signature(sdk.optimize)
+    seen = {}
+
+    def fake_optimize(*a, **k):
+        seen.update(sig.bind(*a, **k).arguments)
+        return "req-opt"
+
+    def fake_stream(request_id, output_stream=None, **k):
+        print("Considered resources (1 node):\nGCP  a3-highgpu-1g  H100:1  us-central1  $ 11.06  ✔\n", end="",
+              file=output_stream)
+
+    monkeypatch.setattr(sdk, "optimize", fake_optimize)
+    monkeypatch.setattr(sky, "stream_and_get", fake_stream)
+    text = adapter.SkyBackend().optimize(task_dict)
+    assert "a3-highgpu-1g" in text and isinstance(seen["dag"], sky.Dag)
+
+
 def test_check_maps_skypilots_answer_per_cloud(rec):
     from sky.client import sdk
 

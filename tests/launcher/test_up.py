@@ -137,7 +137,7 @@ def test_dry_run_with_credentials_runs_the_optimizer_only(tmp_path, fake, plan):
     fake.enabled = {"gcp"}
     res = up(write_recipe(tmp_path / "r"), "--dry-run")
     assert res.exit_code == 0, res.output
-    assert "using gcp instead" in res.output and "SkyPilot optimizer (dry run): gcp(H100:1)" in res.output
+    assert "using gcp instead" in res.output and "SkyPilot optimizer (dry run):\n  gcp(H100:1)" in res.output
     assert "RunPod: set RUNPOD_API_KEY" in res.output  # the cloud left out, and why
     assert [c[0] for c in fake.calls] == ["check", "optimize"] and Registry().list() == []
 
