@@ -121,7 +121,7 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         "#!/usr/bin/env bash\n"
         "# Written by `sftlaunch up --local`; the exit code lands in ./exit_code when the run ends.\n"
         f"cd {shlex.quote(str(REPO))}\n"
-        f"{command}\n"
+        f"( {command} )\n"
         "rc=$?\n"
         f"echo $rc > {shlex.quote(str(p['exit_code']))}.tmp && mv {shlex.quote(str(p['exit_code']))}.tmp "
         f"{shlex.quote(str(p['exit_code']))}\n"
