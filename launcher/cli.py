@@ -90,7 +90,10 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
 
     debug = _debug_requested(argv)
     try:
-        click.Group.main(group, args=argv, prog_name=prog_name, standalone_mode=False)
+        # With standalone_mode=False click returns ctx.exit(N)'s code instead of raising.
+        rv = click.Group.main(group, args=argv, prog_name=prog_name, standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
