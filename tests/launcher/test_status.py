@@ -142,3 +142,14 @@ def test_parse_progress():
     assert lifecycle.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
     assert lifecycle.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)
     assert lifecycle.parse_progress("step 50/40") is None and lifecycle.parse_progress("hello") is None
+
+
+def test_lifecycle_modules_import_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, launcher.commands.up, launcher.commands.status, launcher.commands.logs, "
+            "launcher.commands.teardown, launcher.lifecycle, launcher.runs, launcher.backends.sky, "
+            "launcher.backends.local; print(sorted(m for m in ('sky', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
