@@ -286,8 +286,11 @@ def _refresh_cluster(registry: Registry, backend, rec: dict, clusters: dict) -> 
 
     cluster = clusters.get(rec["cluster_name"])
     if cluster is None:
-        if rec["state"] in ("pending", "launching") and time.time() - rec["created_at"] < 120:
-            return  # the launch request may not have created the cluster record yet
+        if rec["state"] in ("pending", "launching"):
+            if time.time() - rec["created_at"] < 120:
+                return  # the launch request may not have created the cluster record yet
+            registry.set_state(rec["run_id"], "failed", "the launch did not complete: no cluster exists")
+            return
         registry.set_state(rec["run_id"], "stopped",
                            "the cluster no longer exists (autostopped, or torn down outside sftlaunch)")
         return
