@@ -102,6 +102,7 @@ class Streamer:
         self.progress: tuple[int, int] | None = None
         self.show_progress = show_progress
         self._last_save = 0.0
+        self._last_pct = -1
 
     def __call__(self, line: str) -> None:
         from launcher.lifecycle import parse_progress
@@ -110,9 +111,10 @@ class Streamer:
         p = parse_progress(line)
         if p and p != self.progress:
             self.progress = p
-            if self.show_progress:
-                pct = 100.0 * p[0] / p[1] if p[1] else 0.0
-                echo(f"progress: step {p[0]}/{p[1]} ({pct:.0f}%)", err=True)
+            pct = int(100 * p[0] / p[1]) if p[1] else 0
+            if self.show_progress and pct != self._last_pct:  # one line per percent, not per log step
+                self._last_pct = pct
+                echo(f"progress: step {p[0]}/{p[1]} ({pct}%)", err=True)
             self._save()
 
     def _save(self, force: bool = False) -> None:
@@ -201,6 +203,8 @@ def _report_end(record: dict) -> None:
     avg = record.get("eval_average")
     score = f", eval average {avg:.3f}" if isinstance(avg, (int, float)) else ""
     echo(f"{record['run_id']}: {record['state']}{score}, cost ${record['cost_usd']:.2f}")
+    if record.get("result_uri") or record.get("local_dir"):
+        echo(f"results: {record.get('result_uri') or record['local_dir']}")
     echo(record["run_id"])
 
 
