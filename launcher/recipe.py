@@ -179,15 +179,15 @@ class OutputSpec(_Strict):
 
 class Recipe(_Strict):
     name: str = Field(description=f"Run name: lowercase letters, digits and '-', at most {NAME_MAX} chars; run ids derive from it.")
-    model: ModelSpec
+    model: ModelSpec = Field(description="The base model to fine-tune.")
     method: Literal[METHODS] = Field(description="full | lora | qlora.")  # type: ignore[valid-type]
     lora: LoraSpec | None = Field(None, description="LoRA settings (lora and qlora).")
     quantization: QuantizationSpec | None = Field(None, description="4-bit base settings (qlora only).")
-    data: DataSpec
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    data: DataSpec = Field(description="Training data: sources, prompt template, sequence length, packing, loss.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Optimisation and checkpointing.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where it runs: clouds, GPUs, nodes, spot, disk, autostop, budget.")
     eval: EvalSpec | None = Field(default_factory=EvalSpec, description="Evaluation after training; null skips it.")
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where checkpoints, results and the model go.")
     image: str | None = Field(None, description="Container image; default: the image built from docker/ for this version.")
 
     # Not part of the YAML: where the recipe came from.
