@@ -189,3 +189,62 @@ def test_tail_logs_streams_lines_and_returns_the_exit_code(monkeypatch):
     jsig = inspect.signature(sky.jobs.tail_logs)
     monkeypatch.setattr(sky.jobs, "tail_logs", lambda *a, **k: (jsig.bind(*a, **k), 0)[1])
     assert adapter.SkyBackend().jobs_tail_logs(3, False, lines.append) == 0
+
+
+# A two-row catalog snapshot in SkyPilot's v8 layout (RunPod's vms.csv columns from its fetcher),
+# so the optimizer runs offline. Run in a fresh interpreter: SkyPilot fixes its catalog directory
+# when it is first imported.
+_OPTIMIZER_SCRIPT = r'''
+import os, sys
+home = os.environ["HOME"]
+base = os.path.join(home, ".sky/catalogs/v8")
+for sub in ("runpod", "common"):
+    os.makedirs(os.path.join(base, sub))
+gpu = "{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 81920}"
+with open(os.path.join(base, "runpod/vms.csv"), "w") as f:
+    f.write("InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Region,SpotPrice,Price,AvailabilityZone,GpuInfo\n")
+    f.write(f'1x_H100_SECURE,H100,1.0,16.0,188.0,US,1.25,2.39,US-KS-2,"{gpu}"\n')
+with open(os.path.join(base, "common/accelerators.csv"), "w") as f:
+    f.write('AcceleratorName,Clouds\nH100,"RunPod"\nA100-80GB,"RunPod"\n')
+with open(os.path.join(base, "common/metadata.csv"), "w") as f:
+    f.write("GPU,MemoryGB,Manufacturer\nH100,80,NVIDIA\nA100-80GB,80,NVIDIA\n")
+sys.path.insert(0, os.environ["REPO"])
+from pathlib import Path
+import sky, sky.check
+from sky import clouds, exceptions, optimizer
+from launcher.backends import sky as adapter
+from launcher.recipe import load_recipe
+from launcher.render import Target, render_task
+from tests.launcher.fake_backend import write_recipe
+sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [clouds.RunPod()]
+recipe = load_recipe(write_recipe(Path(home) / "r"))
+mount = Path(home) / "recipe.yaml"
+mount.write_text("name: demo\n")
+def best(target):
+    task = adapter._task(render_task(recipe, target, "sftl-demo-abcd", str(mount)))
+    return optimizer.Optimizer.optimize(adapter._as_dag(task), quiet=True).tasks[0].best_resources
+b = best(Target(cloud="runpod", gpu="H100"))
+print("ON_DEMAND", b.cloud, b.instance_type, b.accelerators, b.labels, b.get_cost(3600))
+try:
+    best(Target(cloud="runpod", gpu="A100-80GB"))
+    print("A100 FOUND")
+except exceptions.ResourcesUnavailableError:
+    print("A100 UNAVAILABLE")
+'''
+
+
+def test_optimizer_dry_run_on_a_catalog_snapshot(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "opt-home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), SKY_RUNTIME_DIR=str(home), SKYPILOT_DISABLE_USAGE_COLLECTION="1",
+               REPO=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run([sys.executable, "-c", _OPTIMIZER_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if not line.startswith("<sky-payload>")]
+    assert "ON_DEMAND RunPod 1x_H100_SECURE {'H100': 1} {'sftlaunch-run': 'sftl-demo-abcd'} 2.39" in lines
+    assert "A100 UNAVAILABLE" in lines  # a GPU the catalog does not offer there: SkyPilot refuses
