@@ -1,0 +1,398 @@
+"""`python -m jobs eval`: score a model with EleutherAI's lm-evaluation-harness and write results.json.
+
+Why a wrapper and not the harness CLI: the reference workflow judged fine-tunes by one six-number
+table whose metrics, shot counts and MMLU averaging differ from the harness defaults (the
+harness weights MMLU subjects by size; the leaderboard took the plain mean of 57 subjects), and
+the result must carry the model, revision and recipe hash so a number can be traced to the run
+that produced it.
+
+Data parallel: with more than one visible GPU this re-launches itself under
+`accelerate launch --num_processes <gpus> -m jobs eval ...`; the harness's HFLM then puts one
+model replica on each GPU and shards the requests (rank 0 writes results.json). Set
+SFTLAUNCH_EVAL_NO_DP=1 to stay in one process (e.g. a model that needs several GPUs' memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HARNESS = "lm-eval"
+RESULTS_SCHEMA = 1
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+@dataclass(frozen=True)
+class PresetTask:
+    task: str  # harness task or group name
+    shots: int
+    metric: str  # harness result key without the filter, e.g. "acc_norm"
+    name: str  # column name in the results table
+    filter: str = "none"  # harness filter the metric is reported under
+    mean_of_subtasks: bool = False  # plain mean over the group's leaf tasks
+
+
+# Open LLM Leaderboard v1 (the table sft-demos reported), as data.
+PRESETS: dict[str, tuple[PresetTask, ...]] = {
+    "leaderboard-v1": (
+        PresetTask("arc_challenge", 25, "acc_norm", "ARC"),
+        PresetTask("hellaswag", 10, "acc_norm", "HellaSwag"),
+        PresetTask("mmlu", 5, "acc", "MMLU", mean_of_subtasks=True),
+        PresetTask("truthfulqa_mc2", 0, "acc", "TruthfulQA"),
+        PresetTask("winogrande", 5, "acc", "Winogrande"),
+        # strict-match is the "#### <number>" answer the leaderboard scored.
+        PresetTask("gsm8k", 5, "exact_match", "GSM8K", filter="strict-match"),
+    ),
+}
+
+
+class EvalInputError(Exception):
+    """Bad input: printed as one line, exit 2."""
+
+
+@dataclass
+class ModelSpec:
+    pretrained: str  # what HFLM loads (local dir or hub id)
+    revision: str | None
+    peft: str | None  # adapter dir, if any
+    tokenizer: str
+    model_id: str  # what the results name the model as
+    base_model: str | None
+    meta: dict  # sftlaunch.json of a trained model, if any
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+
+
+# jobs.tiny.TINY_MODEL_ID; repeated so resolving other models does not import jobs.tiny.
+TINY_MODEL_ID = "sftlaunch/tiny-llama"
+
+
+def _tiny_dir() -> str:
+    from jobs.tiny import ensure_tiny
+
+    return str(ensure_tiny())
+
+
+def _resolve_base(base: str, adapter_dir: Path) -> str:
+    if base == TINY_MODEL_ID:
+        return _tiny_dir()
+    if _looks_like_path(base) or Path(base).expanduser().exists():
+        path = Path(base).expanduser()
+        if not path.is_absolute():
+            path = (adapter_dir / path) if (adapter_dir / path).exists() else path
+        if not (path / "config.json").is_file():
+            raise EvalInputError(
+                f"{adapter_dir / 'adapter_config.json'}: base_model_name_or_path {base!r} is not a model "
+                "directory (no config.json); point it at the base model or pass the merged model"
+            )
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(base, "config.json"), str):
+            raise EvalInputError(
+                f"{adapter_dir / 'adapter_config.json'}: base model {base!r} is not in the Hugging Face cache "
+                "and HF_HUB_OFFLINE=1; download it first or unset HF_HUB_OFFLINE"
+            )
+    return base
+
+
+def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
+    """Model dir, adapter dir (base from adapter_config.json), the tiny id, or a hub id."""
+    if ref == TINY_MODEL_ID:
+        path = _tiny_dir()
+        return ModelSpec(path, None, None, path, TINY_MODEL_ID, None, {})
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EvalInputError(f"--model {ref}: not a directory; give a model or adapter directory or a hub id")
+        meta = {}
+        if (path / "sftlaunch.json").is_file():
+            meta = json.loads((path / "sftlaunch.json").read_text())
+        has_tok = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+        if (path / "adapter_config.json").is_file():
+            cfg = json.loads((path / "adapter_config.json").read_text())
+            base = cfg.get("base_model_name_or_path")
+            if not base:
+                raise EvalInputError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; cannot find the base model")
+            base_path = _resolve_base(base, path)
+            return ModelSpec(base_path, None, str(path), str(path) if has_tok else base_path,
+                             meta.get("run_id") or str(path), base, meta)
+        if not (path / "config.json").is_file():
+            raise EvalInputError(f"--model {ref}: no config.json or adapter_config.json in it; not a model directory")
+        return ModelSpec(str(path), None, None, str(path), meta.get("run_id") or str(path), meta.get("base_model"), meta)
+    if _looks_like_path(ref):
+        raise EvalInputError(f"--model {ref}: no such directory; give a model/adapter directory or a hub id (org/name)")
+    return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
+
+
+def task_manager(tasks_dir: str | None = None):
+    from lm_eval.tasks import TaskManager
+
+    include = [str(TASKS_DIR)]
+    if tasks_dir:
+        if not Path(tasks_dir).is_dir():
+            raise EvalInputError(f"--tasks-dir {tasks_dir}: no such directory of lm-eval task YAMLs")
+        include.append(str(Path(tasks_dir).resolve()))
+    return TaskManager(include_path=include)
+
+
+def check_tasks(names: list[str], tm) -> None:
+    known = set(tm.all_tasks)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `lm-eval ls tasks` lists them"
+            raise EvalInputError(f"--tasks: unknown lm-eval task {name!r}{hint}")
+
+
+def _leaves(group: str, group_subtasks: dict) -> list[str]:
+    out = []
+    for child in group_subtasks.get(group, []):
+        out.extend(_leaves(child, group_subtasks) if child in group_subtasks else [child])
+    return out
+
+
+def _samples(raw: dict, task: str) -> int | None:
+    n = raw.get("n-samples", {}).get(task)
+    return int(n["effective"]) if isinstance(n, dict) and "effective" in n else None
+
+
+def _num(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+def reduce_preset(raw: dict, preset: tuple[PresetTask, ...]) -> list[dict]:
+    """One row per preset task: the metric the leaderboard reported, from the harness output."""
+    rows = []
+    results, groups = raw["results"], raw.get("group_subtasks", {})
+    for p in preset:
+        key = f"{p.metric},{p.filter}"
+        if p.mean_of_subtasks:
+            leaves = _leaves(p.task, groups)
+            values = [results[t][key] for t in leaves]
+            errs = [_num(results[t].get(f"{p.metric}_stderr,{p.filter}")) for t in leaves]
+            value = sum(values) / len(values)
+            stderr = math.sqrt(sum(e * e for e in errs)) / len(errs) if all(e is not None for e in errs) else None
+            samples = sum(_samples(raw, t) or 0 for t in leaves)
+            extra = {"subtasks": len(leaves)}
+        else:
+            value = results[p.task][key]
+            stderr = _num(results[p.task].get(f"{p.metric}_stderr,{p.filter}"))
+            samples = _samples(raw, p.task)
+            extra = {}
+        rows.append({"task": p.task, "name": p.name, "metric": p.metric, "filter": p.filter,
+                     "value": float(value), "stderr": stderr, "shots": p.shots, "samples": samples, **extra})
+    return rows
+
+
+def reduce_custom(raw: dict, names: list[str]) -> list[dict]:
+    """One row per requested task: its first configured metric (groups: the harness aggregate)."""
+    rows = []
+    for name in names:
+        res = raw["results"].get(name, {})
+        cfg = raw.get("configs", {}).get(name, {})
+        metric = None
+        if cfg.get("metric_list"):
+            metric = cfg["metric_list"][0]["metric"]
+        keys = [k for k in res if "," in k and "_stderr" not in k and isinstance(res[k], (int, float))]
+        pick = [k for k in keys if metric and k.split(",")[0] == metric] or keys
+        if not pick:
+            raise RuntimeError(f"the harness returned no metric for task {name}")
+        key = pick[0]
+        m, f = key.split(",", 1)
+        leaves = _leaves(name, raw.get("group_subtasks", {}))
+        samples = sum(_samples(raw, t) or 0 for t in leaves) if leaves else _samples(raw, name)
+        shots = raw.get("n-shot", {}).get(name)
+        rows.append({"task": name, "name": name, "metric": m, "filter": f, "value": float(res[key]),
+                     "stderr": _num(res.get(f"{m}_stderr,{f}")), "shots": shots, "samples": samples})
+    return rows
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str):
+    from lm_eval.models.huggingface import HFLM
+
+    if load_4bit:
+        # HFLM passes its own quantization_config (None for a plain checkpoint) to from_pretrained
+        # and transformers 5 dropped load_in_4bit=, so the bitsandbytes config is injected here.
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+
+        class HFLM4bit(HFLM):
+            def _create_model(self, *args, quantization_config=None, **kw):
+                return super()._create_model(*args, quantization_config=bnb, **kw)
+
+        cls = HFLM4bit
+    else:
+        cls = HFLM
+    return cls(
+        pretrained=spec.pretrained,
+        revision=spec.revision or "main",
+        peft=spec.peft,
+        tokenizer=spec.tokenizer,
+        batch_size=batch_size,
+        device=device,
+        dtype="float32" if device == "cpu" else "auto",
+    )
+
+
+def run_harness(lm, task_groups: list[tuple[list[str], int | None]], tm, limit: int | None) -> dict:
+    """simple_evaluate once per shot count (its num_fewshot applies to every task it is given,
+    group members included), merged into one harness-shaped dict."""
+    import lm_eval
+
+    merged: dict = {"results": {}, "group_subtasks": {}, "n-samples": {}, "n-shot": {}, "configs": {}, "versions": {}}
+    for names, shots in task_groups:
+        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
+                                      task_manager=tm, log_samples=False, bootstrap_iters=100_000)
+        if out is None:  # non-zero data-parallel rank
+            return {}
+        for key in merged:
+            merged[key].update(out.get(key) or {})
+    return merged
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def _under_launcher() -> bool:
+    return any(k in os.environ for k in ("LOCAL_RANK", "ACCELERATE_LAUNCH", "WORLD_SIZE"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs eval", description="Score a model with lm-eval; write OUT/results.json.")
+    p.add_argument("--model", required=True, help="model dir, PEFT adapter dir, hub id, or sftlaunch/tiny-llama")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
+    p.add_argument("--tasks-dir", default=None, help="directory of local lm-eval task YAMLs")
+    p.add_argument("--limit", type=int, default=None, help="examples per task (a quick look, not a score)")
+    p.add_argument("--batch-size", default="auto", help='"auto" or an integer')
+    p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes, GPU)")
+    p.add_argument("--recipe-sha256", default=None, help="recorded in results.json when the model has no sftlaunch.json")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--out", required=True, help="directory for results.json")
+    return p
+
+
+def _parse_batch(value: str):
+    if value == "auto" or value.startswith("auto:"):
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise EvalInputError(f"--batch-size {value!r}: give 'auto' or a positive integer") from None
+    if n < 1:
+        raise EvalInputError(f"--batch-size {value!r}: give 'auto' or a positive integer")
+    return n
+
+
+def evaluate(args: argparse.Namespace) -> dict | None:
+    if not args.preset and not args.tasks:
+        raise EvalInputError("give --preset leaderboard-v1 or --tasks a,b (see --help)")
+    if args.limit is not None and args.limit < 1:
+        raise EvalInputError(f"--limit {args.limit}: must be a positive number of examples")
+    batch = _parse_batch(str(args.batch_size))
+    spec = resolve_model(args.model, args.revision)
+    tm = task_manager(args.tasks_dir)
+    preset = PRESETS[args.preset] if args.preset else ()
+    custom = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    check_tasks([p.task for p in preset] + custom, tm)
+
+    by_shots: dict[int, list[str]] = {}
+    for p in preset:
+        by_shots.setdefault(p.shots, []).append(p.task)
+    groups: list[tuple[list[str], int | None]] = sorted(by_shots.items(), key=lambda kv: -kv[0])
+    groups = [(names, shots) for shots, names in groups]
+    if custom:
+        groups.append((custom, None))
+
+    import lm_eval
+
+    device = _device()
+    started = time.time()
+    lm = make_lm(spec, batch, args.load_4bit, device)
+    raw = run_harness(lm, groups, tm, args.limit)
+    if not raw:
+        return None
+    wall = time.time() - started
+    rows = (reduce_preset(raw, preset) if preset else []) + (reduce_custom(raw, custom) if custom else [])
+    scores = {r["name"]: r["value"] for r in rows}
+    result = {
+        "schema": RESULTS_SCHEMA,
+        "model": {"id": spec.model_id, "revision": spec.revision, "path": spec.pretrained,
+                  "adapter": spec.peft, "base_model": spec.base_model},
+        "run_id": args.run_id or spec.meta.get("run_id"),
+        "recipe_sha256": spec.meta.get("recipe_sha256") or args.recipe_sha256,
+        "preset": args.preset,
+        "harness": {"name": HARNESS, "version": lm_eval.__version__},
+        "tasks": rows,
+        "scores": scores,
+        "average": sum(scores.values()) / len(scores) if scores else None,
+        "limit": args.limit,
+        "batch_size": batch,
+        "load_4bit": bool(args.load_4bit),
+        "device": device,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(wall, 3),
+        "preset_definition": [asdict(p) for p in preset] or None,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out / "results.json")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage line
+        return 2 if exc.code else 0
+    if _gpu_count() > 1 and not _under_launcher() and os.environ.get("SFTLAUNCH_EVAL_NO_DP") != "1":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(_gpu_count()),
+               "-m", "jobs", "eval", *argv]
+        return subprocess.call(cmd)
+    try:
+        result = evaluate(args)
+    except EvalInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        from launcher.results import render_table
+
+        print(render_table([result]))
+        print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Eval results (results.json written by `python -m jobs eval`) as the markdown table the
+reference workflow published: one row per model, scores as percentages with two decimals.
+
+Light on purpose (json + pathlib only): `sftlaunch eval`, `status` and the model card all render
+it, and the laptop side must not import torch or the harness.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Column order of the reference table (sft-demos / Open LLM Leaderboard v1).
+LEADERBOARD_COLUMNS = ("ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande", "GSM8K")
+
+
+def load_results(path: str | Path) -> dict:
+    """A results.json file, or a directory holding one."""
+    from launcher.errors import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{p}: no results.json; run `sftlaunch eval` first") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise UserError(f"{p}: not an sftlaunch results.json (no `tasks` list)")
+    return data
+
+
+def pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.2f}"
+
+
+def model_label(result: dict) -> str:
+    model = result.get("model") or {}
+    label = model.get("id") or model.get("path") or "?"
+    if model.get("revision") and model.get("revision") != "main":
+        label += f"@{model['revision']}"
+    return label
+
+
+def _scores(result: dict) -> dict[str, float]:
+    return {t["name"]: t["value"] for t in result.get("tasks", [])}
+
+
+def _average(result: dict, columns: tuple[str, ...]) -> float | None:
+    scores = _scores(result)
+    values = [scores[c] for c in columns if c in scores]
+    return sum(values) / len(values) if values and len(values) == len(columns) else result.get("average")
+
+
+def order_rows(results: list[dict]) -> list[dict]:
+    """Base model first, then the fine-tunes of it, so the two rows sit side by side."""
+    bases = {(r.get("model") or {}).get("base_model") for r in results} - {None}
+    return sorted(results, key=lambda r: (0 if model_label(r) in bases else 1))
+
+
+def render_table(results: list[dict]) -> str:
+    """The reference table when every result is the leaderboard preset, else a generic one with
+    one column per task (metric named in the header)."""
+    results = order_rows(results)
+    if results and all(set(LEADERBOARD_COLUMNS) <= set(_scores(r)) for r in results):
+        head = "| Model | Average | " + " | ".join(LEADERBOARD_COLUMNS) + " |"
+        sep = "|" + "---|" * (len(LEADERBOARD_COLUMNS) + 2)
+        lines = [head, sep]
+        for r in results:
+            s = _scores(r)
+            cells = [model_label(r), pct(_average(r, LEADERBOARD_COLUMNS))] + [pct(s[c]) for c in LEADERBOARD_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+    columns: list[tuple[str, str]] = []
+    for r in results:
+        for t in r.get("tasks", []):
+            col = (t["name"], t["metric"])
+            if col not in columns:
+                columns.append(col)
+    head = "| Model | Average | " + " | ".join(f"{name} ({metric})" for name, metric in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 2)]
+    for r in results:
+        by = {(t["name"], t["metric"]): t["value"] for t in r.get("tasks", [])}
+        avg = r.get("average")
+        lines.append("| " + " | ".join([model_label(r), pct(avg)] + [pct(by.get(c)) for c in columns]) + " |")
+    return "\n".join(lines)
+
+
+def render_details(result: dict) -> str:
+    """Per-task detail (metric, shots, samples, stderr) under the table: what the number means."""
+    lines = ["| Task | Metric | Shots | Samples | Value | ± stderr |", "|---|---|---|---|---|---|"]
+    for t in result.get("tasks", []):
+        metric = t["metric"] if t.get("filter") in (None, "none") else f"{t['metric']} ({t['filter']})"
+        lines.append(
+            f"| {t['task']} | {metric} | {'' if t.get('shots') is None else t['shots']} | "
+            f"{'' if t.get('samples') is None else t['samples']} | {pct(t['value'])} | {pct(t.get('stderr'))} |"
+        )
+    return "\n".join(lines)
