@@ -136,7 +136,10 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
     return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
 
 
-def task_manager(tasks_dir: str | None = None):
+def task_manager(tasks_dir: str | None = None, names: list[str] | None = None):
+    """The harness's TaskManager with our task YAMLs (and --tasks-dir) on its include path.
+    Indexing the ~10k built-in task YAMLs takes ~10 s on a small CPU; when every requested name
+    is a local task the built-ins are skipped."""
     from lm_eval.tasks import TaskManager
 
     include = [str(TASKS_DIR)]
@@ -144,6 +147,10 @@ def task_manager(tasks_dir: str | None = None):
         if not Path(tasks_dir).is_dir():
             raise EvalInputError(f"--tasks-dir {tasks_dir}: no such directory of lm-eval task YAMLs")
         include.append(str(Path(tasks_dir).resolve()))
+    if names:
+        local = TaskManager(include_path=include, include_defaults=False)
+        if set(names) <= set(local.all_tasks):
+            return local
     return TaskManager(include_path=include)
 
 
@@ -292,10 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
     p.add_argument("--tasks-dir", default=None, help="directory of local lm-eval task YAMLs")
     p.add_argument("--limit", type=int, default=None, help="examples per task (a quick look, not a score)")
-    p.add_argument("--batch-size", default="auto", help='"auto" or an integer')
+    p.add_argument("--batch-size", default=None, help='"auto" (default) or an integer')
     p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes, GPU)")
+    p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None,
+                   help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win); "
+                        "default $SFTLAUNCH_RECIPE")
     p.add_argument("--recipe-sha256", default=None, help="recorded in results.json when the model has no sftlaunch.json")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
     p.add_argument("--out", required=True, help="directory for results.json")
     return p
 
@@ -312,16 +322,39 @@ def _parse_batch(value: str):
     return n
 
 
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill unset flags from the recipe's eval section, so the job step needs only --recipe."""
+    from launcher.errors import RecipeError
+    from launcher.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        raise EvalInputError(exc.problems[0] if exc.problems else str(exc)) from None
+    args.recipe_sha256 = args.recipe_sha256 or recipe.sha256()
+    ev = recipe.eval
+    if ev is None or args.preset or args.tasks:
+        return
+    args.preset = ev.preset
+    args.tasks = ",".join(ev.tasks) if ev.tasks else None
+    args.tasks_dir = args.tasks_dir or ev.tasks_dir
+    args.limit = args.limit if args.limit is not None else ev.limit
+    args.batch_size = args.batch_size if args.batch_size is not None else ev.batch_size
+    args.load_4bit = args.load_4bit or ev.load_4bit
+
+
 def evaluate(args: argparse.Namespace) -> dict | None:
+    if args.recipe:
+        apply_recipe(args)
     if not args.preset and not args.tasks:
         raise EvalInputError("give --preset leaderboard-v1 or --tasks a,b (see --help)")
     if args.limit is not None and args.limit < 1:
         raise EvalInputError(f"--limit {args.limit}: must be a positive number of examples")
-    batch = _parse_batch(str(args.batch_size))
+    batch = _parse_batch(str(args.batch_size or "auto"))
     spec = resolve_model(args.model, args.revision)
-    tm = task_manager(args.tasks_dir)
     preset = PRESETS[args.preset] if args.preset else ()
     custom = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    tm = task_manager(args.tasks_dir, [p.task for p in preset] + custom)
     check_tasks([p.task for p in preset] + custom, tm)
 
     by_shots: dict[int, list[str]] = {}

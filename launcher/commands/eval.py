@@ -1,0 +1,245 @@
+"""`sftlaunch eval RUN|MODEL`: score a run's model (or any model) and attach the scores to the run.
+
+Why a subprocess for --local: the harness, torch and the model load in `python -m jobs.evaluate`
+so this command stays light and a crash there is a failed job (exit 1), not a traceback here.
+Without --local the same job runs as an eval-only SkyPilot task on the cheapest GPU the planner
+picks, with the run's recipe; results come back through the bucket and `sftlaunch status`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from launcher.errors import JobFailed, UserError
+from launcher.options import json_option
+
+PRESETS = ("leaderboard-v1",)
+
+
+def _registry():
+    from launcher.runs import Registry
+
+    return Registry()
+
+
+def find_run(target: str) -> dict | None:
+    """The run `target` names, or None when it is a model path/id (paths and hub ids win)."""
+    if Path(target).expanduser().exists() or "/" in target:
+        return None
+    from launcher.runs import sftlaunch_home
+
+    if not (sftlaunch_home() / "runs.db").exists():
+        if target.startswith("sftl-"):
+            raise UserError(f"no run {target!r}: no runs recorded yet in {sftlaunch_home()}")
+        return None
+    reg = _registry()
+    if reg.get(target, history=False) is None and not reg.find(target):
+        if target.startswith("sftl-"):
+            raise UserError(f"no run {target!r}; `sftlaunch status` lists runs")
+        return None
+    return reg.resolve(target)
+
+
+def run_model_dir(record: dict) -> Path:
+    """The run's trained model (or adapter) on this machine; fetched from the bucket if needed."""
+    from launcher.runs import run_dir
+
+    local = Path(record.get("local_dir") or run_dir(record["run_id"]))
+    if (local / "final").is_dir():
+        return local / "final"
+    bucket = record.get("bucket")
+    if bucket:
+        import fsspec
+
+        src = f"{bucket.rstrip('/')}/{record['run_id']}/model"
+        fs, path = fsspec.core.url_to_fs(src)
+        if fs.exists(path):
+            dest = local / "final"
+            dest.mkdir(parents=True, exist_ok=True)
+            fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
+            return dest
+    raise UserError(f"run {record['run_id']}: no trained model in {local / 'final'}"
+                    + (f" or {bucket}/{record['run_id']}/model" if bucket else "")
+                    + "; has training finished? (`sftlaunch status`)")
+
+
+def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, load_4bit) -> list[str]:
+    """Flags for the job: the command line's, else the run's recipe eval section, else the preset."""
+    ev = ((record or {}).get("recipe") or {}).get("eval") or {}
+    if not preset and not tasks:
+        preset = ev.get("preset")
+        tasks = ",".join(ev.get("tasks") or []) or None
+        tasks_dir = tasks_dir or ev.get("tasks_dir")
+        if not preset and not tasks:
+            preset = "leaderboard-v1"
+    limit = limit if limit is not None else ev.get("limit")
+    batch_size = batch_size or ev.get("batch_size")
+    load_4bit = load_4bit or bool(ev.get("load_4bit"))
+    args = []
+    if preset:
+        args += ["--preset", preset]
+    if tasks:
+        args += ["--tasks", tasks]
+    if tasks_dir:
+        args += ["--tasks-dir", str(tasks_dir)]
+    if limit is not None:
+        args += ["--limit", str(limit)]
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
+    if load_4bit:
+        args += ["--load-4bit"]
+    return args
+
+
+def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> dict:
+    """`python -m jobs.evaluate` in a child process; its output goes to stderr as it comes."""
+    cmd = [sys.executable, "-m", "jobs.evaluate", "--model", model, "--out", str(out), *args, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    last = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip():
+            last = line.strip()
+        if not line.startswith("error: "):  # raised below as this command's own error
+            click.echo(line.rstrip("\n"), err=True)
+    code = proc.wait()
+    if code == 2:
+        raise UserError(last.removeprefix("error: ") or "the eval job rejected its input")
+    if code != 0:
+        raise JobFailed(f"the eval job failed (exit {code}): {last}")
+    from launcher.results import load_results
+
+    return load_results(out)
+
+
+def _base_of(results: dict) -> str | None:
+    return (results.get("model") or {}).get("base_model")
+
+
+@click.command("eval")
+@click.argument("target", metavar="RUN|MODEL")
+@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset (default: the recipe's, else leaderboard-v1).")
+@click.option("--tasks", default=None, help="Comma-separated lm-eval task names.")
+@click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), help="Directory of local lm-eval task YAMLs.")
+@click.option("--local", is_flag=True, help="Run on this machine instead of a cloud GPU.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only N examples per task (a quick look, not a score).")
+@click.option("--batch-size", default=None, help='"auto" or an integer.')
+@click.option("--load-4bit", is_flag=True, help="Load the model in 4-bit (bitsandbytes; needs a GPU).")
+@click.option("--with-base", is_flag=True, help="Also score the base model and show its row beside the fine-tune's.")
+@click.option("--revision", default=None, help="Hub revision of MODEL.")
+@json_option
+def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, revision, as_json):
+    """Score RUN's model (or MODEL: a directory or hub id) with lm-evaluation-harness."""
+    record = find_run(target)
+    if not local:
+        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit)
+        return
+    from launcher.results import render_details, render_table
+    from launcher.runs import run_dir, sftlaunch_home
+
+    args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit)
+    if record is not None:
+        model = str(run_model_dir(record))
+        out = run_dir(record["run_id"]) / "eval"
+        extra = ["--run-id", record["run_id"]]
+        if record.get("recipe_sha256"):
+            extra += ["--recipe-sha256", record["recipe_sha256"]]
+    else:
+        model = target
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target.strip("/"))[-60:]
+        out = sftlaunch_home() / "evals" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+        extra = ["--revision", revision] if revision else []
+    results = [run_job(model, out, args, extra)]
+    if with_base:
+        base = _base_of(results[0])
+        if not base:
+            raise UserError(f"{model}: no base model recorded (not a fine-tune); drop --with-base")
+        base_model = str(_tiny_dir()) if base == "sftlaunch/tiny-llama" else base
+        results.insert(0, run_job(base_model, out.parent / (out.name + "-base"), args))
+        results[0]["model"]["id"] = base
+    if record is not None:
+        _registry().set_eval(record["run_id"], results[-1])
+    if as_json:
+        click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2, sort_keys=True))
+        return
+    click.echo(render_table(results))
+    click.echo()
+    click.echo(render_details(results[-1]))
+    click.echo(f"\nresults: {out / 'results.json'}" + (f" (stored in run {record['run_id']})" if record else ""))
+
+
+def _tiny_dir():
+    from jobs.tiny import ensure_tiny
+
+    return ensure_tiny()
+
+
+def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit) -> None:
+    """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it."""
+    if record is None:
+        raise UserError(f"{target}: remote eval takes a run id (its recipe names clouds and model); "
+                        "for a model path or hub id use --local")
+    try:
+        from launcher.estimate import plan
+    except ImportError:
+        raise UserError("remote eval needs the planner (launcher.estimate.plan), which this version "
+                        "lacks; run with --local") from None
+    import tempfile
+
+    from launcher.backends.sky import get_backend
+    from launcher.recipe import recipe_from_dict
+    from launcher.render import render_task, to_yaml
+
+    data = dict(record["recipe"])
+    overrides = {k: v for k, v in {"preset": preset, "tasks": tasks.split(",") if tasks else None,
+                                   "tasks_dir": tasks_dir, "limit": limit, "batch_size": batch_size}.items()
+                 if v is not None}
+    if load_4bit:
+        overrides["load_4bit"] = True
+    if overrides:
+        data["eval"] = {**(data.get("eval") or {}), **overrides}
+    if data.get("eval") is None:
+        data["eval"] = {"preset": "leaderboard-v1"}
+    recipe = recipe_from_dict(data, source=f"run {record['run_id']}")
+    result = plan(recipe)
+    chosen = result.chosen
+    if chosen is None:
+        raise UserError(f"no GPU fits this model for eval: {result.reason}")
+    tmp = Path(tempfile.mkdtemp(prefix="sftlaunch-eval-")) / "recipe.yaml"
+    tmp.write_text(recipe.to_yaml())
+    task = render_task(recipe, chosen, record["run_id"], str(tmp), steps=("eval",))
+    cluster = f"{record['run_id']}-eval"[:35]
+    click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
+               f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)
+    if os.environ.get("SFTLAUNCH_EVAL_RENDER_ONLY") == "1":
+        click.echo(to_yaml(task))
+        return
+    from launcher.secrets import launch_secrets
+
+    present, _ = launch_secrets(list((task.get("secrets") or {}).keys()))
+    backend = get_backend()
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    try:
+        job_id = backend.launch(task, cluster_name=cluster, idle_minutes=recipe.resources.autostop_minutes,
+                                down=True, secrets=present, on_line=echo)
+        code = backend.tail_logs(cluster, job_id, follow=True, on_line=echo)
+    finally:
+        backend.down(cluster)  # an eval cluster has nothing worth keeping once results are in the bucket
+    if code:
+        raise JobFailed(f"remote eval of {record['run_id']} failed (exit {code})")
+    from launcher.lifecycle import find_results
+
+    res = find_results(_registry().get(record["run_id"], history=False))
+    if res:
+        _registry().set_eval(record["run_id"], res)
+        from launcher.results import render_table
+
+        click.echo(render_table([res]))
