@@ -1,0 +1,173 @@
+"""The model card (README.md) published with a run: Hub metadata plus what a reader needs to trust
+and reuse the model — what it was trained on (with row counts), the exact recipe, the hardware,
+time and cost, its eval table, the training loss, and how to load it the way the reference
+workflow did (4-bit base + PeftModel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+LOSS_PLOT = "training_loss.png"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a preemption
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def plot_loss(metrics: list[dict], out: Path) -> Path | None:
+    """Training (and eval) loss against step as a PNG; None when there is nothing to plot."""
+    train = [(r["step"], r["loss"]) for r in metrics if "loss" in r and "step" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in metrics if "eval_loss" in r and "step" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot([s for s, _ in train], [v for _, v in train], label="train loss")
+    if evals:
+        ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or Path(path).exists()
+
+
+def data_rows(recipe: dict, meta: dict) -> list[dict]:
+    """Each data source with its row count: from training's record when it wrote one, else counted
+    from local files, else the recipe's max_samples cap (marked as such)."""
+    counted = meta.get("data_rows") or {}
+    out = []
+    for src in recipe["data"]["sources"]:
+        path = src["path"]
+        rows, how = counted.get(path), "used in training"
+        if rows is None and _looks_local(path) and Path(path).is_file() and path.endswith(".jsonl"):
+            with open(path, "rb") as fh:
+                rows = sum(1 for line in fh if line.strip())
+            if src.get("max_samples"):
+                rows = min(rows, src["max_samples"])
+            how = "rows in the file" + (" (capped by max_samples)" if src.get("max_samples") else "")
+        elif rows is None and src.get("max_samples"):
+            rows, how = src["max_samples"], "max_samples cap"
+        out.append({"path": path, "split": src.get("split"), "format": src.get("format"), "rows": rows, "how": how})
+    return out
+
+
+def front_matter(recipe: dict, meta: dict, is_adapter: bool, license: str) -> dict:
+    datasets = [s["path"] for s in recipe["data"]["sources"] if not _looks_local(s["path"])]
+    tags = ["sftlaunch", "sft", recipe["method"]]
+    if is_adapter:
+        tags += ["peft", "lora"]
+    fm = {
+        "base_model": meta.get("base_model") or recipe["model"]["id"],
+        "library_name": "peft" if is_adapter else "transformers",
+        "pipeline_tag": "text-generation",
+        "license": license,
+        "tags": tags,
+    }
+    if datasets:
+        fm["datasets"] = datasets
+    return fm
+
+
+def usage_snippet(repo_id: str, base_model: str, is_adapter: bool) -> str:
+    if is_adapter:
+        return f'''```python
+import torch
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+peft_model_id = "{repo_id}"
+config = PeftConfig.from_pretrained(peft_model_id)  # base: {base_model}
+tokenizer = AutoTokenizer.from_pretrained(peft_model_id, use_fast=True)
+bnb_config = BitsAndBytesConfig(
+    load_in_4bit=True,
+    bnb_4bit_quant_type="nf4",
+    bnb_4bit_compute_dtype=torch.bfloat16,
+)
+model = AutoModelForCausalLM.from_pretrained(
+    config.base_model_name_or_path,
+    quantization_config=bnb_config,
+    dtype=torch.bfloat16,
+    device_map="auto",
+)
+model = PeftModel.from_pretrained(model, peft_model_id)
+```'''
+    return f'''```python
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", use_fast=True)
+model = AutoModelForCausalLM.from_pretrained(
+    "{repo_id}",
+    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                           bnb_4bit_compute_dtype=torch.bfloat16),
+    dtype=torch.bfloat16,
+    device_map="auto",
+)
+```'''
+
+
+def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[dict], repo_id: str,
+                is_adapter: bool, hardware: str | None, usd_per_hour: float | None,
+                has_plot: bool, license: str = "other") -> str:
+    from launcher.results import render_details, render_table
+
+    fm = front_matter(recipe, meta, is_adapter, license)
+    elapsed = max((r.get("elapsed_s", 0) for r in metrics), default=None)
+    lines = ["---", yaml.safe_dump(fm, sort_keys=False).rstrip(), "---", "",
+             f"# {repo_id}", "",
+             f"A {recipe['method']} fine-tune of [{fm['base_model']}](https://huggingface.co/{fm['base_model']}) "
+             f"made with sftlaunch (run `{meta.get('run_id', '?')}`, recipe sha256 `{meta.get('recipe_sha256', '?')}`).",
+             "", "## Data", "", "| Source | Split | Format | Rows |", "|---|---|---|---|"]
+    for d in data_rows(recipe, meta):
+        rows = "?" if d["rows"] is None else f"{d['rows']:,} ({d['how']})"
+        lines.append(f"| {d['path']} | {d['split'] or ''} | {d['format']} | {rows} |")
+    lines += ["", f"Prompt template: `{recipe['data']['template']}` (use the same layout at inference).", ""]
+    lines += ["## Training", ""]
+    lines.append(f"- Hardware: {hardware or 'not recorded'}")
+    if elapsed is not None:
+        lines.append(f"- Training time: {elapsed / 3600:.2f} h ({elapsed:.0f} s)")
+        if usd_per_hour is not None:
+            lines.append(f"- Estimated cost: ${elapsed / 3600 * usd_per_hour:.2f} at ${usd_per_hour:.2f}/h")
+    steps = [r for r in metrics if "loss" in r]
+    if steps:
+        lines.append(f"- Steps: {steps[-1].get('step')}; final train loss {steps[-1]['loss']:.4f}")
+    if has_plot:
+        lines += ["", f"![training loss]({LOSS_PLOT})"]
+    lines += ["", "## Evaluation", ""]
+    if results:
+        lines += [render_table(results), "", render_details(results[-1]), ""]
+        h = results[-1].get("harness") or {}
+        lines.append(f"EleutherAI lm-evaluation-harness {h.get('version', '?')}"
+                     + (f", limit {results[-1]['limit']} per task (not a full score)" if results[-1].get("limit") else "") + ".")
+    else:
+        lines.append("Not evaluated.")
+    lines += ["", "## Usage", "", usage_snippet(repo_id, fm["base_model"], is_adapter), "",
+              "## Recipe", "", "The full resolved recipe this model was trained with:", "", "```yaml",
+              yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""`python -m jobs publish`: assemble the run's deliverable (model or adapter, results, model card,
+loss plot), copy it to `<bucket>/<run id>/`, and upload it to the Hugging Face Hub.
+
+Why the merge happens on a bf16 base: merging LoRA deltas into 4-bit NF4 weights would round them
+away (and bitsandbytes cannot save a merged 4-bit model faithfully), so a QLoRA adapter is merged
+into the full-precision base loaded fresh from its checkpoint — never into the quantized copy
+used for training.
+
+Why the Hub refuses an existing repo: a run re-published by mistake must not replace someone's
+main branch; --force says that is intended. Uploads go through `upload_folder`: each LFS part is
+retried by huggingface_hub's backoff, LFS objects already on the Hub are skipped on a retry (the
+batch endpoint returns no upload action for them), and the whole commit is retried here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HUB_ATTEMPTS = 3
+
+
+class PublishInputError(Exception):
+    """Bad input: one line, exit 2."""
+
+
+def merge_adapter(adapter_dir: Path, out: Path) -> Path:
+    """Adapter + bf16 base → a standalone model in `out`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jobs.evaluate import EvalInputError, _resolve_base
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    try:
+        base = _resolve_base(cfg["base_model_name_or_path"], adapter_dir)
+    except EvalInputError as exc:
+        raise PublishInputError(str(exc)) from None
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)  # full precision, never 4-bit
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
+    AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(out)
+    if (adapter_dir / "sftlaunch.json").is_file():
+        meta = json.loads((adapter_dir / "sftlaunch.json").read_text())
+        meta["merged_from_adapter"] = True
+        (out / "sftlaunch.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _load_results(run_dir: Path) -> list[dict]:
+    out = []
+    for name in ("eval-base", "eval"):
+        p = run_dir / name / "results.json"
+        if p.is_file():
+            out.append(json.loads(p.read_text()))
+    return out
+
+
+def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
+    """run_dir/publish/ laid out as the Hub repo: the model (weights or adapter) and tokenizer at
+    the root, README.md (the card), results.json, training_loss.png."""
+    from jobs.modelcard import LOSS_PLOT, plot_loss, read_metrics, render_card
+
+    final = run_dir / "final"
+    if not final.is_dir():
+        raise PublishInputError(f"{final}: no trained model; run `python -m jobs train` first")
+    if out.exists():
+        shutil.rmtree(out)
+    is_adapter = (final / "adapter_config.json").is_file()
+    if is_adapter and recipe.output.merge_adapter:
+        merge_adapter(final, out)
+        is_adapter = False
+    else:
+        shutil.copytree(final, out, dirs_exist_ok=True)
+    meta = json.loads((final / "sftlaunch.json").read_text()) if (final / "sftlaunch.json").is_file() else {}
+    results = _load_results(run_dir)
+    if results:
+        (out / "results.json").write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    has_plot = plot_loss(metrics, out / LOSS_PLOT) is not None
+    usd = os.environ.get("SFTLAUNCH_USD_PER_HOUR")
+    card = render_card(
+        recipe=recipe.resolved_dict(), meta=meta, results=results, metrics=metrics,
+        repo_id=recipe.output.hub_repo or f"{recipe.name}", is_adapter=is_adapter,
+        hardware=os.environ.get("SFTLAUNCH_HARDWARE") or ("local CPU" if meta.get("device") == "cpu" else None),
+        usd_per_hour=float(usd) if usd else None, has_plot=has_plot, license=license,
+    )
+    (out / "README.md").write_text(card)
+    return out
+
+
+def copy_to_bucket(src: Path, bucket: str, run_id: str) -> str:
+    """Copy the publish dir to `<bucket>/<run id>/model/`, with results.json and README.md also at
+    `<bucket>/<run id>/` where status and eval look (s3://, gs://, a local path: anything fsspec opens)."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    dest = f"{bucket.rstrip('/')}/{run_id}"
+    fs, root = fsspec.core.url_to_fs(dest)
+    uploads = [(p, f"{root}/model/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*")) if p.is_file()]
+    uploads += [(src / name, f"{root}/{name}") for name in ("results.json", "README.md") if (src / name).is_file()]
+    for path, target in uploads:
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
+    return dest
+
+
+def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
+               endpoint: str | None = None, attempts: int = HUB_ATTEMPTS, wait_s: float = 2.0) -> str:
+    """Create the repo (private unless told otherwise) and commit `folder` to main."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise PublishInputError(f"output.hub_repo {repo_id}: HF_TOKEN is not set; export a write token or drop hub_repo")
+    api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        exists = api.repo_exists(repo_id)
+    except RepositoryNotFoundError:
+        exists = False
+    if exists:
+        refs = api.list_repo_refs(repo_id)
+        has_main = any(b.name == "main" for b in refs.branches)
+        if has_main and not force:
+            raise PublishInputError(
+                f"output.hub_repo {repo_id}: the repo exists and has a main branch; "
+                "publish to a new repo or pass --force to overwrite it")
+    else:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision="main",
+                                     commit_message="sftlaunch publish")
+            return str(getattr(info, "commit_url", None) or info)
+        except HfHubHTTPError as exc:
+            last = exc
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise
+            if attempt < attempts:
+                print(f"hub upload attempt {attempt} failed ({exc.__class__.__name__}); retrying", file=sys.stderr)
+                time.sleep(wait_s * attempt)
+    assert last is not None
+    raise last
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs publish", description="Model card, bucket copy and Hub upload of a run.")
+    p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None, help="the run's recipe")
+    p.add_argument("--run-dir", default=os.environ.get("SFTLAUNCH_OUT") or None, help="the train output dir")
+    p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
+    p.add_argument("--force", action="store_true", help="overwrite an existing Hub repo's main branch")
+    p.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    p.add_argument("--license", default="other", help="license in the card's metadata")
+    p.add_argument("--no-hub", action="store_true", help="skip the Hub upload")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    try:
+        if not args.recipe or not args.run_dir:
+            raise PublishInputError("give --recipe R and --run-dir DIR (or SFTLAUNCH_RECIPE/SFTLAUNCH_OUT)")
+        from launcher.errors import RecipeError
+        from launcher.recipe import load_recipe
+
+        try:
+            recipe = load_recipe(args.recipe)
+        except RecipeError as exc:
+            raise PublishInputError(exc.problems[0]) from None
+        run_dir = Path(args.run_dir)
+        meta_path = run_dir / "final" / "sftlaunch.json"
+        run_id = args.run_id or (json.loads(meta_path.read_text()).get("run_id") if meta_path.is_file() else None) or run_dir.name
+        out = assemble(recipe, run_dir, run_dir / "publish", license=args.license)
+        print(f"publish dir: {out}")
+        if recipe.output.bucket:
+            print(f"bucket: {copy_to_bucket(out, recipe.output.bucket, run_id)}")
+        if recipe.output.hub_repo and not args.no_hub:
+            print(f"hub: {hub_upload(out, recipe.output.hub_repo, args.force, private=not args.public)}")
+    except PublishInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
