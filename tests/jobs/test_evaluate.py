@@ -1,0 +1,157 @@
+"""jobs.evaluate against the real lm-evaluation-harness, offline, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs import evaluate
+from tests.jobs.eval_fixtures import REPO, eval_rows_env, tiny_model
+
+TINY_RECIPE = REPO / "recipes" / "tiny-local.yaml"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def harness_tasks():
+    """The harness's own task registry (YAML configs only: no datasets are downloaded)."""
+    return evaluate.task_manager(None)
+
+
+def run_eval(tmp_path, *args) -> tuple[int, dict | None]:
+    out = tmp_path / "out"
+    code = evaluate.main([*args, "--out", str(out)])
+    path = out / "results.json"
+    return code, (json.loads(path.read_text()) if path.exists() else None)
+
+
+# -- the preset is the leaderboard's, as the harness defines those tasks ------------------------
+def test_preset_tasks_metrics_and_filters_exist_in_the_harness(harness_tasks):
+    index = harness_tasks.task_index
+    for p in evaluate.PRESETS["leaderboard-v1"]:
+        assert p.task in index, p.task
+        if p.mean_of_subtasks:
+            continue
+        cfg = index[p.task].cfg
+        assert p.metric in [m["metric"] for m in cfg["metric_list"]], (p.task, p.metric)
+        filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
+        assert p.filter in filters, (p.task, p.filter, filters)
+        # The harness default must not contradict the preset's shots where it sets one.
+        assert cfg.get("num_fewshot") in (None, p.shots), (p.task, cfg.get("num_fewshot"))
+    by_name = {p.name: p for p in evaluate.PRESETS["leaderboard-v1"]}
+    assert [(p.task, p.shots, p.metric) for p in by_name.values()] == [
+        ("arc_challenge", 25, "acc_norm"), ("hellaswag", 10, "acc_norm"), ("mmlu", 5, "acc"),
+        ("truthfulqa_mc2", 0, "acc"), ("winogrande", 5, "acc"), ("gsm8k", 5, "exact_match")]
+    # MMLU's plain mean runs over its 57 subject tasks, each reporting acc.
+    subjects = [n for n, e in index.items() if e.kind.name == "TASK" and e.tags & {
+        "mmlu_stem_tasks", "mmlu_other_tasks", "mmlu_social_sciences_tasks", "mmlu_humanities_tasks"}]
+    assert len(subjects) == 57
+    assert all(m["metric"] == "acc" for n in subjects for m in index[n].cfg["metric_list"])
+    gsm = index["gsm8k"].cfg["filter_list"][0]
+    assert gsm["name"] == "strict-match" and "####" in gsm["filter"][0]["regex_pattern"]
+
+
+def test_mmlu_is_the_plain_subject_mean_not_the_sample_weighted_one():
+    raw = {
+        "results": {
+            "arc_challenge": {"acc,none": 0.1, "acc_norm,none": 0.5, "acc_norm_stderr,none": 0.01},
+            "hellaswag": {"acc_norm,none": 0.6, "acc_norm_stderr,none": 0.01},
+            "mmlu": {"acc,none": 0.75, "acc_stderr,none": 0.0},  # weighted: (0.9*300+0.1*100)/400 ≈ 0.7
+            "mmlu_stem": {"acc,none": 0.9},
+            "mmlu_a": {"acc,none": 0.9, "acc_stderr,none": 0.03},
+            "mmlu_b": {"acc,none": 0.1, "acc_stderr,none": 0.04},
+            "truthfulqa_mc2": {"acc,none": 0.4, "acc_stderr,none": 0.02},
+            "winogrande": {"acc,none": 0.7, "acc_stderr,none": 0.02},
+            "gsm8k": {"exact_match,strict-match": 0.2, "exact_match,flexible-extract": 0.3,
+                      "exact_match_stderr,strict-match": 0.01},
+        },
+        "group_subtasks": {"mmlu": ["mmlu_stem"], "mmlu_stem": ["mmlu_a", "mmlu_b"]},
+        "n-samples": {"mmlu_a": {"original": 300, "effective": 300}, "mmlu_b": {"original": 100, "effective": 100},
+                      "gsm8k": {"original": 1319, "effective": 1319}},
+    }
+    rows = {r["name"]: r for r in evaluate.reduce_preset(raw, evaluate.PRESETS["leaderboard-v1"])}
+    assert rows["MMLU"]["value"] == pytest.approx(0.5)
+    assert rows["MMLU"]["samples"] == 400 and rows["MMLU"]["subtasks"] == 2
+    assert rows["MMLU"]["stderr"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)
+    assert rows["GSM8K"]["value"] == 0.2 and rows["GSM8K"]["filter"] == "strict-match"
+    assert rows["ARC"]["value"] == 0.5 and rows["ARC"]["shots"] == 25
+
+
+# -- the real harness on the tiny model --------------------------------------------------------
+def test_tiny_tasks_run_through_the_harness(model_dir, tmp_path, monkeypatch):
+    eval_rows_env(monkeypatch, tmp_path)
+    code, res = run_eval(tmp_path, "--model", str(model_dir), "--tasks", "tiny_mc,tiny_gen",
+                         "--limit", "6", "--batch-size", "8", "--recipe-sha256", "ab" * 32)
+    assert code == 0
+    import lm_eval
+
+    assert res["harness"] == {"name": "lm-eval", "version": lm_eval.__version__}
+    rows = {r["task"]: r for r in res["tasks"]}
+    assert rows["tiny_mc"]["metric"] == "acc" and rows["tiny_gen"]["metric"] == "exact_match"
+    for r in rows.values():
+        assert r["samples"] == 6 and r["shots"] == 0 and 0.0 <= r["value"] <= 1.0
+        assert r["stderr"] is not None
+    assert res["recipe_sha256"] == "ab" * 32 and res["limit"] == 6 and res["wall_s"] > 0
+    assert res["average"] == pytest.approx((rows["tiny_mc"]["value"] + rows["tiny_gen"]["value"]) / 2)
+
+
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, harness_tasks, model_dir, monkeypatch):
+    code, _ = run_eval(tmp_path, "--model", str(tmp_path / "nope" / "model"), "--tasks", "tiny_mc")
+    assert code == 2 and "no such directory" in capsys.readouterr().err
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    code, _ = run_eval(tmp_path, "--model", str(adapter), "--tasks", "tiny_mc")
+    err = capsys.readouterr().err
+    assert code == 2 and "base_model_name_or_path" in err and "gone" in err
+    monkeypatch.setattr(evaluate, "task_manager", lambda *a, **k: harness_tasks)
+    code, _ = run_eval(tmp_path, "--model", str(model_dir), "--tasks", "hellaswagg")
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown lm-eval task 'hellaswagg'" in err and "hellaswag" in err
+    assert "Traceback" not in err
+
+
+def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    eval_rows_env(monkeypatch, tmp_path)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    code, res = run_eval(tmp_path, "--model", str(tmp_path / "adapter"), "--tasks", "tiny_mc", "--limit", "4",
+                         "--batch-size", "4")
+    assert code == 0
+    assert res["model"]["adapter"] == str(tmp_path / "adapter")
+    assert res["model"]["path"] == str(model_dir) and res["tasks"][0]["samples"] == 4
+
+
+# -- fine-tuning on the tiny task must move the tiny score ---------------------------------------
+@pytest.mark.skipif(not TINY_RECIPE.exists() or not (REPO / "jobs" / "train.py").exists(),
+                    reason="needs recipes/tiny-local.yaml and `python -m jobs train` (other helpers' parts)")
+def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch):
+    from launcher.recipe import load_recipe
+
+    monkeypatch.setenv("SFTLAUNCH_TINY_EVAL", str(REPO / "recipes" / "data" / "tiny-task" / "eval.jsonl"))
+    data = load_recipe(TINY_RECIPE).resolved_dict()
+    data["train"]["max_steps"] = 120
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    subprocess.run([sys.executable, "-m", "jobs", "train", "--recipe", str(recipe), "--out", str(tmp_path / "run")],
+                   check=True, cwd=REPO)
+    scores = {}
+    for label, model in (("untrained", "sftlaunch/tiny-llama"), ("trained", str(tmp_path / "run" / "final"))):
+        code, res = run_eval(tmp_path / label, "--model", model, "--tasks", "tiny_mc", "--batch-size", "16")
+        assert code == 0
+        scores[label] = res["scores"]["tiny_mc"]
+    assert scores["trained"] >= scores["untrained"] + 0.2, scores
