@@ -1,0 +1,193 @@
+"""jobs.publish: model card, bucket copy against a real S3 API (moto), Hub upload against a local
+server that speaks the Hub's HTTP endpoints (a failed LFS part retried, overwrite refused)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+import yaml
+
+from jobs import publish
+from tests.jobs.eval_fixtures import REPO, throwaway_model
+from tests.jobs.fake_hub import FakeHub
+
+RUN_ID = "sftl-tiny-pub-0001"
+TRAIN = REPO / "recipes" / "data" / "tiny-task" / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    return throwaway_model(tmp_path_factory.mktemp("pub") / "model")
+
+
+def _recipe(tmp_path, bucket, hub_repo="me/tiny-pub", merge=False):
+    data = {
+        "name": "tiny-pub",
+        "model": {"id": "sftlaunch/tiny-llama"},
+        "method": "full",
+        "data": {"sources": [{"path": str(TRAIN), "format": "alpaca", "max_samples": 500}], "template": "plain",
+                 "seq_len": 64},
+        "train": {"precision": "fp32", "micro_batch_size": 8, "grad_accum": 1, "gradient_checkpointing": False},
+        "resources": {"clouds": ["local"]},
+        "eval": {"preset": None, "tasks": ["tiny_mc"]},
+        "output": {"bucket": bucket, "hub_repo": hub_repo, "merge_adapter": merge},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run_dir(tmp_path, base_model):
+    run = tmp_path / "run"
+    shutil.copytree(base_model, run / "final")
+    (run / "final" / "sftlaunch.json").write_text(json.dumps({
+        "run_id": RUN_ID, "recipe_sha256": "cd" * 32, "base_model": "sftlaunch/tiny-llama",
+        "method": "full", "template": "plain"}))
+    lines = [{"step": s, "total_steps": 40, "loss": 3.0 / s, "lr": 1e-3, "tokens_per_s": 900.0, "epoch": s / 40,
+              "elapsed_s": 1.5 * s} for s in range(1, 41)]
+    lines.append({"step": 40, "eval_loss": 0.2, "elapsed_s": 61.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for name, model_id, value in (("eval-base", "sftlaunch/tiny-llama", 0.25), ("eval", RUN_ID, 0.81)):
+        (run / name).mkdir()
+        (run / name / "results.json").write_text(json.dumps({
+            "model": {"id": model_id, "base_model": None if name == "eval-base" else "sftlaunch/tiny-llama"},
+            "average": value, "limit": None, "harness": {"name": "lm-eval", "version": "0.4.13"},
+            "tasks": [{"task": "tiny_mc", "name": "tiny_mc", "metric": "acc", "filter": "none", "value": value,
+                       "stderr": 0.04, "shots": 0, "samples": 100}]}))
+    return run
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 (free port) with an empty bucket; s3fs pointed at it."""
+    import boto3
+    import fsspec
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": url})
+    s3fs.S3FileSystem.clear_instance_cache()
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    client.create_bucket(Bucket="sftl-test")
+    yield client
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    import huggingface_hub.constants as constants
+
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(publish, "HUB_ATTEMPTS", 2)
+        yield fake
+
+
+def test_publish_to_s3_and_hub_then_refuse_to_overwrite(tmp_path, base_model, s3, hub, capsys, monkeypatch):
+    monkeypatch.setenv("SFTLAUNCH_HARDWARE", "local 1xCPU")
+    monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "2.5")
+    recipe = _recipe(tmp_path, "s3://sftl-test/runs")
+    run = _run_dir(tmp_path, base_model)
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 0
+
+    # Bucket: model files under model/, results and card beside them, byte-identical.
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="sftl-test", Prefix=f"runs/{RUN_ID}/")["Contents"]}
+    for rel in ("model/config.json", "model/model.safetensors", "model/README.md", "model/training_loss.png",
+                "results.json", "README.md"):
+        assert f"runs/{RUN_ID}/{rel}" in keys, rel
+    body = s3.get_object(Bucket="sftl-test", Key=f"runs/{RUN_ID}/model/model.safetensors")["Body"].read()
+    assert body == (run / "final" / "model.safetensors").read_bytes()
+
+    # Hub: a private repo with the model at its root; the big file went multipart, its first part
+    # failed once and was retried.
+    repo = hub.repos["me/tiny-pub"]
+    assert repo["private"] is True and repo["commits"] == 1
+    card = repo["files"]["README.md"].decode()
+    assert "- Hardware: local 1xCPU" in card and "- Estimated cost: $0.04 at $2.50/h" in card
+    assert repo["files"]["model.safetensors"] == (run / "final" / "model.safetensors").read_bytes()
+    assert {"README.md", "config.json", "results.json", "training_loss.png", "sftlaunch.json"} <= set(repo["files"])
+    multipart = [p for p in (run / "publish").iterdir() if p.stat().st_size > 4096]
+    assert hub.part_failures == len(multipart) >= 1  # each multipart upload's first part failed once
+    for p in (run / "publish").iterdir():
+        assert repo["files"][p.name] == p.read_bytes(), p.name
+    assert hub.validated and hub.validated[-1]["base_model"] == "sftlaunch/tiny-llama"
+
+    # A second publish must not replace main ...
+    capsys.readouterr()
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and has a main branch" in err and "--force" in err and "Traceback" not in err
+    assert repo["commits"] == 1
+    # ... unless told to.
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run), "--force"]) == 0
+    assert repo["commits"] == 2
+
+
+def test_model_card_contents_and_loss_plot(tmp_path, base_model):
+    recipe = _recipe(tmp_path, str(tmp_path / "bucket"), hub_repo=None)
+    run = _run_dir(tmp_path, base_model)
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 0
+    out = run / "publish"
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "sftlaunch/tiny-llama" and front["license"] == "other"
+    assert "sftlaunch" in front["tags"] and front["library_name"] == "transformers"
+    assert f"| {TRAIN} | train | alpaca | 500 (rows in the file (capped by max_samples)) |" in card
+    assert "- Hardware: not recorded" in card
+    assert "Training time: 0.02 h (61 s)" in card
+    assert "| Model | Average | tiny_mc (acc) |" in card
+    assert "| sftlaunch/tiny-llama | 25.00 | 25.00 |" in card and f"| {RUN_ID} | 81.00 | 81.00 |" in card
+    assert card.index("sftlaunch/tiny-llama | 25.00") < card.index(f"{RUN_ID} | 81.00")  # base row first
+    assert "BitsAndBytesConfig(load_in_4bit=True" in card
+    assert "```yaml\nname: tiny-pub" in card and "max_samples: 500" in card
+    png = (out / "training_loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (tmp_path / "bucket" / RUN_ID / "model" / "config.json").is_file()
+
+
+def test_adapter_merge_matches_the_adapter_and_is_full_precision(tmp_path, base_model):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged_dir = publish.merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert json.loads((merged_dir / "config.json").read_text()).get("quantization_config") is None
+    ids = torch.tensor([[2, 5, 7, 11, 13]])
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16),
+                                    tmp_path / "adapter").merge_and_unload()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, ref.float()(ids).logits, atol=1e-2)
+        base_logits = AutoModelForCausalLM.from_pretrained(base_model)(ids).logits
+    assert not torch.allclose(merged(ids).logits, base_logits, atol=1e-3)  # the adapter changed something
+
+
+def test_missing_model_or_token_is_exit_2(tmp_path, base_model, capsys, monkeypatch):
+    recipe = _recipe(tmp_path, None)
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(tmp_path / "empty")]) == 2
+    assert "no trained model" in capsys.readouterr().err
+    run = _run_dir(tmp_path, base_model)
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "HF_TOKEN is not set" in err and "me/tiny-pub" in err
