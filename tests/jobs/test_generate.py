@@ -1,0 +1,80 @@
+"""Inference: `sftlaunch generate` / `chat` and jobs.generate on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobs import generate
+from launcher.cli import cli
+from tests.jobs.eval_fixtures import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("gen"))
+
+
+def test_streamed_text_is_the_greedy_generation(model_dir):
+    import torch
+
+    loaded = generate.load(str(model_dir))
+    messages = [{"role": "user", "content": "Reverse the words. apple fig plum"}]
+    pieces = list(generate.stream(loaded, messages, max_new_tokens=12))
+    ids = torch.tensor([generate.prompt_ids(loaded, messages)])
+    with torch.no_grad():
+        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                    do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    assert "".join(pieces) == loaded.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_chat_keeps_the_conversation_as_context(model_dir, monkeypatch):
+    seen = []
+    real = generate.prompt_ids
+    monkeypatch.setattr(generate, "prompt_ids", lambda loaded, messages: seen.append(list(messages)) or real(loaded, messages))
+    result = CliRunner().invoke(cli, ["chat", str(model_dir), "--max-new-tokens", "4"],
+                                input="apple fig\n\nplum kiwi\n/exit\nnever read\n")
+    assert result.exit_code == 0, result.output
+    assert [m["content"] for m in seen[0]] == ["apple fig"]
+    assert [m["role"] for m in seen[1]] == ["user", "assistant", "user"]
+    assert seen[1][2]["content"] == "plum kiwi" and len(seen) == 2
+
+
+def test_generate_resolves_a_run_id_and_uses_its_training_template(model_dir, tmp_path, monkeypatch):
+    from launcher.runs import Registry
+
+    run = tmp_path / "runs" / "sftl-tiny-gen-0001"
+    shutil.copytree(model_dir, run / "final")
+    Registry().create("sftl-tiny-gen-0001", {"name": "tiny-gen"}, state="succeeded", local_dir=str(run))
+    result = CliRunner().invoke(cli, ["generate", "sftl-tiny-gen", "--prompt", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output  # a unique prefix of the run id names the run
+    (run / "final" / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-tiny-gen-0001", "template": "plain"}))
+    templates = pytest.importorskip("jobs.templates", reason="jobs.templates (data helper) not there yet")
+    seen = {}
+    real = generate.prompt_ids
+    monkeypatch.setattr(generate, "prompt_ids", lambda loaded, m: seen.setdefault("ids", real(loaded, m)))
+    result = CliRunner().invoke(cli, ["generate", "sftl-tiny-gen", "--prompt", "Reverse the words. fig plum",
+                                      "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    ids, mask = templates.render([{"role": "user", "content": "Reverse the words. fig plum"},
+                                  {"role": "assistant", "content": "plum fig"}], "plain", tok)
+    first = list(mask).index(True) if True in list(mask) else len(ids)
+    assert seen["ids"] == list(ids)[:first]
+
+
+def test_bad_inputs_exit_2(model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["generate", str(model_dir), "--prompt", "hi", "--load-4bit"])
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output
+    result = runner.invoke(cli, ["generate", str(tmp_path / "no" / "model"), "--prompt", "hi"])
+    assert result.exit_code == 2 and "no such directory" in result.output
+    result = runner.invoke(cli, ["generate", "sftl-missing-0000", "--prompt", "hi"])
+    assert result.exit_code == 2 and "no run" in result.output
+    assert generate.main(["--model", str(model_dir)]) == 2
