@@ -148,7 +148,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit)
     if record is not None:
         model = str(run_model_dir(record))
-        out = run_dir(record["run_id"]) / "eval"
+        out = Path(record.get("local_dir") or run_dir(record["run_id"])) / "eval"
         extra = ["--run-id", record["run_id"]]
         if record.get("recipe_sha256"):
             extra += ["--recipe-sha256", record["recipe_sha256"]]
