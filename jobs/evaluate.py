@@ -58,6 +58,10 @@ class EvalInputError(Exception):
     """Bad input: printed as one line, exit 2."""
 
 
+class DatasetUnavailable(Exception):
+    """A task's dataset cannot be loaded (Hub unreachable, offline): the job fails, exit 1."""
+
+
 @dataclass
 class ModelSpec:
     pretrained: str  # what HFLM loads (local dir or hub id)
@@ -269,8 +273,13 @@ def run_harness(lm, task_groups: list[tuple[list[str], int | None]], tm, limit: 
 
     merged: dict = {"results": {}, "group_subtasks": {}, "n-samples": {}, "n-shot": {}, "configs": {}, "versions": {}}
     for names, shots in task_groups:
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
-                                      task_manager=tm, log_samples=False, bootstrap_iters=100_000)
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
+                                          task_manager=tm, log_samples=False, bootstrap_iters=100_000)
+        except (ConnectionError, FileNotFoundError) as exc:
+            raise DatasetUnavailable(
+                f"tasks {', '.join(names)}: a dataset could not be loaded ({str(exc).splitlines()[0]}); "
+                "the Hub must be reachable (or the dataset in HF_HOME's cache) for these tasks") from None
         if out is None:  # non-zero data-parallel rank
             return {}
         for key in merged:
@@ -333,6 +342,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
         raise EvalInputError(exc.problems[0] if exc.problems else str(exc)) from None
     args.recipe_sha256 = args.recipe_sha256 or recipe.sha256()
     ev = recipe.eval
+    if ev is None and not (args.preset or args.tasks):
+        args.skip = f"{args.recipe}: eval is null; nothing to evaluate"
     if ev is None or args.preset or args.tasks:
         return
     args.preset = ev.preset
@@ -346,6 +357,9 @@ def apply_recipe(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> dict | None:
     if args.recipe:
         apply_recipe(args)
+        if getattr(args, "skip", None):
+            print(args.skip)
+            return None
     if not args.preset and not args.tasks:
         raise EvalInputError("give --preset leaderboard-v1 or --tasks a,b (see --help)")
     if args.limit is not None and args.limit < 1:
@@ -401,6 +415,13 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / "results.json")
+    bucket = os.environ.get("SFTLAUNCH_BUCKET")
+    if bucket and result["run_id"]:
+        # Where `sftlaunch status`/`eval` look for a remote run's scores (the cluster may be gone).
+        import fsspec
+
+        with fsspec.open(f"{bucket.rstrip('/')}/{result['run_id']}/eval/results.json", "w") as fh:
+            fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
 
@@ -419,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvalInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DatasetUnavailable as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
     if result is not None:
         from launcher.results import render_table
 

@@ -119,6 +119,24 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, harness_tasks, mod
     err = capsys.readouterr().err
     assert code == 2 and "unknown lm-eval task 'hellaswagg'" in err and "hellaswag" in err
     assert "Traceback" not in err
+    # The preset's datasets live on the Hub: offline, the job fails (exit 1) naming the dataset.
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, _ = run_eval(tmp_path, "--model", str(model_dir), "--preset", "leaderboard-v1", "--limit", "2")
+    err = capsys.readouterr().err
+    assert code == 1 and "allenai/ai2_arc" in err and "could not be loaded" in err
+
+
+def test_recipe_with_eval_null_is_skipped(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "noeval", "model": {"id": "sftlaunch/tiny-llama"}, "method": "full",
+                                      "data": {"sources": [{"path": "x/y", "format": "alpaca"}]},
+                                      "resources": {"clouds": ["local"]}, "eval": None}))
+    code, res = run_eval(tmp_path, "--model", str(tmp_path), "--recipe", str(recipe))
+    assert code == 0 and res is None and "eval is null" in capsys.readouterr().out
 
 
 def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypatch):
