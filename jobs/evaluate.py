@@ -7,7 +7,7 @@ the result must carry the model, revision and recipe hash so a number can be tra
 that produced it.
 
 Data parallel: with more than one visible GPU this re-launches itself under
-`accelerate launch --num_processes <gpus> -m jobs eval ...`; the harness's HFLM then puts one
+`accelerate launch --num_processes <gpus> -m jobs.evaluate ...`; the harness's HFLM then puts one
 model replica on each GPU and shards the requests (rank 0 writes results.json). Set
 SFTLAUNCH_EVAL_NO_DP=1 to stay in one process (e.g. a model that needs several GPUs' memory).
 """
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exc.code else 0
     if _gpu_count() > 1 and not _under_launcher() and os.environ.get("SFTLAUNCH_EVAL_NO_DP") != "1":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(_gpu_count()),
-               "-m", "jobs", "eval", *argv]
+               "--num_machines", "1", "-m", "jobs.evaluate", *argv]
         return subprocess.call(cmd)
     try:
         result = evaluate(args)

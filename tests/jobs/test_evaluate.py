@@ -154,6 +154,22 @@ def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypat
     assert res["model"]["path"] == str(model_dir) and res["tasks"][0]["samples"] == 4
 
 
+def test_several_gpus_relaunch_under_accelerate_once(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(evaluate, "_gpu_count", lambda: 4)
+    monkeypatch.setattr(evaluate.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_NO_DP"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["--model", "m/x", "--preset", "leaderboard-v1", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    assert calls == [[sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4",
+                      "--num_machines", "1", "-m", "jobs.evaluate", *argv]]
+    # Inside the launched processes (LOCAL_RANK set) it evaluates instead of relaunching.
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(evaluate, "evaluate", lambda args: calls.append("evaluated"))
+    assert evaluate.main(argv) == 0 and calls[-1] == "evaluated"
+
+
 # -- fine-tuning on the tiny task must move the tiny score ---------------------------------------
 @pytest.mark.skipif(not TINY_RECIPE.exists() or not (REPO / "jobs" / "train.py").exists(),
                     reason="needs recipes/tiny-local.yaml and `python -m jobs train` (other helpers' parts)")
