@@ -163,8 +163,12 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         if not base:
             raise UserError(f"{model}: no base model recorded (not a fine-tune); drop --with-base")
         base_model = str(_tiny_dir()) if base == "sftlaunch/tiny-llama" else base
-        results.insert(0, run_job(base_model, out.parent / (out.name + "-base"), args))
+        base_out = out.parent / (out.name + "-base")
+        results.insert(0, run_job(base_model, base_out, args))
+        # Name the row as the fine-tune names its base (a hub id, not a cache path), so the table
+        # and the model card put the two rows side by side.
         results[0]["model"]["id"] = base
+        (base_out / "results.json").write_text(json.dumps(results[0], indent=2, sort_keys=True) + "\n")
     if record is not None:
         _registry().set_eval(record["run_id"], results[-1])
     if as_json:

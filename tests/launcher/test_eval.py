@@ -37,6 +37,7 @@ def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, mo
     saved = json.loads((run / "eval" / "results.json").read_text())
     assert saved["run_id"] == RUN and saved["recipe_sha256"] == "ef" * 32
     assert saved["tasks"][0]["samples"] == 4  # the recipe's limit applied
+    assert json.loads((run / "eval-base" / "results.json").read_text())["model"]["id"] == str(model_dir)
     record = Registry().get(RUN)
     assert record["eval_average"] == pytest.approx(saved["average"])
 
