@@ -67,3 +67,38 @@ def eval_rows_env(monkeypatch, tmp_dir: Path) -> None:
     path = tmp_dir / "tiny-eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("SFTLAUNCH_TINY_EVAL", str(path))
+
+
+def quick_finetune(base: Path, out: Path, steps: int = 250, seed: int = 5) -> Path:
+    """A minimal completion-only training loop on the tiny task (prompt → reversed words + EOS).
+    Stand-in for `python -m jobs train` where that is not available, so the eval tasks' power to
+    tell a trained model from an untrained one is still tested."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        ids, labels = [], []
+        for _ in range(16):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(3, 5))]
+            prompt = tok(f"Reverse the words. {' '.join(words)}\n")["input_ids"]
+            answer = tok(" ".join(reversed(words)))["input_ids"] + [tok.eos_token_id]
+            ids.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(map(len, ids))
+        x = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+        y = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+        mask = (torch.arange(width)[None] < torch.tensor([len(i) for i in ids])[:, None]).long()
+        model(input_ids=x, attention_mask=mask, labels=y).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
