@@ -9,7 +9,6 @@ picks, with the run's recipe; results come back through the bucket and `sftlaunc
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import click
 
 from launcher.errors import JobFailed, UserError
-from launcher.options import json_option
+from launcher.options import dry_run_option, json_option
 
 PRESETS = ("leaderboard-v1",)
 
@@ -135,12 +134,13 @@ def _base_of(results: dict) -> str | None:
 @click.option("--load-4bit", is_flag=True, help="Load the model in 4-bit (bitsandbytes; needs a GPU).")
 @click.option("--with-base", is_flag=True, help="Also score the base model and show its row beside the fine-tune's.")
 @click.option("--revision", default=None, help="Hub revision of MODEL.")
+@dry_run_option
 @json_option
-def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, revision, as_json):
+def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, revision, dry_run, as_json):
     """Score RUN's model (or MODEL: a directory or hub id) with lm-evaluation-harness."""
     record = find_run(target)
     if not local:
-        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit)
+        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run)
         return
     from launcher.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
@@ -186,7 +186,7 @@ def _tiny_dir():
     return ensure_tiny()
 
 
-def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit) -> None:
+def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False) -> None:
     """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it."""
     if record is None:
         raise UserError(f"{target}: remote eval takes a run id (its recipe names clouds and model); "
@@ -213,7 +213,12 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     if data.get("eval") is None:
         data["eval"] = {"preset": "leaderboard-v1"}
     recipe = recipe_from_dict(data, source=f"run {record['run_id']}")
-    result = plan(recipe)
+    import inspect
+
+    # Inference needs far less memory than training; use the planner's eval workload if it has one
+    # (otherwise its training estimate is an upper bound).
+    params = inspect.signature(plan).parameters
+    result = plan(recipe, workload="eval") if "workload" in params else plan(recipe)
     chosen = result.chosen
     if chosen is None:
         raise UserError(f"no GPU fits this model for eval: {result.reason}")
@@ -223,7 +228,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     cluster = f"{record['run_id']}-eval"[:35]
     click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
                f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)
-    if os.environ.get("SFTLAUNCH_EVAL_RENDER_ONLY") == "1":
+    if dry_run:
         click.echo(to_yaml(task))
         return
     from launcher.secrets import launch_secrets
