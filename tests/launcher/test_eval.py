@@ -63,3 +63,52 @@ def test_remote_eval_without_the_planner_says_what_is_missing(tmp_path):
     Registry().create("sftl-tiny-rem-0001", {"name": "tiny-rem"}, state="succeeded")
     result = CliRunner().invoke(cli, ["eval", "sftl-tiny-rem-0001"])
     assert result.exit_code == 2 and "launcher.estimate" in result.output and "--local" in result.output
+
+
+@pytest.fixture()
+def remote_run(tmp_path, monkeypatch):
+    """A finished cloud run in the registry, a planner that picks one H100, a fake SkyPilot."""
+    import sys
+    import types
+
+    import launcher.backends.sky as sky_mod
+    from launcher.recipe import load_recipe
+    from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r", name="demo"))
+    chosen = FakeCandidate(cloud="runpod", gpu="H100", usd_per_hour=2.5)
+    planner = types.ModuleType("launcher.estimate")
+    planner.plan = lambda r, **kw: FakePlan([chosen], chosen=chosen)
+    monkeypatch.setitem(sys.modules, "launcher.estimate", planner)
+    fake = FakeSky()
+    monkeypatch.setattr(sky_mod, "_backend_factory", lambda: fake)
+    Registry().create("sftl-demo-0002", recipe, state="succeeded", bucket=recipe.output.bucket, cloud="runpod")
+    return fake, recipe
+
+
+def test_remote_eval_renders_an_eval_only_task(remote_run):
+    fake, _ = remote_run
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--limit", "50", "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    import yaml
+
+    task = yaml.safe_load(result.stdout)
+    assert "eval" in task["run"] and "train" not in task["run"] and "publish" not in task["run"]
+    assert task["resources"]["labels"] == {"sftlaunch-run": "sftl-demo-0002"}
+    assert task["resources"]["accelerators"] == "H100:1"
+    assert fake.launched == []  # a dry run launches nothing
+
+
+def test_remote_eval_launches_tears_down_and_stores_scores(remote_run, tmp_path):
+    fake, recipe = remote_run
+    results = {"model": {"id": "sftl-demo-0002"}, "average": 0.42, "scores": {"tiny_mc": 0.42},
+               "tasks": [{"task": "tiny_mc", "name": "tiny_mc", "metric": "acc", "filter": "none", "value": 0.42,
+                          "stderr": 0.05, "shots": 0, "samples": 100}]}
+    out = tmp_path / "r" / "bucket" / "sftl-demo-0002" / "eval"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(results))  # what the remote job writes to the bucket
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002"])
+    assert result.exit_code == 0, result.stderr
+    assert [c[0] for c in fake.calls if c[0] in ("launch", "down")] == ["launch", "down"]
+    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.42)
+    assert "| sftl-demo-0002 | 42.00 | 42.00 |" in result.stdout
