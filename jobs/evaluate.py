@@ -140,6 +140,25 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
     return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
 
 
+def fetch_from_bucket(model: str, run_id: str | None) -> None:
+    """An eval-only cloud task starts on a fresh disk: bring the run's published model
+    (`<bucket>/<run id>/model/`) to the --model path the job was given."""
+    bucket = os.environ.get("SFTLAUNCH_BUCKET")
+    if not bucket or not run_id or not _looks_like_path(model) or Path(model).exists():
+        return
+    import fsspec
+
+    fs, src = fsspec.core.url_to_fs(f"{bucket.rstrip('/')}/{run_id}/model")
+    if not fs.exists(src):
+        raise EvalInputError(f"--model {model}: not on this machine and not in {bucket}/{run_id}/model; "
+                             "publish the run first (python -m jobs publish)")
+    Path(model).mkdir(parents=True, exist_ok=True)
+    for path in fs.find(src):
+        rel = path[len(src.rstrip("/")) + 1:]
+        (Path(model) / rel).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(Path(model) / rel))
+
+
 def task_manager(tasks_dir: str | None = None, names: list[str] | None = None):
     """The harness's TaskManager with our task YAMLs (and --tasks-dir) on its include path.
     Indexing the ~10k built-in task YAMLs takes ~10 s on a small CPU; when every requested name
@@ -365,6 +384,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if args.limit is not None and args.limit < 1:
         raise EvalInputError(f"--limit {args.limit}: must be a positive number of examples")
     batch = _parse_batch(str(args.batch_size or "auto"))
+    fetch_from_bucket(args.model, args.run_id)
     spec = resolve_model(args.model, args.revision)
     preset = PRESETS[args.preset] if args.preset else ()
     custom = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]

@@ -139,6 +139,21 @@ def test_recipe_with_eval_null_is_skipped(tmp_path, capsys):
     assert code == 0 and res is None and "eval is null" in capsys.readouterr().out
 
 
+def test_a_fresh_cloud_disk_fetches_the_published_model_from_the_bucket(model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    eval_rows_env(monkeypatch, tmp_path)
+    shutil.copytree(model_dir, tmp_path / "bucket" / "sftl-x-0001" / "model")
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "bucket"))
+    target = tmp_path / "fresh" / "out" / "final"
+    code, res = run_eval(tmp_path, "--model", str(target), "--run-id", "sftl-x-0001", "--tasks", "tiny_mc",
+                         "--limit", "2", "--batch-size", "2")
+    assert code == 0 and (target / "config.json").is_file()
+    assert res["run_id"] == "sftl-x-0001"
+    # ... and the scores go back to the bucket, where status and eval look for them.
+    assert json.loads((tmp_path / "bucket" / "sftl-x-0001" / "eval" / "results.json").read_text()) == res
+
+
 def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
