@@ -129,7 +129,14 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
             base = cfg.get("base_model_name_or_path")
             if not base:
                 raise EvalInputError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; cannot find the base model")
-            base_path = _resolve_base(base, path)
+            try:
+                base_path = _resolve_base(base, path)
+            except EvalInputError:
+                # Trained elsewhere: adapter_config.json holds the trainer's local path of the base;
+                # sftlaunch.json names it portably (a hub id or the tiny id).
+                if not meta.get("base_model") or meta["base_model"] == base:
+                    raise
+                base_path = _resolve_base(meta["base_model"], path)
             return ModelSpec(base_path, None, str(path), str(path) if has_tok else base_path,
                              meta.get("run_id") or str(path), base, meta)
         if not (path / "config.json").is_file():

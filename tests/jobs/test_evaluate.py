@@ -167,6 +167,14 @@ def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypat
     assert code == 0
     assert res["model"]["adapter"] == str(tmp_path / "adapter")
     assert res["model"]["path"] == str(model_dir) and res["tasks"][0]["samples"] == 4
+    # An adapter trained on another machine names a base path that is not here; sftlaunch.json's
+    # portable base_model is used instead.
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "/elsewhere/base"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "adapter" / "sftlaunch.json").write_text(json.dumps({"base_model": str(model_dir), "run_id": "sftl-a-0001"}))
+    spec = evaluate.resolve_model(str(tmp_path / "adapter"))
+    assert spec.pretrained == str(model_dir) and spec.model_id == "sftl-a-0001"
 
 
 def test_several_gpus_relaunch_under_accelerate_once(monkeypatch, tmp_path):
