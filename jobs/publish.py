@@ -9,7 +9,9 @@ used for training.
 Why the Hub refuses an existing repo: a run re-published by mistake must not replace someone's
 main branch; --force says that is intended. Uploads go through `upload_folder`: each LFS part is
 retried by huggingface_hub's backoff, LFS objects already on the Hub are skipped on a retry (the
-batch endpoint returns no upload action for them), and the whole commit is retried here.
+batch endpoint returns no upload action for them), and the whole commit is retried here. Folders
+larger than LARGE_FOLDER_BYTES (merged 70B weights) go through `upload_large_folder`, which
+records per-file progress in the folder and resumes after the job is killed and restarted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import time
 from pathlib import Path
 
 HUB_ATTEMPTS = 3
+# Above this many bytes the upload goes through upload_large_folder: several commits, and its
+# progress is kept in <folder>/.cache/huggingface so a killed job resumes where it stopped.
+LARGE_FOLDER_BYTES = int(os.environ.get("SFTLAUNCH_LARGE_UPLOAD_BYTES", 8 * 2**30))
 
 
 class PublishInputError(Exception):
@@ -137,6 +142,11 @@ def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
                 "publish to a new repo or pass --force to overwrite it")
     else:
         api.create_repo(repo_id, private=private, exist_ok=True)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    if size > LARGE_FOLDER_BYTES:
+        api.upload_large_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision="main",
+                                private=private, print_report=False)
+        return f"{api.endpoint}/{repo_id} (upload_large_folder, {size / 2**30:.1f} GiB)"
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:

@@ -139,6 +139,20 @@ def test_publish_to_s3_and_hub_then_refuse_to_overwrite(tmp_path, base_model, s3
     assert repo["commits"] == 2
 
 
+def test_large_folders_go_through_the_resumable_uploader(tmp_path, base_model, hub, monkeypatch):
+    monkeypatch.setattr(publish, "LARGE_FOLDER_BYTES", 0)
+    hub.fail_part_once = False
+    folder = tmp_path / "publish"
+    shutil.copytree(base_model, folder)
+    publish.hub_upload(folder, "me/large", force=False)
+    repo = hub.repos["me/large"]
+    assert repo["private"] is True
+    for p in base_model.iterdir():
+        assert repo["files"][p.name] == p.read_bytes(), p.name
+    assert (folder / ".cache" / "huggingface").is_dir()  # the resume state upload_large_folder keeps
+    assert not any(name.startswith(".cache") for name in repo["files"])
+
+
 def test_model_card_contents_and_loss_plot(tmp_path, base_model):
     recipe = _recipe(tmp_path, str(tmp_path / "bucket"), hub_repo=None)
     run = _run_dir(tmp_path, base_model)
