@@ -1,0 +1,48 @@
+"""`python -m jobs <train|eval|publish|generate> ...`: the one entry the container and the local
+backend call.
+
+Why lazy dispatch: `eval`/`publish`/`generate` live in their own modules with their own heavy
+imports; loading training code (peft, deepspeed) to run an eval would only cost start-up time.
+
+Exit codes: 0 ok, 1 the job failed, 2 bad input (one line on stderr), 3 stopped by the budget
+guard after saving a checkpoint (see jobs.train.BUDGET_EXIT).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "jobs.train",
+    "eval": "jobs.evaluate",
+    "publish": "jobs.publish",
+    "generate": "jobs.generate",
+}
+
+USAGE = "usage: python -m jobs {" + ",".join(COMMANDS) + "} [args...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown job {name!r}; {USAGE}", file=sys.stderr)
+        return 2
+    from launcher.errors import SftlaunchError, UserError
+
+    try:
+        return int(importlib.import_module(COMMANDS[name]).main(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SftlaunchError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
