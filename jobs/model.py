@@ -1,0 +1,139 @@
+"""Load the tokenizer and the model a recipe trains: full, LoRA, or QLoRA (4-bit base + LoRA).
+
+Why the care: the classic SFT pitfalls live here. A model silently random-initialised (wrong id,
+missing weights) still trains and "converges"; a pad token equal to EOS makes the collator mask
+EOS out of the labels so the model never learns to stop; gradient checkpointing with the KV
+cache on wastes memory and warns every step. Only the tiny test model is ever built from scratch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.errors import UserError
+
+TINY_MODEL_ID = "sftlaunch/tiny-llama"  # == jobs.tiny.TINY_MODEL_ID, kept here to avoid importing it
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve_model_path(recipe) -> str:
+    """The path or hub id to load; the tiny id is built locally (the one random-init model)."""
+    model_id = recipe.model.id
+    if model_id == TINY_MODEL_ID:
+        from jobs.tiny import ensure_tiny
+
+        return str(ensure_tiny())
+    return model_id
+
+
+def _torch_dtype(recipe):
+    import torch
+
+    return getattr(torch, DTYPES[recipe.train.precision])
+
+
+def load_tokenizer(recipe, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    path = path or resolve_model_path(recipe)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=recipe.model.revision,
+                                            trust_remote_code=recipe.model.trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"model.id {recipe.model.id!r}: cannot load its tokenizer ({str(exc).splitlines()[0]}); "
+                        "check the id/revision and HF_TOKEN for gated models") from exc
+    ensure_pad_token(tok)
+    return tok
+
+
+def ensure_pad_token(tok) -> bool:
+    """Give the tokenizer a pad token distinct from EOS; True when a new token was added."""
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        return False
+    if tok.unk_token_id is not None and tok.unk_token_id != tok.eos_token_id:
+        tok.pad_token = tok.unk_token
+        return False
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    return True
+
+
+def _quant_config(recipe):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = recipe.quantization
+    bits = getattr(q, "bits", 4) if q else 4
+    quant_type = getattr(q, "quant_type", "nf4") if q else "nf4"
+    double = getattr(q, "double_quant", True) if q else True
+    compute = getattr(q, "compute_dtype", None) if q else None
+    compute_dtype = getattr(torch, compute) if compute else _torch_dtype(recipe)
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def lora_config(recipe):
+    from peft import LoraConfig
+
+    lo = recipe.lora
+    targets = lo.target_modules if lo is not None else "all-linear"
+    if isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(r=lo.r if lo else 16, lora_alpha=lo.alpha if lo else 32,
+                      lora_dropout=lo.dropout if lo else 0.05, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointing: bool | None = None):
+    """The model ready for the Trainer (a PeftModel for lora/qlora)."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(recipe)
+    kwargs = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
+    method = recipe.method
+    if method == "qlora":
+        kwargs["quantization_config"] = _quant_config(recipe)
+        kwargs["dtype"] = kwargs["quantization_config"].bnb_4bit_compute_dtype
+    else:
+        # Mixed precision keeps fp32 master weights; only pure fp32 and qlora pick the load dtype.
+        import torch
+
+        kwargs["dtype"] = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise UserError(f"model.id {recipe.model.id!r}: cannot load its weights ({str(exc).splitlines()[0]}); "
+                        "check the id/revision and HF_TOKEN for gated models") from exc
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    gc = recipe.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gc:
+        model.config.use_cache = False
+    if method in ("lora", "qlora"):
+        from peft import get_peft_model
+
+        if gc and method == "lora":
+            model.enable_input_require_grads()
+        model = get_peft_model(model, lora_config(recipe))
+    return model
+
+
+def describe(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"parameters: {total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def is_local_dir(path: str) -> bool:
+    return Path(path).is_dir()
