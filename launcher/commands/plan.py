@@ -1,0 +1,125 @@
+"""`sftlaunch plan RECIPE`: ranked GPU offers with memory, ETA and cost; the choice marked."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from launcher.errors import UserError
+from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
+
+
+def _fmt_hours(h: float) -> str:
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
+
+
+@click.command()
+@recipe_argument
+@cloud_option
+@gpu_option
+@click.option("--spot/--no-spot", default=None, help="Override resources.spot.")
+@click.option("--explain", is_flag=True, help="Print every memory and time term of the chosen candidate.")
+@click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the 12 cheapest.")
+@click.option("--refresh-prices", is_flag=True, help="Update the price snapshot from SkyPilot's catalogs first (needs network).")
+@json_option
+def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
+         refresh_prices: bool, as_json: bool) -> None:
+    """Estimate memory, time and cost of RECIPE on every allowed GPU offer; pick the cheapest that fits."""
+    from launcher import catalog
+    from launcher.estimate import plan as make_plan
+    from launcher.recipe import load_recipe
+
+    if refresh_prices:
+        try:
+            click.echo(catalog.refresh_prices(), err=True)
+        except Exception as exc:  # offline, no SkyPilot, catalog fetch failed
+            raise UserError(f"--refresh-prices: could not read SkyPilot's catalogs ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the network and "
+                            "`pip install 'sftlaunch[cloud]'`; the snapshot was left as it was") from None
+    r = load_recipe(recipe)
+    if cloud and cloud not in r.resources.clouds:
+        raise UserError(f"--cloud {cloud}: {recipe}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
+                        f"add {cloud} there or pick one of those")
+    result = make_plan(r, cloud=cloud, gpu=gpu, spot=spot)
+    prices = catalog.prices()
+    over_budget = (result.chosen is not None and r.resources.max_usd is not None
+                   and result.chosen.total_usd > r.resources.max_usd)
+    if as_json:
+        out = result.as_dict()
+        out["price_snapshot"] = prices["snapshot_date"]
+        out["max_usd"] = r.resources.max_usd
+        out["over_budget"] = over_budget
+        click.echo(json.dumps(out, indent=2, default=float))
+    else:
+        _table(r, result, show_all, prices["snapshot_date"])
+        if explain and result.chosen is not None:
+            _explain(result.chosen)
+    if result.chosen is None:
+        raise UserError(f"{recipe}: resources.gpu: nothing fits: {result.reason}")
+    if over_budget:
+        cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd]
+        hint = (f"; within budget: {cheaper[0].cloud} {cheaper[0].accelerators} at ${cheaper[0].total_usd:.0f}"
+                if cheaper else "; raise resources.max_usd, use fewer rows or epochs, or a cheaper method")
+        raise UserError(f"{recipe}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds "
+                        f"max_usd ${r.resources.max_usd:.2f}{hint}")
+
+
+def _table(recipe, result, show_all: bool, snapshot: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 132))
+    title = f"{recipe.name}: {recipe.method} {recipe.model.id}, seq {recipe.data.seq_len}, prices of {snapshot}"
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("", "left"), ("cloud", "left"), ("region", "left"), ("GPU×n", "left"), ("spot", "left"),
+                         ("GB/GPU need/have", "right"), ("ETA", "right"), ("$/h", "right"), ("total $", "right"),
+                         ("note", "left")):
+        table.add_column(col, justify=justify)
+    rows = result.candidates if show_all else result.candidates[:12]
+    for c in rows:
+        mark = "→" if c is result.chosen else ""
+        nodes = f"{c.nodes}×" if c.nodes > 1 else ""
+        note = c.why_not or ("borderline: within headroom" if c.borderline else "")
+        style = None if c.fits else "dim"
+        table.add_row(mark, c.cloud, c.region or "-", f"{nodes}{c.gpu}×{c.gpus_per_node}", "yes" if c.spot else "no",
+                      f"{c.mem_needed_gb:.1f}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
+                      f"{c.usd_per_hour:.2f}", f"{c.total_usd:.2f}", note, style=style)
+    console.print(table)
+    if len(result.candidates) > len(rows):
+        console.print(f"({len(result.candidates) - len(rows)} more; --all shows them)")
+    if result.chosen:
+        c = result.chosen
+        console.print(f"plan: {c.cloud} {c.accelerators}{' ×' + str(c.nodes) + ' nodes' if c.nodes > 1 else ''}"
+                      f"{' spot' if c.spot else ''}, ~{_fmt_hours(c.eta_hours)}, ~${c.total_usd:.0f}"
+                      + (" (borderline fit)" if c.borderline else ""))
+    else:
+        console.print(f"nothing fits: {result.reason}")
+
+
+def _explain(c) -> None:
+    m, t = c.memory, c.timing
+    lines = [
+        f"memory per GPU on {c.gpu} ({c.mem_available_gb:.0f} GB):",
+        f"  weights                 {m.weights:8.2f} GB",
+        f"  grads + optimizer       {m.trainable:8.2f} GB" + (f"  ({m.pageable:.2f} GB pageable to CPU)" if m.pageable else ""),
+        f"  activations             {m.activations:8.2f} GB",
+        f"  CUDA context/workspace  {m.fixed:8.2f} GB",
+        f"  total                   {m.total:8.2f} GB  (headroom rule: borderline above "
+        f"{c.mem_available_gb * 0.9:.1f} GB)",
+    ] + [f"  note: {n}" for n in m.notes] + [
+        f"time on {c.gpus}×{c.gpu}:",
+        f"  rows                    {t.terms.get('rows', 0):12,.0f}",
+        f"  tokens                  {t.tokens:12,.0f}",
+        f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}",
+        f"  FLOPs                   {t.flops:12.3e}",
+        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.0f} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
+        f"  training                {t.train_hours:8.2f} h",
+        f"  provisioning            {t.terms['provision_hours']:8.2f} h",
+        f"  image pull              {t.terms['image_pull_hours']:8.2f} h",
+        f"  weights download        {t.terms['weights_download_hours']:8.2f} h",
+        f"  checkpoints             {t.terms.get('checkpoint_hours', 0):8.2f} h ({t.terms.get('checkpoints', 0):.0f} saves)",
+        f"  eval                    {t.eval_hours:8.2f} h",
+        f"  total                   {t.total_hours:8.2f} h × ${c.usd_per_hour:.2f}/h = ${c.total_usd:.2f}",
+    ]
+    click.echo("\n".join(lines))

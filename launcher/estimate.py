@@ -1,0 +1,491 @@
+"""Memory, time and cost of a recipe on each GPU offer; the cheapest that fits is the plan.
+
+Why our own estimator: SkyPilot picks the cheapest *offer* for an accelerator you name, but it
+cannot tell whether a 70B QLoRA fits 24 GB or how long 25k rows take. This module answers both
+from the model's shape and the recipe, transparently: every term is returned (and printed by
+`plan --explain`) so a wrong assumption is visible, and the assumptions live in
+launcher/data/*.yaml. It imports neither torch nor sky.
+
+Memory per GPU (bytes):
+  weights   full: 2/param (bf16/fp16; 4 in fp32); lora: same, frozen; qlora: 0.5/param for the
+            quantized linears + absmax constants (fp32 per 64 weights, or 8-bit + fp32 per 256
+            with double quant) + the bf16 embeddings and head.
+  trainable full: grads 2 + Adam fp32 master, m, v 12 = 14/param (16 with weights, the usual
+            "16 bytes per parameter"); ZeRO-2 shards grads+optimizer, ZeRO-3 shards all of it,
+            zero3-offload keeps only sharded bf16 weights and grads on the GPU.
+            lora/qlora: adapter params r·(in+out) per targeted module, fp32 weight+grad+Adam
+            (16/param); paged optimizers may spill the 8 bytes of Adam states to CPU.
+  activations with gradient checkpointing: each layer's input (2·h bytes per token) plus one
+            layer recomputed (34·h per token, Korthikanti et al. 2022, flash/SDPA attention so
+            no s² term); without: 34·h per token per layer. Plus fp32 logits and their grad.
+  fixed     CUDA context and allocator workspace.
+A candidate fits when the total is under the GPU's memory; within `headroom` of it, it is
+borderline (plan says so rather than pretending to know).
+
+Time: tokens = rows × epochs × tokens per row (packed; measured from local files), FLOPs per
+token = 6·N (8·N with checkpointing) for full, 4·N (6·N) for LoRA/QLoRA whose frozen weights need
+no weight gradients, plus attention 12·L·h·s; N is the active parameter count for MoE models.
+Throughput = GPUs × peak dense TFLOPs × MFU (data). Plus provisioning, image pull, weight
+download, checkpoint writes and eval. Cost = $/h × hours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import catalog
+from launcher.clouds import CLOUDS, capability_problem
+from launcher.recipe import Recipe, looks_local
+
+GB = 1e9
+
+
+@dataclass
+class Memory:
+    """Per-GPU memory terms in GB."""
+
+    weights: float
+    trainable: float  # grads + optimizer states (+ fp32 adapter weights)
+    pageable: float  # part of `trainable` a paged optimizer can spill to CPU
+    activations: float
+    fixed: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.trainable + self.activations + self.fixed
+
+    def as_dict(self) -> dict[str, float]:
+        return {"weights_gb": self.weights, "grads_optimizer_gb": self.trainable, "pageable_gb": self.pageable,
+                "activations_gb": self.activations, "fixed_gb": self.fixed, "total_gb": self.total}
+
+
+@dataclass
+class Timing:
+    tokens: float
+    flops: float
+    train_hours: float
+    overhead_hours: float
+    eval_hours: float
+    terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_hours(self) -> float:
+        return self.train_hours + self.overhead_hours + self.eval_hours
+
+
+@dataclass
+class Candidate:
+    cloud: str
+    region: str | None
+    gpu: str
+    gpus_per_node: int
+    nodes: int
+    spot: bool
+    usd_per_hour: float
+    mem_needed_gb: float
+    mem_available_gb: float
+    fits: bool
+    borderline: bool
+    eta_hours: float
+    total_usd: float
+    memory: Memory | None = None
+    timing: Timing | None = None
+    why_not: str | None = None
+
+    @property
+    def accelerators(self) -> str:
+        return f"{self.gpu}:{self.gpus_per_node}"
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
+                                             "mem_needed_gb", "mem_available_gb", "fits", "borderline", "eta_hours",
+                                             "total_usd", "why_not")}
+        out["accelerators"] = self.accelerators
+        if self.memory:
+            out["memory"] = self.memory.as_dict()
+        if self.timing:
+            out["timing"] = {"tokens": self.timing.tokens, "flops": self.timing.flops, "train_hours": self.timing.train_hours,
+                             "overhead_hours": self.timing.overhead_hours, "eval_hours": self.timing.eval_hours,
+                             **self.timing.terms}
+        return out
+
+
+@dataclass
+class Plan:
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    reason: str | None
+    model: str
+    workload: str = "train"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "workload": self.workload,
+                "chosen": self.chosen.as_dict() if self.chosen else None, "reason": self.reason,
+                "candidates": [c.as_dict() for c in self.candidates]}
+
+
+class UnknownModel(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _shape(recipe: Recipe) -> dict[str, Any]:
+    shape = catalog.model_shape(recipe.model.id)
+    if shape is None:
+        raise UnknownModel(
+            f"model.id {recipe.model.id}: not in the planner's model table (launcher/data/models.yaml) and not a "
+            "local directory with config.json; add its shape there, or set resources.gpu explicitly"
+        )
+    return shape
+
+
+def _linear_params_per_layer(shape: dict[str, Any]) -> float:
+    experts = shape.get("experts")
+    total = 0.0
+    for name, (i, o) in shape["linear"].items():
+        mult = experts["total"] if experts and name in ("w1", "w2", "w3") else 1
+        total += i * o * mult
+    return total
+
+
+def lora_params(shape: dict[str, Any], target_modules: list[str] | str, r: int) -> float:
+    """Adapter parameters: r·(in+out) per targeted module per layer (every expert for MoE)."""
+    experts = shape.get("experts")
+    names = list(shape["linear"]) if target_modules == "all-linear" else list(target_modules)
+    per_layer = 0.0
+    for name in names:
+        if name not in shape["linear"]:
+            continue
+        i, o = shape["linear"][name]
+        mult = experts["total"] if experts and name in ("w1", "w2", "w3") else 1
+        per_layer += r * (i + o) * mult
+    return per_layer * shape["layers"]
+
+
+def _shards(recipe: Recipe, gpus: int) -> tuple[float, float, float]:
+    """Fractions of (weights, grads, optimizer) each GPU holds, by DeepSpeed stage."""
+    ds = recipe.train.deepspeed
+    if gpus <= 1 or ds is None:
+        return 1.0, 1.0, 1.0
+    if ds == "zero2":
+        return 1.0, 1 / gpus, 1 / gpus
+    if ds == "zero3":
+        return 1 / gpus, 1 / gpus, 1 / gpus
+    return 1 / gpus, 1 / gpus, 0.0  # zero3-offload: optimizer states (and master weights) on CPU
+
+
+def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_len: int | None = None,
+           workload: str = "train") -> Memory:
+    shape = _shape(recipe)
+    w = catalog.workloads()
+    n = shape["params_b"] * 1e9
+    h, layers, vocab = shape["hidden"], shape["layers"], shape["vocab"]
+    emb = vocab * h * (1 if shape.get("tied") else 2)
+    half = 4 if recipe.train.precision == "fp32" else 2
+    seq = seq_len or recipe.data.seq_len
+    mb = micro_batch or recipe.train.micro_batch_size
+    notes: list[str] = []
+    if workload == "eval":
+        four_bit = recipe.eval is not None and recipe.eval.load_4bit
+        weights = ((n - emb) * 0.5625 + emb * 2) if four_bit else n * 2
+        tokens = seq * 1  # auto batch size fills the rest: count one sequence
+        acts = tokens * h * 34 / layers + tokens * vocab * 4
+        return Memory(weights / GB, 0.0, 0.0, acts / GB, w["cuda_context_gb"], ["inference: weights + one batch"])
+
+    method = recipe.method
+    trainable = pageable = 0.0
+    w_frac, g_frac, o_frac = _shards(recipe, gpus) if method == "full" else (1.0, 1.0, 1.0)
+    paged = recipe.train.optimizer.startswith("paged_")
+    if method == "full":
+        weights = n * half * w_frac
+        grads = n * half * g_frac
+        opt_bytes = 12 if recipe.train.optimizer not in ("paged_adamw_8bit", "adamw_bnb_8bit") else 6
+        optim = n * opt_bytes * o_frac
+        trainable = grads + optim
+        # Paging tens of GB of full-model optimizer states through unified memory is not a plan:
+        # for full fine-tunes only ZeRO-3-offload moves them off the GPU.
+        pageable = 0.0
+        if recipe.train.deepspeed == "zero3-offload" and gpus > 1:
+            notes.append("zero3-offload: Adam states and fp32 master weights live in CPU memory")
+    else:
+        lora = recipe.lora
+        assert lora is not None
+        adapters = lora_params(shape, lora.target_modules, lora.r)
+        if method == "qlora":
+            q = recipe.quantization
+            assert q is not None
+            quantized = _linear_params_per_layer(shape) * layers
+            # absmax: fp32 per 64-block (0.5 bit/param); double quant: 8-bit per 64 + fp32 per 256·64.
+            consts = quantized * ((8 / 64 + 32 / (64 * 256)) / 8 if q.double_quant else 4 / 64)
+            weights = quantized * 0.5 + consts + (n - quantized) * 2
+        else:
+            weights = n * half
+        # PEFT keeps adapters in fp32: weight 4 + grad 4 + Adam 8.
+        trainable = adapters * 16
+        pageable = adapters * 8 if paged else 0.0
+        notes.append(f"{adapters / 1e6:.0f}M trainable adapter parameters")
+    tokens = seq * mb
+    act_full_layer = tokens * h * 34
+    if recipe.train.gradient_checkpointing:
+        acts = tokens * h * 2 * layers + act_full_layer
+    else:
+        acts = act_full_layer * layers
+    acts += tokens * vocab * (half + 4 + 4)  # logits, their fp32 upcast for the loss, and its grad
+    return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time
+
+
+def _local_tokens_per_row(path: str) -> float | None:
+    """Mean tokens per row of a local file, from its characters (no tokenizer needed)."""
+    p = Path(path)
+    files = sorted(p.glob("*.jsonl")) + sorted(p.glob("*.json")) if p.is_dir() else [p]
+    chars = rows = 0
+    for f in files:
+        if f.suffix == ".jsonl":
+            for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    chars += len(line)
+                    rows += 1
+        elif f.suffix == ".json":
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            items = data if isinstance(data, list) else []
+            rows += len(items)
+            chars += sum(len(json.dumps(i)) for i in items)
+    if not rows:
+        return None
+    # JSON keys and quotes inflate the count a little; a conservative over-estimate.
+    return chars / rows / catalog.workloads()["chars_per_token"]
+
+
+def _local_rows(path: str) -> int | None:
+    p = Path(path)
+    if p.suffix == ".jsonl" and p.is_file():
+        return sum(1 for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    if p.suffix == ".json" and p.is_file():
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
+        return len(data) if isinstance(data, list) else None
+    return None
+
+
+def data_tokens(recipe: Recipe) -> tuple[float, float]:
+    """(rows, tokens) per epoch after max_samples, truncation at seq_len and packing/padding."""
+    w = catalog.workloads()
+    rows_total = tokens = 0.0
+    for src in recipe.data.sources:
+        local = looks_local(src.path) and Path(src.path).exists()
+        per_row = (_local_tokens_per_row(src.path) if local else None) or w["tokens_per_row"].get(src.path, w["tokens_per_row"]["default"])
+        available = (_local_rows(src.path) if local else None) or w["rows"].get(src.path)
+        rows = src.max_samples or available or 10000
+        if available:
+            rows = min(rows, available)
+        rows_total += rows
+        per_row = min(per_row, recipe.data.seq_len)
+        if not recipe.data.packing:
+            per_row = min(recipe.data.seq_len, per_row * 1.5)  # padding to the longest in each batch
+        tokens += rows * per_row
+    rows_total *= 1 - recipe.data.eval_fraction
+    tokens *= 1 - recipe.data.eval_fraction
+    return rows_total, tokens
+
+
+def _mfu(method: str, gpu: str) -> float:
+    w = catalog.workloads()
+    return float(w.get("mfu_by_gpu", {}).get(gpu, {}).get(method, w["mfu"][method]))
+
+
+def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train") -> Timing:
+    shape = _shape(recipe)
+    w = catalog.workloads()
+    n_total = shape["params_b"] * 1e9
+    n = shape.get("active_params_b", shape["params_b"]) * 1e9
+    peak = catalog.gpu_tflops(gpu, cloud) * 1e12
+    terms: dict[str, float] = {}
+    eval_hours = 0.0
+    if recipe.eval is not None:
+        key = recipe.eval.preset or "custom"
+        ev_tokens = w["eval_tokens"].get(key, w["eval_tokens"]["custom"])
+        if recipe.eval.limit:
+            ev_tokens = min(ev_tokens, ev_tokens * recipe.eval.limit / 1000)
+        eval_hours = 2 * n * ev_tokens / (gpus * peak * _mfu("eval", gpu)) / 3600
+    terms["eval_hours"] = eval_hours
+    download = n_total * 2 / GB / w["download_gb_per_hour"]
+    pull = w["image_pull_gb"] / w["pull_gb_per_hour"]
+    provision = w["provision_hours"].get(cloud, 0.1)
+    terms.update(provision_hours=provision, image_pull_hours=pull, weights_download_hours=download)
+    if workload == "eval":
+        return Timing(0, 0, 0, provision + pull + download, eval_hours, terms)
+
+    rows, tokens = data_tokens(recipe)
+    if recipe.train.max_steps:
+        tokens = min(tokens * recipe.train.epochs,
+                     recipe.train.max_steps * recipe.train.micro_batch_size * recipe.train.grad_accum * gpus * recipe.data.seq_len)
+    else:
+        tokens *= recipe.train.epochs
+    ckpt = recipe.train.gradient_checkpointing
+    per_token = (8 if ckpt else 6) * n if recipe.method == "full" else (6 if ckpt else 4) * n
+    per_token += 12 * shape["layers"] * shape["hidden"] * recipe.data.seq_len / 2  # attention, causal half
+    flops = per_token * tokens
+    mfu = _mfu(recipe.method, gpu)
+    train_hours = flops / (gpus * peak * mfu) / 3600
+    ckpt_gb = (n_total * 16 / GB) if recipe.method == "full" else (
+        lora_params(shape, recipe.lora.target_modules, recipe.lora.r) * 12 / GB if recipe.lora else 0)
+    n_ckpts = math.ceil(train_hours * 60 / recipe.train.checkpoint_minutes) + 1
+    checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
+    terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, mfu=mfu, peak_tflops=peak / 1e12,
+                 checkpoint_hours=checkpoints, checkpoints=n_ckpts)
+    return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, eval_hours, terms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates and the plan
+
+
+def _usd_per_gpu(offer: catalog.Offer, spot: bool) -> float | None:
+    if offer.cloud == "kubernetes":
+        return float(os.environ.get("SFTLAUNCH_K8S_USD_PER_GPU_HOUR", "0") or 0)
+    return offer.spot if spot else offer.on_demand
+
+
+def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
+         workload: str = "train") -> Plan:
+    """Every offer on the allowed clouds, ranked cheapest first; the cheapest that fits is chosen."""
+    clouds = [c for c in recipe.resources.clouds if c in CLOUDS]
+    if cloud:
+        clouds = [c for c in clouds if c == cloud]
+    spot = recipe.resources.spot if spot is None else spot
+    nodes = recipe.resources.nodes if workload == "train" else 1
+    want = gpu or (recipe.resources.gpu if workload == "train" else "auto")
+    want_name = want_count = None
+    if want and want != "auto":
+        name, _, count = want.partition(":")
+        want_name, want_count = name, int(count) if count else None
+    shape_error = None
+    try:
+        _shape(recipe)
+    except UnknownModel as exc:
+        shape_error = str(exc)
+    if shape_error:
+        return Plan([], None, shape_error, recipe.model.id, workload)
+
+    cands: list[Candidate] = []
+    if recipe.resources.clouds == ["local"]:
+        cands.append(_local_candidate(recipe, want_name, want_count, workload))
+    for c in clouds:
+        if spot and capability_problem(c, "spot"):
+            continue
+        if nodes > 1 and capability_problem(c, "multi_node"):
+            continue
+        for offer in catalog.offers(c):
+            if want_name and offer.gpu.lower() != want_name.lower():
+                continue
+            if want_count and offer.count != want_count:
+                continue
+            if workload == "eval" and want_count is None and offer.count > 1:
+                continue
+            per_gpu = _usd_per_gpu(offer, spot)
+            if per_gpu is None:
+                continue
+            gpus = offer.count * nodes
+            mem = memory(recipe, gpus=gpus, workload=workload)
+            avail = catalog.gpu_memory_gb(offer.gpu)
+            need = mem.total
+            fits = need <= avail
+            borderline = fits and need > avail * (1 - catalog.workloads()["headroom"])
+            why = None
+            if not fits and mem.pageable and need - mem.pageable <= avail:
+                fits, borderline = True, True
+                why = "fits only if the paged optimizer spills its states to CPU memory"
+            elif not fits:
+                why = f"needs {need:.1f} GB per GPU, has {avail:.0f} GB"
+            if offer.gpu == "T4" and recipe.train.precision == "bf16" and workload == "train":
+                fits, why = False, "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
+            t = timing(recipe, c, offer.gpu, gpus, workload)
+            usd_h = per_gpu * gpus
+            cands.append(Candidate(c, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, need, avail, fits,
+                                   borderline, t.total_hours, usd_h * t.total_hours, mem, t, why))
+    cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
+    fitting = [x for x in cands if x.fits]
+    # Prefer a confident fit over a borderline one when it costs at most 10% more.
+    chosen = None
+    if fitting:
+        chosen = fitting[0]
+        if chosen.borderline:
+            sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
+            chosen = sure[0] if sure else chosen
+    reason = None if chosen else _nothing_fits(recipe, cands, clouds, spot, want)
+    return Plan(cands, chosen, reason, recipe.model.id, workload)
+
+
+def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str) -> Candidate:
+    """`up --local`: the recipe's named GPU (e.g. a Colab T4) or, with none named, the CPU."""
+    name = gpu if gpu and gpu in catalog.gpus() else "CPU"
+    n = count or 1
+    mem = memory(recipe, gpus=n, workload=workload)
+    avail = catalog.gpu_memory_gb(name)
+    fits = mem.total <= avail or bool(mem.pageable and mem.total - mem.pageable <= avail)
+    borderline = fits and mem.total > avail * (1 - catalog.workloads()["headroom"])
+    t = timing(recipe, "local", name, n, workload)
+    return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fits, borderline, t.total_hours, 0.0,
+                     mem, t, None if fits else f"needs {mem.total:.1f} GB, has {avail:.0f} GB")
+
+
+def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want: str | None) -> str:
+    if recipe.resources.clouds == ["local"]:
+        c = cands[0]
+        return f"on this machine ({c.gpu}) it needs {c.mem_needed_gb:.1f} GB, more than {c.mem_available_gb:.0f} GB"
+    if not clouds:
+        return "no SkyPilot cloud is allowed; add one to resources.clouds"
+    if not cands:
+        what = f"{want} " if want and want != "auto" else ""
+        extra = " with spot" if spot else ""
+        return f"no offer of {what}on {', '.join(clouds)}{extra}; allow another cloud or set resources.gpu: auto"
+    shape = _shape(recipe)
+    one = memory(recipe, gpus=1)
+    label = recipe.model.id.split("/")[-1]
+    method = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA"}[recipe.method]
+    needed = one.total
+    size = f"≈{needed / 1000:.1f} TB" if needed >= 1000 else f"≈{needed:.0f} GB"
+    hints = []
+    if recipe.method == "full":
+        hints.append("use method qlora")
+        n = shape["params_b"] * 1e9
+        # ZeRO-3-offload keeps bf16 weights+grads sharded on GPUs (4 bytes/param) + activations.
+        acts = one.activations + one.fixed
+        for gpus_total in (8, 16, 32, 64):
+            per_gpu = n * 4 / gpus_total / GB + acts
+            if per_gpu <= 80 * (1 - catalog.workloads()["headroom"]):
+                nodes = max(1, gpus_total // 8)
+                hints.append(f"{nodes}×8 H100-80GB with zero3-offload" if nodes > 1 else "8 H100-80GB with zero3-offload")
+                break
+    else:
+        if recipe.data.seq_len > 512 or recipe.train.micro_batch_size > 1:
+            hints.append("lower data.seq_len or train.micro_batch_size")
+        if not recipe.train.gradient_checkpointing:
+            hints.append("turn on train.gradient_checkpointing")
+        if recipe.method == "lora":
+            hints.append("use method qlora")
+    biggest = max(cands, key=lambda x: x.mem_available_gb)
+    return (f"{label} {method} needs {size} of GPU memory on one GPU (largest offered here: {biggest.gpu}, "
+            f"{biggest.mem_available_gb:.0f} GB): " + (", or ".join(hints) if hints else "allow a larger GPU"))
