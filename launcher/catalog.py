@@ -17,7 +17,7 @@ import yaml
 DATA = Path(__file__).resolve().parent / "data"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> dict[str, Any]:
     return yaml.safe_load((DATA / name).read_text())
 

@@ -99,7 +99,7 @@ def test_spot_and_capabilities_shape_candidates():
     r = _recipe("meta-llama/Llama-2-7b-hf")
     spot = plan(r, spot=True)
     assert spot.candidates and all(c.spot and c.cloud in ("runpod", "gcp") for c in spot.candidates)
-    assert all(c.total_usd <= d.total_usd for c, d in zip(spot.candidates, spot.candidates[1:]) if c.fits and d.fits)
+    assert all(c.total_usd <= d.total_usd for c, d in zip(spot.candidates, spot.candidates[1:], strict=False) if c.fits and d.fits)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
