@@ -1,0 +1,89 @@
+"""jobs.model: the SFT loading pitfalls — real weights (never random init), pad != EOS, no KV cache
+under gradient checkpointing, LoRA on every linear but the head, 4-bit NF4 base for QLoRA."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.jobs.test_train_support import build_tiny_model, make_recipe, write_data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    return build_tiny_model(root / "model"), write_data(root / "d.jsonl")
+
+
+def _load(tiny, method="full", **train):
+    from jobs import model as jm
+
+    recipe = make_recipe(*tiny, method=method, **train)
+    tok = jm.load_tokenizer(recipe)
+    return recipe, tok, jm.load_model(recipe, tok)
+
+
+def test_pretrained_weights_are_loaded_not_random(tiny):
+    from safetensors.torch import load_file
+
+    _, _, model = _load(tiny)
+    saved = load_file(str(tiny[0] / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert name in saved
+    assert model.state_dict()[name].equal(saved[name])
+
+
+def test_pad_token_is_not_eos(tiny):
+    _, tok, model = _load(tiny)
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_pad_token_added_and_embeddings_resized_when_only_eos_exists(tiny):
+    from transformers import AutoTokenizer
+
+    from jobs import model as jm
+
+    tok = AutoTokenizer.from_pretrained(tiny[0])
+    tok.unk_token = None
+    tok.pad_token = tok.eos_token  # the common "pad = eos" setup that hides EOS from the loss
+    added = jm.ensure_pad_token(tok)
+    assert added and tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+    recipe = make_recipe(*tiny)
+    model = jm.load_model(recipe, tok)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+
+
+def test_gradient_checkpointing_turns_off_the_kv_cache(tiny):
+    _, _, model = _load(tiny, gradient_checkpointing=True)
+    assert model.is_gradient_checkpointing
+    assert model.config.use_cache is False
+    _, _, plain = _load(tiny, gradient_checkpointing=False)
+    assert not plain.is_gradient_checkpointing
+
+
+def test_lora_all_linear_adapts_projections_not_the_head(tiny):
+    _, _, model = _load(tiny, method="lora")
+    names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+    assert any("q_proj" in n for n in names) and any("down_proj" in n for n in names)
+    assert not any("lm_head" in n for n in names)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_qlora_base_is_nf4_with_lora_on_top(tiny):
+    import bitsandbytes as bnb
+
+    _, _, model = _load(tiny, method="qlora")
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit
+    assert four_bit[0].weight.quant_type == "nf4"
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_unknown_model_is_one_clear_user_error(tmp_path):
+    from jobs import model as jm
+    from launcher.errors import UserError
+
+    recipe = make_recipe(tmp_path / "nope", write_data(tmp_path / "d.jsonl"))
+    with pytest.raises(UserError, match="model.id"):
+        jm.load_tokenizer(recipe)
