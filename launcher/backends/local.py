@@ -30,6 +30,7 @@ CONTAINER_OUT = "/data/sftlaunch"
 CONTAINER_RECIPE = "/sftlaunch/recipe.yaml"
 LABEL = "sftlaunch-run"
 _children: list[subprocess.Popen] = []
+BUDGET_EXIT = 3  # jobs.train: the in-job budget guard saved a checkpoint and stopped
 
 
 def docker_available() -> bool:
@@ -179,6 +180,8 @@ def poll(record: dict) -> tuple[str, str | None]:
     run_dir = Path(record["local_dir"])
     code = exit_code(run_dir)
     if code is not None:
+        if code == BUDGET_EXIT:
+            return "stopped", "budget guard: stopped after saving a checkpoint (exit 3)"
         return ("succeeded", None) if code == 0 else ("failed", f"exit code {code}")
     if alive(record.get("pid")):
         return "running", None

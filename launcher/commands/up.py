@@ -195,7 +195,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     lifecycle.refresh(registry, lambda: None, [registry.get(run_id, history=False)])
     final = registry.get(run_id, history=False)
     _report_end(final)
-    if code != 0:
+    if code != 0 and final["state"] != "stopped":
         raise JobFailed(f"run {run_id} failed (exit code {code}); see {fields['log_uri']}")
 
 

@@ -185,3 +185,22 @@ def test_canary_secret_never_leaves_the_launch_call(tmp_path, fake, plan, monkey
             for f in files:
                 with open(os.path.join(dirpath, f), "rb") as fh:
                     assert CANARY.encode() not in fh.read(), os.path.join(dirpath, f)
+
+
+def test_real_planner_dry_run_and_unoffered_gpu(fake):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "llama2-70b-qlora.yaml"
+    fake.enabled = set()
+    res = up(recipe, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "Plan for" in res.output and "price" in res.output and "Lambda: put `api_key" in res.output
+    fake.enabled = {"gcp"}  # only a cloud where the run costs more than max_usd: refused
+    res = up(recipe, "--dry-run")
+    assert res.exit_code == 2 and "on gcp the estimate" in res.output and "max_usd" in res.output
+    fake.enabled = {"lambda", "gcp"}
+    res = up(recipe, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert ("optimize", res.output.split("run id    ")[1].split()[0]) in fake.calls
+    res = up(recipe, "--dry-run", "--gpu", "TPU-v9:1")
+    assert res.exit_code == 2 and not fake.launched
