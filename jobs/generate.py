@@ -66,16 +66,17 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
 def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
     """Token ids of the conversation up to where the assistant's next reply starts."""
     tok = loaded.tokenizer
-    if loaded.template:
+    if loaded.template and loaded.template != "tokenizer":
         from jobs import templates
 
-        # Render with an empty assistant turn; its first trained token is where the reply begins.
+        # Render piece by piece as training did, with an empty assistant turn; its first trained
+        # token is where the reply begins.
         ids, mask = templates.render([*messages, {"role": "assistant", "content": ""}], loaded.template, tok)
-        ids, mask = list(ids), list(mask)
         start = next((i for i, m in enumerate(mask) if m), len(ids))
-        return ids[:start]
-    if getattr(tok, "chat_template", None):
-        return list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        return list(ids)[:start]
+    if loaded.template == "tokenizer" or getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
     text = "\n".join(m["content"] for m in messages) + "\n"
     return tok(text)["input_ids"]
 
