@@ -25,11 +25,11 @@ def _start(monkeypatch, command, rid="sftl-local-0002"):
 
 def test_follow_poll_and_status(monkeypatch):
     rec = _start(monkeypatch, 'echo "$SFTLAUNCH_RUN_ID starts"; echo \'{"step": 2, "total_steps": 4}\' '
-                              '> "$SFTLAUNCH_OUT/metrics.jsonl"; echo done; exit 3')
+                              '> "$SFTLAUNCH_OUT/metrics.jsonl"; echo done; exit 4')
     lines = []
-    assert local.follow_log(rec, lines.append) == 3
+    assert local.follow_log(rec, lines.append) == 4
     assert lines == ["sftl-local-0002 starts", "done"]
-    assert local.poll(rec) == ("failed", "exit code 3")
+    assert local.poll(rec) == ("failed", "exit code 4")
     res = CliRunner().invoke(cli, ["status", "sftl-local-0002"])
     assert res.exit_code == 0 and "failed" in res.output and "2/4 (50%)" in res.output
     logs = CliRunner().invoke(cli, ["logs", "sftl-local-0002"])
@@ -51,3 +51,10 @@ def test_docker_probe_honours_the_override(monkeypatch):
     assert local.docker_available() is False
     monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "1")
     assert local.docker_available() is True
+
+
+def test_budget_exit_is_recorded_as_stopped(monkeypatch):
+    rec = _start(monkeypatch, "echo saving a checkpoint; exit 3", rid="sftl-local-0003")
+    assert local.follow_log(rec, lambda line: None) == 3
+    state, detail = local.poll(rec)
+    assert state == "stopped" and "budget" in detail
