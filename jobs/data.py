@@ -1,0 +1,424 @@
+"""Training data: read sources, map each row schema to chat messages, tokenise, pack, collate.
+
+Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
+boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
+
+Formats (DESIGN): each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant,
+possibly several turns) — except `text`, which stays {"text": ...} and is trained on every token.
+
+Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
+parquet file, the index in a hub split), and every bad row is a `UserError` naming the file, the
+row, the field and what to do about it.
+
+Packing and attention (checked against the installed transformers 5.x source): packed sequences
+carry `position_ids` that restart at 0 for every sample. `masking_utils.create_causal_mask` turns
+such restarts into a block-diagonal causal mask (`find_packed_sequence_indices`) for the eager,
+sdpa and flex implementations — but only when no 2-D `attention_mask` is passed, so the packed
+collator passes none. flash_attention_2 honours the restarts (varlen kernels via
+`prepare_fa_kwargs_from_position_ids`) only for a batch of one row, which is why the collator
+flattens a packed batch into a single row (as `DataCollatorWithFlattening` does) for flash
+implementations. On an older transformers without `find_packed_sequence_indices`, eager/sdpa
+would let packed samples attend to each other; `make_collator` warns once in that case. Either
+way no label crosses a boundary: each sample's first token has label -100.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from launcher.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+IGNORE = -100
+
+
+# ---------------------------------------------------------------- formatters: row -> messages
+
+
+class RowError(ValueError):
+    """A row's problem; the loader adds where (file, row) before it reaches the user."""
+
+
+def _str(row: dict, field: str, required: bool = True, fix: str = "") -> str:
+    if field not in row or row[field] is None:
+        if required:
+            raise RowError(f"field {field!r} is missing{fix or '; every row of this format needs it'}")
+        return ""
+    value = row[field]
+    if not isinstance(value, str):
+        raise RowError(f"field {field!r} is a {type(value).__name__}, expected a string")
+    return value
+
+
+def _msgs(system: str, user: str, assistant: str) -> dict:
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def fmt_dolphin(row: dict) -> dict:
+    """dolphin: `instruction` is the system prompt, `input` the question, `output` the answer."""
+    return _msgs(_str(row, "instruction", False), _str(row, "input"), _str(row, "output"))
+
+
+def fmt_alpaca(row: dict) -> dict:
+    """alpaca / Open-Platypus: the task and its input form the user turn ("{instruction} {input}")."""
+    instruction, inp = _str(row, "instruction"), _str(row, "input", False)
+    user = f"{instruction} {inp}" if inp.strip() else instruction
+    return _msgs("", user, _str(row, "output"))
+
+
+def fmt_airoboros(row: dict) -> dict:
+    """airoboros: skip_prompt_formatting rows carry their own formatting, so no system prompt is added."""
+    system = "" if row.get("skip_prompt_formatting") else _str(row, "system", False)
+    return _msgs(system, _str(row, "instruction"), _str(row, "response"))
+
+
+_GUANACO = re.compile(r"###\s*(Human|Assistant)\s*:")
+
+
+def fmt_guanaco(row: dict) -> dict:
+    """guanaco / openassistant-guanaco: "### Human: … ### Assistant: …", possibly several turns."""
+    text = _str(row, "text")
+    parts = _GUANACO.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise RowError("field 'text' must start with '### Human:' and contain '### Assistant:' turns")
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        role = "user" if speaker == "Human" else "assistant"
+        if messages and messages[-1]["role"] == role:
+            raise RowError(f"field 'text' has two '### {speaker}:' turns in a row; turns must alternate")
+        messages.append({"role": role, "content": content.strip()})
+    if messages[0]["role"] != "user" or messages[-1]["role"] != "assistant":
+        raise RowError("field 'text' must start with '### Human:' and end with an '### Assistant:' turn")
+    return {"messages": messages}
+
+
+_ORCA_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+def fmt_slimorca(row: dict) -> dict:
+    """SlimOrca (ShareGPT style): conversations [{from: system|human|gpt, value}]."""
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise RowError("field 'conversations' is missing or empty; expected a list of {from, value}")
+    messages = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or turn.get("from") not in _ORCA_ROLES or not isinstance(turn.get("value"), str):
+            raise RowError(f"field 'conversations[{i}]' must be {{from: system|human|gpt, value: string}}, got {turn!r:.80}")
+        messages.append({"role": _ORCA_ROLES[turn["from"]], "content": turn["value"]})
+    return {"messages": _checked(messages, "conversations")}
+
+
+def fmt_messages(row: dict) -> dict:
+    """OpenAI-style chat rows: messages [{role: system|user|assistant, content}]."""
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RowError("field 'messages' is missing or empty; expected a list of {role, content}")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise RowError(f"field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}, got {m!r:.80}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return {"messages": _checked(out, "messages")}
+
+
+def _checked(messages: list[dict], field: str) -> list[dict]:
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in body):
+        raise RowError(f"field {field!r}: a system turn may only come first")
+    if not any(m["role"] == "assistant" for m in body):
+        raise RowError(f"field {field!r} has no assistant turn; there is nothing to train on")
+    if not body or body[0]["role"] != "user":
+        raise RowError(f"field {field!r} must start with a user turn (after an optional system turn)")
+    return messages
+
+
+def fmt_text(row: dict) -> dict:
+    """Raw text, trained on every token (continued pretraining style)."""
+    text = _str(row, "text")
+    if not text.strip():
+        raise RowError("field 'text' is empty")
+    return {"text": text}
+
+
+FORMATTERS: dict[str, Callable[[dict], dict]] = {
+    "dolphin": fmt_dolphin,
+    "airoboros": fmt_airoboros,
+    "platypus": fmt_alpaca,
+    "alpaca": fmt_alpaca,
+    "guanaco": fmt_guanaco,
+    "slimorca": fmt_slimorca,
+    "messages": fmt_messages,
+    "text": fmt_text,
+}
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES)
+        if not files:
+            raise UserError(f"{path}: no .jsonl, .json or .parquet files in this directory")
+        return files
+    if not path.exists():
+        raise UserError(f"{path}: no such file; fix data.sources[].path (relative to the recipe)")
+    if path.suffix not in FILE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
+    return [path]
+
+
+def _read_file(path: Path) -> Iterator[tuple[int, object]]:
+    """(row number from 1, row) for one local file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise UserError(f"{path}: not a readable parquet file ({e}); regenerate or re-download it") from None
+        yield from enumerate(table.to_pylist(), 1)
+        return
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}; fix the file") from None
+        yield from enumerate(data, 1)
+        return
+    for n, line in enumerate(text.splitlines(), 1):  # .jsonl, or .json holding JSON lines
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: row {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+
+
+def _read_source(src) -> list[tuple[str, int, object]]:
+    """Every row of one source as (where, row number, row)."""
+    path = Path(src.path)
+    if src.is_local():
+        return [(str(f), n, row) for f in _local_files(path) for n, row in _read_file(f)]
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(src.path, src.config, split=src.split)
+    except Exception as e:  # hub/network/config errors come in many types; one line for the user
+        raise UserError(f"data source {src.path!r} (config {src.config!r}, split {src.split!r}) could not be "
+                        f"loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}; check the id, "
+                        "config, split and HF_TOKEN for gated datasets") from None
+    return [(src.path, n, row) for n, row in enumerate(ds, 1)]
+
+
+def format_row(fmt: str, where: str, n: int, row: object) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: row {n}: expected a JSON object, got {type(row).__name__}")
+    try:
+        return FORMATTERS[fmt](row)
+    except RowError as e:
+        raise UserError(f"{where}: row {n}: {e} (format {fmt}; fix the row or choose the matching data format)") from None
+
+
+def load_source(src, seed: int) -> list[dict]:
+    """One source's rows, seeded-shuffled then cut to max_samples, formatted."""
+    rows = _read_source(src)
+    if not rows:
+        raise UserError(f"{src.path}: the data source has no rows")
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:{src.path}").shuffle(order)
+    if src.max_samples is not None:
+        order = order[: src.max_samples]
+    return [format_row(src.format, *rows[i]) for i in order]
+
+
+def load_rows(recipe) -> list[dict]:
+    """All sources mixed: each cut to its max_samples after a seeded shuffle, then shuffled together."""
+    seed = recipe.train.seed
+    rows = [r for src in recipe.data.sources for r in load_source(src, seed)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded random eval_fraction held out (at least one row when the fraction > 0)."""
+    if eval_fraction <= 0 or len(rows) < 2:
+        return list(rows), []
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_fraction)))
+    order = list(range(len(rows)))
+    random.Random(seed + 1).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+# ---------------------------------------------------------------- tokenising and packing
+
+
+def tokenize_row(row: dict, recipe, tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one formatted row, untruncated."""
+    from jobs import templates
+
+    if "text" in row:
+        ids = ([tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else [])
+        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return ids, list(ids)
+    return templates.render_labels(row["messages"], recipe.data.template, tokenizer, recipe.data.loss)
+
+
+def _samples(rows: list[dict], recipe, tokenizer, stats: dict) -> list[tuple[list[int], list[int]]]:
+    seq_len = recipe.data.seq_len
+    out = []
+    for row in rows:
+        ids, labels = tokenize_row(row, recipe, tokenizer)
+        stats["tokens"] += len(ids)
+        if len(ids) > seq_len:
+            stats["truncated"] += 1
+            ids, labels = ids[:seq_len], labels[:seq_len]
+        if all(lab == IGNORE for lab in labels[1:]):  # nothing left to learn (prompt filled seq_len)
+            stats["dropped"] += 1
+            continue
+        out.append((ids, labels))
+    return out
+
+
+def pack(samples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict]:
+    """Greedy (next-fit, order kept) packing into sequences of at most seq_len tokens.
+
+    position_ids restart at 0 per sample; each sample's first label is -100 so the last token of
+    one sample is never trained to predict the first of the next.
+    """
+    out: list[dict] = []
+    cur: dict = {"input_ids": [], "labels": [], "position_ids": []}
+    for ids, labels in samples:
+        if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > seq_len:
+            out.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += ids
+        cur["labels"] += [IGNORE] + labels[1:]
+        cur["position_ids"] += list(range(len(ids)))
+    if cur["input_ids"]:
+        out.append(cur)
+    return out
+
+
+def _to_dataset(samples, recipe) -> list[dict]:
+    if recipe.data.packing:
+        return pack(samples, recipe.data.seq_len)
+    return [{"input_ids": ids, "labels": labels, "position_ids": list(range(len(ids)))} for ids, labels in samples]
+
+
+def _new_stats() -> dict:
+    return {"tokens": 0, "truncated": 0, "dropped": 0}
+
+
+def build_datasets(recipe, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(train, eval) lists of {input_ids, labels, position_ids}, truncated to seq_len, packed if asked."""
+    train_rows, eval_rows = split_rows(load_rows(recipe), recipe.data.eval_fraction, recipe.train.seed)
+    train = _to_dataset(_samples(train_rows, recipe, tokenizer, _new_stats()), recipe)
+    if not train:
+        raise UserError(f"data: no training samples left (every prompt fills data.seq_len={recipe.data.seq_len}?); "
+                        "raise data.seq_len or check the data sources")
+    return train, _to_dataset(_samples(eval_rows, recipe, tokenizer, _new_stats()), recipe)
+
+
+# ---------------------------------------------------------------- collating
+
+
+def _honours_packed_positions() -> bool:
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_warned: set[str] = set()
+
+
+def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> Callable[[list[dict]], dict]:
+    """Batches of torch tensors for the model.
+
+    Unpacked: right-padded to the longest sample with the pad id, labels -100 on padding, an
+    attention_mask. Packed: position_ids and no attention_mask (see the module docstring); with a
+    flash implementation the batch is flattened into one row so the varlen kernels see the
+    boundaries. Pass the model's `config._attn_implementation` as attn_implementation.
+    """
+    import torch
+
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise UserError("the tokenizer has no pad token; jobs.model must set one (distinct from eos) before collating")
+    packed = recipe.data.packing
+    flatten = packed and bool(attn_implementation) and "flash" in attn_implementation
+    if packed and not flatten and not _honours_packed_positions() and "packing" not in _warned:
+        _warned.add("packing")
+        log.warning("data.packing with attn_implementation=%s on this transformers version: packed samples may "
+                    "attend to each other (labels never cross a boundary); use flash_attention_2 or packing: false",
+                    attn_implementation or "default")
+
+    def collate(features: list[dict]) -> dict:
+        if flatten:
+            cat = {k: [x for f in features for x in f[k]] for k in ("input_ids", "labels", "position_ids")}
+            return {k: torch.tensor([v], dtype=torch.long) for k, v in cat.items()}
+        longest = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, list] = {"input_ids": [], "labels": [], "attention_mask": [], "position_ids": []}
+        for f in features:
+            n = longest - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [pad] * n)
+            batch["labels"].append(list(f["labels"]) + [IGNORE] * n)
+            batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * n)
+            # Padding of a packed row gets its own restarting positions: a separate, untrained "sample".
+            batch["position_ids"].append(list(f["position_ids"]) + list(range(n)))
+        if packed:
+            del batch["attention_mask"]
+        else:
+            del batch["position_ids"]
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+    return collate
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def data_stats(recipe, tokenizer) -> dict:
+    """Token counts and how much of the compute is padding, for previews and bench/packing.py."""
+    rows = load_rows(recipe)
+    train_rows, eval_rows = split_rows(rows, recipe.data.eval_fraction, recipe.train.seed)
+    stats = _new_stats()
+    samples = _samples(train_rows, recipe, tokenizer, stats)
+    lengths = [len(ids) for ids, _ in samples]
+    trained = sum(sum(1 for lab in labels[1:] if lab != IGNORE) for _, labels in samples)
+    mbs = recipe.train.micro_batch_size
+    padded = sum(max(lengths[i:i + mbs]) * len(lengths[i:i + mbs]) for i in range(0, len(lengths), mbs))
+    packed = pack(samples, recipe.data.seq_len)
+    packed_len = [len(p["input_ids"]) for p in packed]
+    packed_padded = sum(max(packed_len[i:i + mbs]) * len(packed_len[i:i + mbs]) for i in range(0, len(packed_len), mbs))
+    n = max(1, len(train_rows))
+    return {
+        "rows": len(rows),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "train_samples": len(samples),
+        "tokens": stats["tokens"],
+        "tokens_after_truncation": sum(lengths),
+        "trained_tokens": trained,
+        "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1),
+        "max_tokens": max(lengths, default=0),
+        "truncated_pct": round(100 * stats["truncated"] / n, 2),
+        "dropped": stats["dropped"],
+        "padding_pct_unpacked": round(100 * (1 - sum(lengths) / padded), 2) if padded else 0.0,
+        "packed_sequences": len(packed),
+        "packed_fill_pct": round(100 * sum(lengths) / (len(packed) * recipe.data.seq_len), 2) if packed else 0.0,
+        "padding_pct_packed": round(100 * (1 - sum(lengths) / packed_padded), 2) if packed_padded else 0.0,
+    }
