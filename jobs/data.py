@@ -20,6 +20,11 @@ flattens a packed batch into a single row (as `DataCollatorWithFlattening` does)
 implementations. On an older transformers without `find_packed_sequence_indices`, eager/sdpa
 would let packed samples attend to each other; `make_collator` warns once in that case. Either
 way no label crosses a boundary: each sample's first token has label -100.
+
+Measured trap (transformers 5.17, tests/jobs/test_data.py): `_preprocess_mask_arguments` only
+looks at the position ids when `past_key_values is None`, and Llama-style models create a
+DynamicCache whenever `use_cache` is true — the config default, even in train mode. So with the
+cache on, packed samples DO attend to each other. `prepare_model_for_packing` turns it off.
 """
 
 from __future__ import annotations
@@ -343,6 +348,19 @@ def _honours_packed_positions() -> bool:
 
 
 _warned: set[str] = set()
+
+
+def prepare_model_for_packing(model, recipe) -> str | None:
+    """Make a model honour packed position ids; return its attention implementation for make_collator.
+
+    Sets `config.use_cache = False` when packing (see the module docstring: with a KV cache object
+    the block-diagonal mask is silently skipped). Call it before training and before eval loss.
+    """
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if recipe.data.packing and config is not None:
+        config.use_cache = False
+    return impl
 
 
 def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> Callable[[list[dict]], dict]:

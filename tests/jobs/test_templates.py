@@ -81,9 +81,8 @@ def test_plain_matches_reference_prompt_and_eval_rows(tok):
 def test_tokenizer_template_without_chat_template_is_a_clear_error(tok):
     import copy
 
-    from launcher.errors import UserError
-
     from jobs.templates import render
+    from launcher.errors import UserError
 
     bare = copy.deepcopy(tok)
     bare.chat_template = None
