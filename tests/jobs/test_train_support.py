@@ -98,3 +98,25 @@ class PadCollator:
         labels = [r["labels"] + [-100] * (n - len(r["labels"])) for r in rows]
         mask = [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def drive(argv: list[str]) -> int:
+    """`python -m tests.jobs.test_train_support ROOT OUT [train overrides as JSON]`: a training
+    process on the hand-made rows, for tests that kill and restart it."""
+    from jobs import model as jm
+    from jobs import train as jt
+
+    root, out = Path(argv[0]), Path(argv[1])
+    overrides = json.loads(argv[2]) if len(argv) > 2 else {}
+    method = overrides.pop("method", "full")
+    run_id = overrides.pop("run_id", "sftl-t-0000")
+    recipe = make_recipe(build_tiny_model(root / "model"), write_data(root / "d.jsonl"), method=method, **overrides)
+    tok = jm.load_tokenizer(recipe)
+    return jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),
+                    collator=PadCollator(tok.pad_token_id))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(drive(sys.argv[1:]))
