@@ -74,7 +74,9 @@ def _direct_command(recipe_path: Path, steps: tuple[str, ...]) -> str:
     cmds = []
     for step in steps:
         if step == "train":
-            cmds.append(f'{py} -m jobs train --recipe {shlex.quote(str(recipe_path))} --out {out} --run-id "$SFTLAUNCH_RUN_ID"')
+            # SFTLAUNCH_MAX_STEPS caps training (quick looks, tests); unset, the recipe decides.
+            cmds.append(f'{py} -m jobs train --recipe {shlex.quote(str(recipe_path))} --out {out} --run-id "$SFTLAUNCH_RUN_ID"'
+                        ' ${SFTLAUNCH_MAX_STEPS:+--max-steps "$SFTLAUNCH_MAX_STEPS"}')
         elif step == "eval":
             cmds.append(f'{py} -m jobs eval --model {out}/final --out {out}/eval')
         elif step == "publish":
