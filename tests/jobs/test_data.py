@@ -185,7 +185,7 @@ def _write(tmp_path, name, text):
         ("c.jsonl", '{"text": "### Human: hi"}\n', "guanaco", r"c\.jsonl: row 1: field 'text'"),
         ("d.jsonl", '{"conversations": [{"from": "robot", "value": "x"}]}\n', "slimorca", r"conversations\[0\]"),
         ("e.jsonl", "\n", "alpaca", r"e\.jsonl: the data source has no rows"),
-        ("f.json", "{not json", "alpaca", r"f\.json: invalid JSON"),
+        ("f.json", "{not json", "alpaca", r"f\.json: row 1: invalid JSON"),
         ("g.parquet", "not parquet", "alpaca", r"g\.parquet: not a readable parquet file"),
     ],
 )
