@@ -269,15 +269,15 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
         datasets = build_datasets(recipe, tokenizer)
     train_ds, eval_ds = datasets
-    if collator is None:
-        from jobs.data import make_collator
-
-        collator = make_collator(recipe, tokenizer)
     if not train_ds:
         from launcher.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
     model = jm.load_model(recipe, tokenizer, path)
+    if collator is None:
+        from jobs.data import make_collator, prepare_model_for_packing
+
+        collator = make_collator(recipe, tokenizer, prepare_model_for_packing(model, recipe))
     log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
     args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps)
     counter = _TokenCounter(collator)
