@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None, help="recipe YAML")
     p.add_argument("--out", default=os.environ.get("SFTLAUNCH_OUT") or None, help="output directory")
     p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
-    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    env_steps = os.environ.get("SFTLAUNCH_MAX_STEPS")  # for smoke runs through the entrypoint
+    p.add_argument("--max-steps", type=int, default=int(env_steps) if env_steps else None,
+                   help="override train.max_steps (default $SFTLAUNCH_MAX_STEPS)")
     return p
 
 
