@@ -21,14 +21,11 @@ implementations. On an older transformers without `find_packed_sequence_indices`
 would let packed samples attend to each other; `make_collator` warns once in that case. Either
 way no label crosses a boundary: each sample's first token has label -100.
 
-The model must run with `use_cache=False` while training on packed batches: with a cache,
-`create_causal_mask` skips the packed-sequence detection (measured on the tiny model with sdpa:
-logits of a packed sample differ from the same sample alone by 0.8 with the cache, 4e-7 without).
-
 Measured trap (transformers 5.17, tests/jobs/test_data.py): `_preprocess_mask_arguments` only
 looks at the position ids when `past_key_values is None`, and Llama-style models create a
 DynamicCache whenever `use_cache` is true — the config default, even in train mode. So with the
-cache on, packed samples DO attend to each other. `prepare_model_for_packing` turns it off.
+cache on, packed samples DO attend to each other (tiny model, sdpa: a packed sample's logits differ
+from the same sample alone by 0.8 with the cache, 4e-7 without). `prepare_model_for_packing` turns it off.
 """
 
 from __future__ import annotations
