@@ -298,21 +298,39 @@ def _samples(rows: list[dict], recipe, tokenizer, stats: dict) -> list[tuple[lis
 
 
 def pack(samples: list[tuple[list[int], list[int]]], seq_len: int) -> list[dict]:
-    """Greedy (next-fit, order kept) packing into sequences of at most seq_len tokens.
+    """Best-fit-decreasing packing into sequences of at most seq_len tokens (deterministic).
 
-    position_ids restart at 0 per sample; each sample's first label is -100 so the last token of
-    one sample is never trained to predict the first of the next.
+    Why best fit rather than filling in order: next-fit leaves each row's tail empty whenever the
+    next sample does not fit (0.82-0.88 fill on the shipped chat files at seq_len 512); placing
+    long samples first and each sample in the fullest row it still fits raises the fill (the
+    trainer shuffles rows anyway, so order is not lost). position_ids restart at 0 per sample;
+    each sample's first label is -100 so the last token of one sample is never trained to
+    predict the first of the next.
     """
+    import bisect
+
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i][0]), i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (remaining capacity, row index), kept sorted
+    for i in order:
+        n = len(samples[i][0])
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            room, row = free.pop(j)
+        else:
+            room, row = seq_len, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, row))
     out: list[dict] = []
-    cur: dict = {"input_ids": [], "labels": [], "position_ids": []}
-    for ids, labels in samples:
-        if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > seq_len:
-            out.append(cur)
-            cur = {"input_ids": [], "labels": [], "position_ids": []}
-        cur["input_ids"] += ids
-        cur["labels"] += [IGNORE] + labels[1:]
-        cur["position_ids"] += list(range(len(ids)))
-    if cur["input_ids"]:
+    for members in rows:
+        cur: dict = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in sorted(members):
+            ids, labels = samples[i]
+            cur["input_ids"] += ids
+            cur["labels"] += [IGNORE] + labels[1:]
+            cur["position_ids"] += list(range(len(ids)))
         out.append(cur)
     return out
 
