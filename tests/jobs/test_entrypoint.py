@@ -1,0 +1,117 @@
+"""docker/entrypoint.sh end to end on CPU: DeepSpeed ZeRO-2/ZeRO-3 full fine-tunes and a ZeRO-3
+LoRA adapter with 2 gloo processes under torchrun, two "nodes" on loopback training together from
+SkyPilot's env, and bad invocations (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.jobs.test_train_support import build_tiny_model, recipe_dict, write_data
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY = REPO / "docker" / "entrypoint.sh"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("entry")
+    return build_tiny_model(root / "model"), write_data(root / "d.jsonl", n=24), root
+
+
+def _recipe(tiny, name, method="full", **train) -> Path:
+    d = recipe_dict(tiny[0], tiny[1], **{"max_steps": 2, "micro_batch_size": 2, "grad_accum": 1, **train})
+    d["method"] = method
+    d["data"]["eval_fraction"] = 0.1
+    if method == "lora":
+        d["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    path = tiny[2] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(step, recipe, out, wait=True, **env):
+    full = {**os.environ, "SFTLAUNCH_RECIPE": str(recipe), "SFTLAUNCH_OUT": str(out),
+            "SFTLAUNCH_RUN_ID": "sftl-t-e0e0", "SFTLAUNCH_MASTER_PORT": str(_port()), **env}
+    proc = subprocess.Popen(["bash", str(ENTRY), step], env=full, cwd="/", stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    log, _ = proc.communicate(timeout=600)
+    return proc.returncode, log
+
+
+def test_bad_invocations_exit_2_with_one_line(tmp_path):
+    proc = subprocess.run(["bash", str(ENTRY), "dance"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: usage: entrypoint.sh")
+    env = {k: v for k, v in os.environ.items() if k != "SFTLAUNCH_RECIPE"}
+    proc = subprocess.run(["bash", str(ENTRY), "train"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "SFTLAUNCH_RECIPE is not set" in proc.stderr
+    proc = subprocess.run(["bash", str(ENTRY), "train"], capture_output=True, text=True,
+                          env={**env, "SFTLAUNCH_RECIPE": str(tmp_path / "none.yaml")})
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_full_fine_tune_on_two_cpu_processes(tiny, tmp_path, stage):
+    from safetensors.torch import load_file
+
+    recipe = _recipe(tiny, stage, deepspeed=stage)
+    rc, log = _entry("train", recipe, tmp_path / "out", SFTLAUNCH_CPU_PROCS="2", DS_ACCELERATOR="cpu")
+    assert rc == 0, log[-3000:]
+    assert "torch.distributed.run" in log and "--nproc_per_node 2" in log
+    meta = json.loads((tmp_path / "out" / "final" / "sftlaunch.json").read_text())
+    assert meta["world_size"] == 2
+    final = load_file(str(tmp_path / "out" / "final" / "model.safetensors"))
+    base = load_file(str(tiny[0] / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert final[name].shape == base[name].shape  # gathered, not a ZeRO-3 shard placeholder
+    assert not final[name].equal(base[name])
+
+
+def test_lora_adapter_saved_under_zero3_is_complete_and_reloads(tiny, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe = _recipe(tiny, "z3lora", method="lora", deepspeed="zero3", learning_rate=1e-2)
+    rc, log = _entry("train", recipe, tmp_path / "out", SFTLAUNCH_CPU_PROCS="2", DS_ACCELERATOR="cpu")
+    assert rc == 0, log[-3000:]
+    final = tmp_path / "out" / "final"
+    weights = load_file(str(final / "adapter_model.safetensors"))
+    assert weights and all(v.numel() > 0 for v in weights.values())
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny[0]), final)
+    assert sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")) > 0
+
+
+def test_two_nodes_on_loopback_train_together(tiny, tmp_path):
+    recipe = _recipe(tiny, "twonode")
+    port = _port()
+    common = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+              "SKYPILOT_NUM_GPUS_PER_NODE": "0", "SFTLAUNCH_MASTER_PORT": str(port),
+              "SFTLAUNCH_RENDEZVOUS_TIMEOUT": "120"}
+    head = _entry("train", recipe, tmp_path / "n0", wait=False, SKYPILOT_NODE_RANK="0", **common)
+    worker = _entry("train", recipe, tmp_path / "n1", wait=False, SKYPILOT_NODE_RANK="1", **common)
+    log1, _ = worker.communicate(timeout=600)
+    log0, _ = head.communicate(timeout=600)
+    assert head.returncode == 0, log0[-3000:]
+    assert worker.returncode == 0, log1[-3000:]
+    assert "--nnodes 2 --node_rank 1 --master_addr 127.0.0.1" in log1
+    meta = json.loads((tmp_path / "n0" / "final" / "sftlaunch.json").read_text())
+    assert meta["world_size"] == 2
+    # Eval and publish run on the head only.
+    rc, log = _entry("eval", recipe, tmp_path / "n1", SKYPILOT_NODE_RANK="1")
+    assert rc == 0 and "head node only" in log
