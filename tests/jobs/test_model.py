@@ -87,3 +87,17 @@ def test_unknown_model_is_one_clear_user_error(tmp_path):
     recipe = make_recipe(tmp_path / "nope", write_data(tmp_path / "d.jsonl"))
     with pytest.raises(UserError, match="model.id"):
         jm.load_tokenizer(recipe)
+
+
+def test_eos_stays_a_trained_label_after_collation(tiny):
+    """With pad == eos, a padding-aware collator masks EOS too and the model never learns to stop."""
+    from jobs.data import build_datasets, make_collator
+
+    recipe, tok, _ = _load(tiny)
+    train, _ = build_datasets(recipe, tok)
+    batch = make_collator(recipe, tok)(train[:4])
+    eos = tok.eos_token_id
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True):
+        trained = [t for t in labels if t != -100]
+        assert trained and trained[-1] == eos
+        assert eos in ids and tok.pad_token_id != eos
