@@ -82,14 +82,20 @@ def _barrier() -> None:
 class _TokenCounter:
     """Wraps the collator to count real (non-pad) tokens seen, for tokens/s."""
 
-    def __init__(self, collator):
+    def __init__(self, collator, pad_id: int | None = None):
         self.collator = collator
+        self.pad_id = pad_id
         self.tokens = 0
 
     def __call__(self, features):
         batch = self.collator(features)
         mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        if mask is not None:
+            self.tokens += int(mask.sum())
+        elif self.pad_id is not None:  # packed rows carry no mask; their tail is padding
+            self.tokens += int((batch["input_ids"] != self.pad_id).sum())
+        else:
+            self.tokens += int(batch["input_ids"].numel())
         return batch
 
 
@@ -282,7 +288,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         collator = make_collator(recipe, tokenizer, prepare_model_for_packing(model, recipe))
     log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
     args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps)
-    counter = _TokenCounter(collator)
+    counter = _TokenCounter(collator, tokenizer.pad_token_id)
     state_box = {"bucket": bucket, "stopped": None, "last_checkpoint": None}
     resume = ckpt.find_resume(out / "checkpoints", bucket, run_id) if _rank() == 0 else None
     resume = _broadcast_path(resume)
