@@ -153,7 +153,7 @@ def render_task(
         "accelerators": f"{target.gpu}:{target.gpus_per_node}",
         "use_spot": bool(target.spot),
         "disk_size": res.disk_gb,
-        "image_id": f"docker:{resolve_image(recipe.image)}",
+        "image_id": f"docker:{resolve_image(recipe.image, cloud=cloud)}",
         "labels": {RUN_LABEL: run_id},
     }
     if getattr(target, "region", None):
