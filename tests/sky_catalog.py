@@ -1,0 +1,94 @@
+"""Offline SkyPilot catalog snapshot for tests that run SkyPilot's own optimizer.
+
+SkyPilot 0.14.1 reads `~/.sky/catalogs/v8/<cloud>/vms.csv` (sky.skylet.constants
+CATALOG_SCHEMA_VERSION = 'v8') and downloads it when missing — impossible offline. The path is
+fixed when `sky.catalog.common` is imported (it resolves HOME then), so the snapshot must be
+installed before sky is imported: callers run SkyPilot in a subprocess with HOME pointing at the
+directory `install_catalogs` filled. Clouds are enabled the way SkyPilot's tests/conftest.py
+`enable_all_clouds` does it: by patching `sky.check.get_cached_enabled_clouds_or_refresh`
+(see `OPTIMIZE_SCRIPT`), since no credentials exist here.
+
+The prices in tests/fixtures/catalogs/ mirror launcher/data/prices.yaml (same snapshot).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures" / "catalogs"
+CATALOG_VERSION = "v8"
+CLOUDS = ("common", "lambda", "runpod")
+
+
+def install_catalogs(home: Path) -> Path:
+    """Copy the snapshot under HOME/.sky/catalogs/v8/ and return that directory."""
+    dest = Path(home) / ".sky" / "catalogs" / CATALOG_VERSION
+    for cloud in CLOUDS:
+        (dest / cloud).mkdir(parents=True, exist_ok=True)
+        for csv in (FIXTURE_DIR / cloud).glob("*.csv"):
+            shutil.copy(csv, dest / cloud / csv.name)
+    return dest
+
+
+def sky_env(home: Path) -> dict:
+    """Environment for a SkyPilot subprocess that sees only the snapshot in HOME."""
+    install_catalogs(home)
+    env = dict(os.environ)
+    env["HOME"] = str(home)
+    # sky.skylet.runtime_utils resolves the catalog dir under $SKY_RUNTIME_DIR (default ~).
+    env["SKY_RUNTIME_DIR"] = str(home)
+    env["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
+    return env
+
+
+OPTIMIZE_SCRIPT = r"""
+import json, sys
+from unittest import mock
+import sky
+from sky import clouds, optimizer
+from sky.utils import registry
+from sky import check as sky_check
+
+for spec in json.loads(sys.argv[1]):
+  enabled = [registry.CLOUD_REGISTRY.from_str(c) for c in spec["clouds"]]
+  with mock.patch.object(sky_check, "get_cached_enabled_clouds_or_refresh",
+                         lambda *a, **k: enabled):
+    task = sky.Task(run="true", num_nodes=spec.get("nodes", 1))
+    accs = spec["accelerators"]
+    accs = accs if isinstance(accs, list) else [accs]
+    task.set_resources({sky.Resources(cloud=registry.CLOUD_REGISTRY.from_str(c),
+                                      accelerators=a, use_spot=spec.get("spot", False))
+                        for c in spec["clouds"] for a in accs})
+    dag = sky.Dag()
+    dag.add(task)
+    optimizer.Optimizer.optimize(dag, quiet=True)
+    best = task.best_resources
+    print("RESULT " + json.dumps({"cloud": str(best.cloud).lower(),
+                                  "accelerators": best.accelerators,
+                                  "cost": best.get_cost(3600)}))
+"""
+
+
+def sky_optimize(home: Path, specs: list[dict], timeout: int = 120) -> list[dict]:
+    """Run SkyPilot's in-process optimizer (sky.optimizer.Optimizer.optimize) on the snapshot.
+
+    SkyPilot 0.14's `sky.optimize` goes through the API server; the optimizer class itself runs
+    in-process without one, which is what `sky launch --dry-run` ends up calling server-side.
+    """
+    """Each spec: {"clouds": [...], "accelerators": "H100:1" or a list, "spot", "nodes"}.
+
+    One subprocess for all specs: importing sky costs seconds.
+    """
+    spec = json.dumps(specs)
+    proc = subprocess.run([sys.executable, "-c", OPTIMIZE_SCRIPT, spec], env=sky_env(home),
+                          capture_output=True, text=True, timeout=timeout)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    if len(results) == len(specs):
+        return results
+    raise AssertionError(f"sky optimizer failed (rc {proc.returncode}):\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
