@@ -26,8 +26,12 @@ def gpus() -> dict[str, dict[str, Any]]:
     return {k: v for k, v in _load("gpus.yaml").items() if k != "tflops_by_cloud"}
 
 
-def gpu_tflops(gpu: str, cloud: str | None = None) -> float:
+def gpu_tflops(gpu: str, cloud: str | None = None, count: int | None = None) -> float:
+    """A cloud may sell a different card under one name, sometimes only at one count
+    (Lambda's 1x H100 is gpu_1x_h100_pcie, its 2-8x are SXM5): "GPU:count" keys win."""
     by_cloud = _load("gpus.yaml").get("tflops_by_cloud", {})
+    if cloud and count and f"{gpu}:{count}" in by_cloud.get(cloud, {}):
+        return float(by_cloud[cloud][f"{gpu}:{count}"])
     if cloud and gpu in by_cloud.get(cloud, {}):
         return float(by_cloud[cloud][gpu])
     return float(gpus()[gpu]["bf16_tflops"])

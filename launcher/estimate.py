@@ -320,7 +320,7 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     w = catalog.workloads()
     n_total = shape["params_b"] * 1e9
     n = shape.get("active_params_b", shape["params_b"]) * 1e9
-    peak = catalog.gpu_tflops(gpu, cloud) * 1e12
+    peak = catalog.gpu_tflops(gpu, cloud, gpus) * 1e12
     terms: dict[str, float] = {}
     eval_hours = 0.0
     if recipe.eval is not None:
