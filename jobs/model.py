@@ -114,6 +114,7 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
+        keep_4bit_training_kernel_on_cpu(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gc:
@@ -127,6 +128,23 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(recipe))
     return model
+
+
+def keep_4bit_training_kernel_on_cpu(model) -> None:
+    """Turn off bitsandbytes' CPU-only AVX512-BF16 inference repack of 4-bit weights.
+
+    Why: on a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight for a bf16
+    inference kernel on the first no-grad forward in eval mode (the Trainer's eval pass) and never
+    unpacks it, so every later training step runs through that kernel: gradients change (measured
+    on a 2-layer test model) and a layer whose in_features is not a multiple of the 64-value
+    quantization block crashes ("shape '[32, 0]' is invalid"). GPUs never take that path, so this
+    only keeps CPU QLoRA training the same whatever the CPU's features.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def describe(model) -> str:

@@ -101,3 +101,38 @@ def test_eos_stays_a_trained_label_after_collation(tiny):
         trained = [t for t in labels if t != -100]
         assert trained and trained[-1] == eos
         assert eos in ids and tok.pad_token_id != eos
+
+
+def test_qlora_trains_the_same_after_an_eval_pass(tiny):
+    """bitsandbytes' AVX512-BF16 CPU path repacks 4-bit weights for an inference kernel on the first
+    no-grad eval forward and keeps them packed for training; the loader turns that path off."""
+    import bitsandbytes as bnb
+    import torch
+
+    ids = torch.randint(3, 43, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def grads(model):
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def load():
+        torch.manual_seed(1)  # the same LoRA init in both models
+        model = _load(tiny, method="qlora")[2]
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # PEFT starts lora_B at zero, which leaves lora_A without a gradient
+                torch.nn.init.normal_(p, std=0.1)
+        return model
+
+    expected = grads(load())
+    evaluated = load()
+    evaluated.eval()
+    with torch.no_grad():
+        evaluated(input_ids=ids)  # in_features 32 < the 64-value block: this crashed on the CPU path
+    got = grads(evaluated)
+    assert expected.keys() == got.keys() and len(expected) > 0
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    four_bit = [m for m in evaluated.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
