@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": "jobs.evaluate",
     "publish": "jobs.publish",
     "generate": "jobs.generate",
+    "sync": "jobs.sync",
 }
 
 USAGE = "usage: python -m jobs {" + ",".join(COMMANDS) + "} [args...]"

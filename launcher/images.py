@@ -26,6 +26,18 @@ ROOT_SUFFIX = "-root"
 ROOT_CLOUDS = frozenset({"runpod"})
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+# The image reference grammar of distribution/reference (what `docker build -t` accepts):
+#   name := [domain "/"] path-component ["/" path-component]*   (name ≤ 255 characters)
+#   domain := host [":" port], host a DNS name, IPv4 or [IPv6]; a first component is a domain
+#             only if it holds "." or ":" or is "localhost" (else it is part of the path)
+#   path-component := [a-z0-9]+ (("." | "_" | "__" | "-"+) [a-z0-9]+)*
+#   tag := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+NAME_MAX = 255
+
 
 def sftlaunch_home() -> Path:
     return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
@@ -53,6 +65,45 @@ def split_tag(tag: str) -> tuple[str, str | None]:
     if sep and "/" not in last:
         return name, last
     return tag, None
+
+
+def reference_problem(ref: str) -> str | None:
+    """Why `ref` is not a `name[:tag]` image reference docker accepts, or None when it is."""
+    if not ref or ref != ref.strip():
+        return "empty, or surrounded by spaces"
+    if "@" in ref:
+        return "a digest (@sha256:...) names an existing image; a build needs REPO[:TAG]"
+    name, tag = ref, None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = ref.rpartition(":")
+        if not _TAG_RE.match(tag):
+            return (f"tag {tag!r} is not valid: 1-128 of letters, digits, '_', '.', '-', "
+                    "not starting with '.' or '-'")
+    if len(name) > NAME_MAX:
+        return f"the repository name is longer than {NAME_MAX} characters"
+    parts = name.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
+        if not _HOST_RE.match(first):
+            return f"registry {first!r} is not a host[:port]"
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_COMPONENT_RE.match(part):
+            return (f"repository component {part!r} is not valid: lowercase letters and digits, "
+                    "separated by '.', '_', '__' or '-'")
+    return None
+
+
+def check_reference(ref: str, flag: str = "--tag") -> str:
+    """`ref` itself when docker would accept it as a build tag, else the UserError (exit 2)."""
+    problem = reference_problem(ref)
+    if problem:
+        from launcher.errors import UserError
+
+        raise UserError(f"{flag} {ref!r}: not a valid image reference ({problem}); "
+                        "use [REGISTRY/]REPO[:TAG], e.g. ghcr.io/me/sftlaunch:0.1.0")
+    return ref
 
 
 def _load() -> dict[str, str]:

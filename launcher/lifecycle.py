@@ -15,6 +15,14 @@ The budget guard's protocol with the training job (jobs/ side):
   3. The launcher records `stopping` when it writes the flag, `stopped` when the job ends, and
      downs the cluster / cancels the managed job itself if the job has not ended within
      `STOP_GRACE_S` (or has no control channel: no bucket), so spending always ends.
+
+The job's own budget guard (SFTLAUNCH_MAX_USD inside the container) stops training the same way
+and writes `DIR/STOPPED`; docker/entrypoint.sh then skips eval and publish, prints a line starting
+with `STOPPED_LINE`, and ends with exit 0 (so a managed job is not restarted). SkyPilot then says
+SUCCEEDED; the launcher records `stopped`, never `succeeded` or `failed`, when it saw that line
+while streaming, or when the job's end record (`exit.json`, copied to `<bucket>/<run id>/` by the
+entrypoint; in the run dir for local runs) says so. The end record also settles a managed run
+that SkyPilot no longer lists (its jobs controller stops 10 idle minutes after the last job).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from pathlib import Path
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
 
 STOP_GRACE_S = 20 * 60
+STOPPED_LINE = "sftlaunch: run stopped"  # docker/entrypoint.sh, when training ended early
+END_RECORD = "exit.json"  # jobs.sync.END_RECORD
 _STEP_RE = re.compile(r"\bstep[\s=:]+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 ACTIVE_STATES = frozenset({"pending", "launching", "running", "recovering", "stopping"})
 
@@ -134,6 +144,35 @@ def find_results(record: dict) -> dict | None:
     return None
 
 
+def end_record(record: dict) -> dict | None:
+    """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket."""
+    if record.get("backend") == "local":
+        path = Path(record["local_dir"]) / END_RECORD if record.get("local_dir") else None
+        text = path.read_text() if path is not None and path.exists() else None
+    else:
+        base = bucket_base(record)
+        text = _fs_read_text(f"{base}/{END_RECORD}") if base else None
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("exit_code"), int) else None
+
+
+def stop_reason(record: dict, end: dict | None = None) -> str | None:
+    """Why a run that ended was a stop rather than a success or failure, or None."""
+    extra = record.get("extra") or {}
+    if extra.get("stop_requested_at"):
+        return "budget: stopped after a checkpoint"
+    if extra.get("job_stopped"):
+        return "budget guard in the job: training stopped after a checkpoint; eval and publish skipped"
+    end = end if end is not None else end_record(record)
+    if end and end.get("stopped"):
+        why = end["stopped"].get("reason") if isinstance(end["stopped"], dict) else None
+        return f"budget guard in the job{f' ({why})' if why else ''}: training stopped after a checkpoint; eval and publish skipped"
+    return None
+
+
 # -- budget guard ---------------------------------------------------------------------------------
 def control_dir(record: dict) -> str | None:
     if record.get("backend") == "local" and record.get("local_dir"):
@@ -200,8 +239,8 @@ def guard_budget(registry: Registry, backend, record: dict, now: float | None = 
 # -- refresh --------------------------------------------------------------------------------------
 def _finish(registry: Registry, backend, record: dict, state: str, detail: str | None) -> None:
     """Record the end; an on-demand cluster is torn down now that its one job is over."""
-    if (record.get("extra") or {}).get("stop_requested_at") and state in ("succeeded", "failed"):
-        state, detail = "stopped", "budget: stopped after a checkpoint"
+    if state in ("succeeded", "failed") and (why := stop_reason(record)):
+        state, detail = "stopped", why
     registry.set_state(record["run_id"], state, detail)
     if record.get("backend") == "cluster" and record.get("cluster_name"):
         backend.down(record["cluster_name"])
@@ -276,8 +315,8 @@ def _refresh_local(registry: Registry, rec: dict) -> None:
         registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
     state, detail = local.poll(rec)
     if state != rec["state"] and _may_move(rec, state):
-        if state in FINAL_STATES and (rec.get("extra") or {}).get("stop_requested_at"):
-            state, detail = "stopped", "budget: stopped after a checkpoint"
+        if state in ("succeeded", "failed") and (why := stop_reason(rec)):
+            state, detail = "stopped", why
         registry.set_state(rec["run_id"], state, detail)
 
 
@@ -313,8 +352,7 @@ def _refresh_managed(registry: Registry, backend, rec: dict, jobs: list) -> None
     if job is None:
         job = next((j for j in jobs if j.name == rec["run_id"]), None)
     if job is None:
-        if time.time() - rec["created_at"] > 120:
-            registry.set_state(rec["run_id"], "failed", "the managed job is not in SkyPilot's queue")
+        _settle_missing_job(registry, rec)
         return
     extra = dict(rec.get("extra") or {})
     if job.recovery_count > int(extra.get("recovery_count", 0)) and _may_move(rec, "recovering"):
@@ -324,8 +362,31 @@ def _refresh_managed(registry: Registry, backend, rec: dict, jobs: list) -> None
     state = JOB_STATES.get(job.status, "running")
     if state in FINAL_STATES:
         detail = f"managed job {job.status.lower()}" + (f": {job.failure_reason}" if job.failure_reason else "")
-        if extra.get("stop_requested_at"):
-            state, detail = "stopped", "budget: stopped after a checkpoint"
+        if state in ("succeeded", "failed") and (why := stop_reason(rec)):
+            state, detail = "stopped", why
         registry.set_state(rec["run_id"], state, detail)
     elif state != registry.get(rec["run_id"], history=False)["state"] and _may_move(rec, state):
         registry.set_state(rec["run_id"], state)
+
+
+def _settle_missing_job(registry: Registry, rec: dict) -> None:
+    """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):
+    its end record in the bucket says how it ended; without one, after a grace period for a
+    launch still being registered, it failed without reaching the end of its entrypoint."""
+    end = end_record(rec)
+    if end is not None:
+        why = stop_reason(rec, end)
+        if why:
+            state, detail = "stopped", why
+        elif end["exit_code"] == 0:
+            state, detail = "succeeded", "managed job ended with exit 0 (its exit record in the bucket)"
+        else:
+            state, detail = "failed", f"managed job ended with exit {end['exit_code']} (its exit record in the bucket)"
+        at = end.get("at")
+        registry.set_state(rec["run_id"], state, detail,
+                           at=min(float(at), time.time()) if isinstance(at, (int, float)) else None)
+        return
+    if time.time() - rec["created_at"] > 120:
+        where = f" at {bucket_base(rec)}/{END_RECORD}" if bucket_base(rec) else ""
+        registry.set_state(rec["run_id"], "failed",
+                           f"the managed job is not in SkyPilot's queue and left no exit record{where}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from launcher.clouds import CLOUDS, autostop_down, capability_problem
+from launcher.clouds import CLOUDS, capability_problem
 from launcher.errors import UserError
 from launcher.images import resolve_image
 from launcher.recipe import Recipe, looks_local
@@ -114,17 +114,20 @@ def container_recipe(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
     return data, mounts
 
 
+def job_steps(recipe: Recipe, steps: tuple[str, ...]) -> tuple[str, ...]:
+    """The steps the job runs: eval is dropped when the recipe has `eval: null`."""
+    return tuple(s for s in steps if not (s == "eval" and recipe.eval is None))
+
+
 def run_script(recipe: Recipe, steps: tuple[str, ...]) -> str:
-    lines = ["set -euo pipefail", f"E={ENTRYPOINT}"]
-    for step in steps:
-        if step == "eval" and recipe.eval is None:
-            continue
-        if step == "train":
-            lines.append("bash $E train")
-        else:
-            # Eval and publish run once, on the head node.
-            lines.append(f'if [ "${{SKYPILOT_NODE_RANK:-0}}" = "0" ]; then bash $E {step}; fi')
-    return "\n".join(lines) + "\n"
+    """One `entrypoint.sh all` over SFTLAUNCH_STEPS, never a step per line: only the entrypoint
+    knows that a train stopped by the budget guard (STOPPED marker, or exit 3) must skip eval and
+    publish and end with 0, and it runs eval/publish on the head node only."""
+    return "\n".join([
+        "set -euo pipefail",
+        f"export SFTLAUNCH_STEPS={','.join(job_steps(recipe, steps))}",
+        f"bash {ENTRYPOINT} all",
+    ]) + "\n"
 
 
 SETUP_SCRIPT = (
@@ -163,7 +166,11 @@ def render_task(
         # from the newest complete checkpoint in the bucket (keyed by the run id).
         resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 3}
     else:
-        resources["autostop"] = {"idle_minutes": res.autostop_minutes, "down": autostop_down(cloud)}
+        # The cluster's last act: once its one job has ended (success, failure or budget stop) and
+        # sat idle for autostop_minutes, SkyPilot deletes it, on every cloud, whether or not anyone
+        # is streaming. Deleting loses nothing: `up` refuses a cloud run unless its results go to
+        # output.bucket or output.hub_repo. (`up` downs it at once when it is watching the end.)
+        resources["autostop"] = {"idle_minutes": res.autostop_minutes, "down": True}
 
     _, data_mounts = container_recipe(recipe)
     file_mounts = {CONTAINER_RECIPE: recipe_mount_src, **data_mounts}
@@ -171,7 +178,7 @@ def render_task(
         "SFTLAUNCH_RUN_ID": run_id,
         "SFTLAUNCH_RECIPE": CONTAINER_RECIPE,
         "SFTLAUNCH_OUT": f"{OUT_ROOT}/{run_id}",
-        "SFTLAUNCH_STEPS": ",".join(steps),
+        "SFTLAUNCH_STEPS": ",".join(job_steps(recipe, steps)),
         "HF_HOME": f"{OUT_ROOT}/cache/huggingface",
     }
     if recipe.output.bucket:

@@ -30,7 +30,8 @@ CONTAINER_OUT = "/data/sftlaunch"
 CONTAINER_RECIPE = "/sftlaunch/recipe.yaml"
 LABEL = "sftlaunch-run"
 _children: list[subprocess.Popen] = []
-BUDGET_EXIT = 3  # jobs.train: the in-job budget guard saved a checkpoint and stopped
+BUDGET_EXIT = 3  # jobs.train: the in-job budget guard saved a checkpoint and stopped (older contract)
+STOPPED_MARKER = "STOPPED"  # in the run dir: training was stopped early; eval/publish skipped
 
 
 def docker_available() -> bool:
@@ -50,6 +51,36 @@ def docker_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0 and bool(probe.stdout.strip())
+
+
+def image_present(image: str) -> bool:
+    """Whether the local Docker engine already has `image` (no pull, no network)."""
+    try:
+        probe = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0 and bool(probe.stdout.strip())
+
+
+def choose_runner(recipe) -> tuple[bool, str | None, str]:
+    """(use Docker?, image, why): Docker only with a reachable daemon and the image already in
+    the local engine; SFTLAUNCH_LOCAL_DOCKER=1 forces Docker (docker run pulls what is missing),
+    =0 forces a direct run."""
+    from launcher.images import resolve_image
+
+    forced = os.environ.get("SFTLAUNCH_LOCAL_DOCKER")
+    image = resolve_image(recipe.image)
+    if forced == "0":
+        return False, None, "SFTLAUNCH_LOCAL_DOCKER=0"
+    if forced == "1":
+        return True, image, "SFTLAUNCH_LOCAL_DOCKER=1"
+    if not docker_available():
+        return False, None, "no Docker daemon reachable"
+    if not image_present(image):
+        return False, None, (f"Docker is reachable but has no image {image}; "
+                             "`sftlaunch image build` (or docker pull) makes runs use it")
+    return True, image, f"image {image} is in the local Docker engine"
 
 
 def paths(run_dir: Path) -> dict[str, Path]:
@@ -108,24 +139,27 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
     p = paths(run_dir)
     for stale in (p["exit_code"],):
         stale.unlink(missing_ok=True)
-    use_docker = docker_available() if use_docker is None else use_docker
     image = None
+    if use_docker is None:
+        use_docker, image, _why = choose_runner(recipe)
     if use_docker:
         from launcher.images import resolve_image
 
-        image = resolve_image(recipe.image)
+        image = image or resolve_image(recipe.image)
         p["recipe"].write_text(render.container_recipe_yaml(recipe))
         _, mounts = render.container_recipe(recipe)
         command = _docker_command(run_id, image, p["recipe"], mounts, run_dir)
     else:
         p["recipe"].write_text(recipe.to_yaml())
         command = _direct_command(p["recipe"], tuple(steps))
+    masker = f"{shlex.quote(sys.executable)} -m jobs.sync mask"
     script = (
         "#!/usr/bin/env bash\n"
         "# Written by `sftlaunch up --local`; the exit code lands in ./exit_code when the run ends.\n"
+        "# Output goes through the masking filter, so run.log never holds a secret value.\n"
         f"cd {shlex.quote(str(REPO))}\n"
-        f"( {command} )\n"
-        "rc=$?\n"
+        f"( {command} ) 2>&1 | {masker}\n"
+        "rc=${PIPESTATUS[0]}\n"
         f"echo $rc > {shlex.quote(str(p['exit_code']))}.tmp && mv {shlex.quote(str(p['exit_code']))}.tmp "
         f"{shlex.quote(str(p['exit_code']))}\n"
         "exit $rc\n"
@@ -170,6 +204,39 @@ def alive(pid: int | None) -> bool:
     return True
 
 
+def _cmdline(pid: int, tries: int = 40) -> str | None:
+    """The command line of `pid` (Linux /proc, else `ps`), None when it cannot be read.
+    A process caught mid-exec shows an empty command line for a moment: read again."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.parent.is_dir():
+        for _ in range(tries):
+            try:
+                text = proc.read_bytes().replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
+            except OSError:
+                return None
+            if text:
+                return text
+            time.sleep(0.025)
+        return None
+    try:
+        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def is_ours(record: dict) -> bool:
+    """The stored pid is alive *and* is still this run's wrapper (`bash <run dir>/run.sh`):
+    pids are reused, and a run that ended long ago must not make teardown signal a stranger."""
+    pid = record.get("pid")
+    if not alive(pid) or not record.get("local_dir"):
+        return False
+    cmd = _cmdline(int(pid))
+    return cmd is not None and str(paths(Path(record["local_dir"]))["script"]) in cmd
+
+
 def exit_code(run_dir: Path) -> int | None:
     try:
         return int(paths(run_dir)["exit_code"].read_text().strip())
@@ -177,23 +244,35 @@ def exit_code(run_dir: Path) -> int | None:
         return None
 
 
+def stopped_marker(run_dir: Path) -> str | None:
+    """What the job wrote to `<run dir>/STOPPED` when training stopped early, or None."""
+    try:
+        return (run_dir / STOPPED_MARKER).read_text().strip() or "stopped"
+    except OSError:
+        return None
+
+
 def poll(record: dict) -> tuple[str, str | None]:
-    """(state, detail) of a local run from its process and exit-code file."""
+    """(state, detail) of a local run from its exit-code file, STOPPED marker and process."""
     run_dir = Path(record["local_dir"])
     code = exit_code(run_dir)
     if code is not None:
-        if code == BUDGET_EXIT:
-            return "stopped", "budget guard: stopped after saving a checkpoint (exit 3)"
+        marker = stopped_marker(run_dir)
+        if code == BUDGET_EXIT or (code == 0 and marker):
+            return "stopped", f"budget guard: training stopped after saving a checkpoint ({marker or f'exit {code}'})"
         return ("succeeded", None) if code == 0 else ("failed", f"exit code {code}")
-    if alive(record.get("pid")):
+    if is_ours(record):
         return "running", None
     return "failed", "the local process is gone and left no exit code"
 
 
 def stop(record: dict, grace_s: float = 10.0) -> bool:
-    """Kill the run's process group (and its container); True if something was running."""
+    """Kill the run's process group (and its container); True if something was running.
+    Nothing is signalled when the run has already ended or the pid is no longer its wrapper."""
     pid = record.get("pid")
-    was_alive = alive(pid)
+    run_dir = Path(record["local_dir"]) if record.get("local_dir") else None
+    finished = run_dir is not None and exit_code(run_dir) is not None
+    was_alive = not finished and is_ours(record)
     if was_alive:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -226,7 +305,7 @@ def follow_log(record: dict, on_line, follow: bool = True, poll_s: float = 0.2) 
             for line in lines:
                 on_line(line)
         code = exit_code(run_dir)
-        if not follow or code is not None or not alive(record.get("pid")):
+        if not follow or code is not None or not is_ours(record):
             if follow and code is None:
                 time.sleep(poll_s)  # the wrapper may be writing the exit code right now
                 code = exit_code(run_dir)

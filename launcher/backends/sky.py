@@ -9,24 +9,54 @@ SkyPilot 0.14's SDK is client/server: `sky.launch`, `sky.status`, `sky.down`, `s
 and returns its result (`sky.get` waits without streaming). `tail_logs` calls stream directly
 and return the job's exit code (0 ok, 100 failed, see `sky.exceptions.JobExitCode`).
 `sky` is imported inside methods only: importing it costs seconds.
+
+SkyPilot's ordinary "there is nothing there" answers are not errors for us (checked against
+0.14.1's sky/jobs/server/core.py and sky/core.py):
+  - no managed-jobs controller (never launched, or autostopped 10 idle minutes after its last
+    job): `jobs.queue_v2`, `jobs.cancel` and `jobs.tail_logs` raise `ClusterNotUpError`
+    ("No in-progress managed jobs.", "All managed jobs should have finished."). The queue is
+    then empty and a cancel has nothing to do; logs are `Unavailable` (read the bucket copy).
+  - a cluster that is gone: `down` raises `ClusterDoesNotExist` (already down: idempotent);
+    `tail_logs`/`job_status` raise `ClusterDoesNotExist` or `ClusterNotUpError` (stopped,
+    INIT), which become `Unavailable` / unknown.
+The mapping lives in decorators (`no_controller_means`, `gone_means`) that the test fake wraps
+its methods in too, so the commands are tested against SkyPilot's real exception classes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass, field
 
 LABEL = "sftlaunch-run"
 
-# What each cloud needs before SkyPilot's check passes (shown when it does not).
+# What each cloud needs before SkyPilot 0.14.1's check passes (shown when it does not), from the
+# checks themselves (sky/clouds/<cloud>.py `_check_compute_credentials`):
+#  - RunPod reads only ~/.runpod/config.toml ([default] api_key), then lists pods with it; the
+#    RUNPOD_API_KEY variable is not consulted by the check.
+#  - Lambda reads only ~/.lambda_cloud/lambda_keys (`api_key = ...`) and lists instances.
+#  - GCP needs the gcloud CLI, application-default credentials (or a service-account key in
+#    GOOGLE_APPLICATION_CREDENTIALS), a project, and the compute/IAM/resource-manager APIs.
+#  - Kubernetes needs a kubeconfig context it can reach (KUBECONFIG or ~/.kube/config).
 CREDENTIAL_HINTS: dict[str, str] = {
-    "runpod": "RunPod: set RUNPOD_API_KEY, or run `runpod config` (writes ~/.runpod/config.toml)",
-    "lambda": "Lambda: put `api_key = <key>` in ~/.lambda_cloud/lambda_keys",
-    "gcp": (
-        "GCP: `gcloud auth application-default login` and "
-        "`gcloud config set project <project>` (or GOOGLE_APPLICATION_CREDENTIALS)"
+    "runpod": (
+        "RunPod: `pip install runpod && runpod config` (stores your API key in ~/.runpod/config.toml, "
+        "the only place SkyPilot's check reads; RUNPOD_API_KEY is not enough), then `sky check runpod`"
     ),
-    "kubernetes": "Kubernetes: a reachable cluster in ~/.kube/config (or KUBECONFIG)",
+    "lambda": (
+        "Lambda: put `api_key = <key>` (from https://cloud.lambda.ai/api-keys) in "
+        "~/.lambda_cloud/lambda_keys, then `sky check lambda`"
+    ),
+    "gcp": (
+        "GCP: install the gcloud CLI, run `gcloud init` and `gcloud auth application-default login` "
+        "(or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key), "
+        "`gcloud services enable compute.googleapis.com`, then `sky check gcp`"
+    ),
+    "kubernetes": (
+        "Kubernetes: a kubeconfig whose context reaches your cluster (KUBECONFIG or ~/.kube/config), "
+        "then `sky check kubernetes`"
+    ),
 }
 # SkyPilot reports clouds by their class repr; ours are lowercase keys.
 _SKY_CLOUD_NAMES = {"runpod": "runpod", "lambda": "lambda", "gcp": "gcp", "kubernetes": "kubernetes"}
@@ -94,6 +124,61 @@ class ManagedJob:
     @property
     def finished(self) -> bool:
         return JOB_STATES.get(self.status, "running") in ("succeeded", "failed", "cancelled")
+
+
+class Unavailable(Exception):
+    """What was asked for is not there any more (cluster gone or stopped, no jobs controller):
+    callers fall back to the bucket copy. Carries SkyPilot's first line as the message."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def no_controller_means(result):
+    """SkyPilot raises ClusterNotUpError when the managed-jobs controller is not up: nothing is in
+    progress, so the call's answer is `result` (a factory, so lists are not shared)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            from sky import exceptions
+
+            try:
+                return fn(*args, **kwargs)
+            except exceptions.ClusterNotUpError as exc:
+                if result is Unavailable:
+                    raise Unavailable(f"no managed-jobs controller is up ({_first_line(exc)})") from None
+                return result()
+
+        return inner
+
+    return wrap
+
+
+def gone_means(result):
+    """A cluster that no longer exists (or is not UP) answers `result`; `Unavailable` raises it."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            from sky import exceptions
+
+            try:
+                return fn(*args, **kwargs)
+            except (exceptions.ClusterDoesNotExist, exceptions.ClusterNotUpError) as exc:
+                if result is Unavailable:
+                    raise Unavailable(_first_line(exc)) from None
+                return result()
+
+        return inner
+
+    return wrap
+
+
+def _nothing():
+    return None
 
 
 class _LineWriter(io.TextIOBase):
@@ -209,6 +294,7 @@ class SkyBackend:
             ))
         return out
 
+    @no_controller_means(list)
     def jobs_queue(self) -> list[ManagedJob]:
         import sky
 
@@ -227,15 +313,12 @@ class SkyBackend:
             ))
         return out
 
+    @gone_means(_nothing)
     def cluster_job_status(self, cluster_name: str, job_id: int | None) -> str | None:
         """SkyPilot's status of a job on a cluster (SUCCEEDED, FAILED, RUNNING, ...), None if unknown."""
         import sky
-        from sky import exceptions
 
-        try:
-            statuses = sky.get(sky.job_status(cluster_name, [job_id] if job_id is not None else None))
-        except (exceptions.ClusterDoesNotExist, exceptions.ClusterNotUpError):
-            return None
+        statuses = sky.get(sky.job_status(cluster_name, [job_id] if job_id is not None else None))
         status = next(iter((statuses or {}).values()), None)
         return None if status is None else getattr(status, "value", str(status))
 
@@ -248,11 +331,14 @@ class SkyBackend:
         except exceptions.ClusterDoesNotExist:
             pass  # already gone: teardown is idempotent
 
+    @no_controller_means(_nothing)
     def jobs_cancel(self, job_id: int) -> None:
+        """No controller up means every managed job has ended: nothing left to cancel."""
         import sky
 
         sky.get(sky.jobs.cancel(job_ids=[job_id]))
 
+    @gone_means(Unavailable)
     def tail_logs(self, cluster_name: str, job_id: int | None, follow: bool, on_line) -> int | None:
         import sky
 
@@ -262,6 +348,7 @@ class SkyBackend:
         finally:
             writer.close_out()
 
+    @no_controller_means(Unavailable)
     def jobs_tail_logs(self, job_id: int, follow: bool, on_line) -> int | None:
         import sky
 

@@ -127,7 +127,7 @@ def _run(ctx_tag: str, platform: str, push: bool, root: bool, dry_run: bool, bui
     if not DOCKERFILE.is_file():
         raise UserError(f"{DOCKERFILE} not found; `sftlaunch image` builds from a clone of the sftlaunch repository "
                         "(git clone, then pip install -e '.[cloud]')")
-    tag = ctx_tag or images.default_tag(root=root)
+    tag = images.check_reference(ctx_tag) if ctx_tag is not None else images.default_tag(root=root)
     extra = _parse_build_args(build_arg)
     if dry_run:
         argv = build_argv("docker", tag, platform, push=push, root=root, metadata_file="<metadata.json>",

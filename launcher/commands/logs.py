@@ -2,7 +2,8 @@
 
 Why several sources: a running cluster's job log comes from SkyPilot; a managed job's from the
 jobs controller (which keeps it after the job ends); a local run's from its run.log; and once a
-cluster is gone, from the copy the job uploaded to `<bucket>/<run id>/logs/`.
+cluster is gone, from the copy the job uploaded to `<bucket>/<run id>/logs/` (docker/entrypoint.sh
+writes `logs/<step>.log`, masked, and `python -m jobs sync` copies it every minute and at the end).
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ def _print(line: str) -> None:
     click.echo(mask(line))
 
 
+STEP_ORDER = ("train", "eval", "publish")
+
+
+def _log_order(path: str) -> tuple:
+    """Steps in the order they ran (train, eval, publish; head node first), then anything else."""
+    name = path.rsplit("/", 1)[-1]
+    step, _, rest = name.partition(".")
+    rank = STEP_ORDER.index(step) if step in STEP_ORDER else len(STEP_ORDER)
+    return (rank, rest != "log", name)
+
+
 def bucket_logs(record: dict, on_line) -> bool:
-    """Print `<bucket>/<run id>/logs/*` in name order; False when there is no copy to read."""
+    """Print `<bucket>/<run id>/logs/*` in step order; False when there is no copy to read."""
     bucket = record.get("bucket")
     if not bucket:
         return False
@@ -30,7 +42,7 @@ def bucket_logs(record: dict, on_line) -> bool:
     base = f"{bucket.rstrip('/')}/{record['run_id']}/logs"
     try:
         fs, path = fsspec.core.url_to_fs(base)
-        files = sorted(p for p in fs.find(path) if not p.endswith("/"))
+        files = sorted((p for p in fs.find(path) if not p.endswith("/")), key=_log_order)
     except Exception:  # noqa: BLE001 - unreachable or absent: say so below
         return False
     if not files:

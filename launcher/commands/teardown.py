@@ -3,14 +3,17 @@
 Why label-only: a user's other SkyPilot clusters and jobs must be safe from us even with
 `--all`. A cluster qualifies only if it carries the `sftlaunch-run` label; a managed job only if
 it carries it too, or — while it has no cluster yet, when SkyPilot reports no labels — if our
-registry recorded launching exactly that job id under that name. Local runs are ours by record.
-Teardown is idempotent: what is already gone is skipped, and the end is recorded once.
+registry recorded launching exactly that job id under that name. Local runs are ours by record,
+and only while they have not ended and their pid is still their wrapper (a reused pid is never
+signalled). Teardown is idempotent: what is already gone is skipped (no jobs controller, a
+cluster SkyPilot no longer has), and the end is recorded once.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -62,7 +65,8 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Ta
             if rid and wanted(rid):
                 targets.append(Target("managed", rid, str(j.job_id), records.get(rid), j))
     for rid, rec in records.items():
-        if rec.get("backend") == "local" and wanted(rid) and rec.get("state") in ACTIVE_STATES and local.alive(rec.get("pid")):
+        if (rec.get("backend") == "local" and wanted(rid) and rec.get("state") in ACTIVE_STATES
+                and rec.get("local_dir") and local.exit_code(Path(rec["local_dir"])) is None and local.is_ours(rec)):
             targets.append(Target("local", rid, str(rec["pid"]), rec))
     return targets
 
@@ -96,12 +100,21 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         return backend_cache["b"]
 
     targets = find_targets(registry, backend_factory, run_ids)
-    # Runs recorded as active whose resources are already gone: just record the end.
+    # Runs recorded as active whose resources are already gone: learn how they ended (their exit
+    # record, SkyPilot's last word), then record the end of whatever is still unaccounted for.
     stale = [
         r for r in registry.list(active_only=True)
         if (run_ids is None or r["run_id"] in run_ids) and r["run_id"] not in {t.run_id for t in targets}
         and r.get("state") in ACTIVE_STATES
     ]
+    if stale and not dry_run:
+        from launcher.lifecycle import refresh
+
+        try:
+            refresh(registry, backend_factory, stale, remote_progress=False)
+        except Exception:  # noqa: BLE001 - knowing the outcome is a bonus; the end is recorded below
+            pass
+        stale = [r for r in (registry.get(s["run_id"], history=False) for s in stale) if r["state"] in ACTIVE_STATES]
     if not targets:
         click.echo("nothing to tear down: no running cluster, managed job or local run carries an sftlaunch label"
                    + (f" for {', '.join(sorted(run_ids))}" if run_ids else ""))

@@ -6,10 +6,15 @@ each refusal one line and exit 2. Only then is anything provisioned. Once launch
 the remote job's: Ctrl-C stops our log stream, never the run; the reattach and teardown
 commands are printed instead.
 
-On-demand runs are a cluster named after the run id (autostop as the safety net, `down` where
-the cloud cannot stop); when its job ends, success or failure, the cluster is torn down (here
-when attached, by the next `status` when detached). Spot runs are managed jobs that SkyPilot
-relaunches after preemption; the job resumes from the bucket checkpoint.
+A cloud run must persist something: the cluster's disk is deleted at teardown, so a run with
+neither output.bucket nor output.hub_repo (nor `--bucket`) would train a model only to destroy
+it; `up` refuses it (exit 2) and `--dry-run` warns.
+
+On-demand runs are a cluster named after the run id whose autostop deletes it (`down: true`, on
+every cloud) once its job has ended and it has been idle for autostop_minutes, whether or not
+anyone is watching; when `up` is streaming the end it downs the cluster at once. Spot runs are
+managed jobs that SkyPilot relaunches after preemption; the job resumes from the bucket
+checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from launcher.errors import JobFailed, UserError
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
@@ -45,13 +51,20 @@ def _src(recipe) -> str:
     return str(recipe.source_path) if recipe.source_path else "recipe"
 
 
+LOST_RESULTS = ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
+                "or output.hub_repo, or pass --bucket URI")
+BUCKET_SCHEMES = ("gs://", "s3://")
+
+
 def _outputs_line(recipe, run_id: str) -> str:
     bucket = recipe.output.bucket
     if bucket:
         base = f"{bucket.rstrip('/')}/{run_id}"
         text = f"checkpoints → {base}/checkpoints/, results and logs → {base}/"
+    elif recipe.output.hub_repo:
+        text = "no output.bucket: checkpoints and logs are lost at teardown"
     else:
-        text = "checkpoints and results stay on the cluster disk (no output.bucket): lost at teardown"
+        text = "no output.bucket or output.hub_repo: everything is lost at teardown"
     if recipe.output.hub_repo:
         text += f"; model → https://huggingface.co/{recipe.output.hub_repo}"
     return text
@@ -105,9 +118,11 @@ class Streamer:
         self._last_pct = -1
 
     def __call__(self, line: str) -> None:
-        from launcher.lifecycle import parse_progress
+        from launcher.lifecycle import STOPPED_LINE, parse_progress
 
         echo(line)
+        if STOPPED_LINE in line:
+            self._record_job_stop()
         p = parse_progress(line)
         if p and p != self.progress:
             self.progress = p
@@ -131,6 +146,15 @@ class Streamer:
             if guard_budget(self.registry, self.backend, record) == "requested":
                 echo(f"budget: cost passed max_usd; asked {self.run_id} to checkpoint and stop", err=True)
 
+    def _record_job_stop(self) -> None:
+        """The job's budget guard stopped training (the entrypoint said so): the run ends as
+        `stopped`, not `succeeded`, although SkyPilot reports the job's exit 0 as SUCCEEDED."""
+        record = self.registry.get(self.run_id, history=False)
+        extra = dict(record.get("extra") or {})
+        if not extra.get("job_stopped"):
+            extra["job_stopped"] = True
+            self.registry.update(self.run_id, extra=extra)
+
     def flush(self) -> None:
         self._save(force=True)
 
@@ -144,15 +168,34 @@ class Streamer:
 @yes_option
 @cloud_option
 @gpu_option
-def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+@click.option("--bucket", envvar="SFTLAUNCH_BUCKET", default=None, metavar="URI",
+              help="Checkpoints, results and logs go to URI (gs://, s3://), overriding output.bucket "
+                   "[default: $SFTLAUNCH_BUCKET].")
+def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
+       bucket: str | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
     from launcher.recipe import load_recipe
 
     r = load_recipe(recipe)
-    if local or r.resources.clouds == ["local"]:
+    is_local = local or r.resources.clouds == ["local"]
+    source = click.get_current_context().get_parameter_source("bucket")
+    # Locally the environment's bucket is not applied: the demo must not start writing to a cloud.
+    if bucket and (not is_local or source == ParameterSource.COMMANDLINE):
+        _override_bucket(r, bucket, "--bucket" if source == ParameterSource.COMMANDLINE else "SFTLAUNCH_BUCKET",
+                         cloud=not is_local)
+    if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
         _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
+
+
+def _override_bucket(r, bucket: str, flag: str, cloud: bool) -> None:
+    if cloud and not bucket.startswith(BUCKET_SCHEMES):
+        raise UserError(f"{flag} {bucket}: a cloud run needs a bucket the cluster can write to; "
+                        "use a gs:// or s3:// URI, e.g. gs://my-bucket/sftlaunch")
+    if r.output.bucket and r.output.bucket != bucket:
+        echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {r.output.bucket}", err=True)
+    r.output.bucket = bucket
 
 
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
@@ -163,8 +206,8 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     registry = Registry()
     run_id = new_run_id(r.name, taken=lambda rid: registry.get(rid, history=False) is not None)
     out = run_dir(run_id, registry.home)
-    use_docker = local.docker_available()
-    how = "Docker (image from docker/)" if use_docker else f"directly with {sys.executable}"
+    use_docker, image, why = local.choose_runner(r)
+    how = f"in Docker, image {image} ({why})" if use_docker else f"directly with {sys.executable} ({why})"
     echo(f"Plan for {_src(r)} ({r.name} · {r.method} · {r.model.id})")
     echo(f"  where     this machine, {how}")
     echo("  price     $0.00/h (local)")
@@ -175,6 +218,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         return
     confirm(yes, "Start this run here?")
     fields = local.start(r, run_id, out, use_docker=use_docker)
+    echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
                     max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
@@ -234,14 +278,19 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
     from launcher.backends.sky import get_backend
-    from launcher.clouds import CLOUDS, autostop_down
+    from launcher.clouds import CLOUDS
 
     src = _src(r)
     if r.resources.spot and not r.output.bucket:
         raise UserError(
             f"{src}: output.bucket: spot runs need a bucket for checkpoints (a preempted job resumes "
-            "from it); set output.bucket, e.g. gs://my-bucket/sftlaunch, or set resources.spot: false"
+            "from it); set output.bucket, e.g. gs://my-bucket/sftlaunch, pass --bucket URI, "
+            "or set resources.spot: false"
         )
+    if not r.output.bucket and not r.output.hub_repo:
+        if not dry_run:
+            raise UserError(f"{src}: output: {LOST_RESULTS}")
+        echo(f"warning: {src}: output: {LOST_RESULTS}", err=True)
     if cloud and cloud not in r.resources.clouds:
         raise UserError(
             f"--cloud {cloud}: {src}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
@@ -299,18 +348,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     from launcher.runs import run_dir
 
     if dry_run:
-        with tempfile.TemporaryDirectory() as tmp:
-            mount = Path(tmp) / "recipe.yaml"
-            mount.write_text(container_recipe_yaml(r))
-            task = render_task(r, chosen, run_id, str(mount))
-            try:
-                choice = backend.optimize(task)
-            except Exception as exc:  # noqa: BLE001
-                raise UserError(f"SkyPilot's optimizer found no resources for {chosen.accelerators} on "
-                                f"{chosen.cloud}: {mask(str(exc)).splitlines()[0]}") from None
-        echo("SkyPilot optimizer (dry run):")
-        for line in choice.splitlines():
-            echo(f"  {line}")
+        _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id)
         echo("dry run: nothing launched.")
         return
 
@@ -330,7 +368,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         run_id, r, state="launching", backend=kind, cloud=chosen.cloud, region=getattr(chosen, "region", None),
         gpu=chosen.gpu, gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot,
         usd_per_hour=chosen.usd_per_hour, max_usd=max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
-        image=resolve_image(r.image), bucket=r.output.bucket,
+        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
         cluster_name=None if chosen.spot else run_id,
         checkpoint_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/checkpoints/" if r.output.bucket else None,
         result_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/" if r.output.bucket else None,
@@ -345,7 +383,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             job_id = backend.jobs_launch(task, name=run_id, secrets=present, on_line=streamer)
         else:
             job_id = backend.launch(task, cluster_name=run_id, idle_minutes=r.resources.autostop_minutes,
-                                    down=autostop_down(chosen.cloud), secrets=present, on_line=streamer)
+                                    down=True, secrets=present, on_line=streamer)
     except KeyboardInterrupt:
         reattach_hints(run_id)
         raise Interrupted() from None
@@ -375,10 +413,56 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
 
 
+def _cheapest_on(result, cloud: str, chosen):
+    if chosen.cloud == cloud:
+        return chosen
+    return next((c for c in result.candidates if c.cloud == cloud and c.fits), None)
+
+
+def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, chosen, run_id: str) -> None:
+    """SkyPilot's optimizer over our task on every allowed cloud that has credentials, each with
+    the cheapest planned GPU there: what each would really provision, not only the chosen one.
+    The chosen cloud failing is a refusal (exit 2); another failing is shown and skipped."""
+    from launcher.render import container_recipe_yaml, render_task
+
+    echo("SkyPilot optimizer (dry run), per allowed cloud with credentials:")
+    max_usd = r.resources.max_usd
+    worked: list[str] = []
+    failure = None
+    with tempfile.TemporaryDirectory() as tmp:
+        mount = Path(tmp) / "recipe.yaml"
+        mount.write_text(container_recipe_yaml(r))
+        for cloud in [chosen.cloud] + [c for c in clouds if c != chosen.cloud and enabled.get(c)]:
+            cand = _cheapest_on(result, cloud, chosen)
+            mark = " (chosen)" if cloud == chosen.cloud else ""
+            if cand is None:
+                echo(f"  {cloud}: no planned GPU fits there")
+                continue
+            over = f"; over max_usd ${max_usd:.2f}" if max_usd is not None and cand.total_usd > max_usd else ""
+            echo(f"  {cloud}{mark}: {cand.gpu}×{cand.gpus_per_node}" + (f" ×{cand.nodes} nodes" if cand.nodes > 1 else "")
+                 + f", ~${cand.total_usd:.2f} planned{over}")
+            try:
+                choice = backend.optimize(render_task(r, cand, run_id, str(mount)))
+            except Exception as exc:  # noqa: BLE001 - SkyPilot's reason, one line
+                reason = mask(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                echo(f"    SkyPilot found no resources: {reason}")
+                if cloud == chosen.cloud:
+                    failure = reason
+                continue
+            worked.append(cloud)
+            for line in choice.splitlines():
+                echo(f"    {line}")
+    if failure is not None:
+        others = f"; it did find resources on {', '.join(worked)} (--cloud {worked[0]})" if worked else ""
+        raise UserError(f"SkyPilot's optimizer found no resources for {chosen.accelerators} on {chosen.cloud}: "
+                        f"{failure}{others}")
+
+
 def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | None:
     """Follow the run's logs to the end, then record the outcome (and down an on-demand cluster).
     Ctrl-C leaves the run alone: print how to reattach and tear down, exit 130."""
     from launcher import lifecycle
+    from launcher.backends.sky import Unavailable
 
     record = registry.get(run_id, history=False)
     streamer = streamer or Streamer(registry, run_id, backend)
@@ -388,6 +472,9 @@ def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | Non
         else:
             job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
             code = backend.tail_logs(record["cluster_name"], job_id, follow=True, on_line=streamer)
+    except Unavailable as exc:  # the cluster or controller went away under the stream
+        echo(f"note: the log stream ended: {exc}", err=True)
+        code = None
     except KeyboardInterrupt:
         streamer.flush()
         reattach_hints(run_id)

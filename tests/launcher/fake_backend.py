@@ -4,13 +4,43 @@ It behaves like the real thing where the launcher depends on it: clusters and ma
 the labels of the task they were launched from, log streams end with the job's exit code (0 ok,
 100 failed), managed jobs can be preempted and recovered, and `down`/`jobs_cancel` are
 idempotent. Scenarios are set with attributes before the command runs.
+
+Where SkyPilot answers "nothing there" with an exception, the fake raises SkyPilot's real one
+(`sky.exceptions.ClusterNotUpError` with no jobs controller, `ClusterDoesNotExist` for a gone
+cluster) underneath the adapter's own decorators, so what the commands see is exactly what the
+real adapter turns those exceptions into.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from launcher.backends.sky import EXIT_FAILED, EXIT_SUCCEEDED, Cluster, ManagedJob
+from launcher.backends.sky import (
+    EXIT_FAILED,
+    EXIT_SUCCEEDED,
+    Cluster,
+    ManagedJob,
+    Unavailable,
+    gone_means,
+    no_controller_means,
+)
+
+
+def _nothing():
+    return None
+
+
+def _no_controller():
+    """What SkyPilot 0.14.1's jobs server raises when the controller is not up."""
+    from sky import exceptions
+
+    return exceptions.ClusterNotUpError("No in-progress managed jobs.", cluster_status=None)
+
+
+def _no_cluster(name):
+    from sky import exceptions
+
+    return exceptions.ClusterDoesNotExist(f"Cluster {name!r} does not exist.")
 
 
 @dataclass
@@ -28,6 +58,7 @@ class FakeSky:
     interrupt_after: int | None = None  # raise KeyboardInterrupt after this many streamed lines
     launch_error: Exception | None = None
     check_error: Exception | None = None
+    controller_up: bool = True  # False: no managed-jobs controller (never started, or autostopped)
     clusters: dict = field(default_factory=dict)
     jobs: dict = field(default_factory=dict)
     cluster_jobs: dict = field(default_factory=dict)  # cluster name -> job status
@@ -69,6 +100,7 @@ class FakeSky:
         job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
                                        cloud=task["resources"]["cloud"])
+        self.controller_up = True  # launching a managed job starts the controller
         return job_id
 
     # -- queries ----------------------------------------------------------------------------------
@@ -76,20 +108,29 @@ class FakeSky:
         self.calls.append(("status", tuple(cluster_names) if cluster_names else None))
         return [c for n, c in self.clusters.items() if cluster_names is None or n in cluster_names]
 
+    @no_controller_means(list)
     def jobs_queue(self):
         self.calls.append(("jobs_queue",))
+        if not self.controller_up:
+            raise _no_controller()
         return list(self.jobs.values())
 
+    @gone_means(_nothing)
     def cluster_job_status(self, cluster_name, job_id):
-        return self.cluster_jobs.get(cluster_name) if cluster_name in self.clusters else None
+        if cluster_name not in self.clusters:
+            raise _no_cluster(cluster_name)
+        return self.cluster_jobs.get(cluster_name)
 
     # -- ending -----------------------------------------------------------------------------------
     def down(self, cluster_name):
         self.calls.append(("down", cluster_name))
         self.clusters.pop(cluster_name, None)
 
+    @no_controller_means(_nothing)
     def jobs_cancel(self, job_id):
         self.calls.append(("jobs_cancel", job_id))
+        if not self.controller_up:
+            raise _no_controller()
         job = self.jobs.get(job_id)
         if job and not job.finished:
             job.status = "CANCELLED"
@@ -103,17 +144,21 @@ class FakeSky:
             count += 1
         return count
 
+    @gone_means(Unavailable)
     def tail_logs(self, cluster_name, job_id, follow, on_line):
         self.calls.append(("tail_logs", cluster_name, job_id))
         if cluster_name not in self.clusters:
-            raise RuntimeError(f"Cluster {cluster_name!r} does not exist.")
+            raise _no_cluster(cluster_name)
         self._emit(on_line, self.log_lines, 0)
         if follow:
             self.cluster_jobs[cluster_name] = self.outcome
         return EXIT_SUCCEEDED if self.cluster_jobs.get(cluster_name) == "SUCCEEDED" else EXIT_FAILED
 
+    @no_controller_means(Unavailable)
     def jobs_tail_logs(self, job_id, follow, on_line):
         self.calls.append(("jobs_tail_logs", job_id))
+        if not self.controller_up:
+            raise _no_controller()
         job = self.jobs[job_id]
         count = 0
         for i in range(self.preemptions):
@@ -177,3 +222,38 @@ def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket
     path = dir_ / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+STUB_PYTHON = """#!/usr/bin/env bash
+# Stands in for the job's Python under docker/entrypoint.sh (SFTLAUNCH_PYTHON): the training,
+# eval and publish jobs only print, write metrics.jsonl and leave a ran-<step> file, so the
+# entrypoint's own logic runs in a second; `jobs sync` (masking, bucket copy, exit record) is
+# the real module. STUB_TRAIN_EXIT sets train's exit code; STUB_STOP=1 writes the STOPPED marker
+# the way jobs.train does when its budget guard stops training.
+if [ "$1" = "-m" ] && [ "$2" = "jobs" ] && [ "$3" = "sync" ]; then exec {python} "$@"; fi
+case "$2 $3" in
+  "jobs.dist info") echo "python (stub job)"; echo "recipe $4 token=${{HF_TOKEN:-}}" ;;
+  "jobs.dist train")
+    echo '{{"step": 1, "total_steps": 2, "loss": 2.0}}' >> "$SFTLAUNCH_OUT/metrics.jsonl"
+    echo '{{"step": 2, "total_steps": 2, "loss": 1.0}}' >> "$SFTLAUNCH_OUT/metrics.jsonl"
+    echo "step 2/2 loss 1.0 debug token=${{HF_TOKEN:-}}"
+    if [ "${{STUB_STOP:-0}}" = "1" ]; then echo '{{"reason": "budget", "checkpoint": "step-2"}}' > "$SFTLAUNCH_OUT/STOPPED"; fi
+    touch "$SFTLAUNCH_OUT/ran-train"
+    exit "${{STUB_TRAIN_EXIT:-0}}" ;;
+  "jobs eval") echo "eval: tiny_mc 0.9"; touch "$SFTLAUNCH_OUT/ran-eval" ;;
+  "jobs publish") echo "publish: model card written"; touch "$SFTLAUNCH_OUT/ran-publish" ;;
+  *) echo "stub python: unexpected $*" >&2; exit 99 ;;
+esac
+"""
+
+
+def stub_job_python(dir_) -> str:
+    """Path of an executable STUB_PYTHON in `dir_` (see above)."""
+    import stat
+    import sys
+
+    dir_.mkdir(parents=True, exist_ok=True)
+    exe = dir_ / "stub-python"
+    exe.write_text(STUB_PYTHON.format(python=sys.executable))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return str(exe)

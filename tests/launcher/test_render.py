@@ -78,10 +78,12 @@ def _recipe(**resources):
     })
 
 
-@pytest.mark.parametrize("cloud,down", [("lambda", True), ("runpod", True), ("gcp", False), ("kubernetes", True)])
-def test_autostop_downs_where_a_cloud_cannot_stop(cloud, down):
+@pytest.mark.parametrize("cloud", ["lambda", "runpod", "gcp", "kubernetes"])
+def test_autostop_deletes_the_idle_cluster_on_every_cloud(cloud):
+    # Even GCP, which could stop: results are in the bucket or on the Hub (up refuses otherwise),
+    # so a detached run's cluster ends deleted, not stopped with its disk still billing.
     task = render_task(_recipe(), Target(cloud, "H100", 1), "sftl-r-0000", "/x")
-    assert task["resources"]["autostop"] == {"idle_minutes": 30, "down": down}
+    assert task["resources"]["autostop"] == {"idle_minutes": 30, "down": True}
     assert "job_recovery" not in task["resources"]
 
 
@@ -141,12 +143,65 @@ def test_local_data_is_mounted_and_rewritten(tmp_path):
     assert task["file_mounts"][remote] == str(data)
 
 
-def test_run_script_orders_steps_and_skips_eval_when_null():
+def test_run_script_is_one_entrypoint_all_over_the_steps():
     recipe = _recipe()
     task = render_task(recipe, Target("gcp", "L4", 1), "sftl-r-0000", "/m")
-    run = task["run"]
-    assert run.index("$E train") < run.index("$E eval") < run.index("$E publish")
+    assert task["run"].splitlines()[-1] == "bash /opt/sftlaunch/docker/entrypoint.sh all"
+    assert "export SFTLAUNCH_STEPS=train,eval,publish" in task["run"]
+    assert task["envs"]["SFTLAUNCH_STEPS"] == "train,eval,publish"
     no_eval = recipe_from_dict({**recipe.resolved_dict(), "eval": None})
-    assert "$E eval" not in render_task(no_eval, Target("gcp", "L4", 1), "sftl-r-0000", "/m")["run"]
+    task = render_task(no_eval, Target("gcp", "L4", 1), "sftl-r-0000", "/m")
+    assert "SFTLAUNCH_STEPS=train,publish" in task["run"] and task["envs"]["SFTLAUNCH_STEPS"] == "train,publish"
     eval_only = render_task(recipe, Target("gcp", "L4", 1), "sftl-r-0000", "/m", steps=("eval",))
-    assert "$E train" not in eval_only["run"] and "$E eval" in eval_only["run"]
+    assert "SFTLAUNCH_STEPS=eval\n" in eval_only["run"]
+
+
+def _run_rendered(task, tmp_path, **env):
+    """The rendered `run:` script as SkyPilot runs it (bash, the task's envs), with the image's
+    entrypoint path pointing at this checkout's and a stub job Python (tests/launcher/fake_backend)."""
+    import subprocess
+
+    from launcher.render import ENTRYPOINT
+    from tests.launcher.fake_backend import stub_job_python
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: r\n")
+    script = task["run"].replace(ENTRYPOINT, str(REPO / "docker" / "entrypoint.sh"))
+    full = {**os.environ, **task["envs"], "SFTLAUNCH_RECIPE": str(recipe), "SFTLAUNCH_OUT": str(tmp_path / "out"),
+            "SFTLAUNCH_PYTHON": stub_job_python(tmp_path / "bin"), **env}
+    full.pop("SFTLAUNCH_BUCKET", None)
+    proc = subprocess.run(["bash", "-c", script], env=full, capture_output=True, text=True, timeout=120)
+    return proc, tmp_path / "out"
+
+
+# A stopped train: jobs.train writes STOPPED and exits 3 (its contract now) or 0 (the contract it
+# moves to, so a managed job is not restarted); a process that dies with 3 but leaves no marker
+# (a worker node) is a stop too.
+@pytest.mark.parametrize("train_exit,marker", [(3, True), (0, True), (3, False)])
+def test_rendered_flow_skips_eval_and_publish_after_a_budget_stop(tmp_path, train_exit, marker):
+    import json
+
+    task = render_task(_recipe(), Target("gcp", "L4", 1), "sftl-r-0000", "/m")
+    proc, out = _run_rendered(task, tmp_path, STUB_TRAIN_EXIT=str(train_exit), STUB_STOP="1" if marker else "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "ran-train").exists()
+    assert not (out / "ran-eval").exists() and not (out / "ran-publish").exists()
+    assert "sftlaunch: run stopped before the end of training" in proc.stdout
+    end = json.loads((out / "exit.json").read_text())
+    assert end["exit_code"] == 0 and end["stopped"]["reason"] == "budget"
+
+
+def test_rendered_flow_runs_every_step_when_training_finishes(tmp_path):
+    import json
+
+    task = render_task(_recipe(), Target("gcp", "L4", 1), "sftl-r-0000", "/m")
+    proc, out = _run_rendered(task, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all((out / f"ran-{s}").exists() for s in ("train", "eval", "publish"))
+    assert "run stopped" not in proc.stdout
+    assert json.loads((out / "exit.json").read_text())["stopped"] is None
+    # A failing train fails the run (exit 1 reaches SkyPilot) and nothing after it runs.
+    proc, out = _run_rendered(task, tmp_path / "again", STUB_TRAIN_EXIT="1")
+    assert proc.returncode == 1 and not (out / "ran-eval").exists()
+    assert json.loads((out / "exit.json").read_text())["exit_code"] == 1

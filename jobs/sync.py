@@ -1,0 +1,187 @@
+"""The job's side of "come back later": masked step logs, and their copy in the bucket.
+
+Why this exists: a detached cloud run is watched from the laptop through the bucket alone —
+`sftlaunch status` reads `<bucket>/<run id>/metrics.jsonl` for progress and `exit.json` for the
+outcome once SkyPilot has forgotten the job (its jobs controller stops 10 idle minutes after the
+last job), and `sftlaunch logs` reads `<bucket>/<run id>/logs/` once the cluster is gone. The
+entrypoint calls this module; anything fsspec opens works as a bucket (gs://, s3://, a path).
+
+    python -m jobs sync mask [--tee FILE]       stdin → stdout (and FILE), secret values masked
+    python -m jobs sync push --out DIR --bucket URI --run-id ID [--every S --parent PID]
+    python -m jobs sync end --out DIR --exit-code N [--stopped]
+
+`mask` is how no token ever reaches a log file: the values of the secret variables in this
+process's environment (launcher.secrets) are replaced line by line, before the line is written.
+`push --every` copies what changed every S seconds until it is terminated or PID (the
+entrypoint) is gone; a failed copy is a warning, never the job's failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+SYNCED_FILES = ("metrics.jsonl", "STOPPED", "exit.json")
+SYNCED_DIRS = ("logs",)
+END_RECORD = "exit.json"
+STOPPED_MARKER = "STOPPED"
+
+
+def warn(message: str) -> None:
+    print(f"sync: warning: {message}", file=sys.stderr, flush=True)
+
+
+# -- masking ---------------------------------------------------------------------------------------
+def mask_stream(src, dst, tee_path: str | None = None) -> None:
+    """Copy `src` to `dst` (binary streams) line by line with secrets masked; also append to
+    `tee_path`. Flushes every line, so a follower sees progress as it happens."""
+    from launcher.secrets import mask
+
+    tee = open(tee_path, "ab") if tee_path else None  # noqa: SIM115 - closed below
+    try:
+        for raw in iter(src.readline, b""):
+            line = mask(raw.decode("utf-8", errors="replace")).encode("utf-8")
+            for out in (dst, tee):
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+    finally:
+        if tee is not None:
+            tee.close()
+
+
+# -- bucket copy -----------------------------------------------------------------------------------
+def local_files(out: Path) -> list[Path]:
+    """What the bucket copy holds, relative to the run's output dir, in a stable order."""
+    files = [out / name for name in SYNCED_FILES if (out / name).is_file()]
+    for d in SYNCED_DIRS:
+        if (out / d).is_dir():
+            files += sorted(p for p in (out / d).rglob("*") if p.is_file())
+    return files
+
+
+def destination(bucket: str, run_id: str) -> str:
+    return f"{bucket.rstrip('/')}/{run_id}"
+
+
+def push(out: Path, bucket: str, run_id: str, seen: dict | None = None) -> tuple[list[str], list[str]]:
+    """Copy the files that changed since `seen` (all of them without it) to `<bucket>/<run id>/`.
+    Returns (copied, failed) as paths relative to `out`."""
+    from jobs.checkpoint import _fs
+
+    fs, base = _fs(destination(bucket, run_id))
+    copied, failed = [], []
+    for path in local_files(out):
+        rel = path.relative_to(out).as_posix()
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # removed while we looked
+        stamp = (st.st_size, st.st_mtime_ns)
+        if seen is not None and seen.get(rel) == stamp:
+            continue
+        remote = f"{base.rstrip('/')}/{rel}"
+        try:
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(path), remote)
+        except Exception as exc:  # noqa: BLE001 - a flaky bucket must not end the job
+            failed.append(rel)
+            warn(f"could not copy {rel} to {destination(bucket, run_id)}/ ({type(exc).__name__}: {exc})")
+            continue
+        if seen is not None:
+            seen[rel] = stamp
+        copied.append(rel)
+    return copied, failed
+
+
+def _parent_gone(parent: int | None) -> bool:
+    if not parent:
+        return False
+    if os.getppid() != parent:
+        return True
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def loop(out: Path, bucket: str, run_id: str, every: float, parent: int | None = None) -> int:
+    """`push` every `every` seconds until SIGTERM or the parent is gone."""
+    stop = {"now": False}
+
+    def on_term(_sig, _frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    seen: dict = {}
+    while not stop["now"] and not _parent_gone(parent):
+        push(out, bucket, run_id, seen)
+        deadline = time.monotonic() + every
+        while not stop["now"] and time.monotonic() < deadline and not _parent_gone(parent):
+            time.sleep(min(1.0, every))
+    return 0
+
+
+# -- the end record --------------------------------------------------------------------------------
+def write_end(out: Path, exit_code: int, stopped: bool) -> dict:
+    """`<out>/exit.json`: how the job ended, for the launcher once SkyPilot no longer knows."""
+    reason = None
+    if stopped:
+        try:
+            reason = json.loads((out / STOPPED_MARKER).read_text())
+        except (OSError, ValueError):
+            reason = {"reason": "budget"}
+    record = {"exit_code": exit_code, "stopped": reason, "at": time.time(),
+              "run_id": os.environ.get("SFTLAUNCH_RUN_ID") or None}
+    tmp = out / f"{END_RECORD}.tmp"
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(out / END_RECORD)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs sync", description="Masked logs and their bucket copy.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("mask", help="stdin to stdout with secret values masked")
+    m.add_argument("--tee", help="also append the masked lines to this file")
+    ps = sub.add_parser("push", help="copy metrics.jsonl, logs/, STOPPED and exit.json to <bucket>/<run id>/")
+    ps.add_argument("--out", required=True, type=Path)
+    ps.add_argument("--bucket", required=True)
+    ps.add_argument("--run-id", required=True)
+    ps.add_argument("--every", type=float, help="keep copying what changed every this many seconds")
+    ps.add_argument("--parent", type=int, help="with --every: stop when this process is gone")
+    e = sub.add_parser("end", help="write <out>/exit.json")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--exit-code", required=True, type=int)
+    e.add_argument("--stopped", action="store_true", help="training was stopped early (STOPPED marker)")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    if args.cmd == "mask":
+        if args.tee:
+            Path(args.tee).parent.mkdir(parents=True, exist_ok=True)
+        mask_stream(sys.stdin.buffer, sys.stdout.buffer, args.tee)
+        return 0
+    if args.cmd == "end":
+        write_end(args.out, args.exit_code, args.stopped)
+        return 0
+    if args.every is not None:
+        if args.every <= 0:
+            print("error: --every must be a positive number of seconds", file=sys.stderr)
+            return 2
+        return loop(args.out, args.bucket, args.run_id, args.every, args.parent)
+    _copied, failed = push(args.out, args.bucket, args.run_id)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
