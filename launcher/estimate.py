@@ -21,6 +21,11 @@ Memory per GPU (bytes):
   fixed     CUDA context and allocator workspace.
 A candidate fits when the total is under the GPU's memory; within `headroom` of it, it is
 borderline (plan says so rather than pretending to know).
+Eval after training (jobs/evaluate.py) runs on the same machine, data-parallel with one full
+model replica per GPU, in bf16 unless `eval.load_4bit` (nf4: 0.5 byte + an fp32 absmax per 64
+weights), plus the LoRA adapter in fp32 and one sequence of activations; a training candidate
+fits only if that fits too, since a run that trains for a day and then cannot load its model
+for eval has wasted the day.
 
 Time: tokens = rows × epochs × tokens per row (packed; measured from local files), FLOPs per
 token = 6·N (8·N with checkpointing) for full, 4·N (6·N) for LoRA/QLoRA whose frozen weights need
@@ -33,14 +38,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from launcher import catalog
 from launcher.clouds import CLOUDS, capability_problem
-from launcher.recipe import Recipe, looks_local
+from launcher.errors import UserError
+from launcher.recipe import GPU_RE, Recipe, looks_local
 
 GB = 1e9
 
@@ -88,7 +95,7 @@ class Candidate:
     nodes: int
     spot: bool
     usd_per_hour: float
-    mem_needed_gb: float
+    mem_needed_gb: float  # training (or, for the eval workload, eval) memory per GPU
     mem_available_gb: float
     fits: bool
     borderline: bool
@@ -97,6 +104,10 @@ class Candidate:
     memory: Memory | None = None
     timing: Timing | None = None
     why_not: str | None = None
+    eval_memory: Memory | None = None  # the post-training eval on this machine, per GPU
+    borderline_why: str | None = None
+    assumed: bool = False  # an explicit GPU on Kubernetes nobody declared: assumed to exist
+    blocked_by_eval: bool = False  # training fits, the post-training eval does not
 
     @property
     def accelerators(self) -> str:
@@ -106,13 +117,20 @@ class Candidate:
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
 
+    @property
+    def eval_mem_gb(self) -> float | None:
+        return self.eval_memory.total if self.eval_memory else None
+
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
-                                             "mem_needed_gb", "mem_available_gb", "fits", "borderline", "eta_hours",
-                                             "total_usd", "why_not")}
+                                             "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
+                                             "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
+                                             "blocked_by_eval")}
         out["accelerators"] = self.accelerators
         if self.memory:
             out["memory"] = self.memory.as_dict()
+        if self.eval_memory:
+            out["eval_memory"] = self.eval_memory.as_dict()
         if self.timing:
             out["timing"] = {"tokens": self.timing.tokens, "flops": self.timing.flops, "train_hours": self.timing.train_hours,
                              "overhead_hours": self.timing.overhead_hours, "eval_hours": self.timing.eval_hours,
@@ -127,11 +145,13 @@ class Plan:
     reason: str | None
     model: str
     workload: str = "train"
+    notes: list[str] = field(default_factory=list)  # what the user should know (assumptions, missing inventory)
+    reason_field: str = "resources.gpu"  # the recipe field `reason` is about
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "workload": self.workload,
                 "chosen": self.chosen.as_dict() if self.chosen else None, "reason": self.reason,
-                "candidates": [c.as_dict() for c in self.candidates]}
+                "notes": self.notes, "candidates": [c.as_dict() for c in self.candidates]}
 
 
 class UnknownModel(ValueError):
@@ -143,11 +163,21 @@ class UnknownModel(ValueError):
 
 
 def _shape(recipe: Recipe) -> dict[str, Any]:
-    shape = catalog.model_shape(recipe.model.id)
+    model = recipe.model.id
+    try:
+        shape = catalog.model_shape(model, recipe.model.revision)
+    except catalog.HubConfigError as exc:
+        raise UnknownModel(f"model.id {model}: not in the planner's model table, and {exc}") from None
+    except catalog.HubUnreachable as exc:
+        raise UnknownModel(
+            f"model.id {model}: not in the planner's model table (launcher/data/models.yaml) and {exc}; with "
+            "network access (or HF_ENDPOINT for a mirror) the planner reads its config.json, or add its shape to "
+            "models.yaml, or point model.id at a local directory with config.json"
+        ) from None
     if shape is None:
         raise UnknownModel(
-            f"model.id {recipe.model.id}: not in the planner's model table (launcher/data/models.yaml) and not a "
-            "local directory with config.json; add its shape there, or set resources.gpu explicitly"
+            f"model.id {model}: not in the planner's model table (launcher/data/models.yaml) and not a "
+            "local directory with config.json; add its shape there, or use a Hub id OWNER/NAME"
         )
     return shape
 
@@ -193,17 +223,12 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
     h, layers, vocab = shape["hidden"], shape["layers"], shape["vocab"]
-    emb = vocab * h * (1 if shape.get("tied") else 2)
     half = 4 if recipe.train.precision == "fp32" else 2
     seq = seq_len or recipe.data.seq_len
     mb = micro_batch or recipe.train.micro_batch_size
     notes: list[str] = []
     if workload == "eval":
-        four_bit = recipe.eval is not None and recipe.eval.load_4bit
-        weights = ((n - emb) * 0.5625 + emb * 2) if four_bit else n * 2
-        tokens = seq * 1  # auto batch size fills the rest: count one sequence
-        acts = tokens * h * 34 / layers + tokens * vocab * 4
-        return Memory(weights / GB, 0.0, 0.0, acts / GB, w["cuda_context_gb"], ["inference: weights + one batch"])
+        return eval_memory(recipe)
 
     method = recipe.method
     trainable = pageable = 0.0
@@ -245,6 +270,35 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
         acts = act_full_layer * layers
     acts += tokens * vocab * (half + 4 + 4)  # logits, their fp32 upcast for the loss, and its grad
     return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes)
+
+
+def eval_memory(recipe: Recipe, load_4bit: bool | None = None) -> Memory:
+    """Per-GPU memory of `jobs eval` on the trained model: one full replica per GPU (data parallel)."""
+    shape = _shape(recipe)
+    w = catalog.workloads()
+    n = shape["params_b"] * 1e9
+    h, vocab = shape["hidden"], shape["vocab"]
+    four_bit = (recipe.eval is not None and recipe.eval.load_4bit) if load_4bit is None else load_4bit
+    notes = []
+    if four_bit:
+        # jobs/evaluate.py: nf4 without double quant, so an fp32 absmax per 64 weights; embeddings,
+        # head and norms stay bf16.
+        quantized = _linear_params_per_layer(shape) * shape["layers"]
+        weights = quantized * (0.5 + 4 / 64) + (n - quantized) * 2
+        notes.append("eval: 4-bit nf4 weights (eval.load_4bit)")
+    else:
+        weights = n * 2
+        notes.append("eval: bf16 weights (eval.load_4bit: false)")
+    if recipe.method in ("lora", "qlora") and recipe.lora is not None:
+        # PEFT upcasts a bf16 adapter to fp32 when it loads one (autocast_adapter_dtype).
+        weights += lora_params(shape, recipe.lora.target_modules, recipe.lora.r) * 4
+        notes.append("eval: base model + fp32 LoRA adapter")
+    tokens = w["eval_seq_len"]
+    # Inference keeps one layer's working set (34·h bytes per token, the training figure, is an
+    # upper bound) and the fp32 logits with their log-softmax; batch_size auto fills the rest.
+    acts = tokens * h * 34 + tokens * vocab * 4 * 2
+    notes.append(f"eval: one {tokens}-token sequence of activations; batch_size auto uses what is left")
+    return Memory(weights / GB, 0.0, 0.0, acts / GB, w["cuda_context_gb"], notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,27 +369,40 @@ def _mfu(method: str, gpu: str) -> float:
     return float(w.get("mfu_by_gpu", {}).get(gpu, {}).get(method, w["mfu"][method]))
 
 
-def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train") -> Timing:
+def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int) -> float:
+    """The eval preset's prefill FLOPs (2·N per token, N active) over `gpus` data-parallel replicas."""
+    if recipe.eval is None:
+        return 0.0
     shape = _shape(recipe)
     w = catalog.workloads()
+    n = shape.get("active_params_b", shape["params_b"]) * 1e9
+    key = recipe.eval.preset or "custom"
+    ev_tokens = w["eval_tokens"].get(key, w["eval_tokens"]["custom"])
+    if recipe.eval.limit:
+        ev_tokens = min(ev_tokens, ev_tokens * recipe.eval.limit / 1000)
+    # bitsandbytes dequantizes every 4-bit weight on every forward: a lower MFU (data).
+    mfu = _mfu("eval_4bit" if recipe.eval.load_4bit else "eval", gpu)
+    return 2 * n * ev_tokens / (gpus * catalog.gpu_tflops(gpu, cloud, gpus) * 1e12 * mfu) / 3600
+
+
+def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train",
+           gpus_per_node: int | None = None) -> Timing:
+    """`gpus` in all; eval runs on the head node only (docker/entrypoint.sh), on its `gpus_per_node`."""
+    shape = _shape(recipe)
+    w = catalog.workloads()
+    per_node = gpus_per_node or gpus
     n_total = shape["params_b"] * 1e9
     n = shape.get("active_params_b", shape["params_b"]) * 1e9
-    peak = catalog.gpu_tflops(gpu, cloud, gpus) * 1e12
+    peak = catalog.gpu_tflops(gpu, cloud, per_node) * 1e12
     terms: dict[str, float] = {}
-    eval_hours = 0.0
-    if recipe.eval is not None:
-        key = recipe.eval.preset or "custom"
-        ev_tokens = w["eval_tokens"].get(key, w["eval_tokens"]["custom"])
-        if recipe.eval.limit:
-            ev_tokens = min(ev_tokens, ev_tokens * recipe.eval.limit / 1000)
-        eval_hours = 2 * n * ev_tokens / (gpus * peak * _mfu("eval", gpu)) / 3600
-    terms["eval_hours"] = eval_hours
+    ev_hours = eval_hours(recipe, cloud, gpu, per_node)
+    terms["eval_hours"] = ev_hours
     download = n_total * 2 / GB / w["download_gb_per_hour"]
     pull = w["image_pull_gb"] / w["pull_gb_per_hour"]
     provision = w["provision_hours"].get(cloud, 0.1)
     terms.update(provision_hours=provision, image_pull_hours=pull, weights_download_hours=download)
     if workload == "eval":
-        return Timing(0, 0, 0, provision + pull + download, eval_hours, terms)
+        return Timing(0, 0, 0, provision + pull + download, ev_hours, terms)
 
     rows, tokens = data_tokens(recipe)
     if recipe.train.max_steps:
@@ -355,76 +422,183 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
     terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, mfu=mfu, peak_tflops=peak / 1e12,
                  checkpoint_hours=checkpoints, checkpoints=n_ckpts)
-    return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, eval_hours, terms)
+    return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms)
 
 
 # ---------------------------------------------------------------------------------------------
 # Candidates and the plan
 
 
-def _usd_per_gpu(offer: catalog.Offer, spot: bool) -> float | None:
-    if offer.cloud == "kubernetes":
-        return float(os.environ.get("SFTLAUNCH_K8S_USD_PER_GPU_HOUR", "0") or 0)
-    return offer.spot if spot else offer.on_demand
+def _recipe_field(recipe: Recipe, *path: str) -> str:
+    """`file:line: a.b` for a recipe field, the line of its key, so an error points where to edit."""
+    name = ".".join(path)
+    src = recipe.source_path
+    if src is None:
+        return name
+    try:
+        node = yaml.compose(src.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return f"{src}: {name}"
+    line = None
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return f"{src}:{line or 1}: {name}"
+
+
+def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train") -> tuple[str | None, int | None]:
+    """(name, count) asked for by --gpu or resources.gpu, checked against the GPU catalog;
+    (None, None) for auto. An unknown name is bad input (exit 2), not "nothing fits"."""
+    if gpu is not None:
+        text, where = gpu, lambda: "--gpu"
+    elif workload == "train":
+        text, where = recipe.resources.gpu, lambda: _recipe_field(recipe, "resources", "gpu")
+    else:
+        return None, None
+    if text == "auto":
+        return None, None
+    m = GPU_RE.match(text)
+    if not m:
+        raise UserError(f'{where()}: {text!r}: expected NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8", or auto')
+    name = catalog.canonical_gpu(m.group("name"))
+    if name is None and recipe.resources.clouds == ["local"] and m.group("name").upper() == "CPU":
+        name = "CPU"
+    if name is None:
+        raise UserError(f"{where()}: {catalog.unknown_gpu_message(m.group('name'))}")
+    return name, int(m.group("count")) if m.group("count") else None
+
+
+def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int, cloud_flag: str | None = None,
+                       spot_flag: bool = False) -> None:
+    """Refuse spot or multi-node when none of the clouds considered can do it, quoting SkyPilot's
+    reason (launcher/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
+    allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
+    for feature, active in (("spot", spot), ("multi_node", nodes > 1)):
+        if not active or not clouds or any(not capability_problem(c, feature) for c in clouds):
+            continue
+        reasons = "; ".join(capability_problem(c, feature) or "" for c in clouds)
+        in_recipe = [c for c in allowed if c not in clouds and not capability_problem(c, feature)]
+        elsewhere = [c for c in CLOUDS if c not in allowed and not capability_problem(c, feature)]
+        if feature == "spot":
+            where = "--spot" if spot_flag else _recipe_field(recipe, "resources", "spot")
+            fix = "drop --spot" if spot_flag else "remove `spot: true`"
+        else:
+            where, fix = _recipe_field(recipe, "resources", "nodes"), "set nodes: 1"
+        if cloud_flag and in_recipe:
+            fix += f" or use --cloud {in_recipe[0]}"
+        elif elsewhere:
+            fix += f" or allow {elsewhere[0]} in resources.clouds"
+        prefix = f"--cloud {cloud_flag}: " if cloud_flag else ""
+        raise UserError(f"{prefix}{where}: {reasons}; {fix}")
+
+
+def _eval_fix(recipe: Recipe) -> str:
+    if recipe.eval is not None and not recipe.eval.load_4bit:
+        return f"set eval.load_4bit: true (≈{eval_memory(recipe, load_4bit=True).total:.0f} GB) or eval: null"
+    return "set eval: null (skip it) or use a larger GPU"
+
+
+def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str, notes: list[str]) -> list[catalog.Offer]:
+    """The cloud's offers matching the request. Kubernetes offers what the user declared; an
+    explicit GPU there is assumed to exist (the planner cannot see the cluster) and said so."""
+    offers = catalog.offers(cloud)
+    if cloud == "kubernetes":
+        _, source = catalog.kubernetes_inventory()
+        if name and not any(o.gpu == name and (count is None or o.count == count) for o in offers):
+            o = catalog.kubernetes_assumed_offer(name, count or 1)
+            where = f"not declared in {source}" if source else "no inventory declared"
+            notes.append(f"kubernetes: assuming your cluster has {o.count}×{o.gpu} at ${o.on_demand:.2f}/GPU-hour "
+                         f"({where}); {catalog.kubernetes_help().split(', or set')[0]}")
+            return [o]
+        if not name and not offers:
+            notes.append("kubernetes offers nothing for gpu: auto: no GPU inventory declared; " + catalog.kubernetes_help())
+    out = []
+    for offer in offers:
+        if name and offer.gpu.lower() != name.lower():
+            continue
+        if count and offer.count != count:
+            continue
+        if workload == "eval" and count is None and offer.count > 1:
+            continue
+        out.append(offer)
+    return out
+
+
+def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, workload: str,
+               ev_mem: Memory | None) -> Candidate | None:
+    per_gpu = offer.spot if spot else offer.on_demand
+    if per_gpu is None:
+        return None
+    headroom = catalog.workloads()["headroom"]
+    gpus = offer.count * nodes
+    mem = memory(recipe, gpus=gpus, workload=workload)
+    avail = catalog.gpu_memory_gb(offer.gpu)
+    need = mem.total
+    fits = need <= avail
+    borderline = fits and need > avail * (1 - headroom)
+    why = None
+    border_why = f"{need:.1f} GB is within the {headroom:.0%} headroom" if borderline else None
+    if not fits and mem.pageable and need - mem.pageable <= avail:
+        fits, borderline = True, True
+        border_why = "fits only if the paged optimizer spills its states to CPU memory"
+    elif not fits:
+        why = f"needs {need:.1f} GB per GPU, has {avail:.0f} GB"
+    if offer.gpu == "T4" and recipe.train.precision == "bf16" and workload == "train":
+        fits, why = False, "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
+    blocked_by_eval = False
+    if fits and ev_mem is not None:
+        ev = ev_mem.total
+        if ev > avail:
+            fits, borderline, border_why, blocked_by_eval = False, False, None, True
+            why = f"eval needs {ev:.1f} GB per GPU, has {avail:.0f} GB; {_eval_fix(recipe)}"
+        elif ev > avail * (1 - headroom):
+            borderline = True
+            ev_why = f"eval's {ev:.1f} GB is within the {headroom:.0%} headroom; {_eval_fix(recipe)}"
+            border_why = f"{border_why}; {ev_why}" if border_why else ev_why
+    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count)
+    usd_h = per_gpu * gpus
+    cand = Candidate(offer.cloud, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, need, avail, fits,
+                     borderline, t.total_hours, usd_h * t.total_hours, mem, t, why, ev_mem, border_why, offer.assumed,
+                     blocked_by_eval)
+    return cand
 
 
 def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
          workload: str = "train") -> Plan:
-    """Every offer on the allowed clouds, ranked cheapest first; the cheapest that fits is chosen."""
+    """Every offer on the allowed clouds, ranked cheapest first; the cheapest that fits is chosen.
+
+    Raises UserError for bad input the plan cannot work around: an unknown GPU name, or spot /
+    multi-node asked of clouds that cannot do it.
+    """
     clouds = [c for c in recipe.resources.clouds if c in CLOUDS]
     if cloud:
         clouds = [c for c in clouds if c == cloud]
+    spot_flag = spot is True and not recipe.resources.spot
     spot = recipe.resources.spot if spot is None else spot
     nodes = recipe.resources.nodes if workload == "train" else 1
-    want = gpu or (recipe.resources.gpu if workload == "train" else "auto")
-    want_name = want_count = None
-    if want and want != "auto":
-        name, _, count = want.partition(":")
-        want_name, want_count = name, int(count) if count else None
-    shape_error = None
+    want_name, want_count = requested_gpu(recipe, gpu, workload)
+    local = recipe.resources.clouds == ["local"]
+    if not local:
+        refuse_unsupported(recipe, clouds, spot, nodes, cloud, spot_flag)
     try:
         _shape(recipe)
     except UnknownModel as exc:
-        shape_error = str(exc)
-    if shape_error:
-        return Plan([], None, shape_error, recipe.model.id, workload)
+        return Plan([], None, str(exc), recipe.model.id, workload, reason_field="model.id")
 
+    notes: list[str] = []
+    ev_mem = eval_memory(recipe) if workload == "train" and recipe.eval is not None else None
     cands: list[Candidate] = []
-    if recipe.resources.clouds == ["local"]:
-        cands.append(_local_candidate(recipe, want_name, want_count, workload))
+    if local:
+        cands.append(_local_candidate(recipe, want_name, want_count, workload, ev_mem))
     for c in clouds:
-        if spot and capability_problem(c, "spot"):
-            continue
-        if nodes > 1 and capability_problem(c, "multi_node"):
-            continue
-        for offer in catalog.offers(c):
-            if want_name and offer.gpu.lower() != want_name.lower():
-                continue
-            if want_count and offer.count != want_count:
-                continue
-            if workload == "eval" and want_count is None and offer.count > 1:
-                continue
-            per_gpu = _usd_per_gpu(offer, spot)
-            if per_gpu is None:
-                continue
-            gpus = offer.count * nodes
-            mem = memory(recipe, gpus=gpus, workload=workload)
-            avail = catalog.gpu_memory_gb(offer.gpu)
-            need = mem.total
-            fits = need <= avail
-            borderline = fits and need > avail * (1 - catalog.workloads()["headroom"])
-            why = None
-            if not fits and mem.pageable and need - mem.pageable <= avail:
-                fits, borderline = True, True
-                why = "fits only if the paged optimizer spills its states to CPU memory"
-            elif not fits:
-                why = f"needs {need:.1f} GB per GPU, has {avail:.0f} GB"
-            if offer.gpu == "T4" and recipe.train.precision == "bf16" and workload == "train":
-                fits, why = False, "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
-            t = timing(recipe, c, offer.gpu, gpus, workload)
-            usd_h = per_gpu * gpus
-            cands.append(Candidate(c, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, need, avail, fits,
-                                   borderline, t.total_hours, usd_h * t.total_hours, mem, t, why))
+        for offer in _cloud_offers(c, want_name, want_count, workload, notes):
+            cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem)
+            if cand is not None:
+                cands.append(cand)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
     fitting = [x for x in cands if x.fits]
     # Prefer a confident fit over a borderline one when it costs at most 10% more.
@@ -434,37 +608,54 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
         if chosen.borderline:
             sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
             chosen = sure[0] if sure else chosen
-    reason = None if chosen else _nothing_fits(recipe, cands, clouds, spot, want)
-    return Plan(cands, chosen, reason, recipe.model.id, workload)
+    reason = None if chosen else _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, notes)
+    return Plan(cands, chosen, reason, recipe.model.id, workload, notes)
 
 
-def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str) -> Candidate:
+def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,
+                     ev_mem: Memory | None) -> Candidate:
     """`up --local`: the recipe's named GPU (e.g. a Colab T4) or, with none named, the CPU."""
     name = gpu if gpu and gpu in catalog.gpus() else "CPU"
     n = count or 1
     mem = memory(recipe, gpus=n, workload=workload)
     avail = catalog.gpu_memory_gb(name)
+    headroom = catalog.workloads()["headroom"]
     fits = mem.total <= avail or bool(mem.pageable and mem.total - mem.pageable <= avail)
-    borderline = fits and mem.total > avail * (1 - catalog.workloads()["headroom"])
+    borderline = fits and mem.total > avail * (1 - headroom)
+    why = None if fits else f"needs {mem.total:.1f} GB, has {avail:.0f} GB"
+    if fits and ev_mem is not None and ev_mem.total > avail:
+        fits, borderline = False, False
+        why = f"eval needs {ev_mem.total:.1f} GB, has {avail:.0f} GB; {_eval_fix(recipe)}"
     t = timing(recipe, "local", name, n, workload)
     return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fits, borderline, t.total_hours, 0.0,
-                     mem, t, None if fits else f"needs {mem.total:.1f} GB, has {avail:.0f} GB")
+                     mem, t, why, ev_mem, "within the headroom" if borderline else None)
 
 
-def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want: str | None) -> str:
+def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want_name: str | None,
+                  want_count: int | None, notes: list[str]) -> str:
     if recipe.resources.clouds == ["local"]:
         c = cands[0]
-        return f"on this machine ({c.gpu}) it needs {c.mem_needed_gb:.1f} GB, more than {c.mem_available_gb:.0f} GB"
+        return f"on this machine ({c.gpu}): {c.why_not}"
     if not clouds:
         return "no SkyPilot cloud is allowed; add one to resources.clouds"
     if not cands:
-        what = f"{want} " if want and want != "auto" else ""
-        extra = " with spot" if spot else ""
-        return f"no offer of {what}on {', '.join(clouds)}{extra}; allow another cloud or set resources.gpu: auto"
-    shape = _shape(recipe)
-    one = memory(recipe, gpus=1)
+        k8s = [n for n in notes if n.startswith("kubernetes offers nothing")]
+        if clouds == ["kubernetes"] and k8s:
+            return k8s[0]
+        what = (f"{want_count}×{want_name}" if want_count else want_name) if want_name else "any GPU"
+        fix = "pick another GPU, or auto" if want_name else "allow another cloud in resources.clouds"
+        return f"no offer of {what} on {', '.join(clouds)}{' as spot' if spot else ''}; {fix}"
     label = recipe.model.id.split("/")[-1]
     method = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA"}[recipe.method]
+    by_eval = [c for c in cands if c.blocked_by_eval]
+    if by_eval:
+        best = max(by_eval, key=lambda x: x.mem_available_gb)
+        kind = "4-bit" if recipe.eval is not None and recipe.eval.load_4bit else "bf16"
+        return (f"{label} {method} trains on {best.gpu} ({best.mem_needed_gb:.0f} of {best.mem_available_gb:.0f} GB), "
+                f"but its post-training eval needs ≈{best.eval_mem_gb:.0f} GB per GPU ({kind} weights, one replica "
+                f"per GPU), more than any GPU it trains on: {_eval_fix(recipe)}")
+    shape = _shape(recipe)
+    one = memory(recipe, gpus=1)
     needed = one.total
     size = f"≈{needed / 1000:.1f} TB" if needed >= 1000 else f"≈{needed:.0f} GB"
     hints = []

@@ -27,10 +27,42 @@ def cloud_option(f):
     )(f)
 
 
+class GpuType(click.ParamType):
+    """`auto` or NAME[:COUNT] with a GPU the catalog knows, spelled as the catalog spells it.
+
+    Checked here, at parse time, so every command taking --gpu refuses `H100:x`, `H100:0`, `:`
+    or an unknown name with exit 2 before it plans or renders anything.
+    """
+
+    name = "GPU[:N]"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return value
+        from launcher.catalog import canonical_gpu, unknown_gpu_message
+        from launcher.recipe import GPU_RE
+
+        text = str(value).strip()
+        m = GPU_RE.match(text)
+        if not m:
+            name, sep, count = text.partition(":")
+            if sep and name and count.isdigit():
+                why = f"the count must be 1 or more, got {count}"
+            elif sep and name:
+                why = f"the count must be a whole number, got {count!r}"
+            else:
+                why = "expected NAME[:COUNT]"
+            self.fail(f'{value!r}: {why}; e.g. "H100:1", "A100-80GB:8", or auto', param, ctx)
+        gpu = canonical_gpu(m.group("name"))
+        if gpu is None:
+            self.fail(unknown_gpu_message(m.group("name")), param, ctx)
+        return f"{gpu}:{m.group('count')}" if m.group("count") else gpu
+
+
 def gpu_option(f):
     return click.option(
-        "--gpu", default=None, metavar="GPU[:N]",
-        help='Override resources.gpu, e.g. "H100:1" or "A100-80GB:8".',
+        "--gpu", type=GpuType(), default=None, metavar="GPU[:N]",
+        help='Override resources.gpu, e.g. "H100:1" or "A100-80GB:8" (auto: the cheapest that fits).',
     )(f)
 
 

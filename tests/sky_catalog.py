@@ -21,7 +21,7 @@ from pathlib import Path
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "catalogs"
 CATALOG_VERSION = "v8"
-CLOUDS = ("common", "lambda", "runpod")
+CLOUDS = ("common", "gcp", "lambda", "runpod")
 
 
 def install_catalogs(home: Path) -> Path:
@@ -42,6 +42,12 @@ def sky_env(home: Path) -> dict:
     # sky.skylet.runtime_utils resolves the catalog dir under $SKY_RUNTIME_DIR (default ~).
     env["SKY_RUNTIME_DIR"] = str(home)
     env["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
+    # Hermetic even with a network: a catalog SkyPilot finds missing (or stale) would be fetched
+    # from GitHub; a dead proxy makes that fail at once instead of testing today's prices.
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        env[var] = "http://127.0.0.1:9"
+    for var in ("NO_PROXY", "no_proxy"):
+        env.pop(var, None)
     return env
 
 

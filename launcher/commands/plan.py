@@ -18,10 +18,11 @@ def _fmt_hours(h: float) -> str:
 @recipe_argument
 @cloud_option
 @gpu_option
-@click.option("--spot/--no-spot", default=None, help="Override resources.spot.")
+@click.option("--spot/--no-spot", default=None, help="Override resources.spot (spot needs output.bucket).")
 @click.option("--explain", is_flag=True, help="Print every memory and time term of the chosen candidate.")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the 12 cheapest.")
-@click.option("--refresh-prices", is_flag=True, help="Update the price snapshot from SkyPilot's catalogs first (needs network).")
+@click.option("--refresh-prices", is_flag=True,
+              help="First update the price snapshot in $SFTLAUNCH_HOME/prices.yaml from SkyPilot's catalogs (needs network).")
 @json_option
 def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
          refresh_prices: bool, as_json: bool) -> None:
@@ -34,13 +35,18 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         try:
             click.echo(catalog.refresh_prices(), err=True)
         except Exception as exc:  # offline, no SkyPilot, catalog fetch failed
-            raise UserError(f"--refresh-prices: could not read SkyPilot's catalogs ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the network and "
-                            "`pip install 'sftlaunch[cloud]'`; the snapshot was left as it was") from None
+            why = str(exc) if isinstance(exc, RuntimeError) else catalog.one_line(exc)
+            raise UserError(f"--refresh-prices: could not read SkyPilot's catalogs ({why}); "
+                            "check the network and `pip install 'sftlaunch[cloud]'`; the snapshot was left as it was") from None
     r = load_recipe(recipe)
+    cloud = cloud.lower() if cloud else None
     if cloud and cloud not in r.resources.clouds:
         raise UserError(f"--cloud {cloud}: {recipe}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
                         f"add {cloud} there or pick one of those")
+    if spot and not r.output.bucket:
+        # The recipe rule for `spot: true`, applied to the flag: a preempted job resumes from the bucket.
+        raise UserError(f"--spot: {recipe}: output.bucket: spot needs output.bucket so checkpoints survive "
+                        "preemption; set output.bucket (gs://, s3://) or drop --spot")
     result = make_plan(r, cloud=cloud, gpu=gpu, spot=spot)
     prices = catalog.prices()
     over_budget = (result.chosen is not None and r.resources.max_usd is not None
@@ -48,6 +54,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     if as_json:
         out = result.as_dict()
         out["price_snapshot"] = prices["snapshot_date"]
+        out["price_file"] = str(catalog.prices_path())
         out["max_usd"] = r.resources.max_usd
         out["over_budget"] = over_budget
         click.echo(json.dumps(out, indent=2, default=float))
@@ -56,6 +63,8 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         if explain and result.chosen is not None:
             _explain(result.chosen)
     if result.chosen is None:
+        if result.reason_field == "model.id":
+            raise UserError(f"{recipe}: {result.reason}")
         raise UserError(f"{recipe}: resources.gpu: nothing fits: {result.reason}")
     if over_budget:
         cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd]
@@ -63,6 +72,17 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
                 if cheaper else "; raise resources.max_usd, use fewer rows or epochs, or a cheaper method")
         raise UserError(f"{recipe}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds "
                         f"max_usd ${r.resources.max_usd:.2f}{hint}")
+
+
+def _note(c) -> str:
+    if c.why_not:
+        return c.why_not
+    parts = []
+    if c.borderline:
+        parts.append(f"borderline: {c.borderline_why or 'within headroom'}")
+    if c.assumed:
+        parts.append("assumed to exist in your cluster")
+    return "; ".join(parts)
 
 
 def _table(recipe, result, show_all: bool, snapshot: str) -> None:
@@ -73,41 +93,55 @@ def _table(recipe, result, show_all: bool, snapshot: str) -> None:
     title = f"{recipe.name}: {recipe.method} {recipe.model.id}, seq {recipe.data.seq_len}, prices of {snapshot}"
     table = Table(title=title, title_justify="left")
     for col, justify in (("", "left"), ("cloud", "left"), ("region", "left"), ("GPU×n", "left"), ("spot", "left"),
-                         ("GB/GPU need/have", "right"), ("ETA", "right"), ("$/h", "right"), ("total $", "right"),
+                         ("GB/GPU train/eval/have", "right"), ("ETA", "right"), ("$/h", "right"), ("total $", "right"),
                          ("note", "left")):
         table.add_column(col, justify=justify)
     rows = result.candidates if show_all else result.candidates[:12]
     for c in rows:
         mark = "→" if c is result.chosen else ""
         nodes = f"{c.nodes}×" if c.nodes > 1 else ""
-        note = c.why_not or ("borderline: within headroom" if c.borderline else "")
+        ev = f"{c.eval_mem_gb:.1f}" if c.eval_mem_gb is not None else "-"
         style = None if c.fits else "dim"
         table.add_row(mark, c.cloud, c.region or "-", f"{nodes}{c.gpu}×{c.gpus_per_node}", "yes" if c.spot else "no",
-                      f"{c.mem_needed_gb:.1f}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
-                      f"{c.usd_per_hour:.2f}", f"{c.total_usd:.2f}", note, style=style)
+                      f"{c.mem_needed_gb:.1f}/{ev}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
+                      f"{c.usd_per_hour:.2f}", f"{c.total_usd:.2f}", _note(c), style=style)
     console.print(table)
     if len(result.candidates) > len(rows):
         console.print(f"({len(result.candidates) - len(rows)} more; --all shows them)")
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
     if result.chosen:
         c = result.chosen
         console.print(f"plan: {c.cloud} {c.accelerators}{' ×' + str(c.nodes) + ' nodes' if c.nodes > 1 else ''}"
                       f"{' spot' if c.spot else ''}, ~{_fmt_hours(c.eta_hours)}, ~${c.total_usd:.0f}"
-                      + (" (borderline fit)" if c.borderline else ""))
+                      + (f" (borderline fit: {c.borderline_why})" if c.borderline else ""), markup=False)
     else:
-        console.print(f"nothing fits: {result.reason}")
+        console.print(f"nothing fits: {result.reason}", markup=False)
 
 
-def _explain(c) -> None:
-    m, t = c.memory, c.timing
-    lines = [
-        f"memory per GPU on {c.gpu} ({c.mem_available_gb:.0f} GB):",
+def _memory_lines(title: str, m, have: float) -> list[str]:
+    from launcher import catalog
+
+    limit = have * (1 - catalog.workloads()["headroom"])
+    return [
+        title,
         f"  weights                 {m.weights:8.2f} GB",
         f"  grads + optimizer       {m.trainable:8.2f} GB" + (f"  ({m.pageable:.2f} GB pageable to CPU)" if m.pageable else ""),
         f"  activations             {m.activations:8.2f} GB",
         f"  CUDA context/workspace  {m.fixed:8.2f} GB",
-        f"  total                   {m.total:8.2f} GB  (headroom rule: borderline above "
-        f"{c.mem_available_gb * 0.9:.1f} GB)",
-    ] + [f"  note: {n}" for n in m.notes] + [
+        f"  total                   {m.total:8.2f} GB  (borderline above {limit:.1f} GB, fits up to {have:.0f} GB)",
+    ] + [f"  note: {n}" for n in m.notes]
+
+
+def _explain(c) -> None:
+    m, t = c.memory, c.timing
+    lines = _memory_lines(f"training memory per GPU on {c.gpu} ({c.mem_available_gb:.0f} GB):", m, c.mem_available_gb)
+    if c.eval_memory is not None:
+        lines += _memory_lines(f"post-training eval memory per GPU (one replica per GPU, {c.gpus_per_node} on the "
+                               f"head node):", c.eval_memory, c.mem_available_gb)
+    else:
+        lines.append("post-training eval: none (eval: null)")
+    lines += [
         f"time on {c.gpus}×{c.gpu}:",
         f"  rows                    {t.terms.get('rows', 0):12,.0f}",
         f"  tokens                  {t.tokens:12,.0f}",

@@ -12,7 +12,11 @@ from launcher.options import cloud_option, gpu_option, recipe_argument
 
 
 def resolve_target(recipe, cloud: str | None, gpu: str | None):
-    """An explicit gpu renders as given; `auto` asks the planner for the cheapest that fits."""
+    """An explicit gpu renders as given; `auto` asks the planner for the cheapest that fits.
+
+    Either way the GPU name is checked against the catalog and spot / multi-node against what
+    the cloud(s) can do, so a bad request is exit 2 with the reason, before any planning.
+    """
     from launcher.clouds import CLOUDS
     from launcher.render import Target
 
@@ -23,25 +27,29 @@ def resolve_target(recipe, cloud: str | None, gpu: str | None):
                 f"{recipe.source_path or 'recipe'}: resources.clouds: only local is allowed; "
                 "run it with `sftlaunch up --local`, or add a cloud (lambda, runpod, gcp, kubernetes)"
             )
-    gpu = gpu or recipe.resources.gpu
-    if gpu != "auto":
-        from launcher.recipe import GPU_RE
+    from launcher.estimate import plan, refuse_unsupported, requested_gpu
 
-        m = GPU_RE.match(gpu)
-        if not m:
-            raise UserError(f'--gpu {gpu}: expected NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8"')
-        return Target(
-            cloud=cloud or allowed[0], gpu=m.group("name"), gpus_per_node=int(m.group("count") or 1),
-            nodes=recipe.resources.nodes, spot=recipe.resources.spot,
-        )
-    try:
-        from launcher.estimate import plan
-    except ImportError:
-        raise UserError("resources.gpu: auto needs the planner, which this install lacks; set resources.gpu, e.g. \"H100:1\"") from None
+    name, count = requested_gpu(recipe, gpu)
+    if cloud is None or cloud in allowed:  # render.check_target words the not-allowed case
+        refuse_unsupported(recipe, [cloud] if cloud else allowed, recipe.resources.spot, recipe.resources.nodes, cloud)
+    if name is not None:
+        return Target(cloud=cloud or allowed[0], gpu=name, gpus_per_node=count or 1,
+                      nodes=recipe.resources.nodes, spot=recipe.resources.spot)
     result = plan(recipe, cloud=cloud)
     if result.chosen is None:
-        raise UserError(f"{recipe.source_path or 'recipe'}: resources.gpu: nothing fits: {result.reason}")
+        field = "" if result.reason_field == "model.id" else "resources.gpu: nothing fits: "
+        raise UserError(f"{recipe.source_path or 'recipe'}: {field}{result.reason}")
     return result.chosen
+
+
+def _check_output(output: Path, recipe: str) -> None:
+    """Refuse an -o path that cannot be written, before anything is planned or rendered."""
+    if output.exists() and output.resolve() == Path(recipe).resolve():
+        raise UserError(f"-o {output}: refusing to overwrite the recipe itself; pick another file")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"-o {output}: the directory {parent} {what}; create it (mkdir -p {parent}) or pick another path")
 
 
 def new_run_id(name: str) -> str:
@@ -56,7 +64,8 @@ def new_run_id(name: str) -> str:
 @recipe_argument
 @cloud_option
 @gpu_option
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), help="Write the YAML here instead of stdout.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the YAML to this file instead of stdout (an existing file is replaced).")
 @click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
 @click.option("--step", "steps", multiple=True, type=click.Choice(["train", "eval", "publish"]),
               help="Steps to run (default: train, eval, publish).")
@@ -66,6 +75,8 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     from launcher.recipe import load_recipe
     from launcher.render import STEPS, container_recipe_yaml, render_task, to_yaml
 
+    if output:
+        _check_output(output, recipe)
     r = load_recipe(recipe)
     target = resolve_target(r, cloud.lower() if cloud else None, gpu)
     run_id = run_id or new_run_id(r.name)
@@ -77,9 +88,11 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS)
     text = f"# sftlaunch render {recipe} --cloud {target.cloud}  (run id {run_id})\n" + to_yaml(task)
     if output:
-        if output.exists() and output.resolve() == Path(recipe).resolve():
-            raise UserError(f"-o {output}: refusing to overwrite the recipe itself; pick another file")
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise UserError(f"-o {output}: cannot write it ({exc.strerror or type(exc).__name__}); "
+                            "check the path and its permissions, or pick another file") from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
