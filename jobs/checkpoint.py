@@ -1,12 +1,21 @@
-"""Resumable checkpoints: local step-N folders with a manifest written last, bucket copies, resume.
+"""Resumable checkpoints: local step-N folders with manifests written last, bucket copies, resume.
 
 Why a manifest: a spot VM can die mid-write, locally or mid-upload. A checkpoint counts only when
-its MANIFEST.json exists and every file's sha256 matches, so resume never loads a half-written
-optimizer state; the manifest is written (and uploaded) last so its presence means "complete".
+its manifests exist and every file's sha256 matches, so resume never loads a half-written
+optimizer state; each manifest is written (and uploaded) last so its presence means "complete".
 Why by wall clock: the cost of a preemption is the time since the last checkpoint, not steps.
 
+Why one manifest per node: with several nodes and no shared disk, each node's processes write
+their own shards into the node's local step folder (DeepSpeed's zero_pp_rank_<r>_* files, the
+Trainer's rng_state_<r>.pth); global rank 0 writes the rest (weights, trainer_state.json,
+DeepSpeed's `latest`, our sftlaunch_state.json). So each node's local rank 0 lists and uploads
+the files its node owns and writes `MANIFEST.json` (node 0) or `MANIFEST.node-K.json`, each
+recording the node count; a step is complete only when every node's manifest is there. On resume
+a node needs the shared files plus its own ranks' shards, never the other nodes' shards.
+
 Layout: <out>/checkpoints/step-N/ (Trainer checkpoint: weights or adapter, optimizer, scheduler,
-RNG states, trainer_state.json = data position) and <bucket>/<run id>/checkpoints/step-N/.
+RNG states, trainer_state.json = data position, sftlaunch_state.json = cumulative elapsed time)
+and <bucket>/<run id>/checkpoints/step-N/.
 """
 
 from __future__ import annotations
@@ -18,14 +27,77 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "MANIFEST.json"
+STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
+METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_NODE_MANIFEST_RE = re.compile(r"^MANIFEST(?:\.node-(\d+))?\.json$")
+# Files written by one process, named by its global rank (data-parallel rank for DeepSpeed).
+_RANK_FILE_RES = (re.compile(r"zero_pp_rank_(\d+)_"), re.compile(r"^rng_state_(\d+)\.pth$"))
 
 
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which node this process is on; ranks are laid out node by node (torchrun, accelerate)."""
+
+    node: int = 0
+    nodes: int = 1
+    procs_per_node: int = 1
+
+    @classmethod
+    def from_env(cls, env=None) -> Topology:
+        env = os.environ if env is None else env
+        world = int(env.get("WORLD_SIZE") or 1)
+        local = int(env.get("LOCAL_WORLD_SIZE") or world)
+        rank = int(env.get("RANK") or 0)
+        return cls(node=rank // max(local, 1), nodes=max(1, world // max(local, 1)), procs_per_node=max(local, 1))
+
+    def rank_node(self, rank: int) -> int:
+        return rank // self.procs_per_node
+
+    def owns(self, rel: str) -> bool:
+        """Files this node lists in its manifest: its ranks' files; node 0 also every shared file."""
+        rank = file_rank(rel)
+        return self.node == 0 if rank is None else self.rank_node(rank) == self.node
+
+    def needs(self, rel: str) -> bool:
+        """Files this node must have to resume: the shared ones and its own ranks' files."""
+        rank = file_rank(rel)
+        return rank is None or self.rank_node(rank) == self.node
+
+
+SINGLE = Topology()
+
+
+class _All(Topology):
+    """Needs every file (one node materialising a checkpoint for a disk all nodes share)."""
+
+    def needs(self, rel: str) -> bool:
+        return True
+
+
+def file_rank(rel: str) -> int | None:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in _RANK_FILE_RES:
+        m = pattern.search(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def manifest_name(node: int) -> str:
+    return MANIFEST if node == 0 else f"MANIFEST.node-{node}.json"
+
+
+def _is_manifest(name: str) -> bool:
+    return bool(_NODE_MANIFEST_RE.match(name)) or name.startswith("MANIFEST") and name.endswith(".tmp")
 
 
 def _sha256(path: Path) -> str:
@@ -36,35 +108,85 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(ckpt: Path, step: int) -> dict:
+def write_manifest(ckpt: Path, step: int, topo: Topology = SINGLE) -> dict:
+    """This node's manifest: sha256 and size of the files it owns, written atomically."""
     files = {}
     for p in sorted(ckpt.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            files[p.relative_to(ckpt).as_posix()] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
-    manifest = {"step": step, "files": files, "written_at": time.time()}
-    tmp = ckpt / (MANIFEST + ".tmp")
+        rel = p.relative_to(ckpt).as_posix()
+        if p.is_file() and not _is_manifest(p.name) and topo.owns(rel):
+            files[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    manifest = {"step": step, "node": topo.node, "nodes": topo.nodes, "procs_per_node": topo.procs_per_node,
+                "files": files, "written_at": time.time()}
+    name = manifest_name(topo.node)
+    tmp = ckpt / (name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(ckpt / MANIFEST)
+    tmp.replace(ckpt / name)
     return manifest
 
 
-def verify(ckpt: Path) -> str | None:
-    """None when the checkpoint is complete and intact, else why not."""
-    mpath = ckpt / MANIFEST
-    if not mpath.is_file():
-        return "no MANIFEST.json (incomplete write)"
+def _parse_manifest(text: str) -> dict | None:
     try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        return "unreadable MANIFEST.json"
+        m = json.loads(text)
+    except ValueError:
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
+
+
+def _missing_manifests(manifests: dict[int, dict | None], where: str) -> str | None:
+    """Why a set of node manifests is not a complete checkpoint, or None."""
+    head = manifests.get(0)
+    if 0 not in manifests:
+        return f"no {MANIFEST}{where} (incomplete write)"
+    if head is None:
+        return f"unreadable {MANIFEST}{where}"
+    nodes = int(head.get("nodes", 1))
+    for k in range(1, nodes):
+        if k not in manifests:
+            return f"no {manifest_name(k)}{where} (node {k} has not finished this checkpoint)"
+        if manifests[k] is None:
+            return f"unreadable {manifest_name(k)}{where}"
+    return None
+
+
+def _needed(manifests: dict[int, dict], topo: Topology) -> dict[str, dict]:
+    files: dict[str, dict] = {}
+    for _node, m in sorted(manifests.items()):
+        for rel, info in m["files"].items():
+            if topo.needs(rel):
+                files.setdefault(rel, info)
+    return files
+
+
+def local_manifests(ckpt: Path) -> dict[int, dict | None]:
+    out: dict[int, dict | None] = {}
+    if not ckpt.is_dir():
+        return out
+    for p in ckpt.iterdir():
+        m = _NODE_MANIFEST_RE.match(p.name)
+        if m:
+            out[int(m.group(1) or 0)] = _parse_manifest(p.read_text())
+    return out
+
+
+def _file_ok(path: Path, info: dict) -> bool:
+    return path.is_file() and path.stat().st_size == info["bytes"] and _sha256(path) == info["sha256"]
+
+
+def verify(ckpt: Path, topo: Topology = SINGLE) -> str | None:
+    """None when the checkpoint is complete (every node's manifest) and the files this node needs
+    are intact, else why not."""
+    manifests = local_manifests(ckpt)
+    problem = _missing_manifests(manifests, "")
+    if problem:
+        return problem
+    files = _needed(manifests, topo)  # type: ignore[arg-type]
     if not files:
         return "empty manifest"
     for rel, info in files.items():
         p = ckpt / rel
         if not p.is_file():
             return f"{rel} missing"
-        if p.stat().st_size != info["bytes"] or _sha256(p) != info["sha256"]:
+        if not _file_ok(p, info):
             return f"{rel} sha256 mismatch"
     return None
 
@@ -103,16 +225,18 @@ def _storage_options(url: str) -> dict:
     return {}
 
 
-def upload(ckpt: Path, prefix: str) -> str:
-    """Copy one local checkpoint to <prefix>/step-N/, manifest last."""
+def upload(ckpt: Path, prefix: str, topo: Topology = SINGLE) -> str:
+    """Copy this node's files of one local checkpoint to <prefix>/step-N/, its manifest last."""
     fs, base = _fs(prefix)
     dest = f"{base.rstrip('/')}/{ckpt.name}"
-    files = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST]
-    for p in files:
-        remote = f"{dest}/{p.relative_to(ckpt).as_posix()}"
+    name = manifest_name(topo.node)
+    manifest = json.loads((ckpt / name).read_text())
+    for rel in sorted(manifest["files"]):
+        remote = f"{dest}/{rel}"
         fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(p), remote)
-    fs.put_file(str(ckpt / MANIFEST), f"{dest}/{MANIFEST}")
+        fs.put_file(str(ckpt / rel), remote)
+    fs.makedirs(dest, exist_ok=True)
+    fs.put_file(str(ckpt / name), f"{dest}/{name}")
     return dest
 
 
@@ -130,24 +254,58 @@ def remote_steps(prefix: str) -> list[int]:
     return sorted(steps, reverse=True)
 
 
-def download(prefix: str, step: int, ckpt_root: Path) -> Path | None:
-    """Fetch <prefix>/step-N into ckpt_root; None (with a warning) when it is incomplete there."""
+def remote_manifests(prefix: str, step: int) -> dict[int, dict | None]:
     fs, base = _fs(prefix)
     src = f"{base.rstrip('/')}/step-{step}"
-    if not fs.exists(f"{src}/{MANIFEST}"):
-        warn(f"{prefix}/step-{step}: no {MANIFEST} in the bucket (incomplete upload); skipped")
+    try:
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(src, detail=False)]
+    except (FileNotFoundError, OSError):
+        return {}
+    out: dict[int, dict | None] = {}
+    for name in names:
+        m = _NODE_MANIFEST_RE.match(name)
+        if m:
+            out[int(m.group(1) or 0)] = _parse_manifest(fs.cat_file(f"{src}/{name}").decode())
+    return out
+
+
+def remote_complete_steps(prefix: str) -> list[int]:
+    """Steps whose every node manifest is in the bucket (newest first); the others are warned about."""
+    done = []
+    for step in remote_steps(prefix):
+        problem = _missing_manifests(remote_manifests(prefix, step), " in the bucket")
+        if problem:
+            warn(f"{prefix}/step-{step}: {problem}; skipped")
+        else:
+            done.append(step)
+    return done
+
+
+def materialize(prefix: str, step: int, ckpt_root: Path, topo: Topology = SINGLE) -> Path | None:
+    """Make ckpt_root/step-N hold what this node needs from the bucket copy (files already here
+    with the right sha256 are kept, the rest downloaded); None, with a warning, when the bucket
+    copy is incomplete or corrupt."""
+    fs, base = _fs(prefix)
+    src = f"{base.rstrip('/')}/step-{step}"
+    manifests = remote_manifests(prefix, step)
+    problem = _missing_manifests(manifests, " in the bucket")
+    if problem:
+        warn(f"{prefix}/step-{step}: {problem}; skipped")
         return None
     dest = ckpt_root / f"step-{step}"
-    tmp = ckpt_root / f".download-step-{step}"
+    tmp = ckpt_root / f".download-step-{step}.node-{topo.node}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    manifest = json.loads(fs.cat_file(f"{src}/{MANIFEST}"))
-    for rel in manifest.get("files", {}):
+    for rel, info in _needed(manifests, topo).items():  # type: ignore[arg-type]
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(f"{src}/{rel}", str(target))
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
-    problem = verify(tmp)
+        if _file_ok(dest / rel, info):
+            os.replace(dest / rel, target)
+        else:
+            fs.get_file(f"{src}/{rel}", str(target))
+    for node, m in manifests.items():
+        (tmp / manifest_name(node)).write_text(json.dumps(m))
+    problem = verify(tmp, topo)
     if problem:
         warn(f"{prefix}/step-{step}: {problem}; skipped")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,26 +315,90 @@ def download(prefix: str, step: int, ckpt_root: Path) -> Path | None:
     return dest
 
 
-def find_resume(ckpt_root: Path, bucket: str | None = None, run_id: str | None = None) -> Path | None:
-    """The newest complete checkpoint: local first, else the newest complete one in the bucket."""
-    for _step, path in local_steps(ckpt_root):
-        problem = verify(path)
+def download(prefix: str, step: int, ckpt_root: Path) -> Path | None:
+    """Fetch <prefix>/step-N into ckpt_root (single node); None when it is incomplete there."""
+    return materialize(prefix, step, ckpt_root, SINGLE)
+
+
+def local_complete_steps(ckpt_root: Path, topo: Topology = SINGLE) -> list[int]:
+    """Local steps complete for this node (newest first); the others are warned about."""
+    done = []
+    for step, path in local_steps(ckpt_root):
+        problem = verify(path, topo)
         if problem is None:
-            return path
-        warn(f"{path}: {problem}; skipping this checkpoint")
+            done.append(step)
+        elif topo.nodes == 1 or not problem.startswith("no MANIFEST"):
+            # On several nodes a missing manifest of another node is the normal local state.
+            warn(f"{path}: {problem}; skipping this checkpoint")
+    return done
+
+
+def candidates(ckpt_root: Path, prefix: str | None, topo: Topology = SINGLE) -> dict:
+    """What this node could resume from: {"local": [...], "bucket": [...]} steps, newest first."""
+    return {"local": local_complete_steps(ckpt_root, topo),
+            "bucket": remote_complete_steps(prefix) if prefix else []}
+
+
+def common_step(per_node: list[dict], excluded: set[int] = frozenset()) -> int | None:
+    """The newest step every node can resume from (from its disk or the bucket)."""
+    sets = [set(c["local"]) | set(c["bucket"]) for c in per_node]
+    common = set.intersection(*sets) - set(excluded) if sets else set()
+    return max(common) if common else None
+
+
+def prepare(step: int, ckpt_root: Path, prefix: str | None, topo: Topology, cands: dict) -> Path | None:
+    """This node's local step-N ready to load: as it is when complete here, else from the bucket."""
+    path = ckpt_root / f"step-{step}"
+    if step in cands["local"]:
+        return path
+    if prefix and step in cands["bucket"]:
+        return materialize(prefix, step, ckpt_root, topo)
+    return None
+
+
+def drop_newer(ckpt_root: Path, step: int | None) -> None:
+    """Local step folders newer than the one resumed from belong to an abandoned attempt."""
+    for s, p in local_steps(ckpt_root):
+        if step is None or s > step:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def find_resume(ckpt_root: Path, bucket: str | None = None, run_id: str | None = None,
+                topo: Topology = SINGLE) -> Path | None:
+    """The newest complete checkpoint for one node: local first, else the newest complete one in the bucket."""
     prefix = bucket_prefix(bucket, run_id)
+    local = local_complete_steps(ckpt_root, topo)
+    if local:
+        return ckpt_root / f"step-{local[0]}"
     if prefix:
-        for step in remote_steps(prefix):
-            got = download(prefix, step, ckpt_root)
+        for step in remote_complete_steps(prefix):
+            got = materialize(prefix, step, ckpt_root, topo)
             if got is not None:
                 return got
     return None
 
 
-def prune(ckpt_root: Path, keep: int, prefix: str | None = None) -> list[Path]:
-    """Keep the `keep` newest complete checkpoints (locally and in the bucket); drop older ones."""
+def read_state(ckpt: Path | None) -> dict:
+    """sftlaunch_state.json of a checkpoint ({} when absent: checkpoints of older versions)."""
+    if ckpt is None or not (ckpt / STATE).is_file():
+        return {}
+    try:
+        state = json.loads((ckpt / STATE).read_text())
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _has_own_manifest(path: Path, topo: Topology) -> bool:
+    return (path / manifest_name(topo.node)).is_file()
+
+
+def prune(ckpt_root: Path, keep: int, prefix: str | None = None, topo: Topology = SINGLE) -> list[Path]:
+    """Keep the `keep` newest checkpoints this node finished (locally) and the `keep` newest
+    complete ones in the bucket; drop older ones. Call with `prefix` on one process only, after
+    every node has uploaded."""
     removed = []
-    complete = [(s, p) for s, p in local_steps(ckpt_root) if (p / MANIFEST).is_file()]
+    complete = [(s, p) for s, p in local_steps(ckpt_root) if _has_own_manifest(p, topo)]
     keep_steps = {s for s, _ in complete[:keep]}
     newest = complete[0][0] if complete else None
     for s, p in local_steps(ckpt_root):
@@ -186,8 +408,10 @@ def prune(ckpt_root: Path, keep: int, prefix: str | None = None) -> list[Path]:
             removed.append(p)
     if prefix:
         fs, base = _fs(prefix)
+        remote_done = [s for s in remote_steps(prefix) if _missing_manifests(remote_manifests(prefix, s), "") is None]
+        keep_remote = set(remote_done[:keep])
         for s in remote_steps(prefix):
-            if s not in keep_steps and newest is not None and s < newest:
+            if s not in keep_remote and remote_done and s < remote_done[0]:
                 try:
                     fs.rm(f"{base.rstrip('/')}/step-{s}", recursive=True)
                 except (FileNotFoundError, OSError) as exc:
@@ -195,15 +419,42 @@ def prune(ckpt_root: Path, keep: int, prefix: str | None = None) -> list[Path]:
     return removed
 
 
-def finalize(trainer_dir: Path, ckpt_root: Path, step: int, keep: int, prefix: str | None) -> Path:
-    """Turn the Trainer's checkpoint-N into a complete step-N: rename, manifest, upload, prune."""
+def _move_into(src: Path, dest: Path) -> None:
+    """Rename src to dest; when dest exists already (a disk another node shares), merge into it."""
+    try:
+        src.rename(dest)
+        return
+    except FileNotFoundError:
+        if dest.is_dir():
+            return  # another node on this disk renamed it first
+        raise
+    except OSError:
+        pass
+    for p in sorted(src.rglob("*")):
+        if p.is_file():
+            target = dest / p.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int, prefix: str | None,
+                  topo: Topology = SINGLE) -> Path:
+    """This node's part of a checkpoint: the Trainer's checkpoint-N becomes step-N, this node's
+    manifest is written and its files uploaded (manifest last). Run by each node's local rank 0."""
     dest = ckpt_root / f"step-{step}"
-    if trainer_dir != dest:
-        shutil.rmtree(dest, ignore_errors=True)
-        trainer_dir.rename(dest)
-    write_manifest(dest, step)
+    if trainer_dir != dest and trainer_dir.exists():
+        _move_into(trainer_dir, dest)
+    write_manifest(dest, step, topo)
     if prefix:
-        where = upload(dest, prefix)
-        print(f"checkpoint step {step} uploaded to {where}", flush=True)
+        where = upload(dest, prefix, topo)
+        part = f" (node {topo.node} of {topo.nodes})" if topo.nodes > 1 else ""
+        print(f"checkpoint step {step}{part} uploaded to {where}", flush=True)
+    return dest
+
+
+def finalize(trainer_dir: Path, ckpt_root: Path, step: int, keep: int, prefix: str | None) -> Path:
+    """One process: finalize_node, then prune."""
+    dest = finalize_node(trainer_dir, ckpt_root, step, prefix)
     prune(ckpt_root, keep, prefix)
     return dest

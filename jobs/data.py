@@ -248,10 +248,17 @@ def load_source(src, seed: int) -> list[dict]:
     return [format_row(src.format, *rows[i]) for i in order]
 
 
-def load_rows(recipe) -> list[dict]:
-    """All sources mixed: each cut to its max_samples after a seeded shuffle, then shuffled together."""
+def load_rows(recipe, per_source: list[dict] | None = None) -> list[dict]:
+    """All sources mixed: each cut to its max_samples after a seeded shuffle, then shuffled together.
+    `per_source` (a list) receives each source's rows used, in recipe order, for the model card."""
     seed = recipe.train.seed
-    rows = [r for src in recipe.data.sources for r in load_source(src, seed)]
+    rows = []
+    for src in recipe.data.sources:
+        got = load_source(src, seed)
+        rows += got
+        if per_source is not None:
+            per_source.append({"path": src.path, "config": src.config, "split": src.split, "format": src.format,
+                               "max_samples": src.max_samples, "rows": len(got)})
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -345,13 +352,26 @@ def _new_stats() -> dict:
     return {"tokens": 0, "truncated": 0, "dropped": 0}
 
 
-def build_datasets(recipe, tokenizer) -> tuple[list[dict], list[dict]]:
-    """(train, eval) lists of {input_ids, labels, position_ids}, truncated to seq_len, packed if asked."""
-    train_rows, eval_rows = split_rows(load_rows(recipe), recipe.data.eval_fraction, recipe.train.seed)
-    train = _to_dataset(_samples(train_rows, recipe, tokenizer, _new_stats()), recipe)
+def no_samples_message(recipe) -> str:
+    return (f"data: no training samples left (every prompt fills data.seq_len={recipe.data.seq_len}?); "
+            "raise data.seq_len or check the data sources")
+
+
+def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, eval) lists of {input_ids, labels, position_ids}, truncated to seq_len, packed if asked.
+
+    `info` (a dict) receives what the model card reports: `sources` (rows used per source, after
+    max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split)
+    and `dropped` (training rows with nothing left to learn after truncation)."""
+    per_source: list[dict] = []
+    train_rows, eval_rows = split_rows(load_rows(recipe, per_source), recipe.data.eval_fraction, recipe.train.seed)
+    stats = _new_stats()
+    train = _to_dataset(_samples(train_rows, recipe, tokenizer, stats), recipe)
     if not train:
-        raise UserError(f"data: no training samples left (every prompt fills data.seq_len={recipe.data.seq_len}?); "
-                        "raise data.seq_len or check the data sources")
+        raise UserError(no_samples_message(recipe))
+    if info is not None:
+        info.update(sources=per_source, train_rows=len(train_rows), eval_rows=len(eval_rows),
+                    dropped=stats["dropped"], truncated=stats["truncated"])
     return train, _to_dataset(_samples(eval_rows, recipe, tokenizer, _new_stats()), recipe)
 
 

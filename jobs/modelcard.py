@@ -14,7 +14,10 @@ LOSS_PLOT = "training_loss.png"
 
 
 def read_metrics(path: Path) -> list[dict]:
-    rows = []
+    """metrics.jsonl rows, one per (step, kind): a row logged again for the same step (an attempt
+    that was preempted after logging it and resumed from an earlier checkpoint) replaces the
+    earlier one, so the loss plot never doubles back."""
+    latest: dict[tuple, dict] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -22,8 +25,10 @@ def read_metrics(path: Path) -> list[dict]:
             except ValueError:
                 continue  # a line cut by a preemption
             if isinstance(row, dict):
-                rows.append(row)
-    return rows
+                kind = "eval" if "eval_loss" in row else "train" if "loss" in row else "other"
+                latest.pop((row.get("step"), kind), None)
+                latest[(row.get("step"), kind)] = row
+    return sorted(latest.values(), key=lambda r: r["step"] if isinstance(r.get("step"), int) else -1)
 
 
 def plot_loss(metrics: list[dict], out: Path) -> Path | None:
@@ -57,14 +62,25 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or Path(path).exists()
 
 
+def _recorded_rows(meta: dict, index: int, src: dict) -> int | None:
+    """The rows training used from source `index`, from sftlaunch.json's data_rows."""
+    recorded = meta.get("data_rows")
+    if not isinstance(recorded, list) or index >= len(recorded):
+        return None
+    rec = recorded[index]
+    if not isinstance(rec, dict) or rec.get("path") != src["path"] or rec.get("split", src.get("split")) != src.get("split"):
+        return None
+    return rec.get("rows")
+
+
 def data_rows(recipe: dict, meta: dict) -> list[dict]:
-    """Each data source with its row count: from training's record when it wrote one, else counted
-    from local files, else the recipe's max_samples cap (marked as such)."""
-    counted = meta.get("data_rows") or {}
+    """Each data source with its row count: from training's record (rows used after max_samples,
+    before the eval split) when it wrote one, else counted from local .jsonl files, else the
+    recipe's max_samples cap (marked as such)."""
     out = []
-    for src in recipe["data"]["sources"]:
+    for i, src in enumerate(recipe["data"]["sources"]):
         path = src["path"]
-        rows, how = counted.get(path), "used in training"
+        rows, how = _recorded_rows(meta, i, src), "used in training"
         if rows is None and _looks_local(path) and Path(path).is_file() and path.endswith(".jsonl"):
             with open(path, "rb") as fh:
                 rows = sum(1 for line in fh if line.strip())
@@ -96,13 +112,15 @@ def front_matter(recipe: dict, meta: dict, is_adapter: bool, license: str) -> di
 
 def usage_snippet(repo_id: str, base_model: str, is_adapter: bool) -> str:
     if is_adapter:
+        # The base by its id, not adapter_config.json's base_model_name_or_path: that is the path
+        # the trainer loaded it from, which may be a directory on the training machine.
         return f'''```python
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+base_model_id = "{base_model}"
 peft_model_id = "{repo_id}"
-config = PeftConfig.from_pretrained(peft_model_id)  # base: {base_model}
 tokenizer = AutoTokenizer.from_pretrained(peft_model_id, use_fast=True)
 bnb_config = BitsAndBytesConfig(
     load_in_4bit=True,
@@ -110,7 +128,7 @@ bnb_config = BitsAndBytesConfig(
     bnb_4bit_compute_dtype=torch.bfloat16,
 )
 model = AutoModelForCausalLM.from_pretrained(
-    config.base_model_name_or_path,
+    base_model_id,
     quantization_config=bnb_config,
     dtype=torch.bfloat16,
     device_map="auto",
@@ -147,6 +165,11 @@ def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[
     for d in data_rows(recipe, meta):
         rows = "?" if d["rows"] is None else f"{d['rows']:,} ({d['how']})"
         lines.append(f"| {d['path']} | {d['split'] or ''} | {d['format']} | {rows} |")
+    if meta.get("train_rows") is not None:
+        held = meta.get("eval_rows") or 0
+        seqs = meta.get("train_sequences")
+        packed = f" ({seqs:,} {'packed ' if recipe['data'].get('packing') else ''}sequences)" if seqs else ""
+        lines += ["", f"Rows: {meta['train_rows']:,} trained on{packed}, {held:,} held out for the eval loss."]
     lines += ["", f"Prompt template: `{recipe['data']['template']}` (use the same layout at inference).", ""]
     lines += ["## Training", ""]
     lines.append(f"- Hardware: {hardware or 'not recorded'}")

@@ -4,16 +4,26 @@ Why the Trainer: it already does the hard, well-tested parts (gradient accumulat
 normalised over the tokens of the whole accumulated batch via `num_items_in_batch`, DeepSpeed
 ZeRO, DDP, exact resume of optimizer/scheduler/RNG/data position). What this module adds is the
 run contract: metrics.jsonl, a progress line the launcher parses, checkpoints by wall clock with
-bucket copies and resume (jobs.checkpoint), the budget guard, and DIR/final/ + sftlaunch.json.
+bucket copies and resume on every node (jobs.checkpoint), the budget guard, and DIR/final/ +
+sftlaunch.json.
 
-Exit codes: 0 done (or stopped on the launcher's request: <control>/stop), 1 failed,
-2 bad input, 3 stopped by the in-job budget guard (SFTLAUNCH_USD_PER_HOUR × elapsed hours passed
-SFTLAUNCH_MAX_USD) after saving a checkpoint; a relaunch resumes from it.
+The budget guard counts the run's elapsed time across restarts: each checkpoint stores the
+seconds spent so far (sftlaunch_state.json) and a resumed job starts counting from there, so a
+preempted or restarted run cannot spend max_usd once per attempt. (Time after the last
+checkpoint of a killed attempt is not counted: a checkpoint is the only record that survives.)
+
+Exit codes: 0 done, or stopped after saving a checkpoint — on the launcher's request
+(<control>/stop) or by the budget guard (SFTLAUNCH_USD_PER_HOUR × elapsed hours passed
+SFTLAUNCH_MAX_USD); a stop writes DIR/STOPPED ({reason, step, checkpoint}) so the entrypoint skips
+eval and publish, and a relaunch resumes. A stop is not an error on purpose: a managed job that
+exits non-zero is restarted by SkyPilot (max_restarts_on_errors) and would spend again.
+1 failed, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -23,8 +33,8 @@ from pathlib import Path
 
 from jobs import checkpoint as ckpt
 
-BUDGET_EXIT = 3
 STOPPED_MARKER = "STOPPED"  # in DIR: the entrypoint skips eval/publish when training was stopped
+BAR_WIDTH = 20
 
 
 def log(msg: str) -> None:
@@ -34,6 +44,10 @@ def log(msg: str) -> None:
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _world() -> int:
@@ -56,12 +70,37 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def progress_line(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float) -> str:
+    """`step N/M [####------] 40% loss L tokens/s T ETA h:mm:ss`: a text bar for people, and
+    the `step N/M` that launcher.lifecycle parses."""
+    frac = min(1.0, step / total) if total > 0 else 0.0
+    filled = int(round(frac * BAR_WIDTH))
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    return (f"step {step}/{total} [{bar}] {int(frac * 100):3d}% loss {loss:.4f} "
+            f"tokens/s {tokens_per_s:.0f} ETA {_fmt_eta(eta_s)}")
+
+
+# -- collectives (no-ops in a single process) ----------------------------------------------------
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _init_dist() -> None:
+    """Join the process group torchrun/accelerate set up, before the Trainer does."""
+    if _world() <= 1 or _dist() is not None:
+        return
+    from accelerate import PartialState
+
+    PartialState()
+
+
 def _broadcast_flags(*flags: bool) -> list[bool]:
     """Rank 0's decisions for everyone: clocks differ per rank, and a save that only some ranks
     enter deadlocks DeepSpeed/DDP."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
         return list(flags)
     import torch
 
@@ -72,11 +111,95 @@ def _broadcast_flags(*flags: bool) -> list[bool]:
     return [bool(v) for v in t.cpu().tolist()]
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
+def _gather(obj) -> list:
+    dist = _dist()
+    if dist is None:
+        return [obj]
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, obj)
+    return box
 
-    if dist.is_available() and dist.is_initialized():
+
+def _broadcast(obj):
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    dist = _dist()
+    if dist is not None:
         dist.barrier()
+
+
+# -- resume ---------------------------------------------------------------------------------------
+def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
+    """Whether the nodes write to one disk (then node 0 alone prepares the checkpoint folder)."""
+    import uuid
+
+    nonce = _broadcast(uuid.uuid4().hex if _rank() == 0 else None)
+    mark = ckpt_root / f".node-probe-{nonce}-{topo.node}"
+    if _local_rank() == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        mark.write_text("")
+    _barrier()
+    seen = _local_rank() == 0 and any(
+        (ckpt_root / f".node-probe-{nonce}-{k}").exists() for k in range(topo.nodes) if k != topo.node)
+    shared = any(_gather(seen))
+    _barrier()
+    if _local_rank() == 0:
+        mark.unlink(missing_ok=True)
+    return shared
+
+
+def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Path | None:
+    """The newest checkpoint every node can load, ready on each node's disk (collective).
+
+    Each node's local rank 0 lists the steps complete on its disk or in the bucket; the newest
+    step all nodes have is chosen and each node fetches what it lacks from the bucket (its own
+    shards and the shared files). If a node cannot, the next older common step is tried."""
+    _init_dist()
+    shared = topo.nodes > 1 and _shared_disk(ckpt_root, topo)
+    speaks = _local_rank() == 0 and (not shared or topo.node == 0)
+    view = ckpt._All(topo.node, topo.nodes, topo.procs_per_node) if shared else topo
+    cands = ckpt.candidates(ckpt_root, prefix, view) if speaks else None
+    per_node = [c for c in _gather(cands) if c is not None]
+    excluded: set[int] = set()
+    while True:
+        step = ckpt.common_step(per_node, excluded)
+        ok = step is None or not speaks or ckpt.prepare(step, ckpt_root, prefix, view, cands) is not None
+        if all(_gather(ok)):
+            break
+        excluded.add(step)
+    if speaks:
+        ckpt.drop_newer(ckpt_root, step)
+    _barrier()
+    return ckpt_root / f"step-{step}" if step is not None else None
+
+
+def restore_metrics(out: Path, resumed: Path, step: int) -> None:
+    """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
+    would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
+    path = out / "metrics.jsonl"
+    copy = resumed / ckpt.METRICS_COPY
+    if path.is_file():
+        text = path.read_text()
+    elif copy.is_file():
+        text = copy.read_text()
+    else:
+        return
+    kept = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a preemption
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 class _TokenCounter:
@@ -99,17 +222,26 @@ class _TokenCounter:
         return batch
 
 
+def _control_dir(bucket: str | None, run_id: str | None) -> str | None:
+    return os.environ.get("SFTLAUNCH_CONTROL") or (
+        f"{bucket.rstrip('/')}/{run_id}/control" if bucket and run_id else None)
+
+
 def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box: dict):
     from transformers import TrainerCallback
 
     metrics_path = out / "metrics.jsonl"
     ckpt_root = out / "checkpoints"
+    topo: ckpt.Topology = state_box["topology"]
     prefix = ckpt.bucket_prefix(state_box["bucket"], run_id)
-    start = time.time()
+    started = state_box["started"]  # this attempt's start (time.time())
+    elapsed_before = state_box["elapsed_before"]  # seconds spent by earlier attempts
     usd_h = os.environ.get("SFTLAUNCH_USD_PER_HOUR")
     max_usd = os.environ.get("SFTLAUNCH_MAX_USD")
-    control_dir = os.environ.get("SFTLAUNCH_CONTROL") or (
-        f"{state_box['bucket'].rstrip('/')}/{run_id}/control" if state_box["bucket"] and run_id else None)
+    control_dir = _control_dir(state_box["bucket"], run_id)
+
+    def elapsed(now: float) -> float:
+        return elapsed_before + now - started
 
     def control_stop_requested() -> bool:
         if not control_dir:
@@ -121,19 +253,31 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             ckpt.warn(f"cannot read {control_dir}/stop ({exc})")
             return False
 
+    def copy_metrics_to_bucket() -> None:
+        """`sftlaunch status` reads a cloud run's progress from <bucket>/<run id>/metrics.jsonl."""
+        if not (state_box["bucket"] and run_id and metrics_path.is_file()):
+            return
+        try:
+            fs, path = ckpt._fs(f"{state_box['bucket'].rstrip('/')}/{run_id}")
+            fs.makedirs(path, exist_ok=True)
+            fs.put_file(str(metrics_path), f"{path.rstrip('/')}/metrics.jsonl")
+        except Exception as exc:  # noqa: BLE001 - progress reporting must not kill training
+            ckpt.warn(f"cannot copy metrics.jsonl to the bucket ({exc})")
+
     class RunCallback(TrainerCallback):
         """metrics.jsonl, progress line, wall-clock checkpoints, budget guard, checkpoint finalize."""
 
         def __init__(self):
             self.last_save = time.time()
-            self.last_log_t = start
+            self.last_log_t = started
             self.last_tokens = 0
             self.last_control_check = 0.0
             self.first_step = None
+            self.began = started
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step
-            self.last_log_t = time.time()
+            self.began = self.last_log_t = time.time()
             self.last_tokens = counter.tokens
 
         def on_step_end(self, args, state, control, **kw):
@@ -141,7 +285,7 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             want_save = now - self.last_save >= recipe.train.checkpoint_minutes * 60
             over_budget = False
             if usd_h and max_usd:
-                over_budget = (now - start) / 3600 * float(usd_h) > float(max_usd)
+                over_budget = elapsed(now) / 3600 * float(usd_h) > float(max_usd)
             stop_req = False
             if now - self.last_control_check > 10:
                 self.last_control_check = now
@@ -150,12 +294,16 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             if state.global_step >= state.max_steps:
                 want_save = True
             if over_budget or stop_req:
-                state_box["stopped"] = "budget" if over_budget else "control"
                 if over_budget:
-                    log(f"budget guard: {(now - start) / 3600:.3f} h × ${float(usd_h):.2f}/h passed max_usd "
-                        f"${float(max_usd):.2f}; saving a checkpoint and stopping (exit {BUDGET_EXIT})")
+                    spent = elapsed(now) / 3600 * float(usd_h)
+                    state_box["stopped"] = "budget"
+                    state_box["detail"] = (f"{elapsed(now) / 3600:.3f} h x ${float(usd_h):.2f}/h = ${spent:.2f} "
+                                           f"passed max_usd ${float(max_usd):.2f}")
+                    log(f"budget guard: {state_box['detail']}; saving a checkpoint and stopping")
                 else:
-                    log(f"stop requested through {control_dir}/stop; saving a checkpoint and stopping")
+                    state_box["stopped"] = "control"
+                    state_box["detail"] = f"stop requested through {control_dir}/stop"
+                    log(f"{state_box['detail']}; saving a checkpoint and stopping")
                 want_save = True
                 control.should_training_stop = True
             if want_save:
@@ -163,16 +311,28 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             return control
 
         def on_save(self, args, state, control, **kw):
-            _barrier()
-            if state.is_world_process_zero:
-                from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-                src = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-                if src.is_dir():
-                    dest = ckpt.finalize(src, ckpt_root, state.global_step, recipe.train.keep_checkpoints, prefix)
-                    state_box["last_checkpoint"] = str(dest)
-                    log(f"checkpoint saved: {dest}")
-            _barrier()
+            step = state.global_step
+            src = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+            if state.is_world_process_zero and src.is_dir():
+                now = time.time()
+                (src / ckpt.STATE).write_text(json.dumps({
+                    "elapsed_s": round(elapsed(now), 3), "step": step, "saved_at": now,
+                    "attempts": state_box["attempts"]}))
+                if metrics_path.is_file():
+                    (src / ckpt.METRICS_COPY).write_text(metrics_path.read_text())
+            _barrier()  # every rank has written its files
+            dest = ckpt_root / f"step-{step}"
+            if _local_rank() == 0 and (src.is_dir() or dest.is_dir()):
+                ckpt.finalize_node(src, ckpt_root, step, prefix, topo)
+            _barrier()  # every node has its manifest written (and uploaded)
+            if _local_rank() == 0:
+                ckpt.prune(ckpt_root, recipe.train.keep_checkpoints, prefix if _rank() == 0 else None, topo)
+            if _rank() == 0:
+                state_box["last_checkpoint"] = str(dest)
+                log(f"checkpoint saved: {dest}")
+                copy_metrics_to_bucket()
             self.last_save = time.time()
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -180,7 +340,7 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
                 return
             now = time.time()
             row = {"step": state.global_step, "total_steps": state.max_steps, "epoch": state.epoch,
-                   "elapsed_s": round(now - start, 3)}
+                   "elapsed_s": round(elapsed(now), 3)}
             if "loss" in logs:
                 dt = max(now - self.last_log_t, 1e-9)
                 tps = (counter.tokens - self.last_tokens) * _world() / dt
@@ -189,10 +349,9 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
                 if "grad_norm" in logs:
                     row["grad_norm"] = logs["grad_norm"]
                 done = state.global_step - (self.first_step or 0)
-                rate = (now - start) / max(done, 1)
+                rate = (now - self.began) / max(done, 1)
                 eta = rate * (state.max_steps - state.global_step)
-                print(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                      f"tokens/s {tps:.0f} ETA {_fmt_eta(eta)}", flush=True)
+                print(progress_line(state.global_step, state.max_steps, logs["loss"], tps, eta), flush=True)
             elif "eval_loss" in logs:
                 row["eval_loss"] = logs["eval_loss"]
                 print(f"eval step {state.global_step}/{state.max_steps} eval_loss {logs['eval_loss']:.4f}", flush=True)
@@ -215,7 +374,28 @@ def _deepspeed_config(name: str | None) -> str | None:
     return str(path)
 
 
-def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None):
+def report_to() -> list[str] | str:
+    """W&B when WANDB_API_KEY is set and wandb is installed (the train extra pins it)."""
+    if not os.environ.get("WANDB_API_KEY"):
+        return "none"
+    if importlib.util.find_spec("wandb") is None:
+        ckpt.warn("WANDB_API_KEY is set but wandb is not installed; not reporting to W&B "
+                  "(pip install 'sftlaunch[train]')")
+        return "none"
+    return ["wandb"]
+
+
+def _wandb_env(run_id: str | None, recipe) -> None:
+    """One W&B run per sftlaunch run, continued (not duplicated) after a restart."""
+    os.environ.setdefault("WANDB_PROJECT", "sftlaunch")
+    if run_id:
+        os.environ.setdefault("WANDB_RUN_ID", run_id)
+        os.environ.setdefault("WANDB_RESUME", "allow")
+    os.environ.setdefault("WANDB_NAME", run_id or recipe.name)
+
+
+def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
+                       eval_on_start: bool = False):
     import torch
     from transformers import TrainingArguments
 
@@ -242,12 +422,14 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         fp16=cuda and t.precision == "fp16",
         use_cpu=not cuda,
         deepspeed=_deepspeed_config(t.deepspeed),
-        report_to=["wandb"] if os.environ.get("WANDB_API_KEY") else "none",
+        report_to=report_to(),
         run_name=os.environ.get("SFTLAUNCH_RUN_ID") or recipe.name,
         logging_steps=max(1, min(10, total // 50)),
         logging_first_step=True,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=eval_steps,
+        # The untrained model's eval loss: the baseline the loss plot and the tests compare with.
+        eval_on_start=bool(eval_rows) and eval_on_start,
         save_strategy="no",  # saves are decided by jobs.train's wall-clock callback
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -272,10 +454,11 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     set_seed(recipe.train.seed)
     path = model_path or jm.resolve_model_path(recipe)
     tokenizer = jm.load_tokenizer(recipe, path)
+    data_info: dict = {}
     if datasets is None:
         from jobs.data import build_datasets
 
-        datasets = build_datasets(recipe, tokenizer)
+        datasets = build_datasets(recipe, tokenizer, info=data_info)
     train_ds, eval_ds = datasets
     if not train_ds:
         from launcher.errors import UserError
@@ -287,32 +470,46 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
         collator = make_collator(recipe, tokenizer, prepare_model_for_packing(model, recipe))
     log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
-    args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps)
+    topo = ckpt.Topology.from_env()
+    resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
+    saved = ckpt.read_state(resume)
+    if resume and _local_rank() == 0:
+        print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
+    if saved.get("elapsed_s"):
+        log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
+    args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
+                                     eval_on_start=resume is None)
+    if args.report_to and "wandb" in args.report_to:
+        _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)
-    state_box = {"bucket": bucket, "stopped": None, "last_checkpoint": None}
-    resume = ckpt.find_resume(out / "checkpoints", bucket, run_id) if _rank() == 0 else None
-    resume = _broadcast_path(resume)
-    if resume:
-        log(f"resuming from checkpoint {resume}")
+    state_box = {"bucket": bucket, "stopped": None, "detail": None, "last_checkpoint": None, "topology": topo,
+                 "started": t0, "elapsed_before": float(saved.get("elapsed_s") or 0.0),
+                 "attempts": int(saved.get("attempts") or 0) + 1}
     if _rank() == 0:
         (out / STOPPED_MARKER).unlink(missing_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
+        if resume is None:
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
+        else:
+            restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
                       data_collator=counter, processing_class=tokenizer,
                       callbacks=_make_callbacks(out, counter, recipe, run_id, state_box))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
-    log(f"training: {len(train_ds)} rows, {len(eval_ds or [])} held out, {total} optimizer steps")
+    log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if state_box["stopped"]:
+        step = trainer.state.global_step
         if _rank() == 0:
-            (out / STOPPED_MARKER).write_text(json.dumps({"reason": state_box["stopped"],
-                                                         "checkpoint": state_box["last_checkpoint"]}))
-            if state_box["stopped"] == "control":
-                _write_stopped(out, run_id, bucket, trainer.state.global_step, state_box["last_checkpoint"])
-        log(f"training stopped at step {trainer.state.global_step}; resume by relaunching with the same run id")
-        return BUDGET_EXIT if state_box["stopped"] == "budget" else 0
+            stopped = {"reason": state_box["stopped"], "detail": state_box["detail"], "step": step,
+                       "checkpoint": state_box["last_checkpoint"]}
+            (out / STOPPED_MARKER).write_text(json.dumps(stopped) + "\n")
+            _write_stopped(run_id, bucket, stopped)
+        log(f"training stopped at step {step} ({state_box['stopped']}); resume by relaunching with the same run id")
+        _barrier()
+        return 0
     final = out / "final"
     trainer.save_model(str(final))
     if _rank() == 0:
@@ -322,41 +519,41 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         meta = {
             "run_id": run_id, "recipe_sha256": recipe.sha256(), "base_model": recipe.model.id,
             "base_revision": recipe.model.revision, "method": recipe.method, "template": recipe.data.template,
-            "seq_len": recipe.data.seq_len, "train_rows": len(train_ds), "eval_rows": len(eval_ds or []),
+            "seq_len": recipe.data.seq_len,
+            "train_rows": data_info.get("train_rows", len(train_ds)),
+            "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
+            "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or []),
             "steps": trainer.state.global_step, "wall_s": round(time.time() - t0, 2),
+            "elapsed_s": round(state_box["elapsed_before"] + time.time() - t0, 2),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": _world(),
         }
+        if data_info.get("sources") is not None:
+            meta["data_rows"] = data_info["sources"]
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
     _barrier()
     return 0
 
 
-def _broadcast_path(path):
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        try:
-            from accelerate import PartialState
-
-            PartialState()  # initialises the process group under torchrun/accelerate
-        except Exception:  # noqa: BLE001
-            return path
-        if not dist.is_initialized():
-            return path
-    box = [str(path) if path else None]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0]) if box[0] else None
+def _resumed_step(resume: Path) -> int:
+    try:
+        return int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return int(resume.name.split("-")[1])
 
 
-def _write_stopped(out: Path, run_id, bucket, step, checkpoint) -> None:
-    control = os.environ.get("SFTLAUNCH_CONTROL") or (f"{bucket.rstrip('/')}/{run_id}/control" if bucket and run_id else None)
+def _write_stopped(run_id, bucket, stopped: dict) -> None:
+    """`<control>/stopped` tells the launcher the job ended on purpose, after a checkpoint."""
+    control = _control_dir(bucket, run_id)
     if not control:
         return
-    fs, path = ckpt._fs(control)
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path.rstrip('/')}/stopped", "w") as fh:
-        fh.write(json.dumps({"step": step, "checkpoint": checkpoint}))
+    try:
+        fs, path = ckpt._fs(control)
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(f"{path.rstrip('/')}/stopped", "w") as fh:
+            fh.write(json.dumps(stopped))
+    except Exception as exc:  # noqa: BLE001 - the checkpoint and DIR/STOPPED are what matter
+        ckpt.warn(f"cannot write {control}/stopped ({exc})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    rc, recipe = _run(tiny, out, learning_rate=1e-2)
+    rc, recipe = _run(tiny, out, learning_rate=1e-4)
     assert rc == 0
     rows = _metrics(out)
     train_rows = [r for r in rows if "loss" in r]
@@ -53,15 +53,18 @@ def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
     assert (out / "recipe.yaml").read_text() == recipe.to_yaml()
     trained = load_file(str(out / "final" / "model.safetensors"))
     base = load_file(str(tiny[0] / "model.safetensors"))
-    name = "model.layers.0.mlp.up_proj.weight"
-    assert not trained[name].equal(base[name])  # it trained from the base...
-    assert (trained[name] - base[name]).abs().max() < 0.2  # ...not from a fresh random init
+    assert trained.keys() == base.keys()
+    assert any(not trained[k].equal(base[k]) for k in base)  # it trained...
+    for k in base:  # ...starting from the base: 4 Adam steps at lr 1e-4 move a weight by <= ~4e-4,
+        # a fresh random init (std 0.02) would differ by ~140% of the tensor's norm.
+        delta = (trained[k].float() - base[k].float()).norm() / base[k].float().norm()
+        assert delta < 0.05, (k, float(delta))
     # The launcher parses "step N/M" out of the log.
     from launcher.lifecycle import _STEP_RE
 
     printed = capsys.readouterr().out
     assert _STEP_RE.findall(printed)[-1] == ("4", "4")
-    assert re.search(r"tokens/s \d+ ETA \d+:\d\d:\d\d", printed)
+    assert re.search(r"step 4/4 \[#{20}\] 100% loss \d+\.\d{4} tokens/s \d+ ETA \d+:\d\d:\d\d", printed)
     # A checkpoint at the end, complete.
     from jobs.checkpoint import verify
 
@@ -104,21 +107,80 @@ def test_grad_accum_matches_a_bigger_micro_batch(tiny, tmp_path):
     assert len(set(per_row)) > 1
 
 
-def test_budget_guard_saves_a_checkpoint_and_exits_3(tiny, tmp_path, monkeypatch, capsys):
+def test_progress_line_has_a_bar_and_stays_parseable():
+    from jobs.train import progress_line
+    from launcher.lifecycle import _STEP_RE, parse_progress
+
+    line = progress_line(60, 100, 1.23456, 1234.4, 3725)
+    assert line == "step 60/100 [############--------]  60% loss 1.2346 tokens/s 1234 ETA 1:02:05"
+    assert parse_progress(line) == (60, 100) and _STEP_RE.search(line)
+    assert "[--------------------]   0%" in progress_line(0, 7, 9.0, 0, 0)
+    assert "[####################] 100%" in progress_line(7, 7, 0.1, 5, 0)
+
+
+def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
+    """Exit 0, not an error: a managed job that fails is restarted by SkyPilot and spends again."""
     from jobs.checkpoint import verify
-    from jobs.train import BUDGET_EXIT, STOPPED_MARKER
+    from jobs.train import STOPPED_MARKER
 
     monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "1000000")
     monkeypatch.setenv("SFTLAUNCH_MAX_USD", "0.01")
     out = tmp_path / "budget"
     rc, _ = _run(tiny, out, max_steps=50)
-    assert rc == BUDGET_EXIT == 3
+    assert rc == 0
     ckpts = list((out / "checkpoints").glob("step-*"))
     assert len(ckpts) == 1 and verify(ckpts[0]) is None
-    assert int(ckpts[0].name.split("-")[1]) < 50
+    step = int(ckpts[0].name.split("-")[1])
+    assert step < 50
     assert not (out / "final").exists()
-    assert json.loads((out / STOPPED_MARKER).read_text())["reason"] == "budget"
+    stopped = json.loads((out / STOPPED_MARKER).read_text())
+    assert stopped["reason"] == "budget" and stopped["step"] == step
+    assert stopped["checkpoint"] == str(ckpts[0]) and "max_usd $0.01" in stopped["detail"]
     assert "budget guard" in capsys.readouterr().out
+
+
+def _drive(tiny_root, out, env=None, **overrides):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.Popen([sys.executable, "-m", "tests.jobs.test_train_support", str(tiny_root), str(out),
+                             json.dumps(overrides)], cwd=repo, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_budget_clock_counts_from_the_saved_elapsed_time_after_a_kill(tiny, tmp_path):
+    """A restarted attempt starts its clock where the last checkpoint left it: with max_usd equal
+    to what the killed attempt had spent at its checkpoint, the resumed run stops at its first step."""
+    import signal
+    import time
+
+    root = tiny[0].parent
+    settings = {"max_steps": 200, "micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 0.0001,
+                "keep_checkpoints": 5}
+    out = tmp_path / "run"
+    victim = _drive(root, out, **settings)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((out / "checkpoints").glob("step-*/MANIFEST.json")):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    from jobs import checkpoint as ck
+
+    done = ck.local_complete_steps(out / "checkpoints")
+    assert done, "no complete checkpoint before the kill"
+    saved = ck.read_state(out / "checkpoints" / f"step-{done[0]}")
+    assert saved["step"] == done[0] and saved["elapsed_s"] > 0 and saved["attempts"] == 1
+    spent = saved["elapsed_s"]  # at $3600/h: one dollar per second
+    again = _drive(root, out, env={"SFTLAUNCH_USD_PER_HOUR": "3600", "SFTLAUNCH_MAX_USD": f"{spent:.3f}"}, **settings)
+    log, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, log
+    stopped = json.loads((out / "STOPPED").read_text())
+    assert stopped["reason"] == "budget" and stopped["step"] == done[0] + 1, (stopped, log[-2000:])
+    after = ck.read_state(out / "checkpoints" / f"step-{done[0] + 1}")
+    assert after["elapsed_s"] > spent and after["attempts"] == 2
 
 
 def test_launcher_stop_request_checkpoints_and_reports_stopped(tiny, tmp_path, monkeypatch):
@@ -131,7 +193,35 @@ def test_launcher_stop_request_checkpoints_and_reports_stopped(tiny, tmp_path, m
     assert rc == 0
     stopped = json.loads((control / "stopped").read_text())
     assert stopped["step"] < 50 and stopped["checkpoint"].endswith(f"step-{stopped['step']}")
+    assert stopped["reason"] == "control"
+    assert json.loads((out / "STOPPED").read_text())["reason"] == "control"
     assert not (out / "final").exists()
+
+
+def test_metrics_after_a_resume_do_not_repeat_steps(tiny, tmp_path):
+    """A run killed after logging steps past its last checkpoint resumes from that checkpoint;
+    the rows of the lost steps go, so every step appears once."""
+    from jobs.modelcard import read_metrics
+
+    out = tmp_path / "resume"
+    rc, _ = _run(tiny, out, max_steps=3)
+    assert rc == 0
+    # As if the first attempt had logged steps 4 and 5 (and an eval) before it was killed.
+    with open(out / "metrics.jsonl", "a") as fh:
+        for step in (4, 5):
+            fh.write(json.dumps({"step": step, "total_steps": 6, "loss": 99.0, "elapsed_s": 1.0}) + "\n")
+        fh.write(json.dumps({"step": 5, "eval_loss": 99.0, "elapsed_s": 1.0}) + "\n")
+        fh.write('{"step": 5, "lo')  # cut mid-line
+    rc, _ = _run(tiny, out, max_steps=6)
+    assert rc == 0
+    rows = _metrics(out)
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6] and 99.0 not in [r.get("loss") for r in rows]
+    assert 99.0 not in [r.get("eval_loss") for r in rows]
+    # Reading dedupes too (a file written by an older version).
+    (out / "old.jsonl").write_text("".join(json.dumps({"step": s, "loss": float(v)}) + "\n"
+                                           for s, v in ((1, 5), (2, 4), (1, 3), (2, 2), (3, 1))))
+    assert [(r["step"], r["loss"]) for r in read_metrics(out / "old.jsonl")] == [(1, 3.0), (2, 2.0), (3, 1.0)]
 
 
 def test_cli_bad_input_is_exit_2(tmp_path, capsys):
@@ -141,3 +231,78 @@ def test_cli_bad_input_is_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert main(["train", "--out", str(tmp_path)]) == 2
+
+
+def test_wandb_offline_run_is_recorded_and_the_key_is_written_nowhere(tiny, tmp_path):
+    """WANDB_API_KEY turns W&B reporting on (wandb is a train-extra dependency); offline it writes
+    a local run. The key must not land in any file the run wrote."""
+    canary = "canary" + "c0ffee" * 5 + "7e57"  # 40 characters, the shape of a real key
+    wandb_dir, home = tmp_path / "wandb", tmp_path / "home"
+    wandb_dir.mkdir()
+    home.mkdir(exist_ok=True)  # conftest made it the HOME already
+    env = {"WANDB_API_KEY": canary, "WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "HOME": str(home),
+           "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"), "WANDB_CACHE_DIR": str(home / ".cache" / "wandb")}
+    out = tmp_path / "run"
+    proc = _drive(tiny[0].parent, out, env=env, max_steps=2)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    assert (out / "final" / "sftlaunch.json").is_file()
+    runs = list(wandb_dir.glob("wandb/offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), log[-3000:]
+    assert canary not in log
+    written = [p for root in (out, wandb_dir, home) for p in root.rglob("*") if p.is_file()]
+    assert written
+    for p in written:
+        assert canary.encode() not in p.read_bytes(), p
+
+
+def test_row_counts_per_source_type_reach_sftlaunch_json_and_the_card(tiny, tmp_path, monkeypatch):
+    import datasets as hf_datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import train as jt
+    from jobs.modelcard import render_card
+    from launcher.recipe import recipe_from_dict
+    from tests.jobs.test_train_support import recipe_dict
+
+    def rows(n, start=0):
+        return [{"instruction": f"w{(start + i) % 10}", "input": "", "output": f"w{(start + i + 1) % 10}"}
+                for i in range(n)]
+
+    d = tmp_path / "data"
+    (d / "dir").mkdir(parents=True)
+    (d / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(9)))
+    (d / "b.json").write_text(json.dumps(rows(6, 3)))
+    pq.write_table(pa.Table.from_pylist(rows(5, 5)), d / "c.parquet")
+    (d / "dir" / "1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(3, 1)))
+    (d / "dir" / "2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(4, 2)))
+    def load_dataset(path, config, split):  # the Hub is unreachable here; a hub source's rows
+        assert (path, config, split) == ("org/hub-ds", "main", "train")
+        return rows(7, 4)
+
+    monkeypatch.setattr(hf_datasets, "load_dataset", load_dataset)
+    spec = recipe_dict(*tiny, max_steps=1)
+    spec["data"]["sources"] = [
+        {"path": str(d / "a.jsonl"), "format": "alpaca", "max_samples": 5},
+        {"path": str(d / "b.json"), "format": "alpaca"},
+        {"path": str(d / "c.parquet"), "format": "alpaca"},
+        {"path": str(d / "dir"), "format": "alpaca"},
+        {"path": "org/hub-ds", "config": "main", "format": "alpaca", "split": "train"},
+    ]
+    spec["data"]["eval_fraction"] = 0.2
+    recipe = recipe_from_dict(spec)
+    out = tmp_path / "run"
+    assert jt.train(recipe, out, run_id="sftl-t-rows") == 0
+    meta = json.loads((out / "final" / "sftlaunch.json").read_text())
+    assert [s["rows"] for s in meta["data_rows"]] == [5, 6, 5, 7, 7]
+    assert meta["data_rows"][4] == {"path": "org/hub-ds", "config": "main", "split": "train", "format": "alpaca",
+                                    "max_samples": None, "rows": 7}
+    assert meta["train_rows"] + meta["eval_rows"] == 30 and meta["eval_rows"] == 6
+    assert meta["train_sequences"] >= 1
+    card = render_card(recipe=recipe.resolved_dict(), meta=meta, results=[], metrics=[], repo_id="me/x",
+                       is_adapter=False, hardware=None, usd_per_hour=None, has_plot=False)
+    assert f"| {d / 'a.jsonl'} | train | alpaca | 5 (used in training) |" in card
+    assert "| org/hub-ds | train | alpaca | 7 (used in training) |" in card
+    assert f"| {d / 'dir'} | train | alpaca | 7 (used in training) |" in card
+    assert "Rows: 24 trained on" in card and "6 held out for the eval loss" in card
