@@ -386,7 +386,8 @@ def _settle_missing_job(registry: Registry, rec: dict) -> None:
         registry.set_state(rec["run_id"], state, detail,
                            at=min(float(at), time.time()) if isinstance(at, (int, float)) else None)
         return
-    if time.time() - rec["created_at"] > 120:
+    submitted = rec.get("running_since") or rec["created_at"]  # when it entered launching/running
+    if time.time() - submitted > 120:
         where = f" at {bucket_base(rec)}/{END_RECORD}" if bucket_base(rec) else ""
         registry.set_state(rec["run_id"], "failed",
                            f"the managed job is not in SkyPilot's queue and left no exit record{where}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from launcher.backends import local
@@ -58,3 +60,79 @@ def test_budget_exit_is_recorded_as_stopped(monkeypatch):
     assert local.follow_log(rec, lambda line: None) == 3
     state, detail = local.poll(rec)
     assert state == "stopped" and "budget" in detail
+    # The contract jobs.train moves to: exit 0 with the STOPPED marker (the entrypoint ends with 0).
+    rec = _start(monkeypatch, 'echo \'{"reason": "budget"}\' > "$SFTLAUNCH_OUT/STOPPED"; exit 0', rid="sftl-local-0004")
+    assert local.follow_log(rec, lambda line: None) == 0
+    state, detail = local.poll(rec)
+    assert state == "stopped" and "budget" in detail
+    res = CliRunner().invoke(cli, ["status", "--json", "sftl-local-0004"])
+    assert '"state": "stopped"' in res.output
+
+
+def test_run_log_is_masked_as_it_is_written(monkeypatch):
+    canary = "hf_CANARYrunLOG0123456789abcdefghij"
+    monkeypatch.setenv("HF_TOKEN", canary)
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-canary-value-42")
+    rec = _start(monkeypatch, 'echo "token $HF_TOKEN"; echo "key $WANDB_API_KEY" >&2; exit 0', rid="sftl-local-0005")
+    lines = []
+    assert local.follow_log(rec, lines.append) == 0
+    raw = (run_dir("sftl-local-0005") / "run.log").read_text()
+    assert canary not in raw and "wandb-canary-value-42" not in raw
+    assert lines == ["token ****", "key ****"]
+
+
+FAKE_DOCKER = """#!/usr/bin/env bash
+echo "$*" >> "$FAKE_DOCKER_LOG"
+case "$1 $2" in
+  "version --format") echo "27.3.1" ;;
+  "image inspect") if [ "${FAKE_DOCKER_HAS_IMAGE:-0}" = "1" ]; then echo "sha256:abc"; else
+                     echo "Error: No such image: $5" >&2; exit 1; fi ;;
+  *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
+esac
+"""
+
+
+def test_local_uses_docker_only_when_the_image_is_there(monkeypatch, tmp_path):
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///fake.sock")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
+    monkeypatch.delenv("SFTLAUNCH_LOCAL_DOCKER", raising=False)
+    use, image, why = local.choose_runner(_Recipe())
+    assert (use, image) == (False, None) and "has no image" in why and "sftlaunch image build" in why
+    assert "image inspect --format {{.Id}} ghcr.io/sftlaunch/sftlaunch:" in (tmp_path / "docker.log").read_text()
+    monkeypatch.setenv("FAKE_DOCKER_HAS_IMAGE", "1")
+    use, image, why = local.choose_runner(_Recipe())
+    assert use and image.startswith("ghcr.io/sftlaunch/sftlaunch:") and "in the local Docker engine" in why
+    monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")
+    assert local.choose_runner(_Recipe())[0] is False
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.setattr(local.Path, "exists", lambda self: False if str(self) == "/var/run/docker.sock" else
+                        os.path.exists(self))
+    monkeypatch.delenv("SFTLAUNCH_LOCAL_DOCKER")
+    assert local.choose_runner(_Recipe())[2] == "no Docker daemon reachable"
+
+
+def test_up_local_says_which_runner_it_chose(monkeypatch, tmp_path):
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///fake.sock")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
+    monkeypatch.delenv("SFTLAUNCH_LOCAL_DOCKER", raising=False)
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny-local.yaml"
+    res = CliRunner().invoke(cli, ["up", "--local", str(tiny), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "directly with" in res.output and "has no image" in res.output
+    monkeypatch.setenv("FAKE_DOCKER_HAS_IMAGE", "1")
+    res = CliRunner().invoke(cli, ["up", "--local", str(tiny), "--dry-run"])
+    assert "in Docker, image ghcr.io/sftlaunch/sftlaunch:" in res.output

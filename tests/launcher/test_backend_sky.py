@@ -172,6 +172,78 @@ def test_check_maps_skypilots_answer_per_cloud(rec):
     assert set(adapter.CREDENTIAL_HINTS) == {"runpod", "lambda", "gcp", "kubernetes"}
 
 
+def _raising(monkeypatch, exc):
+    """Every request's result raises `exc`, as sky.get/stream_and_get do for a failed request."""
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(sky, "get", boom)
+    monkeypatch.setattr(sky, "stream_and_get", boom)
+
+
+def test_no_jobs_controller_is_an_empty_queue_and_nothing_to_cancel(rec, monkeypatch):
+    from sky import exceptions
+
+    # What sky/jobs/server/core.py raises in 0.14.1 when the controller is not up.
+    rec.patch(sky.jobs, "queue_v2")
+    rec.patch(sky.jobs, "cancel")
+    _raising(monkeypatch, exceptions.ClusterNotUpError("No in-progress managed jobs.", cluster_status=None))
+    b = adapter.SkyBackend()
+    assert b.jobs_queue() == []
+    assert b.jobs_cancel(3) is None
+    assert [c[0] for c in rec.calls] == ["queue_v2", "cancel"]
+    monkeypatch.setattr(sky.jobs, "tail_logs", lambda *a, **k: (_ for _ in ()).throw(
+        exceptions.ClusterNotUpError("Jobs controller is stopped.")))
+    with pytest.raises(adapter.Unavailable, match="no managed-jobs controller is up"):
+        b.jobs_tail_logs(3, False, print)
+
+
+def test_a_gone_cluster_is_already_down_and_has_no_logs(rec, monkeypatch):
+    from sky import exceptions
+
+    for name in ("down", "job_status"):
+        rec.patch(sky, name)
+    _raising(monkeypatch, exceptions.ClusterDoesNotExist("Cluster 'sftl-x-0000' does not exist."))
+    b = adapter.SkyBackend()
+    assert b.down("sftl-x-0000") is None
+    assert b.cluster_job_status("sftl-x-0000", 1) is None
+    monkeypatch.setattr(sky, "tail_logs", lambda *a, **k: (_ for _ in ()).throw(
+        exceptions.ClusterDoesNotExist("Cluster 'sftl-x-0000' does not exist.")))
+    with pytest.raises(adapter.Unavailable, match="does not exist"):
+        b.tail_logs("sftl-x-0000", 1, False, print)
+    # Anything else is not swallowed: a real failure still reaches the caller.
+    _raising(monkeypatch, RuntimeError("Failed to tear down the cluster"))
+    with pytest.raises(RuntimeError):
+        b.down("sftl-x-0000")
+    rec.patch(sky.jobs, "queue_v2")
+    with pytest.raises(RuntimeError):
+        b.jobs_queue()
+
+
+def test_credential_hints_say_what_skypilots_checks_read(monkeypatch, tmp_path):
+    from sky import clouds
+    from sky.adaptors import kubernetes
+    from sky.provision.lambda_cloud import lambda_utils
+
+    hints = adapter.CREDENTIAL_HINTS
+    # RunPod: the check reads ~/.runpod/config.toml only; an API key in the environment is not enough.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_" + "x" * 30)
+    ok, why = clouds.RunPod._check_runpod_credentials()
+    assert not ok and "~/.runpod/config.toml" in why
+    assert "~/.runpod/config.toml" in hints["runpod"] and "runpod config" in hints["runpod"]
+    assert "RUNPOD_API_KEY is not enough" in hints["runpod"]
+    (tmp_path / ".runpod").mkdir()
+    (tmp_path / ".runpod" / "config.toml").write_text('[default]\napi_key = "x"\n')
+    assert clouds.RunPod._check_runpod_credentials() == (True, None)  # the file is what counts
+    assert lambda_utils.CREDENTIALS_PATH in hints["lambda"] and "api_key = " in hints["lambda"]
+    assert "gcloud auth application-default login" in clouds.GCP._APPLICATION_CREDENTIAL_HINT
+    assert "gcloud auth application-default login" in hints["gcp"] and "gcloud init" in hints["gcp"]
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in hints["gcp"]
+    assert kubernetes.DEFAULT_KUBECONFIG_PATH in hints["kubernetes"] and "KUBECONFIG" in hints["kubernetes"]
+
+
 def test_tail_logs_streams_lines_and_returns_the_exit_code(monkeypatch):
     sig = inspect.signature(sky.tail_logs)
 

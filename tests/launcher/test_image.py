@@ -218,3 +218,29 @@ def test_split_tag_keeps_registry_ports():
     assert images.split_tag("localhost:5000/a/b:t") == ("localhost:5000/a/b", "t")
     assert images.split_tag("localhost:5000/a/b") == ("localhost:5000/a/b", None)
     assert images.split_tag("me/x:1") == ("me/x", "1")
+
+
+@pytest.mark.parametrize("tag,why", [
+    ("Bad::tag", "repository component 'Bad:'"),
+    ("Me/sftl:1", "repository component 'Me'"),
+    ("me/sftl:", "tag ''"),
+    ("me/sftl:-x", "tag '-x'"),
+    ("me//sftl", "repository component ''"),
+    ("me/sftl@sha256:" + "0" * 64, "a digest"),
+    ("bad_host!:5000/me/sftl:1", "registry 'bad_host!:5000' is not a host[:port]"),
+    ("me/" + "a" * 260, "longer than 255"),
+])
+def test_bad_tags_are_refused_before_docker_runs(fake_docker, tag, why):
+    for verb in ("build", "push"):
+        result = invoke("image", verb, "--tag", tag)
+        assert result.exit_code == 2, result.stdout + result.stderr
+        line = result.stderr.strip()
+        assert line.startswith(f"error: --tag {tag!r}: not a valid image reference") and why in line
+        assert len(line.splitlines()) == 1
+    assert fake_docker() == [] and not images.images_file().exists()
+
+
+@pytest.mark.parametrize("tag", ["me/sftl", "me/sftl:0.1.0", "ghcr.io/a-b/c.d_e:v1.2-rc_3", "localhost:5000/x/y:z",
+                                 "[::1]:5000/me/sftl:1", "registry.example.com:5000/me/sftl:exp1", "a__b/c--d"])
+def test_good_tags_pass(tag):
+    assert images.reference_problem(tag) is None

@@ -52,25 +52,56 @@ def test_ctrl_c_while_following(fake):
     assert reg.get("sftl-demo-dddd")["state"] == "running"
 
 
-def test_finished_run_reads_the_bucket_copy(fake, tmp_path):
+def _job_writes_its_logs(tmp_path, bucket, run_id, **env):
+    """docker/entrypoint.sh `all` as the cluster runs it, with the bucket set: what it leaves in
+    `<bucket>/<run id>/` is what `logs` must read. The training/eval/publish jobs are a stub
+    (tests/launcher/fake_backend.STUB_PYTHON); the entrypoint, the masking filter and the bucket
+    copy (python -m jobs sync) are the real ones."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.launcher.fake_backend import stub_job_python
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: demo\n")
+    entry = Path(__file__).resolve().parents[2] / "docker" / "entrypoint.sh"
+    full = {**os.environ, "SFTLAUNCH_RECIPE": str(recipe), "SFTLAUNCH_OUT": str(tmp_path / "job-out"),
+            "SFTLAUNCH_RUN_ID": run_id, "SFTLAUNCH_BUCKET": str(bucket),
+            "SFTLAUNCH_PYTHON": stub_job_python(tmp_path / "bin"), **env}
+    proc = subprocess.run(["bash", str(entry), "all"], env=full, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_finished_run_reads_the_bucket_copy_the_job_wrote(fake, tmp_path):
+    canary = "hf_CANARYlogsBUCKET0123456789abcdef"
     reg = Registry()
     bucket = tmp_path / "bucket"
     launched(fake, reg, "sftl-demo-eeee", bucket=str(bucket))
-    logdir = bucket / "sftl-demo-eeee" / "logs"
-    logdir.mkdir(parents=True)
-    (logdir / "1-train.log").write_text("train line\n")
-    (logdir / "2-eval.log").write_text("eval line\n")
+    _job_writes_its_logs(tmp_path, bucket, "sftl-demo-eeee", HF_TOKEN=canary)
+    copied = sorted(p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file())
+    assert copied == [f"sftl-demo-eeee/{n}" for n in
+                      ("exit.json", "logs/eval.log", "logs/publish.log", "logs/train.log", "metrics.jsonl")]
+    for f in bucket.rglob("*"):
+        assert not f.is_file() or canary not in f.read_text(), f
     fake.down("sftl-demo-eeee")
     reg.set_state("sftl-demo-eeee", "succeeded")
     res = logs("sftl-demo-eeee")
     assert res.exit_code == 0, res.output
-    assert res.output.index("train line") < res.output.index("eval line")
-    # A cluster run still recorded as active but already gone also falls back to the copy.
+    out = res.output
+    assert "step 2/2 loss 1.0 debug token=****" in out and canary not in out
+    assert out.index("step 2/2") < out.index("eval: tiny_mc") < out.index("publish: model card")  # step order
+    # A cluster run still recorded as active but already gone also falls back to the copy, and
+    # status reads its progress from the copied metrics.jsonl.
     launched(fake, reg, "sftl-demo-ffff", bucket=str(bucket))
-    (bucket / "sftl-demo-ffff" / "logs").mkdir(parents=True)
-    (bucket / "sftl-demo-ffff" / "logs" / "run.log").write_text("copied\n")
+    _job_writes_its_logs(tmp_path / "second", bucket, "sftl-demo-ffff")
     fake.down("sftl-demo-ffff")
-    assert "copied" in logs("sftl-demo-ffff").output
+    assert "publish: model card written" in logs("sftl-demo-ffff").output
+    from launcher.lifecycle import bucket_progress
+
+    assert bucket_progress(reg.get("sftl-demo-ffff")) == (2, 2)
 
 
 def test_finished_run_without_bucket_says_why(fake):

@@ -138,6 +138,50 @@ def test_under_budget_nothing_happens(fake, tmp_path):
     assert not Path(tmp_path / "b").exists()
 
 
+def _end_record(bucket, run_id, **fields):
+    d = bucket / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "exit.json").write_text(json.dumps({"exit_code": 0, "stopped": None, "at": time.time() - 60, **fields}))
+
+
+def test_status_without_a_jobs_controller(fake, tmp_path):
+    """SkyPilot raises ClusterNotUpError("No in-progress managed jobs.") for the queue when no
+    controller is up: status still works, and managed runs are settled from their exit record."""
+    reg = Registry()
+    bucket = tmp_path / "bucket"
+    launched(fake, reg, "sftl-demo-jjjj", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-kkkk", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-llll", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-mmmm")  # an on-demand run alongside
+    fake.controller_up = False  # the controller autostopped after the jobs ended
+    _end_record(bucket, "sftl-demo-jjjj")
+    _end_record(bucket, "sftl-demo-kkkk", stopped={"reason": "budget", "step": 7})
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    assert "could not refresh" not in res.output and ("jobs_queue",) in fake.calls
+    assert reg.get("sftl-demo-jjjj")["state"] == "succeeded"
+    stopped = reg.get("sftl-demo-kkkk")
+    assert stopped["state"] == "stopped" and "budget" in stopped["history"][-1]["detail"]
+    lost = reg.get("sftl-demo-llll")
+    assert lost["state"] == "failed" and "left no exit record" in lost["history"][-1]["detail"]
+    assert reg.get("sftl-demo-mmmm")["state"] == "running"
+    # Cost ends when the job did (its exit record), not when status happened to look.
+    assert reg.get("sftl-demo-jjjj")["cost_usd"] < reg.get("sftl-demo-llll")["cost_usd"]
+    assert json.loads(run("status", "--json", "sftl-demo-jjjj").output)["state"] == "succeeded"
+
+
+def test_status_records_a_job_side_budget_stop_of_a_detached_cluster_run(fake, tmp_path):
+    reg = Registry()
+    bucket = tmp_path / "bucket"
+    launched(fake, reg, "sftl-demo-nnnn", bucket=str(bucket))
+    _end_record(bucket, "sftl-demo-nnnn", stopped={"reason": "budget"})
+    fake.cluster_jobs["sftl-demo-nnnn"] = "SUCCEEDED"  # the entrypoint ends a stop with exit 0
+    run("status")
+    rec = reg.get("sftl-demo-nnnn")
+    assert rec["state"] == "stopped" and "eval and publish skipped" in rec["history"][-1]["detail"]
+    assert ("down", "sftl-demo-nnnn") in fake.calls
+
+
 def test_parse_progress():
     assert lifecycle.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
     assert lifecycle.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)

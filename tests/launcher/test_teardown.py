@@ -86,6 +86,85 @@ def test_cost_cannot_grow_after_teardown_and_refuses_without_terminal(fake):
     assert run().exit_code == 2  # neither runs nor --all
 
 
+def test_without_a_jobs_controller_teardown_still_works(fake):
+    """SkyPilot 0.14.1 raises ClusterNotUpError("No in-progress managed jobs.") from jobs.queue
+    and jobs.cancel when no controller is up; teardown treats that as nothing to cancel."""
+    fake.controller_up = False
+    res = run("--all", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "nothing to tear down" in res.output and ("jobs_queue",) in fake.calls
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-pppp", usd=2.0, hours_ago=1.0)
+    res = run("--all", "--dry-run")
+    assert res.exit_code == 0 and "sftl-demo-pppp: cluster sftl-demo-pppp" in res.output and touched(fake) == []
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    assert touched(fake) == [("down", "sftl-demo-pppp")] and reg.get("sftl-demo-pppp")["state"] == "cancelled"
+    assert run("sftl-demo-pppp", "--yes").exit_code == 0  # idempotent: already gone
+
+
+def test_a_managed_run_whose_controller_has_gone_is_settled_not_cancelled(fake, tmp_path):
+    reg = Registry()
+    bucket = tmp_path / "b"
+    launched(fake, reg, "sftl-demo-qqqq", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    launched(fake, reg, "sftl-demo-rrrr", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    (bucket / "sftl-demo-qqqq").mkdir(parents=True)
+    (bucket / "sftl-demo-qqqq" / "exit.json").write_text('{"exit_code": 0, "stopped": null}')
+    fake.controller_up = False  # both jobs ended; the controller stopped 10 idle minutes later
+    assert fake.jobs_cancel(1) is None  # a cancel with no controller has nothing to do
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "nothing to tear down" in res.output and touched(fake) == [("jobs_cancel", 1)]
+    assert reg.get("sftl-demo-qqqq")["state"] == "succeeded"  # from its exit record in the bucket
+    rec = reg.get("sftl-demo-rrrr")
+    assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
+
+
+def test_a_reused_pid_is_never_killed(fake, monkeypatch):
+    import subprocess
+
+    reg = Registry()
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)  # got the run's old pid
+    try:
+        out = run_dir("sftl-local-0009")
+        out.mkdir(parents=True)
+        (out / "run.sh").write_text("#!/usr/bin/env bash\n")
+        reg.create("sftl-local-0009", {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0,
+                   backend="local", pid=stranger.pid, local_dir=str(out), log_uri=str(out / "run.log"))
+        assert not local.is_ours(reg.get("sftl-local-0009"))
+        res = run("sftl-local-0009", "--yes")
+        assert res.exit_code == 0, res.output
+        assert "nothing to tear down" in res.output and stranger.poll() is None  # still alive
+        assert local.stop(reg.get("sftl-local-0009")) is False and stranger.poll() is None
+        assert reg.get("sftl-local-0009")["state"] == "failed"  # gone without an exit code
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_finished_local_run_is_not_signalled(fake, monkeypatch):
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 60")
+    reg = Registry()
+    rid = "sftl-local-0010"
+
+    class R:
+        image = None
+
+        def to_yaml(self):
+            return "name: local\n"
+
+    fields = local.start(R(), rid, run_dir(rid), use_docker=False)
+    reg.create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    try:
+        (run_dir(rid) / "exit_code").write_text("0\n")  # the run has ended; its pid is not ours to kill
+        assert local.stop(reg.get(rid)) is False and local.alive(fields["pid"])
+    finally:
+        import os
+        import signal
+
+        os.killpg(fields["pid"], signal.SIGKILL)
+
+
 def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, tmp_path):
     monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 60 & sleep 60; wait")
     reg = Registry()

@@ -59,7 +59,7 @@ def test_on_demand_success_streams_records_and_downs_the_cluster(tmp_path, fake,
     assert "progress: step 10/20 (50%)" in res.output
     kind, task, _secrets, autostop = fake.launched[0]
     assert kind == "cluster" and task["name"] == rid and task["resources"]["labels"] == {"sftlaunch-run": rid}
-    assert autostop == {"idle_minutes": 30, "down": True}  # RunPod cannot stop: autostop downs
+    assert autostop == {"idle_minutes": 30, "down": True}  # idle after its job: deleted, not stopped
     assert rec["state"] == "succeeded" and rec["backend"] == "cluster" and rec["cluster_name"] == rid
     assert (rec["progress_step"], rec["progress_total"]) == (20, 20)
     assert [h["state"] for h in rec["history"]] == ["launching", "running", "succeeded"]
@@ -121,7 +121,8 @@ def test_no_credentials_refuses_with_what_each_cloud_needs(tmp_path, fake, plan)
     fake.enabled = set()
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 2
-    assert "RUNPOD_API_KEY" in res.output and "gcloud auth application-default login" in res.output
+    assert "runpod config" in res.output and "~/.runpod/config.toml" in res.output
+    assert "gcloud auth application-default login" in res.output
     assert Registry().list() == [] and not fake.launched
 
 
@@ -129,17 +130,41 @@ def test_dry_run_without_credentials_still_shows_the_cost(tmp_path, fake, plan):
     fake.enabled = set()
     res = up(write_recipe(tmp_path / "r"), "--dry-run")
     assert res.exit_code == 0, res.output
-    assert "~$5.00" in res.output and "RUNPOD_API_KEY" in res.output and "nothing launched" in res.output
-    assert Registry().list() == [] and not fake.launched
+    assert "~$5.00" in res.output and "~/.runpod/config.toml" in res.output and "nothing launched" in res.output
+    assert "GCP: install the gcloud CLI" in res.output  # every cloud without credentials, and what it needs
+    assert Registry().list() == [] and not fake.launched and not any(c[0] == "optimize" for c in fake.calls)
 
 
 def test_dry_run_with_credentials_runs_the_optimizer_only(tmp_path, fake, plan):
     fake.enabled = {"gcp"}
     res = up(write_recipe(tmp_path / "r"), "--dry-run")
     assert res.exit_code == 0, res.output
-    assert "using gcp instead" in res.output and "SkyPilot optimizer (dry run):\n  gcp(H100:1)" in res.output
-    assert "RunPod: set RUNPOD_API_KEY" in res.output  # the cloud left out, and why
+    assert "using gcp instead" in res.output
+    assert "  gcp (chosen): H100×1, ~$6.00 planned\n    gcp(H100:1)" in res.output
+    assert "RunPod: `pip install runpod && runpod config`" in res.output  # the cloud left out, and why
     assert [c[0] for c in fake.calls] == ["check", "optimize"] and Registry().list() == []
+
+
+def test_dry_run_asks_the_optimizer_on_every_cloud_with_credentials(tmp_path, fake, plan):
+    res = up(write_recipe(tmp_path / "r", clouds=("runpod", "gcp", "lambda")), "--dry-run")
+    assert res.exit_code == 0, res.output
+    picks = res.output.split("SkyPilot optimizer (dry run)")[1]
+    assert "runpod (chosen): H100×1, ~$5.00 planned\n    runpod(H100:1)" in picks
+    assert "gcp: H100×1, ~$6.00 planned\n    gcp(H100:1)" in picks
+    assert "lambda: no planned GPU fits there" in picks  # the planner offered nothing on lambda
+    assert len([c for c in fake.calls if c[0] == "optimize"]) == 2 and Registry().list() == []
+
+
+def test_dry_run_refuses_when_skypilot_finds_nothing_on_the_chosen_cloud(tmp_path, fake, plan, monkeypatch):
+    def optimize(task):
+        if task["resources"]["cloud"] == "runpod":
+            raise RuntimeError("ResourcesUnavailableError: no H100 on RunPod\ndetails")
+        return "gcp(H100:1)"
+
+    monkeypatch.setattr(fake, "optimize", optimize)
+    res = up(write_recipe(tmp_path / "r"), "--dry-run")
+    assert res.exit_code == 2
+    assert "no H100 on RunPod" in res.output and "details" not in res.output and "--cloud gcp" in res.output
 
 
 def test_refusals_before_spending(tmp_path, fake, plan):
@@ -156,6 +181,58 @@ def test_refusals_before_spending(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "e"))  # no --yes and no terminal
     assert res.exit_code == 2 and "--yes" in res.output
     assert not fake.launched and Registry().list() == []
+
+
+def test_refuses_a_run_that_would_persist_nothing(tmp_path, fake, plan):
+    path = write_recipe(tmp_path / "r", bucket=False)
+    res = up(path, "--yes")
+    assert res.exit_code == 2
+    assert ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
+            "or output.hub_repo, or pass --bucket URI") in res.output
+    assert not fake.launched and not fake.calls and Registry().list() == []  # refused before any SkyPilot call
+    res = up(path, "--dry-run")  # the dry run warns and still shows the plan and cost
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "results would be lost" in res.output and "~$5.00" in res.output
+    assert not fake.launched and Registry().list() == []
+    res = up(path, "--yes", "--bucket", "/tmp/not-a-bucket")
+    assert res.exit_code == 2 and "gs:// or s3://" in res.output and not fake.launched
+
+
+def test_bucket_flag_and_env_override_output_bucket(tmp_path, fake, plan, monkeypatch):
+    import yaml
+
+    res = up(write_recipe(tmp_path / "r", bucket=False), "--yes", "--detach", "--bucket", "gs://mine/sftl")
+    assert res.exit_code == 0, res.output
+    _, task, _, _ = fake.launched[0]
+    rec = only_record()
+    assert task["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl" and rec["bucket"] == "gs://mine/sftl"
+    assert rec["checkpoint_uri"] == f"gs://mine/sftl/{rec['run_id']}/checkpoints/"
+    mounted = yaml.safe_load(open(task["file_mounts"]["/sftlaunch/recipe.yaml"]).read())
+    assert mounted["output"]["bucket"] == "gs://mine/sftl"  # what publish and train read in the container
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", "s3://env-bucket/x")
+    res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert fake.launched[1][1]["envs"]["SFTLAUNCH_BUCKET"] == "s3://env-bucket/x"
+    assert "replaces" in res.output  # the recipe named another bucket: said so
+
+
+def test_hub_repo_alone_is_enough_to_launch(tmp_path, fake, plan, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    res = up(write_recipe(tmp_path / "r", bucket=False, hub_repo="me/demo"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "no output.bucket: checkpoints and logs are lost at teardown" in res.output
+
+
+def test_a_budget_stop_in_the_job_is_recorded_as_stopped(tmp_path, fake, plan):
+    # The entrypoint's line when the in-job guard stopped training; the job itself exits 0.
+    fake.log_lines = fake.log_lines[:3] + [
+        "(head, rank=0, pid=77) sftlaunch: run stopped before the end of training "
+        '({"reason": "budget", "step": 10}); eval and publish skipped']
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 0, res.output
+    rec = only_record()
+    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
+    assert ("down", rec["run_id"]) in fake.calls
 
 
 def test_gpu_no_cloud_offers(tmp_path, fake, monkeypatch):

@@ -1,0 +1,127 @@
+"""jobs.sync: the masking filter, the bucket copy (a local path and the moto S3 server the
+checkpoint tests use), the background loop, and the end record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import sync
+from tests.jobs.test_checkpoint import s3  # noqa: F401 - the moto S3 server fixture
+
+REPO = Path(__file__).resolve().parents[2]
+CANARY = "hf_CANARYsyncMASK0123456789abcdefgh"
+
+
+def _out(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1, "total_steps": 4}\n')
+    (out / "logs" / "train.log").write_text("train line\n")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "big.bin").write_bytes(b"x" * 10)  # not part of the log copy
+    return out
+
+
+def test_mask_filter_masks_stdout_and_the_tee_file(tmp_path):
+    tee = tmp_path / "logs" / "train.log"
+    env = {**os.environ, "HF_TOKEN": CANARY, "WANDB_API_KEY": "wandb-canary-99"}
+    proc = subprocess.run([sys.executable, "-m", "jobs", "sync", "mask", "--tee", str(tee)], cwd=REPO, env=env,
+                          input=f"a {CANARY}\nb wandb-canary-99\nno newline at the end".encode(),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"a ****\nb ****\nno newline at the end"
+    assert tee.read_bytes() == proc.stdout
+    assert CANARY.encode() not in tee.read_bytes()
+
+
+def test_push_to_a_local_path_copies_logs_and_metrics_only_when_changed(tmp_path):
+    out = _out(tmp_path)
+    bucket = tmp_path / "bucket"
+    seen: dict = {}
+    copied, failed = sync.push(out, str(bucket), "sftl-x-0001", seen)
+    assert failed == [] and copied == ["metrics.jsonl", "logs/train.log"]
+    assert (bucket / "sftl-x-0001" / "logs" / "train.log").read_text() == "train line\n"
+    assert not (bucket / "sftl-x-0001" / "checkpoints").exists()
+    assert sync.push(out, str(bucket), "sftl-x-0001", seen) == ([], [])  # nothing changed
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 2, "total_steps": 4}\n')
+    assert sync.push(out, str(bucket), "sftl-x-0001", seen)[0] == ["metrics.jsonl"]
+    assert (bucket / "sftl-x-0001" / "metrics.jsonl").read_text().count("total_steps") == 2
+
+
+def test_push_to_s3_and_status_reads_it_back(tmp_path, s3):  # noqa: F811
+    out = _out(tmp_path)
+    sync.write_end(out, 0, stopped=False)
+    proc = subprocess.run([sys.executable, "-m", "jobs", "sync", "push", "--out", str(out), "--bucket", s3,
+                           "--run-id", "sftl-x-0002"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import fsspec
+
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    keys = sorted(k.split("sftl-x-0002/", 1)[1] for k in fs.find("ckpts/sftl-x-0002"))
+    assert keys == ["exit.json", "logs/train.log", "metrics.jsonl"]
+    from launcher import lifecycle
+
+    record = {"run_id": "sftl-x-0002", "bucket": s3, "backend": "managed"}
+    fsspec.config.conf.setdefault("s3", {})["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    try:
+        assert lifecycle.bucket_progress(record) == (1, 4)
+        assert lifecycle.end_record(record)["exit_code"] == 0
+    finally:
+        fsspec.config.conf.clear()
+
+
+def test_an_unreachable_bucket_is_a_warning_not_a_crash(tmp_path, capsys):
+    out = _out(tmp_path)
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("")
+    copied, failed = sync.push(out, str(blocker), "sftl-x-0003")
+    assert copied == [] and failed == ["metrics.jsonl", "logs/train.log"]
+    assert "sync: warning: could not copy metrics.jsonl" in capsys.readouterr().err
+
+
+def test_loop_copies_while_running_and_stops_with_its_parent(tmp_path):
+    out = _out(tmp_path)
+    bucket = tmp_path / "bucket"
+    # The parent is a shell that outlives nothing: when it exits, the loop must end by itself.
+    parent = subprocess.Popen(["bash", "-c", f"{sys.executable} -m jobs sync push --out {out} --bucket {bucket} "
+                               "--run-id sftl-x-0004 --every 0.2 --parent $$ & echo $!; sleep 2"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    loop_pid = int(parent.stdout.readline())
+    target = bucket / "sftl-x-0004" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not target.exists():
+        time.sleep(0.05)
+    assert target.exists()
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "total_steps": 4}\n')
+    while time.monotonic() < deadline and "step\": 3" not in target.read_text():
+        time.sleep(0.05)
+    assert '"step": 3' in target.read_text()  # a later change arrives without another call
+    parent.wait(timeout=60)
+    while time.monotonic() < deadline:
+        try:
+            os.kill(loop_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(loop_pid, 0)
+
+
+def test_end_record(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert sync.write_end(out, 1, stopped=False)["stopped"] is None
+    (out / "STOPPED").write_text(json.dumps({"reason": "budget", "step": 5}))
+    rec = sync.write_end(out, 0, stopped=True)
+    assert json.loads((out / "exit.json").read_text()) == rec
+    assert rec["exit_code"] == 0 and rec["stopped"] == {"reason": "budget", "step": 5}
+    assert sync.main(["push", "--out", str(out), "--bucket", str(tmp_path), "--run-id", "r", "--every", "-1"]) == 2
