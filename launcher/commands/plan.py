@@ -115,6 +115,8 @@ def _table(recipe, result, show_all: bool, snapshot: str) -> None:
         console.print(f"plan: {c.cloud} {c.accelerators}{' ×' + str(c.nodes) + ' nodes' if c.nodes > 1 else ''}"
                       f"{' spot' if c.spot else ''}, ~{_fmt_hours(c.eta_hours)}, ~${c.total_usd:.0f}"
                       + (f" (borderline fit: {c.borderline_why})" if c.borderline else ""), markup=False)
+    elif result.reason_field == "model.id":
+        console.print(f"cannot plan: {result.reason}", markup=False)
     else:
         console.print(f"nothing fits: {result.reason}", markup=False)
 
