@@ -1,10 +1,12 @@
-"""jobs.checkpoint: complete-or-nothing checkpoints (manifest last), resume after kill -9 with the
-same final weights, bucket round trips (moto S3 server, local path), corrupt ones skipped, pruning."""
+"""jobs.checkpoint: complete-or-nothing checkpoints (manifests last), resume after kill -9 with the
+same final weights, bucket round trips (moto S3 server, local path), corrupt ones skipped, pruning,
+and ZeRO-3 on two loopback nodes with separate disks resuming through per-node manifests."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,3 +157,56 @@ def test_incomplete_upload_in_the_bucket_is_skipped(tmp_path, capsys):
     got = ck.find_resume(tmp_path / "fresh", str(bucket), "sftl-x-0000")
     assert got == tmp_path / "fresh" / "step-2" and ck.verify(got) is None
     assert "step-5: no MANIFEST.json in the bucket" in capsys.readouterr().err
+
+
+def _node(root, out, rank: int, port: int, bucket: Path, **overrides):
+    """One of two loopback "nodes": torchrun with one gloo process, its own output dir."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "SFTLAUNCH_BUCKET": str(bucket),
+           "PYTHONPATH": str(REPO), "TORCHELASTIC_RENDEZVOUS_TIMEOUT": "120"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
+         "-m", "tests.jobs.test_train_support", str(root), str(out), json.dumps(overrides)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _two_nodes(root, outs, bucket, **overrides) -> list[str]:
+    port = _free_port()
+    procs = [_node(root, outs[k], k, port, bucket, **overrides) for k in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-4000:]
+    return logs
+
+
+def test_zero3_on_two_nodes_without_a_shared_disk_resumes_from_the_bucket(root, tmp_path):
+    """Each node holds only its own ZeRO-3 shards and RNG state; both nodes' files reach the
+    bucket under per-node manifests, and a node with an empty disk resumes from there."""
+    settings = {"deepspeed": "zero3", "micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 0.0001,
+                "keep_checkpoints": 2, "run_id": "sftl-t-2n2n"}
+    outs, bucket = [tmp_path / "node0", tmp_path / "node1"], tmp_path / "bucket"
+    _two_nodes(root, outs, bucket, max_steps=2, **settings)
+    prefix = ck.bucket_prefix(str(bucket), "sftl-t-2n2n")
+    assert ck.remote_complete_steps(prefix) == [2, 1]
+    manifests = ck.remote_manifests(prefix, 2)
+    assert sorted(manifests) == [0, 1] and {m["nodes"] for m in manifests.values()} == {2}
+    node1 = set(manifests[1]["files"])
+    assert "rng_state_1.pth" in node1 and any("zero_pp_rank_1_" in f for f in node1)
+    assert not any("zero_pp_rank_0_" in f or f == "trainer_state.json" for f in node1)
+    assert {"trainer_state.json", "latest", "rng_state_0.pth"} <= set(manifests[0]["files"])
+    local0 = {p.relative_to(outs[0] / "checkpoints" / "step-2").as_posix()
+              for p in (outs[0] / "checkpoints" / "step-2").rglob("*")}
+    assert not any("zero_pp_rank_1_" in f for f in local0)  # no shared disk: node 1's shards are not here
+    # Node 1 comes back on a fresh disk; node 0 keeps its own (incomplete without node 1's manifest).
+    shutil.rmtree(outs[1])
+    logs = _two_nodes(root, outs, bucket, max_steps=4, **settings)
+    for k in (0, 1):
+        assert f"node {k}: resuming from checkpoint {outs[k] / 'checkpoints' / 'step-2'}" in logs[k], logs[k][-3000:]
+        mine = {p.name for p in (outs[k] / "checkpoints" / "step-4").rglob("*")}
+        assert f"rng_state_{k}.pth" in mine and any(f"zero_pp_rank_{k}_" in n for n in mine)
+    state = json.loads((outs[0] / "checkpoints" / "step-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert ck.remote_complete_steps(prefix) == [4, 3]  # pruned to keep_checkpoints, all complete
+    steps = [json.loads(line)["step"] for line in (outs[0] / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == [1, 2, 3, 4]
