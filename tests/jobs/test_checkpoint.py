@@ -210,3 +210,34 @@ def test_zero3_on_two_nodes_without_a_shared_disk_resumes_from_the_bucket(root, 
     steps = [json.loads(line)["step"] for line in (outs[0] / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps == [1, 2, 3, 4]
+
+
+def test_per_node_manifests_split_files_by_rank_and_nodes_fetch_only_what_they_need(tmp_path):
+    step = tmp_path / "disk" / "step-3"
+    names = ["trainer_state.json", "latest", "model.safetensors", "rng_state_0.pth", "rng_state_1.pth",
+             "global_step3/zero_pp_rank_0_mp_rank_00_model_states.pt",
+             "global_step3/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+             "global_step3/zero_pp_rank_1_mp_rank_00_model_states.pt",
+             "global_step3/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    for name in names:
+        (step / name).parent.mkdir(parents=True, exist_ok=True)
+        (step / name).write_bytes(os.urandom(32))
+    n0, n1 = ck.Topology(0, 2, 1), ck.Topology(1, 2, 1)
+    assert ck.Topology.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}) == ck.Topology(1, 2, 2)
+    m0 = ck.write_manifest(step, 3, n0)
+    assert set(m0["files"]) == set(names[:4] + names[5:7])  # shared files + rank 0's
+    assert "MANIFEST.node-1.json" in ck.verify(step, n0)  # node 1 has not finished yet
+    m1 = ck.write_manifest(step, 3, n1)
+    assert set(m1["files"]) == {"rng_state_1.pth", "global_step3/zero_pp_rank_1_mp_rank_00_model_states.pt",
+                                "global_step3/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    assert ck.verify(step, n0) is None and ck.verify(step, n1) is None
+    bucket = tmp_path / "bucket"
+    prefix = ck.bucket_prefix(str(bucket), "sftl-n-0001")
+    ck.upload(step, prefix, n0)
+    assert ck.remote_complete_steps(prefix) == []  # node 1's manifest is not in the bucket yet
+    ck.upload(step, prefix, n1)
+    assert ck.remote_complete_steps(prefix) == [3]
+    got = ck.materialize(prefix, 3, tmp_path / "fresh1", n1)
+    have = {p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file() and "MANIFEST" not in p.name}
+    assert have == {"trainer_state.json", "latest", "model.safetensors"} | set(m1["files"])
+    assert ck.verify(got, n1) is None and "missing" in ck.verify(got, n0)
