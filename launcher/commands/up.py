@@ -53,7 +53,6 @@ def _src(recipe) -> str:
 
 LOST_RESULTS = ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
                 "or output.hub_repo, or pass --bucket URI")
-BUCKET_SCHEMES = ("gs://", "s3://")
 
 
 def _outputs_line(recipe, run_id: str) -> str:
@@ -190,12 +189,20 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
 
 
 def _override_bucket(r, bucket: str, flag: str, cloud: bool) -> None:
-    if cloud and not bucket.startswith(BUCKET_SCHEMES):
+    from pydantic import ValidationError
+
+    from launcher.recipe import CLOUD_BUCKET_RE
+
+    if cloud and not CLOUD_BUCKET_RE.match(bucket):
         raise UserError(f"{flag} {bucket}: a cloud run needs a bucket the cluster can write to; "
                         "use a gs:// or s3:// URI, e.g. gs://my-bucket/sftlaunch")
-    if r.output.bucket and r.output.bucket != bucket:
-        echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {r.output.bucket}", err=True)
-    r.output.bucket = bucket
+    previous = r.output.bucket
+    try:
+        r.output.bucket = bucket
+    except ValidationError as exc:
+        raise UserError(f"{flag} {bucket}: {exc.errors()[0]['msg']}") from None
+    if previous and previous != bucket:
+        echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {previous}", err=True)
 
 
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,65 @@ def test_two_nodes_on_loopback_train_together(tiny, tmp_path):
     # Eval and publish run on the head only.
     rc, log = _entry("eval", recipe, tmp_path / "n1", SKYPILOT_NODE_RANK="1")
     assert rc == 0 and "head node only" in log
+
+
+CANARY = "hf_CANARYentryLOG0123456789abcdefgh"
+
+
+def test_start_log_has_versions_gpus_and_the_masked_recipe(tiny, tmp_path):
+    """The first lines of every run log (`python -m jobs.dist info`, which the entrypoint's train
+    step runs first): versions, GPUs seen, the resolved recipe — with secret values masked even
+    where they appear inside the recipe."""
+    d = recipe_dict(tiny[0], tiny[1])
+    d["output"] = {"hub_repo": f"me/{CANARY}"}
+    path = tmp_path / "leaky.yaml"
+    path.write_text(yaml.safe_dump(d))
+    env = {**os.environ, "HF_TOKEN": CANARY}
+    proc = subprocess.run([sys.executable, "-m", "jobs.dist", "info", str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    import torch
+    import transformers
+
+    assert out.startswith("python 3.")
+    assert f"torch {torch.__version__}" in out and f"transformers {transformers.__version__}" in out
+    assert "GPUs seen: " in out
+    assert f"recipe {path} (resolved):" in out and "method: full" in out and "seq_len: 32" in out
+    assert "hub_repo: me/****" in out and CANARY not in out + proc.stderr
+
+
+def test_all_with_a_bucket_tees_masked_logs_and_copies_them(tiny, tmp_path):
+    recipe = _recipe(tiny, "synced")
+    bucket = tmp_path / "bucket"
+    out = tmp_path / "out"
+    rc, log = _entry("all", recipe, out, SFTLAUNCH_STEPS="train", SFTLAUNCH_BUCKET=str(bucket),
+                     SFTLAUNCH_SYNC_EVERY="1", HF_TOKEN=CANARY)
+    assert rc == 0, log[-3000:]
+    copy = bucket / "sftl-t-e0e0"
+    train_log = (copy / "logs" / "train.log").read_text()
+    assert train_log == (out / "logs" / "train.log").read_text()
+    assert "GPUs seen:" in train_log and "step 2/2" in train_log and "final model saved" in train_log
+    assert (copy / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
+    assert json.loads((copy / "exit.json").read_text())["exit_code"] == 0
+    for root in (out, bucket):
+        for p in root.rglob("*"):
+            if p.is_file() and p.suffix in ("", ".log", ".json", ".jsonl", ".yaml", ".txt"):
+                assert CANARY not in p.read_text(errors="replace"), p
+    assert CANARY not in log
+
+
+def test_a_budget_stop_skips_eval_and_publish_and_exits_0(tiny, tmp_path):
+    """The in-job guard: $1,000,000/h against max_usd $0.01 stops training at its first check,
+    after a checkpoint; `all` then skips eval and publish and ends with 0 (so a managed job is
+    not restarted), and the end record says it was a stop."""
+    recipe = _recipe(tiny, "budget", max_steps=20)
+    out = tmp_path / "out"
+    rc, log = _entry("all", recipe, out, SFTLAUNCH_USD_PER_HOUR="1000000", SFTLAUNCH_MAX_USD="0.01")
+    assert rc == 0, log[-3000:]
+    assert "sftlaunch: run stopped before the end of training" in log
+    assert (out / "STOPPED").exists() and not (out / "final").exists()
+    assert not (out / "eval").exists() and not (out / "logs" / "eval.log").exists()
+    assert not (out / "logs" / "publish.log").exists()
+    end = json.loads((out / "exit.json").read_text())
+    assert end["exit_code"] == 0 and end["stopped"]["reason"] == "budget"

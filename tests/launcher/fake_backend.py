@@ -204,7 +204,8 @@ class FakePlan:
 
 def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,
                  hub_repo=None, eval_=True):
-    """A small cloud recipe file (local data beside it); returns its path."""
+    """A small cloud recipe file (local data beside it); returns its path. `bucket`: True for a
+    local-path bucket beside it (readable by the test), a URI string, or False for none."""
     import yaml
 
     dir_.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,8 @@ def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket
         "method": "full",
         "data": {"sources": [{"path": "train.jsonl", "format": "alpaca"}], "template": "plain"},
         "resources": {"clouds": list(clouds), "gpu": "H100:1", "spot": spot, "max_usd": max_usd},
-        "output": {"bucket": str(dir_ / "bucket") if bucket else None, "hub_repo": hub_repo},
+        "output": {"bucket": bucket if isinstance(bucket, str) else str(dir_ / "bucket") if bucket else None,
+                   "hub_repo": hub_repo},
     }
     if not eval_:
         data["eval"] = None

@@ -74,7 +74,7 @@ def _recipe(**resources):
         "name": "r", "model": {"id": "a/b"}, "method": "full",
         "data": {"sources": [{"path": "a/b", "format": "text"}]},
         "resources": {"clouds": ["lambda", "runpod", "gcp", "kubernetes"], **resources},
-        "output": {"bucket": "s3://b/x"},
+        "output": {"bucket": "s3://my-bucket/x"},
     })
 
 
@@ -92,7 +92,7 @@ def test_spot_renders_managed_job_recovery():
     assert task["resources"]["use_spot"] is True
     assert task["resources"]["job_recovery"]["strategy"]
     assert "autostop" not in task["resources"]
-    assert task["envs"]["SFTLAUNCH_BUCKET"] == "s3://b/x"
+    assert task["envs"]["SFTLAUNCH_BUCKET"] == "s3://my-bucket/x"
     # s3 bucket credentials travel as named secrets, never values.
     assert task["secrets"]["AWS_SECRET_ACCESS_KEY"] is None
 

@@ -84,9 +84,13 @@ def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
     assert ("down", rec["run_id"]) in fake.calls
 
 
-def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan):
+def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
+    from launcher import lifecycle
+
+    read = []
+    monkeypatch.setattr(lifecycle, "_fs_read_text", lambda uri: read.append(uri))  # no network here: an empty bucket
     fake.preemptions = 1
-    res = up(write_recipe(tmp_path / "r", spot=True, clouds=("gcp", "runpod")), "--yes")
+    res = up(write_recipe(tmp_path / "r", spot=True, clouds=("gcp", "runpod"), bucket="gs://sftl-test/runs"), "--yes")
     assert res.exit_code == 0, res.output
     rec = only_record()
     kind, task, _, _ = fake.launched[0]
@@ -96,6 +100,7 @@ def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan):
     assert "recovering" in states and states[-1] == "succeeded"
     assert rec["extra"]["recovery_count"] == 1
     assert not any(c[0] == "down" for c in fake.calls)
+    assert read[0] == f"gs://sftl-test/runs/{rec['run_id']}/exit.json"  # a budget stop? no record: no
 
 
 def test_detach_returns_after_submission(tmp_path, fake, plan):
@@ -174,6 +179,8 @@ def test_refusals_before_spending(tmp_path, fake, plan):
     plan["total"] = 5.0
     res = up(write_recipe(tmp_path / "b", spot=True, bucket=False, clouds=("gcp",)), "--yes")
     assert res.exit_code == 2 and "bucket" in res.output
+    res = up(write_recipe(tmp_path / "b2", bucket=False, clouds=("gcp",)), "--yes", "--bucket", "gs://A")
+    assert res.exit_code == 2 and "--bucket gs://A" in res.output and "Traceback" not in res.output
     res = up(write_recipe(tmp_path / "c"), "--yes", "--cloud", "lambda")
     assert res.exit_code == 2 and "resources.clouds" in res.output
     res = up(write_recipe(tmp_path / "d", hub_repo="me/demo"), "--yes")
