@@ -10,7 +10,9 @@ belong to the user, not to a release:
                      unless the packaged snapshot is newer, e.g. after an upgrade);
   kubernetes.yaml    the GPUs of the user's own cluster (or env SFTLAUNCH_K8S_GPUS): a cluster
                      has no public catalog, so without it Kubernetes offers nothing to `gpu: auto`;
-  model-configs/     config.json files fetched from the Hub for models not in models.yaml.
+  model-configs/     config.json files fetched from the Hub (HF_ENDPOINT, default huggingface.co;
+                     HF_TOKEN as a Bearer token; never asked when HF_HUB_OFFLINE=1) for models
+                     not in models.yaml.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ def prices_path() -> Path:
 
 def prices() -> dict[str, Any]:
     path = prices_path()
-    return _user_yaml(path) if path != DATA / "prices.yaml" else _load("prices.yaml")
+    data = _user_yaml(path) if path != DATA / "prices.yaml" else _load("prices.yaml")
+    data["snapshot_date"] = str(data["snapshot_date"])  # an unquoted date in YAML loads as a date
+    return data
 
 
 def offers(cloud: str) -> list[Offer]:
