@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -39,10 +41,20 @@ RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
 NAME_MAX = 20
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 GPU_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(:(?P<count>[1-9][0-9]*))?$")
+# gs:// and s3:// bucket names: lowercase letters, digits, '.', '-', '_' (GCS allows '_'), then
+# an optional /prefix; no whitespace anywhere (it would split the sync commands' arguments).
+CLOUD_BUCKET_RE = re.compile(r"^(gs|s3)://[a-z0-9][a-z0-9._-]*(/\S*)?$")
+BUCKET_FORMS = "gs://BUCKET[/prefix], s3://BUCKET[/prefix] or a local path (absolute, ~ or relative to the recipe)"
+WEEK_MINUTES = 7 * 24 * 60
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+    # strict: a quoted number or a bool is an error, not a silent conversion (ints still feed
+    # floats). allow_inf_nan=False: `1e400`, .inf and .nan would overflow the planner later.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=False, strict=True, allow_inf_nan=False,
+    )
 
 
 class ModelSpec(_Strict):
@@ -52,8 +64,8 @@ class ModelSpec(_Strict):
 
 
 class LoraSpec(_Strict):
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    r: int = Field(16, gt=0, le=4096, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, le=65536, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or `all-linear` for every linear layer but the head."
@@ -81,7 +93,7 @@ class DataSource(_Strict):
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split to read.")
     format: Literal[FORMATS] = Field(description="Row schema: " + ", ".join(FORMATS) + ".")  # type: ignore[valid-type]
-    max_samples: int | None = Field(None, gt=0, description="Take at most this many rows (after a seeded shuffle).")
+    max_samples: int | None = Field(None, gt=0, le=10**12, description="Take at most this many rows (after a seeded shuffle).")
 
     def is_local(self) -> bool:
         return Path(self.path).is_absolute()
@@ -97,20 +109,28 @@ class DataSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    epochs: float = Field(1, gt=0, description="Passes over the training rows.")
+    epochs: float = Field(1, gt=0, le=1000, description="Passes over the training rows.")
     learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="Peak learning rate.")
     scheduler: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule: " + ", ".join(SCHEDULERS) + ".")  # type: ignore[valid-type]
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    micro_batch_size: int = Field(4, gt=0, description="Sequences per GPU per forward pass.")
-    grad_accum: int = Field(4, gt=0, description="Micro-batches accumulated per optimizer step.")
+    micro_batch_size: int = Field(4, gt=0, le=4096, description="Sequences per GPU per forward pass.")
+    grad_accum: int = Field(4, gt=0, le=4096, description="Micro-batches accumulated per optimizer step.")
     optimizer: Literal[OPTIMIZERS] = Field("paged_adamw_32bit", description="Optimizer: " + ", ".join(OPTIMIZERS) + ".")  # type: ignore[valid-type]
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Mixed-precision mode (fp16 on T4/V100).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory (~1/3 more compute).")
     deepspeed: Literal[DEEPSPEED] | None = Field(None, description="DeepSpeed ZeRO config: zero2, zero3, zero3-offload (full; zero2 also with lora).")  # type: ignore[valid-type]
-    checkpoint_minutes: float = Field(30, gt=0, description="Save a resumable checkpoint this often (and at the end).")
-    keep_checkpoints: int = Field(2, gt=0, description="Keep this many newest complete checkpoints; older ones are pruned.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    seed: int = Field(42, ge=0, description="Seed for shuffling, init of new weights and dropout.")
+    checkpoint_minutes: float = Field(30, gt=0, le=WEEK_MINUTES, description="Save a resumable checkpoint this often (and at the end).")
+    keep_checkpoints: int = Field(2, gt=0, le=1000, description="Keep this many newest complete checkpoints; older ones are pruned.")
+    max_steps: int | None = Field(None, gt=0, le=10_000_000, description="Stop after this many optimizer steps (overrides epochs).")
+    seed: int = Field(42, ge=0, description="Seed for shuffling, init of new weights and dropout (at most 2^32 - 1, numpy's limit).")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int):
+        # A validator rather than Field(le=...): numpy's limit is an implementation detail, said in the description.
+        if v > SEED_MAX:
+            raise ValueError(f"must be at most {SEED_MAX} (2^32 - 1, numpy's seed limit), got {v}")
+        return v
 
 
 class ResourcesSpec(_Strict):
@@ -121,9 +141,9 @@ class ResourcesSpec(_Strict):
     gpu: str = Field("auto", description='`auto` (cheapest that fits) or an accelerator with count, e.g. "H100:1", "A100-80GB:8".')
     nodes: int = Field(1, gt=0, le=64, description="Number of machines (multi-node needs a cloud that supports it).")
     spot: bool = Field(False, description="Use preemptible instances as a managed job that resumes from the bucket.")
-    disk_gb: int = Field(256, gt=0, description="Disk per node in GB (weights, checkpoints, caches).")
-    autostop_minutes: int = Field(30, ge=0, description="Stop (or down, where a cloud cannot stop) after this many idle minutes.")
-    max_usd: float | None = Field(None, gt=0, description="Refuse to launch if the estimated total cost exceeds this.")
+    disk_gb: int = Field(256, gt=0, le=65536, description="Disk per node in GB (weights, checkpoints, caches).")
+    autostop_minutes: int = Field(30, ge=0, le=WEEK_MINUTES, description="Stop (or down, where a cloud cannot stop) after this many idle minutes.")
+    max_usd: float | None = Field(None, gt=0, le=1_000_000, description="Refuse to launch if the estimated total cost exceeds this.")
 
     @field_validator("gpu")
     @classmethod
@@ -153,14 +173,14 @@ class EvalSpec(_Strict):
     tasks: list[str] | None = Field(None, description="lm-eval task names, instead of or beside the preset.")
     tasks_dir: str | None = Field(None, description="Directory of local lm-eval task YAMLs (relative to the recipe).")
     batch_size: Literal["auto"] | int = Field("auto", description="Eval batch size, or `auto`.")
-    limit: int | None = Field(None, gt=0, description="Only this many samples per task (a quick look, not a score).")
+    limit: int | None = Field(None, gt=0, le=10**9, description="Only this many samples per task (a quick look, not a score).")
     load_4bit: bool = Field(False, description="Load the model in 4-bit for eval (models that would not fit otherwise).")
 
     @field_validator("batch_size")
     @classmethod
     def _positive(cls, v):
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("must be a positive integer or `auto`")
+        if isinstance(v, int) and not 0 < v <= 4096:
+            raise ValueError(f"must be `auto` or a whole number from 1 to 4096, got {v}")
         return v
 
 
@@ -168,6 +188,15 @@ class OutputSpec(_Strict):
     bucket: str | None = Field(None, description="gs://, s3:// or a local path for checkpoints and results (required for spot).")
     hub_repo: str | None = Field(None, description="Hugging Face Hub repo to push to, e.g. me/llama2-70b-dolphin-qlora (private).")
     merge_adapter: bool = Field(False, description="Also publish LoRA weights merged into the bf16 base.")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_form(cls, v):
+        if v is None:
+            return v
+        if not v or any(ch.isspace() for ch in v) or (_has_scheme(v) and not CLOUD_BUCKET_RE.match(v)):
+            raise ValueError(f"must be {BUCKET_FORMS}, with no whitespace; got {v!r}")
+        return v
 
     @field_validator("hub_repo")
     @classmethod
@@ -212,52 +241,162 @@ class Recipe(_Strict):
 # Loading with line numbers
 
 
+MAX_DEPTH = 32  # a recipe nests 4 levels; anything past this is a mistake or an attack
+MAX_VALUES = 100_000  # after alias expansion; a recipe has a few hundred
+_STD = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_MAP_TAG, _SEQ_TAG, _MERGE_TAG = _STD + "map", _STD + "seq", _STD + "merge"
+_REJECTED = object()  # stands in for a value that was reported and must not be reported again
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats and a nesting limit.
+
+    PyYAML follows YAML 1.1, where `2e-4` (no dot) is a string; every YAML 1.2 reader and every
+    user reads it as a number, and strict types would reject it. Nesting is limited while
+    composing because PyYAML's composer recurses once per level (5000 `[` exhaust the stack).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_RecipeLoader.add_implicit_resolver(
+    _STD + "float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."),
+)
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark) -> None:
+        self.mark = mark
+
+
+class _NotData(Exception):
+    """The document cannot be turned into data at all (recursive alias, alias bomb)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line, self.message = line, message
+
+
 class _Located:
     """Plain data plus a map from key path to the line of that key (1-based)."""
 
     def __init__(self) -> None:
         self.lines: dict[tuple, int] = {}
-        self.problems: list[tuple[tuple, str]] = []
+        # (path, message, line or None: the line of the key at `path`)
+        self.problems: list[tuple[tuple, str, int | None]] = []
+        self.rejected: list[tuple] = []  # paths whose value was reported; pydantic stays quiet there
+        self.values = 0
 
 
-def _construct(node: yaml.Node, path: tuple, loc: _Located) -> Any:
+def _show_tag(tag: str) -> str:
+    return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+
+
+def _check_tag(node: yaml.Node, allowed: set[str], path: tuple, loc: _Located) -> bool:
+    if node.tag in allowed:
+        return True
+    loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} is not allowed in a recipe; remove it", node.start_mark.line + 1))
+    return False
+
+
+def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = frozenset()) -> Any:
+    """Node -> plain data, recording key lines; tags are checked, never acted on."""
+    if id(node) in active:
+        where = _fmt_path(path) or "the top level"
+        raise _NotData(_line_for(loc, path) or node.start_mark.line + 1,
+                       f"YAML alias at {where} refers to itself (a recursive anchor); write the value out instead")
+    loc.values += 1
+    if loc.values > MAX_VALUES:
+        raise _NotData(_line_for(loc, path[:1]) or node.start_mark.line + 1,
+                       f"expands to more than {MAX_VALUES:,} values through YAML aliases; a recipe needs a few hundred, write it out")
     if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _construct(key_node, path, loc)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                loc.problems.append((path, f"keys must be plain words, not {type(key).__name__}"))
-                continue
-            key = str(key)
-            child = path + (key,)
-            if key in out:
-                loc.lines[child] = key_node.start_mark.line + 1
-                loc.problems.append((child, "duplicate key: the second one would silently win; keep one"))
-                continue
-            loc.lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, loc)
-        return out
+        _check_tag(node, {_MAP_TAG}, path, loc)
+        return _construct_mapping(node, path, loc, active | {id(node)})
     if isinstance(node, yaml.SequenceNode):
+        _check_tag(node, {_SEQ_TAG}, path, loc)
         items = []
         for i, item in enumerate(node.value):
             loc.lines[path + (i,)] = item.start_mark.line + 1
-            items.append(_construct(item, path + (i,), loc))
+            items.append(_construct(item, path + (i,), loc, active | {id(node)}))
         return items
-    # Scalars: let PyYAML's safe constructor resolve types (int, float, bool, null).
-    return yaml.SafeLoader.construct_object(_SCALAR_LOADER, node, deep=True)
+    if not _check_tag(node, _SCALAR_TAGS, path, loc):
+        loc.rejected.append(path)
+        return _REJECTED
+    try:
+        # PyYAML's safe constructor resolves the allowed scalar types (int, float, bool, null, ...).
+        return _SCALAR_LOADER.construct_object(node, deep=True)
+    except Exception:  # e.g. `!!int lots`: the constructor's own ValueError/KeyError
+        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read {node.value!r}; remove the tag or fix the value",
+                             node.start_mark.line + 1))
+        loc.rejected.append(path)
+        return _REJECTED
 
 
-class _ScalarLoader(yaml.SafeLoader):
+def _construct_mapping(node: yaml.MappingNode, path: tuple, loc: _Located, active: frozenset) -> dict:
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _MERGE_TAG:
+            loc.problems.append((path, "YAML merge keys (<<) are not supported in a recipe; write the keys out", line))
+            continue
+        key = _construct_key(key_node, path, loc)
+        if key is _REJECTED:
+            continue
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            loc.problems.append((path, f"keys must be plain words, not {type(key).__name__}", line))
+            continue
+        key = str(key)
+        child = path + (key,)
+        loc.lines[child] = line
+        if key in out:
+            loc.problems.append((child, "duplicate key: the second one would silently win; keep one", None))
+            continue
+        out[key] = _construct(value_node, child, loc, active)
+    return out
+
+
+def _construct_key(node: yaml.Node, path: tuple, loc: _Located) -> Any:
+    """A mapping key; a bad one is reported against the mapping that holds it."""
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.ScalarNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+        loc.problems.append((path, f"keys must be plain words, not {kind}", line))
+        return _REJECTED
+    if node.tag not in _SCALAR_TAGS:
+        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} on a key is not allowed in a recipe; remove it", line))
+        return _REJECTED
+    try:
+        return _SCALAR_LOADER.construct_object(node, deep=True)
+    except Exception:
+        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read the key {node.value!r}; remove the tag", line))
+        return _REJECTED
+
+
+class _ScalarLoader(_RecipeLoader):
     def __init__(self) -> None:  # no stream: only used for construct_object on scalar nodes
-        yaml.SafeLoader.__init__(self, "")
+        _RecipeLoader.__init__(self, "")
 
 
 _SCALAR_LOADER = _ScalarLoader()
 
 
+def _fmt_path(path: tuple) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+
+
 def _fmt(source: str, line: int | None, path: tuple, message: str) -> str:
-    field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[") or "(recipe)"
-    return f"{source}:{line or 1}: {field}: {message}"
+    return f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {message}"
 
 
 def _line_for(loc: _Located, path: tuple) -> int | None:
@@ -289,16 +428,27 @@ def load_recipe(path: str | Path) -> Recipe:
     return _from_text(text, source, p.resolve().parent)
 
 
-def _from_text(text: str, source: str, base_dir: Path) -> Recipe:
+def _compose(text: str, source: str) -> yaml.Node | None:
+    def whole_file(line: int, message: str) -> RecipeError:
+        return RecipeError([f"{source}:{line}: (recipe): {message}"])
+
+    loader = _RecipeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node()
+    except _TooDeep as exc:
+        raise whole_file(exc.mark.line + 1, f"nested deeper than {MAX_DEPTH} levels; a recipe needs a few, check the brackets") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        what = (exc.problem or "invalid YAML").strip()
-        raise RecipeError([f"{source}:{line}: (recipe): YAML syntax error: {what}; fix the indentation or quoting"]) from None
+        what = " ".join((exc.problem or "invalid YAML").split())
+        raise whole_file(mark.line + 1 if mark else 1, f"YAML syntax error: {what}; fix the indentation or quoting") from None
     except yaml.YAMLError as exc:
-        raise RecipeError([f"{source}:1: (recipe): YAML error: {exc}"]) from None
+        raise whole_file(1, "YAML error: " + " ".join(str(exc).split())) from None
+    finally:
+        loader.dispose()
+
+
+def _from_text(text: str, source: str, base_dir: Path) -> Recipe:
+    node = _compose(text, source)
     if node is None:
         raise RecipeError([f"{source}:1: (recipe): empty file; start from recipes/tiny-local.yaml"])
     if not isinstance(node, yaml.MappingNode):
@@ -307,16 +457,30 @@ def _from_text(text: str, source: str, base_dir: Path) -> Recipe:
     loc = _Located()
     try:
         data = _construct(node, (), loc)
-    except yaml.YAMLError as exc:
-        raise RecipeError([f"{source}:1: (recipe): YAML error: {exc}"]) from None
+    except _NotData as exc:
+        raise RecipeError([f"{source}:{exc.line}: (recipe): {exc.message}"]) from None
     return _validate(data, source, base_dir, loc)
 
 
 def recipe_from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Recipe:
-    """Validate a recipe given as data (tests, programmatic use). Same checks, no line numbers."""
+    """Validate a recipe given as data (tests, programmatic use). Same checks, no line numbers.
+
+    Python callers naturally hold paths as `Path` and lists as tuples; those are converted here,
+    at the boundary, so the schema itself can stay strict about what a YAML file may contain.
+    """
     if not isinstance(data, dict):
         raise RecipeError([f"{source}:1: (recipe): a recipe is a mapping of keys, not {type(data).__name__}"])
-    return _validate(data, source, Path(base_dir or Path.cwd()).resolve(), _Located())
+    return _validate(_plain(data), source, Path(base_dir or Path.cwd()).resolve(), _Located())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _known_fields(model: type[BaseModel]) -> list[str]:
@@ -348,28 +512,82 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in YAML (true, null, 'text'), for messages."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the text {_short(repr(value))}"
+    if isinstance(value, int) and len(str(abs(value))) > 20:
+        return f"a {len(str(abs(value)))}-digit number"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"{type(value).__name__} {_short(repr(value))}"
+
+
+def _numeric_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value.replace("_", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _wrong_type(expected: str, value: Any) -> str:
+    msg = f"must be {expected}, got {_shown(value)}"
+    if isinstance(value, str) and (
+        (expected != "true or false" and _numeric_text(value)) or (expected == "true or false" and value.lower() in ("true", "false"))
+    ):
+        msg += "; remove the quotes"
+    elif expected == "a whole number" and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        msg += f"; write {int(value)}"
+    return msg
+
+
+def _bound(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _message(err: dict) -> str:
     kind = err["type"]
     msg = err["msg"]
     ctx = err.get("ctx") or {}
+    value = err.get("input")
     if kind == "missing":
         return "required; add it"
     if kind == "literal_error":
-        return f"got {err.get('input')!r}; expected one of {ctx.get('expected', '')}".replace("'", "")
+        return f"got {value!r}; expected one of {ctx.get('expected', '')}".replace("'", "")
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be a whole number, got {err.get('input')!r}"
+        return _wrong_type("a whole number", value)
     if kind in ("float_type", "float_parsing"):
-        return f"must be a number, got {err.get('input')!r}"
+        if isinstance(value, int) and not isinstance(value, bool):  # only an int beyond float range fails here
+            return f"is far too large, got {_shown(value)}; check for a typo"
+        return _wrong_type("a number", value)
     if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false, got {err.get('input')!r}"
-    if kind in ("string_type",):
-        return f"must be text, got {type(err.get('input')).__name__} {err.get('input')!r}"
-    if kind in ("list_type",):
-        return f"must be a list, got {type(err.get('input')).__name__}"
+        return _wrong_type("true or false", value)
+    if kind == "finite_number":
+        return f"must be a finite number, got {value!r}; write an ordinary number"
+    if kind == "string_type":
+        return f"must be text, got {_shown(value)}; put it in quotes"
+    if kind == "list_type":
+        return f"must be a list, got {type(value).__name__}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"must be a mapping of keys, got {type(err.get('input')).__name__} {err.get('input')!r}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"):
-        return f"{msg[0].lower() + msg[1:]}, got {err.get('input')!r}"
+        return f"must be a mapping of keys, got {_shown(value)}"
+    bounds = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("at least", "ge"),
+              "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {_bound(ctx.get(key))}, got {_shown(value)}"
+    if kind in ("too_short", "too_long"):
+        return f"{msg[0].lower() + msg[1:]}, got {value!r}"
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind
@@ -386,50 +604,45 @@ def _clean_loc(loc_: tuple) -> tuple:
     return tuple(out)
 
 
-def _validate(data: dict, source: str, base_dir: Path, loc: _Located) -> Recipe:
-    problems: list[tuple[tuple, str]] = list(loc.problems)
-    recipe: Recipe | None = None
+def _schema_problems(data: dict, loc: _Located) -> tuple[Recipe | None, list[tuple[tuple, str, int | None]]]:
     try:
-        recipe = Recipe.model_validate(data)
+        return Recipe.model_validate(data), []
     except ValidationError as exc:
-        seen: set[tuple] = set()
-        for err in exc.errors():
-            path = _clean_loc(tuple(err["loc"]))
-            if err["type"] == "extra_forbidden":
-                key = path[-1]
-                owner = _model_at(path[:-1])
-                hint = ""
-                if owner is not None:
-                    close = difflib.get_close_matches(str(key), _known_fields(owner), n=1, cutoff=0.6)
-                    if close:
-                        hint = f"; did you mean {close[0]}?"
-                    else:
-                        hint = f"; known keys: {', '.join(_known_fields(owner))}"
-                msg = f"unknown key{hint}"
-            else:
-                msg = _message(err)
-            # A union reports each branch; keep one message per path.
-            if path in seen:
-                continue
-            seen.add(path)
-            problems.append((path, msg))
-    problems.extend(_cross_field_problems(data, base_dir))
+        errors = exc.errors()
+    problems: list[tuple[tuple, str, int | None]] = []
+    seen: set[tuple] = set()
+    for err in errors:
+        path = _clean_loc(tuple(err["loc"]))
+        # A union reports each branch, a rejected tag was reported already: one message per path.
+        if path in seen or any(path[: len(r)] == r for r in loc.rejected):
+            continue
+        seen.add(path)
+        problems.append((path, _unknown_key(path) if err["type"] == "extra_forbidden" else _message(err), None))
+    return None, problems
+
+
+def _unknown_key(path: tuple) -> str:
+    owner = _model_at(path[:-1])
+    if owner is None:
+        return "unknown key"
+    close = difflib.get_close_matches(str(path[-1]), _known_fields(owner), n=1, cutoff=0.6)
+    return f"unknown key; did you mean {close[0]}?" if close else f"unknown key; known keys: {', '.join(_known_fields(owner))}"
+
+
+def _validate(data: dict, source: str, base_dir: Path, loc: _Located) -> Recipe:
+    recipe, schema = _schema_problems(data, loc)
+    problems = loc.problems + schema + [(path, msg, None) for path, msg in _cross_field_problems(data, base_dir)]
     if problems:
-        lines = []
-        for path, msg in problems:
-            lines.append((_line_for(loc, path) or 1, _fmt(source, _line_for(loc, path), path, msg)))
-        # Stable: by line, then as found.
-        ordered = [text for _, text in sorted(enumerate_lines(lines))]
-        raise RecipeError(list(dict.fromkeys(ordered)))
+        located = []
+        for i, (path, msg, line) in enumerate(problems):
+            line = line or _line_for(loc, path) or 1
+            located.append(((line, i), _fmt(source, line, path, msg)))
+        # By line, then as found, so the user can fix top to bottom.
+        raise RecipeError(list(dict.fromkeys(text for _, text in sorted(located))))
     assert recipe is not None
     _resolve_paths(recipe, base_dir)
     recipe._source_path = None if source.startswith("<") else Path(source).resolve()
     return recipe
-
-
-def enumerate_lines(lines: list[tuple[int, str]]):
-    for i, (line, text) in enumerate(lines):
-        yield (line, i), text
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +668,51 @@ def looks_local(path: str) -> bool:
 def _local_path(path: str, base_dir: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (base_dir / p)
+
+
+def _has_scheme(value: str) -> bool:
+    """`gs://...`, `ftp:...`: a URL rather than a local path."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value) is not None
+
+
+def is_cloud_bucket(value: str | None) -> bool:
+    return isinstance(value, str) and value.startswith(("gs://", "s3://"))
+
+
+DATA_SCAN_LIMIT = 10_000  # entries looked at before a directory counts as holding no data files
+
+
+def _has_data_file(directory: Path) -> bool:
+    """Whether `directory` holds a file jobs/data.py would read (it reads them recursively).
+
+    Bounded, so a mistaken `path: /` fails fast instead of walking the whole disk.
+    """
+    seen = 0
+    for _root, _dirs, files in os.walk(directory):
+        for name in files:
+            if Path(name).suffix in LOCAL_DATA_SUFFIXES:
+                return True
+            seen += 1
+        seen += len(_dirs)
+        if seen > DATA_SCAN_LIMIT:
+            return False
+    return False
+
+
+def _data_path_problem(lp: Path) -> str | None:
+    kinds = ", ".join(LOCAL_DATA_SUFFIXES[:-1]) + " or " + LOCAL_DATA_SUFFIXES[-1]
+    if not lp.exists():
+        return f"local file not found: {lp}; fix the path (relative to the recipe) or use a hub id OWNER/NAME"
+    if lp.is_dir():
+        if not _has_data_file(lp):
+            return f"directory {lp} has no {kinds} file; point at the data files or a directory of them"
+        return None
+    if lp.suffix not in LOCAL_DATA_SUFFIXES:
+        what = f"is a {lp.suffix} file" if lp.suffix else "has no file suffix"
+        return f"{lp} {what}; use {kinds} data (or a directory of such files)"
+    if not os.access(lp, os.R_OK):
+        return f"cannot read {lp} (permission denied); fix its permissions"
+    return None
 
 
 def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]:
@@ -490,8 +748,12 @@ def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]
             out.append((("train", "deepspeed"), f"{ds} is only for method full; lora allows zero2 or null"))
 
     spot = _get(data, "resources", "spot")
-    if spot is True and not _get(data, "output", "bucket"):
+    bucket = _get(data, "output", "bucket")
+    if spot is True and not bucket:
         out.append((("resources", "spot"), "spot needs output.bucket so checkpoints survive preemption; set output.bucket (gs://, s3://) or spot: false"))
+    elif spot is True and isinstance(bucket, str) and not _has_scheme(bucket) and not any(c.isspace() for c in bucket):
+        out.append((("output", "bucket"), "with resources.spot: true the bucket must be gs:// or s3://: a local path is lost "
+                    "with a preempted VM, and the restarted job could not resume; set a cloud bucket or spot: false"))
 
     nodes = _get(data, "resources", "nodes")
     if isinstance(nodes, int) and nodes > 1 and "local" in clouds:
@@ -522,9 +784,9 @@ def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]
         for i, src in enumerate(sources):
             path = _get(src, "path")
             if isinstance(path, str) and looks_local(path):
-                lp = _local_path(path, base_dir)
-                if not lp.exists():
-                    out.append((("data", "sources", i, "path"), f"local file not found: {lp}; fix the path (relative to the recipe) or use a hub id OWNER/NAME"))
+                problem = _data_path_problem(_local_path(path, base_dir))
+                if problem:
+                    out.append((("data", "sources", i, "path"), problem))
     tasks_dir = _get(data, "eval", "tasks_dir")
     if isinstance(tasks_dir, str) and not _local_path(tasks_dir, base_dir).is_dir():
         out.append((("eval", "tasks_dir"), f"directory not found: {_local_path(tasks_dir, base_dir)}; fix the path (relative to the recipe)"))
@@ -545,3 +807,5 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
             src.path = str(_local_path(src.path, base_dir).resolve())
     if recipe.eval is not None and recipe.eval.tasks_dir:
         recipe.eval.tasks_dir = str(_local_path(recipe.eval.tasks_dir, base_dir).resolve())
+    if recipe.output.bucket and not _has_scheme(recipe.output.bucket):
+        recipe.output.bucket = str(_local_path(recipe.output.bucket, base_dir).resolve())

@@ -80,6 +80,47 @@ MALFORMED = [
     ("eval-nothing", GOOD + "eval: {preset: null}\n", "eval", 19, "no preset and no tasks"),
     ("local-with-nodes", _replace(_replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: [local]"), "  gpu: auto\n", "  gpu: auto\n  nodes: 2\n"), "resources.nodes", 17, "one machine"),
     ("fp16-with-bf16-compute", _replace(_replace(GOOD, "quant_type: nf4}", "quant_type: nf4, compute_dtype: bfloat16}"), "micro_batch_size: 2", "micro_batch_size: 2\n  precision: fp16"), "quantization.compute_dtype", 6, "float16"),
+    # YAML tags: never constructed, reported at the tag's own line and naming the field.
+    ("python-tag-scalar", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  seed: !!python/object:os.system x\n"), "train.seed", 14, "YAML tag !!python/object:os.system is not allowed in a recipe; remove it"),
+    ("custom-tag-scalar", _replace(GOOD, "seq_len: 1024", "seq_len: !foo 1024"), "data.seq_len", 10, "YAML tag !foo is not allowed"),
+    ("custom-tag-mapping", _replace(GOOD, "model:\n", "model: !foo\n"), "model", 2, "YAML tag !foo is not allowed"),
+    ("custom-tag-sequence", _replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: !foo [lambda, runpod, gcp]"), "resources.clouds", 15, "YAML tag !foo is not allowed"),
+    ("python-tag-mapping", _replace(GOOD, "lora: {", "lora: !!python/object/apply:os.system {"), "lora", 5, "YAML tag !!python/object/apply:os.system"),
+    ("binary-tag", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  seed: !!binary aGVsbG8=\n"), "train.seed", 14, "YAML tag !!binary"),
+    ("bad-int-tag-value", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: !!int lots\n"), "train.micro_batch_size", 13, "cannot read"),
+    # Non-finite and absurd numbers.
+    ("epochs-overflow", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  epochs: 1e400\n"), "train.epochs", 14, "finite"),
+    ("epochs-inf", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  epochs: .inf\n"), "train.epochs", 14, "finite"),
+    ("lr-nan", _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: .nan"), "train.learning_rate", 12, "finite"),
+    ("alpha-inf", _replace(GOOD, "alpha: 16", "alpha: .inf"), "lora.alpha", 5, "finite"),
+    ("max-usd-inf", _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  max_usd: .inf\n"), "resources.max_usd", 17, "finite"),
+    ("epochs-absurd", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  epochs: 5000\n"), "train.epochs", 14, "at most 1000"),
+    ("huge-int-epochs", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  epochs: 1" + "0" * 400 + "\n"), "train.epochs", 14, "far too large, got a 401-digit number"),
+    ("micro-batch-absurd", _replace(GOOD, "micro_batch_size: 2", "micro_batch_size: 100000"), "train.micro_batch_size", 13, "at most 4096"),
+    ("grad-accum-absurd", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  grad_accum: 100000\n"), "train.grad_accum", 14, "at most 4096"),
+    ("checkpoint-minutes-absurd", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  checkpoint_minutes: 1000000\n"), "train.checkpoint_minutes", 14, "at most 10080"),
+    ("keep-checkpoints-absurd", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  keep_checkpoints: 100000\n"), "train.keep_checkpoints", 14, "at most 1000"),
+    ("max-steps-absurd", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  max_steps: 100000000000\n"), "train.max_steps", 14, "at most 10000000"),
+    ("seed-too-big", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  seed: 99999999999\n"), "train.seed", 14, "at most 4294967295"),
+    ("disk-absurd", _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  disk_gb: 10000000\n"), "resources.disk_gb", 17, "at most 65536"),
+    ("autostop-absurd", _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  autostop_minutes: 1000000\n"), "resources.autostop_minutes", 17, "at most 10080"),
+    ("max-usd-absurd", _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  max_usd: 1e12\n"), "resources.max_usd", 17, "at most 1000000"),
+    ("lora-r-absurd", _replace(GOOD, "r: 16,", "r: 100000,"), "lora.r", 5, "at most 4096"),
+    # Wrong types are errors, not quiet conversions.
+    ("micro-batch-bool", _replace(GOOD, "micro_batch_size: 2", "micro_batch_size: true"), "train.micro_batch_size", 13, "whole number, got true"),
+    ("micro-batch-quoted", _replace(GOOD, "micro_batch_size: 2", "micro_batch_size: '4'"), "train.micro_batch_size", 13, "got the text '4'; remove the quotes"),
+    ("micro-batch-float", _replace(GOOD, "micro_batch_size: 2", "micro_batch_size: 2.5"), "train.micro_batch_size", 13, "whole number, got 2.5"),
+    ("lr-quoted", _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: '2e-4'"), "train.learning_rate", 12, "must be a number, got the text '2e-4'; remove the quotes"),
+    ("lr-word", _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: fast"), "train.learning_rate", 12, "must be a number, got the text 'fast'"),
+    ("packing-quoted", _replace(GOOD, "  seq_len: 1024\n", "  seq_len: 1024\n  packing: 'true'\n"), "data.packing", 11, "true or false, got the text 'true'; remove the quotes"),
+    ("model-id-number", _replace(GOOD, "id: meta-llama/Llama-2-7b-hf", "id: 1234"), "model.id", 3, "must be text"),
+    # output.bucket forms.
+    ("bucket-ftp", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: ftp://x y"), "output.bucket", 18, "gs://BUCKET"),
+    ("bucket-space", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: gs://bucket/my runs"), "output.bucket", 18, "no whitespace"),
+    ("bucket-no-name", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: 's3://'"), "output.bucket", 18, "s3://BUCKET"),
+    ("spot-local-bucket", _replace(_replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  spot: true\n"), "bucket: gs://bucket/sftlaunch", "bucket: ./out"), "output.bucket", 19, "preempted"),
+    # Local data paths.
+    ("data-system-file", _replace(GOOD, "path: timdettmers/openassistant-guanaco", "path: /etc/passwd"), "data.sources[0].path", 9, ".jsonl, .json or .parquet"),
 ]
 
 # Whole-file problems: the message names the file, line and (recipe).
@@ -90,6 +131,12 @@ BROKEN_FILES = [
     ("top-level-list", "- name: x\n- method: full\n", 1, "top level is a list"),
     ("top-level-scalar", "just a string\n", 1, "top level is a single value"),
     ("tab-indent", "name: x\nmodel:\n\tid: a/b\n", 3, "YAML syntax error"),
+    ("recursive-alias", GOOD + "x: &a [*a]\n", 19, "refers to itself"),
+    ("recursive-alias-mapping", GOOD + "x: &a\n  y: *a\n", 20, "refers to itself"),
+    ("deep-nesting", "name: " + "[" * 5000 + "\n", 1, "nested deeper than"),
+    ("deep-nesting-closed", "name: " + "[" * 200 + "]" * 200 + "\n", 1, "nested deeper than"),
+    ("alias-bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+     + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)), 5, "aliases"),
 ]
 
 
@@ -120,6 +167,7 @@ def test_malformed_recipe(tmp_path, case_id, text, field, line, word):
     matching = [p for p in exc.value.problems if f": {field}: " in p]
     assert matching, exc.value.problems
     assert any(p.startswith(f"{path}:{line}: {field}: ") and word in p for p in matching), matching
+    assert all("\n" not in p for p in exc.value.problems), exc.value.problems
 
 
 def test_at_least_25_malformed_cases():
@@ -133,6 +181,9 @@ def test_broken_file(tmp_path, case_id, text, line, word):
         load_recipe(path)
     [problem] = exc.value.problems
     assert problem.startswith(f"{path}:{line}: (recipe): ") and word in problem, problem
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
 
 
 def test_binary_junk_and_missing_file(tmp_path):
@@ -199,3 +250,123 @@ def load_recipe_dict_for(clouds, name):
         "data": {"sources": [{"path": "a/b", "format": "text"}]},
         "resources": {"clouds": clouds},
     })
+
+
+def test_tag_problem_is_reported_alongside_other_problems(tmp_path):
+    text = _replace(_replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  seed: !!python/object:os.system x\n"),
+                    "format: guanaco", "format: nope")
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert f"{path}:9: data.sources[0].format: got nope; expected one of" in "\n".join(exc.value.problems)
+    [tag] = [p for p in exc.value.problems if "YAML tag" in p]
+    assert tag == f"{path}:14: train.seed: YAML tag !!python/object:os.system is not allowed in a recipe; remove it"
+    # The tagged value is not also reported as a type error.
+    assert len([p for p in exc.value.problems if ": train.seed: " in p]) == 1
+
+
+def test_tagged_mapping_content_is_still_checked(tmp_path):
+    path = _write(tmp_path, _replace(GOOD, "lora: {r: 16,", "lora: !foo {rr: 16,"))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    fields = {p.split(": ")[1] for p in exc.value.problems}
+    assert {"lora", "lora.rr"} <= fields, exc.value.problems
+
+
+def test_standard_tags_and_yaml12_floats_are_accepted(tmp_path):
+    # `2e-4` is a string to YAML 1.1 (PyYAML) but a number to every other YAML reader and to users.
+    text = _replace(_replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: 2e-4"), "seq_len: 1024", "seq_len: !!int 1024")
+    r = load_recipe(_write(tmp_path, text))
+    assert r.train.learning_rate == 2e-4 and r.data.seq_len == 1024
+    # Integers still feed float fields.
+    r = load_recipe(_write(tmp_path, _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: 1e-4\n  epochs: 3")))
+    assert r.train.epochs == 3.0 and isinstance(r.train.epochs, float)
+
+
+def test_recipe_from_dict_coerces_paths_at_the_boundary(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    r = recipe_from_dict({
+        "name": "t", "model": {"id": tmp_path}, "method": "lora",
+        "lora": {"target_modules": ("q_proj", "v_proj")},
+        "data": {"sources": [{"path": data, "format": "text"}]},
+        "resources": {"clouds": ["local"]}, "output": {"bucket": tmp_path / "out"},
+    })
+    assert r.model.id == str(tmp_path) and r.data.sources[0].path == str(data)
+    assert r.lora.target_modules == ["q_proj", "v_proj"] and r.output.bucket == str(tmp_path / "out")
+    with pytest.raises(RecipeError, match="train.micro_batch_size: must be a whole number, got the text '4'"):
+        recipe_from_dict({**r.resolved_dict(), "train": {"micro_batch_size": "4"}})
+
+
+@pytest.mark.parametrize("bucket", ["gs://my-bucket", "gs://my-bucket/sftlaunch/runs", "s3://my.bucket-1/x", "/abs/out", "~/sftlaunch-out", "out/runs"])
+def test_bucket_forms_accepted(tmp_path, bucket):
+    text = _replace(GOOD, "bucket: gs://bucket/sftlaunch", f"bucket: {bucket}")
+    sub = tmp_path / "recipes"
+    sub.mkdir()
+    r = load_recipe(_write(sub, text))
+    if bucket.startswith(("gs://", "s3://")):
+        assert r.output.bucket == bucket
+    else:
+        # Local outputs resolve like data paths: ~ expanded, relative to the recipe's directory.
+        assert Path(r.output.bucket).is_absolute()
+        expected = Path(bucket).expanduser() if bucket.startswith(("/", "~")) else sub / bucket
+        assert r.output.bucket == str(expected.resolve())
+
+
+def test_spot_with_cloud_bucket_is_fine(tmp_path):
+    text = _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  spot: true\n")
+    assert load_recipe(_write(tmp_path, text)).resources.spot is True
+
+
+def _data_case(tmp_path: Path, kind: str) -> str:
+    if kind == "empty-dir":
+        (tmp_path / "empty").mkdir()
+        return "empty"
+    if kind == "dir-of-csv":
+        (tmp_path / "csvs").mkdir()
+        (tmp_path / "csvs" / "rows.csv").write_text("a,b\n")
+        return "csvs"
+    if kind == "csv-file":
+        (tmp_path / "data.csv").write_text("a,b\n")
+        return "data.csv"
+    if kind == "no-suffix":
+        (tmp_path / "rows").write_text("{}\n")
+        return "./rows"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,word", [
+    ("empty-dir", "no .jsonl, .json or .parquet file"),
+    ("dir-of-csv", "no .jsonl, .json or .parquet file"),
+    ("csv-file", "is a .csv file; use .jsonl, .json or .parquet"),
+    ("no-suffix", "has no file suffix; use .jsonl, .json or .parquet"),
+])
+def test_local_data_must_be_data_files(tmp_path, kind, word):
+    rel = _data_case(tmp_path, kind)
+    path = _write(tmp_path, _replace(GOOD, "path: timdettmers/openassistant-guanaco", f"path: {rel}"))
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    [problem] = exc.value.problems
+    assert problem.startswith(f"{path}:9: data.sources[0].path: ") and word in problem, problem
+
+
+def test_local_data_dirs_with_data_files_and_hub_ids_pass(tmp_path):
+    nested = tmp_path / "rows" / "part-0"
+    nested.mkdir(parents=True)
+    (nested / "a.parquet").write_bytes(b"PAR1")
+    r = load_recipe(_write(tmp_path, _replace(GOOD, "path: timdettmers/openassistant-guanaco", "path: rows")))
+    assert r.data.sources[0].path == str((tmp_path / "rows").resolve())
+    r = load_recipe(_write(tmp_path, GOOD))
+    assert r.data.sources[0].path == "timdettmers/openassistant-guanaco"
+
+
+def test_shipped_data_directories_are_valid_sources():
+    data = Path(__file__).resolve().parents[2] / "recipes" / "data"
+    for d in sorted(p for p in data.iterdir() if p.is_dir()):
+        r = recipe_from_dict({
+            "name": "t", "model": {"id": "a/b"}, "method": "full",
+            "data": {"sources": [{"path": d.name, "format": "messages"}]}, "resources": {"clouds": ["local"]},
+        }, base_dir=data)
+        assert r.data.sources[0].path == str(d.resolve())
