@@ -7,6 +7,7 @@ below holds each command's one-line help, so `sftlaunch --help` imports nothing 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 
@@ -85,7 +86,11 @@ def _is_located(line: str) -> bool:
 
 
 def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> int:
-    """Run the CLI and map exceptions to DESIGN's exit codes; never a traceback unless --debug."""
+    """Run the CLI and map exceptions to DESIGN's exit codes; never a traceback unless --debug.
+
+    Every line printed here goes through `launcher.secrets.mask`: an error message may quote
+    whatever the user typed (a flag value, a recipe value), and that may be a token.
+    """
     from launcher.errors import SftlaunchError
 
     debug = _debug_requested(argv)
@@ -97,26 +102,44 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
-        click.echo("Aborted.", err=True)
+        _say("Aborted.")
         return 130
     except click.ClickException as exc:
-        exc.show()
+        buf = io.StringIO()
+        exc.show(file=buf)
+        _say(buf.getvalue().rstrip("\n"))
         return 2 if exc.exit_code in (1, 2) else exc.exit_code
     except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
+        _say("Interrupted.")
         return 130
     except SftlaunchError as exc:
         if debug:
+            _full_tracebacks()
             raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            click.echo(line if _is_located(line) else f"error: {line}", err=True)
+            _say(line if _is_located(line) else f"error: {line}")
         return exc.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
         if debug:
+            _full_tracebacks()
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        detail = " ".join(str(exc).split())
+        _say(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for a traceback)")
         return 1
     return 0
+
+
+def _say(text: str) -> None:
+    from launcher.secrets import mask
+
+    click.echo(mask(text), err=True)
+
+
+def _full_tracebacks() -> None:
+    """Undo `sys.tracebacklimit = 0`, which SkyPilot's ux_utils.print_exception_no_traceback
+    leaves set when an exception escapes it; --debug promises a traceback."""
+    if hasattr(sys, "tracebacklimit"):
+        del sys.tracebacklimit
 
 
 def main(argv: list[str] | None = None) -> None:

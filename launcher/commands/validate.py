@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from launcher.errors import RecipeError
+from launcher.errors import RecipeError, UserError
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @click.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
 def validate(recipes: tuple[str, ...], quiet: bool) -> None:
-    """Check RECIPES; print `file:line: field: message` for every problem (exit 2 if any)."""
+    """Check RECIPES (files, or directories of *.yaml/*.yml); print `file:line: field: message` for every problem (exit 2 if any)."""
     from launcher.recipe import load_recipe
 
-    problems: list[str] = []
-    for path in _expand(recipes):
+    files, problems = _expand(recipes)
+    for path in files:
         try:
             recipe = load_recipe(path)
         except RecipeError as exc:
@@ -25,14 +29,25 @@ def validate(recipes: tuple[str, ...], quiet: bool) -> None:
             click.echo(f"{path}: ok ({recipe.name}: {recipe.method} {recipe.model.id})")
     if problems:
         raise RecipeError(problems)
+    if not files:  # unreachable through click (a path is required), kept so "nothing checked" is never "ok"
+        raise UserError("no recipes given; pass a recipe file or a directory of recipes")
 
 
-def _expand(paths: tuple[str, ...]) -> list[str]:
-    """A directory stands for the recipes in it, so `sftlaunch validate recipes/` works."""
-    from pathlib import Path
+def _expand(paths: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(recipe files, problems): a directory stands for the recipes in it, so `validate recipes/` works.
 
-    out: list[str] = []
+    A directory without recipes is a problem, not silence: an exit 0 with nothing checked
+    would pass a CI step that points at the wrong folder.
+    """
+    files: list[str] = []
+    problems: list[str] = []
     for path in paths:
         p = Path(path)
-        out.extend(sorted(str(f) for f in p.glob("*.yaml")) if p.is_dir() else [path])
-    return out
+        if not p.is_dir():
+            files.append(path)
+            continue
+        found = sorted(str(f) for f in p.iterdir() if f.suffix in RECIPE_SUFFIXES and f.is_file())
+        if not found:
+            problems.append(f"{path}: no recipe files (*.yaml, *.yml); pass a recipe file or a directory of recipes")
+        files.extend(found)
+    return files, problems
