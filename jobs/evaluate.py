@@ -6,10 +6,14 @@ harness weights MMLU subjects by size; the leaderboard took the plain mean of 57
 the result must carry the model, revision and recipe hash so a number can be traced to the run
 that produced it.
 
-Data parallel: with more than one visible GPU this re-launches itself under
+Several GPUs (`--parallel`, default auto): `data` re-launches itself under
 `accelerate launch --num_processes <gpus> -m jobs.evaluate ...`; the harness's HFLM then puts one
-model replica on each GPU and shards the requests (rank 0 writes results.json). Set
-SFTLAUNCH_EVAL_NO_DP=1 to stay in one process (e.g. a model that needs several GPUs' memory).
+model replica on each GPU and shards the requests (rank 0 writes results.json). `model` stays in
+one process and lets HFLM split one copy of the model across the GPUs (`parallelize=True`, i.e.
+accelerate's device_map="auto"), for a model that does not fit one GPU. `auto` picks data
+parallel when the weights (from the files' sizes or the Hub's safetensors metadata, a quarter of
+that in 4-bit) fit one GPU with room for activations, else model parallel; when the size cannot
+be read it keeps data parallel. SFTLAUNCH_EVAL_NO_DP=1 (older switch) means `model`.
 """
 
 from __future__ import annotations
@@ -144,7 +148,41 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
         return ModelSpec(str(path), None, None, str(path), meta.get("run_id") or str(path), meta.get("base_model"), meta)
     if _looks_like_path(ref):
         raise EvalInputError(f"--model {ref}: no such directory; give a model/adapter directory or a hub id (org/name)")
-    return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
+    return _resolve_hub(ref, revision)
+
+
+def hub_missing(ref: str) -> str:
+    return f"model {ref}: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN"
+
+
+def _resolve_hub(ref: str, revision: str | None) -> ModelSpec:
+    """A hub model, or a hub PEFT adapter (its base from adapter_config.json), checked before any
+    weights load so a wrong id is one line, not a loader traceback."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    try:
+        hf_hub_download(ref, "config.json", revision=revision)
+        return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
+    except RemoteEntryNotFoundError:  # the repo exists without a config.json: an adapter?
+        try:
+            adapter_cfg = hf_hub_download(ref, "adapter_config.json", revision=revision)
+        except Exception:  # noqa: BLE001 - any failure here means "not a usable model"
+            adapter_cfg = None
+    except LocalEntryNotFoundError:  # offline or unreachable: only the cache can answer
+        cached = try_to_load_from_cache(ref, "adapter_config.json", revision=revision)
+        adapter_cfg = cached if isinstance(cached, str) else None
+    except Exception:  # noqa: BLE001 - unknown repo, gated without a token, bad revision, bad id
+        adapter_cfg = None
+    if adapter_cfg is None:
+        raise EvalInputError(hub_missing(ref))
+    base = json.loads(Path(adapter_cfg).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise EvalInputError(f"model {ref}: its adapter_config.json names no base_model_name_or_path")
+    base_path = _resolve_base(base, Path(adapter_cfg).parent)
+    if base_path == base:  # a hub base: it must be there too
+        base_path = _resolve_hub(base, None).pretrained
+    return ModelSpec(base_path, None, ref, base_path, ref, base, {})
 
 
 def fetch_from_bucket(model: str, run_id: str | None) -> None:
@@ -262,7 +300,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str):
+def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str, parallelize: bool = False):
+    """HFLM for the spec; `parallelize` splits one copy across this node's GPUs (model parallel)."""
     from lm_eval.models.huggingface import HFLM
 
     if load_4bit:
@@ -281,15 +320,22 @@ def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str):
         cls = HFLM4bit
     else:
         cls = HFLM
-    return cls(
-        pretrained=spec.pretrained,
-        revision=spec.revision or "main",
-        peft=spec.peft,
-        tokenizer=spec.tokenizer,
-        batch_size=batch_size,
-        device=device,
-        dtype="float32" if device == "cpu" else "auto",
-    )
+    kwargs = {"parallelize": True} if parallelize else {}
+    try:
+        return cls(
+            pretrained=spec.pretrained,
+            revision=spec.revision or "main",
+            peft=spec.peft,
+            tokenizer=spec.tokenizer,
+            batch_size=batch_size,
+            device=device,
+            dtype="float32" if device == "cpu" else "auto",
+            **kwargs,
+        )
+    except OSError as exc:
+        if spec.revision is not None:  # a hub model whose files are not all reachable
+            raise EvalInputError(hub_missing(spec.model_id)) from exc
+        raise
 
 
 def run_harness(lm, task_groups: list[tuple[list[str], int | None]], tm, limit: int | None) -> dict:
@@ -326,6 +372,58 @@ def _under_launcher() -> bool:
     return any(k in os.environ for k in ("LOCAL_RANK", "ACCELERATE_LAUNCH", "WORLD_SIZE"))
 
 
+def _gpu_memory_bytes() -> int:
+    import torch
+
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+          "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _weights_bytes_in_dir(path: Path) -> int | None:
+    files = list(path.glob("*.safetensors")) or list(path.glob("pytorch_model*.bin"))
+    return sum(f.stat().st_size for f in files) or None
+
+
+def model_bytes(ref: str, revision: str | None = None) -> int | None:
+    """Bytes of the model's weights as stored (an adapter: its base's), None when unknown.
+    Reads only file sizes or the Hub's safetensors metadata, never the weights."""
+    path = Path(ref).expanduser()
+    if ref == TINY_MODEL_ID:
+        return _weights_bytes_in_dir(Path(_tiny_dir()))
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            try:
+                base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            except ValueError:
+                return None
+            return model_bytes(base) if base else None
+        return _weights_bytes_in_dir(path)
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(ref, revision=revision)
+        return sum(n * _BYTES.get(dtype, 2) for dtype, n in meta.parameter_count.items())
+    except Exception:  # noqa: BLE001 - offline, not safetensors, unknown: size unknown
+        return None
+
+
+def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu_bytes: int | None) -> str:
+    """none | data | model for this node (see the module docstring)."""
+    if gpus <= 1 or mode == "none":
+        return "none"
+    if mode in ("data", "model"):
+        return mode
+    if os.environ.get("SFTLAUNCH_EVAL_NO_DP") == "1":
+        return "model"
+    if size is None or gpu_bytes is None:
+        return "data"
+    weights = size * (0.3 if load_4bit else 1.0)  # NF4 is 4 of 16 bits, plus constants and bf16 embeddings
+    return "data" if weights * 1.2 + 2 * 2**30 <= gpu_bytes else "model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs eval", description="Score a model with lm-eval; write OUT/results.json.")
     p.add_argument("--model", required=True, help="model dir, PEFT adapter dir, hub id, or sftlaunch/tiny-llama")
@@ -335,7 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", default=None, help="directory of local lm-eval task YAMLs")
     p.add_argument("--limit", type=int, default=None, help="examples per task (a quick look, not a score)")
     p.add_argument("--batch-size", default=None, help='"auto" (default) or an integer')
-    p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes, GPU)")
+    p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes)")
+    p.add_argument("--parallel", choices=("auto", "data", "model", "none"),
+                   default=os.environ.get("SFTLAUNCH_EVAL_PARALLEL") or "auto",
+                   help="with several GPUs: data (a replica per GPU), model (one copy split across the GPUs, "
+                        "for models that do not fit one), auto (data if the model fits one GPU); "
+                        "default $SFTLAUNCH_EVAL_PARALLEL or auto")
+    p.add_argument("--with-base", action="store_true", default=os.environ.get("SFTLAUNCH_EVAL_WITH_BASE") == "1",
+                   help="also score the base model of a fine-tune into OUT-base (default $SFTLAUNCH_EVAL_WITH_BASE=1)")
     p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None,
                    help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win); "
                         "default $SFTLAUNCH_RECIPE")
@@ -393,6 +498,12 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     batch = _parse_batch(str(args.batch_size or "auto"))
     fetch_from_bucket(args.model, args.run_id)
     spec = resolve_model(args.model, args.revision)
+    base_spec = None
+    base_id = spec.meta.get("base_model") or spec.base_model  # sftlaunch.json's is portable
+    if getattr(args, "with_base", False):
+        if not base_id:
+            raise EvalInputError(f"--with-base: {args.model} records no base model (not a fine-tune); drop --with-base")
+        base_spec = resolve_model(base_id, spec.meta.get("base_revision"))
     preset = PRESETS[args.preset] if args.preset else ()
     custom = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     tm = task_manager(args.tasks_dir, [p.task for p in preset] + custom)
@@ -406,18 +517,42 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if custom:
         groups.append((custom, None))
 
+    job = {"args": args, "batch": batch, "preset": preset, "custom": custom, "groups": groups, "tm": tm,
+           "device": _device(), "parallel": getattr(args, "parallel_mode", "none")}
+    result = _score(spec, job)
+    if result is not None:
+        _write(result, Path(args.out), "eval")
+    if base_spec is not None:
+        base = _score(base_spec, job)
+        if base is not None:
+            # Named as the fine-tune names its base (a hub id, not a cache path), so the table and
+            # the model card put the two rows side by side.
+            base["model"]["id"] = base_id
+            base["run_id"] = base["recipe_sha256"] = None
+            _write(base, base_out(args.out), "eval-base", run_id=result and result["run_id"])
+    return result
+
+
+def base_out(out: str) -> Path:
+    """Where --with-base writes the base model's results: beside OUT (eval → eval-base)."""
+    return Path(f"{str(out).rstrip('/')}-base")
+
+
+def _score(spec: ModelSpec, job: dict) -> dict | None:
+    """One model through the harness; the results.json dict (None on non-zero data-parallel ranks)."""
     import lm_eval
 
-    device = _device()
+    args = job["args"]
     started = time.time()
-    lm = make_lm(spec, batch, args.load_4bit, device)
-    raw = run_harness(lm, groups, tm, args.limit)
+    lm = make_lm(spec, job["batch"], args.load_4bit, job["device"], parallelize=job["parallel"] == "model")
+    raw = run_harness(lm, job["groups"], job["tm"], args.limit)
     if not raw:
         return None
     wall = time.time() - started
+    preset, custom = job["preset"], job["custom"]
     rows = (reduce_preset(raw, preset) if preset else []) + (reduce_custom(raw, custom) if custom else [])
     scores = {r["name"]: r["value"] for r in rows}
-    result = {
+    return {
         "schema": RESULTS_SCHEMA,
         "model": {"id": spec.model_id, "revision": spec.revision, "path": spec.pretrained,
                   "adapter": spec.peft, "base_model": spec.base_model},
@@ -429,27 +564,30 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         "scores": scores,
         "average": sum(scores.values()) / len(scores) if scores else None,
         "limit": args.limit,
-        "batch_size": batch,
+        "batch_size": job["batch"],
         "load_4bit": bool(args.load_4bit),
-        "device": device,
+        "device": job["device"],
+        "parallel": job["parallel"],
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(wall, 3),
         "preset_definition": [asdict(p) for p in preset] or None,
     }
-    out = Path(args.out)
+
+
+def _write(result: dict, out: Path, bucket_dir: str, run_id: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / "results.json")
     bucket = os.environ.get("SFTLAUNCH_BUCKET")
-    if bucket and result["run_id"]:
+    run_id = run_id or result["run_id"]
+    if bucket and run_id:
         # Where `sftlaunch status`/`eval` look for a remote run's scores (the cluster may be gone).
         import fsspec
 
-        with fsspec.open(f"{bucket.rstrip('/')}/{result['run_id']}/eval/results.json", "w") as fh:
+        with fsspec.open(f"{bucket.rstrip('/')}/{run_id}/{bucket_dir}/results.json", "w") as fh:
             fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,10 +596,21 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage line
         return 2 if exc.code else 0
-    if _gpu_count() > 1 and not _under_launcher() and os.environ.get("SFTLAUNCH_EVAL_NO_DP") != "1":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(_gpu_count()),
-               "--num_machines", "1", "-m", "jobs.evaluate", *argv]
-        return subprocess.call(cmd)
+    gpus = _gpu_count()
+    args.parallel_mode = "none"
+    if gpus > 1 and not _under_launcher():
+        need_size = args.parallel == "auto" and os.environ.get("SFTLAUNCH_EVAL_NO_DP") != "1"
+        size = model_bytes(args.model, args.revision) if need_size else None
+        args.parallel_mode = choose_parallel(args.parallel, gpus, args.load_4bit, size,
+                                             _gpu_memory_bytes() if size else None)
+        print(f"eval on {gpus} GPUs: {args.parallel_mode} parallel"
+              + (f" (weights {size / 2**30:.1f} GiB)" if size else ""), flush=True)
+        if args.parallel_mode == "data":
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
+                   "--num_machines", "1", "-m", "jobs.evaluate", *argv]
+            return subprocess.call(cmd)
+    elif _under_launcher() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args.parallel_mode = "data"
     try:
         result = evaluate(args)
     except EvalInputError as exc:
@@ -471,9 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     if result is not None:
-        from launcher.results import render_table
+        from launcher.results import load_results, render_table
 
-        print(render_table([result]))
+        base = base_out(args.out) / "results.json"
+        print(render_table(([load_results(base)] if args.with_base and base.is_file() else []) + [result]))
         print(f"results: {Path(args.out) / 'results.json'}")
     return 0
 

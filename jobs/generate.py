@@ -31,7 +31,7 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jobs.evaluate import EvalInputError, resolve_model
+    from jobs.evaluate import EvalInputError, hub_missing, resolve_model
 
     try:
         spec = resolve_model(ref, revision)
@@ -50,11 +50,15 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
         kwargs["device_map"] = "auto"
     else:
         kwargs["dtype"] = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(spec.pretrained, revision=spec.revision, **kwargs)
-    if spec.peft:
-        from peft import PeftModel
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.pretrained, revision=spec.revision, **kwargs)
+        if spec.peft:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, spec.peft)
+            model = PeftModel.from_pretrained(model, spec.peft)
+    except OSError as exc:  # files of a hub model missing or unreachable
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GenerateInputError(hub_missing(ref) if spec.revision else f"model {ref}: cannot load it ({first})") from None
     device = "cuda" if cuda else "cpu"
     if not load_4bit:
         model.to(device)

@@ -131,7 +131,7 @@ def _base_of(results: dict) -> str | None:
 @click.option("--local", is_flag=True, help="Run on this machine instead of a cloud GPU.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only N examples per task (a quick look, not a score).")
 @click.option("--batch-size", default=None, help='"auto" or an integer.')
-@click.option("--load-4bit", is_flag=True, help="Load the model in 4-bit (bitsandbytes; needs a GPU).")
+@click.option("--load-4bit", is_flag=True, help="Load the model in 4-bit NF4 (bitsandbytes).")
 @click.option("--with-base", is_flag=True, help="Also score the base model and show its row beside the fine-tune's.")
 @click.option("--revision", default=None, help="Hub revision of MODEL.")
 @dry_run_option
@@ -140,7 +140,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     """Score RUN's model (or MODEL: a directory or hub id) with lm-evaluation-harness."""
     record = find_run(target)
     if not local:
-        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run)
+        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base)
         return
     from launcher.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
@@ -186,8 +186,11 @@ def _tiny_dir():
     return ensure_tiny()
 
 
-def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False) -> None:
-    """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it."""
+def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
+                 with_base=False) -> None:
+    """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it.
+    With --with-base the same job also scores the base model (SFTLAUNCH_EVAL_WITH_BASE=1) and
+    leaves its results in <bucket>/<run id>/eval-base/."""
     if record is None:
         raise UserError(f"{target}: remote eval takes a run id (its recipe names clouds and model); "
                         "for a model path or hub id use --local")
@@ -225,6 +228,8 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     tmp = Path(tempfile.mkdtemp(prefix="sftlaunch-eval-")) / "recipe.yaml"
     tmp.write_text(recipe.to_yaml())
     task = render_task(recipe, chosen, record["run_id"], str(tmp), steps=("eval",))
+    if with_base:
+        task["envs"]["SFTLAUNCH_EVAL_WITH_BASE"] = "1"
     cluster = f"{record['run_id']}-eval"[:35]
     click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
                f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)
@@ -251,4 +256,18 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
         _registry().set_eval(record["run_id"], res)
         from launcher.results import render_table
 
-        click.echo(render_table([res]))
+        base = _bucket_base_results(record) if with_base else None
+        click.echo(render_table(([base] if base else []) + [res]))
+
+
+def _bucket_base_results(record: dict) -> dict | None:
+    """The base model's results the remote job left beside the run's (eval-base/results.json)."""
+    if not record.get("bucket"):
+        return None
+    try:
+        import fsspec
+
+        with fsspec.open(f"{record['bucket'].rstrip('/')}/{record['run_id']}/eval-base/results.json", "r") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError):
+        return None

@@ -193,6 +193,105 @@ def test_several_gpus_relaunch_under_accelerate_once(monkeypatch, tmp_path):
     assert evaluate.main(argv) == 0 and calls[-1] == "evaluated"
 
 
+def test_unknown_hub_model_is_one_line_and_exit_2(tmp_path, capsys):
+    code, _ = run_eval(tmp_path, "--model", "nosuch/model", "--tasks", "tiny_mc")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        "error: model nosuch/model: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN"]
+
+
+def test_parallel_mode_choice():
+    big, small, gpu = 150 * 2**30, 10 * 2**30, 80 * 2**30
+    choose = evaluate.choose_parallel
+    assert choose("auto", 1, False, big, gpu) == "none"
+    assert choose("auto", 8, False, small, gpu) == "data"
+    assert choose("auto", 8, False, big, gpu) == "model"
+    assert choose("auto", 8, True, big, gpu) == "data"  # 4-bit: ~45 GiB fits one 80 GB GPU
+    assert choose("auto", 8, False, None, gpu) == "data"  # size unknown: the old default
+    assert choose("model", 8, False, small, gpu) == "model" and choose("data", 8, False, big, gpu) == "data"
+    assert choose("none", 8, False, big, gpu) == "none"
+
+
+def test_model_too_big_for_one_gpu_is_split_across_them_in_one_process(tmp_path, monkeypatch):
+    """The wiring, offline: sizes come from the weight files (a sparse 150 GiB file here), the
+    choice decides between relaunching under accelerate and HFLM(parallelize=True)."""
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_NO_DP", "SFTLAUNCH_EVAL_PARALLEL"):
+        monkeypatch.delenv(var, raising=False)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text("{}")
+    with open(big / "model-00001-of-00001.safetensors", "wb") as fh:
+        fh.truncate(150 * 2**30)
+    assert evaluate.model_bytes(str(big)) == 150 * 2**30
+    monkeypatch.setattr(evaluate, "_gpu_count", lambda: 4)
+    monkeypatch.setattr(evaluate, "_gpu_memory_bytes", lambda: 80 * 2**30)
+    launched, evaluated = [], []
+    monkeypatch.setattr(evaluate.subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.setattr(evaluate, "evaluate", lambda args: evaluated.append(args.parallel_mode))
+    assert evaluate.main(["--model", str(big), "--tasks", "tiny_mc", "--out", str(tmp_path / "o")]) == 0
+    assert evaluated == ["model"] and launched == []
+    assert evaluate.main(["--model", str(big), "--tasks", "tiny_mc", "--parallel", "data", "--out", str(tmp_path)]) == 0
+    assert len(launched) == 1 and "accelerate.commands.launch" in launched[0]
+    # An adapter is sized by its base; a hub id by the Hub's safetensors metadata.
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(big)}))
+    assert evaluate.model_bytes(str(adapter)) == 150 * 2**30
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata",
+                        lambda ref, revision=None: type("M", (), {"parameter_count": {"BF16": 70_000_000_000}})())
+    assert evaluate.model_bytes("org/llama-70b") == 140_000_000_000
+    # ... and model parallel reaches the harness as HFLM(parallelize=True), 4-bit too.
+    import lm_eval.models.huggingface as hf
+
+    seen = []
+
+    class FakeHFLM:
+        def __init__(self, **kw):
+            seen.append(kw)
+
+    monkeypatch.setattr(hf, "HFLM", FakeHFLM)
+    spec = evaluate.ModelSpec(str(big), None, None, str(big), "big", None, {})
+    evaluate.make_lm(spec, "auto", False, "cuda", parallelize=True)
+    evaluate.make_lm(spec, "auto", True, "cuda", parallelize=True)
+    evaluate.make_lm(spec, "auto", False, "cuda")
+    assert [kw.get("parallelize") for kw in seen] == [True, True, None]
+
+
+def test_load_4bit_on_cpu_scores_the_tiny_model(model_dir, tmp_path, monkeypatch):
+    import bitsandbytes as bnb
+
+    eval_rows_env(monkeypatch, tmp_path)
+    lm = evaluate.make_lm(evaluate.resolve_model(str(model_dir)), 2, True, "cpu")
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in lm.model.modules()) > 0
+    code, res = run_eval(tmp_path, "--model", str(model_dir), "--tasks", "tiny_mc", "--limit", "4",
+                         "--batch-size", "4", "--load-4bit")
+    assert code == 0 and res["load_4bit"] is True and res["tasks"][0]["samples"] == 4
+
+
+def test_with_base_scores_the_base_beside_the_fine_tune(model_dir, tmp_path, monkeypatch):
+    """What a remote `sftlaunch eval RUN --with-base` runs: both rows, the base's next to OUT and in
+    the bucket's eval-base/ where the launcher reads it."""
+    import shutil
+
+    eval_rows_env(monkeypatch, tmp_path)
+    tuned = tmp_path / "final"
+    shutil.copytree(model_dir, tuned)
+    (tuned / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-w-0001", "base_model": str(model_dir)}))
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "bucket"))
+    monkeypatch.setenv("SFTLAUNCH_EVAL_WITH_BASE", "1")
+    code, res = run_eval(tmp_path, "--model", str(tuned), "--tasks", "tiny_mc", "--limit", "2", "--batch-size", "2")
+    assert code == 0 and res["run_id"] == "sftl-w-0001"
+    base = json.loads((tmp_path / "out-base" / "results.json").read_text())
+    assert base["model"]["id"] == str(model_dir) and base["run_id"] is None
+    assert json.loads((tmp_path / "bucket" / "sftl-w-0001" / "eval-base" / "results.json").read_text()) == base
+    monkeypatch.delenv("SFTLAUNCH_EVAL_WITH_BASE")
+    (tuned / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-w-0001"}))
+    code, _ = run_eval(tmp_path, "--model", str(tuned), "--tasks", "tiny_mc", "--with-base")
+    assert code == 2
+
+
 # -- fine-tuning on the tiny task must move the tiny score ---------------------------------------
 def _train_with_jobs(tmp_path) -> tuple[str, str]:
     from launcher.recipe import load_recipe
@@ -216,6 +315,12 @@ def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch):
     eval_rows_env(monkeypatch, tmp_path)
     if HAVE_TRAIN:
         untrained, trained = _train_with_jobs(tmp_path)
+        # Training really learns the synthetic task: held-out eval loss, untrained (the eval run
+        # before the first step) vs after TRAIN_STEPS steps.
+        rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+        assert evals[0][0] == 0 and evals[-1][0] == TRAIN_STEPS, evals
+        assert evals[-1][1] < 0.5 * evals[0][1] and evals[0][1] - evals[-1][1] > 1.0, evals
     else:
         from tests.jobs.eval_fixtures import quick_finetune, throwaway_model
 

@@ -78,3 +78,12 @@ def test_bad_inputs_exit_2(model_dir, tmp_path):
     result = runner.invoke(cli, ["generate", "sftl-missing-0000", "--prompt", "hi"])
     assert result.exit_code == 2 and "no run" in result.output
     assert generate.main(["--model", str(model_dir)]) == 2
+
+
+def test_unknown_hub_model_is_one_line_and_exit_2(capsys):
+    message = "model nosuch/model: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN"
+    assert generate.main(["--model", "nosuch/model", "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    result = CliRunner(mix_stderr=False).invoke(cli, ["generate", "nosuch/model", "--prompt", "hi"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert "Traceback" not in result.output + result.stderr

@@ -58,6 +58,14 @@ def test_json_output_and_bad_inputs(model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "remote eval takes a run id" in result.stderr
 
 
+def test_unknown_hub_model_is_one_line_and_exit_2():
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "nosuch/model", "--local", "--tasks", "tiny_mc"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model nosuch/model: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("launcher.estimate") is not None, reason="the planner exists")
 def test_remote_eval_without_the_planner_says_what_is_missing(tmp_path):
     Registry().create("sftl-tiny-rem-0001", {"name": "tiny-rem"}, state="succeeded")
@@ -112,3 +120,24 @@ def test_remote_eval_launches_tears_down_and_stores_scores(remote_run, tmp_path)
     assert [c[0] for c in fake.calls if c[0] in ("launch", "down")] == ["launch", "down"]
     assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.42)
     assert "| sftl-demo-0002 | 42.00 | 42.00 |" in result.stdout
+
+
+def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
+    fake, recipe = remote_run
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--with-base", "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    import yaml
+
+    assert yaml.safe_load(result.stdout)["envs"]["SFTLAUNCH_EVAL_WITH_BASE"] == "1"
+    bucket = tmp_path / "r" / "bucket" / "sftl-demo-0002"
+    for name, model, value in (("eval", {"id": "sftl-demo-0002", "base_model": "org/base"}, 0.6),
+                               ("eval-base", {"id": "org/base"}, 0.3)):
+        (bucket / name).mkdir(parents=True)
+        (bucket / name / "results.json").write_text(json.dumps({"model": model, "average": value, "tasks": [
+            {"task": "tiny_mc", "name": "tiny_mc", "metric": "acc", "filter": "none", "value": value,
+             "stderr": 0.05, "shots": 0, "samples": 100}]}))
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--with-base"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.index("| org/base | 30.00 | 30.00 |") < lines.index("| sftl-demo-0002 | 60.00 | 60.00 |")
+    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.6)
