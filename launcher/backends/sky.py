@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from dataclasses import dataclass, field
 
 LABEL = "sftlaunch-run"
@@ -131,8 +132,11 @@ class Unavailable(Exception):
     callers fall back to the bucket copy. Carries SkyPilot's first line as the message."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()  # SkyPilot colours its messages for a terminal
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -352,11 +356,17 @@ class SkyBackend:
     def jobs_tail_logs(self, job_id: int, follow: bool, on_line) -> int | None:
         import sky
 
-        writer = _LineWriter(on_line)
+        seen = []
+        writer = _LineWriter(lambda line: (seen.append(True), on_line(line)))
         try:
-            return sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=writer)
+            code = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=writer)
         finally:
             writer.close_out()
+        if not follow and code is None and not seen:
+            # Without --follow SkyPilot returns None and drops the request's error (stream_response),
+            # so "no controller" looks like an empty log: ask the queue, which raises it.
+            sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[job_id], fields=["job_id"]))
+        return code
 
     def _stream(self, request_id, on_line):
         import sky

@@ -199,6 +199,25 @@ def test_no_jobs_controller_is_an_empty_queue_and_nothing_to_cancel(rec, monkeyp
         b.jobs_tail_logs(3, False, print)
 
 
+def test_non_follow_managed_logs_without_a_controller_are_unavailable(rec, monkeypatch):
+    """Checked against a real local API server: without --follow, sky.jobs.tail_logs returns None
+    and prints nothing when no controller is up (stream_response drops the request's error), so
+    the adapter asks the queue, which raises ClusterNotUpError, instead of showing an empty log."""
+    from sky import exceptions
+
+    jsig = inspect.signature(sky.jobs.tail_logs)
+    monkeypatch.setattr(sky.jobs, "tail_logs", lambda *a, **k: (jsig.bind(*a, **k), None)[1])
+    rec.patch(sky.jobs, "queue_v2")
+    _raising(monkeypatch, exceptions.ClusterNotUpError("\x1b[33mNo in-progress managed jobs.\x1b[0m"))
+    with pytest.raises(adapter.Unavailable) as err:
+        adapter.SkyBackend().jobs_tail_logs(3, False, print)
+    assert str(err.value) == "no managed-jobs controller is up (No in-progress managed jobs.)"  # colours stripped
+    assert rec.calls[-1][1]["job_ids"] == [3]
+    rec.returns("req-queue_v2", ([], 0, {}, 0))
+    monkeypatch.setattr(sky, "get", lambda request_id, **k: rec.results.get(request_id))
+    assert adapter.SkyBackend().jobs_tail_logs(3, False, print) is None  # a controller, an empty log
+
+
 def test_a_gone_cluster_is_already_down_and_has_no_logs(rec, monkeypatch):
     from sky import exceptions
 

@@ -104,6 +104,19 @@ def test_finished_run_reads_the_bucket_copy_the_job_wrote(fake, tmp_path):
     assert bucket_progress(reg.get("sftl-demo-ffff")) == (2, 2)
 
 
+def test_managed_run_without_a_jobs_controller_reads_the_bucket_copy(fake, tmp_path):
+    reg = Registry()
+    bucket = tmp_path / "bucket"
+    launched(fake, reg, "sftl-demo-hhhh", kind="managed", bucket=str(bucket))
+    _job_writes_its_logs(tmp_path, bucket, "sftl-demo-hhhh")
+    fake.controller_up = False  # SkyPilot raises ClusterNotUpError: the adapter says Unavailable
+    res = logs("sftl-demo-hhhh")
+    assert res.exit_code == 0, res.output
+    assert "step 2/2 loss 1.0" in res.output and "publish: model card written" in res.output
+    res = logs("sftl-demo-hhhh", "--follow")
+    assert res.exit_code == 0 and "eval: tiny_mc 0.9" in res.output
+
+
 def test_finished_run_without_bucket_says_why(fake):
     reg = Registry()
     launched(fake, reg, "sftl-demo-gggg")
