@@ -133,19 +133,24 @@ def _base_of(results: dict) -> str | None:
 @click.option("--batch-size", default=None, help='"auto" or an integer.')
 @click.option("--load-4bit", is_flag=True, help="Load the model in 4-bit NF4 (bitsandbytes).")
 @click.option("--with-base", is_flag=True, help="Also score the base model and show its row beside the fine-tune's.")
+@click.option("--parallel", type=click.Choice(("auto", "data", "model", "none")), default="auto", show_default=True,
+              help="Several GPUs: a replica per GPU (data), one copy split across them (model, for models "
+                   "that do not fit one GPU), or auto (data when the model fits one GPU).")
 @click.option("--revision", default=None, help="Hub revision of MODEL.")
 @dry_run_option
 @json_option
-def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, revision, dry_run, as_json):
+def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, parallel, revision,
+          dry_run, as_json):
     """Score RUN's model (or MODEL: a directory or hub id) with lm-evaluation-harness."""
     record = find_run(target)
     if not local:
-        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base)
+        _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base,
+                     parallel)
         return
     from launcher.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
 
-    args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit)
+    args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit) + ["--parallel", parallel]
     if record is not None:
         model = str(run_model_dir(record))
         out = Path(record.get("local_dir") or run_dir(record["run_id"])) / "eval"
@@ -187,7 +192,7 @@ def _tiny_dir():
 
 
 def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
-                 with_base=False) -> None:
+                 with_base=False, parallel="auto") -> None:
     """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it.
     With --with-base the same job also scores the base model (SFTLAUNCH_EVAL_WITH_BASE=1) and
     leaves its results in <bucket>/<run id>/eval-base/."""
@@ -230,6 +235,8 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     task = render_task(recipe, chosen, record["run_id"], str(tmp), steps=("eval",))
     if with_base:
         task["envs"]["SFTLAUNCH_EVAL_WITH_BASE"] = "1"
+    if parallel != "auto":
+        task["envs"]["SFTLAUNCH_EVAL_PARALLEL"] = parallel
     cluster = f"{record['run_id']}-eval"[:35]
     click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
                f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)

@@ -124,11 +124,13 @@ def test_remote_eval_launches_tears_down_and_stores_scores(remote_run, tmp_path)
 
 def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
     fake, recipe = remote_run
-    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--with-base", "--dry-run"])
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--with-base", "--parallel", "model",
+                                                      "--dry-run"])
     assert result.exit_code == 0, result.stderr
     import yaml
 
-    assert yaml.safe_load(result.stdout)["envs"]["SFTLAUNCH_EVAL_WITH_BASE"] == "1"
+    envs = yaml.safe_load(result.stdout)["envs"]
+    assert envs["SFTLAUNCH_EVAL_WITH_BASE"] == "1" and envs["SFTLAUNCH_EVAL_PARALLEL"] == "model"
     bucket = tmp_path / "r" / "bucket" / "sftl-demo-0002"
     for name, model, value in (("eval", {"id": "sftl-demo-0002", "base_model": "org/base"}, 0.6),
                                ("eval-base", {"id": "org/base"}, 0.3)):
