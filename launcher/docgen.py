@@ -38,12 +38,17 @@ default. Examples: [recipes/](../recipes/) (the 70B reference run is
 
 Besides each key's own type and bounds, `validate` checks rules that span keys, for instance:
 `qlora` needs `lora` and `quantization`; `full` allows neither; DeepSpeed is for `full` (and `zero2`
-with `lora`); `spot: true` needs `output.bucket`; `local` cannot be mixed with clouds; `name` must
-fit every allowed cloud's cluster-name limit; local data paths and `eval.tasks_dir` must exist;
-`precision: fp16` needs `compute_dtype: float16`.
+with `lora`); `spot: true` needs `output.bucket`, and a gs:// or s3:// one (a local path is lost with
+a preempted VM); `local` cannot be mixed with clouds; `name` must fit every allowed cloud's
+cluster-name limit; local data paths and `eval.tasks_dir` must exist, and local data must be
+.jsonl/.json/.parquet files or directories holding some; `precision: fp16` needs
+`compute_dtype: float16`.
 
 Types: *text*, *integer*, *number*, *true/false*; `a` \\| `b` lists the allowed values; `null` is
-YAML's null (`~` or `null`). Local paths are relative to the recipe file.
+YAML's null (`~` or `null`). Types are strict: `'4'` in quotes is text, not a number, and `true` is
+not an integer (an integer is fine where a number is expected; `2e-4` reads as a number). Numbers
+must be finite (no `.inf`, `.nan` or `1e400`). YAML tags (`!!python/...`, `!foo`) are rejected.
+Local paths are relative to the recipe file.
 """
 
 

@@ -11,6 +11,7 @@ Light imports only: this runs on `sftlaunch validate` and must not pull torch or
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import json
@@ -185,7 +186,7 @@ class EvalSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    bucket: str | None = Field(None, description="gs://, s3:// or a local path for checkpoints and results (required for spot).")
+    bucket: str | None = Field(None, description="gs://BUCKET[/prefix], s3://BUCKET[/prefix] or a local path (relative to the recipe) for checkpoints and results; required for spot, and then gs:// or s3://.")
     hub_repo: str | None = Field(None, description="Hugging Face Hub repo to push to, e.g. me/llama2-70b-dolphin-qlora (private).")
     merge_adapter: bool = Field(False, description="Also publish LoRA weights merged into the bf16 base.")
 
@@ -374,8 +375,9 @@ def _construct_key(node: yaml.Node, path: tuple, loc: _Located) -> Any:
         loc.problems.append((path, f"keys must be plain words, not {kind}", line))
         return _REJECTED
     if node.tag not in _SCALAR_TAGS:
-        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} on a key is not allowed in a recipe; remove it", line))
-        return _REJECTED
+        # Keep the key as written, so its value is still checked and no "required" follows.
+        loc.problems.append((path + (node.value,), f"YAML tag {_show_tag(node.tag)} on a key is not allowed in a recipe; remove it", line))
+        return node.value
     try:
         return _SCALAR_LOADER.construct_object(node, deep=True)
     except Exception:
@@ -440,6 +442,8 @@ def _compose(text: str, source: str) -> yaml.Node | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join((exc.problem or "invalid YAML").split())
+        if what.startswith("but ") and exc.context:  # "but found another document" needs its first half
+            what = " ".join(exc.context.split()) + ", " + what
         raise whole_file(mark.line + 1 if mark else 1, f"YAML syntax error: {what}; fix the indentation or quoting") from None
     except yaml.YAMLError as exc:
         raise whole_file(1, "YAML error: " + " ".join(str(exc).split())) from None
@@ -528,6 +532,8 @@ def _shown(value: Any) -> str:
         return f"a {len(str(abs(value)))}-digit number"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2023-01-01 as a date
+        return f"the date {value.isoformat()}"
     return f"{type(value).__name__} {_short(repr(value))}"
 
 
@@ -547,7 +553,7 @@ def _wrong_type(expected: str, value: Any) -> str:
         (expected != "true or false" and _numeric_text(value)) or (expected == "true or false" and value.lower() in ("true", "false"))
     ):
         msg += "; remove the quotes"
-    elif expected == "a whole number" and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    elif expected.endswith("a whole number") and isinstance(value, float) and math.isfinite(value) and value.is_integer():
         msg += f"; write {int(value)}"
     return msg
 
@@ -609,16 +615,31 @@ def _schema_problems(data: dict, loc: _Located) -> tuple[Recipe | None, list[tup
         return Recipe.model_validate(data), []
     except ValidationError as exc:
         errors = exc.errors()
-    problems: list[tuple[tuple, str, int | None]] = []
-    seen: set[tuple] = set()
+    by_path: dict[tuple, list[dict]] = {}
     for err in errors:
         path = _clean_loc(tuple(err["loc"]))
-        # A union reports each branch, a rejected tag was reported already: one message per path.
-        if path in seen or any(path[: len(r)] == r for r in loc.rejected):
-            continue
-        seen.add(path)
-        problems.append((path, _unknown_key(path) if err["type"] == "extra_forbidden" else _message(err), None))
+        if not any(path[: len(r)] == r for r in loc.rejected):  # a rejected tag was reported already
+            by_path.setdefault(path, []).append(err)
+    problems: list[tuple[tuple, str, int | None]] = []
+    for path, errs in by_path.items():  # a union reports each branch: one message per path
+        err = errs[0]
+        if err["type"] == "extra_forbidden":
+            problems.append((path, _unknown_key(path), None))
+        else:
+            problems.append((path, _union_message(errs) or _message(err), None))
     return None, problems
+
+
+def _union_message(errs: list[dict]) -> str | None:
+    """`auto` or a whole number, a list or `all-linear`: name both choices, not one branch's complaint."""
+    kinds = {e["type"]: e for e in errs}
+    if "literal_error" in kinds and "int_type" in kinds:
+        expected = (kinds["literal_error"].get("ctx") or {}).get("expected", "").replace("'", "`")
+        return _wrong_type(f"{expected} or a whole number", errs[0].get("input"))
+    if "literal_error" in kinds and "list_type" in kinds:
+        expected = (kinds["literal_error"].get("ctx") or {}).get("expected", "").replace("'", "`")
+        return f"must be a list or {expected}, got {_shown(errs[0].get('input'))}"
+    return None
 
 
 def _unknown_key(path: tuple) -> str:
@@ -682,20 +703,21 @@ def is_cloud_bucket(value: str | None) -> bool:
 DATA_SCAN_LIMIT = 10_000  # entries looked at before a directory counts as holding no data files
 
 
-def _has_data_file(directory: Path) -> bool:
+def _has_data_file(directory: Path) -> bool | None:
     """Whether `directory` holds a file jobs/data.py would read (it reads them recursively).
 
-    Bounded, so a mistaken `path: /` fails fast instead of walking the whole disk.
+    Bounded, so a mistaken `path: /` fails fast instead of walking the whole disk: None means
+    it gave up after DATA_SCAN_LIMIT entries without finding one.
     """
     seen = 0
-    for _root, _dirs, files in os.walk(directory):
+    for _root, dirs, files in os.walk(directory):
         for name in files:
             if Path(name).suffix in LOCAL_DATA_SUFFIXES:
                 return True
             seen += 1
-        seen += len(_dirs)
+        seen += len(dirs)
         if seen > DATA_SCAN_LIMIT:
-            return False
+            return None
     return False
 
 
@@ -704,7 +726,10 @@ def _data_path_problem(lp: Path) -> str | None:
     if not lp.exists():
         return f"local file not found: {lp}; fix the path (relative to the recipe) or use a hub id OWNER/NAME"
     if lp.is_dir():
-        if not _has_data_file(lp):
+        found = _has_data_file(lp)
+        if found is None:
+            return f"directory {lp} has no {kinds} file among its first {DATA_SCAN_LIMIT:,} entries; point at the data files or a directory of them"
+        if not found:
             return f"directory {lp} has no {kinds} file; point at the data files or a directory of them"
         return None
     if lp.suffix not in LOCAL_DATA_SUFFIXES:

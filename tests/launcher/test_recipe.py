@@ -86,6 +86,7 @@ MALFORMED = [
     ("custom-tag-mapping", _replace(GOOD, "model:\n", "model: !foo\n"), "model", 2, "YAML tag !foo is not allowed"),
     ("custom-tag-sequence", _replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: !foo [lambda, runpod, gcp]"), "resources.clouds", 15, "YAML tag !foo is not allowed"),
     ("python-tag-mapping", _replace(GOOD, "lora: {", "lora: !!python/object/apply:os.system {"), "lora", 5, "YAML tag !!python/object/apply:os.system"),
+    ("tag-on-key", _replace(GOOD, "  micro_batch_size: 2\n", "  !foo micro_batch_size: 2\n"), "train.micro_batch_size", 13, "YAML tag !foo on a key is not allowed"),
     ("binary-tag", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: 2\n  seed: !!binary aGVsbG8=\n"), "train.seed", 14, "YAML tag !!binary"),
     ("bad-int-tag-value", _replace(GOOD, "  micro_batch_size: 2\n", "  micro_batch_size: !!int lots\n"), "train.micro_batch_size", 13, "cannot read"),
     # Non-finite and absurd numbers.
@@ -113,6 +114,10 @@ MALFORMED = [
     ("lr-quoted", _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: '2e-4'"), "train.learning_rate", 12, "must be a number, got the text '2e-4'; remove the quotes"),
     ("lr-word", _replace(GOOD, "learning_rate: 2.0e-4", "learning_rate: fast"), "train.learning_rate", 12, "must be a number, got the text 'fast'"),
     ("packing-quoted", _replace(GOOD, "  seq_len: 1024\n", "  seq_len: 1024\n  packing: 'true'\n"), "data.packing", 11, "true or false, got the text 'true'; remove the quotes"),
+    ("eval-batch-quoted", GOOD + "eval: {batch_size: '8'}\n", "eval.batch_size", 19, "must be `auto` or a whole number, got the text '8'; remove the quotes"),
+    ("eval-batch-word", GOOD + "eval: {batch_size: big}\n", "eval.batch_size", 19, "must be `auto` or a whole number, got the text 'big'"),
+    ("lora-modules-word", _replace(GOOD, "target_modules: [q_proj, v_proj]", "target_modules: q_proj"), "lora.target_modules", 5, "must be a list or `all-linear`, got the text 'q_proj'"),
+    ("revision-date", _replace(GOOD, "  id: meta-llama/Llama-2-7b-hf\n", "  id: meta-llama/Llama-2-7b-hf\n  revision: 2023-01-01\n"), "model.revision", 4, "got the date 2023-01-01; put it in quotes"),
     ("model-id-number", _replace(GOOD, "id: meta-llama/Llama-2-7b-hf", "id: 1234"), "model.id", 3, "must be text"),
     # output.bucket forms.
     ("bucket-ftp", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: ftp://x y"), "output.bucket", 18, "gs://BUCKET"),
@@ -131,6 +136,7 @@ BROKEN_FILES = [
     ("top-level-list", "- name: x\n- method: full\n", 1, "top level is a list"),
     ("top-level-scalar", "just a string\n", 1, "top level is a single value"),
     ("tab-indent", "name: x\nmodel:\n\tid: a/b\n", 3, "YAML syntax error"),
+    ("two-documents", GOOD + "---\nname: x\n", 19, "expected a single document in the stream, but found another document"),
     ("recursive-alias", GOOD + "x: &a [*a]\n", 19, "refers to itself"),
     ("recursive-alias-mapping", GOOD + "x: &a\n  y: *a\n", 20, "refers to itself"),
     ("deep-nesting", "name: " + "[" * 5000 + "\n", 1, "nested deeper than"),
