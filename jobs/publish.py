@@ -7,7 +7,8 @@ into the full-precision base loaded fresh from its checkpoint — never into the
 used for training.
 
 Why the Hub refuses an existing repo: a run re-published by mistake must not replace someone's
-main branch; --force says that is intended. Uploads go through `upload_folder`: each LFS part is
+main branch; --force says that is intended, and then the repo ends up holding exactly this run's
+files (files left from an earlier upload are deleted in the same commit). Uploads go through `upload_folder`: each LFS part is
 retried by huggingface_hub's backoff, LFS objects already on the Hub are skipped on a retry (the
 batch endpoint returns no upload action for them), and the whole commit is retried here. Folders
 larger than LARGE_FOLDER_BYTES (merged 70B weights) go through `upload_large_folder`, which
@@ -34,8 +35,9 @@ class PublishInputError(Exception):
     """Bad input: one line, exit 2."""
 
 
-def merge_adapter(adapter_dir: Path, out: Path) -> Path:
-    """Adapter + bf16 base → a standalone model in `out`."""
+def merge_adapter(adapter_dir: Path, out: Path, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """Adapter + bf16 base → a standalone model in `out`. `revision` and `trust_remote_code` are
+    the recipe's model settings: the base must be the exact weights the adapter was trained on."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,18 +45,27 @@ def merge_adapter(adapter_dir: Path, out: Path) -> Path:
     from jobs.evaluate import EvalInputError, _resolve_base
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    meta = json.loads((adapter_dir / "sftlaunch.json").read_text()) if (adapter_dir / "sftlaunch.json").is_file() else {}
     try:
-        base = _resolve_base(cfg["base_model_name_or_path"], adapter_dir)
+        try:
+            base = _resolve_base(cfg["base_model_name_or_path"], adapter_dir)
+        except EvalInputError:
+            # Trained on another machine: adapter_config.json names its local path of the base.
+            if not meta.get("base_model") or meta["base_model"] == cfg["base_model_name_or_path"]:
+                raise
+            base = _resolve_base(meta["base_model"], adapter_dir)
     except EvalInputError as exc:
         raise PublishInputError(str(exc)) from None
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)  # full precision, never 4-bit
+    revision = revision or meta.get("base_revision")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, revision=revision,  # never 4-bit
+                                                 trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
-    AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(out)
-    if (adapter_dir / "sftlaunch.json").is_file():
-        meta = json.loads((adapter_dir / "sftlaunch.json").read_text())
+    own_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    AutoTokenizer.from_pretrained(str(adapter_dir) if own_tokenizer else base, revision=None if own_tokenizer else revision,
+                                  trust_remote_code=trust_remote_code).save_pretrained(out)
+    if meta:
         meta["merged_from_adapter"] = True
         (out / "sftlaunch.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -81,7 +92,7 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
         shutil.rmtree(out)
     is_adapter = (final / "adapter_config.json").is_file()
     if is_adapter and recipe.output.merge_adapter:
-        merge_adapter(final, out)
+        merge_adapter(final, out, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
         is_adapter = False
     else:
         shutil.copytree(final, out, dirs_exist_ok=True)
@@ -133,6 +144,7 @@ def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
         exists = api.repo_exists(repo_id)
     except RepositoryNotFoundError:
         exists = False
+    replace = False
     if exists:
         refs = api.list_repo_refs(repo_id)
         has_main = any(b.name == "main" for b in refs.branches)
@@ -140,18 +152,23 @@ def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
             raise PublishInputError(
                 f"output.hub_repo {repo_id}: the repo exists and has a main branch; "
                 "publish to a new repo or pass --force to overwrite it")
+        replace = has_main
     else:
         api.create_repo(repo_id, private=private, exist_ok=True)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     if size > LARGE_FOLDER_BYTES:
         api.upload_large_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision="main",
                                 private=private, print_report=False)
+        if replace:
+            _delete_stale(api, repo_id, folder)
         return f"{api.endpoint}/{repo_id} (upload_large_folder, {size / 2**30:.1f} GiB)"
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
+            # --force on an existing repo: "*" deletes every remote file this commit does not
+            # upload (huggingface_hub keeps .gitattributes), so no file of an earlier model stays.
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision="main",
-                                     commit_message="sftlaunch publish")
+                                     commit_message="sftlaunch publish", delete_patterns="*" if replace else None)
             return str(getattr(info, "commit_url", None) or info)
         except HfHubHTTPError as exc:
             last = exc
@@ -163,6 +180,17 @@ def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
                 time.sleep(wait_s * attempt)
     assert last is not None
     raise last
+
+
+def _delete_stale(api, repo_id: str, folder: Path) -> None:
+    """After upload_large_folder (which cannot delete): remove the remote files not in `folder`."""
+    from huggingface_hub import CommitOperationDelete
+
+    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    stale = [f for f in api.list_repo_files(repo_id, revision="main") if f not in local and f != ".gitattributes"]
+    if stale:
+        api.create_commit(repo_id=repo_id, operations=[CommitOperationDelete(path_in_repo=f) for f in stale],
+                          commit_message="sftlaunch publish: remove files of the previous upload", revision="main")
 
 
 def build_parser() -> argparse.ArgumentParser:

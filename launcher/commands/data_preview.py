@@ -106,6 +106,8 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
     tokenizer = _tokenizer(r)
     per_source = _source_stats(r, tokenizer)
     stats = data.data_stats(r, tokenizer)
+    if not stats["train_samples"]:
+        raise UserError(data.no_samples_message(r))  # what `train` would stop with (exit 2)
     rendered = _samples(r, tokenizer, samples)
     if as_json:
         click.echo(json.dumps({

@@ -1,7 +1,8 @@
 """A small HTTP server answering the Hugging Face Hub endpoints that huggingface_hub 1.x calls
-for repo_exists / list_repo_refs / create_repo / upload_folder (preupload, LFS batch with
-single-part and multipart transfers, commit). State lives in memory so tests can inspect what
-arrived. `fail_part_once` makes the first PUT of each multipart part 1 answer 500."""
+for repo_exists / list_repo_refs / list_repo_files / create_repo / upload_folder (preupload, LFS
+batch with single-part and multipart transfers, commit with added and deleted files). State
+lives in memory so tests can inspect what arrived. `fail_part_once` makes the first PUT of each
+multipart part 1 answer 500."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ class FakeHub:
                     repo_id = "/".join(parts[:2])
                     if repo_id not in hub.repos:
                         return self._not_found()
+                    if len(parts) >= 4 and parts[2] == "tree":  # list_repo_files (recursive)
+                        return self._json(200, [
+                            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                            for name, data in sorted(hub.repos[repo_id]["files"].items())])
                     if len(parts) == 3 and parts[2] == "refs":
                         return self._json(200, {"branches": [{"name": "main", "ref": "refs/heads/main",
                                                               "targetCommit": "0" * 40}],
@@ -165,6 +170,8 @@ class FakeHub:
                                 repo["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
                             elif item["key"] == "lfsFile":
                                 repo["files"][item["value"]["path"]] = hub.lfs[item["value"]["oid"]]
+                            elif item["key"] == "deletedFile":
+                                repo["files"].pop(item["value"]["path"], None)
                         repo["commits"] += 1
                         return self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{'1' * 40}",
                                                 "commitOid": "1" * 40, "pullRequestUrl": None})

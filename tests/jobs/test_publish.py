@@ -134,9 +134,12 @@ def test_publish_to_s3_and_hub_then_refuse_to_overwrite(tmp_path, base_model, s3
     err = capsys.readouterr().err
     assert "exists and has a main branch" in err and "--force" in err and "Traceback" not in err
     assert repo["commits"] == 1
-    # ... unless told to.
+    # ... unless told to; then the repo holds exactly this upload (a file of the old one is gone).
+    repo["files"]["pytorch_model.bin"] = b"an older model's weights"
+    repo["files"][".gitattributes"] = b"*.bin filter=lfs"
     assert publish.main(["--recipe", str(recipe), "--run-dir", str(run), "--force"]) == 0
     assert repo["commits"] == 2
+    assert set(repo["files"]) == {p.name for p in (run / "publish").iterdir()} | {".gitattributes"}
 
 
 def test_large_folders_go_through_the_resumable_uploader(tmp_path, base_model, hub, monkeypatch):
@@ -151,6 +154,18 @@ def test_large_folders_go_through_the_resumable_uploader(tmp_path, base_model, h
         assert repo["files"][p.name] == p.read_bytes(), p.name
     assert (folder / ".cache" / "huggingface").is_dir()  # the resume state upload_large_folder keeps
     assert not any(name.startswith(".cache") for name in repo["files"])
+
+
+def test_forced_large_upload_also_removes_stale_files(tmp_path, base_model, hub, monkeypatch):
+    monkeypatch.setattr(publish, "LARGE_FOLDER_BYTES", 0)
+    hub.fail_part_once = False
+    hub.add_repo("me/large", {"old/adapter_model.safetensors": b"stale", "config.json": b"{}"})
+    folder = tmp_path / "publish"
+    shutil.copytree(base_model, folder)
+    publish.hub_upload(folder, "me/large", force=True)
+    files = hub.repos["me/large"]["files"]
+    assert set(files) == {p.name for p in base_model.iterdir()}
+    assert files["config.json"] == (base_model / "config.json").read_bytes()
 
 
 def test_model_card_contents_and_loss_plot(tmp_path, base_model):
@@ -195,6 +210,65 @@ def test_adapter_merge_matches_the_adapter_and_is_full_precision(tmp_path, base_
         assert torch.allclose(merged(ids).logits, ref.float()(ids).logits, atol=1e-2)
         base_logits = AutoModelForCausalLM.from_pretrained(base_model)(ids).logits
     assert not torch.allclose(merged(ids).logits, base_logits, atol=1e-3)  # the adapter changed something
+
+
+def test_adapter_card_snippet_attaches_the_adapter_to_the_4bit_base_and_runs(tmp_path, base_model):
+    """The adapter variant of the card: peft metadata, and a usage snippet that loads the base by
+    id in 4-bit NF4 and attaches the adapter with PeftModel; executed here against local dirs."""
+    import re
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from jobs.modelcard import render_card
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_model),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    shutil.copy(base_model / "tokenizer.json", adapter)
+    shutil.copy(base_model / "tokenizer_config.json", adapter)
+    recipe = yaml.safe_load(_recipe(tmp_path, None, hub_repo="me/tiny-lora").read_text())
+    recipe["method"] = "qlora"
+    card = render_card(recipe=recipe, meta={"base_model": "org/base-7b", "run_id": RUN_ID}, results=[], metrics=[],
+                       repo_id="me/tiny-lora", is_adapter=True, hardware=None, usd_per_hour=None, has_plot=False)
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and front["base_model"] == "org/base-7b"
+    assert {"peft", "lora", "qlora"} <= set(front["tags"])
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert 'base_model_id = "org/base-7b"' in snippet and 'peft_model_id = "me/tiny-lora"' in snippet
+    assert "load_in_4bit=True" in snippet and 'bnb_4bit_quant_type="nf4"' in snippet
+    assert "model = PeftModel.from_pretrained(model, peft_model_id)" in snippet
+    scope: dict = {}
+    exec(snippet.replace("org/base-7b", str(base_model)).replace("me/tiny-lora", str(adapter)), scope)  # noqa: S102
+    import bitsandbytes as bnb
+
+    model = scope["model"]
+    assert isinstance(model, PeftModel)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")) > 0
+
+
+def test_merge_uses_the_recipe_revision_and_remote_code_setting(tmp_path, base_model, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_model),
+                   LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    calls = []
+    real_model, real_tok = AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained
+
+    def model_from(path, **kw):
+        calls.append(("model", kw.get("revision"), kw.get("trust_remote_code")))
+        return real_model(path, dtype=kw["dtype"])
+
+    def tok_from(path, **kw):
+        calls.append(("tokenizer", kw.get("revision"), kw.get("trust_remote_code")))
+        return real_tok(path)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tok_from)
+    publish.merge_adapter(tmp_path / "adapter", tmp_path / "merged", revision="v1.0", trust_remote_code=True)
+    assert calls == [("model", "v1.0", True), ("tokenizer", "v1.0", True)]
 
 
 def test_missing_model_or_token_is_exit_2(tmp_path, base_model, capsys, monkeypatch):

@@ -54,3 +54,23 @@ def test_preview_hub_model_offline_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.id" in err and "nobody/not-a-model" in err and "local model directory" in err
     assert "Traceback" not in err
+
+
+def test_every_sample_dropped_is_exit_2_like_train(tmp_path, capsys):
+    """A seq_len the prompts fill leaves nothing to train on: train stops with exit 2, and so
+    must the preview (same message), rather than show an empty table."""
+    import yaml
+
+    from jobs.data import no_samples_message
+    from launcher.cli import main
+    from launcher.recipe import load_recipe
+
+    data = load_recipe(TINY).resolved_dict()
+    data["data"]["seq_len"] = 4
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["data-preview", str(recipe)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {no_samples_message(load_recipe(recipe))}"]
