@@ -408,8 +408,13 @@ def _line_for(loc: _Located, path: tuple) -> int | None:
     return None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read, validate and resolve a recipe file; raise RecipeError listing every problem."""
+def load_recipe(path: str | Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Recipe:
+    """Read, validate and resolve a recipe file; raise RecipeError listing every problem.
+
+    `overrides` (key path -> value, e.g. `{("output", "bucket"): "gs://b/x"}`) are applied to the
+    file's data before validation, so a command-line override takes part in the cross-field rules
+    (spot needs a bucket) instead of being patched onto an already-validated recipe.
+    """
     p = Path(path)
     source = str(path)
     try:
@@ -427,7 +432,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise RecipeError([f"{source}:{line}: (recipe): not UTF-8 text; save the recipe as UTF-8 YAML"]) from None
-    return _from_text(text, source, p.resolve().parent)
+    return _from_text(text, source, p.resolve().parent, overrides)
 
 
 def _compose(text: str, source: str) -> yaml.Node | None:
@@ -451,7 +456,7 @@ def _compose(text: str, source: str) -> yaml.Node | None:
         loader.dispose()
 
 
-def _from_text(text: str, source: str, base_dir: Path) -> Recipe:
+def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Recipe:
     node = _compose(text, source)
     if node is None:
         raise RecipeError([f"{source}:1: (recipe): empty file; start from recipes/tiny-local.yaml"])
@@ -463,7 +468,18 @@ def _from_text(text: str, source: str, base_dir: Path) -> Recipe:
         data = _construct(node, (), loc)
     except _NotData as exc:
         raise RecipeError([f"{source}:{exc.line}: (recipe): {exc.message}"]) from None
+    for keys, value in (overrides or {}).items():
+        _set_path(data, keys, value)
     return _validate(data, source, base_dir, loc)
+
+
+def _set_path(data: dict, keys: tuple[str, ...], value: Any) -> None:
+    *parents, last = keys
+    for key in parents:
+        if not isinstance(data.get(key), dict):
+            data[key] = {}
+        data = data[key]
+    data[last] = value
 
 
 def recipe_from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Recipe:

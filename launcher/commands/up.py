@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from launcher.errors import JobFailed, UserError
+from launcher.errors import JobFailed, RecipeError, UserError
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
 from launcher.secrets import mask
 
@@ -173,36 +173,54 @@ class Streamer:
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
        bucket: str | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
-    from launcher.recipe import load_recipe
-
-    r = load_recipe(recipe)
+    from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
+    r = _load_with_bucket(recipe, local, bucket, "--bucket" if from_cli else "SFTLAUNCH_BUCKET", from_cli)
     is_local = local or r.resources.clouds == ["local"]
-    source = click.get_current_context().get_parameter_source("bucket")
-    # Locally the environment's bucket is not applied: the demo must not start writing to a cloud.
-    if bucket and (not is_local or source == ParameterSource.COMMANDLINE):
-        _override_bucket(r, bucket, "--bucket" if source == ParameterSource.COMMANDLINE else "SFTLAUNCH_BUCKET",
-                         cloud=not is_local)
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
         _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
 
 
-def _override_bucket(r, bucket: str, flag: str, cloud: bool) -> None:
-    from pydantic import ValidationError
+def _load_with_bucket(recipe: str, local: bool, bucket: str | None, flag: str, from_cli: bool):
+    """The recipe with --bucket/SFTLAUNCH_BUCKET applied before validation, so the recipe's own
+    rules (spot needs a bucket) count it. Locally the environment's bucket is not applied: the
+    demo must not start writing to a cloud."""
+    from launcher.recipe import load_recipe
 
+    if not bucket or (local and not from_cli):
+        return load_recipe(recipe)
+    try:
+        r = load_recipe(recipe, overrides={("output", "bucket"): bucket})
+    except RecipeError as exc:  # the flag's value is wrong, not the file: say so
+        marker = ": output.bucket: "
+        raise RecipeError([f"{flag} {bucket}: {p.split(marker, 1)[1]}" if marker in p else p
+                           for p in exc.problems]) from None
+    is_local = local or r.resources.clouds == ["local"]
+    if is_local and not from_cli:
+        return load_recipe(recipe)
+    _check_bucket_flag(bucket, flag, cloud=not is_local)
+    previous = _bucket_in_file(recipe)
+    if previous and previous != bucket:
+        echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {previous}", err=True)
+    return r
+
+
+def _bucket_in_file(recipe: str) -> str | None:
+    import yaml
+
+    try:
+        return (yaml.safe_load(open(recipe, encoding="utf-8")) or {}).get("output", {}).get("bucket")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def _check_bucket_flag(bucket: str, flag: str, cloud: bool) -> None:
     from launcher.recipe import CLOUD_BUCKET_RE
 
     if cloud and not CLOUD_BUCKET_RE.match(bucket):
         raise UserError(f"{flag} {bucket}: a cloud run needs a bucket the cluster can write to; "
                         "use a gs:// or s3:// URI, e.g. gs://my-bucket/sftlaunch")
-    previous = r.output.bucket
-    try:
-        r.output.bucket = bucket
-    except ValidationError as exc:
-        raise UserError(f"{flag} {bucket}: {exc.errors()[0]['msg']}") from None
-    if previous and previous != bucket:
-        echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {previous}", err=True)
 
 
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:

@@ -288,3 +288,16 @@ def test_real_planner_dry_run_and_unoffered_gpu(fake):
     assert ("optimize", res.output.split("run id    ")[1].split()[0]) in fake.calls
     res = up(recipe, "--dry-run", "--gpu", "TPU-v9:1")
     assert res.exit_code == 2 and not fake.launched
+
+
+def test_bucket_flag_satisfies_the_spot_rule(tmp_path, fake, plan):
+    """A spot recipe without output.bucket is launchable with --bucket: the override is applied
+    before the recipe's own rules run, not patched onto an already-rejected recipe."""
+    path = write_recipe(tmp_path / "s", spot=True, bucket=False, clouds=("gcp",))
+    res = up(path, "--yes", "--detach")
+    assert res.exit_code == 2 and "spot" in res.output
+    res = up(path, "--yes", "--detach", "--bucket", "gs://mine/sftl")
+    assert res.exit_code == 0, res.output
+    assert fake.launched[-1][1]["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl"
+    res = up(path, "--yes", "--detach", "--bucket", "gs://Bad Bucket")
+    assert res.exit_code == 2 and res.output.count("--bucket gs://Bad Bucket") >= 1 and "Traceback" not in res.output
