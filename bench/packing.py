@@ -7,8 +7,9 @@ longest row; share = non-pad tokens / all token slots, summed over the batches. 
 tokenizer (offline).
 `bound` is tokens / (ceil(tokens / seq_len) * seq_len), the share of the fewest rows any packing
 needs if every row were padded to seq_len; the per-batch count can beat it when the last batch
-holds short rows only. On the 60-row sample files (10-25 packed rows) one partly filled row per
-batch of 4 is what keeps the packed share near 0.92-0.96; the 3000-row tiny task reaches 0.999.
+holds short rows only. On the 60-row sample files (10-25 packed rows) rows that hold one long
+sample (400-500 tokens: no other sample fits the rest) and the last, short row keep the packed
+share at 0.92-0.96; the 3000-row tiny task, with many short samples to fill gaps, reaches 0.999.
 
     python bench/packing.py [--seq-len 512] [--micro-batch-size 4] [--template plain]
 """
