@@ -25,7 +25,7 @@ def run(packing: bool, steps: int, micro: int, seq_len: int) -> dict:
 
     d = load_recipe(REPO / "recipes" / "tiny-local.yaml").resolved_dict()
     d["data"].update(packing=packing, seq_len=seq_len, eval_fraction=0.0)
-    d["train"].update(max_steps=steps, micro_batch_size=micro, grad_accum=1, checkpoint_minutes=1e6)
+    d["train"].update(max_steps=steps, micro_batch_size=micro, grad_accum=1, checkpoint_minutes=10080)  # the schema maximum (a week): no timed save
     d["eval"] = None
     recipe = recipe_from_dict(d)
     with tempfile.TemporaryDirectory() as tmp:
