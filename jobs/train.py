@@ -253,17 +253,6 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             ckpt.warn(f"cannot read {control_dir}/stop ({exc})")
             return False
 
-    def copy_metrics_to_bucket() -> None:
-        """`sftlaunch status` reads a cloud run's progress from <bucket>/<run id>/metrics.jsonl."""
-        if not (state_box["bucket"] and run_id and metrics_path.is_file()):
-            return
-        try:
-            fs, path = ckpt._fs(f"{state_box['bucket'].rstrip('/')}/{run_id}")
-            fs.makedirs(path, exist_ok=True)
-            fs.put_file(str(metrics_path), f"{path.rstrip('/')}/metrics.jsonl")
-        except Exception as exc:  # noqa: BLE001 - progress reporting must not kill training
-            ckpt.warn(f"cannot copy metrics.jsonl to the bucket ({exc})")
-
     class RunCallback(TrainerCallback):
         """metrics.jsonl, progress line, wall-clock checkpoints, budget guard, checkpoint finalize."""
 
@@ -332,7 +321,6 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
             if _rank() == 0:
                 state_box["last_checkpoint"] = str(dest)
                 log(f"checkpoint saved: {dest}")
-                copy_metrics_to_bucket()
             self.last_save = time.time()
 
         def on_log(self, args, state, control, logs=None, **kw):
