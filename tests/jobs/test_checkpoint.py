@@ -241,3 +241,82 @@ def test_per_node_manifests_split_files_by_rank_and_nodes_fetch_only_what_they_n
     have = {p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file() and "MANIFEST" not in p.name}
     assert have == {"trainer_state.json", "latest", "model.safetensors"} | set(m1["files"])
     assert ck.verify(got, n1) is None and "missing" in ck.verify(got, n0)
+
+
+_RESUME_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = "1", "0"  # each process plays one node
+import torch.distributed as dist
+from jobs import checkpoint as ck
+from jobs.train import resume_point
+dist.init_process_group("gloo")
+roots, prefix, out = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+rank = dist.get_rank()
+got = resume_point(Path(roots[rank]), prefix or None, ck.Topology.from_env())
+files = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) if got else None
+(out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "path": str(got) if got else None, "files": files}))
+dist.destroy_process_group()
+"""
+
+
+def _resume_on_two_nodes(tmp_path, roots, prefix) -> dict:
+    script, out = tmp_path / "resume.py", tmp_path / "results"
+    script.write_text(_RESUME_SCRIPT)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps([str(r) for r in roots]), prefix or "", str(out)],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {k: json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)}
+
+
+def _node_step(root: Path, step: int, node: int, names: list[str]) -> None:
+    d = root / f"step-{step}"
+    for name in names:
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(os.urandom(16))
+    ck.write_manifest(d, step, ck.Topology(node, 2, 1))
+
+
+def test_resume_point_agrees_across_nodes_with_and_without_a_shared_disk(tmp_path):
+    shared = ["trainer_state.json", "latest", "model.safetensors"]
+    # Separate disks, the bucket holds step 4; node 1 also finished step 6 locally, node 0 did not.
+    a, b, bucket = tmp_path / "a", tmp_path / "b", tmp_path / "bucket"
+    prefix = ck.bucket_prefix(str(bucket), "sftl-r-0001")
+    _node_step(a, 4, 0, shared + ["rng_state_0.pth"])
+    _node_step(b, 4, 1, ["rng_state_1.pth"])
+    ck.upload(a / "step-4", prefix, ck.Topology(0, 2, 1))
+    ck.upload(b / "step-4", prefix, ck.Topology(1, 2, 1))
+    _node_step(b, 6, 1, ["rng_state_1.pth"])
+    got = _resume_on_two_nodes(tmp_path, [a, b], prefix)
+    assert got[0]["path"] == str(a / "step-4")
+    assert got[1]["path"] == str(b / "step-4")
+    assert "rng_state_1.pth" not in got[0]["files"] and "rng_state_0.pth" not in got[1]["files"]
+    assert set(shared) <= set(got[1]["files"])  # node 1 fetched the shared files from the bucket
+    assert not (b / "step-6").exists()  # newer than the common step: an abandoned attempt
+    # One disk for both nodes, no bucket: found where it is, nothing downloaded.
+    c = tmp_path / "shared"
+    _node_step(c, 8, 0, shared + ["rng_state_0.pth"])
+    _node_step(c, 8, 1, ["rng_state_1.pth"])
+    got = _resume_on_two_nodes(tmp_path, [c, c], None)
+    assert got[0]["path"] == got[1]["path"] == str(c / "step-8")
+    assert {"rng_state_0.pth", "rng_state_1.pth", "MANIFEST.node-1.json"} <= set(got[0]["files"])
+    # One disk, the local copy lacks node 1's part but the bucket has it: node 0 alone fetches
+    # what both nodes need (two nodes renaming one folder would race).
+    f, src = tmp_path / "shared2", tmp_path / "elsewhere"
+    _node_step(src, 10, 0, shared + ["rng_state_0.pth"])
+    _node_step(src, 10, 1, ["rng_state_1.pth"])
+    for node in (0, 1):
+        ck.upload(src / "step-10", prefix, ck.Topology(node, 2, 1))
+    shutil.copytree(src / "step-10", f / "step-10", ignore=shutil.ignore_patterns("*node-1*", "rng_state_1.pth"))
+    got = _resume_on_two_nodes(tmp_path, [f, f], prefix)
+    assert got[0]["path"] == got[1]["path"] == str(f / "step-10")
+    assert ck.verify(f / "step-10", ck._All(0, 2, 1)) is None
+    # Nothing both nodes can load: start fresh everywhere.
+    d, e = tmp_path / "d", tmp_path / "e"
+    _node_step(d, 2, 0, shared + ["rng_state_0.pth"])
+    assert _resume_on_two_nodes(tmp_path, [d, e], None) == {0: {"rank": 0, "path": None, "files": None},
+                                                            1: {"rank": 1, "path": None, "files": None}}
