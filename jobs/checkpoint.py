@@ -445,6 +445,7 @@ def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int, prefix: str | N
     dest = ckpt_root / f"step-{step}"
     if trainer_dir != dest and trainer_dir.exists():
         _move_into(trainer_dir, dest)
+    dest.mkdir(parents=True, exist_ok=True)  # a node whose processes wrote nothing still signs off
     write_manifest(dest, step, topo)
     if prefix:
         where = upload(dest, prefix, topo)

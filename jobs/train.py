@@ -313,7 +313,7 @@ def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box
                     (src / ckpt.METRICS_COPY).write_text(metrics_path.read_text())
             _barrier()  # every rank has written its files
             dest = ckpt_root / f"step-{step}"
-            if _local_rank() == 0 and (src.is_dir() or dest.is_dir()):
+            if _local_rank() == 0:
                 ckpt.finalize_node(src, ckpt_root, step, prefix, topo)
             _barrier()  # every node has its manifest written (and uploaded)
             if _local_rank() == 0:
