@@ -15,7 +15,7 @@
 # (<step>.node<R>.log on worker nodes). $OUT/exit.json records how the job ended (head node).
 #
 # Exit codes: 0 ok, also when training was stopped early (the in-job budget guard or the
-# launcher's stop request: $OUT/STOPPED, or jobs train's exit 3) -- eval and publish are then
+# launcher's stop request: jobs train writes $OUT/STOPPED and exits 0) -- eval and publish are then
 # skipped and the line "sftlaunch: run stopped ..." is printed; 1 failed; 2 bad input.
 #
 # Not one of the steps: the arguments are a command, run in place of this script. Clouds that
@@ -44,7 +44,6 @@ ROOT="$(dirname "$HERE")"   # /opt/sftlaunch in the image, the checkout otherwis
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY="${SFTLAUNCH_PYTHON:-$(command -v python || command -v python3)}"
-BUDGET_EXIT=3   # jobs train: stopped by the in-job budget guard after a checkpoint (older contract)
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -131,8 +130,8 @@ trap 'exit 130' INT
 train_step() {
   local rc=0
   run_step train do_train || rc=$?
-  if [ "$rc" = "$BUDGET_EXIT" ] || [ -f "$OUT/STOPPED" ]; then
-    STOPPED_WHY="$(cat "$OUT/STOPPED" 2>/dev/null || echo "{\"reason\": \"budget\", \"exit_code\": $rc}")"
+  if [ "$rc" = 0 ] && [ -f "$OUT/STOPPED" ]; then
+    STOPPED_WHY="$(cat "$OUT/STOPPED")"
     echo "sftlaunch: run stopped before the end of training ($STOPPED_WHY); eval and publish skipped; relaunch with the same run id to resume" \
       | tee -a "$(log_file train)"
     return 0

@@ -4,8 +4,8 @@ backend call.
 Why lazy dispatch: `eval`/`publish`/`generate` live in their own modules with their own heavy
 imports; loading training code (peft, deepspeed) to run an eval would only cost start-up time.
 
-Exit codes: 0 ok, 1 the job failed, 2 bad input (one line on stderr), 3 stopped by the budget
-guard after saving a checkpoint (see jobs.train.BUDGET_EXIT).
+Exit codes: 0 ok (also when training stopped early after a checkpoint: DIR/STOPPED says why,
+so a managed job is not restarted for it), 1 the job failed, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations

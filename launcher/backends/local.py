@@ -30,7 +30,6 @@ CONTAINER_OUT = "/data/sftlaunch"
 CONTAINER_RECIPE = "/sftlaunch/recipe.yaml"
 LABEL = "sftlaunch-run"
 _children: list[subprocess.Popen] = []
-BUDGET_EXIT = 3  # jobs.train: the in-job budget guard saved a checkpoint and stopped (older contract)
 STOPPED_MARKER = "STOPPED"  # in the run dir: training was stopped early; eval/publish skipped
 
 
@@ -258,8 +257,8 @@ def poll(record: dict) -> tuple[str, str | None]:
     code = exit_code(run_dir)
     if code is not None:
         marker = stopped_marker(run_dir)
-        if code == BUDGET_EXIT or (code == 0 and marker):
-            return "stopped", f"budget guard: training stopped after saving a checkpoint ({marker or f'exit {code}'})"
+        if code == 0 and marker:
+            return "stopped", f"training stopped after saving a checkpoint ({marker})"
         return ("succeeded", None) if code == 0 else ("failed", f"exit code {code}")
     if is_ours(record):
         return "running", None
