@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from launcher.backends import local
@@ -88,7 +89,9 @@ esac
 """
 
 
-def test_local_uses_docker_only_when_the_image_is_there(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_docker(monkeypatch, tmp_path):
+    """A `docker` on PATH that answers like an engine without our image (FAKE_DOCKER_HAS_IMAGE=1: with it)."""
     import os
 
     bindir = tmp_path / "bin"
@@ -99,6 +102,11 @@ def test_local_uses_docker_only_when_the_image_is_there(monkeypatch, tmp_path):
     monkeypatch.setenv("DOCKER_HOST", "unix:///fake.sock")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
     monkeypatch.delenv("SFTLAUNCH_LOCAL_DOCKER", raising=False)
+
+
+def test_local_uses_docker_only_when_the_image_is_there(monkeypatch, tmp_path, fake_docker):
+    import os
+
     use, image, why = local.choose_runner(_Recipe())
     assert (use, image) == (False, None) and "has no image" in why and "sftlaunch image build" in why
     assert "image inspect --format {{.Id}} ghcr.io/sftlaunch/sftlaunch:" in (tmp_path / "docker.log").read_text()
@@ -114,17 +122,7 @@ def test_local_uses_docker_only_when_the_image_is_there(monkeypatch, tmp_path):
     assert local.choose_runner(_Recipe())[2] == "no Docker daemon reachable"
 
 
-def test_up_local_says_which_runner_it_chose(monkeypatch, tmp_path):
-    import os
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "docker").write_text(FAKE_DOCKER)
-    (bindir / "docker").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("DOCKER_HOST", "unix:///fake.sock")
-    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
-    monkeypatch.delenv("SFTLAUNCH_LOCAL_DOCKER", raising=False)
+def test_up_local_says_which_runner_it_chose(monkeypatch, tmp_path, fake_docker):
     tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny-local.yaml"
     res = CliRunner().invoke(cli, ["up", "--local", str(tiny), "--dry-run"])
     assert res.exit_code == 0, res.output
