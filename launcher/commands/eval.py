@@ -199,14 +199,10 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     if record is None:
         raise UserError(f"{target}: remote eval takes a run id (its recipe names clouds and model); "
                         "for a model path or hub id use --local")
-    try:
-        from launcher.estimate import plan
-    except ImportError:
-        raise UserError("remote eval needs the planner (launcher.estimate.plan), which this version "
-                        "lacks; run with --local") from None
     import tempfile
 
     from launcher.backends.sky import get_backend
+    from launcher.estimate import plan
     from launcher.recipe import recipe_from_dict
     from launcher.render import render_task, to_yaml
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -64,13 +63,6 @@ def test_unknown_hub_model_is_one_line_and_exit_2():
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model nosuch/model: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN")
     assert "Traceback" not in result.stderr + result.stdout
-
-
-@pytest.mark.skipif(importlib.util.find_spec("launcher.estimate") is not None, reason="the planner exists")
-def test_remote_eval_without_the_planner_says_what_is_missing(tmp_path):
-    Registry().create("sftl-tiny-rem-0001", {"name": "tiny-rem"}, state="succeeded")
-    result = CliRunner().invoke(cli, ["eval", "sftl-tiny-rem-0001"])
-    assert result.exit_code == 2 and "launcher.estimate" in result.output and "--local" in result.output
 
 
 @pytest.fixture()
