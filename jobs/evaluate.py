@@ -214,7 +214,9 @@ def task_manager(tasks_dir: str | None = None, names: list[str] | None = None):
     if tasks_dir:
         if not Path(tasks_dir).is_dir():
             raise EvalInputError(f"--tasks-dir {tasks_dir}: no such directory of lm-eval task YAMLs")
-        include.append(str(Path(tasks_dir).resolve()))
+        extra = str(Path(tasks_dir).resolve())
+        if extra != str(Path(TASKS_DIR).resolve()):  # the same dir twice makes lm-eval warn per task
+            include.append(extra)
     if names:
         local = TaskManager(include_path=include, include_defaults=False)
         if set(names) <= set(local.all_tasks):

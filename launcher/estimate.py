@@ -398,7 +398,8 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     ev_hours = eval_hours(recipe, cloud, gpu, per_node)
     terms["eval_hours"] = ev_hours
     download = n_total * 2 / GB / w["download_gb_per_hour"]
-    pull = w["image_pull_gb"] / w["pull_gb_per_hour"]
+    # Local runs use an image already in the engine (or none: launcher.backends.local), so no pull.
+    pull = 0.0 if cloud == "local" else w["image_pull_gb"] / w["pull_gb_per_hour"]
     provision = w["provision_hours"].get(cloud, 0.1)
     terms.update(provision_hours=provision, image_pull_hours=pull, weights_download_hours=download)
     if workload == "eval":

@@ -124,14 +124,23 @@ def _table(recipe, result, show_all: bool, snapshot: str) -> None:
 def _memory_lines(title: str, m, have: float) -> list[str]:
     from launcher import catalog
 
-    limit = have * (1 - catalog.workloads()["headroom"])
+    headroom = catalog.workloads()["headroom"]
+    limit = have * (1 - headroom)
+    if m.total <= limit:
+        verdict = f"fits {have:.0f} GB with more than the {headroom:.0%} headroom"
+    elif m.total <= have:
+        verdict = f"borderline: within the {headroom:.0%} headroom of {have:.0f} GB (above {limit:.1f} GB)"
+    elif m.pageable and m.total - m.pageable <= have:
+        verdict = f"fits {have:.0f} GB only with {m.pageable:.2f} GB of optimizer states paged to CPU"
+    else:
+        verdict = f"does not fit {have:.0f} GB"
     return [
         title,
         f"  weights                 {m.weights:8.2f} GB",
         f"  grads + optimizer       {m.trainable:8.2f} GB" + (f"  ({m.pageable:.2f} GB pageable to CPU)" if m.pageable else ""),
         f"  activations             {m.activations:8.2f} GB",
         f"  CUDA context/workspace  {m.fixed:8.2f} GB",
-        f"  total                   {m.total:8.2f} GB  (borderline above {limit:.1f} GB, fits up to {have:.0f} GB)",
+        f"  total                   {m.total:8.2f} GB  ({verdict})",
     ] + [f"  note: {n}" for n in m.notes]
 
 
@@ -149,7 +158,7 @@ def _explain(c) -> None:
         f"  tokens                  {t.tokens:12,.0f}",
         f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}",
         f"  FLOPs                   {t.flops:12.3e}",
-        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.0f} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
+        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
         f"  training                {t.train_hours:8.2f} h",
         f"  provisioning            {t.terms['provision_hours']:8.2f} h",
         f"  image pull              {t.terms['image_pull_hours']:8.2f} h",

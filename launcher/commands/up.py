@@ -272,9 +272,30 @@ def _report_end(record: dict) -> None:
     avg = record.get("eval_average")
     score = f", eval average {avg:.3f}" if isinstance(avg, (int, float)) else ""
     echo(f"{record['run_id']}: {record['state']}{score}, cost ${record['cost_usd']:.2f}")
+    if record.get("local_dir"):
+        _report_local_outputs(Path(record["local_dir"]))
     if record.get("result_uri") or record.get("local_dir"):
         echo(f"results: {record.get('result_uri') or record['local_dir']}")
     echo(record["run_id"])
+
+
+def _report_local_outputs(run_dir: Path) -> None:
+    """The end of a local run: the results table again (the job printed it mid-log) and where the
+    model, its card and the loss plot are, so nobody has to dig through run.log for them."""
+    from launcher.results import load_results, render_table
+
+    results = run_dir / "eval" / "results.json"
+    if results.is_file():
+        try:
+            echo("\n" + render_table([load_results(results)]))
+        except UserError:
+            pass  # an unreadable results.json was already reported by the eval step
+    published = run_dir / "publish"
+    for label, path in (("model", published if published.is_dir() else run_dir / "final"),
+                        ("model card", published / "README.md"), ("loss plot", published / "training_loss.png"),
+                        ("eval results", results)):
+        if path.exists():
+            echo(f"{label + ':':14}{path}")
 
 
 def _candidates(r, cloud: str | None, gpu: str | None):
