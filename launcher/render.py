@@ -185,7 +185,8 @@ def render_task(
         envs["SFTLAUNCH_BUCKET"] = recipe.output.bucket
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
     # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
-    envs["SFTLAUNCH_HARDWARE"] = f"{cloud} {target.nodes}x{target.gpu}:{target.gpus_per_node}" + (" spot" if target.spot else "")
+    nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
+    envs["SFTLAUNCH_HARDWARE"] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
     usd_per_hour = getattr(target, "usd_per_hour", None)
     if usd_per_hour is not None:
         envs["SFTLAUNCH_USD_PER_HOUR"] = f"{float(usd_per_hour):.4f}"

@@ -93,6 +93,9 @@ def test_spot_renders_managed_job_recovery():
     assert task["resources"]["job_recovery"]["strategy"]
     assert "autostop" not in task["resources"]
     assert task["envs"]["SFTLAUNCH_BUCKET"] == "s3://my-bucket/x"
+    assert task["envs"]["SFTLAUNCH_HARDWARE"] == "gcp 8×A100-80GB spot"  # the model card's hardware line
+    two = render_task(_recipe(nodes=2), Target("gcp", "H100", 8, nodes=2), "sftl-r-0000", "/x")
+    assert two["envs"]["SFTLAUNCH_HARDWARE"] == "gcp 2 nodes × 8×H100"
     # s3 bucket credentials travel as named secrets, never values.
     assert task["secrets"]["AWS_SECRET_ACCESS_KEY"] is None
 
