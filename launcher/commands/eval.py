@@ -154,6 +154,8 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     if record is not None:
         model = str(run_model_dir(record))
         out = Path(record.get("local_dir") or run_dir(record["run_id"])) / "eval"
+        if (out / "results.json").exists():  # never overwrite the run's earlier scores
+            out = out.with_name(f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
         extra = ["--run-id", record["run_id"]]
         if record.get("recipe_sha256"):
             extra += ["--recipe-sha256", record["recipe_sha256"]]
@@ -174,7 +176,8 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         # and the model card put the two rows side by side.
         results[0]["model"]["id"] = base
         (base_out / "results.json").write_text(json.dumps(results[0], indent=2, sort_keys=True) + "\n")
-    if record is not None:
+    if record is not None and (limit is None or not record.get("eval")):
+        # A --limit look does not replace a full score already on the run.
         _registry().set_eval(record["run_id"], results[-1])
     if as_json:
         click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2, sort_keys=True))

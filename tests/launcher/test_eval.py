@@ -39,6 +39,16 @@ def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, mo
     assert json.loads((run / "eval-base" / "results.json").read_text())["model"]["id"] == str(model_dir)
     record = Registry().get(RUN)
     assert record["eval_average"] == pytest.approx(saved["average"])
+    # A second, quick look never overwrites the run's scores: a new dir, the record keeps the full score.
+    first = (run / "eval" / "results.json").read_text()
+    stored = []
+    monkeypatch.setattr(Registry, "set_eval", lambda self, run_id, results: stored.append(run_id))
+    again = CliRunner(mix_stderr=False).invoke(cli, ["eval", RUN, "--local", "--limit", "2", "--batch-size", "4"])
+    assert again.exit_code == 0, again.output
+    assert (run / "eval" / "results.json").read_text() == first
+    newer = [d for d in run.iterdir() if d.name.startswith("eval-2")]
+    assert len(newer) == 1 and json.loads((newer[0] / "results.json").read_text())["tasks"][0]["samples"] == 2
+    assert stored == []
 
 
 def test_json_output_and_bad_inputs(model_dir, tmp_path, monkeypatch):
