@@ -83,8 +83,3 @@ def capability_problem(cloud: str, feature: str) -> str | None:
 def min_name_limit(clouds: list[str]) -> int:
     limits = [CLOUDS[c].name_limit for c in clouds if c in CLOUDS]
     return min(limits) if limits else 35
-
-
-def autostop_down(cloud: str) -> bool:
-    """Clouds that cannot stop get `down: true`, so an idle cluster is deleted, not left billing."""
-    return not CLOUDS[cloud].supports("stop")

@@ -6,6 +6,8 @@ Commands raise these instead of printing and exiting themselves, so the one hand
 
 from __future__ import annotations
 
+import re
+
 
 class SftlaunchError(Exception):
     """Base class; `exit_code` is what the CLI exits with."""
@@ -31,3 +33,23 @@ class JobFailed(SftlaunchError):
     """The remote or local job ran and failed. Exit 1."""
 
     exit_code = 1
+
+
+_SKY_PAYLOAD = re.compile(r"<sky-payload>.*?</sky-payload>", re.S)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(exc: BaseException, with_type: bool = False, limit: int | None = None) -> str:
+    """An exception as one printable line, secrets masked.
+
+    Why: errors from SkyPilot, fsspec or the Hub quote whatever they were given (a URL with a
+    token, an env value) and often span many lines with colour codes and SkyPilot's rich-status
+    payloads; what we print or store must be one clean, masked line.
+    """
+    from launcher.secrets import mask
+
+    text = _ANSI.sub("", _SKY_PAYLOAD.sub("", str(exc)))
+    line = mask(next((ln.strip() for ln in text.splitlines() if ln.strip()), "")) or type(exc).__name__
+    if with_type and line != type(exc).__name__:
+        line = f"{type(exc).__name__}: {line}"
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 from dataclasses import dataclass, field
+
+from launcher.errors import one_line
 
 LABEL = "sftlaunch-run"
 
@@ -132,53 +133,37 @@ class Unavailable(Exception):
     callers fall back to the bucket copy. Carries SkyPilot's first line as the message."""
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+def _absent_means(kinds: tuple[str, ...], what: str | None):
+    """A decorator factory for SkyPilot's "nothing there" exceptions (`kinds`, names in
+    `sky.exceptions`): the decorated call answers `result()` instead (a factory, so lists are not
+    shared), or, with `result=Unavailable`, raises Unavailable with SkyPilot's first line,
+    prefixed by `what`."""
+
+    def means(result):
+        def wrap(fn):
+            @functools.wraps(fn)
+            def inner(*args, **kwargs):
+                from sky import exceptions
+
+                try:
+                    return fn(*args, **kwargs)
+                except tuple(getattr(exceptions, k) for k in kinds) as exc:
+                    if result is Unavailable:
+                        detail = one_line(exc)
+                        raise Unavailable(f"{what} ({detail})" if what else detail) from None
+                    return result()
+
+            return inner
+
+        return wrap
+
+    return means
 
 
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()  # SkyPilot colours its messages for a terminal
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def no_controller_means(result):
-    """SkyPilot raises ClusterNotUpError when the managed-jobs controller is not up: nothing is in
-    progress, so the call's answer is `result` (a factory, so lists are not shared)."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            from sky import exceptions
-
-            try:
-                return fn(*args, **kwargs)
-            except exceptions.ClusterNotUpError as exc:
-                if result is Unavailable:
-                    raise Unavailable(f"no managed-jobs controller is up ({_first_line(exc)})") from None
-                return result()
-
-        return inner
-
-    return wrap
-
-
-def gone_means(result):
-    """A cluster that no longer exists (or is not UP) answers `result`; `Unavailable` raises it."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            from sky import exceptions
-
-            try:
-                return fn(*args, **kwargs)
-            except (exceptions.ClusterDoesNotExist, exceptions.ClusterNotUpError) as exc:
-                if result is Unavailable:
-                    raise Unavailable(_first_line(exc)) from None
-                return result()
-
-        return inner
-
-    return wrap
+# No managed-jobs controller (ClusterNotUpError): nothing is in progress.
+no_controller_means = _absent_means(("ClusterNotUpError",), "no managed-jobs controller is up")
+# A cluster that no longer exists (or is not UP).
+gone_means = _absent_means(("ClusterDoesNotExist", "ClusterNotUpError"), None)
 
 
 def _nothing():
