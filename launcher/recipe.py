@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from launcher.clouds import CLOUDS, capability_problem, min_name_limit
 from launcher.errors import RecipeError
@@ -186,7 +186,7 @@ class EvalSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    bucket: str | None = Field(None, description="gs://BUCKET[/prefix], s3://BUCKET[/prefix] or a local path (relative to the recipe) for checkpoints and results; required for spot, and then gs:// or s3://.")
+    bucket: str | None = Field(None, description="gs://BUCKET[/prefix] or s3://BUCKET[/prefix] for checkpoints and results; a local path (relative to the recipe) only with `clouds: [local]`; required for spot.")
     hub_repo: str | None = Field(None, description="Hugging Face Hub repo to push to, e.g. me/llama2-70b-dolphin-qlora (private).")
     merge_adapter: bool = Field(False, description="Also publish LoRA weights merged into the bf16 base.")
 
@@ -220,12 +220,35 @@ class Recipe(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where checkpoints, results and the model go.")
     image: str | None = Field(None, description="Container image; default: the image built from docker/ for this version.")
 
-    # Not part of the YAML: where the recipe came from.
+    # Not part of the YAML: where the recipe came from, the line of each key, and what the
+    # command line overrode (key path -> the flag or variable, and the file's value it replaced).
     _source_path: Path | None = None
+    _lines: dict[tuple, int] = PrivateAttr(default_factory=dict)
+    _labels: dict[tuple, str] = PrivateAttr(default_factory=dict)
+    _replaced: dict[tuple, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def source_path(self) -> Path | None:
         return self._source_path
+
+    def where(self, *path: str | int) -> str:
+        """Where the field at `path` was set, so a later error (the planner's) points where to
+        edit: `file:line` of its key (or of the nearest enclosing key), the flag or variable that
+        overrode it (`--bucket`), or "" for a recipe that came from data, not a file."""
+        label = _nearest(self._labels, path)
+        if label:
+            return label
+        if self._source_path is None or not self._lines:
+            return ""
+        return f"{self._source_path}:{_nearest(self._lines, path) or 1}"
+
+    def override_label(self, *path: str | int) -> str | None:
+        """The flag or variable whose override set the field at `path`, if one did."""
+        return _nearest(self._labels, path)
+
+    def replaced(self, *path: str | int) -> Any:
+        """The file's own value that an override of `path` replaced (None if it had none)."""
+        return self._replaced.get(tuple(path))
 
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -315,11 +338,11 @@ def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = 
     """Node -> plain data, recording key lines; tags are checked, never acted on."""
     if id(node) in active:
         where = _fmt_path(path) or "the top level"
-        raise _NotData(_line_for(loc, path) or node.start_mark.line + 1,
+        raise _NotData(_nearest(loc.lines, path) or node.start_mark.line + 1,
                        f"YAML alias at {where} refers to itself (a recursive anchor); write the value out instead")
     loc.values += 1
     if loc.values > MAX_VALUES:
-        raise _NotData(_line_for(loc, path[:1]) or node.start_mark.line + 1,
+        raise _NotData(_nearest(loc.lines, path[:1]) or node.start_mark.line + 1,
                        f"expands to more than {MAX_VALUES:,} values through YAML aliases; a recipe needs a few hundred, write it out")
     if isinstance(node, yaml.MappingNode):
         _check_tag(node, {_MAP_TAG}, path, loc)
@@ -401,19 +424,27 @@ def _fmt(source: str, line: int | None, path: tuple, message: str) -> str:
     return f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {message}"
 
 
-def _line_for(loc: _Located, path: tuple) -> int | None:
+def _nearest(table: dict[tuple, Any], path: tuple) -> Any:
+    """`table`'s entry for `path` or for its nearest enclosing key path (None if neither)."""
     for n in range(len(path), 0, -1):
-        if path[:n] in loc.lines:
-            return loc.lines[path[:n]]
+        if path[:n] in table:
+            return table[path[:n]]
     return None
 
 
-def load_recipe(path: str | Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict[tuple[str, ...], Any] | None = None,
+                labels: dict[tuple[str, ...], str] | None = None, cloud_only: bool = False) -> Recipe:
     """Read, validate and resolve a recipe file; raise RecipeError listing every problem.
 
     `overrides` (key path -> value, e.g. `{("output", "bucket"): "gs://b/x"}`) are applied to the
     file's data before validation, so a command-line override takes part in the cross-field rules
-    (spot needs a bucket) instead of being patched onto an already-validated recipe.
+    (spot needs a bucket) instead of being patched onto an already-validated recipe. `labels`
+    names where each override came from (`{("output", "bucket"): "--bucket"}`): a problem with an
+    overridden value points at that flag instead of at a file line the user did not write.
+    With `cloud_only`, overrides apply only when the recipe's own resources.clouds are not
+    [local] (a default such as $SFTLAUNCH_BUCKET is meant for cloud runs).
+    An override never replaces a section the file wrote as something other than a mapping
+    (`output: foo`): that is the user's own error, reported as such.
     """
     p = Path(path)
     source = str(path)
@@ -432,7 +463,7 @@ def load_recipe(path: str | Path, overrides: dict[tuple[str, ...], Any] | None =
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise RecipeError([f"{source}:{line}: (recipe): not UTF-8 text; save the recipe as UTF-8 YAML"]) from None
-    return _from_text(text, source, p.resolve().parent, overrides)
+    return _from_text(text, source, p.resolve().parent, overrides, labels, cloud_only)
 
 
 def _compose(text: str, source: str) -> yaml.Node | None:
@@ -456,7 +487,8 @@ def _compose(text: str, source: str) -> yaml.Node | None:
         loader.dispose()
 
 
-def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str, ...], Any] | None = None) -> Recipe:
+def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str, ...], Any] | None = None,
+               labels: dict[tuple[str, ...], str] | None = None, cloud_only: bool = False) -> Recipe:
     node = _compose(text, source)
     if node is None:
         raise RecipeError([f"{source}:1: (recipe): empty file; start from recipes/tiny-local.yaml"])
@@ -468,18 +500,39 @@ def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str
         data = _construct(node, (), loc)
     except _NotData as exc:
         raise RecipeError([f"{source}:{exc.line}: (recipe): {exc.message}"]) from None
-    for keys, value in (overrides or {}).items():
-        _set_path(data, keys, value)
-    return _validate(data, source, base_dir, loc)
+    applied: dict[tuple, str] = {}
+    replaced: dict[tuple, Any] = {}
+    if not (cloud_only and _get(data, "resources", "clouds") == ["local"]):
+        for keys, value in (overrides or {}).items():
+            previous = _set_path(data, keys, value)
+            if previous is _NOT_SET or (type(previous) is type(value) and previous == value):
+                continue  # not applied, or the file says the same: its line stays the place to point at
+            applied[tuple(keys)] = (labels or {}).get(tuple(keys), "command line")
+            if previous is not _ABSENT:
+                replaced[tuple(keys)] = previous
+    recipe = _validate(data, source, base_dir, loc, applied)
+    recipe._replaced = replaced
+    return recipe
 
 
-def _set_path(data: dict, keys: tuple[str, ...], value: Any) -> None:
+_ABSENT = object()  # _set_path: the file had no value there
+_NOT_SET = object()  # _set_path: the override was not applied
+
+
+def _set_path(data: dict, keys: tuple[str, ...], value: Any) -> Any:
+    """Set `data[k1][k2]... = value`, creating missing sections; returns the value it replaced
+    (`_ABSENT` if none). A section the file gave as a non-mapping is left alone (`_NOT_SET`), so
+    the schema reports the user's own mistake instead of the override silently erasing it."""
     *parents, last = keys
     for key in parents:
-        if not isinstance(data.get(key), dict):
+        if key not in data:
             data[key] = {}
+        if not isinstance(data[key], dict):
+            return _NOT_SET
         data = data[key]
+    previous = data.get(last, _ABSENT)
     data[last] = value
+    return previous
 
 
 def recipe_from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> Recipe:
@@ -666,19 +719,28 @@ def _unknown_key(path: tuple) -> str:
     return f"unknown key; did you mean {close[0]}?" if close else f"unknown key; known keys: {', '.join(_known_fields(owner))}"
 
 
-def _validate(data: dict, source: str, base_dir: Path, loc: _Located) -> Recipe:
+def _validate(data: dict, source: str, base_dir: Path, loc: _Located, labels: dict[tuple, str] | None = None) -> Recipe:
+    """`labels`: key paths set by an override -> the flag or variable that set them."""
+    labels = labels or {}
     recipe, schema = _schema_problems(data, loc)
-    problems = loc.problems + schema + [(path, msg, None) for path, msg in _cross_field_problems(data, base_dir)]
+    on_values = schema + [(path, msg, None) for path, msg in _cross_field_problems(data, base_dir, labels)]
+    problems = loc.problems + on_values
     if problems:
         located = []
         for i, (path, msg, line) in enumerate(problems):
-            line = line or _line_for(loc, path) or 1
+            label = _nearest(labels, path) if i >= len(loc.problems) else None  # YAML problems are the file's
+            if label:  # the flag's value, not the file: no file line to point at; said first
+                located.append(((0, i), f"{label}: {_fmt_path(path)}: {msg}"))
+                continue
+            line = line or _nearest(loc.lines, path) or 1
             located.append(((line, i), _fmt(source, line, path, msg)))
         # By line, then as found, so the user can fix top to bottom.
         raise RecipeError(list(dict.fromkeys(text for _, text in sorted(located))))
     assert recipe is not None
     _resolve_paths(recipe, base_dir)
     recipe._source_path = None if source.startswith("<") else Path(source).resolve()
+    recipe._lines = dict(loc.lines)
+    recipe._labels = dict(labels)
     return recipe
 
 
@@ -710,10 +772,6 @@ def _local_path(path: str, base_dir: Path) -> Path:
 def _has_scheme(value: str) -> bool:
     """`gs://...`, `ftp:...`: a URL rather than a local path."""
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value) is not None
-
-
-def is_cloud_bucket(value: str | None) -> bool:
-    return isinstance(value, str) and value.startswith(("gs://", "s3://"))
 
 
 DATA_SCAN_LIMIT = 10_000  # entries looked at before a directory counts as holding no data files
@@ -756,8 +814,23 @@ def _data_path_problem(lp: Path) -> str | None:
     return None
 
 
-def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]:
+def _local_bucket(bucket: Any) -> bool:
+    """A bucket written as a local path (a malformed one is the field validator's to report)."""
+    return isinstance(bucket, str) and bool(bucket) and not _has_scheme(bucket) and not any(c.isspace() for c in bucket)
+
+
+def _local_bucket_problem(bucket: str, spot: bool) -> str:
+    resume = "; a preempted job could not resume from it either" if spot else ""
+    return (f"{bucket!r} is a local path: on a cloud run it would be on the VM's disk, which is deleted when the run "
+            f"ends (autostop downs the cluster), taking checkpoints and results with it{resume}; use a gs:// or s3:// "
+            "bucket (gs://BUCKET[/prefix], s3://BUCKET[/prefix]), or run locally with `clouds: [local]`")
+
+
+def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] | None = None) -> list[tuple[tuple, str]]:
+    """Rules that span fields. `labels`: paths an override set -> its flag, so a fix says
+    `drop --spot` rather than "remove `spot: true`" from a file that does not say it."""
     out: list[tuple[tuple, str]] = []
+    spot_flag = (labels or {}).get(("resources", "spot"))
     method = _get(data, "method")
     lora = _get(data, "lora")
     quant = _get(data, "quantization")
@@ -791,10 +864,11 @@ def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]
     spot = _get(data, "resources", "spot")
     bucket = _get(data, "output", "bucket")
     if spot is True and not bucket:
-        out.append((("resources", "spot"), "spot needs output.bucket so checkpoints survive preemption; set output.bucket (gs://, s3://) or spot: false"))
-    elif spot is True and isinstance(bucket, str) and not _has_scheme(bucket) and not any(c.isspace() for c in bucket):
-        out.append((("output", "bucket"), "with resources.spot: true the bucket must be gs:// or s3://: a local path is lost "
-                    "with a preempted VM, and the restarted job could not resume; set a cloud bucket or spot: false"))
+        out.append((("resources", "spot"), "spot needs output.bucket so checkpoints survive preemption; set output.bucket "
+                    f"(gs://, s3://) or {'drop ' + spot_flag if spot_flag else 'spot: false'}"))
+    elif remote and "local" not in clouds and _local_bucket(bucket):
+        # The VM writes there, then autostop deletes it: the run's results would be lost.
+        out.append((("output", "bucket"), _local_bucket_problem(bucket, spot is True)))
 
     nodes = _get(data, "resources", "nodes")
     if isinstance(nodes, int) and nodes > 1 and "local" in clouds:
@@ -808,8 +882,11 @@ def _cross_field_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]
             field = ("resources", "spot") if feature == "spot" else ("resources", "nodes")
             reasons = "; ".join(capability_problem(c, feature) for c in remote)
             others = [c for c in CLOUDS if c not in remote and not capability_problem(c, feature)]
-            fix_key = "spot: true" if feature == "spot" else f"nodes: {nodes}"
-            fix = f"remove `{fix_key}`" + (f" or allow {others[0]} in resources.clouds" if others else "")
+            if feature == "spot" and spot_flag:
+                fix = f"drop {spot_flag}"
+            else:
+                fix = "remove `spot: true`" if feature == "spot" else f"remove `nodes: {nodes}`"
+            fix += f" or allow {others[0]} in resources.clouds" if others else ""
             out.append((field, f"{reasons}; {fix}"))
 
     name = _get(data, "name")

@@ -1,7 +1,8 @@
 """`sftlaunch up RECIPE`: validate → plan → show → confirm → launch → (stream logs) → record.
 
-Why the order: everything that can refuse without spending money runs first — the recipe, the
-plan and its cost against max_usd, spot without a bucket, credentials from SkyPilot's check —
+Why the order: everything that can refuse without spending money runs first — the recipe (with
+--bucket applied, so its rules judge it: spot needs a bucket, a cloud run needs gs:// or s3://),
+the plan and its cost against max_usd, credentials from SkyPilot's check —
 each refusal one line and exit 2. Only then is anything provisioned. Once launched, the run is
 the remote job's: Ctrl-C stops our log stream, never the run; the reattach and teardown
 commands are printed instead.
@@ -27,11 +28,11 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from launcher.errors import JobFailed, RecipeError, UserError
+from launcher.errors import JobFailed, UserError, one_line
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
 from launcher.secrets import mask
 
-PROGRESS_EVERY_S = 10.0
+PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
 
 
 class Interrupted(JobFailed):
@@ -40,7 +41,7 @@ class Interrupted(JobFailed):
     exit_code = 130
 
     def __init__(self, message: str = "interrupted; the run keeps going"):
-        super().__init__(message)  # how often streaming writes progress/cost to the registry
+        super().__init__(message)
 
 
 def echo(text: str = "", err: bool = False) -> None:
@@ -174,7 +175,7 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
        bucket: str | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
-    r = _load_with_bucket(recipe, local, bucket, "--bucket" if from_cli else "SFTLAUNCH_BUCKET", from_cli)
+    r = _load(recipe, local, bucket, from_cli)
     is_local = local or r.resources.clouds == ["local"]
     if is_local:
         _up_local(r, dry_run, detach, yes)
@@ -182,45 +183,22 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
         _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
 
 
-def _load_with_bucket(recipe: str, local: bool, bucket: str | None, flag: str, from_cli: bool):
-    """The recipe with --bucket/SFTLAUNCH_BUCKET applied before validation, so the recipe's own
-    rules (spot needs a bucket) count it. Locally the environment's bucket is not applied: the
-    demo must not start writing to a cloud."""
+def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
+    """The recipe with --bucket/$SFTLAUNCH_BUCKET applied before validation, so the recipe's own
+    rules (spot needs a bucket; a cloud run needs gs:// or s3://) judge it, and a bad value is
+    reported against the flag. The environment's bucket is not applied to local runs (`--local`
+    or `clouds: [local]`): the demo must not start writing to a cloud."""
     from launcher.recipe import load_recipe
 
     if not bucket or (local and not from_cli):
         return load_recipe(recipe)
-    try:
-        r = load_recipe(recipe, overrides={("output", "bucket"): bucket})
-    except RecipeError as exc:  # the flag's value is wrong, not the file: say so
-        marker = ": output.bucket: "
-        raise RecipeError([f"{flag} {bucket}: {p.split(marker, 1)[1]}" if marker in p else p
-                           for p in exc.problems]) from None
-    is_local = local or r.resources.clouds == ["local"]
-    if is_local and not from_cli:
-        return load_recipe(recipe)
-    _check_bucket_flag(bucket, flag, cloud=not is_local)
-    previous = _bucket_in_file(recipe)
-    if previous and previous != bucket:
+    flag = "--bucket" if from_cli else "SFTLAUNCH_BUCKET"
+    key = ("output", "bucket")
+    r = load_recipe(recipe, overrides={key: bucket}, labels={key: flag}, cloud_only=not from_cli)
+    previous = r.replaced(*key)
+    if r.override_label(*key) and previous and previous != bucket:
         echo(f"note: {flag} {bucket} replaces {_src(r)}'s output.bucket {previous}", err=True)
     return r
-
-
-def _bucket_in_file(recipe: str) -> str | None:
-    import yaml
-
-    try:
-        return (yaml.safe_load(open(recipe, encoding="utf-8")) or {}).get("output", {}).get("bucket")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-
-
-def _check_bucket_flag(bucket: str, flag: str, cloud: bool) -> None:
-    from launcher.recipe import CLOUD_BUCKET_RE
-
-    if cloud and not CLOUD_BUCKET_RE.match(bucket):
-        raise UserError(f"{flag} {bucket}: a cloud run needs a bucket the cluster can write to; "
-                        "use a gs:// or s3:// URI, e.g. gs://my-bucket/sftlaunch")
 
 
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
@@ -301,9 +279,7 @@ def _report_local_outputs(run_dir: Path) -> None:
 def _candidates(r, cloud: str | None, gpu: str | None):
     from launcher.estimate import plan
 
-    spot = None
-    result = plan(r, cloud=cloud, gpu=gpu, spot=spot)
-    return result
+    return plan(r, cloud=cloud, gpu=gpu)
 
 
 def pick(result, enabled: dict[str, bool]):
@@ -327,12 +303,6 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     from launcher.clouds import CLOUDS
 
     src = _src(r)
-    if r.resources.spot and not r.output.bucket:
-        raise UserError(
-            f"{src}: output.bucket: spot runs need a bucket for checkpoints (a preempted job resumes "
-            "from it); set output.bucket, e.g. gs://my-bucket/sftlaunch, pass --bucket URI, "
-            "or set resources.spot: false"
-        )
     if not r.output.bucket and not r.output.hub_repo:
         if not dry_run:
             raise UserError(f"{src}: output: {LOST_RESULTS}")
@@ -364,9 +334,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         enabled = backend.enabled_clouds(clouds)
     except Exception as exc:  # noqa: BLE001 - SkyPilot's check itself failed (no API server, ...)
         if not dry_run:
-            raise UserError(f"SkyPilot's credential check failed: {mask(str(exc)).splitlines()[0]}; "
-                            "run `sky check` to see why") from None
-        echo(f"note: SkyPilot's credential check failed: {mask(str(exc)).splitlines()[0]}", err=True)
+            raise UserError(f"SkyPilot's credential check failed: {one_line(exc)}; run `sky check` to see why") from None
+        echo(f"note: SkyPilot's credential check failed: {one_line(exc)}", err=True)
         enabled = {c: False for c in clouds}
     missing = _missing_lines(clouds, enabled)
     chosen = pick(result, enabled)
@@ -434,7 +403,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         reattach_hints(run_id)
         raise Interrupted() from None
     except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
-        detail = mask(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = one_line(exc)
         registry.set_state(run_id, "failed", f"launch failed: {detail}")
         if not chosen.spot:
             try:
@@ -490,7 +459,7 @@ def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, ch
             try:
                 choice = backend.optimize(render_task(r, cand, run_id, str(mount)))
             except Exception as exc:  # noqa: BLE001 - SkyPilot's reason, one line
-                reason = mask(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = one_line(exc)
                 echo(f"    SkyPilot found no resources: {reason}")
                 if cloud == chosen.cloud:
                     failure = reason

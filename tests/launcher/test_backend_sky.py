@@ -23,7 +23,7 @@ CANARY = "hf_CANARYadapter0123456789abcdefQ"
 
 @pytest.fixture
 def task_dict(tmp_path):
-    recipe = load_recipe(write_recipe(tmp_path / "r"))
+    recipe = load_recipe(write_recipe(tmp_path / "r", bucket="gs://sftl-test/runs"))
     mount = tmp_path / "recipe.yaml"
     mount.write_text("name: demo\n")
     return render_task(recipe, Target(cloud="gcp", gpu="H100", spot=False), "sftl-demo-abcd", str(mount))
@@ -308,7 +308,7 @@ from launcher.recipe import load_recipe
 from launcher.render import Target, render_task
 from tests.launcher.fake_backend import write_recipe
 sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [clouds.RunPod()]
-recipe = load_recipe(write_recipe(Path(home) / "r"))
+recipe = load_recipe(write_recipe(Path(home) / "r", bucket="gs://sftl-test/runs"))
 mount = Path(home) / "recipe.yaml"
 mount.write_text("name: demo\n")
 def best(target):

@@ -124,6 +124,9 @@ MALFORMED = [
     ("bucket-space", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: gs://bucket/my runs"), "output.bucket", 18, "no whitespace"),
     ("bucket-no-name", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: 's3://'"), "output.bucket", 18, "s3://BUCKET"),
     ("spot-local-bucket", _replace(_replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  spot: true\n"), "bucket: gs://bucket/sftlaunch", "bucket: ./out"), "output.bucket", 19, "preempted"),
+    # A cloud VM would write a local path to its own disk, then autostop deletes it.
+    ("cloud-local-bucket", _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: ./out"), "output.bucket", 18, "use a gs:// or s3:// bucket"),
+    ("cloud-abs-bucket", _replace(_replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: [gcp]"), "bucket: gs://bucket/sftlaunch", "bucket: /abs/out"), "output.bucket", 18, "deleted when the run ends"),
     # Local data paths.
     ("data-system-file", _replace(GOOD, "path: timdettmers/openassistant-guanaco", "path: /etc/passwd"), "data.sources[0].path", 9, ".jsonl, .json or .parquet"),
 ]
@@ -307,6 +310,8 @@ def test_recipe_from_dict_coerces_paths_at_the_boundary(tmp_path):
 @pytest.mark.parametrize("bucket", ["gs://my-bucket", "gs://my-bucket/sftlaunch/runs", "s3://my.bucket-1/x", "/abs/out", "~/sftlaunch-out", "out/runs"])
 def test_bucket_forms_accepted(tmp_path, bucket):
     text = _replace(GOOD, "bucket: gs://bucket/sftlaunch", f"bucket: {bucket}")
+    if not bucket.startswith(("gs://", "s3://")):  # a local path is for local runs only
+        text = _replace(text, "clouds: [lambda, runpod, gcp]", "clouds: [local]")
     sub = tmp_path / "recipes"
     sub.mkdir()
     r = load_recipe(_write(sub, text))
@@ -376,3 +381,63 @@ def test_shipped_data_directories_are_valid_sources():
             "data": {"sources": [{"path": d.name, "format": "messages"}]}, "resources": {"clouds": ["local"]},
         }, base_dir=data)
         assert r.data.sources[0].path == str(d.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides from the command line (up --bucket, plan --spot)
+
+BUCKET = ("output", "bucket")
+
+
+def test_an_override_takes_part_in_the_rules_and_its_errors_name_the_flag(tmp_path):
+    path = _write(tmp_path, _replace(GOOD, "bucket: gs://bucket/sftlaunch", "bucket: gs://ok/x"))
+    r = load_recipe(path, overrides={BUCKET: "gs://mine/runs"}, labels={BUCKET: "--bucket"})
+    assert r.output.bucket == "gs://mine/runs" and r.replaced(*BUCKET) == "gs://ok/x"
+    assert r.where(*BUCKET) == "--bucket" and r.override_label(*BUCKET) == "--bucket"
+    for bad, word in (("./out", "use a gs:// or s3:// bucket"), ("gs://Bad Bucket", "no whitespace")):
+        with pytest.raises(RecipeError) as exc:
+            load_recipe(path, overrides={BUCKET: bad}, labels={BUCKET: "--bucket"})
+        [problem] = exc.value.problems
+        assert problem.startswith("--bucket: output.bucket: ") and word in problem, problem
+        assert str(path) not in problem  # not the file's line: the user did not write it there
+
+
+def test_an_override_never_erases_the_users_own_mistake(tmp_path):
+    path = _write(tmp_path, _replace(GOOD, "output:\n  bucket: gs://bucket/sftlaunch\n", "output: foo\n"))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path, overrides={BUCKET: "gs://mine/runs"}, labels={BUCKET: "--bucket"})
+    [problem] = exc.value.problems
+    assert problem.startswith(f"{path}:17: output: must be a mapping"), problem
+
+
+def test_a_spot_flag_is_judged_by_the_spot_rules_and_told_to_drop_itself(tmp_path):
+    spot = ("resources", "spot")
+    no_bucket = _write(tmp_path, _replace(GOOD, "output:\n  bucket: gs://bucket/sftlaunch\n", ""), "nobucket.yaml")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(no_bucket, overrides={spot: True}, labels={spot: "--spot"})
+    [problem] = exc.value.problems
+    assert problem.startswith("--spot: resources.spot: spot needs output.bucket") and problem.endswith("or drop --spot")
+    lambda_only = _write(tmp_path, _replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: [lambda]"), "lambda.yaml")
+    with pytest.raises(RecipeError, match=r"--spot: resources.spot: Lambda: .*; drop --spot or allow runpod"):
+        load_recipe(lambda_only, overrides={spot: True}, labels={spot: "--spot"})
+    # The file says the same as the flag: the file's line stays where an error points.
+    same = _write(tmp_path, _replace(GOOD, "  gpu: auto\n", "  gpu: auto\n  spot: true\n"), "same.yaml")
+    r = load_recipe(same, overrides={spot: True}, labels={spot: "--spot"})
+    assert r.override_label(*spot) is None and r.where(*spot) == f"{same.resolve()}:17"
+
+
+def test_cloud_only_overrides_skip_local_recipes(tmp_path):
+    text = _replace(_replace(GOOD, "clouds: [lambda, runpod, gcp]", "clouds: [local]"), "bucket: gs://bucket/sftlaunch", "bucket: out")
+    path = _write(tmp_path, text)
+    r = load_recipe(path, overrides={BUCKET: "gs://env/x"}, labels={BUCKET: "SFTLAUNCH_BUCKET"}, cloud_only=True)
+    assert r.output.bucket == str((tmp_path / "out").resolve()) and r.override_label(*BUCKET) is None
+    r = load_recipe(path, overrides={BUCKET: "gs://env/x"}, labels={BUCKET: "--bucket"})
+    assert r.output.bucket == "gs://env/x" and r.replaced(*BUCKET) == "out"
+
+
+def test_where_points_at_the_key_or_its_section(tmp_path):
+    path = _write(tmp_path, GOOD)
+    r = load_recipe(path)
+    assert r.where("train", "micro_batch_size") == f"{path.resolve()}:13"
+    assert r.where("resources", "nodes") == f"{path.resolve()}:14"  # not in the file: its section's line
+    assert recipe_from_dict(r.resolved_dict()).where("resources", "gpu") == ""  # from data: no file to point at

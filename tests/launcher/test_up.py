@@ -7,12 +7,30 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from launcher import lifecycle
 from launcher.backends import sky as sky_backend
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
+from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky
+from tests.launcher.fake_backend import write_recipe as _write_recipe
 
 CANARY = "hf_CANARYupTOKEN0123456789abcdefXYZ"
+CLOUD_BUCKET = "gs://sftl-test/runs"
+
+
+def write_recipe(dir_, bucket=CLOUD_BUCKET, **kwargs):
+    """The fake's cloud recipe with its output in a gs:// bucket, as a cloud run's must be."""
+    return _write_recipe(dir_, bucket=bucket, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def bucket_store(monkeypatch):
+    """The bucket, in memory: the registry's refresh reads exit records and progress from it and
+    the budget guard writes its stop flag there; nothing in these tests may reach a real bucket."""
+    store: dict[str, str] = {}
+    monkeypatch.setattr(lifecycle, "_fs_read_text", store.get)
+    monkeypatch.setattr(lifecycle, "_fs_write_text", store.__setitem__)
+    return store
 
 
 @pytest.fixture
@@ -85,8 +103,6 @@ def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
 
 
 def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
-    from launcher import lifecycle
-
     read = []
     monkeypatch.setattr(lifecycle, "_fs_read_text", lambda uri: read.append(uri))  # no network here: an empty bucket
     fake.preemptions = 1
@@ -180,7 +196,8 @@ def test_refusals_before_spending(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "b", spot=True, bucket=False, clouds=("gcp",)), "--yes")
     assert res.exit_code == 2 and "bucket" in res.output
     res = up(write_recipe(tmp_path / "b2", bucket=False, clouds=("gcp",)), "--yes", "--bucket", "gs://A")
-    assert res.exit_code == 2 and "--bucket gs://A" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "--bucket: output.bucket: " in res.output and "'gs://A'" in res.output
+    assert "Traceback" not in res.output
     res = up(write_recipe(tmp_path / "c"), "--yes", "--cloud", "lambda")
     assert res.exit_code == 2 and "resources.clouds" in res.output
     res = up(write_recipe(tmp_path / "d", hub_repo="me/demo"), "--yes")
@@ -202,7 +219,8 @@ def test_refuses_a_run_that_would_persist_nothing(tmp_path, fake, plan):
     assert "warning:" in res.output and "results would be lost" in res.output and "~$5.00" in res.output
     assert not fake.launched and Registry().list() == []
     res = up(path, "--yes", "--bucket", "/tmp/not-a-bucket")
-    assert res.exit_code == 2 and "gs:// or s3://" in res.output and not fake.launched
+    assert res.exit_code == 2 and "--bucket: output.bucket: " in res.output and "gs:// or s3://" in res.output
+    assert not fake.launched
 
 
 def test_bucket_flag_and_env_override_output_bucket(tmp_path, fake, plan, monkeypatch):
@@ -300,4 +318,30 @@ def test_bucket_flag_satisfies_the_spot_rule(tmp_path, fake, plan):
     assert res.exit_code == 0, res.output
     assert fake.launched[-1][1]["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl"
     res = up(path, "--yes", "--detach", "--bucket", "gs://Bad Bucket")
-    assert res.exit_code == 2 and res.output.count("--bucket gs://Bad Bucket") >= 1 and "Traceback" not in res.output
+    assert res.exit_code == 2 and "--bucket: output.bucket: " in res.output and "'gs://Bad Bucket'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_cloud_run_never_writes_to_a_local_path(tmp_path, fake, plan):
+    """A local output.bucket would be resolved here, handed to the VM, written to its disk, and
+    deleted with it by autostop: refused before anything launches, from the file or the flag."""
+    path = write_recipe(tmp_path / "r", bucket="./out", clouds=("gcp",))
+    res = up(path, "--yes")
+    assert res.exit_code == 2 and f"{path}:" in res.output and "output.bucket: './out' is a local path" in res.output
+    assert "gs:// or s3://" in res.output and "Traceback" not in res.output
+    res = up(path, "--yes", "--detach", "--bucket", "s3://mine/x")  # the flag replaces it: fine
+    assert res.exit_code == 0, res.output
+    assert fake.launched[-1][1]["envs"]["SFTLAUNCH_BUCKET"] == "s3://mine/x"
+    assert "note: --bucket s3://mine/x replaces" in res.output and "output.bucket ./out" in res.output
+
+
+def test_the_environments_bucket_names_itself_and_skips_local_runs(tmp_path, fake, plan, monkeypatch):
+    from launcher.commands.up import _load
+
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", "./somewhere")
+    res = up(write_recipe(tmp_path / "r", bucket=False), "--yes")
+    assert res.exit_code == 2 and "SFTLAUNCH_BUCKET: output.bucket: './somewhere' is a local path" in res.output
+    assert not fake.launched
+    local = write_recipe(tmp_path / "l", bucket=False, clouds=("local",))
+    assert _load(str(local), local=False, bucket="gs://env/x", from_cli=False).output.bucket is None
+    assert _load(str(local), local=False, bucket="gs://cli/x", from_cli=True).output.bucket == "gs://cli/x"
