@@ -32,16 +32,13 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import UserError
+from launcher.errors import UserError, one_line
+from launcher.home import sftlaunch_home
 
 DATA = Path(__file__).resolve().parent / "data"
 K8S_ENV = "SFTLAUNCH_K8S_GPUS"
 K8S_PRICE_ENV = "SFTLAUNCH_K8S_USD_PER_GPU_HOUR"
 HUB_TIMEOUT_S = 5
-
-
-def home() -> Path:
-    return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
 
 
 @functools.cache
@@ -54,8 +51,7 @@ def _load_user_yaml(path: str, _mtime: float) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: cannot read it ({first}); fix or delete the file") from None
+        raise UserError(f"{path}: cannot read it ({one_line(exc)}); fix or delete the file") from None
 
 
 def _user_yaml(path: Path) -> Any:
@@ -120,7 +116,7 @@ class Offer:
 
 
 def user_prices_path() -> Path:
-    return home() / "prices.yaml"
+    return sftlaunch_home() / "prices.yaml"
 
 
 def prices_path() -> Path:
@@ -159,7 +155,7 @@ def offers(cloud: str) -> list[Offer]:
 
 
 def kubernetes_file() -> Path:
-    return home() / "kubernetes.yaml"
+    return sftlaunch_home() / "kubernetes.yaml"
 
 
 def _k8s_counts(count: int) -> list[int]:
@@ -237,9 +233,12 @@ def kubernetes_assumed_offer(gpu: str, count: int) -> Offer:
     return Offer("kubernetes", gpu, count, price, None, None, assumed=True)
 
 
-def kubernetes_help() -> str:
-    return (f"declare your cluster's GPUs in {kubernetes_file()} (gpus: [{{name: H100, count: 8, usd_per_hour: 0}}]) "
-            f'or {K8S_ENV}="H100:8", or set resources.gpu explicitly')
+def kubernetes_help(suggest_explicit_gpu: bool = True) -> str:
+    """How to tell the planner what the cluster has; the explicit-GPU way out only where it helps
+    (a note about an explicit GPU that was assumed would only repeat it)."""
+    text = (f"declare your cluster's GPUs in {kubernetes_file()} (gpus: [{{name: H100, count: 8, usd_per_hour: 0}}]) "
+            f'or {K8S_ENV}="H100:8"')
+    return text + ", or set resources.gpu explicitly" if suggest_explicit_gpu else text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +269,7 @@ def _config_cache(model_id: str, revision: str | None) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]", "--", model_id)
     rev = re.sub(r"[^A-Za-z0-9._-]", "--", revision or "main")
     host = re.sub(r"[^A-Za-z0-9._-]", "_", urllib.parse.urlsplit(hub_endpoint()).netloc or "hub")
-    return home() / "model-configs" / host / f"{safe}@{rev}.json"
+    return sftlaunch_home() / "model-configs" / host / f"{safe}@{rev}.json"
 
 
 def hub_config(model_id: str, revision: str | None = None) -> dict[str, Any]:
@@ -377,15 +376,6 @@ def shape_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
 # Refreshing prices from SkyPilot's catalogs
 
 
-def one_line(exc: BaseException) -> str:
-    """SkyPilot's messages can carry rich-status payloads and stack context; keep one plain line."""
-    text = re.sub(r"<sky-payload>.*?</sky-payload>", "", str(exc), flags=re.S)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or "no detail"
-    line = f"{type(exc).__name__}: {line}"
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
 def _sky_accelerators(sky_catalog: Any, cloud: str) -> dict[str, list[Any]]:
     """SkyPilot's offers for one cloud, with its spinner payloads and log lines kept off the terminal."""
     import logging
@@ -452,7 +442,7 @@ def refresh_prices() -> str:
         try:
             found = _sky_accelerators(sky_catalog, cloud)
         except Exception as exc:  # noqa: BLE001 - offline, or a catalog SkyPilot cannot parse
-            failed[cloud] = one_line(exc)
+            failed[cloud] = one_line(exc, with_type=True, limit=200)
             continue
         data["clouds"][cloud], n = _price_rows(rows, found)
         matched += n

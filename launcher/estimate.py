@@ -20,7 +20,8 @@ Memory per GPU (bytes):
             no s² term); without: 34·h per token per layer. Plus fp32 logits and their grad.
   fixed     CUDA context and allocator workspace.
 A candidate fits when the total is under the GPU's memory; within `headroom` of it, it is
-borderline (plan says so rather than pretending to know).
+borderline (plan says so rather than pretending to know); `fit_verdict` is that rule, the one
+place that says it.
 Eval after training (jobs/evaluate.py) runs on the same machine, data-parallel with one full
 model replica per GPU, in bf16 unless `eval.load_4bit` (nf4: 0.5 byte + an fp32 absmax per 64
 weights), plus the LoRA adapter in fp32 and one sequence of activations; a training candidate
@@ -32,6 +33,9 @@ token = 6·N (8·N with checkpointing) for full, 4·N (6·N) for LoRA/QLoRA whos
 no weight gradients, plus attention 12·L·h·s; N is the active parameter count for MoE models.
 Throughput = GPUs × peak dense TFLOPs × MFU (data). Plus provisioning, image pull, weight
 download, checkpoint writes and eval. Cost = $/h × hours.
+
+The model's shape is looked up once per plan and handed down (`shape=`): a shape from a local or
+cached config.json costs a file read and a parse, and a plan builds hundreds of candidates.
 """
 
 from __future__ import annotations
@@ -40,9 +44,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, NamedTuple
 
 from launcher import catalog
 from launcher.clouds import CLOUDS, capability_problem
@@ -218,8 +220,8 @@ def _shards(recipe: Recipe, gpus: int) -> tuple[float, float, float]:
 
 
 def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_len: int | None = None,
-           workload: str = "train") -> Memory:
-    shape = _shape(recipe)
+           workload: str = "train", shape: dict[str, Any] | None = None) -> Memory:
+    shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
     h, layers, vocab = shape["hidden"], shape["layers"], shape["vocab"]
@@ -228,7 +230,7 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
     mb = micro_batch or recipe.train.micro_batch_size
     notes: list[str] = []
     if workload == "eval":
-        return eval_memory(recipe)
+        return eval_memory(recipe, shape=shape)
 
     method = recipe.method
     trainable = pageable = 0.0
@@ -272,9 +274,9 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
     return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes)
 
 
-def eval_memory(recipe: Recipe, load_4bit: bool | None = None) -> Memory:
+def eval_memory(recipe: Recipe, load_4bit: bool | None = None, shape: dict[str, Any] | None = None) -> Memory:
     """Per-GPU memory of `jobs eval` on the trained model: one full replica per GPU (data parallel)."""
-    shape = _shape(recipe)
+    shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
     h, vocab = shape["hidden"], shape["vocab"]
@@ -369,11 +371,11 @@ def _mfu(method: str, gpu: str) -> float:
     return float(w.get("mfu_by_gpu", {}).get(gpu, {}).get(method, w["mfu"][method]))
 
 
-def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int) -> float:
+def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int, shape: dict[str, Any] | None = None) -> float:
     """The eval preset's prefill FLOPs (2·N per token, N active) over `gpus` data-parallel replicas."""
     if recipe.eval is None:
         return 0.0
-    shape = _shape(recipe)
+    shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape.get("active_params_b", shape["params_b"]) * 1e9
     key = recipe.eval.preset or "custom"
@@ -386,16 +388,16 @@ def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int) -> float:
 
 
 def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train",
-           gpus_per_node: int | None = None) -> Timing:
+           gpus_per_node: int | None = None, shape: dict[str, Any] | None = None) -> Timing:
     """`gpus` in all; eval runs on the head node only (docker/entrypoint.sh), on its `gpus_per_node`."""
-    shape = _shape(recipe)
+    shape = shape or _shape(recipe)
     w = catalog.workloads()
     per_node = gpus_per_node or gpus
     n_total = shape["params_b"] * 1e9
     n = shape.get("active_params_b", shape["params_b"]) * 1e9
     peak = catalog.gpu_tflops(gpu, cloud, per_node) * 1e12
     terms: dict[str, float] = {}
-    ev_hours = eval_hours(recipe, cloud, gpu, per_node)
+    ev_hours = eval_hours(recipe, cloud, gpu, per_node, shape=shape)
     terms["eval_hours"] = ev_hours
     download = n_total * 2 / GB / w["download_gb_per_hour"]
     # Local runs use an image already in the engine (or none: launcher.backends.local), so no pull.
@@ -430,25 +432,11 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
 # Candidates and the plan
 
 
-def _recipe_field(recipe: Recipe, *path: str) -> str:
-    """`file:line: a.b` for a recipe field, the line of its key, so an error points where to edit."""
-    name = ".".join(path)
-    src = recipe.source_path
-    if src is None:
-        return name
-    try:
-        node = yaml.compose(src.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return f"{src}: {name}"
-    line = None
-    for key in path:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
-        if match is None:
-            break
-        line, node = match[0].start_mark.line + 1, match[1]
-    return f"{src}:{line or 1}: {name}"
+def _field(recipe: Recipe, *path: str) -> str:
+    """`file:line: a.b` (or `--flag: a.b` where a flag set it) for a recipe field, so an error
+    points where to edit."""
+    where, name = recipe.where(*path), ".".join(path)
+    return f"{where}: {name}" if where else name
 
 
 def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train") -> tuple[str | None, int | None]:
@@ -457,7 +445,7 @@ def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train
     if gpu is not None:
         text, where = gpu, lambda: "--gpu"
     elif workload == "train":
-        text, where = recipe.resources.gpu, lambda: _recipe_field(recipe, "resources", "gpu")
+        text, where = recipe.resources.gpu, lambda: _field(recipe, "resources", "gpu")
     else:
         return None, None
     if text == "auto":
@@ -485,10 +473,11 @@ def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int
         in_recipe = [c for c in allowed if c not in clouds and not capability_problem(c, feature)]
         elsewhere = [c for c in CLOUDS if c not in allowed and not capability_problem(c, feature)]
         if feature == "spot":
-            where = "--spot" if spot_flag else _recipe_field(recipe, "resources", "spot")
-            fix = "drop --spot" if spot_flag else "remove `spot: true`"
+            flag = "--spot" if spot_flag else recipe.override_label("resources", "spot")
+            where = "--spot" if spot_flag else _field(recipe, "resources", "spot")
+            fix = f"drop {flag}" if flag else "remove `spot: true`"
         else:
-            where, fix = _recipe_field(recipe, "resources", "nodes"), "set nodes: 1"
+            where, fix = _field(recipe, "resources", "nodes"), "set nodes: 1"
         if cloud_flag and in_recipe:
             fix += f" or use --cloud {in_recipe[0]}"
         elif elsewhere:
@@ -497,10 +486,55 @@ def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int
         raise UserError(f"{prefix}{where}: {reasons}; {fix}")
 
 
-def _eval_fix(recipe: Recipe) -> str:
+def _eval_fix(recipe: Recipe, shape: dict[str, Any] | None = None) -> str:
     if recipe.eval is not None and not recipe.eval.load_4bit:
-        return f"set eval.load_4bit: true (≈{eval_memory(recipe, load_4bit=True).total:.0f} GB) or eval: null"
+        return f"set eval.load_4bit: true (≈{eval_memory(recipe, load_4bit=True, shape=shape).total:.0f} GB) or eval: null"
     return "set eval: null (skip it) or use a larger GPU"
+
+
+class Fit(NamedTuple):
+    fits: bool
+    borderline: bool
+    why: str  # how it fits, why it is borderline, or why it does not fit
+    eval_tight: bool = False  # the post-training eval is what does not fit, or what is borderline
+
+
+def fit_verdict(mem: Memory, avail: float, ev_mem: Memory | None = None) -> Fit:
+    """Whether `mem` fits a GPU of `avail` GB, the one rule the planner and `plan --explain` use.
+
+    Under the headroom it fits; within it, it is borderline (the estimate is not precise enough
+    to promise); above the GPU it fits only if a paged optimizer may spill its states to CPU
+    (borderline too). With `ev_mem`, the post-training eval on the same GPU must fit as well.
+    """
+    headroom = catalog.workloads()["headroom"]
+    limit = avail * (1 - headroom)
+    need = mem.total
+    if need <= limit:
+        fit = Fit(True, False, f"fits {avail:.0f} GB with more than the {headroom:.0%} headroom")
+    elif need <= avail:
+        fit = Fit(True, True, f"{need:.1f} GB is within the {headroom:.0%} headroom of {avail:.0f} GB")
+    elif mem.pageable and need - mem.pageable <= avail:
+        fit = Fit(True, True, f"fits {avail:.0f} GB only if the paged optimizer spills {mem.pageable:.2f} GB "
+                              "of its states to CPU memory")
+    else:
+        fit = Fit(False, False, f"needs {need:.1f} GB per GPU, has {avail:.0f} GB")
+    if not fit.fits or ev_mem is None:
+        return fit
+    ev = ev_mem.total
+    if ev > avail:
+        return Fit(False, False, f"eval needs {ev:.1f} GB per GPU, has {avail:.0f} GB", eval_tight=True)
+    if ev > limit:
+        ev_why = f"eval's {ev:.1f} GB is within the {headroom:.0%} headroom"
+        return Fit(True, True, f"{fit.why}; {ev_why}" if fit.borderline else ev_why, eval_tight=True)
+    return fit
+
+
+def _with_eval_fix(fit: Fit, recipe: Recipe, shape: dict[str, Any]) -> str:
+    return f"{fit.why}; {_eval_fix(recipe, shape)}" if fit.eval_tight else fit.why
+
+
+def _kubernetes_empty_note() -> str:
+    return "kubernetes offers nothing for gpu: auto: no GPU inventory declared; " + catalog.kubernetes_help()
 
 
 def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str, notes: list[str]) -> list[catalog.Offer]:
@@ -513,10 +547,10 @@ def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str
             o = catalog.kubernetes_assumed_offer(name, count or 1)
             where = f"not declared in {source}" if source else "no inventory declared"
             notes.append(f"kubernetes: assuming your cluster has {o.count}×{o.gpu} at ${o.on_demand:.2f}/GPU-hour "
-                         f"({where}); {catalog.kubernetes_help().split(', or set')[0]}")
+                         f"({where}); {catalog.kubernetes_help(suggest_explicit_gpu=False)}")
             return [o]
         if not name and not offers:
-            notes.append("kubernetes offers nothing for gpu: auto: no GPU inventory declared; " + catalog.kubernetes_help())
+            notes.append(_kubernetes_empty_note())
     out = []
     for offer in offers:
         if name and offer.gpu.lower() != name.lower():
@@ -530,42 +564,24 @@ def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str
 
 
 def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, workload: str,
-               ev_mem: Memory | None) -> Candidate | None:
+               ev_mem: Memory | None, shape: dict[str, Any]) -> Candidate | None:
     per_gpu = offer.spot if spot else offer.on_demand
     if per_gpu is None:
         return None
-    headroom = catalog.workloads()["headroom"]
     gpus = offer.count * nodes
-    mem = memory(recipe, gpus=gpus, workload=workload)
+    mem = memory(recipe, gpus=gpus, workload=workload, shape=shape)
     avail = catalog.gpu_memory_gb(offer.gpu)
-    need = mem.total
-    fits = need <= avail
-    borderline = fits and need > avail * (1 - headroom)
-    why = None
-    border_why = f"{need:.1f} GB is within the {headroom:.0%} headroom" if borderline else None
-    if not fits and mem.pageable and need - mem.pageable <= avail:
-        fits, borderline = True, True
-        border_why = "fits only if the paged optimizer spills its states to CPU memory"
-    elif not fits:
-        why = f"needs {need:.1f} GB per GPU, has {avail:.0f} GB"
+    fit = fit_verdict(mem, avail, ev_mem)
+    fits, borderline, why = fit.fits, fit.borderline, _with_eval_fix(fit, recipe, shape)
+    blocked_by_eval = fit.eval_tight and not fits
     if offer.gpu == "T4" and recipe.train.precision == "bf16" and workload == "train":
-        fits, why = False, "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
-    blocked_by_eval = False
-    if fits and ev_mem is not None:
-        ev = ev_mem.total
-        if ev > avail:
-            fits, borderline, border_why, blocked_by_eval = False, False, None, True
-            why = f"eval needs {ev:.1f} GB per GPU, has {avail:.0f} GB; {_eval_fix(recipe)}"
-        elif ev > avail * (1 - headroom):
-            borderline = True
-            ev_why = f"eval's {ev:.1f} GB is within the {headroom:.0%} headroom; {_eval_fix(recipe)}"
-            border_why = f"{border_why}; {ev_why}" if border_why else ev_why
-    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count)
+        fits, borderline, blocked_by_eval = False, False, False
+        why = "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
+    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape)
     usd_h = per_gpu * gpus
-    cand = Candidate(offer.cloud, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, need, avail, fits,
-                     borderline, t.total_hours, usd_h * t.total_hours, mem, t, why, ev_mem, border_why, offer.assumed,
-                     blocked_by_eval)
-    return cand
+    return Candidate(offer.cloud, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
+                     borderline, t.total_hours, usd_h * t.total_hours, mem, t, None if fits else why, ev_mem,
+                     why if borderline else None, offer.assumed, blocked_by_eval)
 
 
 def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
@@ -586,18 +602,18 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
     if not local:
         refuse_unsupported(recipe, clouds, spot, nodes, cloud, spot_flag)
     try:
-        _shape(recipe)
+        shape = _shape(recipe)
     except UnknownModel as exc:
         return Plan([], None, str(exc), recipe.model.id, workload, reason_field="model.id")
 
     notes: list[str] = []
-    ev_mem = eval_memory(recipe) if workload == "train" and recipe.eval is not None else None
+    ev_mem = eval_memory(recipe, shape=shape) if workload == "train" and recipe.eval is not None else None
     cands: list[Candidate] = []
     if local:
-        cands.append(_local_candidate(recipe, want_name, want_count, workload, ev_mem))
+        cands.append(_local_candidate(recipe, want_name, want_count, workload, ev_mem, shape))
     for c in clouds:
         for offer in _cloud_offers(c, want_name, want_count, workload, notes):
-            cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem)
+            cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem, shape)
             if cand is not None:
                 cands.append(cand)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
@@ -609,40 +625,38 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
         if chosen.borderline:
             sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
             chosen = sure[0] if sure else chosen
-    reason = None if chosen else _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, notes)
+    reason = None
+    if chosen is None:
+        no_k8s_inventory = "kubernetes" in clouds and not want_name and not catalog.offers("kubernetes")
+        reason = _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, shape, no_k8s_inventory)
     return Plan(cands, chosen, reason, recipe.model.id, workload, notes)
 
 
 def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,
-                     ev_mem: Memory | None) -> Candidate:
+                     ev_mem: Memory | None, shape: dict[str, Any]) -> Candidate:
     """`up --local`: the recipe's named GPU (e.g. a Colab T4) or, with none named, the CPU."""
     name = gpu if gpu and gpu in catalog.gpus() else "CPU"
     n = count or 1
-    mem = memory(recipe, gpus=n, workload=workload)
+    mem = memory(recipe, gpus=n, workload=workload, shape=shape)
     avail = catalog.gpu_memory_gb(name)
-    headroom = catalog.workloads()["headroom"]
-    fits = mem.total <= avail or bool(mem.pageable and mem.total - mem.pageable <= avail)
-    borderline = fits and mem.total > avail * (1 - headroom)
-    why = None if fits else f"needs {mem.total:.1f} GB, has {avail:.0f} GB"
-    if fits and ev_mem is not None and ev_mem.total > avail:
-        fits, borderline = False, False
-        why = f"eval needs {ev_mem.total:.1f} GB, has {avail:.0f} GB; {_eval_fix(recipe)}"
-    t = timing(recipe, "local", name, n, workload)
-    return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fits, borderline, t.total_hours, 0.0,
-                     mem, t, why, ev_mem, "within the headroom" if borderline else None)
+    fit = fit_verdict(mem, avail, ev_mem)
+    why = _with_eval_fix(fit, recipe, shape)
+    t = timing(recipe, "local", name, n, workload, shape=shape)
+    return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fit.fits, fit.borderline, t.total_hours,
+                     0.0, mem, t, None if fit.fits else why, ev_mem, why if fit.borderline else None,
+                     blocked_by_eval=fit.eval_tight and not fit.fits)
 
 
 def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want_name: str | None,
-                  want_count: int | None, notes: list[str]) -> str:
+                  want_count: int | None, shape: dict[str, Any], no_k8s_inventory: bool) -> str:
     if recipe.resources.clouds == ["local"]:
         c = cands[0]
         return f"on this machine ({c.gpu}): {c.why_not}"
     if not clouds:
         return "no SkyPilot cloud is allowed; add one to resources.clouds"
     if not cands:
-        k8s = [n for n in notes if n.startswith("kubernetes offers nothing")]
-        if clouds == ["kubernetes"] and k8s:
-            return k8s[0]
+        if clouds == ["kubernetes"] and no_k8s_inventory:
+            return _kubernetes_empty_note()
         what = (f"{want_count}×{want_name}" if want_count else want_name) if want_name else "any GPU"
         fix = "pick another GPU, or auto" if want_name else "allow another cloud in resources.clouds"
         return f"no offer of {what} on {', '.join(clouds)}{' as spot' if spot else ''}; {fix}"
@@ -654,9 +668,8 @@ def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spo
         kind = "4-bit" if recipe.eval is not None and recipe.eval.load_4bit else "bf16"
         return (f"{label} {method} trains on {best.gpu} ({best.mem_needed_gb:.0f} of {best.mem_available_gb:.0f} GB), "
                 f"but its post-training eval needs ≈{best.eval_mem_gb:.0f} GB per GPU ({kind} weights, one replica "
-                f"per GPU), more than any GPU it trains on: {_eval_fix(recipe)}")
-    shape = _shape(recipe)
-    one = memory(recipe, gpus=1)
+                f"per GPU), more than any GPU it trains on: {_eval_fix(recipe, shape)}")
+    one = memory(recipe, gpus=1, shape=shape)
     needed = one.total
     size = f"≈{needed / 1000:.1f} TB" if needed >= 1000 else f"≈{needed:.0f} GB"
     hints = []

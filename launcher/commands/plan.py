@@ -6,7 +6,7 @@ import json
 
 import click
 
-from launcher.errors import UserError
+from launcher.errors import UserError, one_line
 from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
 
 
@@ -35,19 +35,19 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         try:
             click.echo(catalog.refresh_prices(), err=True)
         except Exception as exc:  # offline, no SkyPilot, catalog fetch failed
-            why = str(exc) if isinstance(exc, RuntimeError) else catalog.one_line(exc)
+            why = str(exc) if isinstance(exc, RuntimeError) else one_line(exc, with_type=True, limit=200)
             raise UserError(f"--refresh-prices: could not read SkyPilot's catalogs ({why}); "
                             "check the network and `pip install 'sftlaunch[cloud]'`; the snapshot was left as it was") from None
-    r = load_recipe(recipe)
+    # --spot/--no-spot go through the loader, so the recipe's own spot rules (a bucket, a cloud
+    # that has spot) judge the flag, and their messages name it.
+    key = ("resources", "spot")
+    r = load_recipe(recipe, overrides=None if spot is None else {key: spot},
+                    labels={key: "--spot" if spot else "--no-spot"})
     cloud = cloud.lower() if cloud else None
     if cloud and cloud not in r.resources.clouds:
         raise UserError(f"--cloud {cloud}: {recipe}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
                         f"add {cloud} there or pick one of those")
-    if spot and not r.output.bucket:
-        # The recipe rule for `spot: true`, applied to the flag: a preempted job resumes from the bucket.
-        raise UserError(f"--spot: {recipe}: output.bucket: spot needs output.bucket so checkpoints survive "
-                        "preemption; set output.bucket (gs://, s3://) or drop --spot")
-    result = make_plan(r, cloud=cloud, gpu=gpu, spot=spot)
+    result = make_plan(r, cloud=cloud, gpu=gpu)
     prices = catalog.prices()
     over_budget = (result.chosen is not None and r.resources.max_usd is not None
                    and result.chosen.total_usd > r.resources.max_usd)
@@ -122,18 +122,10 @@ def _table(recipe, result, show_all: bool, snapshot: str) -> None:
 
 
 def _memory_lines(title: str, m, have: float) -> list[str]:
-    from launcher import catalog
+    from launcher.estimate import fit_verdict
 
-    headroom = catalog.workloads()["headroom"]
-    limit = have * (1 - headroom)
-    if m.total <= limit:
-        verdict = f"fits {have:.0f} GB with more than the {headroom:.0%} headroom"
-    elif m.total <= have:
-        verdict = f"borderline: within the {headroom:.0%} headroom of {have:.0f} GB (above {limit:.1f} GB)"
-    elif m.pageable and m.total - m.pageable <= have:
-        verdict = f"fits {have:.0f} GB only with {m.pageable:.2f} GB of optimizer states paged to CPU"
-    else:
-        verdict = f"does not fit {have:.0f} GB"
+    fit = fit_verdict(m, have)
+    verdict = f"borderline: {fit.why}" if fit.borderline else fit.why
     return [
         title,
         f"  weights                 {m.weights:8.2f} GB",

@@ -261,3 +261,69 @@ def test_explain_prints_the_eval_terms():
     assert res.exit_code == 0, res.output
     assert "post-training eval memory per GPU" in res.output and "4-bit nf4 weights" in res.output
     assert "GB/GPU train/eval/have" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# One fit rule for candidates, local runs and `plan --explain`
+
+
+def _mem(total: float, pageable: float = 0.0):
+    from launcher.estimate import Memory
+
+    return Memory(weights=total - pageable, trainable=pageable, pageable=pageable, activations=0.0, fixed=0.0)
+
+
+def test_fit_verdict_draws_the_lines_at_the_headroom_and_the_gpu():
+    from launcher.estimate import fit_verdict
+
+    h = catalog.workloads()["headroom"]
+    avail = 80.0
+    assert fit_verdict(_mem(avail * (1 - h) - 1), avail)[:2] == (True, False)
+    border = fit_verdict(_mem(avail * (1 - h) + 1), avail)
+    assert border[:2] == (True, True) and "headroom" in border.why
+    paged = fit_verdict(_mem(avail + 5, pageable=10), avail)  # above the GPU, but the optimizer may spill
+    assert paged[:2] == (True, True) and "paged optimizer" in paged.why
+    over = fit_verdict(_mem(avail + 5, pageable=1), avail)
+    assert over[:2] == (False, False) and over.why == f"needs {avail + 5:.1f} GB per GPU, has {avail:.0f} GB"
+    # The post-training eval on the same GPU counts too.
+    small = _mem(10)
+    blocked = fit_verdict(small, avail, ev_mem=_mem(avail + 1))
+    assert blocked[:2] == (False, False) and blocked.eval_tight and blocked.why.startswith("eval needs")
+    tight = fit_verdict(small, avail, ev_mem=_mem(avail * (1 - h) + 1))
+    assert tight[:2] == (True, True) and tight.eval_tight and "eval's" in tight.why
+    assert not fit_verdict(small, avail, ev_mem=_mem(20)).eval_tight
+
+
+def test_local_and_cloud_candidates_share_the_eval_borderline(monkeypatch):
+    # Before one rule, a local run whose eval sat within the headroom was not called borderline.
+    from launcher import estimate
+
+    h = catalog.workloads()["headroom"]
+    tight = _mem(catalog.gpu_memory_gb("T4") * (1 - h) + 0.5)
+    monkeypatch.setattr(estimate, "eval_memory", lambda *a, **k: tight)
+    for clouds, gpu in ((["local"], "T4:1"), (["gcp"], "T4:1")):
+        data = {"name": "t", "model": {"id": "meta-llama/Llama-2-7b-hf"}, "method": "qlora",
+                "lora": {"r": 8, "target_modules": ["q_proj"]}, "quantization": {"compute_dtype": "float16"},
+                "data": {"sources": [{"path": "ehartford/dolphin", "format": "dolphin", "max_samples": 100}], "seq_len": 256},
+                "train": {"precision": "fp16", "micro_batch_size": 1},
+                "resources": {"clouds": clouds, "gpu": gpu}, "eval": {"preset": "leaderboard-v1", "load_4bit": True}}
+        c = plan(recipe_from_dict(data)).chosen
+        assert c is not None and c.borderline and "eval's" in c.borderline_why, (clouds, c)
+        assert "eval: null" in c.borderline_why  # and the fix is said
+
+
+def test_plan_looks_the_model_shape_up_once(monkeypatch):
+    # A shape from a local or cached config.json is a file read and a parse; a plan builds
+    # hundreds of candidates, each needing memory, timing and eval time.
+    calls = []
+    real = catalog.model_shape
+    monkeypatch.setattr(catalog, "model_shape", lambda *a: calls.append(a) or real(*a))
+    result = plan(load_recipe(REPO / "recipes/llama2-70b-qlora.yaml"))
+    assert len(result.candidates) > 10 and len(calls) == 1, len(calls)
+
+
+def test_explain_says_each_verdict_in_the_rules_words():
+    res = CliRunner().invoke(cli, ["plan", str(REPO / "recipes/llama2-70b-qlora.yaml"), "--explain", "--gpu", "H100:1"])
+    assert res.exit_code == 0, res.output
+    h = catalog.workloads()["headroom"]
+    assert f"(fits 80 GB with more than the {h:.0%} headroom)" in res.output

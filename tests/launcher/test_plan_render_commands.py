@@ -66,7 +66,13 @@ def test_spot_on_clouds_none_of_which_can_is_refused_naming_one_that_can(tmp_pat
 
 
 def test_plan_spot_flag_needs_a_bucket_like_the_recipe_rule():
-    _clean(_run("plan", MISTRAL, "--spot"), "--spot", "output.bucket", "spot needs output.bucket")
+    _clean(_run("plan", MISTRAL, "--spot"), "--spot: resources.spot: spot needs output.bucket", "drop --spot")
+
+
+def test_plan_no_spot_flag_plans_on_demand(tmp_path):
+    recipe = _variant(tmp_path, "spot", resources={"spot": True}, output={"bucket": "gs://b/sftlaunch"})
+    out = json.loads(_run("plan", recipe, "--no-spot", "--json").output)
+    assert not out["chosen"]["spot"] and not any(c["spot"] for c in out["candidates"])
 
 
 def test_plan_spot_flag_with_a_bucket_plans_spot(tmp_path):
@@ -119,7 +125,8 @@ def test_kubernetes_without_inventory_offers_nothing_for_auto_and_says_how(tmp_p
     assert not [c for c in out["candidates"] if c["cloud"] == "kubernetes"]
     assert any("kubernetes.yaml" in n and "SFTLAUNCH_K8S_GPUS" in n for n in out["notes"])
     only = _variant(tmp_path, "k8sonly", resources={"clouds": ["kubernetes"]})
-    _clean(_run("plan", only), "no GPU inventory declared", "kubernetes.yaml", "SFTLAUNCH_K8S_GPUS")
+    _clean(_run("plan", only), "no GPU inventory declared", "kubernetes.yaml", "SFTLAUNCH_K8S_GPUS",
+           "or set resources.gpu explicitly")
 
 
 def test_kubernetes_plans_from_the_declared_inventory(tmp_path, monkeypatch):
@@ -144,5 +151,7 @@ def test_explicit_gpu_on_kubernetes_is_assumed_and_said_so(tmp_path):
     assert "assumed to exist in your" in res.output
     out = json.loads(_run("plan", recipe, "--json").output)
     assert out["chosen"]["assumed"] and out["chosen"]["usd_per_hour"] == 0
+    [note] = out["notes"]  # how to declare the GPUs, without "set resources.gpu": it is set
+    assert "SFTLAUNCH_K8S_GPUS" in note and "resources.gpu" not in note
     rendered = yaml.safe_load(_run("render", recipe).output.split("\n", 1)[1])
     assert rendered["resources"]["accelerators"] == "A100-80GB:2"
