@@ -61,19 +61,21 @@ BUCKET="${SFTLAUNCH_BUCKET:-}"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 
+# The step functions run on the left of a pipe (run_step), where bash ignores `set -e`: every
+# command ends its step on failure itself (`|| return $?`), or a failed check would go on to train.
 do_train() {
-  "$PY" -m jobs.dist info "$SFTLAUNCH_RECIPE"
+  "$PY" -m jobs.dist info "$SFTLAUNCH_RECIPE" || return $?
   local args=(--recipe "$SFTLAUNCH_RECIPE" --out "$OUT")
-  [ -n "$RUN_ID" ] && args+=(--run-id "$RUN_ID")
-  "$PY" -m jobs.dist train "${args[@]}"
+  if [ -n "$RUN_ID" ]; then args+=(--run-id "$RUN_ID"); fi
+  "$PY" -m jobs.dist train "${args[@]}" || return $?
 }
 do_eval() {
   [ "$RANK" = "0" ] || { echo "eval runs on the head node only (this is node $RANK)"; return 0; }
-  "$PY" -m jobs eval --model "$OUT/final" --recipe "$SFTLAUNCH_RECIPE" --out "$OUT/eval" ${RUN_ID:+--run-id "$RUN_ID"}
+  "$PY" -m jobs eval --model "$OUT/final" --recipe "$SFTLAUNCH_RECIPE" --out "$OUT/eval" ${RUN_ID:+--run-id "$RUN_ID"} || return $?
 }
 do_publish() {
   [ "$RANK" = "0" ] || { echo "publish runs on the head node only (this is node $RANK)"; return 0; }
-  "$PY" -m jobs publish --recipe "$SFTLAUNCH_RECIPE" --run-dir "$OUT" ${RUN_ID:+--run-id "$RUN_ID"}
+  "$PY" -m jobs publish --recipe "$SFTLAUNCH_RECIPE" --run-dir "$OUT" ${RUN_ID:+--run-id "$RUN_ID"} || return $?
 }
 
 # -- bucket copy of metrics and logs ---------------------------------------------------------------
