@@ -315,11 +315,6 @@ def materialize(prefix: str, step: int, ckpt_root: Path, topo: Topology = SINGLE
     return dest
 
 
-def download(prefix: str, step: int, ckpt_root: Path) -> Path | None:
-    """Fetch <prefix>/step-N into ckpt_root (single node); None when it is incomplete there."""
-    return materialize(prefix, step, ckpt_root, SINGLE)
-
-
 def local_complete_steps(ckpt_root: Path, topo: Topology = SINGLE) -> list[int]:
     """Local steps complete for this node (newest first); the others are warned about."""
     done = []
@@ -361,21 +356,6 @@ def drop_newer(ckpt_root: Path, step: int | None) -> None:
     for s, p in local_steps(ckpt_root):
         if step is None or s > step:
             shutil.rmtree(p, ignore_errors=True)
-
-
-def find_resume(ckpt_root: Path, bucket: str | None = None, run_id: str | None = None,
-                topo: Topology = SINGLE) -> Path | None:
-    """The newest complete checkpoint for one node: local first, else the newest complete one in the bucket."""
-    prefix = bucket_prefix(bucket, run_id)
-    local = local_complete_steps(ckpt_root, topo)
-    if local:
-        return ckpt_root / f"step-{local[0]}"
-    if prefix:
-        for step in remote_complete_steps(prefix):
-            got = materialize(prefix, step, ckpt_root, topo)
-            if got is not None:
-                return got
-    return None
 
 
 def read_state(ckpt: Path | None) -> dict:
@@ -451,11 +431,4 @@ def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int, prefix: str | N
         where = upload(dest, prefix, topo)
         part = f" (node {topo.node} of {topo.nodes})" if topo.nodes > 1 else ""
         print(f"checkpoint step {step}{part} uploaded to {where}", flush=True)
-    return dest
-
-
-def finalize(trainer_dir: Path, ckpt_root: Path, step: int, keep: int, prefix: str | None) -> Path:
-    """One process: finalize_node, then prune."""
-    dest = finalize_node(trainer_dir, ckpt_root, step, prefix)
-    prune(ckpt_root, keep, prefix)
     return dest

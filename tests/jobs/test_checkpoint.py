@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs.train import resume_point
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def test_incomplete_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path,
     partial = tmp_path / "step-6"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
-    assert ck.find_resume(tmp_path) == good
+    assert resume_point(tmp_path, None, ck.SINGLE) == good
     err = capsys.readouterr().err
     assert "step-6: no MANIFEST.json" in err and "step-4: model.safetensors sha256 mismatch" in err
 
@@ -154,7 +155,7 @@ def test_incomplete_upload_in_the_bucket_is_skipped(tmp_path, capsys):
     half = _fake_ckpt(tmp_path / "src", 5)
     ck.upload(half, prefix)
     (bucket / "sftl-x-0000" / "checkpoints" / "step-5" / "MANIFEST.json").unlink()
-    got = ck.find_resume(tmp_path / "fresh", str(bucket), "sftl-x-0000")
+    got = resume_point(tmp_path / "fresh", prefix, ck.SINGLE)
     assert got == tmp_path / "fresh" / "step-2" and ck.verify(got) is None
     assert "step-5: no MANIFEST.json in the bucket" in capsys.readouterr().err
 
