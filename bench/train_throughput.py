@@ -21,11 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(packing: bool, steps: int, micro: int, seq_len: int) -> dict:
     from jobs.train import train
-    from launcher.recipe import load_recipe, recipe_from_dict
+    from launcher.recipe import WEEK_MINUTES, load_recipe, recipe_from_dict
 
     d = load_recipe(REPO / "recipes" / "tiny-local.yaml").resolved_dict()
     d["data"].update(packing=packing, seq_len=seq_len, eval_fraction=0.0)
-    d["train"].update(max_steps=steps, micro_batch_size=micro, grad_accum=1, checkpoint_minutes=10080)  # the schema maximum (a week): no timed save
+    # The schema's largest checkpoint interval: no timed save inside the measured steps.
+    d["train"].update(max_steps=steps, micro_batch_size=micro, grad_accum=1, checkpoint_minutes=WEEK_MINUTES)
     d["eval"] = None
     recipe = recipe_from_dict(d)
     with tempfile.TemporaryDirectory() as tmp:

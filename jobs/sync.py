@@ -26,10 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-SYNCED_FILES = ("metrics.jsonl", "STOPPED", "exit.json")
+# The job's files the launcher reads, named here once (stdlib-only, so launcher/ imports them):
+END_RECORD = "exit.json"  # how the job ended: {exit_code, stopped, at, run_id}
+STOPPED_MARKER = "STOPPED"  # training stopped early after a checkpoint: {reason, step, checkpoint}
+SYNCED_FILES = ("metrics.jsonl", STOPPED_MARKER, END_RECORD)
 SYNCED_DIRS = ("logs",)
-END_RECORD = "exit.json"
-STOPPED_MARKER = "STOPPED"
 
 
 def warn(message: str) -> None:
@@ -37,11 +38,26 @@ def warn(message: str) -> None:
 
 
 # -- masking ---------------------------------------------------------------------------------------
+def line_masker(env: dict | None = None):
+    """`mask` for many lines: the secret values are read from the environment once, here, not
+    per line (they do not change while a step runs); token shapes are still matched per line."""
+    from launcher.secrets import MASK, mask, secret_values
+
+    values = secret_values(env)
+
+    def apply(text: str) -> str:
+        for value in values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return mask(text, env={})  # env={}: no values left to look up, only the token patterns
+
+    return apply
+
+
 def mask_stream(src, dst, tee_path: str | None = None) -> None:
     """Copy `src` to `dst` (binary streams) line by line with secrets masked; also append to
     `tee_path`. Flushes every line, so a follower sees progress as it happens."""
-    from launcher.secrets import mask
-
+    mask = line_masker()
     tee = open(tee_path, "ab") if tee_path else None  # noqa: SIM115 - closed below
     try:
         for raw in iter(src.readline, b""):

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
+from jobs.sync import STOPPED_MARKER  # in DIR: the entrypoint skips eval/publish when training was stopped
 
-STOPPED_MARKER = "STOPPED"  # in DIR: the entrypoint skips eval/publish when training was stopped
 BAR_WIDTH = 20
 
 

@@ -41,6 +41,24 @@ def test_mask_filter_masks_stdout_and_the_tee_file(tmp_path):
     assert CANARY.encode() not in tee.read_bytes()
 
 
+def test_mask_stream_reads_the_secret_values_once_per_stream(monkeypatch):
+    import io
+
+    from launcher import secrets
+
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    lookups = []
+    real = secrets.secret_values
+    monkeypatch.setattr(secrets, "secret_values", lambda env=None: lookups.append(env) or real(env))
+    shaped = "hf_" + "x" * 24  # a token shape from no variable: still masked line by line
+    src = io.BytesIO(b"".join(f"line {i} {CANARY} {shaped}\n".encode() for i in range(50)))
+    dst = io.BytesIO()
+    sync.mask_stream(src, dst)
+    lines = dst.getvalue().decode().splitlines()
+    assert len(lines) == 50 and lines[7] == "line 7 **** ****"
+    assert [env for env in lookups if env != {}] == [None]  # the environment, read once
+
+
 def test_push_to_a_local_path_copies_logs_and_metrics_only_when_changed(tmp_path):
     out = _out(tmp_path)
     bucket = tmp_path / "bucket"
