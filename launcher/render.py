@@ -119,15 +119,10 @@ def job_steps(recipe: Recipe, steps: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in steps if not (s == "eval" and recipe.eval is None))
 
 
-def run_script(recipe: Recipe, steps: tuple[str, ...]) -> str:
-    """One `entrypoint.sh all` over SFTLAUNCH_STEPS, never a step per line: only the entrypoint
-    knows that a train stopped by the budget guard (STOPPED marker, or exit 3) must skip eval and
-    publish and end with 0, and it runs eval/publish on the head node only."""
-    return "\n".join([
-        "set -euo pipefail",
-        f"export SFTLAUNCH_STEPS={','.join(job_steps(recipe, steps))}",
-        f"bash {ENTRYPOINT} all",
-    ]) + "\n"
+# One `entrypoint.sh all` over the task's SFTLAUNCH_STEPS env, never a step per line: only the
+# entrypoint knows that a train stopped early (DIR/STOPPED, exit 0) must skip eval and publish
+# and end with 0, and it runs eval/publish on the head node only.
+RUN_SCRIPT = f"set -euo pipefail\nbash {ENTRYPOINT} all\n"
 
 
 SETUP_SCRIPT = (
@@ -178,7 +173,7 @@ def render_task(
         "SFTLAUNCH_RUN_ID": run_id,
         "SFTLAUNCH_RECIPE": CONTAINER_RECIPE,
         "SFTLAUNCH_OUT": f"{OUT_ROOT}/{run_id}",
-        "SFTLAUNCH_STEPS": ",".join(job_steps(recipe, steps)),
+        "SFTLAUNCH_STEPS": ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
         "HF_HOME": f"{OUT_ROOT}/cache/huggingface",
     }
     if recipe.output.bucket:
@@ -204,7 +199,7 @@ def render_task(
         "secrets": secrets,
         "file_mounts": file_mounts,
         "setup": SETUP_SCRIPT,
-        "run": run_script(recipe, steps),
+        "run": RUN_SCRIPT,
         "config": {"docker": {"run_options": list(DOCKER_RUN_OPTIONS)}},
     }
     return task
