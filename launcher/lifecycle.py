@@ -27,16 +27,24 @@ that SkyPilot no longer lists (its jobs controller stops 10 idle minutes after t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import time
 from pathlib import Path
 
+from jobs.sync import END_RECORD  # stdlib-only module: the job's end record, named once
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
 
 STOP_GRACE_S = 20 * 60
 STOPPED_LINE = "sftlaunch: run stopped"  # docker/entrypoint.sh, when training ended early
-END_RECORD = "exit.json"  # jobs.sync.END_RECORD
+# One bucket read (status, teardown, eval) gives up after this long: "unknown" beats a hung
+# command. gcsfs retries a failed request 6 times with backoff (~35 s asleep) and s3fs 5 times,
+# neither settable per instance, so the read runs under fsspec's own deadline for async
+# filesystems (`timeout=`, which cancels the request) on top of short per-request timeouts.
+BUCKET_READ_TIMEOUT_S = 15
+_STORAGE_LOGGERS = ("gcsfs", "s3fs")  # they log retries and give-ups as ERROR with a traceback
 _STEP_RE = re.compile(r"\bstep[\s=:]+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 ACTIVE_STATES = frozenset({"pending", "launching", "running", "recovering", "stopping"})
 
@@ -90,12 +98,50 @@ def local_progress(run_dir: Path) -> tuple[int, int] | None:
     return None
 
 
-def _fs_read_text(uri: str) -> str | None:
+def bucket_options(uri: str) -> dict:
+    """fsspec storage options that make one failed request to `uri`'s store fail fast (reads,
+    and the budget guard's small stop flag)."""
+    import fsspec
+
+    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if protocol in ("gs", "gcs"):
+        opts: dict = {"requests_timeout": 10}
+        configured = {**fsspec.config.conf.get("gs", {}), **fsspec.config.conf.get("gcs", {})}
+        if "token" not in configured:
+            # Application Default Credentials only (what `gcloud auth application-default login`
+            # and SkyPilot's GCP set-up write; on a GCE VM it finds the VM's account): gcsfs's
+            # default also probes the GCE metadata server, ~15 s of retries off Google Cloud.
+            opts["token"] = "google_default"
+        return opts
+    if protocol in ("s3", "s3a"):
+        # botocore's `total_max_attempts` counts the first try (its `max_attempts` does not).
+        return {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"total_max_attempts": 2}}}
+    return {}
+
+
+@contextlib.contextmanager
+def _quiet_storage_logs():
+    loggers = [logging.getLogger(name) for name in _STORAGE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _fs_read_text(uri: str, timeout_s: float | None = None) -> str | None:
+    """The text at `uri`, or None when it is missing, unreadable, unauthorised or slow."""
     try:
         import fsspec
+        from fsspec.asyn import AsyncFileSystem
 
-        with fsspec.open(uri, "r") as fh:
-            return fh.read()
+        with _quiet_storage_logs():
+            fs, path = fsspec.core.url_to_fs(uri, **bucket_options(uri))
+            deadline = {"timeout": timeout_s or BUCKET_READ_TIMEOUT_S} if isinstance(fs, AsyncFileSystem) else {}
+            return fs.cat_file(path, **deadline).decode("utf-8", errors="replace")
     except Exception:  # noqa: BLE001 - a missing or unreachable copy just means "unknown"
         return None
 
@@ -107,7 +153,7 @@ def _fs_write_text(uri: str, text: str) -> None:
         return
     import fsspec
 
-    with fsspec.open(uri, "w") as fh:
+    with _quiet_storage_logs(), fsspec.open(uri, "w", **bucket_options(uri)) as fh:
         fh.write(text)
 
 
@@ -248,9 +294,10 @@ def _finish(registry: Registry, backend, record: dict, state: str, detail: str |
 
 
 def refresh(registry: Registry, backend_factory, records: list[dict] | None = None,
-            remote_progress: bool = True) -> list[str]:
+            remote_progress: bool = True, budget: bool = True) -> list[str]:
     """Bring active runs up to date; returns the ids that changed. `backend_factory` is called
-    only when a cloud run needs SkyPilot, so local-only registries never import it."""
+    only when a cloud run needs SkyPilot, so local-only registries never import it.
+    `budget=False` only looks: no stop flag is written and nothing is stopped (teardown)."""
     records = [r for r in (records if records is not None else registry.list(active_only=True))
                if r.get("state") in ACTIVE_STATES]
     changed: list[str] = []
@@ -278,7 +325,7 @@ def refresh(registry: Registry, backend_factory, records: list[dict] | None = No
                 if p:
                     registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
         fresh = registry.get(rec["run_id"], history=False)
-        if fresh["state"] in ACTIVE_STATES:
+        if budget and fresh["state"] in ACTIVE_STATES:
             guard_budget(registry, backend if backend is not None else _Lazy(backend_factory), fresh)
             fresh = registry.get(rec["run_id"], history=False)
         if fresh["state"] in FINAL_STATES and fresh.get("eval") is None:

@@ -119,10 +119,6 @@ def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> di
     return load_results(out)
 
 
-def _base_of(results: dict) -> str | None:
-    return (results.get("model") or {}).get("base_model")
-
-
 @click.command("eval")
 @click.argument("target", metavar="RUN|MODEL")
 @click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset (default: the recipe's, else leaderboard-v1).")
@@ -164,18 +160,15 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target.strip("/"))[-60:]
         out = sftlaunch_home() / "evals" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
         extra = ["--revision", revision] if revision else []
+    if with_base:
+        # The job scores the base too, in the same process, into OUT-base/ (named by the base's id).
+        extra = [*extra, "--with-base"]
     results = [run_job(model, out, args, extra)]
     if with_base:
-        base = _base_of(results[0])
-        if not base:
-            raise UserError(f"{model}: no base model recorded (not a fine-tune); drop --with-base")
-        base_model = str(_tiny_dir()) if base == "sftlaunch/tiny-llama" else base
-        base_out = out.parent / (out.name + "-base")
-        results.insert(0, run_job(base_model, base_out, args))
-        # Name the row as the fine-tune names its base (a hub id, not a cache path), so the table
-        # and the model card put the two rows side by side.
-        results[0]["model"]["id"] = base
-        (base_out / "results.json").write_text(json.dumps(results[0], indent=2, sort_keys=True) + "\n")
+        from jobs.evaluate import base_out  # stdlib-only at import: the path rule lives there
+        from launcher.results import load_results
+
+        results.insert(0, load_results(base_out(str(out))))
     if record is not None and (limit is None or not record.get("eval")):
         # A --limit look does not replace a full score already on the run.
         _registry().set_eval(record["run_id"], results[-1])
@@ -186,12 +179,6 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     click.echo()
     click.echo(render_details(results[-1]))
     click.echo(f"\nresults: {out / 'results.json'}" + (f" (stored in run {record['run_id']})" if record else ""))
-
-
-def _tiny_dir():
-    from jobs.tiny import ensure_tiny
-
-    return ensure_tiny()
 
 
 def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
@@ -268,12 +255,13 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
 
 def _bucket_base_results(record: dict) -> dict | None:
     """The base model's results the remote job left beside the run's (eval-base/results.json)."""
+    from launcher.lifecycle import _fs_read_text
+
     if not record.get("bucket"):
         return None
+    text = _fs_read_text(f"{record['bucket'].rstrip('/')}/{record['run_id']}/eval-base/results.json")
     try:
-        import fsspec
-
-        with fsspec.open(f"{record['bucket'].rstrip('/')}/{record['run_id']}/eval-base/results.json", "r") as fh:
-            return json.loads(fh.read())
-    except (OSError, ValueError):
+        data = json.loads(text) if text else None
+    except ValueError:
         return None
+    return data if isinstance(data, dict) else None

@@ -39,9 +39,12 @@ def bucket_logs(record: dict, on_line) -> bool:
         import fsspec
     except ImportError:
         return False
+    from launcher.lifecycle import bucket_options
+
     base = f"{bucket.rstrip('/')}/{record['run_id']}/logs"
     try:
-        fs, path = fsspec.core.url_to_fs(base)
+        # Short per-request timeouts and no GCE metadata probe, as for status's bucket reads.
+        fs, path = fsspec.core.url_to_fs(base, **bucket_options(base))
         files = sorted((p for p in fs.find(path) if not p.endswith("/")), key=_log_order)
     except Exception:  # noqa: BLE001 - unreachable or absent: say so below
         return False

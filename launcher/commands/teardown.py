@@ -102,6 +102,8 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
     targets = find_targets(registry, backend_factory, run_ids)
     # Runs recorded as active whose resources are already gone: learn how they ended (their exit
     # record, SkyPilot's last word), then record the end of whatever is still unaccounted for.
+    # Only a look (budget=False): the budget guard would write a stop flag into the bucket, which
+    # nothing is left to read and which a later relaunch of the same run id would obey at once.
     stale = [
         r for r in registry.list(active_only=True)
         if (run_ids is None or r["run_id"] in run_ids) and r["run_id"] not in {t.run_id for t in targets}
@@ -111,7 +113,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         from launcher.lifecycle import refresh
 
         try:
-            refresh(registry, backend_factory, stale, remote_progress=False)
+            refresh(registry, backend_factory, stale, remote_progress=False, budget=False)
         except Exception:  # noqa: BLE001 - knowing the outcome is a bonus; the end is recorded below
             pass
         stale = [r for r in (registry.get(s["run_id"], history=False) for s in stale) if r["state"] in ACTIVE_STATES]

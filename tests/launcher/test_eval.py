@@ -85,14 +85,15 @@ def remote_run(tmp_path, monkeypatch):
     from launcher.recipe import load_recipe
     from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
 
-    recipe = load_recipe(write_recipe(tmp_path / "r", name="demo"))
+    recipe = load_recipe(write_recipe(tmp_path / "r", name="demo", bucket="gs://sftl-test/runs"))
     chosen = FakeCandidate(cloud="runpod", gpu="H100", usd_per_hour=2.5)
     planner = types.ModuleType("launcher.estimate")
     planner.plan = lambda r, **kw: FakePlan([chosen], chosen=chosen)
     monkeypatch.setitem(sys.modules, "launcher.estimate", planner)
     fake = FakeSky()
     monkeypatch.setattr(sky_mod, "_backend_factory", lambda: fake)
-    Registry().create("sftl-demo-0002", recipe, state="succeeded", bucket=recipe.output.bucket, cloud="runpod")
+    # The record's bucket is a local dir standing in for the recipe's gs:// one, readable here.
+    Registry().create("sftl-demo-0002", recipe, state="succeeded", bucket=str(tmp_path / "r" / "bucket"), cloud="runpod")
     return fake, recipe
 
 
@@ -103,7 +104,7 @@ def test_remote_eval_renders_an_eval_only_task(remote_run):
     import yaml
 
     task = yaml.safe_load(result.stdout)
-    assert "eval" in task["run"] and "train" not in task["run"] and "publish" not in task["run"]
+    assert task["envs"]["SFTLAUNCH_STEPS"] == "eval" and task["run"].endswith("entrypoint.sh all\n")
     assert task["resources"]["labels"] == {"sftlaunch-run": "sftl-demo-0002"}
     assert task["resources"]["accelerators"] == "H100:1"
     assert fake.launched == []  # a dry run launches nothing
@@ -145,3 +146,18 @@ def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
     lines = result.stdout.splitlines()
     assert lines.index("| org/base | 30.00 | 30.00 |") < lines.index("| sftl-demo-0002 | 60.00 | 60.00 |")
     assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.6)
+
+
+def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_path, monkeypatch, capfd):
+    """Credentials that cannot be refreshed (here: a made-up ADC token, offline) make the base row
+    unknown; the eval that already succeeded stays a success, with no traceback."""
+    from launcher import lifecycle
+    from launcher.commands.eval import _bucket_base_results
+
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x.apps.googleusercontent.com",
+                               "client_secret": "s", "refresh_token": "r"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 2)
+    assert _bucket_base_results({"bucket": "gs://sftl-test-no-such-bucket", "run_id": "sftl-demo-0002"}) is None
+    assert "Traceback" not in capfd.readouterr().err

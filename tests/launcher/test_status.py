@@ -182,6 +182,58 @@ def test_status_records_a_job_side_budget_stop_of_a_detached_cluster_run(fake, t
     assert ("down", "sftl-demo-nnnn") in fake.calls
 
 
+@pytest.fixture
+def hanging_s3(monkeypatch):
+    """An S3 endpoint that accepts connections and never answers (a bucket that hangs), with
+    credentials set, and bucket reads that give up after a second instead of fifteen."""
+    import socket
+
+    import s3fs
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)  # the kernel completes the handshakes; nobody ever reads or replies
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.getsockname()[1]}"}.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()  # no client built for another endpoint
+    monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 1)
+    yield "s3://hangs"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.close()
+
+
+def test_a_hanging_bucket_is_unknown_to_status_not_a_hang_or_a_traceback(fake, hanging_s3, capfd):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-hhhh", kind="managed", bucket=hanging_s3, hours_ago=2.0)
+    fake.controller_up = False  # status must read the run's exit record from the bucket
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    rec = reg.get("sftl-demo-hhhh")
+    assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
+    captured = capfd.readouterr()
+    assert "Traceback" not in res.output + captured.out + captured.err
+
+
+def test_bucket_reads_ask_each_store_for_short_timeouts(monkeypatch):
+    import copy
+
+    import fsspec
+
+    asked = []
+    real = fsspec.core.url_to_fs
+    monkeypatch.setattr(fsspec.core, "url_to_fs", lambda url, **kw: asked.append(copy.deepcopy(kw)) or real(url, **kw))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    # No Application Default Credentials: gcsfs is not let fall back to probing the GCE metadata server.
+    assert lifecycle._fs_read_text("gs://sftl-test-no-such-bucket/run/exit.json") is None
+    assert asked[-1] == {"requests_timeout": 10, "token": "google_default"}
+    lifecycle._fs_read_text("s3://sftl-test-no-such-bucket/run/exit.json")
+    assert asked[-1]["config_kwargs"]["retries"] == {"total_max_attempts": 2}
+    assert asked[-1]["config_kwargs"]["connect_timeout"] == 5 and asked[-1]["config_kwargs"]["read_timeout"] == 10
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})  # the user's own fsspec config wins
+    assert "token" not in lifecycle.bucket_options("gs://b/x")
+
+
 def test_parse_progress():
     assert lifecycle.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
     assert lifecycle.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)

@@ -149,6 +149,7 @@ def test_a_finished_local_run_is_not_signalled(fake, monkeypatch):
 
     class R:
         image = None
+        eval = None
 
         def to_yaml(self):
             return "name: local\n"
@@ -173,6 +174,7 @@ def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, 
 
     class R:
         image = None
+        eval = None
 
         def to_yaml(self):
             return "name: local\n"
@@ -184,3 +186,18 @@ def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, 
     assert res.exit_code == 0, res.output
     assert "local process" in res.output and not local.alive(fields["pid"])
     assert reg.get(rid)["state"] == "cancelled" and touched(fake) == []
+
+
+def test_teardown_only_looks_at_a_stale_run_it_never_asks_the_job_to_stop(fake, tmp_path):
+    """A managed run over its budget that SkyPilot no longer lists, still within the grace for a
+    launch being registered: teardown records its end but writes no stop flag, which a later
+    relaunch of the same run id would obey at once."""
+    reg = Registry()
+    bucket = tmp_path / "b"
+    launched(fake, reg, "sftl-demo-ssss", kind="managed", bucket=str(bucket), usd=3.0, max_usd=0.01, hours_ago=0.01)
+    fake.controller_up = False
+    res = run("sftl-demo-ssss", "--yes")
+    assert res.exit_code == 0, res.output
+    assert not (bucket / "sftl-demo-ssss" / "control" / "stop").exists()
+    rec = reg.get("sftl-demo-ssss")
+    assert rec["state"] == "cancelled" and not (rec["extra"] or {}).get("stop_requested_at")
