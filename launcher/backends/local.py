@@ -5,10 +5,16 @@ following the log leaves the run going, `status`/`logs`/`teardown` find it later
 registry. So the run is started in its own session (its own process group) by a tiny shell
 wrapper that writes the exit code next to `run.log` when it ends; teardown kills the group.
 
-Inside, the run is `docker/entrypoint.sh all` — in the image under Docker when a daemon is
-reachable, else directly with this Python (the installed `train`/`eval` extras). Secrets reach
-the process through its environment only (Docker gets `-e NAME`, never a value on the command
-line) and nothing here writes them to disk.
+Inside, the run is `docker/entrypoint.sh all` over SFTLAUNCH_STEPS — in the image under Docker
+when a daemon is reachable, else directly with this Python (the installed `train`/`eval`
+extras) — exactly what a cloud task runs, so a budget stop (DIR/STOPPED, exit 0) skips eval and
+publish here too. Only an install without the entrypoint (a wheel, e.g. the Colab notebook's
+`pip install git+...`) runs the steps through `python -m jobs` itself, with the same skip.
+
+Secrets reach the process through its environment only (Docker gets `-e NAME`, never a value on
+the command line) and nothing here writes them to disk. The entrypoint masks its steps' output,
+but not its own lines or its background bucket copier's warnings, and the no-entrypoint path
+masks nothing; so run.log is written through one more masking filter.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.sync import STOPPED_MARKER
 from launcher.secrets import JOB_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +37,6 @@ CONTAINER_OUT = "/data/sftlaunch"
 CONTAINER_RECIPE = "/sftlaunch/recipe.yaml"
 LABEL = "sftlaunch-run"
 _children: list[subprocess.Popen] = []
-STOPPED_MARKER = "STOPPED"  # in the run dir: training was stopped early; eval/publish skipped
 
 
 def docker_available() -> bool:
@@ -93,25 +99,26 @@ def paths(run_dir: Path) -> dict[str, Path]:
 
 
 def _direct_command(recipe_path: Path, steps: tuple[str, ...]) -> str:
+    """`entrypoint.sh all` (it reads SFTLAUNCH_STEPS); without one, the steps through `python -m jobs`."""
     if ENTRYPOINT.exists():
-        step = "all" if tuple(steps) == ("train", "eval", "publish") else None
-        if step:
-            return f"bash {shlex.quote(str(ENTRYPOINT))} all"
-        return " && ".join(f"bash {shlex.quote(str(ENTRYPOINT))} {s}" for s in steps)
-    # No entrypoint in this checkout: the same steps through `python -m jobs` (see CONTRACTS).
-    py = shlex.quote(sys.executable)
-    out = '"$SFTLAUNCH_OUT"'
-    cmds = []
-    for step in steps:
-        if step == "train":
-            # SFTLAUNCH_MAX_STEPS caps training (quick looks, tests); unset, the recipe decides.
-            cmds.append(f'{py} -m jobs train --recipe {shlex.quote(str(recipe_path))} --out {out} --run-id "$SFTLAUNCH_RUN_ID"'
-                        ' ${SFTLAUNCH_MAX_STEPS:+--max-steps "$SFTLAUNCH_MAX_STEPS"}')
-        elif step == "eval":
-            cmds.append(f'{py} -m jobs eval --model {out}/final --out {out}/eval')
-        elif step == "publish":
-            cmds.append(f'{py} -m jobs publish --recipe {shlex.quote(str(recipe_path))} --run-dir {out}')
-    return " && ".join(cmds)
+        return f"bash {shlex.quote(str(ENTRYPOINT))} all"
+    return _jobs_command(recipe_path, steps)
+
+
+def _jobs_command(recipe_path: Path, steps: tuple[str, ...]) -> str:
+    """The entrypoint's steps with the flags it passes, for installs that do not ship it."""
+    py, recipe, out = shlex.quote(sys.executable), shlex.quote(str(recipe_path)), '"$SFTLAUNCH_OUT"'
+    run_id = '--run-id "$SFTLAUNCH_RUN_ID"'
+    commands = {
+        # SFTLAUNCH_MAX_STEPS caps training (quick looks, tests); unset, the recipe decides.
+        "train": f'{py} -m jobs train --recipe {recipe} --out {out} {run_id}'
+                 ' ${SFTLAUNCH_MAX_STEPS:+--max-steps "$SFTLAUNCH_MAX_STEPS"}',
+        "eval": f"{py} -m jobs eval --model {out}/final --recipe {recipe} --out {out}/eval {run_id}",
+        "publish": f"{py} -m jobs publish --recipe {recipe} --run-dir {out} {run_id}",
+    }
+    # As in the entrypoint: once training has stopped early, eval and publish are skipped.
+    return " && ".join(commands[s] if s == "train" else f"{{ [ -f {out}/{STOPPED_MARKER} ] || {commands[s]}; }}"
+                       for s in steps)
 
 
 def _docker_command(run_id: str, image: str, recipe_path: Path, mounts: dict[str, str], out_dir: Path) -> str:
@@ -135,6 +142,7 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
     from launcher import render
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    steps = render.job_steps(recipe, tuple(steps))  # eval: null drops eval, as on a cloud
     p = paths(run_dir)
     for stale in (p["exit_code"],):
         stale.unlink(missing_ok=True)
@@ -150,7 +158,7 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         command = _docker_command(run_id, image, p["recipe"], mounts, run_dir)
     else:
         p["recipe"].write_text(recipe.to_yaml())
-        command = _direct_command(p["recipe"], tuple(steps))
+        command = _direct_command(p["recipe"], steps)
     masker = f"{shlex.quote(sys.executable)} -m jobs.sync mask"
     script = (
         "#!/usr/bin/env bash\n"

@@ -14,9 +14,14 @@ from launcher.runs import Registry, run_dir
 
 class _Recipe:
     image = None
+    eval = {"tasks": ["tiny_mc"]}
 
     def to_yaml(self):
         return "name: local\n"
+
+
+class _NoEvalRecipe(_Recipe):
+    eval = None  # `eval: null`
 
 
 def _start(monkeypatch, command, rid="sftl-local-0002"):
@@ -64,6 +69,71 @@ def test_budget_stop_is_recorded_as_stopped(monkeypatch):
     assert state == "stopped" and "budget" in detail
     res = CliRunner().invoke(cli, ["status", "--json", "sftl-local-0004"])
     assert '"state": "stopped"' in res.output
+
+
+def _entrypoint_run(tmp_path, rid, recipe=None, steps=("train", "eval", "publish"), **env):
+    """A local run through the real docker/entrypoint.sh with the stub job Python
+    (tests/launcher/fake_backend): the ran-<step> files say which steps ran."""
+    from tests.launcher.fake_backend import stub_job_python
+
+    fields = local.start(recipe or _Recipe(), rid, run_dir(rid), steps=steps, use_docker=False,
+                         extra_env={"SFTLAUNCH_PYTHON": stub_job_python(tmp_path / "bin"), **env})
+    Registry().create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    lines = []
+    code = local.follow_log(Registry().get(rid), lines.append)
+    from launcher import lifecycle
+
+    lifecycle.refresh(Registry(), lambda: None, [Registry().get(rid, history=False)])
+    ran = sorted(p.name.removeprefix("ran-") for p in run_dir(rid).glob("ran-*"))
+    return code, lines, ran, Registry().get(rid)
+
+
+@pytest.mark.parametrize("steps", [("train", "eval", "publish"), ("train", "publish")])
+def test_a_train_stopped_early_skips_eval_and_publish_and_is_recorded_stopped(tmp_path, steps):
+    code, lines, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0006", steps=steps, STUB_STOP="1")
+    assert code == 0 and ran == ["train"]
+    assert any(line.startswith("sftlaunch: run stopped before the end of training") for line in lines)
+    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
+
+
+def test_a_local_run_is_the_entrypoints_all_over_the_recipes_steps(tmp_path):
+    code, _, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0007")
+    assert code == 0 and ran == ["eval", "publish", "train"] and rec["state"] == "succeeded"
+    assert (run_dir("sftl-local-0007") / "exit.json").is_file()  # written by the entrypoint
+    code, _, ran, _ = _entrypoint_run(tmp_path, "sftl-local-0008", recipe=_NoEvalRecipe())
+    assert code == 0 and ran == ["publish", "train"]  # eval: null drops the eval step
+    code, _, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0009", STUB_TRAIN_EXIT="1")
+    assert code == 1 and ran == ["train"] and rec["state"] == "failed"
+
+
+JOBS_STUB = """#!/usr/bin/env bash
+# `python -m jobs STEP ...` of an install without docker/entrypoint.sh: record the call.
+echo "$*" >> "$SFTLAUNCH_OUT/calls"
+if [ "$3" = train ] && [ "${STUB_STOP:-0}" = 1 ]; then echo '{"reason": "budget"}' > "$SFTLAUNCH_OUT/STOPPED"; fi
+"""
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_without_an_entrypoint_the_steps_run_as_jobs_and_a_stop_skips_the_rest(tmp_path, monkeypatch, stop):
+    import os
+    import subprocess
+    import sys
+
+    stub = tmp_path / "python"
+    stub.write_text(JOBS_STUB)
+    stub.chmod(0o755)
+    monkeypatch.setattr(local, "ENTRYPOINT", tmp_path / "no-entrypoint.sh")
+    monkeypatch.setattr(sys, "executable", str(stub))
+    command = local._direct_command(tmp_path / "recipe.yaml", ("train", "eval", "publish"))
+    monkeypatch.undo()
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "SFTLAUNCH_OUT": str(out), "SFTLAUNCH_RUN_ID": "sftl-x-0001", "STUB_STOP": "1" if stop else "0"}
+    assert subprocess.run(["bash", "-c", command], env=env, timeout=60).returncode == 0
+    calls = (out / "calls").read_text().splitlines()
+    assert [c.split()[2] for c in calls] == (["train"] if stop else ["train", "eval", "publish"])
+    if not stop:  # eval gets the recipe, so its eval section (or `eval: null`) applies
+        assert f"--recipe {tmp_path / 'recipe.yaml'}" in calls[1] and "--run-id sftl-x-0001" in calls[1]
 
 
 def test_run_log_is_masked_as_it_is_written(monkeypatch):
