@@ -53,10 +53,12 @@ H100_PCIE_TFLOPS = 756  # gpus.yaml's figure for the PCIe card (tflops_by_cloud)
 
 def recipe_dict(method: str, model_dir: Path, steps: int, micro: int, seq_len: int, gpus: int) -> dict:
     """The recipe one benchmark run trains (a plain sftlaunch recipe)."""
+    from launcher.recipe import WEEK_MINUTES
+
     base = method.split("-")[0]
     train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum": 1, "learning_rate": 1e-4,
              "scheduler": "constant", "warmup_ratio": 0.0, "precision": "bf16", "gradient_checkpointing": True,
-             "optimizer": "paged_adamw_32bit" if base == "qlora" else "adamw_torch", "checkpoint_minutes": 10080,
+             "optimizer": "paged_adamw_32bit" if base == "qlora" else "adamw_torch", "checkpoint_minutes": WEEK_MINUTES,
              "keep_checkpoints": 1, "seed": 0}
     if base == "full":
         train["deepspeed"] = method.split("-")[1]

@@ -38,8 +38,8 @@ default. Examples: [recipes/](../recipes/) (the 70B reference run is
 
 Besides each key's own type and bounds, `validate` checks rules that span keys, for instance:
 `qlora` needs `lora` and `quantization`; `full` allows neither; DeepSpeed is for `full` (and `zero2`
-with `lora`); `spot: true` needs `output.bucket`, and a gs:// or s3:// one (a local path is lost with
-a preempted VM); `local` cannot be mixed with clouds; `name` must fit every allowed cloud's
+with `lora`); a cloud run's `output.bucket` must be gs:// or s3:// (a local path would be written on
+the VM's disk and deleted with it), and `spot: true` needs one; `local` cannot be mixed with clouds; `name` must fit every allowed cloud's
 cluster-name limit; local data paths and `eval.tasks_dir` must exist, and local data must be
 .jsonl/.json/.parquet files or directories holding some; `precision: fp16` needs
 `compute_dtype: float16`.

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from launcher import __version__
+from launcher.home import sftlaunch_home
 
 DEFAULT_REPOSITORY = "ghcr.io/sftlaunch/sftlaunch"
 REPOSITORY_ENV = "SFTLAUNCH_IMAGE_REPO"  # e.g. docker.io/me/sftlaunch for your own registry
@@ -37,10 +38,6 @@ _HOST_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-
 _PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 NAME_MAX = 255
-
-
-def sftlaunch_home() -> Path:
-    return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
 
 
 def images_file() -> Path:

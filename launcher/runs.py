@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 
+from launcher.home import sftlaunch_home
 from launcher.secrets import mask, mask_obj
 
 SCHEMA_VERSION = 2
@@ -95,10 +95,6 @@ FIELDS = frozenset({
 })
 # Metric names preferred, in order, when reducing one lm-eval task's results to one score.
 _PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
-
-
-def sftlaunch_home() -> Path:
-    return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
 
 
 def run_dir(run_id: str, home: Path | None = None) -> Path:
