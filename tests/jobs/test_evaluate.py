@@ -297,7 +297,7 @@ def _train_with_jobs(tmp_path) -> tuple[str, str]:
     from launcher.recipe import load_recipe
 
     data = load_recipe(TINY_RECIPE).resolved_dict()
-    data["train"]["max_steps"] = TRAIN_STEPS
+    assert data["train"].get("max_steps") in (None, TRAIN_STEPS) and data["train"]["epochs"] == 6, data["train"]
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(data))
     subprocess.run([sys.executable, "-m", "jobs", "train", "--recipe", str(recipe), "--out", str(tmp_path / "run")],
@@ -305,7 +305,9 @@ def _train_with_jobs(tmp_path) -> tuple[str, str]:
     return "sftlaunch/tiny-llama", str(tmp_path / "run" / "final")
 
 
-TRAIN_STEPS = 40  # tiny-local: train loss 3.5 → 0.8 by step 40 (eval loss 0.64 at 48)
+# tiny-local as shipped (6 epochs = 120 steps, ~16 s on 2 cores): a 40-step cut passed on one
+# machine (tiny_mc 0.55+) and not on CI's (0.475), so the margin below is checked at full length.
+TRAIN_STEPS = 120
 HAVE_TRAIN = TINY_RECIPE.exists() and (REPO / "jobs" / "train.py").exists() and (REPO / "jobs" / "__main__.py").exists()
 
 
@@ -333,6 +335,6 @@ def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch):
         assert code == 0
         scores[label] = res["scores"]
     assert scores["trained"]["tiny_mc"] >= scores["untrained"]["tiny_mc"] + 0.3, scores
-    # Exact generation needs longer training (tiny-local at 120 steps: 97%); at 40 steps it may
-    # still be 0, so only a regression fails here.
-    assert scores["trained"]["tiny_gen"] >= scores["untrained"]["tiny_gen"], scores
+    # Exact generation: the untrained model never answers exactly; tiny-local as shipped does
+    # most of the time (100% measured on 40 held-out rows).
+    assert scores["trained"]["tiny_gen"] >= scores["untrained"]["tiny_gen"] + 0.5, scores
