@@ -31,22 +31,30 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _train_two_procs(tiny, name, out, method="full", **train) -> str:
+def _train_two_procs(tiny, name, out, method="full", lora=None, script=None, **train) -> str:
+    """Through `python -m jobs.dist train`, or with `script`, straight under torchrun (for a job
+    the recipe contract would refuse)."""
     d = recipe_dict(tiny[0], tiny[1], **{"max_steps": 2, "micro_batch_size": 2, "grad_accum": 1, **train})
     d["method"] = method
     d["data"]["eval_fraction"] = 0.1
     if method == "qlora":
-        d["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
         d["quantization"] = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    if method != "full":
+        d["lora"] = lora or {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     recipe = tiny[2] / f"{name}.yaml"
     recipe.write_text(yaml.safe_dump(d))
-    env = {**os.environ, "SFTLAUNCH_CPU_PROCS": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
-           "SFTLAUNCH_MASTER_PORT": str(_port()), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "jobs.dist", "train", "--recipe", str(recipe), "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if script is None:
+        env.update(SFTLAUNCH_CPU_PROCS="2", SKYPILOT_NUM_GPUS_PER_NODE="0", SFTLAUNCH_MASTER_PORT=str(_port()))
+        argv = ["-m", "jobs.dist", "train", "--recipe", str(recipe), "--out", str(out)]
+    else:
+        env["DS_ACCELERATOR"] = "cpu"
+        argv = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_port()), str(script), str(recipe), str(out)]
+    proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "torch.distributed.run" in log and "--nproc_per_node 2" in log
+    assert script is not None or ("torch.distributed.run" in log and "--nproc_per_node 2" in log)
     assert json.loads((out / "final" / "sftlaunch.json").read_text())["world_size"] == 2
     return log
 
@@ -93,31 +101,20 @@ def test_lora_adapter_saved_under_zero3_is_complete_and_reloads(tiny, tmp_path):
     """The reference workflow's trap: under ZeRO-3 each rank holds a shard of every parameter, and
     an adapter saved naively comes out with empty (0-element) tensors. Recipes cannot ask for
     lora + zero3 (see zero3_lora_job.py), so this drives the job's save path directly."""
+    import torch
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    d = recipe_dict(tiny[0], tiny[1], max_steps=2, micro_batch_size=2, grad_accum=1, learning_rate=1e-2)
-    d["method"] = "lora"
+    out = tmp_path / "z3lora"
     # r 16: each LoRA matrix (16 × hidden) is over ZeRO-3's persistence threshold, which the
     # Trainer sets to 10 × hidden, so it is really partitioned across the two ranks (as a 70B's
     # r 64 × 8192 is); at r 4 it would stay whole on every rank and a naive save would pass.
-    d["lora"] = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    recipe = tiny[2] / "z3lora.yaml"
-    recipe.write_text(yaml.safe_dump(d))
-    out = tmp_path / "z3lora"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(_port()),
-                           str(REPO / "tests" / "jobs" / "zero3_lora_job.py"), str(recipe), str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    _train_two_procs(tiny, "z3lora", out, method="lora", learning_rate=1e-2,
+                     lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                     script=REPO / "tests" / "jobs" / "zero3_lora_job.py")
     final = out / "final"
-    assert json.loads((final / "sftlaunch.json").read_text())["world_size"] == 2
     # The engine really ran ZeRO-3: its checkpoint holds per-rank stage-3 shards.
-    import torch
-
     shards = sorted((out / "checkpoints" / "step-2" / "global_step2").glob("zero_pp_rank_*_model_states.pt"))
     assert len(shards) == 2
     assert torch.load(shards[0], map_location="cpu", weights_only=False)["ds_config"]["zero_optimization"]["stage"] == 3
