@@ -132,7 +132,7 @@ def _quiet_storage_logs():
             lg.setLevel(level)
 
 
-def _fs_read_text(uri: str, timeout_s: float | None = None) -> str | None:
+def _fs_read_text(uri: str) -> str | None:
     """The text at `uri`, or None when it is missing, unreadable, unauthorised or slow."""
     try:
         import fsspec
@@ -140,7 +140,7 @@ def _fs_read_text(uri: str, timeout_s: float | None = None) -> str | None:
 
         with _quiet_storage_logs():
             fs, path = fsspec.core.url_to_fs(uri, **bucket_options(uri))
-            deadline = {"timeout": timeout_s or BUCKET_READ_TIMEOUT_S} if isinstance(fs, AsyncFileSystem) else {}
+            deadline = {"timeout": BUCKET_READ_TIMEOUT_S} if isinstance(fs, AsyncFileSystem) else {}
             return fs.cat_file(path, **deadline).decode("utf-8", errors="replace")
     except Exception:  # noqa: BLE001 - a missing or unreachable copy just means "unknown"
         return None
