@@ -64,6 +64,7 @@ class Check:
     fn: Callable[[], tuple[str, str, str]]
     timeout: float = CHECK_TIMEOUT_S
     fix_unknown: str = "rerun `sftlaunch preflight` when the service answers"
+    remote: bool = True  # asks a service (Hub, bucket, cloud); False: looks at this machine only
 
 
 def run_checks(checks: list[Check]) -> list[Line]:
@@ -108,8 +109,9 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
     for i, src in enumerate(recipe.data.sources):
         checks.append(data_check(i, src, local, timeout))
     if recipe.output.bucket:
-        checks.append(Check("bucket", recipe.output.bucket, lambda: probe_bucket(recipe.output.bucket, timeout),
-                            timeout, "rerun when the store answers, or check the network and the endpoint"))
+        uri = recipe.output.bucket
+        checks.append(Check("bucket", uri, lambda: probe_bucket(uri, timeout), timeout,
+                            "rerun when the store answers, or check the network and the endpoint", "://" in uri))
     if not local:
         from launcher.clouds import CLOUDS
 
@@ -129,7 +131,7 @@ def data_check(i: int, src, local: bool, timeout: float) -> Check:
                 return FAIL, problem, f"fix data.sources[{i}].path"
             return PASS, "local data; uploaded with the run" if not local else "local data", ""
 
-        return Check(f"data[{i}]", src.path, fn, timeout)
+        return Check(f"data[{i}]", src.path, fn, timeout, remote=False)
     from launcher import preflight_hub as hub
 
     return Check(f"data[{i}]", src.path, lambda: hub.dataset_read(src, local, timeout), timeout)
@@ -305,6 +307,27 @@ def cloud_lines(clouds: list[str], states: dict[str, tuple[bool, str]]) -> list[
 # -- the whole report -------------------------------------------------------------------------------
 def preflight(recipe, **kwargs) -> list[Line]:
     return run_checks(recipe_checks(recipe, **kwargs))
+
+
+def gate(recipe, *, dry_run: bool, local: bool = False, **kwargs) -> bool:
+    """`up`'s preflight, before anything is launched: the table, then a refusal (exit 2) when a
+    check failed. A dry run only shows it and returns whether one failed (`up` exits 2 at its
+    end). A local run checks only what it will ask of a service (Hub, bucket): its local files
+    were checked when the recipe loaded. Nothing to check: nothing printed."""
+    from launcher.errors import UserError
+
+    checks = [c for c in recipe_checks(recipe, local=local, **kwargs) if c.remote or not local]
+    if not checks:
+        return False
+    lines = run_checks(checks)
+    render(lines, "Preflight")
+    if failed(lines) and not dry_run:
+        raise UserError(f"preflight: {sum(ln.status == FAIL for ln in lines)} check(s) failed (the FAIL lines above, "
+                        f"each with its fix); nothing was launched")
+    return failed(lines)
+
+
+PREFLIGHT_FAILED = "preflight failed (the FAIL lines above, each with its fix); fix them before launching"
 
 
 def failed(lines: list[Line]) -> bool:

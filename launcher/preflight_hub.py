@@ -102,10 +102,11 @@ def _guarded(fn):
 def model_check(recipe, local: bool, timeout: float) -> Check:
     model_id, revision = recipe.model.id, recipe.model.revision
     if model_id == TINY_MODEL_ID:
-        return Check("model", model_id, lambda: (PASS, "the tiny test model, built on the machine that runs it", ""))
+        return Check("model", model_id, lambda: (PASS, "the tiny test model, built on the machine that runs it", ""),
+                     remote=False)
     path = Path(model_id).expanduser()
     if path.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
-        return Check("model", model_id, lambda: _local_model(path, local))
+        return Check("model", model_id, lambda: _local_model(path, local), remote=False)
     return Check("model", model_id, lambda: _hub_read(model_id, revision, "model", local, timeout), timeout)
 
 
@@ -126,38 +127,49 @@ def dataset_read(src, local: bool, timeout: float) -> tuple[str, str, str]:
 @_guarded
 def _hub_read(repo_id: str, revision: str | None, kind: str, local: bool, timeout: float) -> tuple[str, str, str]:
     """Can the run's token read `repo_id`? Gated: has the account been granted access?"""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RevisionNotFoundError
 
     token = run_token(write=False, local=local)
     api = _api(token)
     page = f"{endpoint()}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
     field = "model.id" if kind == "model" else "data.sources[].path"
-    who = "HF_TOKEN" if token else "no token"
     try:
         info = (api.model_info if kind == "model" else api.dataset_info)(repo_id, revision=revision, timeout=timeout)
     except RevisionNotFoundError:
         return FAIL, f"the {kind} has no revision {revision!r}", "fix model.revision (a branch, tag or commit)"
     except GatedRepoError:
         info = None
-    except RepositoryNotFoundError:
+    except HfHubHTTPError as exc:
+        if not _refused(exc):
+            raise
         hint = "" if token else "; if it is private, set HF_TOKEN to a token that can read it"
-        return FAIL, f"no such {kind} on the Hub, or it is private ({who}){_unsent_token_hint(local)}", \
-            f"fix {field}{hint}"
+        return (FAIL, f"no such {kind} on the Hub, or it is private ({'HF_TOKEN' if token else 'no token'})"
+                f"{_unsent_token_hint(local)}", f"fix {field}{hint}")
     gated = getattr(info, "gated", True) if info is not None else True
     if info is not None and not gated and not getattr(info, "private", False):
         return PASS, f"public {kind}", ""
     try:
         api.auth_check(repo_id, repo_type=kind, token=token or False)
-    except GatedRepoError:
-        return (FAIL, f"gated {kind}: the account behind HF_TOKEN has not been granted access",
-                f"accept the license at {page} with that account (and wait for approval), then rerun")
-    except RepositoryNotFoundError:
-        if token:
-            return FAIL, f"the Hub refuses HF_TOKEN for this {kind}", f"use a token of an account with access to {page}"
-        return (FAIL, f"gated {kind}, and no HF_TOKEN to read it with{_unsent_token_hint(local)}",
-                f"accept the license at {page}, then export HF_TOKEN=<a token of that account>")
+    except HfHubHTTPError as exc:
+        if not _refused(exc):
+            raise
+        if not token:
+            return (FAIL, f"gated {kind}, and no HF_TOKEN to read it with{_unsent_token_hint(local)}",
+                    f"accept the license at {page}, then export HF_TOKEN=<a token of that account>")
+        if isinstance(exc, GatedRepoError):
+            return (FAIL, f"gated {kind}: the account behind HF_TOKEN has not been granted access",
+                    f"accept the license at {page} with that account (and wait for approval), then rerun")
+        return FAIL, f"the Hub refuses HF_TOKEN for this {kind}", f"use a token of an account with access to {page}"
     kind_word = f"gated ({gated})" if gated else "private"
     return PASS, f"{kind_word} {kind}; HF_TOKEN has access", ""
+
+
+def _refused(exc: BaseException) -> bool:
+    """Not found, gated, private or forbidden: the Hub's "no" (huggingface_hub maps 401 on
+    huggingface.co repo URLs to RepositoryNotFoundError; other endpoints keep the status)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    return isinstance(exc, RepositoryNotFoundError) or _http_status(exc) in (401, 403, 404)
 
 
 # -- output.hub_repo --------------------------------------------------------------------------------
@@ -190,9 +202,9 @@ def _hub_write(repo_id: str, local: bool) -> tuple[str, str, str]:
         return FAIL, f"HF_TOKEN is a read-only token (user {user})", f"use a write token (create one at {tokens_page})"
     try:
         api.auth_check(repo_id, write=True)
-    except RepositoryNotFoundError:
-        return _may_create(repo_id, user, who, access)
     except HfHubHTTPError as exc:
+        if isinstance(exc, RepositoryNotFoundError) or _http_status(exc) == 404:
+            return _may_create(repo_id, user, who, access)
         if _http_status(exc) in (401, 403):
             return (FAIL, f"the Hub refuses writes to {repo_id} for {user}'s token",
                     f"publish under a namespace the token may write (e.g. {user}/{repo_id.split('/')[1]}), "
