@@ -166,10 +166,12 @@ def _classify_store_error(exc: BaseException) -> str:
         return "missing"
     if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"):
         return "creds"
+    # s3fs raises a rejected key (unknown id, wrong secret) as PermissionError too: keys first.
+    if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "signature we calculated",
+                               "Access Key Id you provided does not exist", "invalid_grant", " 401")):
+        return "creds"
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text or " 403" in text:
         return "denied"
-    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or " 401" in text:
-        return "creds"
     return "unknown"
 
 
@@ -215,7 +217,7 @@ def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, 
         if kind == "denied":
             return FAIL, f"writing a probe object was refused ({reason})", fixes["denied"]
         if kind == "creds":
-            return FAIL, f"no usable credentials for it here ({reason})", fixes["creds"]
+            return FAIL, f"the store did not accept these credentials ({reason})", fixes["creds"]
         return UNKNOWN, f"could not {stage} a probe object ({reason})", "check the network and the store's endpoint"
     return PASS, "exists; a probe object was written and deleted", ""
 

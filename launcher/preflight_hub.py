@@ -156,6 +156,9 @@ def _hub_read(repo_id: str, revision: str | None, kind: str, local: bool, timeou
         if not token:
             return (FAIL, f"gated {kind}, and no HF_TOKEN to read it with{_unsent_token_hint(local)}",
                     f"accept the license at {page}, then export HF_TOKEN=<a token of that account>")
+        if _http_status(exc) == 401 and not isinstance(exc, GatedRepoError):
+            return (FAIL, "the Hub refused HF_TOKEN (invalid, expired or revoked)",
+                    f"create a new token at {endpoint()}/settings/tokens")
         if isinstance(exc, GatedRepoError):
             return (FAIL, f"gated {kind}: the account behind HF_TOKEN has not been granted access",
                     f"accept the license at {page} with that account (and wait for approval), then rerun")
