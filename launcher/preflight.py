@@ -115,7 +115,7 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
     if not local:
         from launcher.clouds import CLOUDS
 
-        wanted = [c for c in (clouds or recipe.resources.clouds) if c in CLOUDS]
+        wanted = [c for c in (recipe.resources.clouds if clouds is None else clouds) if c in CLOUDS]
         if wanted:
             checks.append(cloud_check(wanted, enabled))
     return checks
@@ -267,8 +267,11 @@ def _reason_text(reason) -> str:
     """SkyPilot's reason as one line; Kubernetes answers per kubeconfig context."""
     if isinstance(reason, dict):
         return "; ".join(f"context {ctx}: {_reason_text(txt)}" for ctx, txt in reason.items())
-    # SkyPilot's first line names the problem; the rest repeats set-up steps our fix column gives.
-    return one_line(RuntimeError(str(reason)), limit=200) if reason else ""
+    # SkyPilot's first line names the problem; the rest (and a first line's closing "run the
+    # following commands:") repeats set-up steps that the fix column gives.
+    line = one_line(RuntimeError(str(reason)), limit=200) if reason else ""
+    head, sep, last = line.rstrip().rpartition(". ")
+    return head + "." if sep and last.endswith(":") else line
 
 
 def cloud_check(clouds: list[str], enabled: dict[str, bool] | None = None) -> Check:

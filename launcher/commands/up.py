@@ -344,6 +344,10 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         enabled = {c: False for c in clouds}
     missing = _missing_lines(clouds, enabled)
     chosen = pick(result, enabled)
+    from launcher.preflight import PREFLIGHT_FAILED, gate
+
+    # Hub, bucket, data, the usable clouds (those without credentials have their own lines below)
+    preflight_failed = gate(r, dry_run=dry_run, clouds=[c for c in clouds if enabled.get(c)], enabled=enabled)
     if chosen is None:
         lines = "\n".join(missing)
         if dry_run:
@@ -351,6 +355,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             echo(f"No credentials for any allowed cloud ({', '.join(clouds)}); to launch, set up one of:")
             echo(lines)
             echo("dry run: nothing launched.")
+            if preflight_failed:
+                raise UserError(PREFLIGHT_FAILED)
             return
         raise UserError(f"no credentials for any allowed cloud ({', '.join(clouds)}); set up one of:\n{lines}")
     if chosen is not result.chosen:
@@ -364,11 +370,9 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         for line in missing:
             echo(line, err=True)
 
-    from launcher.preflight import PREFLIGHT_FAILED, gate
     from launcher.render import container_recipe_yaml, render_task
     from launcher.runs import run_dir
 
-    preflight_failed = gate(r, dry_run=dry_run, clouds=clouds, enabled=enabled)  # exit 2 if a check fails
     if dry_run:
         _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id)
         echo("dry run: nothing launched.")

@@ -396,6 +396,17 @@ def test_up_runs_preflight_before_anything_is_launched(tmp_path, hub, s3, fake_s
     assert "preflight: ok" in res.output and len(fake_sky.launched) == 1
 
 
+def test_up_dry_run_without_cloud_credentials_still_shows_the_table(tmp_path, hub, fake_sky, monkeypatch):
+    fake_sky.enabled = set()
+    path = recipe(tmp_path, model=GATED, clouds=("runpod", "gcp"))
+    res = CliRunner().invoke(cli, ["up", path, "--dry-run"])
+    assert res.exit_code == 2 and "no HF_TOKEN" in res.output and "No credentials for any allowed cloud" in res.output
+    assert "│ cloud" not in res.output  # the clouds' own lines follow the table, each with its set-up step
+    path = recipe(tmp_path, model="sftlaunch-test/public-model", clouds=("runpod", "gcp"))
+    res = CliRunner().invoke(cli, ["up", path, "--dry-run"])
+    assert res.exit_code == 0 and "preflight: ok" in res.output and "nothing launched" in res.output
+
+
 def test_up_local_checks_only_what_asks_a_service(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")
     monkeypatch.setenv("HF_TOKEN", READ_CANARY)
