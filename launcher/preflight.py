@@ -159,18 +159,23 @@ def _bucket_fixes(uri: str) -> dict[str, str]:
 
 
 def _classify_store_error(exc: BaseException) -> str:
-    """missing | denied | creds | unknown, from what fsspec, s3fs, gcsfs and their clients raise."""
+    """missing | denied | nocreds | badcreds | unknown, from what s3fs, gcsfs and their clients
+    raise (gcsfs.retry.validate_response: 404 FileNotFoundError, 403 OSError "Forbidden",
+    other codes HttpError with .code; s3fs: botocore codes mapped to FileNotFoundError and
+    PermissionError, the code kept in the message)."""
     name = type(exc).__name__
     text = str(exc)
     if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         return "missing"
-    if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"):
-        return "creds"
+    if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
+        return "nocreds"
     # s3fs raises a rejected key (unknown id, wrong secret) as PermissionError too: keys first.
-    if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "signature we calculated",
-                               "Access Key Id you provided does not exist", "invalid_grant", " 401")):
-        return "creds"
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text or " 403" in text:
+    if name == "RefreshError" or getattr(exc, "code", None) == 401 or any(s in text for s in (
+            "InvalidAccessKeyId", "SignatureDoesNotMatch", "signature we calculated",
+            "Access Key Id you provided does not exist", "invalid_grant")):
+        return "badcreds"
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or text.startswith("Forbidden") \
+            or getattr(exc, "code", None) == 403:
         return "denied"
     return "unknown"
 
@@ -216,7 +221,9 @@ def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, 
             return FAIL, f"the bucket does not exist ({reason})", fixes["missing"]
         if kind == "denied":
             return FAIL, f"writing a probe object was refused ({reason})", fixes["denied"]
-        if kind == "creds":
+        if kind == "nocreds":
+            return FAIL, f"no credentials for it on this machine ({reason})", fixes["creds"]
+        if kind == "badcreds":
             return FAIL, f"the store did not accept these credentials ({reason})", fixes["creds"]
         return UNKNOWN, f"could not {stage} a probe object ({reason})", "check the network and the store's endpoint"
     return PASS, "exists; a probe object was written and deleted", ""

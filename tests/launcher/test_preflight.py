@@ -268,6 +268,25 @@ def test_bucket_writable_missing_and_read_only(tmp_path, s3, clouds_ok):
     assert code == 2 and "refused" in line["detail"] and "s3:PutObject" in line["fix"]
 
 
+@pytest.mark.parametrize("status, kind", [(404, "missing"), (403, "denied"), (401, "badcreds"), (500, "unknown")])
+def test_gcs_errors_as_gcsfs_raises_them(status, kind):
+    from gcsfs.retry import validate_response
+
+    with pytest.raises(Exception) as info:  # gcsfs's own mapping of the JSON API's answers
+        validate_response(status, b'{"error": {"code": %d, "message": "no"}}' % status, "b/o")
+    assert pf._classify_store_error(info.value) == kind
+
+
+def test_gcs_bucket_without_google_credentials(tmp_path, clouds_ok, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # not on a Google VM, and never wait for one
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    code, lines = checks(recipe(tmp_path, model="sftlaunch/tiny-llama", bucket="gs://sftl-test/runs"))
+    line = lines[("bucket", "gs://sftl-test/runs")]
+    assert code == 2 and "no credentials for it on this machine" in line["detail"]
+    assert "gcloud auth application-default login" in line["fix"]
+
+
 def test_s3_bucket_without_keys_in_the_environment(tmp_path, clouds_ok, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
