@@ -61,7 +61,7 @@ class Check:
 
     check: str
     target: str
-    fn: Callable[[], tuple[str, str, str]]
+    fn: Callable[[], tuple[str, str, str] | list[Line]]
     timeout: float = CHECK_TIMEOUT_S
     fix_unknown: str = "rerun `sftlaunch preflight` when the service answers"
     remote: bool = True  # asks a service (Hub, bucket, cloud); False: looks at this machine only
@@ -360,7 +360,7 @@ def render(lines: list[Line], title: str, err: bool = False) -> None:
         table.add_column(col, overflow="fold")
     styles = {PASS: "green", WARN: "yellow", FAIL: "bold red", UNKNOWN: "yellow"}
     for line in lines:
-        table.add_row(line.check, line.target, f"[{styles[line.status]}]{LABELS[line.status]}[/]",
+        table.add_row(_plain(line.check), _plain(line.target), f"[{styles[line.status]}]{LABELS[line.status]}[/]",
                       _plain(line.detail), _plain(line.fix))
     console.print(table)
     n_fail = sum(line.status == FAIL for line in lines)
@@ -372,6 +372,7 @@ def render(lines: list[Line], title: str, err: bool = False) -> None:
 
 
 def _plain(text: str):
+    """As written: a path or an error message with [brackets] is not rich markup."""
     from rich.text import Text
 
     return Text(text)
