@@ -2,10 +2,10 @@
 
 Why the order: everything that can refuse without spending money runs first — the recipe (with
 --bucket applied, so its rules judge it: spot needs a bucket, a cloud run needs gs:// or s3://),
-the plan and its cost against max_usd, credentials from SkyPilot's check —
-each refusal one line and exit 2. Only then is anything provisioned. Once launched, the run is
-the remote job's: Ctrl-C stops our log stream, never the run; the reattach and teardown
-commands are printed instead.
+the plan and its cost against max_usd, credentials from SkyPilot's check, preflight (the Hub
+token, the bucket, the data: launcher.preflight) — each refusal one line and exit 2. Only then
+is anything provisioned. Once launched, the run is the remote job's: Ctrl-C stops our log
+stream, never the run; the reattach and teardown commands are printed instead.
 
 A cloud run must persist something: the cluster's disk is deleted at teardown, so a run with
 neither output.bucket nor output.hub_repo (nor `--bucket`) would train a model only to destroy
@@ -216,8 +216,13 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     echo("  price     $0.00/h (local)")
     echo(f"  outputs   {out}/ (checkpoints, metrics, eval results, run.log)")
     echo(f"  run id    {run_id}")
+    from launcher.preflight import PREFLIGHT_FAILED, gate
+
+    preflight_failed = gate(r, dry_run=dry_run, local=True)  # Hub and bucket only; exit 2 if one fails
     if dry_run:
         echo("dry run: nothing started.")
+        if preflight_failed:
+            raise UserError(PREFLIGHT_FAILED)
         return
     confirm(yes, "Start this run here?")
     fields = local.start(r, run_id, out, use_docker=use_docker)
@@ -339,6 +344,10 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         enabled = {c: False for c in clouds}
     missing = _missing_lines(clouds, enabled)
     chosen = pick(result, enabled)
+    from launcher.preflight import PREFLIGHT_FAILED, gate
+
+    # Hub, bucket, data, the usable clouds (those without credentials have their own lines below)
+    preflight_failed = gate(r, dry_run=dry_run, clouds=[c for c in clouds if enabled.get(c)], enabled=enabled)
     if chosen is None:
         lines = "\n".join(missing)
         if dry_run:
@@ -346,6 +355,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             echo(f"No credentials for any allowed cloud ({', '.join(clouds)}); to launch, set up one of:")
             echo(lines)
             echo("dry run: nothing launched.")
+            if preflight_failed:
+                raise UserError(PREFLIGHT_FAILED)
             return
         raise UserError(f"no credentials for any allowed cloud ({', '.join(clouds)}); set up one of:\n{lines}")
     if chosen is not result.chosen:
@@ -365,6 +376,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     if dry_run:
         _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id)
         echo("dry run: nothing launched.")
+        if preflight_failed:
+            raise UserError(PREFLIGHT_FAILED)
         return
 
     _check_secrets(r)

@@ -2,7 +2,15 @@
 for repo_exists / list_repo_refs / list_repo_files / create_repo / upload_folder (preupload, LFS
 batch with single-part and multipart transfers, commit with added and deleted files). State
 lives in memory so tests can inspect what arrived. `fail_part_once` makes the first PUT of each
-multipart part 1 answer 500."""
+multipart part 1 answer 500.
+
+For preflight (launcher.preflight_hub) it also answers whoami-v2, model and dataset info and the
+`auth-check` endpoints (read and write) the way huggingface.co does: tokens registered with
+`add_token` carry a user, a role (read | write | fineGrained) and organisations; a gated repo
+answers 401 GatedRepo without a token and 403 GatedRepo to an account that was not granted
+access; a write check answers 403 to a read token or a namespace the account may not write.
+Tokens that were never registered are refused by whoami and auth-check only: the upload
+endpoints stay as permissive as before."""
 
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ CHUNK = 4096  # multipart chunk size for files larger than one chunk
 class FakeHub:
     def __init__(self, fail_part_once: bool = True):
         self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "files": {path: bytes}, "commits": int}
+        self.datasets: dict[str, dict] = {}  # same shape, for /api/datasets/...
+        self.tokens: dict[str, dict] = {}  # token -> {"name", "role", "orgs": [{"name", "roleInOrg"}], ...}
         self.lfs: dict[str, bytes] = {}  # oid -> content
         self.parts: dict[tuple[str, int], bytes] = {}
         self.requests: list[tuple[str, str]] = []
@@ -38,8 +48,44 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes] | None = None) -> None:
-        self.repos[repo_id] = {"private": False, "files": dict(files or {}), "commits": 1}
+    def add_repo(self, repo_id: str, files: dict[str, bytes] | None = None, *, gated: str | bool = False,
+                 private: bool = False, granted: tuple[str, ...] = (), kind: str = "model") -> None:
+        """A repo; `gated` is the Hub's value ("auto", "manual" or False), `granted` the users
+        whose access request was accepted."""
+        store = self.repos if kind == "model" else self.datasets
+        store[repo_id] = {"private": private, "files": dict(files or {}), "commits": 1, "gated": gated,
+                          "granted": set(granted)}
+
+    def add_token(self, token: str, user: str, role: str = "write", orgs: dict[str, str] | None = None,
+                  scoped: list[dict] | None = None) -> None:
+        """A token of `user`; `orgs` maps organisation -> the user's role in it (admin, write,
+        contributor, read); `scoped`: a fineGrained token's per-entity permissions."""
+        self.tokens[token] = {"name": user, "role": role,
+                              "orgs": [{"name": o, "roleInOrg": r} for o, r in (orgs or {}).items()],
+                              "scoped": scoped or []}
+
+    # -- what the Hub decides (used by the handler) -------------------------------------------
+    def user_of(self, headers) -> dict | None:
+        auth = headers.get("Authorization") or ""
+        return self.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+
+    def can_read(self, repo: dict, repo_id: str, user: dict | None) -> bool:
+        """Private repos are hidden from other accounts once any token is registered (the upload
+        tests register none and read back the private repos they created)."""
+        if not repo["private"] or not self.tokens:
+            return True
+        return user is not None and self.in_namespace(user, repo_id.split("/")[0])
+
+    def in_namespace(self, user: dict, namespace: str) -> bool:
+        return namespace == user["name"] or any(o["name"] == namespace for o in user["orgs"])
+
+    def can_write(self, user: dict, namespace: str) -> bool:
+        if user["role"] == "read":
+            return False
+        if user["role"] == "fineGrained":
+            return any(s["entity"]["name"] == namespace and "repo.write" in s["permissions"] for s in user["scoped"])
+        return namespace == user["name"] or any(
+            o["name"] == namespace and o["roleInOrg"] in ("admin", "write", "contributor") for o in user["orgs"])
 
     def _handler(hub):  # noqa: N805 - the closure's `self` is the request handler
         class Handler(BaseHTTPRequestHandler):
@@ -63,9 +109,68 @@ class FakeHub:
             def _not_found(self):
                 self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
 
+            def _error(self, code: int, message: str, error_code: str | None = None):
+                headers = {"X-Error-Message": message, **({"X-Error-Code": error_code} if error_code else {})}
+                self._json(code, {"error": message}, headers)
+
+            def _whoami(self):
+                user = hub.user_of(self.headers)
+                if user is None:
+                    return self._error(401, "Invalid credentials in Authorization header")
+                token = {"displayName": "preflight", "role": user["role"]}
+                if user["role"] == "fineGrained":
+                    token["fineGrained"] = {"canReadGatedRepos": True, "global": [], "scoped": user["scoped"]}
+                return self._json(200, {"type": "user", "name": user["name"], "orgs": user["orgs"],
+                                        "auth": {"type": "access_token", "accessToken": token}})
+
+            def _repo_api(self, kind: str, rest: str):
+                """/api/{models,datasets}/ID[/auth-check[/write]] with the Hub's access rules; False when
+                the request is a plain info request of a readable repo (the caller answers it)."""
+                store = hub.repos if kind == "model" else hub.datasets
+                parts = rest.split("/")
+                repo_id, tail = "/".join(parts[:2]), parts[2:]
+                user = hub.user_of(self.headers)
+                if self.headers.get("Authorization") and user is None and tail[:1] == ["auth-check"]:
+                    self._error(401, "Invalid credentials in Authorization header")
+                    return True
+                repo = store.get(repo_id)
+                if repo is None or not hub.can_read(repo, repo_id, user):
+                    self._not_found()
+                    return True
+                if tail == ["auth-check"]:
+                    if repo.get("gated") and user is None:
+                        self._error(401, f"Access to {kind} {repo_id} is restricted. You must have access "
+                                         "to it and be authenticated to access it. Please log in.", "GatedRepo")
+                        return True
+                    if repo.get("gated") and user["name"] not in repo.get("granted", ()):
+                        self._error(403, f"Access to {kind} {repo_id} is restricted and you are not in the "
+                                         f"authorized list. Visit {hub.url}/{repo_id} to ask for access.", "GatedRepo")
+                        return True
+                    self._json(200, {})
+                    return True
+                if tail == ["auth-check", "write"]:
+                    if user is None or not hub.can_write(user, repo_id.split("/")[0]):
+                        self._error(403, f"You don't have write access to {repo_id}")
+                        return True
+                    self._json(200, {})
+                    return True
+                return False
+
             def do_GET(self):
                 hub.requests.append(("GET", self.path))
                 path = self.path.split("?")[0]
+                if path == "/api/whoami-v2":
+                    return self._whoami()
+                if path.startswith("/api/datasets/"):
+                    rest = path[len("/api/datasets/"):]
+                    if not self._repo_api("dataset", rest):
+                        repo_id = "/".join(rest.split("/")[:2])
+                        repo = hub.datasets[repo_id]
+                        self._json(200, {"id": repo_id, "sha": "0" * 40, "private": repo["private"],
+                                         "gated": repo.get("gated", False)})
+                    return None
+                if path.startswith("/api/models/") and "/auth-check" in path:
+                    return self._repo_api("model", path[len("/api/models/"):])
                 if path.startswith("/api/models/"):
                     rest = path[len("/api/models/"):]
                     parts = rest.split("/")
@@ -80,7 +185,11 @@ class FakeHub:
                         return self._json(200, {"branches": [{"name": "main", "ref": "refs/heads/main",
                                                               "targetCommit": "0" * 40}],
                                                 "converts": [], "tags": []})
-                    return self._json(200, {"id": repo_id, "sha": "0" * 40, "private": hub.repos[repo_id]["private"]})
+                    repo = hub.repos[repo_id]
+                    if not hub.can_read(repo, repo_id, hub.user_of(self.headers)):
+                        return self._not_found()
+                    return self._json(200, {"id": repo_id, "sha": "0" * 40, "private": repo["private"],
+                                            "gated": repo.get("gated", False)})
                 self._json(404, {"error": f"unknown GET {path}"})
 
             def do_PUT(self):

@@ -30,6 +30,8 @@ def bucket_store(monkeypatch):
     store: dict[str, str] = {}
     monkeypatch.setattr(lifecycle, "_fs_read_text", store.get)
     monkeypatch.setattr(lifecycle, "_fs_write_text", store.__setitem__)
+    # preflight's bucket probe too (tests/launcher/test_preflight.py probes a moto bucket)
+    monkeypatch.setattr("launcher.preflight.probe_bucket", lambda uri, timeout=None: ("pass", "in-memory bucket", ""))
     return store
 
 

@@ -1,0 +1,378 @@
+"""Preflight: what would make a run fail after the GPUs are rented, checked before renting them.
+
+Why: the costly failures of a fine-tuning run are not in the recipe but in the world around it —
+a gated model whose licence the token's account never accepted (found when the download starts,
+after provisioning), a read-only token or a foreign namespace in `output.hub_repo` (found at
+publish, after hours of training), a bucket that does not exist or refuses writes (found at the
+first checkpoint), a dataset id with a typo, a cloud with no credentials. Each is cheap to ask
+about from the laptop, so `sftlaunch preflight RECIPE` and `up` ask first.
+
+Every check runs in its own daemon thread with a deadline: an endpoint that accepts and never
+answers yields "could not check" when the deadline passes, never a hung command (a daemon thread
+does not hold the process open at exit). Only what the run itself will have is used: the
+container receives HF_TOKEN and, for s3:// buckets, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from
+this environment, so a token saved by `hf auth login` passes no cloud check. Nothing printed
+carries a secret value: every line goes through `launcher.secrets.mask`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from launcher.errors import one_line
+from launcher.secrets import mask
+
+PASS, WARN, FAIL, UNKNOWN = "pass", "warn", "fail", "unknown"
+LABELS = {PASS: "pass", WARN: "warn", FAIL: "FAIL", UNKNOWN: "could not check"}
+CHECK_TIMEOUT_S = 20.0  # one Hub or bucket check; the Hub and the stores answer in well under 1 s
+SKY_CHECK_TIMEOUT_S = 90.0  # `import sky` alone takes seconds, and GCP's check asks Google
+PROBE_PREFIX = ".sftlaunch-preflight-"
+INSTALL_TRAIN = 'pip install "sftlaunch[train]"'
+INSTALL_CLOUD = 'pip install "sftlaunch[cloud]"'
+
+
+@dataclass
+class Line:
+    """One row of the preflight table."""
+
+    check: str  # model, hub_repo, data[0], bucket, cloud
+    target: str  # what was checked: a model id, a URI, a cloud
+    status: str  # PASS | WARN | FAIL | UNKNOWN
+    detail: str
+    fix: str = ""
+
+    def masked(self) -> Line:
+        return Line(self.check, mask(self.target), self.status, mask(self.detail), mask(self.fix))
+
+
+@dataclass
+class Check:
+    """A check to run: `fn` returns (status, detail, fix), or Lines when it answers for several
+    things at once, and may take up to `timeout` seconds."""
+
+    check: str
+    target: str
+    fn: Callable[[], tuple[str, str, str] | list[Line]]
+    timeout: float = CHECK_TIMEOUT_S
+    fix_unknown: str = "rerun `sftlaunch preflight` when the service answers"
+    remote: bool = True  # asks a service (Hub, bucket, cloud); False: looks at this machine only
+
+
+def run_checks(checks: list[Check]) -> list[Line]:
+    """Run every check at once, each in a daemon thread with its own deadline."""
+    results: list[list[Line] | None] = [None] * len(checks)
+
+    def work(i: int, c: Check) -> None:
+        try:
+            answer = c.fn()
+        except Exception as exc:  # noqa: BLE001 - an unforeseen answer is "could not check", said why
+            answer = (UNKNOWN, one_line(exc, with_type=True, limit=300), c.fix_unknown)
+        results[i] = answer if isinstance(answer, list) else [Line(c.check, c.target, *answer)]
+
+    start = time.monotonic()
+    threads = []
+    for i, c in enumerate(checks):
+        t = threading.Thread(target=work, args=(i, c), name=f"preflight-{c.check}", daemon=True)
+        t.start()
+        threads.append(t)
+    for t, c in zip(threads, checks, strict=True):
+        t.join(max(0.0, start + c.timeout - time.monotonic()))
+    lines = []
+    for i, c in enumerate(checks):
+        answer = results[i] or [Line(c.check, c.target, UNKNOWN, f"no answer within {c.timeout:g} s", c.fix_unknown)]
+        lines.extend(line.masked() for line in answer)
+    return lines
+
+
+# -- what to check for a recipe ---------------------------------------------------------------------
+def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = None,
+                  enabled: dict[str, bool] | None = None, timeout: float = CHECK_TIMEOUT_S) -> list[Check]:
+    """The checks for `recipe`'s run: cloud (`local` False) or on this machine.
+
+    `clouds`: the clouds the run may use (default: the recipe's); `enabled`: SkyPilot's answer
+    when the caller already has it (`up` asked it to pick a cloud), so it is not asked twice.
+    """
+    from launcher import preflight_hub as hub
+
+    checks = [hub.model_check(recipe, local, timeout)]
+    if recipe.output.hub_repo:
+        checks.append(hub.repo_write_check(recipe.output.hub_repo, local, timeout))
+    for i, src in enumerate(recipe.data.sources):
+        checks.append(data_check(i, src, local, timeout))
+    if recipe.output.bucket:
+        uri = recipe.output.bucket
+        checks.append(Check("bucket", uri, lambda: probe_bucket(uri, timeout), timeout,
+                            "rerun when the store answers, or check the network and the endpoint", "://" in uri))
+    if not local:
+        from launcher.clouds import CLOUDS
+
+        wanted = [c for c in (recipe.resources.clouds if clouds is None else clouds) if c in CLOUDS]
+        if wanted:
+            checks.append(cloud_check(wanted, enabled))
+    return checks
+
+
+def data_check(i: int, src, local: bool, timeout: float) -> Check:
+    from launcher.recipe import _data_path_problem, looks_local
+
+    if looks_local(src.path):
+        def fn():
+            problem = _data_path_problem(Path(src.path))
+            if problem:
+                return FAIL, problem, f"fix data.sources[{i}].path"
+            return PASS, "local data; uploaded with the run" if not local else "local data", ""
+
+        return Check(f"data[{i}]", src.path, fn, timeout, remote=False)
+    from launcher import preflight_hub as hub
+
+    return Check(f"data[{i}]", src.path, lambda: hub.dataset_read(src, local, timeout), timeout)
+
+
+# -- the bucket ---------------------------------------------------------------------------------------
+def _bucket_fixes(uri: str) -> dict[str, str]:
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    bucket = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else uri
+    if scheme in ("gs", "gcs"):
+        return {
+            "missing": f"create it: `gcloud storage buckets create gs://{bucket} --location=us-central1`, "
+                       "or fix output.bucket",
+            "denied": f"grant this account Storage Object Admin on gs://{bucket} (create and delete objects)",
+            "creds": "log in for Google Cloud Storage: `gcloud auth application-default login` "
+                     "(or GOOGLE_APPLICATION_CREDENTIALS=/path/key.json)",
+        }
+    if scheme in ("s3", "s3a"):
+        return {
+            "missing": f"create it: `aws s3 mb s3://{bucket}`, or fix output.bucket",
+            "denied": f"allow s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/* for these keys",
+            "creds": "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the run receives only these two)",
+        }
+    return {"missing": f"create the directory {uri}", "denied": f"make {uri} writable", "creds": ""}
+
+
+def _classify_store_error(exc: BaseException) -> str:
+    """missing | denied | nocreds | badcreds | unknown, from what s3fs, gcsfs and their clients
+    raise (gcsfs.retry.validate_response: 404 FileNotFoundError, 403 OSError "Forbidden",
+    other codes HttpError with .code; s3fs: botocore codes mapped to FileNotFoundError and
+    PermissionError, the code kept in the message)."""
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return "missing"
+    if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
+        return "nocreds"
+    # s3fs raises a rejected key (unknown id, wrong secret) as PermissionError too: keys first.
+    if name == "RefreshError" or getattr(exc, "code", None) == 401 or any(s in text for s in (
+            "InvalidAccessKeyId", "SignatureDoesNotMatch", "signature we calculated",
+            "Access Key Id you provided does not exist", "invalid_grant")):
+        return "badcreds"
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or text.startswith("Forbidden") \
+            or getattr(exc, "code", None) == 403:
+        return "denied"
+    return "unknown"
+
+
+def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, str]:
+    """Write a small probe object under `uri` and delete it: the bucket exists and the run can
+    checkpoint there (and prune old checkpoints). Storage options as `launcher.lifecycle` sets
+    them for every bucket read (short per-request timeouts, bounded retries)."""
+    fixes = _bucket_fixes(uri)
+    if uri.startswith(("s3://", "s3a://")):
+        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not os.environ.get(k)]
+        if missing:
+            return FAIL, f"{' and '.join(missing)} not set: the run could not write there", fixes["creds"]
+    try:
+        import fsspec
+        from fsspec.asyn import AsyncFileSystem
+    except ImportError:
+        return UNKNOWN, "fsspec is not installed here", INSTALL_TRAIN
+    from launcher.lifecycle import _quiet_storage_logs, bucket_options
+
+    probe = f"{uri.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
+    stage = "reach"
+    try:
+        with _quiet_storage_logs():
+            if "://" not in uri:
+                Path(uri).mkdir(parents=True, exist_ok=True)
+            fs, path = fsspec.core.url_to_fs(probe, skip_instance_cache=True, **bucket_options(uri))
+            deadline = {"timeout": timeout} if isinstance(fs, AsyncFileSystem) else {}
+            stage = "write"
+            fs.pipe_file(path, b"sftlaunch preflight probe; safe to delete\n", **deadline)
+            stage = "delete"
+            fs.rm_file(path, **deadline)
+    except ImportError as exc:
+        return UNKNOWN, f"no filesystem for {uri.split('://')[0]}:// here ({one_line(exc)})", INSTALL_TRAIN
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else is "could not check"
+        kind = _classify_store_error(exc)
+        reason = one_line(exc, with_type=True, limit=200)
+        if stage == "delete" and kind in ("denied", "unknown"):
+            status = FAIL if kind == "denied" else UNKNOWN
+            return (status, f"the probe was written but could not be deleted ({reason}); old checkpoints could "
+                    f"not be pruned", f"{fixes['denied']}; then remove {probe}")
+        if kind == "missing":
+            return FAIL, f"the bucket does not exist ({reason})", fixes["missing"]
+        if kind == "denied":
+            return FAIL, f"writing a probe object was refused ({reason})", fixes["denied"]
+        if kind == "nocreds":
+            return FAIL, f"no credentials for it on this machine ({reason})", fixes["creds"]
+        if kind == "badcreds":
+            return FAIL, f"the store did not accept these credentials ({reason})", fixes["creds"]
+        return UNKNOWN, f"could not {stage} a probe object ({reason})", "check the network and the store's endpoint"
+    return PASS, "exists; a probe object was written and deleted", ""
+
+
+# -- cloud credentials ------------------------------------------------------------------------------
+# SkyPilot's own per-cloud credential check (what `sky check` calls for each cloud, without
+# touching the API server or its state database), in a child process we can time out and kill.
+_SKY_CHECK = """
+import json, sys
+from sky.clouds import cloud as sky_cloud
+from sky.utils import registry
+out = {}
+for name in sys.argv[1:]:
+    try:
+        ok, reason = registry.CLOUD_REGISTRY.from_str(name).check_credentials(sky_cloud.CloudCapability.COMPUTE)
+    except Exception as exc:
+        ok, reason = False, f"{type(exc).__name__}: {exc}"
+    out[name] = [bool(ok), reason]
+print("SFTLAUNCH-CHECK " + json.dumps(out, default=str))
+"""
+
+
+def sky_credentials(clouds: list[str], timeout: float = SKY_CHECK_TIMEOUT_S) -> dict[str, tuple[bool, str]]:
+    """cloud -> (can launch compute, SkyPilot's reason). Raises ModuleNotFoundError without SkyPilot
+    and TimeoutError past `timeout` (the child is killed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("sky") is None:
+        raise ModuleNotFoundError("SkyPilot is not installed")
+    proc = subprocess.Popen([sys.executable, "-c", _SKY_CHECK, *clouds], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise TimeoutError(f"SkyPilot's check gave no answer within {timeout:g} s") from None
+    for line in out.splitlines():
+        if line.startswith("SFTLAUNCH-CHECK "):
+            data = json.loads(line.split(" ", 1)[1])
+            return {c: (bool(ok), _reason_text(reason)) for c, (ok, reason) in data.items()}
+    last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}, no output"
+    raise RuntimeError(f"SkyPilot's check failed: {last}")
+
+
+def _reason_text(reason) -> str:
+    """SkyPilot's reason as one line; Kubernetes answers per kubeconfig context."""
+    if isinstance(reason, dict):
+        return "; ".join(f"context {ctx}: {_reason_text(txt)}" for ctx, txt in reason.items())
+    # SkyPilot's first line names the problem; the rest (and a first line's closing "run the
+    # following commands:") repeats set-up steps that the fix column gives.
+    line = one_line(RuntimeError(str(reason)), limit=200) if reason else ""
+    head, sep, last = line.rstrip().rpartition(". ")
+    return head + "." if sep and last.endswith(":") else line
+
+
+def cloud_check(clouds: list[str], enabled: dict[str, bool] | None = None) -> Check:
+    """One check for all clouds (one `import sky`), a line per cloud. `enabled`: SkyPilot's
+    answer when the caller already has it."""
+
+    def fn():
+        try:
+            states = ({c: (bool(enabled.get(c)), "") for c in clouds} if enabled is not None
+                      else sky_credentials(clouds))
+        except ModuleNotFoundError:
+            return UNKNOWN, "SkyPilot is not installed here", INSTALL_CLOUD
+        return cloud_lines(clouds, states)
+
+    return Check("cloud", ", ".join(clouds), fn, SKY_CHECK_TIMEOUT_S + 5,
+                 f"run `sky check {' '.join(clouds)}` to see why")
+
+
+def cloud_lines(clouds: list[str], states: dict[str, tuple[bool, str]]) -> list[Line]:
+    """A line per cloud: a cloud without credentials fails only when no allowed cloud has them
+    (`up` moves on to a cloud that has them, and says so)."""
+    from launcher.backends.sky import CREDENTIAL_HINTS
+
+    usable = [c for c in clouds if states[c][0]]
+    out = []
+    for c in clouds:
+        ok, reason = states[c]
+        if ok:
+            out.append(Line("cloud", c, PASS, "credentials found" + (f" ({reason})" if reason else ""), ""))
+            continue
+        detail = f"no credentials{': ' + reason if reason else ''}"
+        if usable:
+            detail += f"; it will be skipped ({', '.join(usable)} will be used)"
+        out.append(Line("cloud", c, WARN if usable else FAIL, detail, CREDENTIAL_HINTS.get(c, f"`sky check {c}`")))
+    return out
+
+
+# -- the whole report -------------------------------------------------------------------------------
+def preflight(recipe, **kwargs) -> list[Line]:
+    return run_checks(recipe_checks(recipe, **kwargs))
+
+
+def gate(recipe, *, dry_run: bool, local: bool = False, **kwargs) -> bool:
+    """`up`'s preflight, before anything is launched: the table, then a refusal (exit 2) when a
+    check failed. A dry run only shows it and returns whether one failed (`up` exits 2 at its
+    end). A local run checks only what it will ask of a service (Hub, bucket): its local files
+    were checked when the recipe loaded. Nothing to check: nothing printed."""
+    from launcher.errors import UserError
+
+    checks = [c for c in recipe_checks(recipe, local=local, **kwargs) if c.remote or not local]
+    if not checks:
+        return False
+    lines = run_checks(checks)
+    render(lines, "Preflight")
+    if failed(lines) and not dry_run:
+        raise UserError(f"preflight: {sum(ln.status == FAIL for ln in lines)} check(s) failed (the FAIL lines above, "
+                        f"each with its fix); nothing was launched")
+    return failed(lines)
+
+
+PREFLIGHT_FAILED = "preflight failed (the FAIL lines above, each with its fix); fix them before launching"
+
+
+def failed(lines: list[Line]) -> bool:
+    return any(line.status == FAIL for line in lines)
+
+
+def to_json(lines: list[Line]) -> str:
+    return json.dumps({"ok": not failed(lines), "checks": [asdict(line) for line in lines]}, indent=2)
+
+
+def render(lines: list[Line], title: str, err: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 132), stderr=err)
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "target", "result", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    styles = {PASS: "green", WARN: "yellow", FAIL: "bold red", UNKNOWN: "yellow"}
+    for line in lines:
+        table.add_row(_plain(line.check), _plain(line.target), f"[{styles[line.status]}]{LABELS[line.status]}[/]",
+                      _plain(line.detail), _plain(line.fix))
+    console.print(table)
+    n_fail = sum(line.status == FAIL for line in lines)
+    n_unknown = sum(line.status == UNKNOWN for line in lines)
+    summary = f"preflight: {n_fail} failed" if n_fail else "preflight: ok"
+    if n_unknown:
+        summary += f", {n_unknown} could not be checked"
+    console.print(summary, markup=False)
+
+
+def _plain(text: str):
+    """As written: a path or an error message with [brackets] is not rich markup."""
+    from rich.text import Text
+
+    return Text(text)
