@@ -7,8 +7,18 @@ Formats (DESIGN): each row becomes {"messages": [{role, content}, ...]} (system?
 possibly several turns) — except `text`, which stays {"text": ...} and is trained on every token.
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
-parquet file, the index in a hub split), and every bad row is a `UserError` naming the file, the
-row, the field and what to do about it.
+parquet file, the index in a hub split). Every conversation is validated (roles alternate after an
+optional system message, it ends with the assistant's answer, no empty turns: jobs.templates.validate).
+`data.bad_rows` decides what a bad row gets: `error` (default) stops with a `UserError` naming the
+source, the row and the problem; `skip` leaves it out and counts it per reason, and the counts are
+printed in the training log and shown by data-preview. Never silent.
+
+Dataset authors' own conventions: alpaca/Open-Platypus put the input in its own block after the
+instruction (Stanford Alpaca's prompt: "### Instruction:\n…\n\n### Input:\n…"), so the user turn
+is "{instruction}\n\n{input}". airoboros rows with `skip_prompt_formatting` already hold their
+own "USER: … ASSISTANT:" text; they are kept as they are ({"prompt", "completion"}: the
+instruction stripped plus a newline, as airoboros' own trainer does, then the response + EOS
+trained), never wrapped in the chat template.
 
 Packing and attention (checked against the installed transformers 5.x source): packed sequences
 carry `position_ids` that restart at 0 for every sample. `masking_utils.create_causal_mask` turns
@@ -49,7 +59,12 @@ IGNORE = -100
 
 
 class RowError(ValueError):
-    """A row's problem; the loader adds where (file, row) before it reaches the user."""
+    """A row's problem; the loader adds where (file, row) before it reaches the user.
+    `reason` is the short key `bad_rows: skip` counts it under."""
+
+    def __init__(self, message: str, reason: str = "malformed row"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _str(row: dict, field: str, required: bool = True, fix: str = "") -> str:
@@ -69,28 +84,38 @@ def _msgs(system: str, user: str, assistant: str) -> dict:
 
 
 def fmt_dolphin(row: dict) -> dict:
-    """dolphin: `instruction` is the system prompt, `input` the question, `output` the answer."""
+    """{instruction, input, output}: `instruction` is the system prompt (dolphin's convention), `input`
+    the user turn, `output` the answer; an empty `input` is a bad row (it would train an empty user turn)."""
     return _msgs(_str(row, "instruction", False), _str(row, "input"), _str(row, "output"))
 
 
 def fmt_alpaca(row: dict) -> dict:
-    """alpaca / Open-Platypus: the task and its input form the user turn ("{instruction} {input}")."""
+    """{instruction, input?, output}: the user turn is the instruction, then the input in its own block
+    ("{instruction}\\n\\n{input}", as Stanford Alpaca's prompt keeps them apart); `output` is the answer."""
     instruction, inp = _str(row, "instruction"), _str(row, "input", False)
-    user = f"{instruction} {inp}" if inp.strip() else instruction
+    user = f"{instruction}\n\n{inp}" if inp.strip() else instruction
     return _msgs("", user, _str(row, "output"))
 
 
 def fmt_airoboros(row: dict) -> dict:
-    """airoboros: skip_prompt_formatting rows carry their own formatting, so no system prompt is added."""
-    system = "" if row.get("skip_prompt_formatting") else _str(row, "system", False)
-    return _msgs(system, _str(row, "instruction"), _str(row, "response"))
+    """{system?, instruction, response, skip_prompt_formatting?}: system, user and assistant turns; a row
+    with `skip_prompt_formatting` already holds its own "USER: … ASSISTANT:" text and is kept as it is
+    (the instruction stripped plus a newline, as airoboros' trainer does, then the response + EOS
+    trained), never wrapped in the chat template."""
+    if row.get("skip_prompt_formatting"):
+        response = _str(row, "response")
+        if not response.strip():
+            raise RowError("field 'response' is empty; there is nothing to train on", "empty answer")
+        return {"prompt": _str(row, "instruction").strip() + "\n", "completion": response}
+    return _msgs(_str(row, "system", False), _str(row, "instruction"), _str(row, "response"))
 
 
 _GUANACO = re.compile(r"###\s*(Human|Assistant)\s*:")
 
 
 def fmt_guanaco(row: dict) -> dict:
-    """guanaco / openassistant-guanaco: "### Human: … ### Assistant: …", possibly several turns."""
+    """{text: "### Human: … ### Assistant: …"} (openassistant-guanaco): one user/assistant turn per
+    marker, several turns kept as a multi-turn conversation."""
     text = _str(row, "text")
     parts = _GUANACO.split(text)
     if len(parts) < 3 or parts[0].strip():
@@ -99,7 +124,8 @@ def fmt_guanaco(row: dict) -> dict:
     for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
         role = "user" if speaker == "Human" else "assistant"
         if messages and messages[-1]["role"] == role:
-            raise RowError(f"field 'text' has two '### {speaker}:' turns in a row; turns must alternate")
+            raise RowError(f"field 'text' has two '### {speaker}:' turns in a row; turns must alternate",
+                           "roles do not alternate")
         messages.append({"role": role, "content": content.strip()})
     if messages[0]["role"] != "user" or messages[-1]["role"] != "assistant":
         raise RowError("field 'text' must start with '### Human:' and end with an '### Assistant:' turn")
@@ -110,7 +136,7 @@ _ORCA_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 def fmt_slimorca(row: dict) -> dict:
-    """SlimOrca (ShareGPT style): conversations [{from: system|human|gpt, value}]."""
+    """{conversations: [{from: system|human|gpt, value}]} (SlimOrca, ShareGPT style), turn by turn."""
     conv = row.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise RowError("field 'conversations' is missing or empty; expected a list of {from, value}")
@@ -119,11 +145,11 @@ def fmt_slimorca(row: dict) -> dict:
         if not isinstance(turn, dict) or turn.get("from") not in _ORCA_ROLES or not isinstance(turn.get("value"), str):
             raise RowError(f"field 'conversations[{i}]' must be {{from: system|human|gpt, value: string}}, got {turn!r:.80}")
         messages.append({"role": _ORCA_ROLES[turn["from"]], "content": turn["value"]})
-    return {"messages": _checked(messages, "conversations")}
+    return {"messages": messages}
 
 
 def fmt_messages(row: dict) -> dict:
-    """OpenAI-style chat rows: messages [{role: system|user|assistant, content}]."""
+    """{messages: [{role: system|user|assistant, content}]} (OpenAI style), as they are."""
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RowError("field 'messages' is missing or empty; expected a list of {role, content}")
@@ -132,22 +158,11 @@ def fmt_messages(row: dict) -> dict:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
             raise RowError(f"field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}, got {m!r:.80}")
         out.append({"role": m["role"], "content": m["content"]})
-    return {"messages": _checked(out, "messages")}
-
-
-def _checked(messages: list[dict], field: str) -> list[dict]:
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if any(m["role"] == "system" for m in body):
-        raise RowError(f"field {field!r}: a system turn may only come first")
-    if not any(m["role"] == "assistant" for m in body):
-        raise RowError(f"field {field!r} has no assistant turn; there is nothing to train on")
-    if not body or body[0]["role"] != "user":
-        raise RowError(f"field {field!r} must start with a user turn (after an optional system turn)")
-    return messages
+    return {"messages": out}
 
 
 def fmt_text(row: dict) -> dict:
-    """Raw text, trained on every token (continued pretraining style)."""
+    """{text}: raw text, no template, trained on every token (continued pretraining style)."""
     text = _str(row, "text")
     if not text.strip():
         raise RowError("field 'text' is empty")
@@ -227,34 +242,69 @@ def _read_source(src) -> list[tuple[str, int, object]]:
     return [(src.path, n, row) for n, row in enumerate(ds, 1)]
 
 
-def format_row(fmt: str, where: str, n: int, row: object) -> dict:
+def check_row(fmt: str, row: object) -> dict:
+    """The formatted row, or RowError with the reason it cannot be trained on."""
+    from jobs import templates
+
     if not isinstance(row, dict):
-        raise UserError(f"{where}: row {n}: expected a JSON object, got {type(row).__name__}")
+        raise RowError(f"expected a JSON object, got {type(row).__name__}", "not an object")
+    out = FORMATTERS[fmt](row)
+    if "messages" in out:
+        try:
+            templates.validate(out["messages"])
+        except templates.BadConversation as e:
+            raise RowError(str(e), e.reason) from None
+    return out
+
+
+def format_row(fmt: str, where: str, n: int, row: object, bad_rows: str = "error",
+               skipped: dict | None = None) -> dict | None:
+    """The formatted row; a bad one stops (bad_rows error) or is counted in `skipped` and gives None."""
     try:
-        return FORMATTERS[fmt](row)
+        return check_row(fmt, row)
     except RowError as e:
-        raise UserError(f"{where}: row {n}: {e} (format {fmt}; fix the row or choose the matching data format)") from None
+        if bad_rows == "skip" and skipped is not None:
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
+            return None
+        raise UserError(f"{where}: row {n}: {e} (format {fmt}; fix the row, choose the matching data format, "
+                        "or set data.bad_rows: skip)") from None
 
 
-def load_source(src, seed: int) -> list[dict]:
-    """One source's rows, seeded-shuffled then cut to max_samples, formatted."""
+def load_source(src, seed: int, bad_rows: str = "error", skipped: dict | None = None) -> list[dict]:
+    """One source's rows, seeded-shuffled then cut to max_samples, formatted; bad rows per `bad_rows`
+    (skipped ones counted per reason in `skipped`, and max_samples counts rows kept)."""
     rows = _read_source(src)
     if not rows:
         raise UserError(f"{src.path}: the data source has no rows")
     order = list(range(len(rows)))
     random.Random(f"{seed}:{src.path}").shuffle(order)
-    if src.max_samples is not None:
-        order = order[: src.max_samples]
-    return [format_row(src.format, *rows[i]) for i in order]
+    skipped = {} if skipped is None else skipped
+    out = []
+    for i in order:
+        if src.max_samples is not None and len(out) >= src.max_samples:
+            break
+        got = format_row(src.format, *rows[i], bad_rows=bad_rows, skipped=skipped)
+        if got is not None:
+            out.append(got)
+    return out
 
 
-def load_rows(recipe, per_source: list[dict] | None = None) -> list[dict]:
+def skipped_line(skipped: dict) -> str:
+    """"data: skipped 3 bad rows (empty answer 2, roles do not alternate 1)" for logs and previews."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"data: skipped {total} bad row{'s' if total != 1 else ''} ({reasons}; data.bad_rows: skip)"
+
+
+def load_rows(recipe, per_source: list[dict] | None = None, skipped: dict | None = None) -> list[dict]:
     """All sources mixed: each cut to its max_samples after a seeded shuffle, then shuffled together.
-    `per_source` (a list) receives each source's rows used, in recipe order, for the model card."""
+    `per_source` (a list) receives each source's rows used, in recipe order, for the model card;
+    `skipped` (a dict) the count of bad rows left out per reason (data.bad_rows: skip)."""
     seed = recipe.train.seed
+    bad_rows = getattr(recipe.data, "bad_rows", "error")
     rows = []
     for src in recipe.data.sources:
-        got = load_source(src, seed)
+        got = load_source(src, seed, bad_rows, skipped)
         rows += got
         if per_source is not None:
             per_source.append({"path": src.path, "config": src.config, "split": src.split, "format": src.format,
@@ -281,10 +331,17 @@ def tokenize_row(row: dict, recipe, tokenizer) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one formatted row, untruncated."""
     from jobs import templates
 
+    bos = [tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else []
     if "text" in row:
-        ids = ([tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else [])
-        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = bos + tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return ids, list(ids)
+    if "prompt" in row:  # pre-formatted (airoboros skip_prompt_formatting): no template, one tokenisation
+        text = row["prompt"] + row["completion"]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(row["prompt"])
+        trained = [recipe.data.loss == "all" or end > start for _, end in enc["offset_mapping"]]
+        ids = bos + list(enc["input_ids"]) + [tokenizer.eos_token_id]
+        return ids, templates.labels(ids, [recipe.data.loss == "all"] * len(bos) + trained + [True])
     return templates.render_labels(row["messages"], recipe.data.template, tokenizer, recipe.data.loss)
 
 
@@ -364,14 +421,17 @@ def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[di
     max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split)
     and `dropped` (training rows with nothing left to learn after truncation)."""
     per_source: list[dict] = []
-    train_rows, eval_rows = split_rows(load_rows(recipe, per_source), recipe.data.eval_fraction, recipe.train.seed)
+    skipped: dict = {}
+    train_rows, eval_rows = split_rows(load_rows(recipe, per_source, skipped), recipe.data.eval_fraction, recipe.train.seed)
+    if skipped:
+        print(skipped_line(skipped), flush=True)  # the training log
     stats = _new_stats()
     train = _to_dataset(_samples(train_rows, recipe, tokenizer, stats), recipe)
     if not train:
         raise UserError(no_samples_message(recipe))
     if info is not None:
         info.update(sources=per_source, train_rows=len(train_rows), eval_rows=len(eval_rows),
-                    dropped=stats["dropped"], truncated=stats["truncated"])
+                    dropped=stats["dropped"], truncated=stats["truncated"], skipped=skipped)
     return train, _to_dataset(_samples(eval_rows, recipe, tokenizer, _new_stats()), recipe)
 
 
@@ -450,7 +510,8 @@ def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> 
 
 def data_stats(recipe, tokenizer) -> dict:
     """Token counts and how much of the compute is padding, for previews and bench/packing.py."""
-    rows = load_rows(recipe)
+    skipped: dict = {}
+    rows = load_rows(recipe, skipped=skipped)
     train_rows, eval_rows = split_rows(rows, recipe.data.eval_fraction, recipe.train.seed)
     stats = _new_stats()
     samples = _samples(train_rows, recipe, tokenizer, stats)
@@ -464,6 +525,7 @@ def data_stats(recipe, tokenizer) -> dict:
     n = max(1, len(train_rows))
     return {
         "rows": len(rows),
+        "skipped": dict(sorted(skipped.items())),
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "train_samples": len(samples),
