@@ -185,13 +185,13 @@ def generate() -> str:
 
 
 def _formats_section() -> str:
-    """Per-format conventions, from the formatters' docstrings in jobs/data.py (one source of truth;
-    jobs.data imports only the standard library and launcher.errors at module level)."""
+    """Per-format conventions, from the formatters' docstrings in jobs/formats.py (one source of truth;
+    jobs.formats imports only the standard library at module level)."""
     import inspect
 
-    from jobs.data import FORMATTERS
+    from jobs.formats import FORMATTERS
 
-    out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from jobs/data.py). Every "
+    out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from jobs/formats.py). Every "
            "conversation is checked: roles alternate user/assistant after an optional system message, it ends "
            "with the assistant's answer, no turn is empty; `data.bad_rows` says whether a bad row stops the "
            "run or is skipped and counted.\n\n"]

@@ -62,7 +62,7 @@ def test_every_shipped_file_formats(path, fmt):
 
 
 def test_dolphin_and_alpaca_mapping():
-    from jobs.data import fmt_airoboros, fmt_alpaca, fmt_dolphin
+    from jobs.formats import fmt_airoboros, fmt_alpaca, fmt_dolphin
 
     m = fmt_dolphin({"instruction": "You are kind.", "input": "Q?", "output": "A."})["messages"]
     assert m == [{"role": "system", "content": "You are kind."}, {"role": "user", "content": "Q?"},

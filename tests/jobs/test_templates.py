@@ -297,7 +297,7 @@ def test_plain_matches_reference_prompt_and_eval_rows(tiny):
     import json
     from pathlib import Path
 
-    from jobs.data import fmt_dolphin
+    from jobs.formats import fmt_dolphin
     from jobs.templates import render
 
     root = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task"
