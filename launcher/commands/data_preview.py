@@ -130,10 +130,13 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
 
     console = Console(highlight=False)
     table = Table(title=f"{r.name}: data.template={r.data.template}, seq_len={r.data.seq_len}, loss={r.data.loss}")
-    for col in ("source", "format", "rows", "skipped", "tokens mean", "p50", "p95", "max", "truncated %"):
+    skipping = r.data.bad_rows == "skip"  # the column only where rows can be skipped
+    for col in ("source", "format", "rows", *(("skipped",) if skipping else ()), "tokens mean", "p50", "p95", "max",
+                "truncated %"):
         table.add_column(col, justify="left" if col in ("source", "format") else "right", overflow="fold")
     for s in per_source:
-        table.add_row(_short(s["path"]), s["format"], str(s["rows"]), str(sum(s["skipped"].values())), str(s["mean"]), str(s["p50"]), str(s["p95"]),
+        skipped = (str(sum(s["skipped"].values())),) if skipping else ()
+        table.add_row(_short(s["path"]), s["format"], str(s["rows"]), *skipped, str(s["mean"]), str(s["p50"]), str(s["p95"]),
                       str(s["max"]), f"{s['truncated_pct']:.1f}")
     console.print(table)
     if stats["skipped"]:

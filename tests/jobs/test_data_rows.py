@@ -90,6 +90,9 @@ def test_data_preview_shows_the_skipped_rows(tmp_path, shared_cache):
     got = json.loads(result.output)
     assert got["totals"]["skipped"] == {"roles do not alternate": 1}
     assert got["sources"][0]["skipped"] == {"roles do not alternate": 1}
+    result = CliRunner().invoke(cli, ["data-preview", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 0 and "skipped" in result.output
+    assert "data: skipped 1 bad row (roles do not alternate 1; data.bad_rows: skip)" in result.output
     recipe["data"]["bad_rows"] = "error"
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(cli, ["data-preview", str(tmp_path / "r.yaml")])
