@@ -3,8 +3,9 @@
 Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
 boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
 
-Formats (DESIGN): each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant,
-possibly several turns) — except `text`, which stays {"text": ...} and is trained on every token.
+Formats (DESIGN; jobs.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
+assistant, possibly several turns) — except `text`, which stays {"text": ...} and is trained on
+every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no template).
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
 parquet file, the index in a hub split). jobs.formats maps a row to messages and says what is wrong
@@ -137,6 +138,9 @@ def load_source(src, seed: int, bad_rows: str = "error", skipped: dict | None = 
         got = format_row(src.format, *rows[i], bad_rows=bad_rows, skipped=skipped)
         if got is not None:
             out.append(got)
+    if not out:
+        raise UserError(f"{src.path}: every row was skipped as bad ({skipped_line(skipped)}); "
+                        "check data.sources[].format against the file's schema")
     return out
 
 

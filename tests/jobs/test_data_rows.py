@@ -116,3 +116,11 @@ def test_airoboros_preformatted_rows_are_not_wrapped_in_the_template(tmp_path, s
         assert tok.decode(ids) == text + "\n plum fig</s>"  # no [INST], no <|im_start|>: as its authors wrote it
         trained = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
         assert tok.decode(trained) == " plum fig</s>"
+
+
+def test_a_source_whose_every_row_is_bad_says_so(tmp_path):
+    from jobs.data import load_rows
+
+    path = _write(tmp_path, [BAD[0][0], BAD[1][0]])
+    with pytest.raises(UserError, match=r"rows\.jsonl: every row was skipped as bad \(data: skipped 2 bad rows"):
+        load_rows(_recipe(path, "skip"))
