@@ -61,6 +61,22 @@ CONVERSATIONS = {
 NAMED = ("plain", "llama2-chat", "mistral-inst", "chatml")
 
 
+def shipped_conversations() -> list[list[dict]]:
+    """Every row of the shipped multi-turn and system-prompt sample files (recipes/data, in the real
+    datasets' schemas), formatted as training formats them."""
+    import json
+    from pathlib import Path
+
+    from jobs.formats import FORMATTERS
+
+    data = Path(__file__).resolve().parents[2] / "recipes" / "data"
+    out = []
+    for name, fmt in (("guanaco.jsonl", "guanaco"), ("slimorca.jsonl", "slimorca"), ("messages.jsonl", "messages"),
+                      ("dolphin.jsonl", "dolphin")):
+        out += [FORMATTERS[fmt](json.loads(line))["messages"] for line in (data / name).read_text().splitlines()]
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny(shared_cache):
     from transformers import AutoTokenizer
@@ -101,7 +117,7 @@ def _answer_starts(ids, mask) -> list[int]:
     return [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
 
 
-def check_parity(base, template, tmp_path) -> int:
+def check_parity(base, template, tmp_path, conversations=None) -> int:
     """(a) == (b) for every conversation, and (c) == (a)'s prefix for every user-ended prefix."""
     from jobs import generate
     from jobs.templates import render
@@ -109,7 +125,7 @@ def check_parity(base, template, tmp_path) -> int:
     tok, published = _published(base, template, tmp_path)
     loaded = generate.Loaded(None, published, template, "cpu")
     checked = 0
-    for name, conv in CONVERSATIONS.items():
+    for name, conv in (conversations or CONVERSATIONS).items():
         ids, mask = render(conv, template, tok)
         assert ids == _apply(published, conv), f"{template}/{name}: training ids != apply_chat_template"
         starts = _answer_starts(ids, mask)
@@ -135,6 +151,26 @@ def test_parity_with_a_real_sentencepiece_tokenizer(sp, template, tmp_path):
 
 def test_tokenizer_template_parity_with_the_tiny_tokenizers_own_template(tiny, tmp_path):
     assert check_parity(tiny, "tokenizer", tmp_path) == len(CONVERSATIONS)
+
+
+@pytest.mark.parametrize("template", [*NAMED, "tokenizer"])
+def test_parity_on_every_shipped_sample_conversation(tiny, sp, template, tmp_path):
+    convs = {f"row {i}": c for i, c in enumerate(shipped_conversations())}
+    assert len(convs) == 240 and any(len(c) > 3 for c in convs.values())  # guanaco's multi-turn rows
+    for base in (tiny, sp):
+        assert check_parity(base, template, tmp_path, convs) == len(convs)
+
+
+def test_shipped_conversations_equal_the_reference_encoders(sp):
+    from jobs import templates
+
+    def encode(text):
+        return sp(text, add_special_tokens=False)["input_ids"]
+
+    bos, eos = sp.bos_token_id, sp.eos_token_id
+    for conv in shipped_conversations():
+        assert templates.render(conv, "llama2-chat", sp)[0] == meta_chat_completion(conv, encode, bos, eos)
+        assert templates.render(conv, "mistral-inst", sp)[0] == mistral_v1(conv, encode, bos, eos)
 
 
 def meta_chat_completion(dialog: list[dict], encode, bos: int, eos: int) -> list[int]:
