@@ -148,7 +148,9 @@ def prepare_tokenizer(tokenizer, template: str) -> None:
 
     chatml on a tokenizer without the markers: add <|im_start|>/<|im_end|> as special tokens and
     make <|im_end|> the EOS (as OpenHermes-2.5 and trl's setup_chat_format do); the caller resizes
-    the embeddings (jobs.model does when len(tokenizer) exceeds them).
+    the embeddings (jobs.model does when len(tokenizer) exceeds them). Known limit: under LoRA/QLoRA
+    the two new rows of the embeddings and head stay frozen at their mean initialisation (full
+    fine-tuning trains them); prefer a base that already has the ChatML tokens for adapter methods.
     """
     if template == "tokenizer":
         _source(template, tokenizer)  # the same clear error as training would give
