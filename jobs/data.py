@@ -3,12 +3,15 @@
 Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
 boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
 
-Formats (DESIGN): each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant,
-possibly several turns) — except `text`, which stays {"text": ...} and is trained on every token.
+Formats (DESIGN; jobs.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
+assistant, possibly several turns) — except `text`, which stays {"text": ...} and is trained on
+every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no template).
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
-parquet file, the index in a hub split), and every bad row is a `UserError` naming the file, the
-row, the field and what to do about it.
+parquet file, the index in a hub split). jobs.formats maps a row to messages and says what is wrong
+with a bad one; `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
+naming the source, the row and the problem; `skip` leaves it out and counts it per reason, and the
+counts are printed in the training log and shown by data-preview. Never silent.
 
 Packing and attention (checked against the installed transformers 5.x source): packed sequences
 carry `position_ids` that restart at 0 for every sample. `masking_utils.create_causal_mask` turns
@@ -33,137 +36,16 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from jobs.formats import RowError, check_row
 from launcher.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 IGNORE = -100
-
-
-# ---------------------------------------------------------------- formatters: row -> messages
-
-
-class RowError(ValueError):
-    """A row's problem; the loader adds where (file, row) before it reaches the user."""
-
-
-def _str(row: dict, field: str, required: bool = True, fix: str = "") -> str:
-    if field not in row or row[field] is None:
-        if required:
-            raise RowError(f"field {field!r} is missing{fix or '; every row of this format needs it'}")
-        return ""
-    value = row[field]
-    if not isinstance(value, str):
-        raise RowError(f"field {field!r} is a {type(value).__name__}, expected a string")
-    return value
-
-
-def _msgs(system: str, user: str, assistant: str) -> dict:
-    messages = [{"role": "system", "content": system}] if system.strip() else []
-    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
-
-
-def fmt_dolphin(row: dict) -> dict:
-    """dolphin: `instruction` is the system prompt, `input` the question, `output` the answer."""
-    return _msgs(_str(row, "instruction", False), _str(row, "input"), _str(row, "output"))
-
-
-def fmt_alpaca(row: dict) -> dict:
-    """alpaca / Open-Platypus: the task and its input form the user turn ("{instruction} {input}")."""
-    instruction, inp = _str(row, "instruction"), _str(row, "input", False)
-    user = f"{instruction} {inp}" if inp.strip() else instruction
-    return _msgs("", user, _str(row, "output"))
-
-
-def fmt_airoboros(row: dict) -> dict:
-    """airoboros: skip_prompt_formatting rows carry their own formatting, so no system prompt is added."""
-    system = "" if row.get("skip_prompt_formatting") else _str(row, "system", False)
-    return _msgs(system, _str(row, "instruction"), _str(row, "response"))
-
-
-_GUANACO = re.compile(r"###\s*(Human|Assistant)\s*:")
-
-
-def fmt_guanaco(row: dict) -> dict:
-    """guanaco / openassistant-guanaco: "### Human: … ### Assistant: …", possibly several turns."""
-    text = _str(row, "text")
-    parts = _GUANACO.split(text)
-    if len(parts) < 3 or parts[0].strip():
-        raise RowError("field 'text' must start with '### Human:' and contain '### Assistant:' turns")
-    messages = []
-    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
-        role = "user" if speaker == "Human" else "assistant"
-        if messages and messages[-1]["role"] == role:
-            raise RowError(f"field 'text' has two '### {speaker}:' turns in a row; turns must alternate")
-        messages.append({"role": role, "content": content.strip()})
-    if messages[0]["role"] != "user" or messages[-1]["role"] != "assistant":
-        raise RowError("field 'text' must start with '### Human:' and end with an '### Assistant:' turn")
-    return {"messages": messages}
-
-
-_ORCA_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
-
-
-def fmt_slimorca(row: dict) -> dict:
-    """SlimOrca (ShareGPT style): conversations [{from: system|human|gpt, value}]."""
-    conv = row.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        raise RowError("field 'conversations' is missing or empty; expected a list of {from, value}")
-    messages = []
-    for i, turn in enumerate(conv):
-        if not isinstance(turn, dict) or turn.get("from") not in _ORCA_ROLES or not isinstance(turn.get("value"), str):
-            raise RowError(f"field 'conversations[{i}]' must be {{from: system|human|gpt, value: string}}, got {turn!r:.80}")
-        messages.append({"role": _ORCA_ROLES[turn["from"]], "content": turn["value"]})
-    return {"messages": _checked(messages, "conversations")}
-
-
-def fmt_messages(row: dict) -> dict:
-    """OpenAI-style chat rows: messages [{role: system|user|assistant, content}]."""
-    msgs = row.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise RowError("field 'messages' is missing or empty; expected a list of {role, content}")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise RowError(f"field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}, got {m!r:.80}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return {"messages": _checked(out, "messages")}
-
-
-def _checked(messages: list[dict], field: str) -> list[dict]:
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if any(m["role"] == "system" for m in body):
-        raise RowError(f"field {field!r}: a system turn may only come first")
-    if not any(m["role"] == "assistant" for m in body):
-        raise RowError(f"field {field!r} has no assistant turn; there is nothing to train on")
-    if not body or body[0]["role"] != "user":
-        raise RowError(f"field {field!r} must start with a user turn (after an optional system turn)")
-    return messages
-
-
-def fmt_text(row: dict) -> dict:
-    """Raw text, trained on every token (continued pretraining style)."""
-    text = _str(row, "text")
-    if not text.strip():
-        raise RowError("field 'text' is empty")
-    return {"text": text}
-
-
-FORMATTERS: dict[str, Callable[[dict], dict]] = {
-    "dolphin": fmt_dolphin,
-    "airoboros": fmt_airoboros,
-    "platypus": fmt_alpaca,
-    "alpaca": fmt_alpaca,
-    "guanaco": fmt_guanaco,
-    "slimorca": fmt_slimorca,
-    "messages": fmt_messages,
-    "text": fmt_text,
-}
 
 
 # ---------------------------------------------------------------- reading sources
@@ -227,34 +109,57 @@ def _read_source(src) -> list[tuple[str, int, object]]:
     return [(src.path, n, row) for n, row in enumerate(ds, 1)]
 
 
-def format_row(fmt: str, where: str, n: int, row: object) -> dict:
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: row {n}: expected a JSON object, got {type(row).__name__}")
+def format_row(fmt: str, where: str, n: int, row: object, bad_rows: str = "error",
+               skipped: dict | None = None) -> dict | None:
+    """The formatted row; a bad one stops (bad_rows error) or is counted in `skipped` and gives None."""
     try:
-        return FORMATTERS[fmt](row)
+        return check_row(fmt, row)
     except RowError as e:
-        raise UserError(f"{where}: row {n}: {e} (format {fmt}; fix the row or choose the matching data format)") from None
+        if bad_rows == "skip" and skipped is not None:
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
+            return None
+        raise UserError(f"{where}: row {n}: {e} (format {fmt}; fix the row, choose the matching data format, "
+                        "or set data.bad_rows: skip)") from None
 
 
-def load_source(src, seed: int) -> list[dict]:
-    """One source's rows, seeded-shuffled then cut to max_samples, formatted."""
+def load_source(src, seed: int, bad_rows: str = "error", skipped: dict | None = None) -> list[dict]:
+    """One source's rows, seeded-shuffled then cut to max_samples, formatted; bad rows per `bad_rows`
+    (skipped ones counted per reason in `skipped`, and max_samples counts rows kept)."""
     rows = _read_source(src)
     if not rows:
         raise UserError(f"{src.path}: the data source has no rows")
     order = list(range(len(rows)))
     random.Random(f"{seed}:{src.path}").shuffle(order)
-    if src.max_samples is not None:
-        order = order[: src.max_samples]
-    return [format_row(src.format, *rows[i]) for i in order]
+    skipped = {} if skipped is None else skipped
+    out = []
+    for i in order:
+        if src.max_samples is not None and len(out) >= src.max_samples:
+            break
+        got = format_row(src.format, *rows[i], bad_rows=bad_rows, skipped=skipped)
+        if got is not None:
+            out.append(got)
+    if not out:
+        raise UserError(f"{src.path}: every row was skipped as bad ({skipped_line(skipped)}); "
+                        "check data.sources[].format against the file's schema")
+    return out
 
 
-def load_rows(recipe, per_source: list[dict] | None = None) -> list[dict]:
+def skipped_line(skipped: dict) -> str:
+    """"data: skipped 3 bad rows (empty answer 2, roles do not alternate 1)" for logs and previews."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"data: skipped {total} bad row{'s' if total != 1 else ''} ({reasons}; data.bad_rows: skip)"
+
+
+def load_rows(recipe, per_source: list[dict] | None = None, skipped: dict | None = None) -> list[dict]:
     """All sources mixed: each cut to its max_samples after a seeded shuffle, then shuffled together.
-    `per_source` (a list) receives each source's rows used, in recipe order, for the model card."""
+    `per_source` (a list) receives each source's rows used, in recipe order, for the model card;
+    `skipped` (a dict) the count of bad rows left out per reason (data.bad_rows: skip)."""
     seed = recipe.train.seed
+    bad_rows = getattr(recipe.data, "bad_rows", "error")
     rows = []
     for src in recipe.data.sources:
-        got = load_source(src, seed)
+        got = load_source(src, seed, bad_rows, skipped)
         rows += got
         if per_source is not None:
             per_source.append({"path": src.path, "config": src.config, "split": src.split, "format": src.format,
@@ -281,10 +186,17 @@ def tokenize_row(row: dict, recipe, tokenizer) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one formatted row, untruncated."""
     from jobs import templates
 
+    bos = [tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else []
     if "text" in row:
-        ids = ([tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else [])
-        ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = bos + tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         return ids, list(ids)
+    if "prompt" in row:  # pre-formatted (airoboros skip_prompt_formatting): no template, one tokenisation
+        text = row["prompt"] + row["completion"]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(row["prompt"])
+        trained = [recipe.data.loss == "all" or end > start for _, end in enc["offset_mapping"]]
+        ids = bos + list(enc["input_ids"]) + [tokenizer.eos_token_id]
+        return ids, templates.labels(ids, [recipe.data.loss == "all"] * len(bos) + trained + [True])
     return templates.render_labels(row["messages"], recipe.data.template, tokenizer, recipe.data.loss)
 
 
@@ -364,14 +276,17 @@ def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[di
     max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split)
     and `dropped` (training rows with nothing left to learn after truncation)."""
     per_source: list[dict] = []
-    train_rows, eval_rows = split_rows(load_rows(recipe, per_source), recipe.data.eval_fraction, recipe.train.seed)
+    skipped: dict = {}
+    train_rows, eval_rows = split_rows(load_rows(recipe, per_source, skipped), recipe.data.eval_fraction, recipe.train.seed)
+    if skipped:
+        print(skipped_line(skipped), flush=True)  # the training log
     stats = _new_stats()
     train = _to_dataset(_samples(train_rows, recipe, tokenizer, stats), recipe)
     if not train:
         raise UserError(no_samples_message(recipe))
     if info is not None:
         info.update(sources=per_source, train_rows=len(train_rows), eval_rows=len(eval_rows),
-                    dropped=stats["dropped"], truncated=stats["truncated"])
+                    dropped=stats["dropped"], truncated=stats["truncated"], skipped=skipped)
     return train, _to_dataset(_samples(eval_rows, recipe, tokenizer, _new_stats()), recipe)
 
 
@@ -450,7 +365,8 @@ def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> 
 
 def data_stats(recipe, tokenizer) -> dict:
     """Token counts and how much of the compute is padding, for previews and bench/packing.py."""
-    rows = load_rows(recipe)
+    skipped: dict = {}
+    rows = load_rows(recipe, skipped=skipped)
     train_rows, eval_rows = split_rows(rows, recipe.data.eval_fraction, recipe.train.seed)
     stats = _new_stats()
     samples = _samples(train_rows, recipe, tokenizer, stats)
@@ -464,6 +380,7 @@ def data_stats(recipe, tokenizer) -> dict:
     n = max(1, len(train_rows))
     return {
         "rows": len(rows),
+        "skipped": dict(sorted(skipped.items())),
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "train_samples": len(samples),

@@ -68,21 +68,53 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
 
 
 def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
-    """Token ids of the conversation up to where the assistant's next reply starts."""
-    tok = loaded.tokenizer
-    if loaded.template and loaded.template != "tokenizer":
-        from jobs import templates
+    """Token ids of the whole conversation up to where the assistant's next reply starts: the
+    template rendered to one string and tokenised once, exactly as training and a serving stack do."""
+    from jobs import templates
+    from launcher.errors import UserError
 
-        # Render piece by piece as training did, with an empty assistant turn; its first trained
-        # token is where the reply begins.
-        ids, mask = templates.render([*messages, {"role": "assistant", "content": ""}], loaded.template, tok)
-        start = next((i for i, m in enumerate(mask) if m), len(ids))
-        return list(ids)[:start]
-    if loaded.template == "tokenizer" or getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tok(text, add_special_tokens=False)["input_ids"]
+    tok = loaded.tokenizer
+    try:
+        if loaded.template and loaded.template != "tokenizer":
+            return templates.prompt_ids(messages, loaded.template, tok)
+        if getattr(tok, "chat_template", None):
+            return templates.prompt_ids(messages, "tokenizer", tok)
+    except UserError as exc:
+        raise GenerateInputError(str(exc)) from None
     text = "\n".join(m["content"] for m in messages) + "\n"
     return tok(text)["input_ids"]
+
+
+def context_length(loaded: Loaded) -> int | None:
+    """Tokens the model attends to: max_position_embeddings, else the tokenizer's model_max_length."""
+    n = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if not n:
+        n = getattr(loaded.tokenizer, "model_max_length", None)
+        n = n if n and n < 10**9 else None  # transformers' "no limit" sentinel is ~1e30
+    return n
+
+
+def fit_history(loaded: Loaded, messages: list[dict], max_new_tokens: int,
+                note: Callable[[str], None] | None = None) -> list[dict]:
+    """The conversation, with the oldest user/assistant exchanges dropped (said through `note`)
+    until its prompt plus max_new_tokens fits the context. The system message and the last user
+    turn are always kept; if they alone do not fit, that is a GenerateInputError."""
+    limit = context_length(loaded)
+    if limit is None:
+        return messages
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    body = messages[len(system):]
+    dropped = 0
+    while len(prompt_ids(loaded, system + body)) + max_new_tokens > limit:
+        if len(body) <= 1:
+            raise GenerateInputError(f"the prompt and --max-new-tokens {max_new_tokens} do not fit the model's "
+                                     f"context of {limit} tokens; shorten the message or lower --max-new-tokens")
+        body = body[2:]  # one user + assistant exchange, oldest first
+        dropped += 1
+    if dropped and note is not None:
+        note(f"[context full: dropped the oldest {dropped} exchange{'s' if dropped != 1 else ''} "
+             f"to fit {limit} tokens]\n")
+    return system + body
 
 
 def stream(loaded: Loaded, messages: list[dict], max_new_tokens: int = 256,
@@ -117,7 +149,10 @@ def stream(loaded: Loaded, messages: list[dict], max_new_tokens: int = 256,
         raise errors[0]
 
 
-def reply(loaded: Loaded, messages: list[dict], write: Callable[[str], None], **kw) -> str:
+def reply(loaded: Loaded, messages: list[dict], write: Callable[[str], None],
+          note: Callable[[str], None] | None = None, **kw) -> str:
+    """Stream the reply to `messages` through `write`; a dropped-history notice goes to `note`."""
+    messages = fit_history(loaded, messages, kw.get("max_new_tokens", 256), note)
     parts = []
     for piece in stream(loaded, messages, **kw):
         parts.append(piece)
@@ -125,8 +160,10 @@ def reply(loaded: Loaded, messages: list[dict], write: Callable[[str], None], **
     return "".join(parts)
 
 
-def chat_loop(loaded: Loaded, lines, write: Callable[[str], None], system: str | None = None, **kw) -> list[dict]:
-    """One reply per input line, with the whole conversation as context; ends at EOF or /exit."""
+def chat_loop(loaded: Loaded, lines, write: Callable[[str], None], system: str | None = None,
+              note: Callable[[str], None] | None = None, **kw) -> list[dict]:
+    """One reply per input line, with the whole conversation as context (the oldest exchanges
+    dropped, saying so through `note`, when the context is full); ends at EOF or /exit."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     for line in lines:
         text = line.strip()
@@ -138,7 +175,12 @@ def chat_loop(loaded: Loaded, lines, write: Callable[[str], None], system: str |
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": text})
-        answer = reply(loaded, history, write, **kw)
+        try:
+            answer = reply(loaded, history, write, note=note, **kw)
+        except GenerateInputError as exc:  # this message alone is too long: say so, keep chatting
+            history.pop()
+            (note or write)(f"error: {exc}\n")
+            continue
         write("\n")
         history.append({"role": "assistant", "content": answer.strip()})
     return history
@@ -175,14 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(s)
         sys.stdout.flush()
 
+    def note(s: str) -> None:
+        sys.stderr.write(s)
+
     kw = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-    if args.chat:
-        chat_loop(loaded, sys.stdin, write, system=args.system, **kw)
-    else:
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": args.prompt}]
-        reply(loaded, messages, write, **kw)
-        write("\n")
+    try:
+        if args.chat:
+            chat_loop(loaded, sys.stdin, write, system=args.system, note=note, **kw)
+        else:
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+                {"role": "user", "content": args.prompt}]
+            reply(loaded, messages, write, note=note, **kw)
+            write("\n")
+    except GenerateInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,8 +8,6 @@ cache on wastes memory and warns every step. Only the tiny test model is ever bu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from launcher.errors import UserError
 
 TINY_MODEL_ID = "sftlaunch/tiny-llama"  # == jobs.tiny.TINY_MODEL_ID, kept here to avoid importing it
@@ -42,6 +40,9 @@ def load_tokenizer(recipe, path: str | None = None):
     except OSError as exc:
         raise UserError(f"model.id {recipe.model.id!r}: cannot load its tokenizer ({str(exc).splitlines()[0]}); "
                         "check the id/revision and HF_TOKEN for gated models") from exc
+    from jobs.templates import prepare_tokenizer
+
+    prepare_tokenizer(tok, recipe.data.template)  # the chat template the saved tokenizer carries
     ensure_pad_token(tok)
     return tok
 
@@ -61,14 +62,11 @@ def _quant_config(recipe):
     import torch
     from transformers import BitsAndBytesConfig
 
-    q = recipe.quantization
-    bits = getattr(q, "bits", 4) if q else 4
+    q = recipe.quantization  # the schema allows 4-bit only
     quant_type = getattr(q, "quant_type", "nf4") if q else "nf4"
     double = getattr(q, "double_quant", True) if q else True
     compute = getattr(q, "compute_dtype", None) if q else None
     compute_dtype = getattr(torch, compute) if compute else _torch_dtype(recipe)
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double, bnb_4bit_compute_dtype=compute_dtype)
 
@@ -95,8 +93,12 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     if method == "qlora":
         kwargs["quantization_config"] = _quant_config(recipe)
         kwargs["dtype"] = kwargs["quantization_config"].bnb_4bit_compute_dtype
+    elif method == "lora":
+        # The frozen base needs no fp32 master copy: load it in the compute dtype (bf16, or fp16
+        # where the GPU lacks bf16); the adapter weights peft adds stay fp32 for the optimizer.
+        kwargs["dtype"] = _torch_dtype(recipe)
     else:
-        # Mixed precision keeps fp32 master weights; only pure fp32 and qlora pick the load dtype.
+        # Full fine-tuning keeps fp32 master weights; mixed precision casts per op.
         import torch
 
         kwargs["dtype"] = torch.float32
@@ -108,8 +110,10 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id  # chatml may have made <|im_end|> the EOS
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     gc = recipe.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -152,6 +156,3 @@ def describe(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     return f"parameters: {total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
 
-
-def is_local_dir(path: str) -> bool:
-    return Path(path).is_dir()

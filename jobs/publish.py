@@ -71,6 +71,23 @@ def merge_adapter(adapter_dir: Path, out: Path, revision: str | None = None, tru
     return out
 
 
+def write_chat_template(folder: Path, template: str) -> None:
+    """Make the published tokenizer carry the template the model was trained with, so
+    `apply_chat_template` (and any server that honours it) gives the training ids. Training's
+    tokenizer already carries it (jobs.model.load_tokenizer); this covers a run trained before that."""
+    if template == "tokenizer" or not (folder / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from jobs.templates import chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    wanted = chat_template(template, tok)
+    if tok.chat_template != wanted:
+        tok.chat_template = wanted
+        tok.save_pretrained(str(folder))
+
+
 def _load_results(run_dir: Path) -> list[dict]:
     out = []
     for name in ("eval-base", "eval"):
@@ -97,6 +114,7 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
     else:
         shutil.copytree(final, out, dirs_exist_ok=True)
     meta = json.loads((final / "sftlaunch.json").read_text()) if (final / "sftlaunch.json").is_file() else {}
+    write_chat_template(out, meta.get("template") or recipe.data.template)
     results = _load_results(run_dir)
     if results:
         (out / "results.json").write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")

@@ -180,6 +180,24 @@ def generate() -> str:
             meaning = meaning.replace("|", "\\|")
             out.append(f"| `{key}` | {type_name} | {_default(field)} | {meaning} |\n")
         sections[i:i] = children  # depth first: a section's subsections follow it
+    out.append(_formats_section())
+    return "".join(out)
+
+
+def _formats_section() -> str:
+    """Per-format conventions, from the formatters' docstrings in jobs/formats.py (one source of truth;
+    jobs.formats imports only the standard library at module level)."""
+    import inspect
+
+    from jobs.formats import FORMATTERS
+
+    out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from jobs/formats.py). Every "
+           "conversation is checked: roles alternate user/assistant after an optional system message, it ends "
+           "with the assistant's answer, no turn is empty; `data.bad_rows` says whether a bad row stops the "
+           "run or is skipped and counted.\n\n"]
+    for name, fn in FORMATTERS.items():
+        doc = " ".join(inspect.getdoc(fn).split())
+        out.append(f"- `{name}`: {doc}\n")
     return "".join(out)
 
 

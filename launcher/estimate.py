@@ -237,10 +237,15 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
     w_frac, g_frac, o_frac = _shards(recipe, gpus) if method == "full" else (1.0, 1.0, 1.0)
     paged = recipe.train.optimizer.startswith("paged_")
     if method == "full":
-        weights = n * half * w_frac
-        grads = n * half * g_frac
-        opt_bytes = 12 if recipe.train.optimizer not in ("paged_adamw_8bit", "adamw_bnb_8bit") else 6
-        optim = n * opt_bytes * o_frac
+        # What jobs.model allocates: without DeepSpeed the Trainer keeps the fp32 weights it loaded
+        # (autocast computes in bf16) and fp32 grads; DeepSpeed holds half-precision weights and
+        # grads and an fp32 master copy beside the optimizer states (none when training in fp32).
+        adam = 8 if recipe.train.optimizer not in ("paged_adamw_8bit", "adamw_bnb_8bit") else 2
+        master = 4 if (recipe.train.deepspeed and half == 2) else 0
+        param_bytes = half if recipe.train.deepspeed else 4
+        weights = n * param_bytes * w_frac
+        grads = n * param_bytes * g_frac
+        optim = n * (adam + master) * o_frac
         trainable = grads + optim
         # Paging tens of GB of full-model optimizer states through unified memory is not a plan:
         # for full fine-tunes only ZeRO-3-offload moves them off the GPU.
@@ -257,9 +262,12 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
             quantized = _linear_params_per_layer(shape) * layers
             # absmax: fp32 per 64-block (0.5 bit/param); double quant: 8-bit per 64 + fp32 per 256·64.
             consts = quantized * ((8 / 64 + 32 / (64 * 256)) / 8 if q.double_quant else 4 / 64)
-            weights = quantized * 0.5 + consts + (n - quantized) * 2
+            # peft's prepare_model_for_kbit_training upcasts every non-4-bit parameter (embeddings,
+            # head, norms) to fp32.
+            weights = quantized * 0.5 + consts + (n - quantized) * 4
+            notes.append("qlora: embeddings and head upcast to fp32 by peft")
         else:
-            weights = n * half
+            weights = n * half  # jobs.model loads the frozen base in the compute dtype
         # PEFT keeps adapters in fp32: weight 4 + grad 4 + Adam 8.
         trainable = adapters * 16
         pageable = adapters * 8 if paged else 0.0

@@ -107,6 +107,9 @@ class DataSpec(_Strict):
     packing: bool = Field(True, description="Pack several samples per sequence (per-sample position ids).")
     loss: Literal["completion_only", "all"] = Field("completion_only", description="Train on assistant tokens only, or on all tokens.")
     eval_fraction: float = Field(0.01, ge=0, lt=1, description="Share of rows held out for eval loss.")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error", description="A row that cannot be trained on (wrong turn order, empty answer, missing field): "
+        "`error` stops naming the source and row (exit 2); `skip` leaves it out, counted per reason in the log.")
 
 
 class TrainSpec(_Strict):

@@ -18,17 +18,21 @@ from launcher.options import json_option, recipe_argument
 
 
 def _tokenizer(recipe):
+    """The tokenizer as training prepares it (the template's chat template and markers installed)."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise UserError("data-preview needs transformers: pip install 'sftlaunch[train]'") from None
+    from jobs.templates import prepare_tokenizer
     from jobs.tiny import TINY_MODEL_ID, ensure_tiny
 
     model_id = recipe.model.id
     if model_id == TINY_MODEL_ID:
-        return AutoTokenizer.from_pretrained(ensure_tiny())
+        tok = AutoTokenizer.from_pretrained(ensure_tiny())
+        prepare_tokenizer(tok, recipe.data.template)
+        return tok
     try:
-        return AutoTokenizer.from_pretrained(
+        tok = AutoTokenizer.from_pretrained(
             model_id, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code)
     except Exception as e:  # offline, gated, missing: many exception types, one line for the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -36,6 +40,8 @@ def _tokenizer(recipe):
             f"model.id: cannot load the tokenizer of {model_id!r} ({first[:160]}); data-preview needs it: "
             "check the id, log in with HF_TOKEN for gated models, or set model.id to a local model directory"
         ) from None
+    prepare_tokenizer(tok, recipe.data.template)
+    return tok
 
 
 def _short(path: str) -> str:
@@ -60,13 +66,15 @@ def _source_stats(recipe, tokenizer) -> list[dict]:
 
     out = []
     for src in recipe.data.sources:
-        rows = data.load_source(src, recipe.train.seed)
+        skipped: dict = {}
+        rows = data.load_source(src, recipe.train.seed, recipe.data.bad_rows, skipped)
         lengths = [len(data.tokenize_row(r, recipe, tokenizer)[0]) for r in rows]
         out.append({
             "path": src.path, "format": src.format, "rows": len(rows),
             "mean": round(statistics.fmean(lengths), 1) if lengths else 0, "p50": _pct(lengths, 0.5),
             "p95": _pct(lengths, 0.95), "max": max(lengths, default=0),
             "truncated_pct": round(100 * sum(n > recipe.data.seq_len for n in lengths) / max(1, len(lengths)), 2),
+            "skipped": skipped,
         })
     return out
 
@@ -122,12 +130,17 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
 
     console = Console(highlight=False)
     table = Table(title=f"{r.name}: data.template={r.data.template}, seq_len={r.data.seq_len}, loss={r.data.loss}")
-    for col in ("source", "format", "rows", "tokens mean", "p50", "p95", "max", "truncated %"):
+    skipping = r.data.bad_rows == "skip"  # the column only where rows can be skipped
+    for col in ("source", "format", "rows", *(("skipped",) if skipping else ()), "tokens mean", "p50", "p95", "max",
+                "truncated %"):
         table.add_column(col, justify="left" if col in ("source", "format") else "right", overflow="fold")
     for s in per_source:
-        table.add_row(_short(s["path"]), s["format"], str(s["rows"]), str(s["mean"]), str(s["p50"]), str(s["p95"]),
+        skipped = (str(sum(s["skipped"].values())),) if skipping else ()
+        table.add_row(_short(s["path"]), s["format"], str(s["rows"]), *skipped, str(s["mean"]), str(s["p50"]), str(s["p95"]),
                       str(s["max"]), f"{s['truncated_pct']:.1f}")
     console.print(table)
+    if stats["skipped"]:
+        console.print(data.skipped_line(stats["skipped"]))
     console.print(
         f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, tokens {stats['tokens_after_truncation']} "
         f"(trained {stats['trained_tokens']}), truncated {stats['truncated_pct']:.1f}%, dropped {stats['dropped']}\n"

@@ -32,6 +32,11 @@ def _write(text: str) -> None:
     click.echo(text, nl=False)
 
 
+def _note(text: str) -> None:
+    """Notices (history dropped to fit the context) go to stderr, apart from the reply."""
+    click.echo(text, nl=False, err=True)
+
+
 def _common(f):
     f = click.option("--revision", default=None, help="Hub revision of MODEL.")(f)
     f = click.option("--temperature", type=click.FloatRange(min=0), default=0.0, help="0 = greedy.")(f)
@@ -46,18 +51,22 @@ def _common(f):
 @click.option("--prompt", required=True, help="The user message.")
 def generate(target, system, max_new_tokens, load_4bit, temperature, revision, prompt):
     """Stream one reply to --prompt, laid out with the template the model was trained with."""
-    from jobs.generate import reply
+    from jobs.generate import GenerateInputError, reply
 
     loaded = _load(target, load_4bit, revision)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    reply(loaded, messages, _write, max_new_tokens=max_new_tokens, temperature=temperature)
+    try:
+        reply(loaded, messages, _write, note=_note, max_new_tokens=max_new_tokens, temperature=temperature)
+    except GenerateInputError as exc:
+        raise UserError(str(exc)) from None
     click.echo()
 
 
 @click.command("chat")
 @_common
 def chat(target, system, max_new_tokens, load_4bit, temperature, revision):
-    """Chat: each line you type gets a reply; the conversation is kept as context. /reset, /exit."""
+    """Chat: each line you type gets a reply; the whole conversation is kept as context (the oldest
+    exchanges are dropped, with a notice, when it outgrows the model's context). /reset, /exit."""
     import sys
 
     from jobs.generate import chat_loop
@@ -77,4 +86,4 @@ def chat(target, system, max_new_tokens, load_4bit, temperature, revision):
                 return
             yield line
 
-    chat_loop(loaded, lines(), _write, system=system, max_new_tokens=max_new_tokens, temperature=temperature)
+    chat_loop(loaded, lines(), _write, system=system, note=_note, max_new_tokens=max_new_tokens, temperature=temperature)

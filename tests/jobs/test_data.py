@@ -50,6 +50,9 @@ def test_every_shipped_file_formats(path, fmt):
         if fmt == "text":
             assert row["text"].strip()
             continue
+        if "prompt" in row:  # airoboros skip_prompt_formatting: kept as its authors formatted it
+            assert fmt == "airoboros" and row["prompt"].endswith("\n") and row["completion"].strip()
+            continue
         roles = [m["role"] for m in row["messages"]]
         body = roles[1:] if roles[0] == "system" else roles
         assert body[0] == "user" and body[-1] == "assistant"
@@ -59,15 +62,22 @@ def test_every_shipped_file_formats(path, fmt):
 
 
 def test_dolphin_and_alpaca_mapping():
-    from jobs.data import fmt_airoboros, fmt_alpaca, fmt_dolphin
+    from jobs.formats import fmt_airoboros, fmt_alpaca, fmt_dolphin
 
     m = fmt_dolphin({"instruction": "You are kind.", "input": "Q?", "output": "A."})["messages"]
     assert m == [{"role": "system", "content": "You are kind."}, {"role": "user", "content": "Q?"},
                  {"role": "assistant", "content": "A."}]
-    assert fmt_alpaca({"instruction": "Do", "input": "x", "output": "y"})["messages"][0]["content"] == "Do x"
+    # Stanford Alpaca's prompt puts the input in its own block after the instruction (PROMPT_DICT
+    # "prompt_input": "### Instruction:\n{instruction}\n\n### Input:\n{input}"), never joined by a space.
+    assert fmt_alpaca({"instruction": "Do", "input": "x", "output": "y"})["messages"][0]["content"] == "Do\n\nx"
     assert fmt_alpaca({"instruction": "Do", "input": "", "output": "y"})["messages"][0]["content"] == "Do"
-    row = {"system": "S", "instruction": "I", "response": "R", "skip_prompt_formatting": True}
-    assert [x["role"] for x in fmt_airoboros(row)["messages"]] == ["user", "assistant"]
+    # airoboros' own trainer (jondurbin/qlora) uses a skip_prompt_formatting row's instruction
+    # verbatim (stripped, plus a newline) and adds no chat markup.
+    text = "A chat.\nUSER: Hi\nASSISTANT: Hello.\nUSER: Bye\nASSISTANT:"
+    row = {"system": "S", "instruction": text + "  ", "response": "Goodbye.", "skip_prompt_formatting": True}
+    assert fmt_airoboros(row) == {"prompt": text + "\n", "completion": "Goodbye."}
+    row["skip_prompt_formatting"] = False
+    assert [x["role"] for x in fmt_airoboros(row)["messages"]] == ["system", "user", "assistant"]
 
 
 def test_mixing_max_samples_and_deterministic_shuffle():

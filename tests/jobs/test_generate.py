@@ -40,8 +40,8 @@ def test_chat_keeps_the_conversation_as_context(model_dir, monkeypatch):
                                 input="apple fig\n\nplum kiwi\n/exit\nnever read\n")
     assert result.exit_code == 0, result.output
     assert [m["content"] for m in seen[0]] == ["apple fig"]
-    assert [m["role"] for m in seen[1]] == ["user", "assistant", "user"]
-    assert seen[1][2]["content"] == "plum kiwi" and len(seen) == 2
+    assert [m["role"] for m in seen[-1]] == ["user", "assistant", "user"]
+    assert seen[-1][2]["content"] == "plum kiwi" and all(m in (seen[0], seen[-1]) for m in seen)
 
 
 def test_generate_resolves_a_run_id_and_uses_its_training_template(model_dir, tmp_path, monkeypatch):
@@ -87,3 +87,45 @@ def test_unknown_hub_model_is_one_line_and_exit_2(capsys):
     result = CliRunner(mix_stderr=False).invoke(cli, ["generate", "nosuch/model", "--prompt", "hi"])
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == [f"error: {message}"]
     assert "Traceback" not in result.output + result.stderr
+
+
+HISTORY = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+
+
+@pytest.mark.parametrize("template", ["plain", "llama2-chat", "mistral-inst", "chatml"])
+def test_prompt_keeps_the_whole_history(model_dir, template):
+    """Issue 11.1: with [Q1, A1, Q2] the model must see all three, not only `<s>[INST] Q1 [/INST]`."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    text = tok.decode(generate.prompt_ids(generate.Loaded(None, tok, template, "cpu"), HISTORY))
+    assert "Q1" in text and "A1" in text and text.rstrip().endswith(
+        {"plain": "Q2", "llama2-chat": "Q2 [/INST]", "mistral-inst": "Q2 [/INST]", "chatml": "assistant"}[template])
+
+
+def test_full_context_drops_the_oldest_exchanges_and_says_so(model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    class Config:
+        max_position_embeddings = 64
+
+    class Model:
+        config = Config()
+
+    loaded = generate.Loaded(Model(), tok, "plain", "cpu")
+    history = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        history += [{"role": "user", "content": f"question {i} apple fig plum"},
+                    {"role": "assistant", "content": f"answer {i} plum fig apple"}]
+    history.append({"role": "user", "content": "last question"})
+    notes: list[str] = []
+    kept = generate.fit_history(loaded, history, 8, notes.append)
+    assert kept[0] == history[0] and kept[-1] == history[-1] and kept[1:] == history[len(history) - len(kept) + 1:]
+    assert len(generate.prompt_ids(loaded, kept)) + 8 <= 64 < len(generate.prompt_ids(loaded, kept[:1] + history[len(history) - len(kept) - 1:]))
+    dropped = (len(history) - len(kept)) // 2
+    assert dropped >= 1 and notes == [f"[context full: dropped the oldest {dropped} exchanges to fit 64 tokens]\n"]
+    assert generate.fit_history(loaded, history[:1] + history[-1:], 8, notes.append) == history[:1] + history[-1:]
+    with pytest.raises(generate.GenerateInputError, match="do not fit the model's context of 64 tokens"):
+        generate.fit_history(loaded, [{"role": "user", "content": "word " * 80}], 8, notes.append)

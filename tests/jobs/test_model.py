@@ -136,3 +136,29 @@ def test_qlora_trains_the_same_after_an_eval_pass(tiny):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     four_bit = [m for m in evaluated.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
+
+
+@pytest.mark.parametrize("template", ["plain", "llama2-chat", "mistral-inst", "chatml"])
+def test_saved_tokenizer_carries_the_recipes_chat_template(tiny, tmp_path, template):
+    """Training saves the tokenizer load_tokenizer returns; reloaded, it renders the training ids."""
+    from transformers import AutoTokenizer
+
+    from jobs import model as jm
+    from jobs import templates
+    from launcher.recipe import recipe_from_dict
+    from tests.jobs.test_train_support import recipe_dict
+
+    d = recipe_dict(*tiny)
+    d["data"]["template"] = template
+    recipe = recipe_from_dict(d)
+    tok = jm.load_tokenizer(recipe)
+    tok.save_pretrained(tmp_path / "final")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "final")
+    conv = [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}]
+    out = saved.apply_chat_template(conv, tokenize=True)
+    assert list(out["input_ids"] if hasattr(out, "keys") else out) == templates.render(conv, template, tok)[0]
+    model = jm.load_model(recipe, tok)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok)
+    assert model.generation_config.eos_token_id == tok.eos_token_id  # chatml: <|im_end|> ends generation
+    if template == "chatml":
+        assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id

@@ -279,3 +279,29 @@ def test_missing_model_or_token_is_exit_2(tmp_path, base_model, capsys, monkeypa
     assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     assert "HF_TOKEN is not set" in err and "me/tiny-pub" in err
+
+
+@pytest.mark.parametrize("template", ["plain", "llama2-chat", "chatml"])
+def test_published_tokenizer_carries_the_training_template(tmp_path, base_model, template):
+    """Issue 11: `apply_chat_template` on the published model gives the ids the model was trained on,
+    even for a run whose saved tokenizer still had the base model's own template."""
+    from transformers import AutoTokenizer
+
+    from jobs import templates
+
+    recipe = _recipe(tmp_path, str(tmp_path / "bucket"), hub_repo=None)
+    run = _run_dir(tmp_path, base_model)
+    meta = json.loads((run / "final" / "sftlaunch.json").read_text())
+    (run / "final" / "sftlaunch.json").write_text(json.dumps({**meta, "template": template}))
+    trained_tok = AutoTokenizer.from_pretrained(run / "final")
+    templates.prepare_tokenizer(trained_tok, template)
+    assert publish.main(["--recipe", str(recipe), "--run-dir", str(run), "--no-hub"]) == 0
+    published = AutoTokenizer.from_pretrained(run / "publish")
+    assert published.chat_template == templates.chat_template(template, published)
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reverse: fig plum"},
+            {"role": "assistant", "content": "plum fig"}, {"role": "user", "content": "kiwi pear"},
+            {"role": "assistant", "content": "pear kiwi"}]
+    ids = published.apply_chat_template(conv, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    if template != "chatml":  # chatml's markers are added by training (prepare_tokenizer), not by publish
+        assert ids == templates.render(conv, template, trained_tok)[0]

@@ -19,7 +19,7 @@ def test_preview_tiny_table_and_samples():
 
     res = CliRunner().invoke(cli, ["data-preview", TINY, "--samples", "2"], terminal_width=200)
     assert res.exit_code == 0, res.output
-    assert "tokens mean" in res.output and "alpaca" in res.output and "3000" in res.output
+    assert "tokens mean" in res.output and "dolphin" in res.output and "3000" in res.output
     assert "packed:" in res.output and "fill" in res.output and "padding without packing" in res.output
     assert res.output.count("sample ") == 2 and "Reverse the words." in res.output and "</s>" in res.output
 
