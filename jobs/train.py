@@ -173,8 +173,8 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
         if all(_gather(ok)):
             break
         excluded.add(step)
-    if speaks:
-        ckpt.drop_newer(ckpt_root, step)
+    if speaks:  # the abandoned attempt's newer folders; its incomplete uploads too, by global rank 0 only
+        ckpt.drop_newer(ckpt_root, step, prefix if topo.node == 0 else None)
     _barrier()
     return ckpt_root / f"step-{step}" if step is not None else None
 
