@@ -293,6 +293,7 @@ class Recipe(_Strict):
 
 
 MAX_DEPTH = 32  # a recipe nests 4 levels; anything past this is a mistake or an attack
+MAX_NODES = 10_000  # values written out (keys count too); the shipped recipes have 75 to 125
 MAX_ALIAS_VALUES = 10_000  # values repeated through aliases (an alias bomb repeats billions); a recipe needs a few
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
@@ -301,22 +302,27 @@ _REJECTED = object()  # stands in for a value that was reported and must not be 
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats and a nesting limit.
+    """SafeLoader with YAML 1.2 floats, a nesting limit and a size limit.
 
     PyYAML follows YAML 1.1, where `2e-4` (no dot) is a string; every YAML 1.2 reader and every
     user reads it as a number, and strict types would reject it. Nesting is limited while
-    composing because PyYAML's composer recurses once per level (5000 `[` exhaust the stack).
+    composing because PyYAML's composer recurses once per level (5000 `[` exhaust the stack);
+    the number of values because each costs time all the way to the last error message.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent, index):
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark)
+            if self._nodes > MAX_NODES:
+                raise _TooMany(self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -349,6 +355,10 @@ else:
 class _TooDeep(Exception):
     def __init__(self, mark) -> None:
         self.mark = mark
+
+
+class _TooMany(_TooDeep):
+    """More than MAX_NODES values (written out, not through aliases): a data file, not a recipe."""
 
 
 class _NotData(Exception):
@@ -533,6 +543,9 @@ def _compose(text: str, source: str) -> yaml.Node | None:
         raise RecipeError(control)
     try:
         return _compose_nodes(text)
+    except _TooMany as exc:
+        raise whole_file(exc.mark.line + 1, f"more than {MAX_NODES:,} values written out (a recipe has under 200); "
+                         "is this a data file? pass the recipe") from None
     except _TooDeep as exc:
         raise whole_file(exc.mark.line + 1, f"nested deeper than {MAX_DEPTH} levels; a recipe needs a few, check the brackets") from None
     except yaml.MarkedYAMLError as exc:
@@ -548,24 +561,41 @@ def _compose(text: str, source: str) -> yaml.Node | None:
 def _compose_nodes(text: str) -> yaml.Node | None:
     """The document's node graph: with libyaml when PyYAML has it (a 1 MiB file composes in about
     a second rather than ten), after an event-only pass that enforces MAX_DEPTH (libyaml's
-    composer recurses in C, where no recursion limit would stop 100,000 `[`)."""
+    composer recurses in C, where no recursion limit would stop 100,000 `[`) and MAX_NODES."""
     if _FastRecipeLoader is None:
-        loader = _RecipeLoader(text)
-    else:
-        _check_depth(text)
-        loader = _FastRecipeLoader(text)
+        return _compose_with(_RecipeLoader, text)
+    try:
+        _check_shape(text)
+        return _compose_with(_FastRecipeLoader, text)
+    except yaml.MarkedYAMLError:
+        # PyYAML's own messages name what they found (`found character '@'`, the alias name) where
+        # libyaml's do not: for a file of ordinary size, ask it to word the error (if it agrees).
+        if len(text) <= REWORD_BYTES:
+            _compose_with(_RecipeLoader, text)
+        raise
+
+
+REWORD_BYTES = 64 * 1024  # PyYAML composes this much in ~0.3 s; a recipe is 1-3 KB
+
+
+def _compose_with(loader_class, text: str) -> yaml.Node | None:
+    loader = loader_class(text)
     try:
         return loader.get_single_node()
     finally:
         loader.dispose()
 
 
-def _check_depth(text: str) -> None:
+def _check_shape(text: str) -> None:
     parser = _CParser(text)
-    depth = 0
+    depth = nodes = 0
     try:
         while parser.check_event():
             event = parser.get_event()
+            if isinstance(event, yaml.NodeEvent):  # scalars, aliases, mapping and sequence starts
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _TooMany(event.start_mark)
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth >= MAX_DEPTH:  # as _RecipeLoader counts: the scalars inside are one level more
@@ -886,6 +916,9 @@ def _local_bucket_problem(bucket: str, spot: bool) -> str:
             "bucket (gs://BUCKET[/prefix], s3://BUCKET[/prefix]), or run locally with `clouds: [local]`")
 
 
+MAX_SOURCES = 64  # data sources in one recipe (the shipped ones use 1 to 3)
+
+
 def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] | None = None) -> list[tuple[tuple, str]]:
     """Rules that span fields. `labels`: paths an override set -> its flag, so a fix says
     `drop --spot` rather than "remove `spot: true`" from a file that does not say it."""
@@ -958,11 +991,18 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
             out.append((("name",), "use lowercase letters, digits and '-', starting with a letter and not ending with '-'"))
 
     sources = _get(data, "data", "sources")
-    if isinstance(sources, list):
+    if isinstance(sources, list) and len(sources) > MAX_SOURCES:
+        # Each local source may scan a directory tree: thousands of them would take minutes.
+        out.append((("data", "sources"), f"{len(sources):,} sources; at most {MAX_SOURCES}: put local files in one "
+                    "directory and point at it, or merge the datasets"))
+    elif isinstance(sources, list):
+        checked: dict[str, str | None] = {}
         for i, src in enumerate(sources):
             path = _get(src, "path")
             if isinstance(path, str) and looks_local(path):
-                problem = data_path_problem(_local_path(path, base_dir))
+                lp = _local_path(path, base_dir)
+                key = os.path.realpath(lp)  # `/usr/.`, `/usr/lib/..` and links to it: one scan
+                problem = checked[key] if key in checked else checked.setdefault(key, data_path_problem(lp))
                 if problem:
                     out.append((("data", "sources", i, "path"), problem))
     tasks_dir = _get(data, "eval", "tasks_dir")

@@ -215,22 +215,31 @@ def test_a_huge_integer_gives_a_short_message(tmp_path):
 
 
 def test_many_plain_keys_are_not_an_alias_expansion(tmp_path):
-    """~100,000 values and no alias at all (the old guard counted every value as an expansion):
-    unknown keys, the first 50 reported, never 'aliases'."""
+    """Thousands of values and no alias at all (the old guard counted every value as an alias
+    expansion): unknown keys, the first 50 reported; past MAX_NODES, one line saying so. Never 'aliases'."""
+    from launcher.recipe import MAX_NODES
+
     keys = "".join(f"k{i}: {i}\n" for i in range(100_000))
-    p = _recipe(tmp_path, TINY.read_text() + "extra:\n" + "".join("  " + ln + "\n" for ln in keys.splitlines()[:60_000]))
-    assert p.stat().st_size < MAX_RECIPE_BYTES
+    some = _recipe(tmp_path, TINY.read_text() + "extra:\n" + "".join("  " + ln + "\n" for ln in keys.splitlines()[:4000]))
     with deadline(120):
         with pytest.raises(RecipeError) as exc:
-            load_recipe(p)
-    text = str(exc.value)
-    assert "alias" not in text and "extra: unknown key" in text, text[:500]
-    flat = _recipe(tmp_path, TINY.read_text() + keys[: MAX_RECIPE_BYTES - 2000].rsplit("\n", 1)[0] + "\n", "flat.yaml")
+            load_recipe(some)
+    assert "alias" not in str(exc.value) and exc.value.problems[0].endswith("extra: unknown key; did you mean train?")
+    flat = _recipe(tmp_path, TINY.read_text() + "".join(keys.splitlines(keepends=True)[:MAX_NODES // 2 - 100]), "flat.yaml")
     with deadline(120):
         with pytest.raises(RecipeError) as exc:
             load_recipe(flat)
     assert "alias" not in str(exc.value) and len(exc.value.problems) == 51
+    assert all(": unknown key; known keys:" in p for p in exc.value.problems[:50])
     assert exc.value.problems[-1].endswith("more problems not shown; fix these first (is this really a recipe?)")
+    huge = _recipe(tmp_path, TINY.read_text() + keys[: MAX_RECIPE_BYTES - 2000].rsplit("\n", 1)[0] + "\n", "huge.yaml")
+    line = TINY.read_text().count("\n") + MAX_NODES // 2 - 36  # where the 10,001st value is (75 in tiny-local)
+    with deadline(120):
+        with pytest.raises(RecipeError) as exc:
+            load_recipe(huge)
+    [problem] = exc.value.problems
+    assert problem.startswith(f"{huge}:") and "more than 10,000 values written out (a recipe has under 200); is this a data file?" in problem
+    assert "alias" not in problem and abs(int(problem.split(":")[1]) - line) <= 1, (problem, line)
 
 
 def test_real_alias_bombs_are_still_refused(tmp_path):
@@ -261,6 +270,23 @@ def test_a_system_directory_is_not_a_data_directory(tmp_path, path):
         res = _cli("data-preview", p)
     _clean_exit_2(res)
     assert "PermissionError" not in res.output
+
+
+def test_thousands_of_sources_are_refused_without_scanning_each(tmp_path, monkeypatch):
+    from launcher import recipe as recipe_module
+
+    scanned: list = []
+    monkeypatch.setattr(recipe_module, "data_path_problem", lambda lp: scanned.append(lp) or "not data")
+    many = "".join(f"    - {{path: /usr/d{i}, format: text}}\n" for i in range(1000))
+    p = _tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: alpaca}\n", many)
+    with pytest.raises(RecipeError, match=r"data.sources: 1,000 sources; at most 64: put local files in one directory"):
+        load_recipe(p)
+    assert scanned == []
+    # Within the limit, a path given twice is looked at once.
+    twice = "    - {path: /usr, format: text}\n" * 3
+    with pytest.raises(RecipeError):
+        load_recipe(_tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: alpaca}\n", twice))
+    assert scanned == [Path("/usr")]
 
 
 def test_a_data_file_must_be_a_regular_readable_file(tmp_path):
@@ -423,3 +449,31 @@ def test_mutated_recipes_are_clean_errors_or_accepted_sample(tmp_path):
 def test_1000_mutated_recipes_are_clean_errors_or_accepted(tmp_path):
     counts, internal = _mutant_run(tmp_path, 1000)
     _check_mutants(counts, internal, 1000)
+
+
+def test_libyaml_and_pure_pyyaml_give_the_same_verdicts(tmp_path, monkeypatch):
+    """The loader composes with libyaml for speed; PyYAML's pure-Python parser (a separate
+    implementation, and the one used where PyYAML is built without libyaml) must reach the same
+    problems on the same files. Tabs are the known exception (libyaml allows some PyYAML refuses)."""
+    from launcher import recipe as recipe_module
+    from tests.launcher.recipe_mutants import mutants, write
+
+    fast = recipe_module._FastRecipeLoader
+    assert fast is not None, "PyYAML without libyaml: the fast path is not under test here"
+    compared = 0
+    for name, content in mutants(150):
+        text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+        if "\t" in text or len(content) > recipe_module.REWORD_BYTES:
+            continue
+        path = write(tmp_path / "m", name, content)
+        verdicts = []
+        for loader in (fast, None):
+            monkeypatch.setattr(recipe_module, "_FastRecipeLoader", loader)
+            try:
+                load_recipe(path)
+                verdicts.append(["accepted"])
+            except RecipeError as exc:
+                verdicts.append(exc.problems)
+        assert verdicts[0] == verdicts[1], name
+        compared += 1
+    assert compared > 100
