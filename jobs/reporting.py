@@ -22,6 +22,14 @@ from pathlib import Path
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"  # wandb's default for WANDB_BASE_URL
 PROBE_TIMEOUT_S = 10.0  # whole probe, connect to answer; override with SFTLAUNCH_WANDB_TIMEOUT_S
+# wandb's own retry settings (WANDB__X maps to its setting x_x), bounded: left unset, a W&B that
+# goes away mid-run is retried for days when the job exits and flushes. About 10 minutes at most.
+BOUNDED_RETRIES = {
+    "WANDB__FILE_STREAM_RETRY_MAX": "10", "WANDB__FILE_STREAM_RETRY_WAIT_MAX_SECONDS": "30",
+    "WANDB__FILE_STREAM_TIMEOUT_SECONDS": "30", "WANDB__FILE_TRANSFER_RETRY_MAX": "10",
+    "WANDB__FILE_TRANSFER_RETRY_WAIT_MAX_SECONDS": "30", "WANDB__GRAPHQL_RETRY_MAX": "10",
+    "WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS": "30", "WANDB_HTTP_TIMEOUT": "30",
+}
 _VIEWER_QUERY = json.dumps({"query": "query Viewer { viewer { id } }"}).encode()
 
 
@@ -57,6 +65,8 @@ def report_to(run_dir: Path | None = None) -> list[str] | str:
     base = (os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     verdict, detail = probe(base, key, _timeout())
     if verdict == "ok":
+        for name, value in BOUNDED_RETRIES.items():
+            os.environ.setdefault(name, value)
         return ["wandb"]
     if verdict == "rejected":
         warn(f"W&B at {base} rejected WANDB_API_KEY ({detail}); training goes on without W&B: check the key")

@@ -71,6 +71,8 @@ def wandb_env(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest disables W&B; these tests decide
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("RANK", raising=False)
+    for name in reporting.BOUNDED_RETRIES:  # report_to sets them: undone after each test
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_API_KEY", GOOD_KEY)
     monkeypatch.setenv("SFTLAUNCH_WANDB_TIMEOUT_S", "1")
     return tmp_path / "run"
@@ -122,6 +124,14 @@ def test_an_accepted_key_reports_online(wandb_env, monkeypatch, capsys):
         monkeypatch.setenv("WANDB_BASE_URL", url)
         assert _bounded(reporting.report_to, wandb_env) == ["wandb"]
     assert "WANDB_MODE" not in os.environ and capsys.readouterr().err == ""
+    # Online, wandb's retries are bounded, and each name is one wandb reads into a setting.
+    from wandb.sdk.wandb_settings import Settings
+
+    settings = Settings()
+    settings.update_from_env_vars({k: os.environ[k] for k in reporting.BOUNDED_RETRIES})
+    assert settings.x_file_stream_retry_max == 10 and settings.x_graphql_retry_max == 10
+    assert settings.x_file_transfer_retry_wait_max_seconds == 30 and settings.x_graphql_timeout_seconds == 30
+    assert settings.x_file_stream_timeout_seconds == 30
     # An anonymous answer (viewer null) is not a working key.
     with answering_endpoint(200, {"data": {"viewer": None}}) as (url, _seen):
         monkeypatch.setenv("WANDB_BASE_URL", url)
