@@ -46,6 +46,8 @@ def _check_output(output: Path, recipe: str) -> None:
     """Refuse an -o path that cannot be written, before anything is planned or rendered."""
     if output.exists() and output.resolve() == Path(recipe).resolve():
         raise UserError(f"-o {output}: refusing to overwrite the recipe itself; pick another file")
+    if output.exists() and not output.is_file():  # writing to a FIFO would wait for a reader forever
+        raise UserError(f"-o {output}: not a regular file; pick a file path")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"

@@ -364,6 +364,15 @@ def test_render_accepts_a_well_formed_run_id():
     assert "(run id sftl-llama2-70b-1a2b)" in res.output
 
 
+def test_render_refuses_a_fifo_as_output(tmp_path):
+    fifo = tmp_path / "out.yaml"
+    os.mkfifo(fifo)
+    with deadline(30):
+        res = _cli("render", BIG, "-o", fifo)
+    _clean_exit_2(res)
+    assert f"-o {fifo}: not a regular file" in res.output
+
+
 def test_run_id_rules_match_the_ids_sftlaunch_makes():
     from launcher.runid import new_run_id, run_id_problem
 
