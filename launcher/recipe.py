@@ -33,6 +33,7 @@ from launcher.recipe_input import (
     number_problem,
     read_recipe_bytes,
 )
+from launcher.recipe_input import short as _short
 
 METHODS = ("full", "lora", "qlora")
 FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")
@@ -706,10 +707,6 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
         if found:
             return found
     return None
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _shown(value: Any) -> str:
