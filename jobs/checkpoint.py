@@ -34,6 +34,9 @@ MANIFEST = "MANIFEST.json"
 STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
 METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk
 _STEP_RE = re.compile(r"^step-(\d+)$")
+# Partial folders a kill leaves beside the step folders: the Trainer's own checkpoint-N (killed
+# while saving, before finalize_node made it step-N) and materialize's download folder.
+_LEFTOVER_RES = (re.compile(r"^checkpoint-(\d+)$"), re.compile(r"^\.download-step-(\d+)\.node-\d+$"))
 _NODE_MANIFEST_RE = re.compile(r"^MANIFEST(?:\.node-(\d+))?\.json$")
 # Files written by one process, named by its global rank (data-parallel rank for DeepSpeed).
 _RANK_FILE_RES = (re.compile(r"zero_pp_rank_(\d+)_"), re.compile(r"^rng_state_(\d+)\.pth$"))
@@ -351,11 +354,55 @@ def prepare(step: int, ckpt_root: Path, prefix: str | None, topo: Topology, cand
     return None
 
 
-def drop_newer(ckpt_root: Path, step: int | None) -> None:
-    """Local step folders newer than the one resumed from belong to an abandoned attempt."""
-    for s, p in local_steps(ckpt_root):
+def drop_newer(ckpt_root: Path, step: int | None, prefix: str | None = None) -> None:
+    """Local step folders newer than the one resumed from belong to an abandoned attempt, as do
+    its partial leftovers (the Trainer's checkpoint-N, download folders) and, with `prefix` (one
+    process only), its incomplete uploads: each is proven incomplete before it goes."""
+    for s, p in local_steps(ckpt_root) + local_leftovers(ckpt_root):
         if step is None or s > step:
             shutil.rmtree(p, ignore_errors=True)
+    if prefix:
+        for s in remote_steps(prefix):
+            if (step is None or s > step) and remote_state(prefix, s) == "incomplete":
+                _remove_remote(prefix, s, "an incomplete upload of an abandoned attempt")
+
+
+def local_leftovers(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the partial folders a kill during a save or a download leaves behind."""
+    if not ckpt_root.is_dir():
+        return []
+    out = []
+    for p in ckpt_root.iterdir():
+        for pattern in _LEFTOVER_RES:
+            m = pattern.match(p.name)
+            if m and p.is_dir() and not p.is_symlink():
+                out.append((int(m.group(1)), p))
+    return sorted(out, reverse=True)
+
+
+def remote_state(prefix: str, step: int) -> str:
+    """"complete", "incomplete" (proven: the folder lists and lacks a readable node manifest) or
+    "unknown" (it could not be listed or read now). Only "incomplete" may ever be deleted: a
+    listing that fails for a moment must not make a good checkpoint look partial."""
+    fs, base = _fs(prefix)
+    src = f"{base.rstrip('/')}/step-{step}"
+    manifests: dict[int, dict | None] = {}
+    try:
+        for entry in fs.ls(src, detail=False):
+            m = _NODE_MANIFEST_RE.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            if m:
+                manifests[int(m.group(1) or 0)] = _parse_manifest(fs.cat_file(f"{src}/{m.group(0)}").decode("utf-8", "replace"))
+    except Exception:  # noqa: BLE001 - any storage error: not proven either way
+        return "unknown"
+    return "complete" if _missing_manifests(manifests, "") is None else "incomplete"
+
+
+def _remove_remote(prefix: str, step: int, why: str) -> None:
+    fs, base = _fs(prefix)
+    try:
+        fs.rm(f"{base.rstrip('/')}/step-{step}", recursive=True)
+    except (FileNotFoundError, OSError) as exc:
+        warn(f"{prefix}/step-{step}: could not prune {why} ({exc})")
 
 
 def read_state(ckpt: Path | None) -> dict:
@@ -375,27 +422,27 @@ def _has_own_manifest(path: Path, topo: Topology) -> bool:
 
 def prune(ckpt_root: Path, keep: int, prefix: str | None = None, topo: Topology = SINGLE) -> list[Path]:
     """Keep the `keep` newest checkpoints this node finished (locally) and the `keep` newest
-    complete ones in the bucket; drop older ones. Call with `prefix` on one process only, after
-    every node has uploaded."""
+    complete ones in the bucket; drop older ones, and every partial folder (a kill during a save)
+    once a newer complete checkpoint exists. Call with `prefix` on one process only, after every
+    node has uploaded. Returns the local folders removed."""
     removed = []
     complete = [(s, p) for s, p in local_steps(ckpt_root) if _has_own_manifest(p, topo)]
     keep_steps = {s for s, _ in complete[:keep]}
     newest = complete[0][0] if complete else None
-    for s, p in local_steps(ckpt_root):
-        # Older than the newest complete one and not kept: stale (incomplete ones older too).
-        if s not in keep_steps and newest is not None and s < newest:
+    # Older than the newest complete one and not kept: stale (incomplete ones and leftovers too).
+    stale = [(s, p) for s, p in local_steps(ckpt_root) if s not in keep_steps] + local_leftovers(ckpt_root)
+    for s, p in stale:
+        if newest is not None and s < newest:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     if prefix:
-        fs, base = _fs(prefix)
-        remote_done = [s for s in remote_steps(prefix) if _missing_manifests(remote_manifests(prefix, s), "") is None]
+        steps = remote_steps(prefix)
+        states = {s: remote_state(prefix, s) for s in steps}
+        remote_done = [s for s in steps if states[s] == "complete"]
         keep_remote = set(remote_done[:keep])
-        for s in remote_steps(prefix):
-            if s not in keep_remote and remote_done and s < remote_done[0]:
-                try:
-                    fs.rm(f"{base.rstrip('/')}/step-{s}", recursive=True)
-                except (FileNotFoundError, OSError) as exc:
-                    warn(f"{prefix}/step-{s}: could not prune ({exc})")
+        for s in steps:
+            if s not in keep_remote and states[s] != "unknown" and remote_done and s < remote_done[0]:
+                _remove_remote(prefix, s, "an old checkpoint" if states[s] == "complete" else "an incomplete upload")
     return removed
 
 

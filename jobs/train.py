@@ -23,7 +23,6 @@ exits non-zero is restarted by SkyPilot (max_restarts_on_errors) and would spend
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -174,8 +173,8 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
         if all(_gather(ok)):
             break
         excluded.add(step)
-    if speaks:
-        ckpt.drop_newer(ckpt_root, step)
+    if speaks:  # the abandoned attempt's newer folders; its incomplete uploads too, by global rank 0 only
+        ckpt.drop_newer(ckpt_root, step, prefix if topo.node == 0 else None)
     _barrier()
     return ckpt_root / f"step-{step}" if step is not None else None
 
@@ -362,15 +361,12 @@ def _deepspeed_config(name: str | None) -> str | None:
     return str(path)
 
 
-def report_to() -> list[str] | str:
-    """W&B when WANDB_API_KEY is set and wandb is installed (the train extra pins it)."""
-    if not os.environ.get("WANDB_API_KEY"):
-        return "none"
-    if importlib.util.find_spec("wandb") is None:
-        ckpt.warn("WANDB_API_KEY is set but wandb is not installed; not reporting to W&B "
-                  "(pip install 'sftlaunch[train]')")
-        return "none"
-    return ["wandb"]
+def report_to(run_dir: Path | None = None) -> list[str] | str:
+    """W&B when WANDB_API_KEY is set, wandb is installed, and W&B answers and accepts the key
+    (offline when unreachable); see jobs.reporting. Its files go under `run_dir`."""
+    from jobs import reporting
+
+    return reporting.report_to(run_dir)
 
 
 def _wandb_env(run_id: str | None, recipe) -> None:
@@ -410,7 +406,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         fp16=cuda and t.precision == "fp16",
         use_cpu=not cuda,
         deepspeed=_deepspeed_config(t.deepspeed),
-        report_to=report_to(),
+        report_to=report_to(out),
         run_name=os.environ.get("SFTLAUNCH_RUN_ID") or recipe.name,
         logging_steps=max(1, min(10, total // 50)),
         logging_first_step=True,

@@ -48,7 +48,15 @@ Types: *text*, *integer*, *number*, *true/false*; `a` \\| `b` lists the allowed 
 YAML's null (`~` or `null`). Types are strict: `'4'` in quotes is text, not a number, and `true` is
 not an integer (an integer is fine where a number is expected; `2e-4` reads as a number). Numbers
 must be finite (no `.inf`, `.nan` or `1e400`). YAML tags (`!!python/...`, `!foo`) are rejected.
-Local paths are relative to the recipe file.
+Numbers that YAML 1.1 and YAML 1.2 read differently are errors naming the decimal to write:
+`010` (octal 8 or 10?), `4:16` (base 60: 256), `1_000`, `0x10`, `0b101`, `0o17`, `09`. Local paths
+are relative to the recipe file; local data must be regular files, or a directory tree of at
+most 10,000 entries holding some (so `path: /` is refused), and a recipe lists at most 64 sources.
+
+A recipe is read only from a regular file of at most 1 MiB (a FIFO, a device such as /dev/zero or
+a larger file is refused before it is read), without control characters, nested at most 32 levels,
+with at most 10,000 values written out and 10,000 repeated through YAML aliases. `resources.gpu`
+and `--gpu` allow at most 16 GPUs per machine (GCP's a2-megagpu-16g, the most any cloud sells).
 """
 
 

@@ -40,10 +40,13 @@ class GpuType(click.ParamType):
         if value is None or value == "auto":
             return value
         from launcher.catalog import canonical_gpu, unknown_gpu_message
-        from launcher.recipe import GPU_RE
+        from launcher.recipe import GPU_RE, gpu_count_problem
 
         text = str(value).strip()
         m = GPU_RE.match(text)
+        problem = gpu_count_problem(m.group("count")) if m else None
+        if problem:
+            self.fail(f"{_short(value)}: {problem}", param, ctx)
         if not m:
             name, sep, count = text.partition(":")
             if sep and name and count.isdigit():
@@ -52,11 +55,35 @@ class GpuType(click.ParamType):
                 why = f"the count must be a whole number, got {count!r}"
             else:
                 why = "expected NAME[:COUNT]"
-            self.fail(f'{value!r}: {why}; e.g. "H100:1", "A100-80GB:8", or auto', param, ctx)
+            self.fail(f'{_short(value)}: {why}; e.g. "H100:1", "A100-80GB:8", or auto', param, ctx)
         gpu = canonical_gpu(m.group("name"))
         if gpu is None:
             self.fail(unknown_gpu_message(m.group("name")), param, ctx)
         return f"{gpu}:{m.group('count')}" if m.group("count") else gpu
+
+
+def _short(value) -> str:
+    """A flag's value for a message: repr (a newline shows as \\n), cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+class RunIdType(click.ParamType):
+    """A run id given on the command line, held to the shape `new_run_id` makes.
+
+    Why: the id names a directory under the sftlaunch home, a cluster and a YAML value; `../../x`,
+    an absolute path or a newline would write elsewhere or inject lines. Refused at parse time.
+    """
+
+    name = "RUN_ID"
+
+    def convert(self, value, param, ctx):
+        from launcher.runid import run_id_problem
+
+        problem = run_id_problem(value)
+        if problem:
+            self.fail(f"{_short(value)}: {problem}", param, ctx)
+        return value
 
 
 def gpu_option(f):

@@ -26,6 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from launcher.clouds import CLOUDS, capability_problem, min_name_limit
 from launcher.errors import RecipeError
+from launcher.recipe_input import (
+    LOCAL_DATA_SUFFIXES,
+    control_characters,
+    data_path_problem,
+    number_problem,
+    read_recipe_bytes,
+)
+from launcher.recipe_input import short as _short
 
 METHODS = ("full", "lora", "qlora")
 FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")
@@ -36,12 +44,29 @@ OPTIMIZERS = (
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DEEPSPEED = ("zero2", "zero3", "zero3-offload")
 EVAL_PRESETS = ("leaderboard-v1",)
-LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 RUN_ID_PREFIX = "sftl-"
 RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
 NAME_MAX = 20
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 GPU_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(:(?P<count>[1-9][0-9]*))?$")
+# The most GPUs any cloud sells in one machine: GCP's a2-megagpu-16g (16 A100s; SkyPilot catalog
+# gcp/vms.csv). Others top out at 8. A larger count is a typo; which counts a given cloud sells
+# is the planner's check (launcher/estimate.py), this is only the syntactic bound.
+MAX_GPUS_PER_NODE = 16
+
+
+def gpu_count_problem(count: str | None) -> str | None:
+    """Why the COUNT of NAME:COUNT cannot be a GPU count, or None (None: no count, meaning 1)."""
+    if count is None:
+        return None
+    if not count.isdigit():
+        return f"the count must be a whole number, got {count[:20]!r}"
+    if int(count[:6]) < 1:
+        return f"the count must be 1 or more, got {count[:20]}"
+    if len(count) > 2 or int(count) > MAX_GPUS_PER_NODE:
+        return (f"the count must be at most {MAX_GPUS_PER_NODE} (the most GPUs any cloud sells in one machine), "
+                f"got {count[:20] + ('…' if len(count) > 20 else '')}; use resources.nodes for more machines")
+    return None
 # gs:// and s3:// bucket names: lowercase letters, digits, '.', '-', '_' (GCS allows '_'), then
 # an optional /prefix; no whitespace anywhere (it would split the sync commands' arguments).
 CLOUD_BUCKET_RE = re.compile(r"^(gs|s3)://[a-z0-9][a-z0-9._-]*(/\S*)?$")
@@ -154,6 +179,9 @@ class ResourcesSpec(_Strict):
     def _gpu_shape(cls, v: str):
         if v != "auto" and not GPU_RE.match(v):
             raise ValueError('must be `auto` or NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8"')
+        problem = gpu_count_problem(GPU_RE.match(v).group("count")) if v != "auto" else None
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("clouds")
@@ -269,7 +297,8 @@ class Recipe(_Strict):
 
 
 MAX_DEPTH = 32  # a recipe nests 4 levels; anything past this is a mistake or an attack
-MAX_VALUES = 100_000  # after alias expansion; a recipe has a few hundred
+MAX_NODES = 10_000  # values written out (keys count too); the shipped recipes have 75 to 125
+MAX_ALIAS_VALUES = 10_000  # values repeated through aliases (an alias bomb repeats billions); a recipe needs a few
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _MAP_TAG, _SEQ_TAG, _MERGE_TAG = _STD + "map", _STD + "seq", _STD + "merge"
@@ -277,22 +306,27 @@ _REJECTED = object()  # stands in for a value that was reported and must not be 
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats and a nesting limit.
+    """SafeLoader with YAML 1.2 floats, a nesting limit and a size limit.
 
     PyYAML follows YAML 1.1, where `2e-4` (no dot) is a string; every YAML 1.2 reader and every
     user reads it as a number, and strict types would reject it. Nesting is limited while
-    composing because PyYAML's composer recurses once per level (5000 `[` exhaust the stack).
+    composing because PyYAML's composer recurses once per level (5000 `[` exhaust the stack);
+    the number of values because each costs time all the way to the last error message.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent, index):
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark)
+            if self._nodes > MAX_NODES:
+                raise _TooMany(self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -303,9 +337,32 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+try:
+    from yaml.cyaml import CParser as _CParser
+except ImportError:  # PyYAML built without libyaml: the pure-Python loader does it all, more slowly
+    _CParser = None
+
+if _CParser is not None:
+    class _FastRecipeLoader(_CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml's parser and composer with _RecipeLoader's resolvers (YAML 1.2 floats)."""
+
+        yaml_implicit_resolvers = _RecipeLoader.yaml_implicit_resolvers
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+else:
+    _FastRecipeLoader = None  # type: ignore[assignment,misc]
+
+
 class _TooDeep(Exception):
     def __init__(self, mark) -> None:
         self.mark = mark
+
+
+class _TooMany(_TooDeep):
+    """More than MAX_NODES values (written out, not through aliases): a data file, not a recipe."""
 
 
 class _NotData(Exception):
@@ -323,7 +380,10 @@ class _Located:
         # (path, message, line or None: the line of the key at `path`)
         self.problems: list[tuple[tuple, str, int | None]] = []
         self.rejected: list[tuple] = []  # paths whose value was reported; pydantic stays quiet there
-        self.values = 0
+        # Nodes built so far, and how many were built again because an alias repeated them: only
+        # the repeats measure an alias expansion (a long file of plain keys has none).
+        self.seen: set[int] = set()
+        self.repeats = 0
 
 
 def _show_tag(tag: str) -> str:
@@ -343,10 +403,13 @@ def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = 
         where = _fmt_path(path) or "the top level"
         raise _NotData(_nearest(loc.lines, path) or node.start_mark.line + 1,
                        f"YAML alias at {where} refers to itself (a recursive anchor); write the value out instead")
-    loc.values += 1
-    if loc.values > MAX_VALUES:
-        raise _NotData(_nearest(loc.lines, path[:1]) or node.start_mark.line + 1,
-                       f"expands to more than {MAX_VALUES:,} values through YAML aliases; a recipe needs a few hundred, write it out")
+    if id(node) in loc.seen:
+        loc.repeats += 1
+        if loc.repeats > MAX_ALIAS_VALUES:
+            raise _NotData(_nearest(loc.lines, path[:1]) or node.start_mark.line + 1,
+                           f"YAML aliases repeat more than {MAX_ALIAS_VALUES:,} values; a recipe needs a few, write them out")
+    else:
+        loc.seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         _check_tag(node, {_MAP_TAG}, path, loc)
         return _construct_mapping(node, path, loc, active | {id(node)})
@@ -360,11 +423,16 @@ def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = 
     if not _check_tag(node, _SCALAR_TAGS, path, loc):
         loc.rejected.append(path)
         return _REJECTED
+    surprise = number_problem(node, _SCALAR_LOADER)
+    if surprise:
+        loc.problems.append((path, surprise, node.start_mark.line + 1))
+        loc.rejected.append(path)
+        return _REJECTED
     try:
         # PyYAML's safe constructor resolves the allowed scalar types (int, float, bool, null, ...).
         return _SCALAR_LOADER.construct_object(node, deep=True)
     except Exception:  # e.g. `!!int lots`: the constructor's own ValueError/KeyError
-        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read {node.value!r}; remove the tag or fix the value",
+        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read {_short(repr(node.value))}; remove the tag or fix the value",
                              node.start_mark.line + 1))
         loc.rejected.append(path)
         return _REJECTED
@@ -404,10 +472,14 @@ def _construct_key(node: yaml.Node, path: tuple, loc: _Located) -> Any:
         # Keep the key as written, so its value is still checked and no "required" follows.
         loc.problems.append((path + (node.value,), f"YAML tag {_show_tag(node.tag)} on a key is not allowed in a recipe; remove it", line))
         return node.value
+    surprise = number_problem(node, _SCALAR_LOADER)
+    if surprise:
+        loc.problems.append((path, f"key {surprise}", line))
+        return _REJECTED
     try:
         return _SCALAR_LOADER.construct_object(node, deep=True)
     except Exception:
-        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read the key {node.value!r}; remove the tag", line))
+        loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read the key {_short(repr(node.value))}; remove the tag", line))
         return _REJECTED
 
 
@@ -420,11 +492,15 @@ _SCALAR_LOADER = _ScalarLoader()
 
 
 def _fmt_path(path: tuple) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+    return ".".join(_short(str(p), 40) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+
+
+MAX_MESSAGE = 600  # characters: a message quotes the user's value, which may be a 5,000-character paste
+MAX_PROBLEMS = 50  # a recipe with more is not a recipe (a pasted data file): the first ones say so
 
 
 def _fmt(source: str, line: int | None, path: tuple, message: str) -> str:
-    return f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {message}"
+    return f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {_short(message, MAX_MESSAGE)}"
 
 
 def _nearest(table: dict[tuple, Any], path: tuple) -> Any:
@@ -451,14 +527,7 @@ def load_recipe(path: str | Path, overrides: dict[tuple[str, ...], Any] | None =
     """
     p = Path(path)
     source = str(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise RecipeError([f"{source}:1: (recipe): file not found; check the path"]) from None
-    except IsADirectoryError:
-        raise RecipeError([f"{source}:1: (recipe): is a directory; pass a recipe .yaml file"]) from None
-    except OSError as exc:
-        raise RecipeError([f"{source}:1: (recipe): cannot read ({exc.strerror}); check permissions"]) from None
+    raw = read_recipe_bytes(p, source)
     if b"\x00" in raw:
         raise RecipeError([f"{source}:1: (recipe): binary data, not YAML; pass a recipe .yaml file"])
     try:
@@ -473,9 +542,14 @@ def _compose(text: str, source: str) -> yaml.Node | None:
     def whole_file(line: int, message: str) -> RecipeError:
         return RecipeError([f"{source}:{line}: (recipe): {message}"])
 
-    loader = _RecipeLoader(text)
+    control = control_characters(text, source)
+    if control:
+        raise RecipeError(control)
     try:
-        return loader.get_single_node()
+        return _compose_nodes(text)
+    except _TooMany as exc:
+        raise whole_file(exc.mark.line + 1, f"more than {MAX_NODES:,} values written out (a recipe has under 200); "
+                         "is this a data file? pass the recipe") from None
     except _TooDeep as exc:
         raise whole_file(exc.mark.line + 1, f"nested deeper than {MAX_DEPTH} levels; a recipe needs a few, check the brackets") from None
     except yaml.MarkedYAMLError as exc:
@@ -485,9 +559,59 @@ def _compose(text: str, source: str) -> yaml.Node | None:
             what = " ".join(exc.context.split()) + ", " + what
         raise whole_file(mark.line + 1 if mark else 1, f"YAML syntax error: {what}; fix the indentation or quoting") from None
     except yaml.YAMLError as exc:
-        raise whole_file(1, "YAML error: " + " ".join(str(exc).split())) from None
+        raise whole_file(1, "YAML error: " + " ".join(_short(str(exc), 200).split())) from None
+
+
+def _compose_nodes(text: str) -> yaml.Node | None:
+    """The document's node graph: with libyaml when PyYAML has it (a 1 MiB file composes in about
+    a second rather than ten), after an event-only pass that enforces MAX_DEPTH (libyaml's
+    composer recurses in C, where no recursion limit would stop 100,000 `[`) and MAX_NODES."""
+    if _FastRecipeLoader is None:
+        return _compose_with(_RecipeLoader, text)
+    try:
+        _check_shape(text)
+        return _compose_with(_FastRecipeLoader, text)
+    except yaml.MarkedYAMLError:
+        # PyYAML's own messages name what they found (`found character '@'`, the alias name) where
+        # libyaml's do not: for a file of ordinary size, ask it to word the error (if it agrees).
+        if len(text) <= REWORD_BYTES:
+            _compose_with(_RecipeLoader, text)
+        raise
+
+
+REWORD_BYTES = 64 * 1024  # PyYAML composes this much in ~0.3 s; a recipe is 1-3 KB
+
+
+def _compose_with(loader_class, text: str) -> yaml.Node | None:
+    loader = loader_class(text)
+    try:
+        return loader.get_single_node()
     finally:
         loader.dispose()
+
+
+def _check_shape(text: str) -> None:
+    parser = _CParser(text)
+    depth = nodes = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, yaml.NodeEvent):  # scalars, aliases, mapping and sequence starts
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _TooMany(event.start_mark)
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth >= MAX_DEPTH:  # as _RecipeLoader counts: the scalars inside are one level more
+                    raise _TooDeep(event.start_mark)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:  # libyaml's own limit (1,000 levels) can trip first, while scanning ahead
+        if "nesting depth" in (exc.problem or ""):
+            raise _TooDeep(exc.problem_mark or exc.context_mark) from None
+        raise
+    finally:
+        parser.dispose()
 
 
 def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str, ...], Any] | None = None,
@@ -588,10 +712,6 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _shown(value: Any) -> str:
     """A value as the user wrote it in YAML (true, null, 'text'), for messages."""
     if isinstance(value, bool):
@@ -642,7 +762,7 @@ def _message(err: dict) -> str:
     if kind == "missing":
         return "required; add it"
     if kind == "literal_error":
-        return f"got {value!r}; expected one of {ctx.get('expected', '')}".replace("'", "")
+        return f"got {_short(repr(value))}; expected one of {ctx.get('expected', '')}".replace("'", "")
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return _wrong_type("a whole number", value)
     if kind in ("float_type", "float_parsing"):
@@ -665,7 +785,7 @@ def _message(err: dict) -> str:
         words, key = bounds[kind]
         return f"must be {words} {_bound(ctx.get(key))}, got {_shown(value)}"
     if kind in ("too_short", "too_long"):
-        return f"{msg[0].lower() + msg[1:]}, got {value!r}"
+        return f"{msg[0].lower() + msg[1:]}, got {_short(repr(value))}"
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind
@@ -695,8 +815,8 @@ def _schema_problems(data: dict, loc: _Located) -> tuple[Recipe | None, list[tup
     problems: list[tuple[tuple, str, int | None]] = []
     for path, errs in by_path.items():  # a union reports each branch: one message per path
         err = errs[0]
-        if err["type"] == "extra_forbidden":
-            problems.append((path, _unknown_key(path), None))
+        if err["type"] == "extra_forbidden":  # suggestions for the ones shown: difflib on 50,000 pasted keys takes seconds
+            problems.append((path, _unknown_key(path) if len(problems) < MAX_PROBLEMS else "unknown key", None))
         else:
             problems.append((path, _union_message(errs) or _message(err), None))
     return None, problems
@@ -738,13 +858,20 @@ def _validate(data: dict, source: str, base_dir: Path, loc: _Located, labels: di
             line = line or _nearest(loc.lines, path) or 1
             located.append(((line, i), _fmt(source, line, path, msg)))
         # By line, then as found, so the user can fix top to bottom.
-        raise RecipeError(list(dict.fromkeys(text for _, text in sorted(located))))
+        raise RecipeError(_capped(list(dict.fromkeys(text for _, text in sorted(located))), source))
     assert recipe is not None
     _resolve_paths(recipe, base_dir)
     recipe._source_path = None if source.startswith("<") else Path(source).resolve()
     recipe._lines = dict(loc.lines)
     recipe._labels = dict(labels)
     return recipe
+
+
+def _capped(problems: list[str], source: str) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return problems[:MAX_PROBLEMS] + [f"{source}:1: (recipe): {len(problems) - MAX_PROBLEMS:,} more problems not shown; "
+                                      "fix these first (is this really a recipe?)"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -777,46 +904,6 @@ def _has_scheme(value: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value) is not None
 
 
-DATA_SCAN_LIMIT = 10_000  # entries looked at before a directory counts as holding no data files
-
-
-def _has_data_file(directory: Path) -> bool | None:
-    """Whether `directory` holds a file jobs/data.py would read (it reads them recursively).
-
-    Bounded, so a mistaken `path: /` fails fast instead of walking the whole disk: None means
-    it gave up after DATA_SCAN_LIMIT entries without finding one.
-    """
-    seen = 0
-    for _root, dirs, files in os.walk(directory):
-        for name in files:
-            if Path(name).suffix in LOCAL_DATA_SUFFIXES:
-                return True
-            seen += 1
-        seen += len(dirs)
-        if seen > DATA_SCAN_LIMIT:
-            return None
-    return False
-
-
-def _data_path_problem(lp: Path) -> str | None:
-    kinds = ", ".join(LOCAL_DATA_SUFFIXES[:-1]) + " or " + LOCAL_DATA_SUFFIXES[-1]
-    if not lp.exists():
-        return f"local file not found: {lp}; fix the path (relative to the recipe) or use a hub id OWNER/NAME"
-    if lp.is_dir():
-        found = _has_data_file(lp)
-        if found is None:
-            return f"directory {lp} has no {kinds} file among its first {DATA_SCAN_LIMIT:,} entries; point at the data files or a directory of them"
-        if not found:
-            return f"directory {lp} has no {kinds} file; point at the data files or a directory of them"
-        return None
-    if lp.suffix not in LOCAL_DATA_SUFFIXES:
-        what = f"is a {lp.suffix} file" if lp.suffix else "has no file suffix"
-        return f"{lp} {what}; use {kinds} data (or a directory of such files)"
-    if not os.access(lp, os.R_OK):
-        return f"cannot read {lp} (permission denied); fix its permissions"
-    return None
-
-
 def _local_bucket(bucket: Any) -> bool:
     """A bucket written as a local path (a malformed one is the field validator's to report)."""
     return isinstance(bucket, str) and bool(bucket) and not _has_scheme(bucket) and not any(c.isspace() for c in bucket)
@@ -827,6 +914,9 @@ def _local_bucket_problem(bucket: str, spot: bool) -> str:
     return (f"{bucket!r} is a local path: on a cloud run it would be on the VM's disk, which is deleted when the run "
             f"ends (autostop downs the cluster), taking checkpoints and results with it{resume}; use a gs:// or s3:// "
             "bucket (gs://BUCKET[/prefix], s3://BUCKET[/prefix]), or run locally with `clouds: [local]`")
+
+
+MAX_SOURCES = 64  # data sources in one recipe (the shipped ones use 1 to 3)
 
 
 def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] | None = None) -> list[tuple[tuple, str]]:
@@ -901,15 +991,22 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
             out.append((("name",), "use lowercase letters, digits and '-', starting with a letter and not ending with '-'"))
 
     sources = _get(data, "data", "sources")
-    if isinstance(sources, list):
+    if isinstance(sources, list) and len(sources) > MAX_SOURCES:
+        # Each local source may scan a directory tree: thousands of them would take minutes.
+        out.append((("data", "sources"), f"{len(sources):,} sources; at most {MAX_SOURCES}: put local files in one "
+                    "directory and point at it, or merge the datasets"))
+    elif isinstance(sources, list):
+        checked: dict[str, str | None] = {}
         for i, src in enumerate(sources):
             path = _get(src, "path")
             if isinstance(path, str) and looks_local(path):
-                problem = _data_path_problem(_local_path(path, base_dir))
+                lp = _local_path(path, base_dir)
+                key = os.path.realpath(lp)  # `/usr/.`, `/usr/lib/..` and links to it: one scan
+                problem = checked[key] if key in checked else checked.setdefault(key, data_path_problem(lp))
                 if problem:
                     out.append((("data", "sources", i, "path"), problem))
     tasks_dir = _get(data, "eval", "tasks_dir")
-    if isinstance(tasks_dir, str) and not _local_path(tasks_dir, base_dir).is_dir():
+    if isinstance(tasks_dir, str) and not os.path.isdir(_local_path(tasks_dir, base_dir)):  # False, not a crash, on EACCES
         out.append((("eval", "tasks_dir"), f"directory not found: {_local_path(tasks_dir, base_dir)}; fix the path (relative to the recipe)"))
     ev = _get(data, "eval")
     if isinstance(ev, dict) and ev.get("preset", "leaderboard-v1") is None and not ev.get("tasks"):

@@ -32,4 +32,21 @@ def new_run_id(name: str, taken=None) -> str:
 
 
 def looks_like_run_id(text: str) -> bool:
-    return bool(RUN_ID_RE.match(text))
+    return bool(RUN_ID_RE.fullmatch(text))  # fullmatch: `$` alone would let a trailing newline through
+
+
+def run_id_problem(text: str) -> str | None:
+    """Why `text` cannot be a run id, or None; the fix is in the message.
+
+    The same rules as the ids `new_run_id` makes from a recipe's name (lowercase letters, digits
+    and '-', the sftl- prefix, a 4-hex suffix, at most MAX_LEN characters), so a run id from the
+    command line is safe as a directory name, a cluster name and a YAML value.
+    """
+    form = f"a run id looks like {PREFIX}NAME-1a2b (lowercase letters, digits and '-', at most {MAX_LEN} characters)"
+    if not text:
+        return f"empty; {form}"
+    if len(text) > MAX_LEN:
+        return f"{len(text)} characters, more than {MAX_LEN}; {form}"
+    if not RUN_ID_RE.fullmatch(text):
+        return f"not a run id; {form}"
+    return None

@@ -112,11 +112,16 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
     except ImportError:
         raise UserError("data-preview needs transformers: pip install 'sftlaunch[train]'") from None
     tokenizer = _tokenizer(r)
-    per_source = _source_stats(r, tokenizer)
-    stats = data.data_stats(r, tokenizer)
-    if not stats["train_samples"]:
-        raise UserError(data.no_samples_message(r))  # what `train` would stop with (exit 2)
-    rendered = _samples(r, tokenizer, samples)
+    try:
+        per_source = _source_stats(r, tokenizer)
+        stats = data.data_stats(r, tokenizer)
+        if not stats["train_samples"]:
+            raise UserError(data.no_samples_message(r))  # what `train` would stop with (exit 2)
+        rendered = _samples(r, tokenizer, samples)
+    except OSError as exc:  # the data changed after validation (permissions, a file removed): one line, exit 2
+        what = exc.filename or "a data file"
+        raise UserError(f"{recipe}: data.sources: cannot read {what} ({exc.strerror or type(exc).__name__}); "
+                        "fix its permissions or point data.sources[].path at the data files") from None
     if as_json:
         click.echo(json.dumps({
             "recipe": recipe, "template": r.data.template, "seq_len": r.data.seq_len, "loss": r.data.loss,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from launcher.errors import UserError
-from launcher.options import cloud_option, gpu_option, recipe_argument
+from launcher.options import RunIdType, cloud_option, gpu_option, recipe_argument
 
 
 def resolve_target(recipe, cloud: str | None, gpu: str | None):
@@ -46,6 +46,8 @@ def _check_output(output: Path, recipe: str) -> None:
     """Refuse an -o path that cannot be written, before anything is planned or rendered."""
     if output.exists() and output.resolve() == Path(recipe).resolve():
         raise UserError(f"-o {output}: refusing to overwrite the recipe itself; pick another file")
+    if output.exists() and not output.is_file():  # writing to a FIFO would wait for a reader forever
+        raise UserError(f"-o {output}: not a regular file; pick a file path")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
@@ -66,7 +68,7 @@ def new_run_id(name: str) -> str:
 @gpu_option
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the YAML to this file instead of stdout (an existing file is replaced).")
-@click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
+@click.option("--run-id", type=RunIdType(), default=None, help="Use this run id (sftl-NAME-1a2b) instead of a fresh one.")
 @click.option("--step", "steps", multiple=True, type=click.Choice(["train", "eval", "publish"]),
               help="Steps to run (default: train, eval, publish).")
 def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None, run_id: str | None, steps: tuple[str, ...]) -> None:

@@ -177,6 +177,12 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
     r = _load(recipe, local, bucket, from_cli)
     is_local = local or r.resources.clouds == ["local"]
+    if is_local and cloud:  # never silently ignored: the user asked for a cloud and would get this machine
+        c = cloud.lower()
+        if local:
+            raise UserError(f"--cloud {c}: --local runs on this machine; drop --cloud, or drop --local to launch on {c}")
+        raise UserError(f"--cloud {c}: {_src(r)}: resources.clouds allows only local; drop --cloud, or replace local "
+                        f"with {c} in resources.clouds (with a gs:// or s3:// output.bucket)")
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:

@@ -100,6 +100,128 @@ def test_prune_keeps_the_newest_complete(tmp_path):
     assert [s for s, _ in ck.local_steps(tmp_path)] == [4, 3]
 
 
+def _partial(folder: Path, files=("model.safetensors",)) -> Path:
+    """What a kill during a save leaves: some files, no manifest."""
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_bytes(b"half")
+    return folder
+
+
+def test_partial_folders_are_pruned_once_a_newer_complete_checkpoint_exists(tmp_path):
+    _fake_ckpt(tmp_path, 2)
+    partial_step = _partial(tmp_path / "step-3")
+    trainer_dir = _partial(tmp_path / "checkpoint-4", ("model.safetensors", "optimizer.pt"))
+    download = _partial(tmp_path / ".download-step-1.node-0")
+    ck.prune(tmp_path, keep=2)
+    # The newest complete checkpoint is step 2: nothing newer is proven stale yet.
+    assert partial_step.is_dir() and trainer_dir.is_dir() and not download.exists()
+    _fake_ckpt(tmp_path, 5)
+    removed = ck.prune(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["checkpoint-4", "step-3"]
+    assert [s for s, _ in ck.local_steps(tmp_path)] == [5, 2] and ck.local_leftovers(tmp_path) == []
+
+
+def test_prune_touches_only_this_runs_step_and_leftover_folders(tmp_path):
+    outside = tmp_path / "elsewhere"
+    _partial(outside)
+    root = tmp_path / "checkpoints"
+    for name in ("notes", "step-x", "checkpoint-abc", "checkpoint-1.bak"):
+        _partial(root / name)
+    (root / "checkpoint-1").symlink_to(outside)  # a link: never followed, never removed
+    (root / "step-1.txt").write_text("mine")
+    _fake_ckpt(root, 2)
+    _fake_ckpt(root, 3)
+    ck.prune(root, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-1", "checkpoint-1.bak", "checkpoint-abc", "notes",
+                                                      "step-1.txt", "step-3", "step-x"]
+    assert (outside / "model.safetensors").is_file()
+
+
+def _upload_partial(prefix: str, step: int, tmp: Path) -> Path:
+    src = _fake_ckpt(tmp / f"src-{step}", step)
+    ck.upload(src, prefix)
+    remote = Path(prefix) / f"step-{step}"
+    (remote / ck.MANIFEST).unlink()
+    return remote
+
+
+def test_incomplete_uploads_in_the_bucket_are_pruned_once_a_newer_complete_one_exists(tmp_path):
+    prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-x-0000")
+    ck.upload(_fake_ckpt(tmp_path / "a", 2), prefix)
+    _upload_partial(prefix, 3, tmp_path)
+    newer = _upload_partial(prefix, 9, tmp_path)  # newer than anything complete: not proven stale
+    local = tmp_path / "local"
+    ck.upload(_fake_ckpt(local, 5), prefix)
+    ck.prune(local, keep=2, prefix=prefix)
+    assert ck.remote_steps(prefix) == [9, 5, 2] and newer.is_dir()
+    assert [ck.remote_state(prefix, s) for s in (9, 5, 2)] == ["incomplete", "complete", "complete"]
+
+
+def test_a_bucket_step_that_cannot_be_listed_is_never_pruned(tmp_path, monkeypatch):
+    """A listing that fails for a moment must not make a complete checkpoint look partial."""
+    prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-x-0000")
+    for s in (1, 2, 3):
+        ck.upload(_fake_ckpt(tmp_path / "src", s), prefix)
+    real_fs = ck._fs
+
+    class Flaky:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def ls(self, path, **kw):
+            if path.rstrip("/").endswith("step-1"):
+                raise OSError("503 Service Unavailable")
+            return self.fs.ls(path, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+    monkeypatch.setattr(ck, "_fs", lambda url: (Flaky(real_fs(url)[0]), real_fs(url)[1]))
+    assert ck.remote_state(prefix, 1) == "unknown"
+    ck.prune(tmp_path / "src", keep=1, prefix=prefix)
+    assert ck.remote_steps(prefix) == [3, 1]  # step 2 was old and complete: pruned; step 1 unknown: kept
+
+
+def test_resume_drops_the_abandoned_attempts_partial_uploads(tmp_path, capsys):
+    bucket = tmp_path / "bucket"
+    prefix = ck.bucket_prefix(str(bucket), "sftl-x-0000")
+    ck.upload(_fake_ckpt(tmp_path / "src", 2), prefix)
+    _upload_partial(prefix, 5, tmp_path)
+    leftover = _partial(tmp_path / "fresh" / "checkpoint-6")
+    got = resume_point(tmp_path / "fresh", prefix, ck.SINGLE)
+    assert got == tmp_path / "fresh" / "step-2"
+    assert ck.remote_steps(prefix) == [2] and not leftover.exists()
+    assert "step-5: no MANIFEST.json in the bucket" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_save_leaves_nothing_behind_after_the_resumed_run(root, tmp_path):
+    """The state a kill during a save leaves (the Trainer's checkpoint-N half written, a step
+    folder without its manifest in the bucket, a download cut short), then the real job resumes:
+    the resumed run's own checkpoints are complete and no partial folder is left, local or remote."""
+    bucket = tmp_path / "bucket"
+    env = {"SFTLAUNCH_BUCKET": str(bucket)}
+    settings = {"micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 0.0001, "keep_checkpoints": 2,
+                "run_id": "sftl-t-c1c1"}
+    first = _drive(root, tmp_path / "run", env=env, max_steps=2, **settings)
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, log
+    ckpts, prefix = tmp_path / "run" / "checkpoints", ck.bucket_prefix(str(bucket), "sftl-t-c1c1")
+    assert ck.remote_complete_steps(prefix) == [2, 1]
+    _partial(ckpts / "checkpoint-3", ("model.safetensors", "rng_state.pth"))
+    _partial(ckpts / ".download-step-1.node-0")
+    stale = _partial(Path(prefix) / "step-3", ("model.safetensors", "stale-from-the-killed-attempt.bin"))
+    again = _drive(root, tmp_path / "run", env=env, max_steps=4, **settings)
+    log, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, log
+    assert "resuming from checkpoint" in log and "step-2" in log
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-3", "step-4"]
+    assert all(ck.verify(p) is None for p in ckpts.iterdir())
+    assert ck.remote_steps(prefix) == [4, 3] and ck.remote_complete_steps(prefix) == [4, 3]
+    assert not (stale / "stale-from-the-killed-attempt.bin").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
