@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.contract import Env
+
 DEFAULT_PORT = 29500
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,8 +59,8 @@ def topology(env: dict) -> dict:
 
         raise UserError(f"SKYPILOT_NODE_RANK={rank} is outside 0..{nodes - 1}")
     return {"nodes": nodes, "rank": rank, "gpus": gpus, "head": head,
-            "port": _int(env, "SFTLAUNCH_MASTER_PORT", DEFAULT_PORT),
-            "cpu_procs": _int(env, "SFTLAUNCH_CPU_PROCS", 1)}
+            "port": _int(env, Env.MASTER_PORT, DEFAULT_PORT),
+            "cpu_procs": _int(env, Env.CPU_PROCS, 1)}
 
 
 def launch_args(env: dict, job_args: list[str] | tuple[str, ...] = (), deepspeed_config: str | None = None,
@@ -97,7 +99,7 @@ def wait_for_head(head: str, port: int, timeout_s: float, poll_s: float = 1.0) -
         if time.monotonic() >= deadline:
             raise RendezvousTimeout(
                 f"head node {head}:{port} not reachable after {timeout_s:.0f}s ({last}); check that the head "
-                "is up and the port is open between nodes (SFTLAUNCH_RENDEZVOUS_TIMEOUT raises the wait)")
+                f"is up and the port is open between nodes ({Env.RENDEZVOUS_TIMEOUT} raises the wait)")
         time.sleep(poll_s)
 
 
@@ -105,7 +107,7 @@ def _recipe_deepspeed(job_args: list[str], env: dict) -> str | None:
     recipe = None
     if "--recipe" in job_args:
         recipe = job_args[job_args.index("--recipe") + 1]
-    recipe = recipe or env.get("SFTLAUNCH_RECIPE")
+    recipe = recipe or env.get(Env.RECIPE)
     if not recipe:
         return None
     from launcher.recipe import load_recipe
@@ -129,7 +131,7 @@ def run_train(job_args: list[str], env: dict | None = None) -> int:
         env["SKYPILOT_NUM_GPUS_PER_NODE"] = str(_detected_gpus())
     t = topology(env)
     if t["nodes"] > 1:
-        timeout = float(env.get("SFTLAUNCH_RENDEZVOUS_TIMEOUT") or 600)
+        timeout = float(env.get(Env.RENDEZVOUS_TIMEOUT) or 600)
         env.setdefault("TORCHELASTIC_RENDEZVOUS_TIMEOUT", str(int(timeout)))
         if t["rank"] > 0:
             print(f"node {t['rank']}/{t['nodes']}: waiting up to {timeout:.0f}s for head {t['head']}:{t['port']}",
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["info"]:
-            info(argv[1] if len(argv) > 1 else os.environ.get("SFTLAUNCH_RECIPE"))
+            info(argv[1] if len(argv) > 1 else os.environ.get(Env.RECIPE))
             return 0
         if argv[:1] == ["train"]:
             return run_train(argv[1:])

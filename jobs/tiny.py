@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from launcher.contract import Env
+
 TINY_MODEL_ID = "sftlaunch/tiny-llama"
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.
 BUILD_VERSION = 1
@@ -60,7 +62,7 @@ def is_tiny(model_id: str | None) -> bool:
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get("SFTLAUNCH_CACHE")
+    env = os.environ.get(Env.CACHE)
     return Path(env) if env else Path.home() / ".cache" / "sftlaunch"
 
 

@@ -14,6 +14,7 @@ import sys
 import click
 
 from launcher import __version__
+from launcher.contract import Env
 
 # name -> (module:attribute, short help). Kept as data so --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,7 +76,7 @@ def cli(ctx: click.Context, debug: bool, as_json: bool) -> None:
 
 
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("SFTLAUNCH_DEBUG") == "1"
+    return "--debug" in argv or os.environ.get(Env.DEBUG) == "1"
 
 
 def _is_located(line: str) -> bool:

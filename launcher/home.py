@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from launcher.contract import Env
+
 
 def sftlaunch_home() -> Path:
-    return Path(os.environ.get("SFTLAUNCH_HOME") or Path.home() / ".sftlaunch")
+    return Path(os.environ.get(Env.HOME) or Path.home() / ".sftlaunch")

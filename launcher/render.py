@@ -19,17 +19,19 @@ from typing import Any
 
 import yaml
 
+from launcher import contract
 from launcher.clouds import CLOUDS, capability_problem
+from launcher.contract import Env
 from launcher.errors import UserError
 from launcher.images import resolve_image
 from launcher.recipe import Recipe, looks_local
 
-CONTAINER_ROOT = "/sftlaunch"
-CONTAINER_RECIPE = f"{CONTAINER_ROOT}/recipe.yaml"
-ENTRYPOINT = "/opt/sftlaunch/docker/entrypoint.sh"
-OUT_ROOT = "/data/sftlaunch"
-RUN_LABEL = "sftlaunch-run"
-STEPS = ("train", "eval", "publish")
+CONTAINER_ROOT = contract.CONTAINER_ROOT
+CONTAINER_RECIPE = contract.CONTAINER_RECIPE
+ENTRYPOINT = contract.ENTRYPOINT
+OUT_ROOT = contract.CONTAINER_OUT_ROOT
+RUN_LABEL = contract.RUN_LABEL
+STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
 SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -170,23 +172,23 @@ def render_task(
     _, data_mounts = container_recipe(recipe)
     file_mounts = {CONTAINER_RECIPE: recipe_mount_src, **data_mounts}
     envs: dict[str, str] = {
-        "SFTLAUNCH_RUN_ID": run_id,
-        "SFTLAUNCH_RECIPE": CONTAINER_RECIPE,
-        "SFTLAUNCH_OUT": f"{OUT_ROOT}/{run_id}",
-        "SFTLAUNCH_STEPS": ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
-        "HF_HOME": f"{OUT_ROOT}/cache/huggingface",
+        Env.RUN_ID: run_id,
+        Env.RECIPE: CONTAINER_RECIPE,
+        Env.OUT: contract.container_out(run_id),
+        Env.STEPS: ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
+        "HF_HOME": contract.CONTAINER_HF_HOME,
     }
     if recipe.output.bucket:
-        envs["SFTLAUNCH_BUCKET"] = recipe.output.bucket
+        envs[Env.BUCKET] = recipe.output.bucket
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
     # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
     nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
-    envs["SFTLAUNCH_HARDWARE"] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
+    envs[Env.HARDWARE] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
     usd_per_hour = getattr(target, "usd_per_hour", None)
     if usd_per_hour is not None:
-        envs["SFTLAUNCH_USD_PER_HOUR"] = f"{float(usd_per_hour):.4f}"
+        envs[Env.USD_PER_HOUR] = f"{float(usd_per_hour):.4f}"
     if res.max_usd is not None:
-        envs["SFTLAUNCH_MAX_USD"] = f"{float(res.max_usd):.2f}"
+        envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})

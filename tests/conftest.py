@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
+SKY_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,12 @@ def isolated_env(tmp_path, monkeypatch, shared_cache):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
     monkeypatch.setenv("SKY_RUNTIME_DIR", str(home / ".sky-runtime"))
+    # SkyPilot's client talks to whatever answers on its default local port (46580), and starts a
+    # server there itself: a user's own `sky` server and state must never see a test. A port
+    # nothing serves refuses at once (tests that need SkyPilot's optimizer run it in-process).
+    monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", SKY_ENDPOINT)
+    # The user's default bucket for `up` must not reach a test's runs (launcher.contract).
+    monkeypatch.delenv("SFTLAUNCH_BUCKET", raising=False)
     for secret in ("HF_TOKEN", "WANDB_API_KEY", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(secret, raising=False)
     yield home

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
 
@@ -22,7 +23,7 @@ def _fmt_hours(h: float) -> str:
 @click.option("--explain", is_flag=True, help="Print every memory and time term of the chosen candidate.")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the 12 cheapest.")
 @click.option("--refresh-prices", is_flag=True,
-              help="First update the price snapshot in $SFTLAUNCH_HOME/prices.yaml from SkyPilot's catalogs (needs network).")
+              help=f"First update the price snapshot in ${Env.HOME}/prices.yaml from SkyPilot's catalogs (needs network).")
 @json_option
 def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
          refresh_prices: bool, as_json: bool) -> None:

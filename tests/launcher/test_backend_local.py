@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from launcher.runs import Registry, run_dir
 class _Recipe:
     image = None
     eval = {"tasks": ["tiny_mc"]}
+    output = SimpleNamespace(bucket=None)
 
     def to_yaml(self):
         return "name: local\n"
@@ -42,6 +44,26 @@ def test_follow_poll_and_status(monkeypatch):
     assert res.exit_code == 0 and "failed" in res.output and "2/4 (50%)" in res.output
     logs = CliRunner().invoke(cli, ["logs", "sftl-local-0002"])
     assert "sftl-local-0002 starts" in logs.output
+
+
+def test_the_shell_default_bucket_never_reaches_a_local_run(monkeypatch, tmp_path):
+    """SFTLAUNCH_BUCKET in the user's shell is `up`'s default for cloud runs; the job reads its
+    bucket from the same name, so the direct runner must not pass the shell's value on (it once
+    did: a local demo then copied its logs and checkpoints to the user's cloud bucket)."""
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "shell-default"))
+    rec = _start(monkeypatch, 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
+    lines = []
+    assert local.follow_log(rec, lines.append) == 0
+    assert lines == ["bucket=[]"]
+    # The recipe's own output.bucket is what the job gets (the one source, as render does for clouds).
+    recipe = _Recipe()
+    recipe.output = SimpleNamespace(bucket=str(tmp_path / "recipe-bucket"))
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
+    fields = local.start(recipe, "sftl-local-0003", run_dir("sftl-local-0003"), use_docker=False)
+    Registry().create("sftl-local-0003", {"name": "local"}, state="running", cloud="local", **fields)
+    lines = []
+    assert local.follow_log(Registry().get("sftl-local-0003"), lines.append) == 0
+    assert lines == [f"bucket=[{tmp_path / 'recipe-bucket'}]"]
 
 
 def test_docker_command_passes_secrets_by_name_only(monkeypatch, tmp_path):
