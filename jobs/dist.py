@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 from launcher.contract import Env
+from launcher.errors import JobFailed, job_exit
 
 DEFAULT_PORT = 29500
 REPO = Path(__file__).resolve().parent.parent
 
 
-class RendezvousTimeout(Exception):
+class RendezvousTimeout(JobFailed):
     pass
 
 
@@ -139,8 +140,7 @@ def run_train(job_args: list[str], env: dict | None = None) -> int:
             try:
                 wait_for_head(t["head"], t["port"], timeout)
             except RendezvousTimeout as exc:
-                print(f"failed: {exc}", file=sys.stderr, flush=True)
-                return 1
+                return job_exit(exc)
     argv = launch_args(env, job_args, _recipe_deepspeed(job_args, env))
     if t["gpus"] == 0 and len(argv) > 3:
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(launch_args(os.environ, argv[1:])))
             return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return job_exit(exc)
     print("usage: python -m jobs.dist {info [RECIPE] | train [TRAIN ARGS] | args [TRAIN ARGS]}", file=sys.stderr)
     return 2
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from launcher import contract
 from launcher.contract import Env
+from launcher.errors import JobFailed, UserError, job_exit
 
 HARNESS = "lm-eval"
 RESULTS_SCHEMA = 1
@@ -61,11 +62,11 @@ PRESETS: dict[str, tuple[PresetTask, ...]] = {
 }
 
 
-class EvalInputError(Exception):
+class EvalInputError(UserError):
     """Bad input: printed as one line, exit 2."""
 
 
-class DatasetUnavailable(Exception):
+class DatasetUnavailable(JobFailed):
     """A task's dataset cannot be loaded (Hub unreachable, offline): the job fails, exit 1."""
 
 
@@ -618,12 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         args.parallel_mode = "data"
     try:
         result = evaluate(args)
-    except EvalInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DatasetUnavailable as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
+    except (EvalInputError, DatasetUnavailable) as exc:
+        return job_exit(exc)
     if result is not None:
         from launcher.results import load_results, render_table
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from launcher import contract
 from launcher.contract import Env
+from launcher.errors import UserError, job_exit
 
 HUB_ATTEMPTS = 3
 # Above this many bytes the upload goes through upload_large_folder: several commits, and its
@@ -34,7 +35,7 @@ HUB_ATTEMPTS = 3
 LARGE_FOLDER_BYTES = int(os.environ.get(Env.LARGE_UPLOAD_BYTES, 8 * 2**30))
 
 
-class PublishInputError(Exception):
+class PublishInputError(UserError):
     """Bad input: one line, exit 2."""
 
 
@@ -233,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if recipe.output.hub_repo and not args.no_hub:
             print(f"hub: {hub_upload(out, recipe.output.hub_repo, args.force, private=not args.public)}")
     except PublishInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return job_exit(exc)
     return 0
 
 
