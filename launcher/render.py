@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from launcher import contract
-from launcher.clouds import CLOUDS, capability_problem
+from launcher.clouds import CLOUDS, able_clouds, check_features, not_allowed
 from launcher.contract import Env
 from launcher.errors import UserError
 from launcher.images import resolve_image
@@ -73,22 +73,14 @@ def check_target(recipe: Recipe, target: Any) -> None:
         raise UserError(f"--cloud {cloud}: unknown cloud; use one of {', '.join(CLOUDS)}")
     allowed = recipe.resources.clouds
     if cloud not in allowed:
-        raise UserError(
-            f"{_src(recipe)}: resources.clouds: {cloud} is not allowed by the recipe ({', '.join(allowed)}); "
-            f"add it to resources.clouds or pick --cloud {allowed[0]}"
-        )
-    if target.spot and (reason := capability_problem(cloud, "spot")):
-        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "spot")]
-        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('spot')}"
-        raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
-    if target.nodes > 1 and (reason := capability_problem(cloud, "multi_node")):
-        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "multi_node")]
-        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('multi_node')}"
+        raise UserError(not_allowed(cloud, allowed, _src(recipe)))
+    asked = [f for f, on in (("spot", target.spot), ("multi_node", target.nodes > 1)) if on]
+    for feature, reason in check_features(asked, [cloud]).items():
+        others = able_clouds(feature, allowed)
+        fix = f" or use --cloud {others[0]}" if others else f" or allow {able_clouds(feature)[0]}"
+        if feature == "spot":
+            raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
         raise UserError(f"{_src(recipe)}: resources.nodes: {reason}; set nodes: 1{fix}")
-
-
-def _first_able(feature: str) -> str:
-    return next(c for c in CLOUDS if not capability_problem(c, feature))
 
 
 def _src(recipe: Recipe) -> str:

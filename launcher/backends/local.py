@@ -173,9 +173,9 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         "exit $rc\n"
     )
     p["script"].write_text(script)
+    # The shell's SFTLAUNCH_BUCKET is `up`'s default for cloud runs, never this job's: the job's
+    # bucket is only what the caller passes in extra_env (up: the recipe's output.bucket).
     env = {k: v for k, v in os.environ.items() if k not in contract.LAUNCHER_ONLY_ENV}
-    if recipe.output.bucket:  # the job's one bucket source: what the recipe says, never the shell's default
-        env[Env.BUCKET] = recipe.output.bucket
     env.update({
         Env.RUN_ID: run_id,
         Env.RECIPE: str(p["recipe"]),

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from launcher.clouds import not_allowed
 from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
@@ -46,8 +47,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
                     labels={key: "--spot" if spot else "--no-spot"})
     cloud = cloud.lower() if cloud else None
     if cloud and cloud not in r.resources.clouds:
-        raise UserError(f"--cloud {cloud}: {recipe}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
-                        f"add {cloud} there or pick one of those")
+        raise UserError(not_allowed(cloud, r.resources.clouds, recipe))
     result = make_plan(r, cloud=cloud, gpu=gpu)
     prices = catalog.prices()
     over_budget = (result.chosen is not None and r.resources.max_usd is not None

@@ -222,7 +222,8 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         echo("dry run: nothing started.")
         return
     confirm(yes, "Start this run here?")
-    fields = local.start(r, run_id, out, use_docker=use_docker)
+    bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
+    fields = local.start(r, run_id, out, use_docker=use_docker, extra_env=bucket)
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
                     max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
@@ -302,7 +303,7 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
     from launcher.backends.sky import get_backend
-    from launcher.clouds import CLOUDS
+    from launcher.clouds import CLOUDS, not_allowed
 
     src = _src(r)
     if not r.output.bucket and not r.output.hub_repo:
@@ -310,10 +311,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             raise UserError(f"{src}: output: {LOST_RESULTS}")
         echo(f"warning: {src}: output: {LOST_RESULTS}", err=True)
     if cloud and cloud not in r.resources.clouds:
-        raise UserError(
-            f"--cloud {cloud}: {src}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
-            f"add {cloud} there or pick one of those"
-        )
+        raise UserError(not_allowed(cloud, r.resources.clouds, src))
     result = _candidates(r, cloud, gpu)
     if result.chosen is None:
         raise UserError(f"{src}: resources.gpu: nothing fits: {result.reason or 'no candidate'}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +15,6 @@ from launcher.runs import Registry, run_dir
 class _Recipe:
     image = None
     eval = {"tasks": ["tiny_mc"]}
-    output = SimpleNamespace(bucket=None)
 
     def to_yaml(self):
         return "name: local\n"
@@ -55,11 +53,10 @@ def test_the_shell_default_bucket_never_reaches_a_local_run(monkeypatch, tmp_pat
     lines = []
     assert local.follow_log(rec, lines.append) == 0
     assert lines == ["bucket=[]"]
-    # The recipe's own output.bucket is what the job gets (the one source, as render does for clouds).
-    recipe = _Recipe()
-    recipe.output = SimpleNamespace(bucket=str(tmp_path / "recipe-bucket"))
+    # What the caller passes (up: the recipe's output.bucket) is what the job gets, as render does for clouds.
     monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
-    fields = local.start(recipe, "sftl-local-0003", run_dir("sftl-local-0003"), use_docker=False)
+    fields = local.start(_Recipe(), "sftl-local-0003", run_dir("sftl-local-0003"), use_docker=False,
+                         extra_env={"SFTLAUNCH_BUCKET": str(tmp_path / "recipe-bucket")})
     Registry().create("sftl-local-0003", {"name": "local"}, state="running", cloud="local", **fields)
     lines = []
     assert local.follow_log(Registry().get("sftl-local-0003"), lines.append) == 0
