@@ -3,7 +3,7 @@
 Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
 boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
 
-Formats (DESIGN): each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant,
+Formats (docs/architecture.md, docs/recipes.md): each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant,
 possibly several turns) — except `text`, which stays {"text": ...} and is trained on every token.
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a

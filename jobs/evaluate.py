@@ -85,8 +85,7 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
 
 
-# jobs.tiny.TINY_MODEL_ID; repeated so resolving other models does not import jobs.tiny.
-TINY_MODEL_ID = "sftlaunch/tiny-llama"
+TINY_MODEL_ID = contract.TINY_MODEL_ID
 
 
 def _tiny_dir() -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from launcher import contract
 from launcher.errors import UserError
 
-TINY_MODEL_ID = "sftlaunch/tiny-llama"  # == jobs.tiny.TINY_MODEL_ID, kept here to avoid importing it
+TINY_MODEL_ID = contract.TINY_MODEL_ID
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 

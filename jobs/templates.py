@@ -21,9 +21,10 @@ to stop; with loss="all" everything is trained):
 
 from __future__ import annotations
 
+from launcher import contract
 from launcher.errors import UserError
 
-TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")
+TEMPLATES = contract.TEMPLATES
 ROLES = ("system", "user", "assistant")
 Piece = tuple[str | int, bool]  # text (tokenised alone) or a special token id; trained?
 

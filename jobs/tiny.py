@@ -23,9 +23,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from launcher import contract
 from launcher.contract import Env
 
-TINY_MODEL_ID = "sftlaunch/tiny-llama"
+TINY_MODEL_ID = contract.TINY_MODEL_ID
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.
 BUILD_VERSION = 1
 SEED = 0

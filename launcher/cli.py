@@ -87,7 +87,7 @@ def _is_located(line: str) -> bool:
 
 
 def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> int:
-    """Run the CLI and map exceptions to DESIGN's exit codes; never a traceback unless --debug.
+    """Run the CLI and map exceptions to the exit codes (docs/architecture.md); never a traceback unless --debug.
 
     Every line printed here goes through `launcher.secrets.mask`: an error message may quote
     whatever the user typed (a flag value, a recipe value), and that may be a token.

@@ -87,8 +87,16 @@ IMAGE_HOME = "/opt/sftlaunch"  # the project inside the image
 ENTRYPOINT = f"{IMAGE_HOME}/docker/entrypoint.sh"
 CONTAINER_HF_HOME = f"{CONTAINER_OUT_ROOT}/cache/huggingface"  # as the image's ENV HF_HOME
 
-# Every cluster, job and container sftlaunch starts carries RUN_LABEL=<run id> (DESIGN, run records).
+# Every cluster, job and container sftlaunch starts carries RUN_LABEL=<run id> (docs/architecture.md).
 RUN_LABEL = "sftlaunch-run"
+RUN_ID_PREFIX = "sftl-"  # run ids are sftl-<recipe name>-<4 hex>
+
+# -- the recipe's vocabulary, which the job implements (one name list each) -------------------------
+FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")  # jobs/data.py
+TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")  # jobs/templates.py
+EVAL_PRESETS = ("leaderboard-v1",)  # jobs/evaluate.py PRESETS
+JOB_SECRETS = ("HF_TOKEN", "WANDB_API_KEY")  # passed to the job by name, values from the caller's env
+TINY_MODEL_ID = "sftlaunch/tiny-llama"  # built locally by jobs/tiny.py, never downloaded
 
 
 def container_out(run_id: str) -> str:

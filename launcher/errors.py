@@ -1,4 +1,4 @@
-"""Errors that map to the CLI's exit codes (DESIGN: 0 ok, 1 job failed, 2 bad input, 130 interrupted).
+"""Errors that map to the CLI's exit codes (docs/architecture.md: 0 ok, 1 job failed, 2 bad input, 130 interrupted).
 
 Commands raise these instead of printing and exiting themselves, so the one handler in
 `launcher.cli` decides what the user sees (one line, no traceback unless --debug).

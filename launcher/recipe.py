@@ -24,20 +24,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from launcher import contract
 from launcher.clouds import CLOUDS, able_clouds, check_features, min_name_limit
 from launcher.errors import RecipeError
 
 METHODS = ("full", "lora", "qlora")
-FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")
-TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")
+FORMATS = contract.FORMATS
+TEMPLATES = contract.TEMPLATES
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_bnb_8bit", "sgd",
 )
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DEEPSPEED = ("zero2", "zero3", "zero3-offload")
-EVAL_PRESETS = ("leaderboard-v1",)
+EVAL_PRESETS = contract.EVAL_PRESETS
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-RUN_ID_PREFIX = "sftl-"
+RUN_ID_PREFIX = contract.RUN_ID_PREFIX
 RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
 NAME_MAX = 20
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")

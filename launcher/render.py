@@ -33,7 +33,7 @@ OUT_ROOT = contract.CONTAINER_OUT_ROOT
 RUN_LABEL = contract.RUN_LABEL
 STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
-SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
+SECRET_NAMES = contract.JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
 DOCKER_RUN_OPTIONS = ["--shm-size=16g", "--ulimit memlock=-1", "--ulimit stack=67108864"]

@@ -130,5 +130,21 @@ def test_env_names_are_unique_and_prefixed():
     (contract.results_uri, "gs://b/x/sftl-a-0001/eval/results.json"),
 ])
 def test_bucket_layout(fn, want):
-    """DESIGN's `<bucket>/<run id>/...`; a trailing slash on the bucket changes nothing."""
+    """docs/architecture.md's `<bucket>/<run id>/...`; a trailing slash on the bucket changes nothing."""
     assert fn("gs://b/x", "sftl-a-0001") == fn("gs://b/x/", "sftl-a-0001") == want
+
+
+def test_each_name_list_is_the_one_its_implementation_serves():
+    """The recipe's vocabulary (contract) and what the job implements name the same things."""
+    from jobs.data import FORMATTERS
+    from jobs.evaluate import PRESETS
+    from jobs.templates import TEMPLATES
+    from launcher import recipe, render, runid, secrets
+    from launcher.commands import eval as eval_command
+
+    assert tuple(FORMATTERS) == contract.FORMATS == recipe.FORMATS
+    assert tuple(PRESETS) == contract.EVAL_PRESETS == recipe.EVAL_PRESETS == eval_command.PRESETS
+    assert TEMPLATES is contract.TEMPLATES is recipe.TEMPLATES
+    assert secrets.JOB_SECRETS is render.SECRET_NAMES is contract.JOB_SECRETS
+    assert runid.PREFIX == recipe.RUN_ID_PREFIX == contract.RUN_ID_PREFIX
+    assert runid.RUN_ID_RE.match(runid.new_run_id("demo")) and not runid.RUN_ID_RE.match("sftlx-demo-abcd")

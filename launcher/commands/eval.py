@@ -22,7 +22,7 @@ from launcher.contract import Env
 from launcher.errors import JobFailed, UserError
 from launcher.options import dry_run_option, json_option
 
-PRESETS = ("leaderboard-v1",)
+PRESETS = contract.EVAL_PRESETS
 
 
 def _registry():
@@ -38,12 +38,12 @@ def find_run(target: str) -> dict | None:
     from launcher.runs import sftlaunch_home
 
     if not (sftlaunch_home() / "runs.db").exists():
-        if target.startswith("sftl-"):
+        if target.startswith(contract.RUN_ID_PREFIX):
             raise UserError(f"no run {target!r}: no runs recorded yet in {sftlaunch_home()}")
         return None
     reg = _registry()
     if reg.get(target, history=False) is None and not reg.find(target):
-        if target.startswith("sftl-"):
+        if target.startswith(contract.RUN_ID_PREFIX):
             raise UserError(f"no run {target!r}; `sftlaunch status` lists runs")
         return None
     return reg.resolve(target)
