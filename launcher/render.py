@@ -29,7 +29,6 @@ from launcher.recipe import Recipe, looks_local
 CONTAINER_ROOT = contract.CONTAINER_ROOT
 CONTAINER_RECIPE = contract.CONTAINER_RECIPE
 ENTRYPOINT = contract.ENTRYPOINT
-OUT_ROOT = contract.CONTAINER_OUT_ROOT
 RUN_LABEL = contract.RUN_LABEL
 STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).

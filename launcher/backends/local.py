@@ -34,7 +34,6 @@ from launcher.secrets import JOB_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
-CONTAINER_OUT = contract.CONTAINER_OUT_ROOT
 CONTAINER_RECIPE = contract.CONTAINER_RECIPE
 LABEL = contract.RUN_LABEL
 _children: list[subprocess.Popen] = []
