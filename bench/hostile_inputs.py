@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from launcher.contract import Env  # noqa: E402
+
 MIB = 2**20
 
 
@@ -156,9 +158,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
-        env = {**os.environ, "HOME": str(home), "SFTLAUNCH_HOME": str(home / ".sftlaunch"),
+        env = {**os.environ, "HOME": str(home), Env.HOME: str(home / ".sftlaunch"),
                "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-        os.environ.update({k: env[k] for k in ("HOME", "SFTLAUNCH_HOME", "HF_HUB_OFFLINE")})
+        os.environ.update({k: env[k] for k in ("HOME", Env.HOME, "HF_HUB_OFFLINE")})
         files = Path(tmp) / "hostile"
         files.mkdir()
         print(f"`sftlaunch validate FILE`, whole process, median and max of {args.runs} runs")

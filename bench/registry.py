@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from launcher.contract import Env
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -60,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sftlaunch-bench-"))
     try:
-        os.environ["SFTLAUNCH_HOME"] = str(home)
+        os.environ[Env.HOME] = str(home)
         start = time.perf_counter()
         populate(home, args.runs)
         fill = time.perf_counter() - start
@@ -75,7 +77,7 @@ def main() -> None:
         in_process = median_time(lambda: runner.invoke(cli, ["status"]), args.repeat)
         list_only = median_time(lambda: Registry(home).list(), args.repeat)
         cmd = [sys.executable, "-m", "launcher.cli", "status"]
-        env = dict(os.environ, SFTLAUNCH_HOME=str(home))
+        env = dict(os.environ, **{Env.HOME: str(home)})
         subprocess.run(cmd, capture_output=True, env=env, cwd=REPO)
         whole = median_time(lambda: subprocess.run(cmd, capture_output=True, env=env, cwd=REPO, check=True), args.repeat)
         print(f"registry with {args.runs} runs (filled in {fill:.1f} s, {(home / 'runs.db').stat().st_size / 1e6:.1f} MB)")

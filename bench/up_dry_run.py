@@ -20,12 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from launcher.contract import Env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def one_run(recipe: str) -> tuple[float, float, int, str]:
     with tempfile.TemporaryDirectory(prefix="sftlaunch-bench-") as home:
-        env = dict(os.environ, HOME=home, SFTLAUNCH_HOME=f"{home}/.sftlaunch",
+        env = dict(os.environ, HOME=home, **{Env.HOME: f"{home}/.sftlaunch"},
                    SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:9",  # refused at once: never a real server
                    SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONUNBUFFERED="1")
         start = time.perf_counter()

@@ -33,16 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown job {name!r}; {USAGE}", file=sys.stderr)
         return 2
-    from launcher.errors import SftlaunchError, UserError
+    from launcher.errors import SftlaunchError, job_exit
 
     try:
         return int(importlib.import_module(COMMANDS[name]).main(rest) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except SftlaunchError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
+        return job_exit(exc)
 
 
 if __name__ == "__main__":

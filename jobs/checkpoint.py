@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import contract
+
 MANIFEST = "MANIFEST.json"
 STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
 METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk
@@ -208,7 +210,7 @@ def local_steps(ckpt_root: Path) -> list[tuple[int, Path]]:
 def bucket_prefix(bucket: str | None, run_id: str | None) -> str | None:
     if not bucket or not run_id:
         return None
-    return f"{bucket.rstrip('/')}/{run_id}/checkpoints"
+    return contract.checkpoints_prefix(bucket, run_id)
 
 
 def _fs(url: str):

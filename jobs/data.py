@@ -3,7 +3,7 @@
 Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
 boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
 
-Formats (DESIGN; jobs.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
+Formats (docs/architecture.md; jobs.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
 assistant, possibly several turns) — except `text`, which stays {"text": ...} and is trained on
 every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no template).
 

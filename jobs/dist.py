@@ -24,11 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.contract import Env
+from launcher.errors import JobFailed, job_exit
+
 DEFAULT_PORT = 29500
 REPO = Path(__file__).resolve().parent.parent
 
 
-class RendezvousTimeout(Exception):
+class RendezvousTimeout(JobFailed):
     pass
 
 
@@ -57,8 +60,8 @@ def topology(env: dict) -> dict:
 
         raise UserError(f"SKYPILOT_NODE_RANK={rank} is outside 0..{nodes - 1}")
     return {"nodes": nodes, "rank": rank, "gpus": gpus, "head": head,
-            "port": _int(env, "SFTLAUNCH_MASTER_PORT", DEFAULT_PORT),
-            "cpu_procs": _int(env, "SFTLAUNCH_CPU_PROCS", 1)}
+            "port": _int(env, Env.MASTER_PORT, DEFAULT_PORT),
+            "cpu_procs": _int(env, Env.CPU_PROCS, 1)}
 
 
 def launch_args(env: dict, job_args: list[str] | tuple[str, ...] = (), deepspeed_config: str | None = None,
@@ -97,7 +100,7 @@ def wait_for_head(head: str, port: int, timeout_s: float, poll_s: float = 1.0) -
         if time.monotonic() >= deadline:
             raise RendezvousTimeout(
                 f"head node {head}:{port} not reachable after {timeout_s:.0f}s ({last}); check that the head "
-                "is up and the port is open between nodes (SFTLAUNCH_RENDEZVOUS_TIMEOUT raises the wait)")
+                f"is up and the port is open between nodes ({Env.RENDEZVOUS_TIMEOUT} raises the wait)")
         time.sleep(poll_s)
 
 
@@ -105,7 +108,7 @@ def _recipe_deepspeed(job_args: list[str], env: dict) -> str | None:
     recipe = None
     if "--recipe" in job_args:
         recipe = job_args[job_args.index("--recipe") + 1]
-    recipe = recipe or env.get("SFTLAUNCH_RECIPE")
+    recipe = recipe or env.get(Env.RECIPE)
     if not recipe:
         return None
     from launcher.recipe import load_recipe
@@ -129,7 +132,7 @@ def run_train(job_args: list[str], env: dict | None = None) -> int:
         env["SKYPILOT_NUM_GPUS_PER_NODE"] = str(_detected_gpus())
     t = topology(env)
     if t["nodes"] > 1:
-        timeout = float(env.get("SFTLAUNCH_RENDEZVOUS_TIMEOUT") or 600)
+        timeout = float(env.get(Env.RENDEZVOUS_TIMEOUT) or 600)
         env.setdefault("TORCHELASTIC_RENDEZVOUS_TIMEOUT", str(int(timeout)))
         if t["rank"] > 0:
             print(f"node {t['rank']}/{t['nodes']}: waiting up to {timeout:.0f}s for head {t['head']}:{t['port']}",
@@ -137,8 +140,7 @@ def run_train(job_args: list[str], env: dict | None = None) -> int:
             try:
                 wait_for_head(t["head"], t["port"], timeout)
             except RendezvousTimeout as exc:
-                print(f"failed: {exc}", file=sys.stderr, flush=True)
-                return 1
+                return job_exit(exc)
     argv = launch_args(env, job_args, _recipe_deepspeed(job_args, env))
     if t["gpus"] == 0 and len(argv) > 3:
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["info"]:
-            info(argv[1] if len(argv) > 1 else os.environ.get("SFTLAUNCH_RECIPE"))
+            info(argv[1] if len(argv) > 1 else os.environ.get(Env.RECIPE))
             return 0
         if argv[:1] == ["train"]:
             return run_train(argv[1:])
@@ -186,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(launch_args(os.environ, argv[1:])))
             return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return job_exit(exc)
     print("usage: python -m jobs.dist {info [RECIPE] | train [TRAIN ARGS] | args [TRAIN ARGS]}", file=sys.stderr)
     return 2
 

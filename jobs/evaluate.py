@@ -29,6 +29,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher import contract
+from launcher.contract import Env
+from launcher.errors import JobFailed, UserError, job_exit
+
 HARNESS = "lm-eval"
 RESULTS_SCHEMA = 1
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -58,11 +62,11 @@ PRESETS: dict[str, tuple[PresetTask, ...]] = {
 }
 
 
-class EvalInputError(Exception):
+class EvalInputError(UserError):
     """Bad input: printed as one line, exit 2."""
 
 
-class DatasetUnavailable(Exception):
+class DatasetUnavailable(JobFailed):
     """A task's dataset cannot be loaded (Hub unreachable, offline): the job fails, exit 1."""
 
 
@@ -81,8 +85,7 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
 
 
-# jobs.tiny.TINY_MODEL_ID; repeated so resolving other models does not import jobs.tiny.
-TINY_MODEL_ID = "sftlaunch/tiny-llama"
+TINY_MODEL_ID = contract.TINY_MODEL_ID
 
 
 def _tiny_dir() -> str:
@@ -188,14 +191,14 @@ def _resolve_hub(ref: str, revision: str | None) -> ModelSpec:
 def fetch_from_bucket(model: str, run_id: str | None) -> None:
     """An eval-only cloud task starts on a fresh disk: bring the run's published model
     (`<bucket>/<run id>/model/`) to the --model path the job was given."""
-    bucket = os.environ.get("SFTLAUNCH_BUCKET")
+    bucket = contract.job_bucket()
     if not bucket or not run_id or not _looks_like_path(model) or Path(model).exists():
         return
     import fsspec
 
-    fs, src = fsspec.core.url_to_fs(f"{bucket.rstrip('/')}/{run_id}/model")
+    fs, src = fsspec.core.url_to_fs(contract.model_prefix(bucket, run_id))
     if not fs.exists(src):
-        raise EvalInputError(f"--model {model}: not on this machine and not in {bucket}/{run_id}/model; "
+        raise EvalInputError(f"--model {model}: not on this machine and not in {contract.model_prefix(bucket, run_id)}; "
                              "publish the run first (python -m jobs publish)")
     Path(model).mkdir(parents=True, exist_ok=True)
     for path in fs.find(src):
@@ -418,7 +421,7 @@ def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu
         return "none"
     if mode in ("data", "model"):
         return mode
-    if os.environ.get("SFTLAUNCH_EVAL_NO_DP") == "1":
+    if os.environ.get(Env.EVAL_NO_DP) == "1":
         return "model"
     if size is None or gpu_bytes is None:
         return "data"
@@ -437,17 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=None, help='"auto" (default) or an integer')
     p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes)")
     p.add_argument("--parallel", choices=("auto", "data", "model", "none"),
-                   default=os.environ.get("SFTLAUNCH_EVAL_PARALLEL") or "auto",
+                   default=os.environ.get(Env.EVAL_PARALLEL) or "auto",
                    help="with several GPUs: data (a replica per GPU), model (one copy split across the GPUs, "
                         "for models that do not fit one), auto (data if the model fits one GPU); "
-                        "default $SFTLAUNCH_EVAL_PARALLEL or auto")
-    p.add_argument("--with-base", action="store_true", default=os.environ.get("SFTLAUNCH_EVAL_WITH_BASE") == "1",
-                   help="also score the base model of a fine-tune into OUT-base (default $SFTLAUNCH_EVAL_WITH_BASE=1)")
-    p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None,
+                        f"default ${Env.EVAL_PARALLEL} or auto")
+    p.add_argument("--with-base", action="store_true", default=os.environ.get(Env.EVAL_WITH_BASE) == "1",
+                   help=f"also score the base model of a fine-tune into OUT-base (default ${Env.EVAL_WITH_BASE}=1)")
+    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None,
                    help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win); "
-                        "default $SFTLAUNCH_RECIPE")
+                        f"default ${Env.RECIPE}")
     p.add_argument("--recipe-sha256", default=None, help="recorded in results.json when the model has no sftlaunch.json")
-    p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
+    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
     p.add_argument("--out", required=True, help="directory for results.json")
     return p
 
@@ -582,13 +585,13 @@ def _write(result: dict, out: Path, bucket_dir: str, run_id: str | None = None) 
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / "results.json")
-    bucket = os.environ.get("SFTLAUNCH_BUCKET")
+    bucket = contract.job_bucket()
     run_id = run_id or result["run_id"]
     if bucket and run_id:
         # Where `sftlaunch status`/`eval` look for a remote run's scores (the cluster may be gone).
         import fsspec
 
-        with fsspec.open(f"{bucket.rstrip('/')}/{run_id}/{bucket_dir}/results.json", "w") as fh:
+        with fsspec.open(contract.results_uri(bucket, run_id, bucket_dir), "w") as fh:
             fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
@@ -601,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = _gpu_count()
     args.parallel_mode = "none"
     if gpus > 1 and not _under_launcher():
-        need_size = args.parallel == "auto" and os.environ.get("SFTLAUNCH_EVAL_NO_DP") != "1"
+        need_size = args.parallel == "auto" and os.environ.get(Env.EVAL_NO_DP) != "1"
         size = model_bytes(args.model, args.revision) if need_size else None
         args.parallel_mode = choose_parallel(args.parallel, gpus, args.load_4bit, size,
                                              _gpu_memory_bytes() if size else None)
@@ -615,12 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         args.parallel_mode = "data"
     try:
         result = evaluate(args)
-    except EvalInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DatasetUnavailable as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
+    except (EvalInputError, DatasetUnavailable) as exc:
+        return job_exit(exc)
     if result is not None:
         from launcher.results import load_results, render_table
 

@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from launcher.errors import UserError, job_exit
 
-class GenerateInputError(Exception):
+
+class GenerateInputError(UserError):
     """Bad input: one line, exit 2."""
 
 
@@ -210,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load(args.model, args.load_4bit, args.revision)
     except GenerateInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return job_exit(exc)
 
     def write(s: str) -> None:
         sys.stdout.write(s)

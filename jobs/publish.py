@@ -25,13 +25,17 @@ import sys
 import time
 from pathlib import Path
 
+from launcher import contract
+from launcher.contract import Env
+from launcher.errors import UserError, job_exit
+
 HUB_ATTEMPTS = 3
 # Above this many bytes the upload goes through upload_large_folder: several commits, and its
 # progress is kept in <folder>/.cache/huggingface so a killed job resumes where it stopped.
-LARGE_FOLDER_BYTES = int(os.environ.get("SFTLAUNCH_LARGE_UPLOAD_BYTES", 8 * 2**30))
+LARGE_FOLDER_BYTES = int(os.environ.get(Env.LARGE_UPLOAD_BYTES, 8 * 2**30))
 
 
-class PublishInputError(Exception):
+class PublishInputError(UserError):
     """Bad input: one line, exit 2."""
 
 
@@ -120,11 +124,11 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
         (out / "results.json").write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")
     metrics = read_metrics(run_dir / "metrics.jsonl")
     has_plot = plot_loss(metrics, out / LOSS_PLOT) is not None
-    usd = os.environ.get("SFTLAUNCH_USD_PER_HOUR")
+    usd = os.environ.get(Env.USD_PER_HOUR)
     card = render_card(
         recipe=recipe.resolved_dict(), meta=meta, results=results, metrics=metrics,
         repo_id=recipe.output.hub_repo or f"{recipe.name}", is_adapter=is_adapter,
-        hardware=os.environ.get("SFTLAUNCH_HARDWARE") or ("local CPU" if meta.get("device") == "cpu" else None),
+        hardware=os.environ.get(Env.HARDWARE) or ("local CPU" if meta.get("device") == "cpu" else None),
         usd_per_hour=float(usd) if usd else None, has_plot=has_plot, license=license,
     )
     (out / "README.md").write_text(card)
@@ -137,7 +141,7 @@ def copy_to_bucket(src: Path, bucket: str, run_id: str) -> str:
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
-    dest = f"{bucket.rstrip('/')}/{run_id}"
+    dest = contract.run_prefix(bucket, run_id)
     fs, root = fsspec.core.url_to_fs(dest)
     uploads = [(p, f"{root}/model/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*")) if p.is_file()]
     uploads += [(src / name, f"{root}/{name}") for name in ("results.json", "README.md") if (src / name).is_file()]
@@ -213,9 +217,9 @@ def _delete_stale(api, repo_id: str, folder: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs publish", description="Model card, bucket copy and Hub upload of a run.")
-    p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None, help="the run's recipe")
-    p.add_argument("--run-dir", default=os.environ.get("SFTLAUNCH_OUT") or None, help="the train output dir")
-    p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
+    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None, help="the run's recipe")
+    p.add_argument("--run-dir", default=os.environ.get(Env.OUT) or None, help="the train output dir")
+    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
     p.add_argument("--force", action="store_true", help="overwrite an existing Hub repo's main branch")
     p.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
     p.add_argument("--license", default="other", help="license in the card's metadata")
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exc.code else 0
     try:
         if not args.recipe or not args.run_dir:
-            raise PublishInputError("give --recipe R and --run-dir DIR (or SFTLAUNCH_RECIPE/SFTLAUNCH_OUT)")
+            raise PublishInputError(f"give --recipe R and --run-dir DIR (or {Env.RECIPE}/{Env.OUT})")
         from launcher.errors import RecipeError
         from launcher.recipe import load_recipe
 
@@ -243,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         run_id = args.run_id or (json.loads(meta_path.read_text()).get("run_id") if meta_path.is_file() else None) or run_dir.name
         out = assemble(recipe, run_dir, run_dir / "publish", license=args.license)
         print(f"publish dir: {out}")
-        if recipe.output.bucket:
-            print(f"bucket: {copy_to_bucket(out, recipe.output.bucket, run_id)}")
+        if bucket := contract.job_bucket():
+            print(f"bucket: {copy_to_bucket(out, bucket, run_id)}")
         if recipe.output.hub_repo and not args.no_hub:
             print(f"hub: {hub_upload(out, recipe.output.hub_repo, args.force, private=not args.public)}")
     except PublishInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return job_exit(exc)
     return 0
 
 

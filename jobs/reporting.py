@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from launcher.contract import Env
+
 DEFAULT_BASE_URL = "https://api.wandb.ai"  # wandb's default for WANDB_BASE_URL
 PROBE_TIMEOUT_S = 10.0  # whole probe, connect to answer; override with SFTLAUNCH_WANDB_TIMEOUT_S
 # wandb's own retry settings (WANDB__X maps to its setting x_x), bounded: left unset, a W&B that
@@ -129,7 +131,7 @@ def probe(base_url: str, key: str, timeout: float) -> tuple[str, str]:
 
 def _timeout() -> float:
     try:
-        value = float(os.environ.get("SFTLAUNCH_WANDB_TIMEOUT_S") or PROBE_TIMEOUT_S)
+        value = float(os.environ.get(Env.WANDB_TIMEOUT_S) or PROBE_TIMEOUT_S)
     except ValueError:
         return PROBE_TIMEOUT_S
     return value if 0 < value <= 300 else PROBE_TIMEOUT_S

@@ -26,11 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-# The job's files the launcher reads, named here once (stdlib-only, so launcher/ imports them):
-END_RECORD = "exit.json"  # how the job ended: {exit_code, stopped, at, run_id}
-STOPPED_MARKER = "STOPPED"  # training stopped early after a checkpoint: {reason, step, checkpoint}
-SYNCED_FILES = ("metrics.jsonl", STOPPED_MARKER, END_RECORD)
-SYNCED_DIRS = ("logs",)
+from launcher import contract
+from launcher.contract import END_RECORD, METRICS, STOPPED_MARKER, Env
+
+# The job's files the launcher reads (named in launcher/contract.py), copied to <bucket>/<run id>/:
+SYNCED_FILES = (METRICS, STOPPED_MARKER, END_RECORD)
+SYNCED_DIRS = (contract.LOGS_DIR,)
 
 
 def warn(message: str) -> None:
@@ -82,7 +83,7 @@ def local_files(out: Path) -> list[Path]:
 
 
 def destination(bucket: str, run_id: str) -> str:
-    return f"{bucket.rstrip('/')}/{run_id}"
+    return contract.run_prefix(bucket, run_id)
 
 
 def push(out: Path, bucket: str, run_id: str, seen: dict | None = None) -> tuple[list[str], list[str]]:
@@ -156,7 +157,7 @@ def write_end(out: Path, exit_code: int, stopped: bool) -> dict:
         except (OSError, ValueError):
             reason = {"reason": "budget"}
     record = {"exit_code": exit_code, "stopped": reason, "at": time.time(),
-              "run_id": os.environ.get("SFTLAUNCH_RUN_ID") or None}
+              "run_id": os.environ.get(Env.RUN_ID) or None}
     tmp = out / f"{END_RECORD}.tmp"
     tmp.write_text(json.dumps(record) + "\n")
     tmp.replace(out / END_RECORD)

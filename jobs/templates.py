@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import re
 
+from launcher import contract
 from launcher.errors import UserError
 
-TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")
+TEMPLATES = contract.TEMPLATES
 ROLES = ("system", "user", "assistant")
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 

@@ -23,7 +23,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_MODEL_ID = "sftlaunch/tiny-llama"
+from launcher import contract
+from launcher.contract import Env
+
+TINY_MODEL_ID = contract.TINY_MODEL_ID
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.
 BUILD_VERSION = 1
 SEED = 0
@@ -60,7 +63,7 @@ def is_tiny(model_id: str | None) -> bool:
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get("SFTLAUNCH_CACHE")
+    env = os.environ.get(Env.CACHE)
     return Path(env) if env else Path.home() / ".cache" / "sftlaunch"
 
 

@@ -31,7 +31,11 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
-from jobs.sync import STOPPED_MARKER  # in DIR: the entrypoint skips eval/publish when training was stopped
+from launcher import contract
+from launcher.contract import (
+    STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
+    Env,
+)
 
 BAR_WIDTH = 20
 
@@ -55,12 +59,12 @@ def _world() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs train", description="Fine-tune one recipe.")
-    p.add_argument("--recipe", default=os.environ.get("SFTLAUNCH_RECIPE") or None, help="recipe YAML")
-    p.add_argument("--out", default=os.environ.get("SFTLAUNCH_OUT") or None, help="output directory")
-    p.add_argument("--run-id", default=os.environ.get("SFTLAUNCH_RUN_ID") or None)
-    env_steps = os.environ.get("SFTLAUNCH_MAX_STEPS")  # for smoke runs through the entrypoint
+    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None, help="recipe YAML")
+    p.add_argument("--out", default=os.environ.get(Env.OUT) or None, help="output directory")
+    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
+    env_steps = os.environ.get(Env.MAX_STEPS)  # for smoke runs through the entrypoint
     p.add_argument("--max-steps", type=int, default=int(env_steps) if env_steps else None,
-                   help="override train.max_steps (default $SFTLAUNCH_MAX_STEPS)")
+                   help=f"override train.max_steps (default ${Env.MAX_STEPS})")
     return p
 
 
@@ -182,7 +186,7 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
 def restore_metrics(out: Path, resumed: Path, step: int) -> None:
     """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
     would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
-    path = out / "metrics.jsonl"
+    path = out / contract.METRICS
     copy = resumed / ckpt.METRICS_COPY
     if path.is_file():
         text = path.read_text()
@@ -222,21 +226,21 @@ class _TokenCounter:
 
 
 def _control_dir(bucket: str | None, run_id: str | None) -> str | None:
-    return os.environ.get("SFTLAUNCH_CONTROL") or (
-        f"{bucket.rstrip('/')}/{run_id}/control" if bucket and run_id else None)
+    return os.environ.get(Env.CONTROL) or (
+        contract.control_prefix(bucket, run_id) if bucket and run_id else None)
 
 
 def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box: dict):
     from transformers import TrainerCallback
 
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = out / contract.METRICS
     ckpt_root = out / "checkpoints"
     topo: ckpt.Topology = state_box["topology"]
     prefix = ckpt.bucket_prefix(state_box["bucket"], run_id)
     started = state_box["started"]  # this attempt's start (time.time())
     elapsed_before = state_box["elapsed_before"]  # seconds spent by earlier attempts
-    usd_h = os.environ.get("SFTLAUNCH_USD_PER_HOUR")
-    max_usd = os.environ.get("SFTLAUNCH_MAX_USD")
+    usd_h = os.environ.get(Env.USD_PER_HOUR)
+    max_usd = os.environ.get(Env.MAX_USD)
     control_dir = _control_dir(state_box["bucket"], run_id)
 
     def elapsed(now: float) -> float:
@@ -407,7 +411,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         use_cpu=not cuda,
         deepspeed=_deepspeed_config(t.deepspeed),
         report_to=report_to(out),
-        run_name=os.environ.get("SFTLAUNCH_RUN_ID") or recipe.name,
+        run_name=os.environ.get(Env.RUN_ID) or recipe.name,
         logging_steps=max(1, min(10, total // 50)),
         logging_first_step=True,
         eval_strategy="steps" if eval_rows else "no",
@@ -434,7 +438,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    bucket = recipe.output.bucket or os.environ.get("SFTLAUNCH_BUCKET") or None
+    bucket = contract.job_bucket()  # as the launcher set it from the recipe (render, local backend)
     set_seed(recipe.train.seed)
     path = model_path or jm.resolve_model_path(recipe)
     tokenizer = jm.load_tokenizer(recipe, path)
@@ -473,7 +477,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         (out / STOPPED_MARKER).unlink(missing_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
         if resume is None:
-            (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
+            (out / contract.METRICS).unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
         else:
             restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
@@ -549,9 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return 2 if exc.code else 0
     if not args.recipe:
-        raise UserError("--recipe (or SFTLAUNCH_RECIPE) is required")
+        raise UserError(f"--recipe (or {Env.RECIPE}) is required")
     if not args.out:
-        raise UserError("--out (or SFTLAUNCH_OUT) is required")
+        raise UserError(f"--out (or {Env.OUT}) is required")
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps {args.max_steps}: must be a positive integer")
     from launcher.recipe import load_recipe

@@ -32,12 +32,13 @@ from typing import Any
 
 import yaml
 
+from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.home import sftlaunch_home
 
 DATA = Path(__file__).resolve().parent / "data"
-K8S_ENV = "SFTLAUNCH_K8S_GPUS"
-K8S_PRICE_ENV = "SFTLAUNCH_K8S_USD_PER_GPU_HOUR"
+K8S_ENV = Env.K8S_GPUS
+K8S_PRICE_ENV = Env.K8S_USD_PER_GPU_HOUR
 HUB_TIMEOUT_S = 5
 
 

@@ -14,6 +14,7 @@ import sys
 import click
 
 from launcher import __version__
+from launcher.contract import Env
 
 # name -> (module:attribute, short help). Kept as data so --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,7 +77,7 @@ def cli(ctx: click.Context, debug: bool, as_json: bool) -> None:
 
 
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("SFTLAUNCH_DEBUG") == "1"
+    return "--debug" in argv or os.environ.get(Env.DEBUG) == "1"
 
 
 def _is_located(line: str) -> bool:
@@ -87,7 +88,7 @@ def _is_located(line: str) -> bool:
 
 
 def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> int:
-    """Run the CLI and map exceptions to DESIGN's exit codes; never a traceback unless --debug.
+    """Run the CLI and map exceptions to the exit codes (docs/architecture.md); never a traceback unless --debug.
 
     Every line printed here goes through `launcher.secrets.mask`: an error message may quote
     whatever the user typed (a flag value, a recipe value), and that may be a token.

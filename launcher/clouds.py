@@ -9,6 +9,7 @@ the installed SkyPilot, so an upgrade that changes a capability fails loudly ins
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Our feature name -> SkyPilot's CloudImplementationFeatures member name.
@@ -78,6 +79,36 @@ def capability_problem(cloud: str, feature: str) -> str | None:
     if reason is None:
         return None
     return f"{c.display}: {reason.rstrip('.')}"
+
+
+def able_clouds(feature: str, among: Iterable[str] | None = None) -> list[str]:
+    """The clouds (of `among`, in its order; default every cloud) that can do `feature`."""
+    return [c for c in (CLOUDS if among is None else among) if c in CLOUDS and not capability_problem(c, feature)]
+
+
+def check_features(features: Iterable[str], clouds: Iterable[str]) -> dict[str, str]:
+    """The one capability rule, in the spirit of SkyPilot's `Cloud.check_features_are_supported`
+    (features requested of resources -> every unsupported feature with its reason): for the
+    features asked and the clouds allowed, each feature that *no* allowed cloud can do, mapped to
+    every allowed cloud's reason in SkyPilot's words ("; "-joined). Empty when each feature has a
+    cloud able to do it. Clouds that are not SkyPilot's (local) are not asked.
+
+    Recipe validation asks it of resources.clouds, the planner of the clouds it plans over, and
+    render of the one target cloud; each words the fix for its own context (flag or field)."""
+    known = [c for c in clouds if c in CLOUDS]
+    problems: dict[str, str] = {}
+    for feature in features:
+        reasons = [capability_problem(c, feature) for c in known]
+        if known and all(reasons):
+            problems[feature] = "; ".join(r for r in reasons if r)
+    return problems
+
+
+def not_allowed(cloud: str, allowed: Iterable[str], where: str) -> str:
+    """The one wording for a --cloud the recipe does not allow (plan, up, render)."""
+    allowed = list(allowed)
+    return (f"--cloud {cloud}: {where}: resources.clouds: {cloud} is not allowed by the recipe ({', '.join(allowed)}); "
+            f"add it to resources.clouds or pick one of those")
 
 
 def min_name_limit(clouds: list[str]) -> int:

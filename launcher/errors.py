@@ -1,4 +1,4 @@
-"""Errors that map to the CLI's exit codes (DESIGN: 0 ok, 1 job failed, 2 bad input, 130 interrupted).
+"""Errors that map to the CLI's exit codes (docs/architecture.md: 0 ok, 1 job failed, 2 bad input, 130 interrupted).
 
 Commands raise these instead of printing and exiting themselves, so the one handler in
 `launcher.cli` decides what the user sees (one line, no traceback unless --debug).
@@ -7,6 +7,7 @@ Commands raise these instead of printing and exiting themselves, so the one hand
 from __future__ import annotations
 
 import re
+import sys
 
 
 class SftlaunchError(Exception):
@@ -33,6 +34,13 @@ class JobFailed(SftlaunchError):
     """The remote or local job ran and failed. Exit 1."""
 
     exit_code = 1
+
+
+def job_exit(exc: SftlaunchError) -> int:
+    """The one mapping from a job's error to what it prints and exits with (`python -m jobs ...`,
+    docker/entrypoint.sh's steps): bad input `error: ...` exit 2, a failed job `failed: ...` exit 1."""
+    print(f"{'error' if exc.exit_code == UserError.exit_code else 'failed'}: {exc}", file=sys.stderr, flush=True)
+    return exc.exit_code
 
 
 _SKY_PAYLOAD = re.compile(r"<sky-payload>.*?</sky-payload>", re.S)

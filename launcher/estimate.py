@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from launcher import catalog
-from launcher.clouds import CLOUDS, capability_problem
+from launcher.clouds import CLOUDS, able_clouds, check_features
 from launcher.errors import UserError
 from launcher.recipe import GPU_RE, Recipe, looks_local
 
@@ -474,12 +474,10 @@ def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int
     """Refuse spot or multi-node when none of the clouds considered can do it, quoting SkyPilot's
     reason (launcher/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
-    for feature, active in (("spot", spot), ("multi_node", nodes > 1)):
-        if not active or not clouds or any(not capability_problem(c, feature) for c in clouds):
-            continue
-        reasons = "; ".join(capability_problem(c, feature) or "" for c in clouds)
-        in_recipe = [c for c in allowed if c not in clouds and not capability_problem(c, feature)]
-        elsewhere = [c for c in CLOUDS if c not in allowed and not capability_problem(c, feature)]
+    asked = [f for f, active in (("spot", spot), ("multi_node", nodes > 1)) if active]
+    for feature, reasons in check_features(asked, clouds).items():
+        in_recipe = [c for c in able_clouds(feature, allowed) if c not in clouds]
+        elsewhere = [c for c in able_clouds(feature) if c not in allowed]
         if feature == "spot":
             flag = "--spot" if spot_flag else recipe.override_label("resources", "spot")
             where = "--spot" if spot_flag else _field(recipe, "resources", "spot")

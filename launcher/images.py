@@ -19,10 +19,11 @@ import re
 from pathlib import Path
 
 from launcher import __version__
+from launcher.contract import Env
 from launcher.home import sftlaunch_home
 
 DEFAULT_REPOSITORY = "ghcr.io/sftlaunch/sftlaunch"
-REPOSITORY_ENV = "SFTLAUNCH_IMAGE_REPO"  # e.g. docker.io/me/sftlaunch for your own registry
+REPOSITORY_ENV = Env.IMAGE_REPO  # e.g. docker.io/me/sftlaunch for your own registry
 ROOT_SUFFIX = "-root"
 ROOT_CLOUDS = frozenset({"runpod"})
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")

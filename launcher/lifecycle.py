@@ -34,11 +34,12 @@ import re
 import time
 from pathlib import Path
 
-from jobs.sync import END_RECORD  # stdlib-only module: the job's end record, named once
+from launcher import contract
+from launcher.contract import END_RECORD
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
 
 STOP_GRACE_S = 20 * 60
-STOPPED_LINE = "sftlaunch: run stopped"  # docker/entrypoint.sh, when training ended early
+STOPPED_LINE = contract.STOPPED_LINE  # docker/entrypoint.sh, when training ended early
 # One bucket read (status, teardown, eval) gives up after this long: "unknown" beats a hung
 # command. gcsfs retries a failed request 6 times with backoff (~35 s asleep) and s3fs 5 times,
 # neither settable per instance, so the read runs under fsspec's own deadline for async
@@ -159,12 +160,12 @@ def _fs_write_text(uri: str, text: str) -> None:
 
 def bucket_base(record: dict) -> str | None:
     bucket = record.get("bucket")
-    return f"{bucket.rstrip('/')}/{record['run_id']}" if bucket else None
+    return contract.run_prefix(bucket, record["run_id"]) if bucket else None
 
 
 def bucket_progress(record: dict) -> tuple[int, int] | None:
     base = bucket_base(record)
-    text = _fs_read_text(f"{base}/metrics.jsonl") if base else None
+    text = _fs_read_text(f"{base}/{contract.METRICS}") if base else None
     return last_progress(text.splitlines()[-200:]) if text else None
 
 
@@ -222,9 +223,9 @@ def stop_reason(record: dict, end: dict | None = None) -> str | None:
 # -- budget guard ---------------------------------------------------------------------------------
 def control_dir(record: dict) -> str | None:
     if record.get("backend") == "local" and record.get("local_dir"):
-        return str(Path(record["local_dir"]) / "control")
+        return str(Path(record["local_dir"]) / contract.CONTROL_DIR)
     base = bucket_base(record)
-    return f"{base}/control" if base else None
+    return f"{base}/{contract.CONTROL_DIR}" if base else None
 
 
 def request_stop(registry: Registry, record: dict, reason: str) -> str | None:
@@ -232,7 +233,7 @@ def request_stop(registry: Registry, record: dict, reason: str) -> str | None:
     control = control_dir(record)
     if control is None:
         return None
-    flag = f"{control}/stop"
+    flag = f"{control}/{contract.STOP_FLAG}"
     payload = {"reason": reason, "cost_usd": record.get("cost_usd"), "max_usd": record.get("max_usd"), "at": time.time()}
     _fs_write_text(flag, json.dumps(payload))
     extra = dict(record.get("extra") or {})

@@ -140,19 +140,19 @@ def data_check(i: int, src, local: bool, timeout: float) -> Check:
 # -- the bucket ---------------------------------------------------------------------------------------
 def _bucket_fixes(uri: str) -> dict[str, str]:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
-    bucket = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else uri
+    name = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else uri  # the bucket's name
     if scheme in ("gs", "gcs"):
         return {
-            "missing": f"create it: `gcloud storage buckets create gs://{bucket} --location=us-central1`, "
+            "missing": f"create it: `gcloud storage buckets create gs://{name} --location=us-central1`, "
                        "or fix output.bucket",
-            "denied": f"grant this account Storage Object Admin on gs://{bucket} (create and delete objects)",
+            "denied": f"grant this account Storage Object Admin on gs://{name} (create and delete objects)",
             "creds": "log in for Google Cloud Storage: `gcloud auth application-default login` "
                      "(or GOOGLE_APPLICATION_CREDENTIALS=/path/key.json)",
         }
     if scheme in ("s3", "s3a"):
         return {
-            "missing": f"create it: `aws s3 mb s3://{bucket}`, or fix output.bucket",
-            "denied": f"allow s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/* for these keys",
+            "missing": f"create it: `aws s3 mb s3://{name}`, or fix output.bucket",
+            "denied": f"allow s3:PutObject and s3:DeleteObject on arn:aws:s3:::{name}/* for these keys",
             "creds": "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the run receives only these two)",
         }
     return {"missing": f"create the directory {uri}", "denied": f"make {uri} writable", "creds": ""}

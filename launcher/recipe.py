@@ -24,7 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from launcher.clouds import CLOUDS, capability_problem, min_name_limit
+from launcher import contract
+from launcher.clouds import CLOUDS, able_clouds, check_features, min_name_limit
 from launcher.errors import RecipeError
 from launcher.recipe_input import (
     LOCAL_DATA_SUFFIXES,
@@ -36,15 +37,15 @@ from launcher.recipe_input import (
 from launcher.recipe_input import short as _short
 
 METHODS = ("full", "lora", "qlora")
-FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")
-TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")
+FORMATS = contract.FORMATS
+TEMPLATES = contract.TEMPLATES
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_bnb_8bit", "sgd",
 )
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DEEPSPEED = ("zero2", "zero3", "zero3-offload")
-EVAL_PRESETS = ("leaderboard-v1",)
-RUN_ID_PREFIX = "sftl-"
+EVAL_PRESETS = contract.EVAL_PRESETS
+RUN_ID_PREFIX = contract.RUN_ID_PREFIX
 RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
 NAME_MAX = 20
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
@@ -968,19 +969,17 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
         out.append((("resources", "nodes"), "local runs use one machine; set nodes: 1 or remove local from resources.clouds"))
     if "local" in clouds and len(clouds) > 1:
         out.append((("resources", "clouds"), "local cannot be mixed with clouds; use `clouds: [local]` or list only clouds"))
-    for feature, active in (("spot", spot is True), ("multi_node", isinstance(nodes, int) and nodes > 1)):
-        able = [c for c in remote if not capability_problem(c, feature)]
-        if active and remote and not able:
-            # No allowed cloud can do it: quote SkyPilot's reason and name a cloud that can.
-            field = ("resources", "spot") if feature == "spot" else ("resources", "nodes")
-            reasons = "; ".join(capability_problem(c, feature) for c in remote)
-            others = [c for c in CLOUDS if c not in remote and not capability_problem(c, feature)]
-            if feature == "spot" and spot_flag:
-                fix = f"drop {spot_flag}"
-            else:
-                fix = "remove `spot: true`" if feature == "spot" else f"remove `nodes: {nodes}`"
-            fix += f" or allow {others[0]} in resources.clouds" if others else ""
-            out.append((field, f"{reasons}; {fix}"))
+    asked = [f for f, active in (("spot", spot is True), ("multi_node", isinstance(nodes, int) and nodes > 1)) if active]
+    for feature, reasons in check_features(asked, remote).items():
+        # No allowed cloud can do it: quote SkyPilot's reasons and name a cloud that can.
+        field = ("resources", "spot") if feature == "spot" else ("resources", "nodes")
+        others = [c for c in able_clouds(feature) if c not in remote]
+        if feature == "spot" and spot_flag:
+            fix = f"drop {spot_flag}"
+        else:
+            fix = "remove `spot: true`" if feature == "spot" else f"remove `nodes: {nodes}`"
+        fix += f" or allow {others[0]} in resources.clouds" if others else ""
+        out.append((field, f"{reasons}; {fix}"))
 
     name = _get(data, "name")
     if isinstance(name, str):

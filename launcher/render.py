@@ -19,19 +19,20 @@ from typing import Any
 
 import yaml
 
-from launcher.clouds import CLOUDS, capability_problem
+from launcher import contract
+from launcher.clouds import CLOUDS, able_clouds, check_features, not_allowed
+from launcher.contract import Env
 from launcher.errors import UserError
 from launcher.images import resolve_image
 from launcher.recipe import Recipe, looks_local
 
-CONTAINER_ROOT = "/sftlaunch"
-CONTAINER_RECIPE = f"{CONTAINER_ROOT}/recipe.yaml"
-ENTRYPOINT = "/opt/sftlaunch/docker/entrypoint.sh"
-OUT_ROOT = "/data/sftlaunch"
-RUN_LABEL = "sftlaunch-run"
-STEPS = ("train", "eval", "publish")
+CONTAINER_ROOT = contract.CONTAINER_ROOT
+CONTAINER_RECIPE = contract.CONTAINER_RECIPE
+ENTRYPOINT = contract.ENTRYPOINT
+RUN_LABEL = contract.RUN_LABEL
+STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
-SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
+SECRET_NAMES = contract.JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
 DOCKER_RUN_OPTIONS = ["--shm-size=16g", "--ulimit memlock=-1", "--ulimit stack=67108864"]
@@ -71,22 +72,14 @@ def check_target(recipe: Recipe, target: Any) -> None:
         raise UserError(f"--cloud {cloud}: unknown cloud; use one of {', '.join(CLOUDS)}")
     allowed = recipe.resources.clouds
     if cloud not in allowed:
-        raise UserError(
-            f"{_src(recipe)}: resources.clouds: {cloud} is not allowed by the recipe ({', '.join(allowed)}); "
-            f"add it to resources.clouds or pick --cloud {allowed[0]}"
-        )
-    if target.spot and (reason := capability_problem(cloud, "spot")):
-        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "spot")]
-        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('spot')}"
-        raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
-    if target.nodes > 1 and (reason := capability_problem(cloud, "multi_node")):
-        others = [c for c in allowed if c in CLOUDS and not capability_problem(c, "multi_node")]
-        fix = f" or use --cloud {others[0]}" if others else f" or allow {_first_able('multi_node')}"
+        raise UserError(not_allowed(cloud, allowed, _src(recipe)))
+    asked = [f for f, on in (("spot", target.spot), ("multi_node", target.nodes > 1)) if on]
+    for feature, reason in check_features(asked, [cloud]).items():
+        others = able_clouds(feature, allowed)
+        fix = f" or use --cloud {others[0]}" if others else f" or allow {able_clouds(feature)[0]}"
+        if feature == "spot":
+            raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
         raise UserError(f"{_src(recipe)}: resources.nodes: {reason}; set nodes: 1{fix}")
-
-
-def _first_able(feature: str) -> str:
-    return next(c for c in CLOUDS if not capability_problem(c, feature))
 
 
 def _src(recipe: Recipe) -> str:
@@ -170,23 +163,23 @@ def render_task(
     _, data_mounts = container_recipe(recipe)
     file_mounts = {CONTAINER_RECIPE: recipe_mount_src, **data_mounts}
     envs: dict[str, str] = {
-        "SFTLAUNCH_RUN_ID": run_id,
-        "SFTLAUNCH_RECIPE": CONTAINER_RECIPE,
-        "SFTLAUNCH_OUT": f"{OUT_ROOT}/{run_id}",
-        "SFTLAUNCH_STEPS": ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
-        "HF_HOME": f"{OUT_ROOT}/cache/huggingface",
+        Env.RUN_ID: run_id,
+        Env.RECIPE: CONTAINER_RECIPE,
+        Env.OUT: contract.container_out(run_id),
+        Env.STEPS: ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
+        "HF_HOME": contract.CONTAINER_HF_HOME,
     }
     if recipe.output.bucket:
-        envs["SFTLAUNCH_BUCKET"] = recipe.output.bucket
+        envs[Env.BUCKET] = recipe.output.bucket
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
     # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
     nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
-    envs["SFTLAUNCH_HARDWARE"] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
+    envs[Env.HARDWARE] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
     usd_per_hour = getattr(target, "usd_per_hour", None)
     if usd_per_hour is not None:
-        envs["SFTLAUNCH_USD_PER_HOUR"] = f"{float(usd_per_hour):.4f}"
+        envs[Env.USD_PER_HOUR] = f"{float(usd_per_hour):.4f}"
     if res.max_usd is not None:
-        envs["SFTLAUNCH_MAX_USD"] = f"{float(res.max_usd):.2f}"
+        envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 import secrets
 
-PREFIX = "sftl-"
+from launcher import contract
+
+PREFIX = contract.RUN_ID_PREFIX
 MAX_LEN = 35
-RUN_ID_RE = re.compile(r"^sftl-[a-z0-9-]+-[0-9a-f]{4}$")
+RUN_ID_RE = re.compile(rf"^{re.escape(PREFIX)}[a-z0-9-]+-[0-9a-f]{{4}}$")
 
 
 def new_run_id(name: str, taken=None) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 
+from launcher import contract
+
 # Secrets a run may need inside the container, by name. Values come from the caller's env.
-JOB_SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
+JOB_SECRETS = contract.JOB_SECRETS
 # Cloud keys that may sit in the caller's environment; never forwarded, always masked.
 CLOUD_SECRETS = (
     "RUNPOD_API_KEY", "LAMBDA_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

@@ -5,12 +5,14 @@ it is built once. Hubs are unreachable here, so the HF libraries are told to sta
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
+SKY_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.fixture(scope="session")
@@ -22,20 +24,79 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sftlaunch-cache")
 
 
+# Secrets and launcher-only settings a developer's shell may hold; no test may see them.
+SCRUBBED = ("HF_TOKEN", "WANDB_API_KEY", "HUGGING_FACE_HUB_TOKEN", "SFTLAUNCH_BUCKET")
+
+
+def isolation(home: Path, cache: Path) -> dict[str, str]:
+    """The environment every test (and the shared tiny run) gets: its own HOME, sftlaunch home and
+    SkyPilot state, the session's model cache, the hubs offline."""
+    return {
+        "HOME": str(home),
+        "SFTLAUNCH_HOME": str(home / ".sftlaunch"),
+        "SFTLAUNCH_CACHE": str(cache),
+        "HF_HOME": str(cache / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "SKYPILOT_DISABLE_USAGE_COLLECTION": "1",
+        "SKY_RUNTIME_DIR": str(home / ".sky-runtime"),
+        # SkyPilot's client talks to whatever answers on its default local port (46580), and
+        # starts a server there itself: a user's own `sky` server and state must never see a
+        # test. A port nothing serves refuses at once (the optimizer tests run it in-process).
+        "SKYPILOT_API_SERVER_ENDPOINT": SKY_ENDPOINT,
+    }
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch, shared_cache):
     home = tmp_path / "home"
     home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("SFTLAUNCH_HOME", str(home / ".sftlaunch"))
-    monkeypatch.setenv("SFTLAUNCH_CACHE", str(shared_cache))
-    monkeypatch.setenv("HF_HOME", str(shared_cache / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
-    monkeypatch.setenv("SKY_RUNTIME_DIR", str(home / ".sky-runtime"))
-    for secret in ("HF_TOKEN", "WANDB_API_KEY", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(secret, raising=False)
+    for name, value in isolation(home, shared_cache).items():
+        monkeypatch.setenv(name, value)
+    for name in SCRUBBED:  # SFTLAUNCH_BUCKET: up's default must not reach a test's runs
+        monkeypatch.delenv(name, raising=False)
     yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory, shared_cache):
+    """recipes/tiny-local.yaml trained, evaluated and published once per session by the README's
+    `sftlaunch up --local --yes` (tests/tiny_run.py); tests that need a real run read it."""
+    from tests import tiny_run
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-local-run"
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env.update(isolation(root / "home", shared_cache))  # tiny_run adds what a user's shell holds
+    return tiny_run.start(root, env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on a free local port with bucket `ckpts`; yields "s3://ckpts"."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ckpts")
+    import fsspec
+
+    fsspec.config.conf.clear()
+    yield "s3://ckpts"
+    server.stop()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV = "SFTLAUNCH_TINY_EVAL"
+from launcher.contract import Env
+
+ENV = Env.TINY_EVAL
 _DEFAULT = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task" / "eval.jsonl"
 
 

@@ -28,20 +28,20 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.sync import STOPPED_MARKER
+from launcher import contract
+from launcher.contract import STOPPED_MARKER, Env
 from launcher.secrets import JOB_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
-CONTAINER_OUT = "/data/sftlaunch"
-CONTAINER_RECIPE = "/sftlaunch/recipe.yaml"
-LABEL = "sftlaunch-run"
+CONTAINER_RECIPE = contract.CONTAINER_RECIPE
+LABEL = contract.RUN_LABEL
 _children: list[subprocess.Popen] = []
 
 
 def docker_available() -> bool:
     """A reachable Docker daemon (SFTLAUNCH_LOCAL_DOCKER=0/1 overrides the probe)."""
-    forced = os.environ.get("SFTLAUNCH_LOCAL_DOCKER")
+    forced = os.environ.get(Env.LOCAL_DOCKER)
     if forced in ("0", "1"):
         return forced == "1"
     if shutil.which("docker") is None:
@@ -74,12 +74,12 @@ def choose_runner(recipe) -> tuple[bool, str | None, str]:
     =0 forces a direct run."""
     from launcher.images import resolve_image
 
-    forced = os.environ.get("SFTLAUNCH_LOCAL_DOCKER")
+    forced = os.environ.get(Env.LOCAL_DOCKER)
     image = resolve_image(recipe.image)
     if forced == "0":
-        return False, None, "SFTLAUNCH_LOCAL_DOCKER=0"
+        return False, None, f"{Env.LOCAL_DOCKER}=0"
     if forced == "1":
-        return True, image, "SFTLAUNCH_LOCAL_DOCKER=1"
+        return True, image, f"{Env.LOCAL_DOCKER}=1"
     if not docker_available():
         return False, None, "no Docker daemon reachable"
     if not image_present(image):
@@ -94,7 +94,7 @@ def paths(run_dir: Path) -> dict[str, Path]:
         "exit_code": run_dir / "exit_code",
         "script": run_dir / "run.sh",
         "recipe": run_dir / "recipe.yaml",
-        "control": run_dir / "control",
+        "control": run_dir / contract.CONTROL_DIR,
     }
 
 
@@ -107,12 +107,12 @@ def _direct_command(recipe_path: Path, steps: tuple[str, ...]) -> str:
 
 def _jobs_command(recipe_path: Path, steps: tuple[str, ...]) -> str:
     """The entrypoint's steps with the flags it passes, for installs that do not ship it."""
-    py, recipe, out = shlex.quote(sys.executable), shlex.quote(str(recipe_path)), '"$SFTLAUNCH_OUT"'
-    run_id = '--run-id "$SFTLAUNCH_RUN_ID"'
+    py, recipe, out = shlex.quote(sys.executable), shlex.quote(str(recipe_path)), f'"${Env.OUT}"'
+    run_id = f'--run-id "${Env.RUN_ID}"'
     commands = {
         # SFTLAUNCH_MAX_STEPS caps training (quick looks, tests); unset, the recipe decides.
         "train": f'{py} -m jobs train --recipe {recipe} --out {out} {run_id}'
-                 ' ${SFTLAUNCH_MAX_STEPS:+--max-steps "$SFTLAUNCH_MAX_STEPS"}',
+                 f' ${{{Env.MAX_STEPS}:+--max-steps "${Env.MAX_STEPS}"}}',
         "eval": f"{py} -m jobs eval --model {out}/final --recipe {recipe} --out {out}/eval {run_id}",
         "publish": f"{py} -m jobs publish --recipe {recipe} --run-dir {out} {run_id}",
     }
@@ -125,11 +125,11 @@ def _docker_command(run_id: str, image: str, recipe_path: Path, mounts: dict[str
     args = ["docker", "run", "--rm", "--name", run_id, "--label", f"{LABEL}={run_id}", "--shm-size=2g"]
     if shutil.which("nvidia-smi"):
         args += ["--gpus", "all"]
-    args += ["-e", f"SFTLAUNCH_RUN_ID={run_id}", "-e", f"SFTLAUNCH_RECIPE={CONTAINER_RECIPE}",
-             "-e", f"SFTLAUNCH_OUT={CONTAINER_OUT}/{run_id}", "-e", "SFTLAUNCH_STEPS"]
+    args += ["-e", f"{Env.RUN_ID}={run_id}", "-e", f"{Env.RECIPE}={CONTAINER_RECIPE}",
+             "-e", f"{Env.OUT}={contract.container_out(run_id)}", "-e", Env.STEPS]
     for name in JOB_SECRETS:
         args += ["-e", name]  # by name: docker copies the value from this process's environment
-    args += ["-v", f"{recipe_path}:{CONTAINER_RECIPE}:ro", "-v", f"{out_dir}:{CONTAINER_OUT}/{run_id}"]
+    args += ["-v", f"{recipe_path}:{CONTAINER_RECIPE}:ro", "-v", f"{out_dir}:{contract.container_out(run_id)}"]
     for remote, local in mounts.items():
         args += ["-v", f"{local}:{remote}:ro"]
     args += [image, "all"]
@@ -172,13 +172,15 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         "exit $rc\n"
     )
     p["script"].write_text(script)
-    env = dict(os.environ)
+    # The shell's SFTLAUNCH_BUCKET is `up`'s default for cloud runs, never this job's: the job's
+    # bucket is only what the caller passes in extra_env (up: the recipe's output.bucket).
+    env = {k: v for k, v in os.environ.items() if k not in contract.LAUNCHER_ONLY_ENV}
     env.update({
-        "SFTLAUNCH_RUN_ID": run_id,
-        "SFTLAUNCH_RECIPE": str(p["recipe"]),
-        "SFTLAUNCH_OUT": str(run_dir),
-        "SFTLAUNCH_STEPS": ",".join(steps),
-        "SFTLAUNCH_CONTROL": str(p["control"]),
+        Env.RUN_ID: run_id,
+        Env.RECIPE: str(p["recipe"]),
+        Env.OUT: str(run_dir),
+        Env.STEPS: ",".join(steps),
+        Env.CONTROL: str(p["control"]),
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     })

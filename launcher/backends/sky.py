@@ -377,8 +377,3 @@ _backend_factory = SkyBackend
 def get_backend():
     """The backend commands use; tests swap `_backend_factory` for a fake."""
     return _backend_factory()
-
-
-def set_backend_factory(factory) -> None:
-    global _backend_factory
-    _backend_factory = factory

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import click
 
+from launcher import contract
+from launcher.contract import Env
 from launcher.errors import JobFailed, UserError
 from launcher.options import dry_run_option, json_option
 
-PRESETS = ("leaderboard-v1",)
+PRESETS = contract.EVAL_PRESETS
 
 
 def _registry():
@@ -36,12 +38,12 @@ def find_run(target: str) -> dict | None:
     from launcher.runs import sftlaunch_home
 
     if not (sftlaunch_home() / "runs.db").exists():
-        if target.startswith("sftl-"):
+        if target.startswith(contract.RUN_ID_PREFIX):
             raise UserError(f"no run {target!r}: no runs recorded yet in {sftlaunch_home()}")
         return None
     reg = _registry()
     if reg.get(target, history=False) is None and not reg.find(target):
-        if target.startswith("sftl-"):
+        if target.startswith(contract.RUN_ID_PREFIX):
             raise UserError(f"no run {target!r}; `sftlaunch status` lists runs")
         return None
     return reg.resolve(target)
@@ -58,7 +60,7 @@ def run_model_dir(record: dict) -> Path:
     if bucket:
         import fsspec
 
-        src = f"{bucket.rstrip('/')}/{record['run_id']}/model"
+        src = contract.model_prefix(bucket, record["run_id"])
         fs, path = fsspec.core.url_to_fs(src)
         if fs.exists(path):
             dest = local / "final"
@@ -66,7 +68,7 @@ def run_model_dir(record: dict) -> Path:
             fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
             return dest
     raise UserError(f"run {record['run_id']}: no trained model in {local / 'final'}"
-                    + (f" or {bucket}/{record['run_id']}/model" if bucket else "")
+                    + (f" or {contract.model_prefix(bucket, record['run_id'])}" if bucket else "")
                     + "; has training finished? (`sftlaunch status`)")
 
 
@@ -220,9 +222,9 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     tmp.write_text(recipe.to_yaml())
     task = render_task(recipe, chosen, record["run_id"], str(tmp), steps=("eval",))
     if with_base:
-        task["envs"]["SFTLAUNCH_EVAL_WITH_BASE"] = "1"
+        task["envs"][Env.EVAL_WITH_BASE] = "1"
     if parallel != "auto":
-        task["envs"]["SFTLAUNCH_EVAL_PARALLEL"] = parallel
+        task["envs"][Env.EVAL_PARALLEL] = parallel
     cluster = f"{record['run_id']}-eval"[:35]
     click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
                f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)
@@ -259,7 +261,7 @@ def _bucket_base_results(record: dict) -> dict | None:
 
     if not record.get("bucket"):
         return None
-    text = _fs_read_text(f"{record['bucket'].rstrip('/')}/{record['run_id']}/eval-base/results.json")
+    text = _fs_read_text(contract.results_uri(record["bucket"], record["run_id"], "eval-base"))
     try:
         data = json.loads(text) if text else None
     except ValueError:

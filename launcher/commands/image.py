@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from launcher import __version__
+from launcher.contract import Env
 from launcher.errors import JobFailed, UserError
 from launcher.options import dry_run_option, json_option
 
@@ -84,7 +85,7 @@ def build_argv(
 ) -> list[str]:
     """The `docker buildx build` command line; a pure function so tests and --dry-run share it."""
     args = [
-        f"SFTLAUNCH_VERSION={__version__}",
+        f"{Env.VERSION}={__version__}",
         f"VCS_REF={_vcs_ref()}",
         f"BUILD_DATE={_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
     ]
@@ -171,7 +172,7 @@ def _common(f):
                      help="Build the variant that runs as root (needed on RunPod); tag suffix -root.")(f)
     f = click.option("--platform", default=DEFAULT_PLATFORM, show_default=True, help="Target platform.")(f)
     f = click.option("--tag", "-t", default=None, metavar="REPO:TAG",
-                     help="Image tag (default: $SFTLAUNCH_IMAGE_REPO or ghcr.io/sftlaunch/sftlaunch, :<version>).")(f)
+                     help=f"Image tag (default: ${Env.IMAGE_REPO} or ghcr.io/sftlaunch/sftlaunch, :<version>).")(f)
     f = dry_run_option(f)
     f = json_option(f)
     return f

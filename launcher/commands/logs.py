@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from launcher import contract
 from launcher.commands.up import Interrupted
 from launcher.errors import JobFailed, UserError
 from launcher.secrets import mask
@@ -41,7 +42,7 @@ def bucket_logs(record: dict, on_line) -> bool:
         return False
     from launcher.lifecycle import bucket_options
 
-    base = f"{bucket.rstrip('/')}/{record['run_id']}/logs"
+    base = contract.logs_prefix(bucket, record["run_id"])
     try:
         # Short per-request timeouts and no GCE metadata probe, as for status's bucket reads.
         fs, path = fsspec.core.url_to_fs(base, **bucket_options(base))
@@ -100,7 +101,7 @@ def logs(run: str, follow: bool) -> None:
                 return
         if bucket_logs(record, _print):
             return
-        where = f"{record['bucket'].rstrip('/')}/{run_id}/logs/" if record.get("bucket") else None
+        where = contract.logs_prefix(record["bucket"], run_id) + "/" if record.get("bucket") else None
         raise UserError(
             f"{run_id} has ended and its cluster is gone; "
             + (f"no log copy found at {where}" if where else "it had no output.bucket, so no log copy was kept")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from launcher.clouds import not_allowed
+from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
 
@@ -22,7 +24,7 @@ def _fmt_hours(h: float) -> str:
 @click.option("--explain", is_flag=True, help="Print every memory and time term of the chosen candidate.")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the 12 cheapest.")
 @click.option("--refresh-prices", is_flag=True,
-              help="First update the price snapshot in $SFTLAUNCH_HOME/prices.yaml from SkyPilot's catalogs (needs network).")
+              help=f"First update the price snapshot in ${Env.HOME}/prices.yaml from SkyPilot's catalogs (needs network).")
 @json_option
 def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
          refresh_prices: bool, as_json: bool) -> None:
@@ -45,8 +47,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
                     labels={key: "--spot" if spot else "--no-spot"})
     cloud = cloud.lower() if cloud else None
     if cloud and cloud not in r.resources.clouds:
-        raise UserError(f"--cloud {cloud}: {recipe}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
-                        f"add {cloud} there or pick one of those")
+        raise UserError(not_allowed(cloud, r.resources.clouds, recipe))
     result = make_plan(r, cloud=cloud, gpu=gpu)
     prices = catalog.prices()
     over_budget = (result.chosen is not None and r.resources.max_usd is not None

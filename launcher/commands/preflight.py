@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from launcher.contract import Env
 from launcher.errors import UserError
 from launcher.options import cloud_option, json_option, recipe_argument
 
@@ -18,9 +19,9 @@ from launcher.options import cloud_option, json_option, recipe_argument
 @recipe_argument
 @cloud_option
 @click.option("--local", is_flag=True, help="Check for a run on this machine (no cloud credentials).")
-@click.option("--bucket", envvar="SFTLAUNCH_BUCKET", default=None, metavar="URI",
+@click.option("--bucket", envvar=Env.BUCKET, default=None, metavar="URI",
               help="Check URI (gs://, s3://) instead of output.bucket, as `up --bucket` would use it "
-                   "[default: $SFTLAUNCH_BUCKET].")
+                   f"[default: ${Env.BUCKET}].")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=600), default=None, metavar="SECONDS",
               help="Give up on one Hub or bucket check after this long [default: 20].")
 @json_option

@@ -28,6 +28,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from launcher import contract
+from launcher.contract import Env
 from launcher.errors import JobFailed, UserError, one_line
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
 from launcher.secrets import mask
@@ -59,7 +61,7 @@ LOST_RESULTS = ("results would be lost when the cluster is torn down: set output
 def _outputs_line(recipe, run_id: str) -> str:
     bucket = recipe.output.bucket
     if bucket:
-        base = f"{bucket.rstrip('/')}/{run_id}"
+        base = contract.run_prefix(bucket, run_id)
         text = f"checkpoints → {base}/checkpoints/, results and logs → {base}/"
     elif recipe.output.hub_repo:
         text = "no output.bucket: checkpoints and logs are lost at teardown"
@@ -168,9 +170,9 @@ class Streamer:
 @yes_option
 @cloud_option
 @gpu_option
-@click.option("--bucket", envvar="SFTLAUNCH_BUCKET", default=None, metavar="URI",
+@click.option("--bucket", envvar=Env.BUCKET, default=None, metavar="URI",
               help="Checkpoints, results and logs go to URI (gs://, s3://), overriding output.bucket "
-                   "[default: $SFTLAUNCH_BUCKET].")
+                   f"[default: ${Env.BUCKET}].")
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
        bucket: str | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
@@ -198,7 +200,7 @@ def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
 
     if not bucket or (local and not from_cli):
         return load_recipe(recipe)
-    flag = "--bucket" if from_cli else "SFTLAUNCH_BUCKET"
+    flag = "--bucket" if from_cli else Env.BUCKET
     key = ("output", "bucket")
     r = load_recipe(recipe, overrides={key: bucket}, labels={key: flag}, cloud_only=not from_cli)
     previous = r.replaced(*key)
@@ -231,7 +233,8 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
             raise UserError(PREFLIGHT_FAILED)
         return
     confirm(yes, "Start this run here?")
-    fields = local.start(r, run_id, out, use_docker=use_docker)
+    bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
+    fields = local.start(r, run_id, out, use_docker=use_docker, extra_env=bucket)
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
                     max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
@@ -311,7 +314,7 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
     from launcher.backends.sky import get_backend
-    from launcher.clouds import CLOUDS
+    from launcher.clouds import CLOUDS, not_allowed
 
     src = _src(r)
     if not r.output.bucket and not r.output.hub_repo:
@@ -319,10 +322,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
             raise UserError(f"{src}: output: {LOST_RESULTS}")
         echo(f"warning: {src}: output: {LOST_RESULTS}", err=True)
     if cloud and cloud not in r.resources.clouds:
-        raise UserError(
-            f"--cloud {cloud}: {src}: resources.clouds allows only {', '.join(r.resources.clouds)}; "
-            f"add {cloud} there or pick one of those"
-        )
+        raise UserError(not_allowed(cloud, r.resources.clouds, src))
     result = _candidates(r, cloud, gpu)
     if result.chosen is None:
         raise UserError(f"{src}: resources.gpu: nothing fits: {result.reason or 'no candidate'}")
@@ -404,9 +404,9 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         usd_per_hour=chosen.usd_per_hour, max_usd=max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
         image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
         cluster_name=None if chosen.spot else run_id,
-        checkpoint_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/checkpoints/" if r.output.bucket else None,
-        result_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/" if r.output.bucket else None,
-        log_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/logs/" if r.output.bucket else None,
+        checkpoint_uri=contract.checkpoints_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
+        result_uri=contract.run_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
+        log_uri=contract.logs_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
         local_dir=str(out),
     )
     names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)

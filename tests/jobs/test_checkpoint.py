@@ -52,6 +52,7 @@ def _fake_ckpt(root: Path, step: int) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_kill_9_then_restart_resumes_and_matches_an_uninterrupted_run(root, tmp_path):
     settings = {"max_steps": 8, "micro_batch_size": 2, "grad_accum": 1, "learning_rate": 1e-2,
                 "checkpoint_minutes": 0.0001, "keep_checkpoints": 2}
@@ -228,27 +229,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ckpts")
-    import fsspec
-
-    fsspec.config.conf.clear()
-    yield "s3://ckpts"
-    server.stop()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["s3", "local"])
 def test_bucket_round_trip_resumes_on_a_fresh_disk(root, tmp_path, request, kind):
     bucket = request.getfixturevalue("s3") if kind == "s3" else str(tmp_path / "bucket")
@@ -302,6 +283,7 @@ def _two_nodes(root, outs, bucket, **overrides) -> list[str]:
     return logs
 
 
+@pytest.mark.slow
 def test_zero3_on_two_nodes_without_a_shared_disk_resumes_from_the_bucket(root, tmp_path):
     """Each node holds only its own ZeRO-3 shards and RNG state; both nodes' files reach the
     bucket under per-node manifests, and a node with an empty disk resumes from there."""
@@ -335,6 +317,7 @@ def test_zero3_on_two_nodes_without_a_shared_disk_resumes_from_the_bucket(root, 
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_per_node_manifests_split_files_by_rank_and_nodes_fetch_only_what_they_need(tmp_path):
     step = tmp_path / "disk" / "step-3"
     names = ["trainer_state.json", "latest", "model.safetensors", "rng_state_0.pth", "rng_state_1.pth",
@@ -404,6 +387,7 @@ def _node_step(root: Path, step: int, node: int, names: list[str]) -> None:
     ck.write_manifest(d, step, ck.Topology(node, 2, 1))
 
 
+@pytest.mark.slow
 def test_resume_point_agrees_across_nodes_with_and_without_a_shared_disk(tmp_path):
     shared = ["trainer_state.json", "latest", "model.safetensors"]
     # Separate disks, the bucket holds step 4; node 1 also finished step 6 locally, node 0 did not.

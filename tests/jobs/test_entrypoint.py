@@ -65,6 +65,7 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_full_fine_tune_on_two_cpu_processes(tiny, tmp_path, stage):
     from safetensors.torch import load_file
@@ -82,6 +83,7 @@ def test_deepspeed_full_fine_tune_on_two_cpu_processes(tiny, tmp_path, stage):
     assert not final[name].equal(base[name])
 
 
+@pytest.mark.slow
 def test_lora_adapter_saved_under_deepspeed_is_complete_and_reloads(tiny, tmp_path):
     """launcher.recipe allows LoRA with zero2 only (zero3 is rejected at validation), so the
     sharded-save case a recipe can reach is ZeRO-2."""
@@ -100,6 +102,7 @@ def test_lora_adapter_saved_under_deepspeed_is_complete_and_reloads(tiny, tmp_pa
     assert sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")) > 0
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_train_together(tiny, tmp_path):
     recipe = _recipe(tiny, "twonode")
     port = _port()
@@ -146,6 +149,7 @@ def test_start_log_has_versions_gpus_and_the_masked_recipe(tiny, tmp_path):
     assert "hub_repo: me/****" in out and CANARY not in out + proc.stderr
 
 
+@pytest.mark.slow
 def test_all_with_a_bucket_tees_masked_logs_and_copies_them(tiny, tmp_path):
     recipe = _recipe(tiny, "synced")
     bucket = tmp_path / "bucket"
@@ -166,6 +170,7 @@ def test_all_with_a_bucket_tees_masked_logs_and_copies_them(tiny, tmp_path):
     assert CANARY not in log
 
 
+@pytest.mark.slow
 def test_a_budget_stop_skips_eval_and_publish_and_exits_0(tiny, tmp_path):
     """The in-job guard: $1,000,000/h against max_usd $0.01 stops training at its first check,
     after a checkpoint; `all` then skips eval and publish and ends with 0 (so a managed job is

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -293,33 +292,29 @@ def test_with_base_scores_the_base_beside_the_fine_tune(model_dir, tmp_path, mon
 
 
 # -- fine-tuning on the tiny task must move the tiny score ---------------------------------------
-def _train_with_jobs(tmp_path) -> tuple[str, str]:
-    from launcher.recipe import load_recipe
-
-    data = load_recipe(TINY_RECIPE).resolved_dict()
-    assert data["train"].get("max_steps") in (None, TRAIN_STEPS) and data["train"]["epochs"] == 6, data["train"]
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(data))
-    subprocess.run([sys.executable, "-m", "jobs", "train", "--recipe", str(recipe), "--out", str(tmp_path / "run")],
-                   check=True, cwd=REPO)
-    return "sftlaunch/tiny-llama", str(tmp_path / "run" / "final")
-
-
 # tiny-local as shipped (6 epochs = 120 steps, ~16 s on 2 cores): a 40-step cut passed on one
 # machine (tiny_mc 0.55+) and not on CI's (0.475), so the margin below is checked at full length.
 TRAIN_STEPS = 120
 HAVE_TRAIN = TINY_RECIPE.exists() and (REPO / "jobs" / "train.py").exists() and (REPO / "jobs" / "__main__.py").exists()
 
 
-def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch):
-    """With the project's trainer when it is there (recipes/tiny-local.yaml, `python -m jobs train`),
-    else with a minimal training loop on a throwaway tiny model."""
+@pytest.mark.slow
+def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch, request):
+    """With the project's trainer when it is there (the session's shared run of
+    recipes/tiny-local.yaml, tests/tiny_run.py), else with a minimal training loop on a throwaway
+    tiny model."""
     eval_rows_env(monkeypatch, tmp_path)
     if HAVE_TRAIN:
-        untrained, trained = _train_with_jobs(tmp_path)
+        from launcher.recipe import load_recipe
+
+        train = load_recipe(TINY_RECIPE).resolved_dict()["train"]
+        assert train.get("max_steps") in (None, TRAIN_STEPS) and train["epochs"] == 6, train
+        run = request.getfixturevalue("tiny_local_run")
+        assert run.returncode == 0, run.output[-3000:]
+        untrained, trained = "sftlaunch/tiny-llama", str(run.run_dir / "final")
         # Training really learns the synthetic task: held-out eval loss, untrained (the eval run
         # before the first step) vs after TRAIN_STEPS steps.
-        rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
         evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
         assert evals[0][0] == 0 and evals[-1][0] == TRAIN_STEPS, evals
         assert evals[-1][1] < 0.5 * evals[0][1] and evals[0][1] - evals[-1][1] > 1.0, evals

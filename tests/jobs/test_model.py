@@ -103,6 +103,7 @@ def test_eos_stays_a_trained_label_after_collation(tiny):
         assert eos in ids and tok.pad_token_id != eos
 
 
+@pytest.mark.slow
 def test_qlora_trains_the_same_after_an_eval_pass(tiny):
     """bitsandbytes' AVX512-BF16 CPU path repacks 4-bit weights for an inference kernel on the first
     no-grad eval forward and keeps them packed for training; the loader turns that path off."""

@@ -59,6 +59,7 @@ def _train_two_procs(tiny, name, out, method="full", lora=None, script=None, **t
     return log
 
 
+@pytest.mark.slow
 def test_qlora_on_two_processes(tiny, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -79,6 +80,7 @@ def test_qlora_on_two_processes(tiny, tmp_path):
     assert verify(step) is None and {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in step.iterdir()}
 
 
+@pytest.mark.slow
 def test_zero3_offload_full_fine_tune_on_two_processes(tiny, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -97,6 +99,7 @@ def test_zero3_offload_full_fine_tune_on_two_processes(tiny, tmp_path):
     assert ds_config["offload_optimizer"]["device"] == ds_config["offload_param"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_lora_adapter_saved_under_zero3_is_complete_and_reloads(tiny, tmp_path):
     """The reference workflow's trap: under ZeRO-3 each rank holds a shard of every parameter, and
     an adapter saved naively comes out with empty (0-element) tensors. Recipes cannot ask for

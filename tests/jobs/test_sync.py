@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from jobs import sync
-from tests.jobs.test_checkpoint import s3  # noqa: F401 - the moto S3 server fixture
 
 REPO = Path(__file__).resolve().parents[2]
 CANARY = "hf_CANARYsyncMASK0123456789abcdefgh"

@@ -33,6 +33,7 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -71,6 +72,7 @@ def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
     assert verify(out / "checkpoints" / "step-4") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,optimizer", [("lora", "adamw_torch"), ("qlora", "paged_adamw_32bit")])
 def test_adapter_methods_train_and_save_an_adapter(tiny, tmp_path, method, optimizer):
     from peft import PeftModel
@@ -90,6 +92,7 @@ def test_adapter_methods_train_and_save_an_adapter(tiny, tmp_path, method, optim
     assert sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")) > 0
 
 
+@pytest.mark.slow
 def test_grad_accum_matches_a_bigger_micro_batch(tiny, tmp_path):
     """micro 4 × accum 1 and micro 1 × accum 4 see the same rows per step; with the loss summed
     over the accumulated tokens and divided by their count, the curves match. (Averaging per
@@ -118,6 +121,7 @@ def test_progress_line_has_a_bar_and_stays_parseable():
     assert "[####################] 100%" in progress_line(7, 7, 0.1, 5, 0)
 
 
+@pytest.mark.slow
 def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
     """Exit 0, not an error: a managed job that fails is restarted by SkyPilot and spends again."""
     from jobs.checkpoint import verify
@@ -151,6 +155,7 @@ def _drive(tiny_root, out, env=None, **overrides):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_budget_clock_counts_from_the_saved_elapsed_time_after_a_kill(tiny, tmp_path):
     """A restarted attempt starts its clock where the last checkpoint left it: with max_usd equal
     to what the killed attempt had spent at its checkpoint, the resumed run stops at its first step."""
@@ -183,6 +188,7 @@ def test_budget_clock_counts_from_the_saved_elapsed_time_after_a_kill(tiny, tmp_
     assert after["elapsed_s"] > spent and after["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_launcher_stop_request_checkpoints_and_reports_stopped(tiny, tmp_path, monkeypatch):
     control = tmp_path / "control"
     control.mkdir()
@@ -198,6 +204,7 @@ def test_launcher_stop_request_checkpoints_and_reports_stopped(tiny, tmp_path, m
     assert not (out / "final").exists()
 
 
+@pytest.mark.slow
 def test_metrics_after_a_resume_do_not_repeat_steps(tiny, tmp_path):
     """A run killed after logging steps past its last checkpoint resumes from that checkpoint;
     the rows of the lost steps go, so every step appears once."""
@@ -233,6 +240,7 @@ def test_cli_bad_input_is_exit_2(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_recorded_and_the_key_is_written_nowhere(tiny, tmp_path):
     """WANDB_API_KEY turns W&B reporting on (wandb is a train-extra dependency); offline it writes
     a local run. The key must not land in any file the run wrote."""
@@ -256,6 +264,7 @@ def test_wandb_offline_run_is_recorded_and_the_key_is_written_nowhere(tiny, tmp_
         assert canary.encode() not in p.read_bytes(), p
 
 
+@pytest.mark.slow
 def test_row_counts_per_source_type_reach_sftlaunch_json_and_the_card(tiny, tmp_path, monkeypatch):
     import datasets as hf_datasets
     import pyarrow as pa

@@ -13,6 +13,7 @@ real adapter turns those exceptions into.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from launcher.backends.sky import (
@@ -259,3 +260,17 @@ def stub_job_python(dir_) -> str:
     exe.write_text(STUB_PYTHON.format(python=sys.executable))
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     return str(exe)
+
+
+def launched(fake, reg, run_id, kind="cluster", usd=3.0, max_usd=None, bucket=None, hours_ago=1.0):
+    """A run as `up --detach` leaves it, started `hours_ago`."""
+    task = {"name": run_id, "resources": {"cloud": "gcp", "labels": {"sftlaunch-run": run_id}}}
+    reg.create(run_id, {"name": "demo"}, backend=kind, cloud="gcp", gpu="A100-80GB", gpus_per_node=2,
+               spot=kind == "managed", usd_per_hour=usd, max_usd=max_usd, bucket=bucket,
+               cluster_name=run_id if kind == "cluster" else None)
+    reg.set_state(run_id, "running", at=time.time() - hours_ago * 3600)
+    if kind == "cluster":
+        fake.launch(task, run_id, 30, False)
+        reg.update(run_id, job_id="1")
+    else:
+        reg.update(run_id, job_id=str(fake.jobs_launch(task, run_id)))

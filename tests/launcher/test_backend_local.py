@@ -44,6 +44,25 @@ def test_follow_poll_and_status(monkeypatch):
     assert "sftl-local-0002 starts" in logs.output
 
 
+def test_the_shell_default_bucket_never_reaches_a_local_run(monkeypatch, tmp_path):
+    """SFTLAUNCH_BUCKET in the user's shell is `up`'s default for cloud runs; the job reads its
+    bucket from the same name, so the direct runner must not pass the shell's value on (it once
+    did: a local demo then copied its logs and checkpoints to the user's cloud bucket)."""
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "shell-default"))
+    rec = _start(monkeypatch, 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
+    lines = []
+    assert local.follow_log(rec, lines.append) == 0
+    assert lines == ["bucket=[]"]
+    # What the caller passes (up: the recipe's output.bucket) is what the job gets, as render does for clouds.
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
+    fields = local.start(_Recipe(), "sftl-local-0003", run_dir("sftl-local-0003"), use_docker=False,
+                         extra_env={"SFTLAUNCH_BUCKET": str(tmp_path / "recipe-bucket")})
+    Registry().create("sftl-local-0003", {"name": "local"}, state="running", cloud="local", **fields)
+    lines = []
+    assert local.follow_log(Registry().get("sftl-local-0003"), lines.append) == 0
+    assert lines == [f"bucket=[{tmp_path / 'recipe-bucket'}]"]
+
+
 def test_docker_command_passes_secrets_by_name_only(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "hf_DOCKERcanary0123456789abcdefXY")
     cmd = local._docker_command("sftl-x-0001", "ghcr.io/sftlaunch/sftlaunch:0.1.0", tmp_path / "recipe.yaml",

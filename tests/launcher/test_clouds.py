@@ -46,3 +46,29 @@ def test_capability_problem_quotes_reason():
     assert capability_problem("lambda", "spot") == "Lambda: Spot instances are not supported in Lambda"
     assert capability_problem("gcp", "spot") is None
     assert min_name_limit(["runpod", "gcp"]) == 35
+
+
+def test_check_features_reports_every_feature_no_allowed_cloud_can_do():
+    """One rule for recipe, planner and render: a feature is refused only when none of the clouds
+    allowed can do it, with each cloud's reason in SkyPilot's words."""
+    from launcher.clouds import able_clouds, check_features
+
+    assert check_features(["spot", "multi_node"], ["lambda", "runpod"]) == {}  # runpod has spot, lambda nodes
+    assert check_features(["spot", "multi_node"], ["kubernetes", "lambda"]) == {
+        "spot": "Kubernetes: Spot instances are not supported in Kubernetes; Lambda: Spot instances are not supported in Lambda",
+    }
+    assert check_features(["spot"], ["lambda"]) == {"spot": "Lambda: Spot instances are not supported in Lambda"}
+    assert check_features(["spot"], ["lambda", "gcp"]) == {}  # gcp can
+    assert check_features(["multi_node", "spot"], ["runpod"]) == {  # runpod has spot, not nodes
+        "multi_node": "RunPod: Multi-node not supported yet, as the interconnection among nodes are non-trivial on RunPod",
+    }
+    assert check_features(["spot", "multi_node"], ["local"]) == {} and check_features(["spot"], []) == {}
+    assert able_clouds("spot") == ["runpod", "gcp"] and able_clouds("multi_node", ["runpod", "lambda"]) == ["lambda"]
+
+
+def test_not_allowed_is_one_wording_for_plan_up_and_render():
+    from launcher.clouds import not_allowed
+
+    assert not_allowed("kubernetes", ["lambda", "gcp"], "r.yaml") == (
+        "--cloud kubernetes: r.yaml: resources.clouds: kubernetes is not allowed by the recipe (lambda, gcp); "
+        "add it to resources.clouds or pick one of those")

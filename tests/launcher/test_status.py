@@ -10,31 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import lifecycle
-from launcher.backends import sky as sky_backend
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeSky
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
-
-
-def launched(fake, reg, run_id, kind="cluster", usd=3.0, max_usd=None, bucket=None, hours_ago=1.0):
-    """A run as `up --detach` leaves it, started `hours_ago`."""
-    task = {"name": run_id, "resources": {"cloud": "gcp", "labels": {"sftlaunch-run": run_id}}}
-    reg.create(run_id, {"name": "demo"}, backend=kind, cloud="gcp", gpu="A100-80GB", gpus_per_node=2,
-               spot=kind == "managed", usd_per_hour=usd, max_usd=max_usd, bucket=bucket,
-               cluster_name=run_id if kind == "cluster" else None)
-    reg.set_state(run_id, "running", at=time.time() - hours_ago * 3600)
-    if kind == "cluster":
-        fake.launch(task, run_id, 30, False)
-        reg.update(run_id, job_id="1")
-    else:
-        reg.update(run_id, job_id=str(fake.jobs_launch(task, run_id)))
+from tests.launcher.fake_backend import launched
 
 
 def run(*args):

@@ -8,23 +8,20 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.backends import local
-from launcher.backends import sky as sky_backend
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
-from tests.launcher.fake_backend import FakeSky
-from tests.launcher.test_status import launched
+from tests.launcher.fake_backend import launched
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    fake = FakeSky()
+def fake(fake):
+    """The shared fake SkyPilot (tests/launcher/conftest.py) holding someone else's resources too."""
     # Someone's own SkyPilot resources: no sftlaunch label. Never to be touched.
     fake.clusters["my-notebook"] = Cluster("my-notebook", "UP", {"team": "research"})
     fake.clusters["sftl-lookalike-0000"] = Cluster("sftl-lookalike-0000", "UP", {})
     fake.jobs[7] = ManagedJob(7, "nightly-eval", "RUNNING", {})
     fake.jobs[8] = ManagedJob(8, "sftl-demo-9999", "PENDING", None)  # not ours: no record
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
     return fake
 
 

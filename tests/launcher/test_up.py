@@ -8,10 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import lifecycle
-from launcher.backends import sky as sky_backend
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky
+from tests.launcher.fake_backend import FakeCandidate, FakePlan
 from tests.launcher.fake_backend import write_recipe as _write_recipe
 
 CANARY = "hf_CANARYupTOKEN0123456789abcdefXYZ"
@@ -33,13 +32,6 @@ def bucket_store(monkeypatch):
     # preflight's bucket probe too (tests/launcher/test_preflight.py probes a moto bucket)
     monkeypatch.setattr("launcher.preflight.probe_bucket", lambda uri, timeout=None: ("pass", "in-memory bucket", ""))
     return store
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
 
 
 @pytest.fixture

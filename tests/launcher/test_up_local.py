@@ -7,28 +7,29 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "recipes" / "tiny-local.yaml"
-CANARY = "hf_CANARYlocalRUN0123456789abcdefZ"
+from tests.tiny_run import CANARY
 
 
-def test_up_local_tiny_end_to_end(monkeypatch, tmp_path):
-    monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")  # directly, with this venv's train/eval extras
-    monkeypatch.setenv("HF_TOKEN", CANARY)
-    res = CliRunner().invoke(cli, ["up", "--local", str(TINY), "--yes"])
-    assert res.exit_code == 0, res.output[-4000:]
-    run_id = res.output.strip().splitlines()[-1]
+@pytest.mark.slow
+def test_up_local_tiny_end_to_end(tiny_local_run, monkeypatch):
+    """Reads the session's shared run (tests/tiny_run.py: the README's command, started from a
+    shell holding HF_TOKEN and SFTLAUNCH_BUCKET)."""
+    run = tiny_local_run
+    for name in ("HOME", "SFTLAUNCH_HOME"):
+        monkeypatch.setenv(name, run.env[name])  # this test's commands see the run's registry
+    assert run.returncode == 0, run.output[-4000:]
+    run_id = run.run_id
     # The end of the output: the results table, then where the model, card and plot are.
-    tail = res.output[res.output.rindex(f"{run_id}: succeeded"):]
+    tail = run.output[run.output.rindex(f"{run_id}: succeeded"):]
     assert "| Model | Average | tiny_mc (acc) | tiny_gen (exact_match) |" in tail
     out = run_dir(run_id)
+    assert out == run.run_dir
     for label, path in (("model:", out / "publish"), ("model card:", out / "publish" / "README.md"),
                         ("loss plot:", out / "publish" / "training_loss.png"),
                         ("eval results:", out / "eval" / "results.json")):
@@ -44,8 +45,10 @@ def test_up_local_tiny_end_to_end(monkeypatch, tmp_path):
     assert json.loads(status.output)["state"] == "succeeded"
     logs = CliRunner().invoke(cli, ["logs", run_id])
     assert logs.exit_code == 0 and logs.output.strip()
-    assert CANARY not in res.output + status.output + logs.output
-    for dirpath, _dirs, files in os.walk(os.environ["SFTLAUNCH_HOME"]):
+    assert CANARY not in run.output + status.output + logs.output
+    for dirpath, _dirs, files in os.walk(run.env["SFTLAUNCH_HOME"]):
         for name in files:
             with open(os.path.join(dirpath, name), "rb") as fh:
                 assert CANARY.encode() not in fh.read(), os.path.join(dirpath, name)
+    # The shell's SFTLAUNCH_BUCKET is up's default for cloud runs: a local run writes nothing there.
+    assert not run.shell_bucket.exists(), sorted(p.name for p in run.shell_bucket.rglob("*"))

@@ -1,0 +1,138 @@
+"""The contract between the laptop half (`launcher/`) and the container half (`jobs/`,
+`docker/entrypoint.sh`): every name both sides must spell the same, defined here once.
+
+Why one module: the two halves run on different machines, from different processes, often from
+different versions of the checkout (a run launched yesterday, a `status` today). A name spelled
+twice drifts; a name spelled here once cannot. Standard library only, because `jobs/` imports it
+inside the image (which installs the whole project, launcher included: docker/Dockerfile) and
+`launcher/` imports it at `--help` speed. tests/test_contract.py fails when an `SFTLAUNCH_` literal
+or a `<bucket>/<run id>` f-string appears outside this module, and checks docker/entrypoint.sh
+(bash cannot import Python) against the names below. docs/architecture.md explains the flow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+
+class Env:
+    """Every `SFTLAUNCH_*` environment variable. Plain strings (not an Enum) because they are
+    written into YAML task files and subprocess environments as they are."""
+
+    # -- read by the launcher on the laptop ----------------------------------------------------
+    HOME = "SFTLAUNCH_HOME"  # the user's state dir (runs.db, images.json, prices.yaml); default ~/.sftlaunch
+    BUCKET = "SFTLAUNCH_BUCKET"  # the user's default for `up --bucket`, and the job's one bucket source
+    DEBUG = "SFTLAUNCH_DEBUG"  # 1: tracebacks instead of one-line errors
+    IMAGE_REPO = "SFTLAUNCH_IMAGE_REPO"  # the image repository instead of ghcr.io/sftlaunch/sftlaunch
+    LOCAL_DOCKER = "SFTLAUNCH_LOCAL_DOCKER"  # 0/1: force `up --local` to run directly / in Docker
+    K8S_GPUS = "SFTLAUNCH_K8S_GPUS"  # the user's Kubernetes GPUs, e.g. "H100:8,A100-80GB:8"
+    K8S_USD_PER_GPU_HOUR = "SFTLAUNCH_K8S_USD_PER_GPU_HOUR"
+    # -- set by the launcher (render, local backend, eval), read by the job ----------------------
+    RUN_ID = "SFTLAUNCH_RUN_ID"  # keys bucket copies and resume
+    RECIPE = "SFTLAUNCH_RECIPE"  # path of the (resolved) recipe YAML
+    OUT = "SFTLAUNCH_OUT"  # the job's output dir; default container_out(run id)
+    STEPS = "SFTLAUNCH_STEPS"  # comma list for `entrypoint.sh all`
+    CONTROL = "SFTLAUNCH_CONTROL"  # local runs: the control dir (stop flag) instead of the bucket's
+    HARDWARE = "SFTLAUNCH_HARDWARE"  # e.g. "gcp 1×A100-80GB spot", for the model card
+    USD_PER_HOUR = "SFTLAUNCH_USD_PER_HOUR"  # the budget guard inside the job
+    MAX_USD = "SFTLAUNCH_MAX_USD"
+    EVAL_WITH_BASE = "SFTLAUNCH_EVAL_WITH_BASE"  # 1: eval also scores the base model
+    EVAL_PARALLEL = "SFTLAUNCH_EVAL_PARALLEL"  # auto | data | model
+    # -- knobs of the job itself (tests, quick looks, multi-node tuning) -------------------------
+    MAX_STEPS = "SFTLAUNCH_MAX_STEPS"
+    SYNC_EVERY = "SFTLAUNCH_SYNC_EVERY"  # seconds between bucket copies of metrics and logs (60)
+    PYTHON = "SFTLAUNCH_PYTHON"  # the interpreter entrypoint.sh runs the steps with
+    EVAL_NO_DP = "SFTLAUNCH_EVAL_NO_DP"  # older switch for --parallel model
+    CPU_PROCS = "SFTLAUNCH_CPU_PROCS"
+    MASTER_PORT = "SFTLAUNCH_MASTER_PORT"
+    RENDEZVOUS_TIMEOUT = "SFTLAUNCH_RENDEZVOUS_TIMEOUT"
+    LARGE_UPLOAD_BYTES = "SFTLAUNCH_LARGE_UPLOAD_BYTES"
+    TINY_EVAL = "SFTLAUNCH_TINY_EVAL"  # where the tiny eval tasks' data lives when copied elsewhere
+    CACHE = "SFTLAUNCH_CACHE"  # the tiny model's build cache
+    WANDB_TIMEOUT_S = "SFTLAUNCH_WANDB_TIMEOUT_S"  # bound on the W&B reachability probe (10 s)
+    # -- the image's own (docker/Dockerfile ENV, ARG) ---------------------------------------------
+    DATA = "SFTLAUNCH_DATA"
+    VERSION = "SFTLAUNCH_VERSION"
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
+
+
+# Launcher-side settings of the user's shell that must never reach a local run's job: the job
+# takes its bucket from Env.BUCKET as the launcher set it (render: recipe.output.bucket), and a
+# shell default meant for `up` would otherwise make a local demo write to a cloud bucket.
+LAUNCHER_ONLY_ENV = (Env.BUCKET,)
+
+# -- files in a run's output dir (and, copied, in <bucket>/<run id>/) ------------------------------
+METRICS = "metrics.jsonl"  # one JSON row per logged step; status reads progress from it
+END_RECORD = "exit.json"  # how the job ended: {exit_code, stopped, at, run_id}
+STOPPED_MARKER = "STOPPED"  # training stopped early after a checkpoint: {reason, step, checkpoint}
+LOGS_DIR = "logs"  # <step>.log, <step>.node<R>.log
+RESULTS = "results.json"  # eval scores
+FINAL_DIR = "final"  # the trained model (or adapter) in the output dir
+CONTROL_DIR = "control"  # the stop channel: the launcher writes STOP_FLAG, the job STOPPED_FLAG
+STOP_FLAG = "stop"
+STOPPED_FLAG = "stopped"
+
+# -- steps of a job, in the order they run -------------------------------------------------------
+STEPS = ("train", "eval", "publish")
+STOPPED_LINE = "sftlaunch: run stopped"  # entrypoint.sh prints it when training ended early
+
+# -- the container ---------------------------------------------------------------------------------
+CONTAINER_ROOT = "/sftlaunch"  # the recipe and its local data are mounted under it
+CONTAINER_RECIPE = f"{CONTAINER_ROOT}/recipe.yaml"
+CONTAINER_OUT_ROOT = "/data/sftlaunch"  # run outputs, caches (the data disk)
+IMAGE_HOME = "/opt/sftlaunch"  # the project inside the image
+ENTRYPOINT = f"{IMAGE_HOME}/docker/entrypoint.sh"
+CONTAINER_HF_HOME = f"{CONTAINER_OUT_ROOT}/cache/huggingface"  # as the image's ENV HF_HOME
+
+# Every cluster, job and container sftlaunch starts carries RUN_LABEL=<run id> (docs/architecture.md).
+RUN_LABEL = "sftlaunch-run"
+RUN_ID_PREFIX = "sftl-"  # run ids are sftl-<recipe name>-<4 hex>
+
+# -- the recipe's vocabulary, which the job implements (one name list each) -------------------------
+FORMATS = ("dolphin", "airoboros", "platypus", "alpaca", "guanaco", "slimorca", "messages", "text")  # jobs/data.py
+TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")  # jobs/templates.py
+EVAL_PRESETS = ("leaderboard-v1",)  # jobs/evaluate.py PRESETS
+JOB_SECRETS = ("HF_TOKEN", "WANDB_API_KEY")  # passed to the job by name, values from the caller's env
+TINY_MODEL_ID = "sftlaunch/tiny-llama"  # built locally by jobs/tiny.py, never downloaded
+
+
+def container_out(run_id: str) -> str:
+    """The job's output dir inside the container (entrypoint.sh's default for SFTLAUNCH_OUT)."""
+    return f"{CONTAINER_OUT_ROOT}/{run_id}"
+
+
+# -- bucket layout: <bucket>/<run id>/... --------------------------------------------------------
+def run_prefix(bucket: str, run_id: str) -> str:
+    """`<bucket>/<run id>`: everything of one run (metrics, logs, exit record, results, model)."""
+    return f"{bucket.rstrip('/')}/{run_id}"
+
+
+def checkpoints_prefix(bucket: str, run_id: str) -> str:
+    return f"{run_prefix(bucket, run_id)}/checkpoints"
+
+
+def logs_prefix(bucket: str, run_id: str) -> str:
+    return f"{run_prefix(bucket, run_id)}/{LOGS_DIR}"
+
+
+def control_prefix(bucket: str, run_id: str) -> str:
+    return f"{run_prefix(bucket, run_id)}/{CONTROL_DIR}"
+
+
+def model_prefix(bucket: str, run_id: str) -> str:
+    """The published model (the publish dir) of a run."""
+    return f"{run_prefix(bucket, run_id)}/model"
+
+
+def results_uri(bucket: str, run_id: str, subdir: str = "eval") -> str:
+    """An eval's results: `eval/` for the run's model, `eval-base/` for its base model."""
+    return f"{run_prefix(bucket, run_id)}/{subdir}/{RESULTS}"
+
+
+def job_bucket(env: Mapping[str, str] | None = None) -> str | None:
+    """The job's bucket: Env.BUCKET as the launcher set it, the one source every job step reads."""
+    return (os.environ if env is None else env).get(Env.BUCKET) or None

@@ -1,0 +1,41 @@
+"""`python -m jobs ...`: one mapping from every job error class to its exit code and stderr line."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs import __main__ as jobs_main
+from launcher.errors import JobFailed, UserError, job_exit
+
+
+def _classes():
+    from jobs.dist import RendezvousTimeout
+    from jobs.evaluate import DatasetUnavailable, EvalInputError
+    from jobs.generate import GenerateInputError
+    from jobs.publish import PublishInputError
+
+    return [(EvalInputError, 2), (GenerateInputError, 2), (PublishInputError, 2),
+            (DatasetUnavailable, 1), (RendezvousTimeout, 1)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_every_job_error_maps_through_one_place(index, capsys):
+    cls, code = _classes()[index]
+    assert issubclass(cls, UserError if code == 2 else JobFailed)
+    assert job_exit(cls("the reason")) == code
+    assert capsys.readouterr().err == ("error" if code == 2 else "failed") + ": the reason\n"
+
+
+def test_python_m_jobs_uses_the_mapping(monkeypatch, capsys):
+    """An error a job's own main does not catch still leaves as one line with its exit code."""
+    import jobs.sync
+
+    def boom(_argv):
+        from jobs.evaluate import DatasetUnavailable
+
+        raise DatasetUnavailable("no dataset")
+
+    monkeypatch.setattr(jobs.sync, "main", boom)
+    assert jobs_main.main(["sync"]) == 1
+    assert capsys.readouterr().err == "failed: no dataset\n"
+    assert jobs_main.main(["nope"]) == 2
