@@ -57,16 +57,23 @@ MAX_SOURCES = 64  # data sources in one recipe (the shipped ones use 1 to 3)
 
 def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] | None = None) -> list[tuple[tuple, str]]:
     """Rules that span fields. `labels`: paths an override set -> its flag, so a fix says
-    `drop --spot` rather than "remove `spot: true`" from a file that does not say it."""
+    `drop --spot` rather than "remove `spot: true`" from a file that does not say it.
+    Problems come in a fixed order (method, resources, name, paths, dtypes): messages on one line
+    keep it."""
+    clouds = _get(data, "resources", "clouds", default=["lambda", "runpod", "gcp"])
+    clouds = [c for c in clouds if isinstance(c, str)] if isinstance(clouds, list) else []
+    remote = [c for c in clouds if c in CLOUDS]
+    return (_method_problems(data) + _resource_problems(data, clouds, remote, (labels or {}).get(("resources", "spot")))
+            + _name_problems(data, remote) + _path_problems(data, base_dir) + _dtype_problems(data))
+
+
+def _method_problems(data: dict) -> list[tuple[tuple, str]]:
+    """Each method's sections (lora, quantization) and the DeepSpeed stages it allows."""
     out: list[tuple[tuple, str]] = []
-    spot_flag = (labels or {}).get(("resources", "spot"))
     method = _get(data, "method")
     lora = _get(data, "lora")
     quant = _get(data, "quantization")
     ds = _get(data, "train", "deepspeed")
-    clouds = _get(data, "resources", "clouds", default=["lambda", "runpod", "gcp"])
-    clouds = [c for c in clouds if isinstance(c, str)] if isinstance(clouds, list) else []
-    remote = [c for c in clouds if c in CLOUDS]
 
     if method == "qlora":
         if lora is None:
@@ -89,7 +96,13 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
             out.append((("train", "deepspeed"), "DeepSpeed is not supported with qlora (bitsandbytes 4-bit); set deepspeed: null"))
         elif method == "lora" and ds != "zero2":
             out.append((("train", "deepspeed"), f"{ds} is only for method full; lora allows zero2 or null"))
+    return out
 
+
+def _resource_problems(data: dict, clouds: list[str], remote: list[str], spot_flag: str | None) -> list[tuple[tuple, str]]:
+    """Spot needs a bucket, a cloud run a cloud bucket, local one machine alone; spot and
+    multi-node need a cloud that can (launcher.clouds.check_features, SkyPilot's reasons)."""
+    out: list[tuple[tuple, str]] = []
     spot = _get(data, "resources", "spot")
     bucket = _get(data, "output", "bucket")
     if spot is True and not bucket:
@@ -115,7 +128,12 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
             fix = "remove `spot: true`" if feature == "spot" else f"remove `nodes: {nodes}`"
         fix += f" or allow {others[0]} in resources.clouds" if others else ""
         out.append((field, f"{reasons}; {fix}"))
+    return out
 
+
+def _name_problems(data: dict, remote: list[str]) -> list[tuple[tuple, str]]:
+    """The run name: its shape, and a length that keeps run ids within every allowed cloud's limit."""
+    out: list[tuple[tuple, str]] = []
     name = _get(data, "name")
     if isinstance(name, str):
         limit = min(NAME_MAX, (min_name_limit(remote) if remote else 35) - len(RUN_ID_PREFIX) - RUN_ID_SUFFIX_LEN)
@@ -123,7 +141,12 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
             out.append((("name",), f"{len(name)} chars; at most {limit} so run ids fit cluster-name limits; shorten it"))
         if not NAME_RE.match(name):
             out.append((("name",), "use lowercase letters, digits and '-', starting with a letter and not ending with '-'"))
+    return out
 
+
+def _path_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]:
+    """Local data sources and the eval tasks directory exist and hold what they should."""
+    out: list[tuple[tuple, str]] = []
     sources = _get(data, "data", "sources")
     if isinstance(sources, list) and len(sources) > MAX_SOURCES:
         # Each local source may scan a directory tree: thousands of them would take minutes.
@@ -145,12 +168,15 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
     ev = _get(data, "eval")
     if isinstance(ev, dict) and ev.get("preset", "leaderboard-v1") is None and not ev.get("tasks"):
         out.append((("eval",), "names no preset and no tasks; set preset: leaderboard-v1, list tasks, or use `eval: null` to skip"))
+    return out
 
+
+def _dtype_problems(data: dict) -> list[tuple[tuple, str]]:
     precision = _get(data, "train", "precision")
     compute = _get(data, "quantization", "compute_dtype")
     if precision == "fp16" and compute == "bfloat16":
-        out.append((("quantization", "compute_dtype"), "bfloat16 with precision fp16 mixes dtypes; set compute_dtype: float16"))
-    return out
+        return [(("quantization", "compute_dtype"), "bfloat16 with precision fp16 mixes dtypes; set compute_dtype: float16")]
+    return []
 
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
