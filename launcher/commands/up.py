@@ -20,6 +20,8 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ from click.core import ParameterSource
 
 from launcher.errors import JobFailed, UserError, one_line
 from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
+from launcher.run_record import Backend
 from launcher.secrets import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
@@ -149,11 +152,8 @@ class Streamer:
     def _record_job_stop(self) -> None:
         """The job's budget guard stopped training (the entrypoint said so): the run ends as
         `stopped`, not `succeeded`, although SkyPilot reports the job's exit 0 as SUCCEEDED."""
-        record = self.registry.get(self.run_id, history=False)
-        extra = dict(record.get("extra") or {})
-        if not extra.get("job_stopped"):
-            extra["job_stopped"] = True
-            self.registry.update(self.run_id, extra=extra)
+        if not self.registry.get(self.run_id, history=False).job_stopped:
+            self.registry.update(self.run_id, job_stopped=True)
 
     def flush(self) -> None:
         self._save(force=True)
@@ -201,8 +201,54 @@ def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
     return r
 
 
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: starting a process and
+    recording it must not be split, or a run would be left going that no command can see.
+    Outside the main thread signals cannot be held and the block runs as it is."""
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _start_local_recorded(registry, r, run_id: str, out: Path, use_docker: bool) -> dict:
+    """Start the local run with no orphan window: the registry row exists (launching) before any
+    process starts, and starting + recording the pid happen with Ctrl-C held. If anything stops
+    us in between (an error, an interrupt let through), the process we started — ours, by the
+    Popen handle we hold — is killed and the row says so."""
+    from launcher.backends import local
+
+    registry.create(run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False,
+                    usd_per_hour=0.0, max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
+                    log_uri=str(local.paths(out)["log"]))
+    fields: dict = {}
+    try:
+        with deferred_interrupts():
+            fields = local.start(r, run_id, out, use_docker=use_docker)
+            registry.update(run_id, **{k: v for k, v in fields.items() if k != "backend"})
+            registry.set_state(run_id, "running", f"pid {fields['pid']}")
+    except BaseException as exc:
+        local.kill_started(out)
+        local.remove_containers(run_id)
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"could not start: {one_line(exc)}"
+        registry.set_state(run_id, "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
+                           f"{why} before the run was under way; nothing is left running")
+        raise
+    return fields
+
+
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     from launcher.backends import local
+    from launcher.backends.runner import runner_for
     from launcher.runid import new_run_id
     from launcher.runs import Registry, run_dir
 
@@ -220,10 +266,8 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         echo("dry run: nothing started.")
         return
     confirm(yes, "Start this run here?")
-    fields = local.start(r, run_id, out, use_docker=use_docker)
+    fields = _start_local_recorded(registry, r, run_id, out, use_docker)
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
-    registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
-                    max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:
         echo(f"follow it with: sftlaunch logs {run_id} --follow")
@@ -232,7 +276,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     record = registry.get(run_id, history=False)
     streamer = Streamer(registry, run_id)
     try:
-        code = local.follow_log(record, streamer)
+        code = runner_for(record).logs(record, follow=True, on_line=streamer)
     except KeyboardInterrupt:
         reattach_hints(run_id)
         raise Interrupted() from None
@@ -378,7 +422,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     from launcher.images import resolve_image
     from launcher.secrets import launch_secrets
 
-    kind = "managed" if chosen.spot else "cluster"
+    kind = Backend.MANAGED if chosen.spot else Backend.CLUSTER
     registry.create(
         run_id, r, state="launching", backend=kind, cloud=chosen.cloud, region=getattr(chosen, "region", None),
         gpu=chosen.gpu, gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot,
@@ -388,7 +432,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         checkpoint_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/checkpoints/" if r.output.bucket else None,
         result_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/" if r.output.bucket else None,
         log_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/logs/" if r.output.bucket else None,
-        local_dir=str(out),
+        local_dir=str(out), owner=_current_user(backend),
     )
     names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
     present, _missing = launch_secrets(names)
@@ -406,10 +450,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         detail = one_line(exc)
         registry.set_state(run_id, "failed", f"launch failed: {detail}")
         if not chosen.spot:
-            try:
-                backend.down(run_id)  # a half-provisioned cluster must not keep billing
-            except Exception:  # noqa: BLE001
-                pass
+            _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
         raise JobFailed(f"launch of {run_id} failed: {detail}") from None
     finally:
         del present
@@ -426,6 +467,29 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     _report_end(final)
     if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
         raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
+
+
+def _current_user(backend) -> str | None:
+    """The SkyPilot user the launch runs as (recorded with the run; ownership is proven against
+    SkyPilot's own records before anything is stopped)."""
+    try:
+        return backend.current_user()
+    except Exception:  # noqa: BLE001 - recorded for reference only
+        return None
+
+
+def _release_failed_launch(registry, backend, run_id: str) -> None:
+    """Down what a failed launch left, if it is proven ours; otherwise say what was left alone."""
+    from launcher.backends.runner import runner_for
+
+    try:
+        result = runner_for(registry.get(run_id, history=False), backend).stop(registry.get(run_id, history=False))
+    except Exception as exc:  # noqa: BLE001 - the launch error is the one to report
+        echo(f"warning: could not check for a half-provisioned cluster {run_id}: {one_line(exc)}; "
+             f"see `sky status {run_id}`", err=True)
+        return
+    if result.refusal:
+        echo(f"warning: left alone: {result.refusal}; if it is yours: `sky down {run_id}`", err=True)
 
 
 def _cheapest_on(result, cloud: str, chosen):
@@ -477,16 +541,13 @@ def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | Non
     """Follow the run's logs to the end, then record the outcome (and down an on-demand cluster).
     Ctrl-C leaves the run alone: print how to reattach and tear down, exit 130."""
     from launcher import lifecycle
+    from launcher.backends.runner import runner_for
     from launcher.backends.sky import Unavailable
 
     record = registry.get(run_id, history=False)
     streamer = streamer or Streamer(registry, run_id, backend)
     try:
-        if record["backend"] == "managed":
-            code = backend.jobs_tail_logs(int(record["job_id"]), follow=True, on_line=streamer)
-        else:
-            job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
-            code = backend.tail_logs(record["cluster_name"], job_id, follow=True, on_line=streamer)
+        code = runner_for(record, backend).logs(record, follow=True, on_line=streamer)
     except Unavailable as exc:  # the cluster or controller went away under the stream
         echo(f"note: the log stream ended: {exc}", err=True)
         code = None

@@ -5,6 +5,12 @@ the labels of the task they were launched from, log streams end with the job's e
 100 failed), managed jobs can be preempted and recovered, and `down`/`jobs_cancel` are
 idempotent. Scenarios are set with attributes before the command runs.
 
+Ownership: what the fake launches belongs to its `user` (SkyPilot's user hash) and carries the
+task's labels; tests add look-alikes (unlabelled, labelled for another run, another user's).
+Every `down` / `jobs_cancel` on a resource that is not labelled for a run *and* owned by `user`
+is appended to `foreign_actions` (and, with SFTLAUNCH_FAKE_AUDIT=<file>, to that file), so each
+scenario can assert — and the report can count — destructive actions on what is not ours.
+
 Where SkyPilot answers "nothing there" with an exception, the fake raises SkyPilot's real one
 (`sky.exceptions.ClusterNotUpError` with no jobs controller, `ClusterDoesNotExist` for a gone
 cluster) underneath the adapter's own decorators, so what the commands see is exactly what the
@@ -64,6 +70,24 @@ class FakeSky:
     cluster_jobs: dict = field(default_factory=dict)  # cluster name -> job status
     calls: list = field(default_factory=list)
     launched: list = field(default_factory=list)  # (kind, task, secrets, autostop)
+    user: str = "u-me0001"  # the SkyPilot user hash this client acts as
+    foreign_actions: list = field(default_factory=list)
+
+    def current_user(self):
+        return self.user
+
+    def _audit(self, action, resource) -> None:
+        import os
+
+        labelled = bool(resource is not None and (resource.labels or {}).get("sftlaunch-run"))
+        mine = resource is not None and resource.user_hash == self.user
+        if resource is not None and not (labelled and mine) and not (
+                action == "jobs_cancel" and resource.labels is None and mine):
+            self.foreign_actions.append((action, resource.name, resource.user_hash))
+        audit = os.environ.get("SFTLAUNCH_FAKE_AUDIT")
+        if audit and resource is not None:
+            with open(audit, "a") as fh:
+                fh.write(f"{action} {resource.name} {'foreign' if self.foreign_actions and self.foreign_actions[-1][1] == resource.name else 'ours'}\n")
 
     # -- credentials / optimizer ----------------------------------------------------------------
     def enabled_clouds(self, clouds):
@@ -84,10 +108,12 @@ class FakeSky:
         if on_line:
             on_line(f"Launching a new cluster {cluster_name!r}.")
         if self.launch_error:
-            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]), task["resources"]["cloud"])
+            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]),
+                                                  task["resources"]["cloud"], user_hash=self.user)
             raise self.launch_error
         self.clusters[cluster_name] = Cluster(
             cluster_name, "UP", dict(task["resources"]["labels"]), task["resources"]["cloud"], task["resources"].get("region"),
+            user_hash=self.user,
         )
         self.cluster_jobs[cluster_name] = "RUNNING"
         return 1
@@ -99,7 +125,7 @@ class FakeSky:
             raise self.launch_error
         job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
-                                       cloud=task["resources"]["cloud"])
+                                       cloud=task["resources"]["cloud"], user_hash=self.user)
         self.controller_up = True  # launching a managed job starts the controller
         return job_id
 
@@ -124,6 +150,7 @@ class FakeSky:
     # -- ending -----------------------------------------------------------------------------------
     def down(self, cluster_name):
         self.calls.append(("down", cluster_name))
+        self._audit("down", self.clusters.get(cluster_name))
         self.clusters.pop(cluster_name, None)
 
     @no_controller_means(_nothing)
@@ -132,6 +159,7 @@ class FakeSky:
         if not self.controller_up:
             raise _no_controller()
         job = self.jobs.get(job_id)
+        self._audit("jobs_cancel", job)
         if job and not job.finished:
             job.status = "CANCELLED"
 
