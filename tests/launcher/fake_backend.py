@@ -72,22 +72,27 @@ class FakeSky:
     launched: list = field(default_factory=list)  # (kind, task, secrets, autostop)
     user: str = "u-me0001"  # the SkyPilot user hash this client acts as
     foreign_actions: list = field(default_factory=list)
+    submitted: set = field(default_factory=set)  # managed job ids this fake launched (sftlaunch's)
 
     def current_user(self):
         return self.user
 
     def _audit(self, action, resource) -> None:
+        """Note a destructive call on something that is not labelled for a run and this user's
+        (a PENDING managed job of ours has no labels yet: its name is then a run id)."""
         import os
 
-        labelled = bool(resource is not None and (resource.labels or {}).get("sftlaunch-run"))
-        mine = resource is not None and resource.user_hash == self.user
-        if resource is not None and not (labelled and mine) and not (
-                action == "jobs_cancel" and resource.labels is None and mine):
+        if resource is None:
+            return
+        labelled = bool((resource.labels or {}).get("sftlaunch-run")) or (
+            not resource.labels and action == "jobs_cancel" and resource.job_id in self.submitted)
+        foreign = not (labelled and resource.user_hash == self.user)
+        if foreign:
             self.foreign_actions.append((action, resource.name, resource.user_hash))
         audit = os.environ.get("SFTLAUNCH_FAKE_AUDIT")
-        if audit and resource is not None:
+        if audit:
             with open(audit, "a") as fh:
-                fh.write(f"{action} {resource.name} {'foreign' if self.foreign_actions and self.foreign_actions[-1][1] == resource.name else 'ours'}\n")
+                fh.write(f"{action} {resource.name} {'foreign' if foreign else 'ours'}\n")
 
     # -- credentials / optimizer ----------------------------------------------------------------
     def enabled_clouds(self, clouds):
@@ -127,6 +132,7 @@ class FakeSky:
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
                                        cloud=task["resources"]["cloud"], user_hash=self.user)
         self.controller_up = True  # launching a managed job starts the controller
+        self.submitted.add(job_id)
         return job_id
 
     # -- queries ----------------------------------------------------------------------------------
