@@ -1,4 +1,4 @@
-"""One runner interface for the three places a run executes: poll, logs, stop, release.
+"""One runner interface for the three places a run executes: start, poll, logs, stop, release.
 
 Why: lifecycle, logs, teardown, status and up used to branch on the strings "local", "cluster"
 and "managed" and each spelt out how that kind is polled, followed and stopped. Now a record's
@@ -12,6 +12,8 @@ Runners only *read* the world and act on it; recording what they saw is lifecycl
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +40,24 @@ class Stop:
     refusal: str | None = None  # why nothing was touched although something is there
 
 
+@dataclass
+class Launch:
+    """What starting a run needs; each runner reads its part."""
+
+    task: dict | None = None  # cloud: the rendered SkyPilot task
+    recipe: object = None  # local: the Recipe
+    secrets: dict | None = None  # cloud: values joined only at launch
+    on_line: object = None  # cloud: SkyPilot's launch output, line by line
+    idle_minutes: int | None = None  # on-demand clusters: autostop (down) after this idle time
+    use_docker: bool | None = None  # local: None decides by the Docker daemon and image
+
+
 class Runner:
     kind: Backend
+
+    def start(self, record: RunRecord, launch: Launch) -> dict:
+        """Start the recorded run; returns the registry fields that locate it (job id, pid...)."""
+        raise NotImplementedError
 
     def poll(self, record: RunRecord) -> Poll:
         raise NotImplementedError
@@ -64,6 +82,13 @@ class Runner:
 
 class LocalRunner(Runner):
     kind = Backend.LOCAL
+
+    def start(self, record, launch):
+        from launcher.backends import local
+
+        fields = local.start(launch.recipe, record.run_id, Path(record.local_dir), use_docker=launch.use_docker)
+        fields.pop("backend", None)
+        return fields
 
     def poll(self, record):
         from launcher.backends import local
@@ -113,6 +138,13 @@ class ClusterRunner(_SkyRunner):
     def __init__(self, backend_factory):
         super().__init__(backend_factory)
         self._clusters: dict | None = None
+
+    def start(self, record, launch):
+        # down=True: autostop deletes the cluster once its job has ended and it idled.
+        job_id = self.backend.launch(launch.task, cluster_name=record.cluster_name or record.run_id,
+                                     idle_minutes=launch.idle_minutes, down=True, secrets=launch.secrets,
+                                     on_line=launch.on_line)
+        return {"job_id": None if job_id is None else str(job_id)}
 
     def prefetch(self, records) -> None:
         names = [r.cluster_name for r in records if r.backend is Backend.CLUSTER and r.cluster_name]
@@ -168,6 +200,11 @@ class ManagedRunner(_SkyRunner):
     def __init__(self, backend_factory):
         super().__init__(backend_factory)
         self._jobs: list | None = None
+
+    def start(self, record, launch):
+        job_id = self.backend.jobs_launch(launch.task, name=record.run_id, secrets=launch.secrets,
+                                          on_line=launch.on_line)
+        return {"job_id": None if job_id is None else str(job_id)}
 
     def _job(self, record):
         """The run's managed job if SkyPilot lists it and it is ours: by the recorded id first,
@@ -260,3 +297,46 @@ class Runners:
 def runner_for(record: RunRecord, backend=None) -> Runner | None:
     """A runner for one record, around an existing backend (up, logs) or the default one."""
     return Runners((lambda: backend) if backend is not None else None).for_record(record)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: starting a process and
+    recording it must not be split, or a run would be left going that no command can see.
+    Outside the main thread signals cannot be held and the block runs as it is."""
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def start_local_recorded(registry, record: RunRecord, launch: Launch) -> dict:
+    """Start a local run with no orphan window. The caller has recorded the run (launching)
+    before this; starting the process and recording its pid and start time happen with Ctrl-C
+    held. If anything cuts in between (an error, an interrupt let through), the process we
+    started — ours by the Popen handle we hold — is killed and the row says so."""
+    from launcher.backends import local
+    from launcher.errors import one_line
+
+    try:
+        with deferred_interrupts():
+            fields = LocalRunner().start(record, launch)
+            registry.update(record.run_id, **fields)
+            registry.set_state(record.run_id, "running", f"pid {fields['pid']}")
+    except BaseException as exc:
+        local.kill_started(Path(record.local_dir))
+        local.remove_containers(record.run_id)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        why = "interrupted" if interrupted else f"could not start: {one_line(exc)}"
+        registry.set_state(record.run_id, "cancelled" if interrupted else "failed",
+                           f"{why} before the run was under way; nothing is left running")
+        raise
+    return fields

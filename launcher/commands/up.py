@@ -20,8 +20,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import tempfile
 import time
@@ -201,54 +199,9 @@ def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
     return r
 
 
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: starting a process and
-    recording it must not be split, or a run would be left going that no command can see.
-    Outside the main thread signals cannot be held and the block runs as it is."""
-    received: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def _start_local_recorded(registry, r, run_id: str, out: Path, use_docker: bool) -> dict:
-    """Start the local run with no orphan window: the registry row exists (launching) before any
-    process starts, and starting + recording the pid happen with Ctrl-C held. If anything stops
-    us in between (an error, an interrupt let through), the process we started — ours, by the
-    Popen handle we hold — is killed and the row says so."""
-    from launcher.backends import local
-
-    registry.create(run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False,
-                    usd_per_hour=0.0, max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
-                    log_uri=str(local.paths(out)["log"]))
-    fields: dict = {}
-    try:
-        with deferred_interrupts():
-            fields = local.start(r, run_id, out, use_docker=use_docker)
-            registry.update(run_id, **{k: v for k, v in fields.items() if k != "backend"})
-            registry.set_state(run_id, "running", f"pid {fields['pid']}")
-    except BaseException as exc:
-        local.kill_started(out)
-        local.remove_containers(run_id)
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"could not start: {one_line(exc)}"
-        registry.set_state(run_id, "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
-                           f"{why} before the run was under way; nothing is left running")
-        raise
-    return fields
-
-
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     from launcher.backends import local
-    from launcher.backends.runner import runner_for
+    from launcher.backends.runner import Launch, runner_for, start_local_recorded
     from launcher.runid import new_run_id
     from launcher.runs import Registry, run_dir
 
@@ -266,7 +219,11 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         echo("dry run: nothing started.")
         return
     confirm(yes, "Start this run here?")
-    fields = _start_local_recorded(registry, r, run_id, out, use_docker)
+    # The row exists before any process starts (no orphan window).
+    record = registry.create(run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None,
+                             spot=False, usd_per_hour=0.0, max_usd=r.resources.max_usd, bucket=r.output.bucket,
+                             local_dir=str(out), log_uri=str(local.paths(out)["log"]))
+    fields = start_local_recorded(registry, record, Launch(recipe=r, use_docker=use_docker))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:
@@ -343,6 +300,7 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 
 def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+    from launcher.backends.runner import Launch, runner_for
     from launcher.backends.sky import get_backend
     from launcher.clouds import CLOUDS
 
@@ -437,12 +395,10 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
     present, _missing = launch_secrets(names)
     streamer = Streamer(registry, run_id, backend)
+    record = registry.get(run_id, history=False)
     try:
-        if chosen.spot:
-            job_id = backend.jobs_launch(task, name=run_id, secrets=present, on_line=streamer)
-        else:
-            job_id = backend.launch(task, cluster_name=run_id, idle_minutes=r.resources.autostop_minutes,
-                                    down=True, secrets=present, on_line=streamer)
+        job_id = runner_for(record, backend).start(record, Launch(
+            task=task, secrets=present, on_line=streamer, idle_minutes=r.resources.autostop_minutes))["job_id"]
     except KeyboardInterrupt:
         reattach_hints(run_id)
         raise Interrupted() from None
@@ -454,7 +410,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         raise JobFailed(f"launch of {run_id} failed: {detail}") from None
     finally:
         del present
-    registry.update(run_id, job_id=None if job_id is None else str(job_id))
+    registry.update(run_id, job_id=job_id)
     registry.set_state(run_id, "running" if not chosen.spot else "launching",
                        f"submitted ({'managed job' if chosen.spot else 'cluster job'} {job_id})")
     echo(f"launched {run_id} ({'managed job' if chosen.spot else 'cluster'} on {chosen.cloud})")
