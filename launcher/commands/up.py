@@ -300,7 +300,6 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 
 def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
-    from launcher.backends.runner import Launch, runner_for
     from launcher.backends.sky import get_backend
     from launcher.clouds import CLOUDS
 
@@ -376,44 +375,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     mount = out / "recipe.yaml"
     mount.write_text(container_recipe_yaml(r))
     task = render_task(r, chosen, run_id, str(mount))
-    from launcher import render
-    from launcher.images import resolve_image
-    from launcher.secrets import launch_secrets
-
-    kind = Backend.MANAGED if chosen.spot else Backend.CLUSTER
-    registry.create(
-        run_id, r, state="launching", backend=kind, cloud=chosen.cloud, region=getattr(chosen, "region", None),
-        gpu=chosen.gpu, gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot,
-        usd_per_hour=chosen.usd_per_hour, max_usd=max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
-        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
-        cluster_name=None if chosen.spot else run_id,
-        checkpoint_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/checkpoints/" if r.output.bucket else None,
-        result_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/" if r.output.bucket else None,
-        log_uri=f"{r.output.bucket.rstrip('/')}/{run_id}/logs/" if r.output.bucket else None,
-        local_dir=str(out), owner=_current_user(backend),
-    )
-    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
-    present, _missing = launch_secrets(names)
-    streamer = Streamer(registry, run_id, backend)
-    record = registry.get(run_id, history=False)
-    try:
-        job_id = runner_for(record, backend).start(record, Launch(
-            task=task, secrets=present, on_line=streamer, idle_minutes=r.resources.autostop_minutes))["job_id"]
-    except KeyboardInterrupt:
-        reattach_hints(run_id)
-        raise Interrupted() from None
-    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
-        detail = one_line(exc)
-        registry.set_state(run_id, "failed", f"launch failed: {detail}")
-        if not chosen.spot:
-            _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
-        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
-    finally:
-        del present
-    registry.update(run_id, job_id=job_id)
-    registry.set_state(run_id, "running" if not chosen.spot else "launching",
-                       f"submitted ({'managed job' if chosen.spot else 'cluster job'} {job_id})")
-    echo(f"launched {run_id} ({'managed job' if chosen.spot else 'cluster'} on {chosen.cloud})")
+    streamer = _launch_recorded(registry, backend, r, chosen, run_id, out, task)
     if detach:
         echo(f"follow it with: sftlaunch logs {run_id} --follow   ·   stop it: sftlaunch teardown {run_id}")
         echo(run_id)
@@ -423,6 +385,52 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     _report_end(final)
     if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
         raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
+
+
+def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict) -> Streamer:
+    """Record the run (launching), then launch it through its runner. A failed launch is
+    recorded and what it left is released if proven ours; Ctrl-C leaves the recorded run going."""
+    from launcher import render
+    from launcher.backends.runner import Launch, runner_for
+    from launcher.images import resolve_image
+    from launcher.secrets import launch_secrets
+
+    bucket = r.output.bucket.rstrip("/") if r.output.bucket else None
+    record = registry.create(
+        run_id, r, state="launching", backend=Backend.MANAGED if chosen.spot else Backend.CLUSTER,
+        cloud=chosen.cloud, region=getattr(chosen, "region", None), gpu=chosen.gpu,
+        gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot, usd_per_hour=chosen.usd_per_hour,
+        max_usd=r.resources.max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
+        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
+        cluster_name=None if chosen.spot else run_id,
+        checkpoint_uri=f"{bucket}/{run_id}/checkpoints/" if bucket else None,
+        result_uri=f"{bucket}/{run_id}/" if bucket else None,
+        log_uri=f"{bucket}/{run_id}/logs/" if bucket else None,
+        local_dir=str(out), owner=_current_user(backend),
+    )
+    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
+    present, _missing = launch_secrets(names)
+    streamer = Streamer(registry, run_id, backend)
+    runner = runner_for(record, backend)
+    try:
+        job_id = runner.start(record, Launch(task=task, secrets=present, on_line=streamer,
+                                             idle_minutes=r.resources.autostop_minutes))["job_id"]
+    except KeyboardInterrupt:
+        reattach_hints(run_id)
+        raise Interrupted() from None
+    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
+        detail = one_line(exc)
+        registry.set_state(run_id, "failed", f"launch failed: {detail}")
+        _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
+        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
+    finally:
+        del present
+    what = "managed job" if runner.kind is Backend.MANAGED else "cluster job"
+    registry.update(run_id, job_id=job_id)
+    registry.set_state(run_id, "launching" if runner.kind is Backend.MANAGED else "running",
+                       f"submitted ({what} {job_id})")
+    echo(f"launched {run_id} ({'managed job' if runner.kind is Backend.MANAGED else 'cluster'} on {chosen.cloud})")
+    return streamer
 
 
 def _current_user(backend) -> str | None:
