@@ -193,9 +193,10 @@ def find_results(record: dict) -> dict | None:
 
 
 def end_record(record) -> dict | None:
-    """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket."""
-    if record.backend is Backend.LOCAL:
-        path = Path(record.local_dir) / END_RECORD if record.local_dir else None
+    """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket.
+    (`record`: a RunRecord, or any mapping with the same keys.)"""
+    if record.get("backend") == Backend.LOCAL:
+        path = Path(record.get("local_dir")) / END_RECORD if record.get("local_dir") else None
         text = path.read_text() if path is not None and path.exists() else None
     else:
         base = bucket_base(record)
@@ -222,8 +223,8 @@ def stop_reason(record, end: dict | None = None) -> str | None:
 
 # -- budget guard ---------------------------------------------------------------------------------
 def control_dir(record) -> str | None:
-    if record.backend is Backend.LOCAL and record.local_dir:
-        return str(Path(record.local_dir) / "control")
+    if record.get("backend") == Backend.LOCAL and record.get("local_dir"):
+        return str(Path(record.get("local_dir")) / "control")
     base = bucket_base(record)
     return f"{base}/control" if base else None
 

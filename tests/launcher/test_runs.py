@@ -282,6 +282,10 @@ def test_a_read_only_home_serves_read_only_commands(tmp_path, monkeypatch):
         assert res.exit_code == 0 and "sftl-ro-0001" in res.output, res.output
         res = CliRunner().invoke(cli, ["logs", "sftl-ro"])
         assert res.exit_code == 0 and "hello from the run" in res.output, res.output
+        res = CliRunner().invoke(cli, ["status"])  # a refresh would record: it says so and shows the record
+        assert res.exit_code == 0 and "read-only" in res.output and "sftl-ro-0001" in res.output, res.output
+        res = CliRunner().invoke(cli, ["teardown", "sftl-ro-0001", "--yes"])
+        assert res.exit_code in (0, 2) and "Traceback" not in res.output and "internal error" not in res.output
         with pytest.raises(UserError, match="read-only"):
             Registry(home).set_state("sftl-ro-0001", "failed")
     finally:
