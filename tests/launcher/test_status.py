@@ -292,3 +292,19 @@ def test_destroying_goes_through_the_ownership_check_only():
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                      if re.search(r"\.(down|jobs_cancel)\(", p.read_text()))
     assert callers == ["backends/ownership.py", "backends/sky.py"], callers
+
+
+def test_the_budget_guard_never_cancels_a_job_it_cannot_prove_ours(fake):
+    """The guard's hard stop after its grace period, on a record whose job id SkyPilot has since
+    given to a teammate's labelled job: the stop is recorded, the stranger's job is untouched."""
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-bg01", kind="managed", usd=10.0, max_usd=1.0, bucket="/nonexistent/b", hours_ago=2.0)
+    rid = "sftl-demo-bg01"
+    job_id = int(reg.get(rid).job_id)
+    reg.update(rid, stop_requested_at=time.time() - lifecycle.STOP_GRACE_S - 60)
+    fake.jobs[job_id] = ManagedJob(job_id, "sftl-team-ffff", "RUNNING", {"sftlaunch-run": "sftl-team-ffff"},
+                                   user_hash="u-teammate")
+    lifecycle.guard_budget(reg, fake, reg.get(rid, history=False))
+    rec = reg.get(rid)
+    assert rec.state == "stopped" and fake.jobs[job_id].status == "RUNNING" and fake.foreign_actions == []
+    assert ("jobs_cancel", job_id) not in fake.calls
