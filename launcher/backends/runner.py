@@ -318,25 +318,29 @@ def deferred_interrupts():
         raise KeyboardInterrupt
 
 
-def start_local_recorded(registry, record: RunRecord, launch: Launch) -> dict:
-    """Start a local run with no orphan window. The caller has recorded the run (launching)
-    before this; starting the process and recording its pid and start time happen with Ctrl-C
-    held. If anything cuts in between (an error, an interrupt let through), the process we
+def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:
+    """Start a local run with no orphan window: `create()` records the run (launching) before
+    any process starts, then the process is started and its pid and start time recorded, all
+    with Ctrl-C held. If anything cuts in (an error, an interrupt let through), the process we
     started — ours by the Popen handle we hold — is killed and the row says so."""
     from launcher.backends import local
     from launcher.errors import one_line
 
+    record = None
     try:
         with deferred_interrupts():
+            record = create()
             fields = LocalRunner().start(record, launch)
             registry.update(record.run_id, **fields)
             registry.set_state(record.run_id, "running", f"pid {fields['pid']}")
     except BaseException as exc:
-        local.kill_started(Path(record.local_dir))
-        local.remove_containers(record.run_id)
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        why = "interrupted" if interrupted else f"could not start: {one_line(exc)}"
-        registry.set_state(record.run_id, "cancelled" if interrupted else "failed",
-                           f"{why} before the run was under way; nothing is left running")
+        record = record or registry.get(run_id, history=False)  # create() may have committed, then been cut
+        if record is not None:
+            local.kill_started(Path(record.local_dir))
+            local.remove_containers(record.run_id)
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            why = "interrupted" if interrupted else f"could not start: {one_line(exc)}"
+            registry.set_state(record.run_id, "cancelled" if interrupted else "failed",
+                               f"{why} before the run was under way; nothing is left running")
         raise
     return fields

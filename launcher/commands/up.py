@@ -220,10 +220,10 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         return
     confirm(yes, "Start this run here?")
     # The row exists before any process starts (no orphan window).
-    record = registry.create(run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None,
-                             spot=False, usd_per_hour=0.0, max_usd=r.resources.max_usd, bucket=r.output.bucket,
-                             local_dir=str(out), log_uri=str(local.paths(out)["log"]))
-    fields = start_local_recorded(registry, record, Launch(recipe=r, use_docker=use_docker))
+    fields = start_local_recorded(registry, run_id, lambda: registry.create(
+        run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
+        max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
+        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:

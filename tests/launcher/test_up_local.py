@@ -52,7 +52,7 @@ def test_up_local_tiny_end_to_end(monkeypatch, tmp_path):
 
 
 # -- no orphan window: Ctrl-C at every step of `up --local` ------------------------------------------
-STEPS = ("choose_runner", "create", "start", "after_popen", "update", "set_running", "signal_in_start", "follow")
+STEPS = ("choose_runner", "create", "after_create", "start", "after_popen", "update", "set_running", "signal_in_start", "follow")
 
 
 def _interrupt_at(step, monkeypatch):
@@ -71,6 +71,13 @@ def _interrupt_at(step, monkeypatch):
         monkeypatch.setattr(local, "choose_runner", boom)
     elif step == "create":
         monkeypatch.setattr(Registry, "create", boom)
+    elif step == "after_create":
+        real_create = Registry.create
+
+        def create_then(self, *a, **k):
+            real_create(self, *a, **k)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(Registry, "create", create_then)
     elif step == "start":
         monkeypatch.setattr(local, "start", boom)
     elif step in ("after_popen", "signal_in_start"):
@@ -120,6 +127,6 @@ def test_ctrl_c_at_any_step_leaves_nothing_running_or_a_recorded_run(monkeypatch
             local._children.pop(rid_dir)
         assert outcomes[step] not in ("pending", "launching"), step  # no row left in limbo
     assert outcomes["choose_runner"] == outcomes["create"] == "no row"
-    assert outcomes["start"] == outcomes["after_popen"] == outcomes["update"] == outcomes["set_running"] == "cancelled"
+    assert outcomes["after_create"] == outcomes["start"] == outcomes["after_popen"] == outcomes["update"] == outcomes["set_running"] == "cancelled"
     assert outcomes["follow"] == "recorded, then stopped by teardown"
     assert outcomes["signal_in_start"] in ("cancelled", "recorded, then stopped by teardown")
