@@ -79,13 +79,13 @@ class RunRecord:
 
     # -- dict-style reads, for callers that treat a record as data ------------------------------
     def __getitem__(self, key: str):
-        if key not in _FIELD_NAMES:
+        if key not in _FIELD_SET:
             raise KeyError(key)
         value = getattr(self, key)
-        return value.value if isinstance(value, Backend) else value
+        return value.value if key == "backend" and value is not None else value
 
     def get(self, key: str, default=None):
-        if key not in _FIELD_NAMES:
+        if key not in _FIELD_SET:
             return default
         value = self[key]
         return default if value is None else value
@@ -98,6 +98,7 @@ class RunRecord:
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunRecord))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 _BOOL_FIELDS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 _INT_FIELDS = frozenset({"gpus_per_node", "nodes", "pid", "progress_step", "progress_total", "recovery_count"})
 _FLOAT_FIELDS = frozenset({
@@ -114,36 +115,77 @@ class BadRow(ValueError):
     """A stored row whose column does not hold what the schema says (named in the message)."""
 
 
+def _as_bool(value):
+    if value not in (0, 1):  # True/False compare equal to 1/0
+        raise ValueError(value)
+    return bool(value)
+
+
+def _as_int(value):
+    if type(value) is not int:
+        raise ValueError(value)
+    return value
+
+
+def _as_float(value):
+    if type(value) not in (int, float):
+        raise ValueError(value)
+    return float(value)
+
+
+def _as_str(value):
+    if type(value) is not str:
+        raise ValueError(value)
+    return value
+
+
+def _as_job_id(value):
+    if type(value) is not str or not value.isdigit():
+        raise ValueError(value)
+    return value
+
+
+# One converter per column, chosen once (a registry of 1,000 runs is read on every `status`).
+_CONVERT = {
+    **{n: _as_bool for n in _BOOL_FIELDS}, **{n: _as_int for n in _INT_FIELDS},
+    **{n: _as_float for n in _FLOAT_FIELDS}, **{n: _as_str for n in _STR_FIELDS},
+    "job_id": _as_job_id, "backend": lambda value: _BACKENDS[value] if value in _BACKENDS else Backend(value),
+}
+_BACKENDS = {b.value: b for b in Backend}  # a dict lookup: Enum's own call is slow for 1,000 rows
+_NULL = {"job_stopped": False, "torn_down": False, "cluster_down": False, "recovery_count": 0, "running_seconds": 0.0}
+
+
+# Columns whose stored value is already the field's value when its type is exactly this.
+_PASS = {**{n: str for n in _STR_FIELDS if n != "job_id"}, **{n: int for n in _INT_FIELDS},
+         **{n: float for n in _FLOAT_FIELDS}}
+
+
+def coerce_row(data: dict, names) -> dict:
+    """`coerce` over a row's columns, with a fast path for values already of their type."""
+    out = {}
+    for name in names:
+        value = data[name]
+        if value is None:
+            out[name] = _NULL.get(name)
+        elif type(value) is _PASS.get(name):
+            out[name] = value
+        else:
+            out[name] = coerce(name, value)
+    return out
+
+
 def coerce(name: str, value):
     """A column value as the field's type; BadRow when it cannot be (a garbled row must be an
     error, never printed as if it were a run)."""
     if value is None:
-        return False if name in ("job_stopped", "torn_down", "cluster_down") else (
-            0 if name == "recovery_count" else 0.0 if name == "running_seconds" else None)
+        return _NULL.get(name)
+    convert = _CONVERT.get(name)
+    if convert is None:
+        return value
     try:
-        if name == "backend":
-            return Backend(value)
-        if name in _BOOL_FIELDS:
-            if value not in (0, 1, True, False):
-                raise ValueError(value)
-            return bool(value)
-        if name in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(value)
-            return value
-        if name in _FLOAT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(value)
-            return float(value)
-        if name in _STR_FIELDS:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            if name == "job_id" and not value.isdigit():
-                raise ValueError(value)
-            return value
+        return convert(value)
     except ValueError:
         raise BadRow(f"column {name} holds {str(value)[:40]!r}") from None
-    return value
 
 
 def running_hours(record, now: float | None = None) -> float:

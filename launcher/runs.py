@@ -31,7 +31,15 @@ from pathlib import Path
 
 from launcher.errors import UserError, one_line
 from launcher.home import sftlaunch_home
-from launcher.run_record import _FIELD_NAMES, Backend, BadRow, RunRecord, coerce, cost_so_far, running_hours
+from launcher.run_record import (
+    _FIELD_NAMES,
+    Backend,
+    BadRow,
+    RunRecord,
+    coerce_row,
+    cost_so_far,
+    running_hours,
+)
 from launcher.runs_schema import MIGRATIONS, SCHEMA_VERSION
 from launcher.secrets import mask, mask_obj
 
@@ -55,6 +63,8 @@ FIELDS = frozenset({
 })
 _BOOL_COLUMNS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 MAX_MATCHES_SHOWN = 10
+# Record fields stored as columns of the same name (eval and recipe are JSON; the rest derived).
+_COLUMN_FIELDS = tuple(n for n in _FIELD_NAMES if n not in ("eval", "recipe", "history", "running_hours", "cost_usd"))
 # Metric names preferred, in order, when reducing one lm-eval task's results to one score.
 _PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
@@ -137,6 +147,7 @@ class Registry:
         if self.path.exists() and not self.path.is_file():
             raise broken(self.path, "is not a file")
         self.writable = not readonly and _writable(self.home, self.path)
+        self._names: list[str] | None = None
         try:
             self._conn = self._connect()
             self._conn.row_factory = sqlite3.Row
@@ -395,22 +406,21 @@ class Registry:
 
     def _record(self, row: sqlite3.Row, with_recipe: bool = True) -> RunRecord:
         data = dict(row)
-        run_id = data.get("run_id")
+        if self._names is None:  # the columns this file has (an older, read-only file may lack some)
+            self._names = [n for n in _COLUMN_FIELDS if n in data]
         try:
-            values = {}
-            for name in _FIELD_NAMES:
-                if name in data:
-                    values[name] = coerce(name, data[name])
+            values = coerce_row(data, self._names)
             if data.get("state") not in STATES:
                 raise BadRow(f"column state holds {str(data.get('state'))[:40]!r}")
             values["eval"] = _json_column(data, "eval_json", dict)
             if with_recipe:
                 values["recipe"] = _json_column(data, "recipe_json", dict)
-            values.pop("history", None)
             record = RunRecord(**values)
         except (BadRow, TypeError) as exc:
-            raise broken(self.path, f"run {str(run_id)[:40]!r}: {exc}") from None
-        return record.with_cost_now()
+            raise broken(self.path, f"run {str(data.get('run_id'))[:40]!r}: {exc}") from None
+        record.running_hours = running_hours(record)
+        record.cost_usd = cost_so_far(record)
+        return record
 
 
 def _json_column(data: dict, column: str, kind: type):
