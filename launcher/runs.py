@@ -208,9 +208,10 @@ class Registry:
             )
         if current == SCHEMA_VERSION:
             return
+        if current == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            # Another program's database where ours should be: never add our tables to it.
+            raise broken(self.path, "is a SQLite database without sftlaunch's tables")
         if not self.writable:
-            if current == 0 and self.path.exists() and self.path.stat().st_size:
-                raise broken(self.path, "has no sftlaunch tables")
             if current == 0:
                 self.writable = True  # the in-memory stand-in for a registry not created yet
                 try:

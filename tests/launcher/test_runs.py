@@ -228,7 +228,15 @@ def _garbled_state(home):
     reg.close()
 
 
-BROKEN = {"random-bytes": _random_bytes, "truncated": _truncated, "directory": _directory,
+def _someone_elses_sqlite(home):
+    home.mkdir(parents=True)
+    db = sqlite3.connect(home / "runs.db")
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, athlete TEXT, km REAL)")
+    db.commit()
+    db.close()
+
+
+BROKEN = {"random-bytes": _random_bytes, "another-programs-db": _someone_elses_sqlite, "truncated": _truncated, "directory": _directory,
           "home-is-a-file": _home_is_a_file, "bad-json-row": _bad_json_row, "garbled-row": _garbled_state}
 
 
@@ -254,6 +262,9 @@ def test_a_broken_registry_is_one_clear_line(kind, argv, tmp_path, monkeypatch):
     assert "Traceback" not in out and "internal error" not in out and out.count("\n") == 0, out
     target = home if kind == "home-is-a-file" else home / "runs.db"
     assert str(target) in out and ("move it aside" in out), out
+    if kind == "another-programs-db":  # left exactly as it was
+        tables = sqlite3.connect(home / "runs.db").execute("SELECT name FROM sqlite_master").fetchall()
+        assert tables == [("runs",)]
 
 
 def test_a_read_only_home_serves_read_only_commands(tmp_path, monkeypatch):
