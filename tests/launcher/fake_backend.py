@@ -19,6 +19,7 @@ real adapter turns those exceptions into.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from launcher.backends.sky import (
@@ -34,6 +35,18 @@ from launcher.backends.sky import (
 
 def _nothing():
     return None
+
+
+@contextlib.contextmanager
+def installed(monkeypatch, fake: FakeSky | None = None):
+    """The fake as the backend every command gets; on the way out, the scenario must not have
+    downed or cancelled anything that is not ours (issue 14's goal: 0 such actions)."""
+    from launcher.backends import sky as sky_backend
+
+    fake = fake if fake is not None else FakeSky()
+    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
+    yield fake
+    assert fake.foreign_actions == [], f"destroyed what is not ours: {fake.foreign_actions}"
 
 
 def _no_controller():

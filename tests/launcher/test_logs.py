@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from launcher.backends import sky as sky_backend
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeSky
+from tests.launcher.fake_backend import installed
 from tests.launcher.test_status import launched
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
+    with installed(monkeypatch) as fake:
+        yield fake
 
 
 def logs(*args):

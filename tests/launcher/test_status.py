@@ -10,18 +10,16 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import lifecycle
-from launcher.backends import sky as sky_backend
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeSky
+from tests.launcher.fake_backend import installed
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
+    with installed(monkeypatch) as fake:
+        yield fake
 
 
 def launched(fake, reg, run_id, kind="cluster", usd=3.0, max_usd=None, bucket=None, hours_ago=1.0):

@@ -12,7 +12,7 @@ from launcher.backends import sky as sky_backend
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
-from tests.launcher.fake_backend import FakeSky
+from tests.launcher.fake_backend import FakeSky, installed
 from tests.launcher.test_status import launched
 
 
@@ -24,8 +24,8 @@ def fake(monkeypatch):
     fake.clusters["sftl-lookalike-0000"] = Cluster("sftl-lookalike-0000", "UP", {}, user_hash=fake.user)
     fake.jobs[7] = ManagedJob(7, "nightly-eval", "RUNNING", {}, user_hash=fake.user)
     fake.jobs[8] = ManagedJob(8, "sftl-demo-9999", "PENDING", None, user_hash=fake.user)  # not ours: no record
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
+    with installed(monkeypatch, fake) as fake:
+        yield fake
 
 
 def run(*args):

@@ -8,10 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import lifecycle
-from launcher.backends import sky as sky_backend
 from launcher.cli import cli
 from launcher.runs import Registry
-from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky
+from tests.launcher.fake_backend import FakeCandidate, FakePlan, installed
 from tests.launcher.fake_backend import write_recipe as _write_recipe
 
 CANARY = "hf_CANARYupTOKEN0123456789abcdefXYZ"
@@ -35,9 +34,8 @@ def bucket_store(monkeypatch):
 
 @pytest.fixture
 def fake(monkeypatch):
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
+    with installed(monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture
