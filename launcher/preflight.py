@@ -122,11 +122,12 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
 
 
 def data_check(i: int, src, local: bool, timeout: float) -> Check:
-    from launcher.recipe import _data_path_problem, looks_local
+    from launcher.recipe import looks_local
+    from launcher.recipe_input import data_path_problem
 
     if looks_local(src.path):
         def fn():
-            problem = _data_path_problem(Path(src.path))
+            problem = data_path_problem(Path(src.path))
             if problem:
                 return FAIL, problem, f"fix data.sources[{i}].path"
             return PASS, "local data; uploaded with the run" if not local else "local data", ""

@@ -108,7 +108,7 @@ def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
     assert rec["backend"] == "managed" and rec["job_id"] == "1" and rec["cluster_name"] is None
     states = [h["state"] for h in rec["history"]]
     assert "recovering" in states and states[-1] == "succeeded"
-    assert rec["extra"]["recovery_count"] == 1
+    assert rec.recovery_count == 1
     assert not any(c[0] == "down" for c in fake.calls)
     assert read[0] == f"gs://sftl-test/runs/{rec['run_id']}/exit.json"  # a budget stop? no record: no
 
@@ -339,3 +339,26 @@ def test_the_environments_bucket_names_itself_and_skips_local_runs(tmp_path, fak
     local = write_recipe(tmp_path / "l", bucket=False, clouds=("local",))
     assert _load(str(local), local=False, bucket="gs://env/x", from_cli=False).output.bucket is None
     assert _load(str(local), local=False, bucket="gs://cli/x", from_cli=True).output.bucket == "gs://cli/x"
+
+
+def test_a_failed_launch_downs_only_a_cluster_proven_ours(fake, plan, tmp_path, monkeypatch):
+    """Issue 14: after a failed launch, `down(run_id)` acted by name. A same-named cluster that is
+    not labelled for the run (someone's, or a stale one) is left alone and named in a warning."""
+    from launcher.backends.sky import Cluster
+
+    recipe = write_recipe(tmp_path / "r")
+    fake.launch_error = RuntimeError("no capacity")
+    assert fake.foreign_actions == []
+    real_launch = fake.launch
+
+    def launch_over_a_stranger(task, cluster_name, *args, **kwargs):
+        try:
+            return real_launch(task, cluster_name, *args, **kwargs)
+        finally:
+            fake.clusters[cluster_name] = Cluster(cluster_name, "UP", {}, user_hash="u-colleague")
+
+    monkeypatch.setattr(fake, "launch", launch_over_a_stranger)
+    res = CliRunner().invoke(cli, ["up", str(recipe), "--yes", "--detach"])
+    assert res.exit_code == 1, res.output
+    assert "left alone" in res.output and not [c for c in fake.calls if c[0] == "down"]
+    assert fake.foreign_actions == []
