@@ -39,7 +39,7 @@ class GpuType(click.ParamType):
     def convert(self, value, param, ctx):
         if value is None or value == "auto":
             return value
-        from launcher.catalog import canonical_gpu, unknown_gpu_message
+        from launcher.catalog import MAX_GPUS_PER_NODE, canonical_gpu, unknown_gpu_message
         from launcher.recipe import GPU_RE
 
         text = str(value).strip()
@@ -56,6 +56,9 @@ class GpuType(click.ParamType):
         gpu = canonical_gpu(m.group("name"))
         if gpu is None:
             self.fail(unknown_gpu_message(m.group("name")), param, ctx)
+        if m.group("count") and int(m.group("count")) > MAX_GPUS_PER_NODE:
+            self.fail(f"{value!r}: at most {MAX_GPUS_PER_NODE} GPUs per node are sold; use resources.nodes for more",
+                      param, ctx)
         return f"{gpu}:{m.group('count')}" if m.group("count") else gpu
 
 
@@ -63,6 +66,14 @@ def gpu_option(f):
     return click.option(
         "--gpu", type=GpuType(), default=None, metavar="GPU[:N]",
         help='Override resources.gpu, e.g. "H100:1" or "A100-80GB:8" (auto: the cheapest that fits).',
+    )(f)
+
+
+def fallbacks_option(f):
+    return click.option(
+        "--fallbacks", type=click.IntRange(1, 10), default=None, metavar="N",
+        help="Render the first N fitting offers in plan order as SkyPilot's ordered resources "
+             "(default: resources.fallbacks, 3); SkyPilot moves on when one has no capacity.",
     )(f)
 
 

@@ -145,12 +145,23 @@ class ResourcesSpec(_Strict):
     disk_gb: int = Field(256, gt=0, le=65536, description="Disk per node in GB (weights, checkpoints, caches).")
     autostop_minutes: int = Field(30, ge=0, le=WEEK_MINUTES, description="Stop (or down, where a cloud cannot stop) after this many idle minutes.")
     max_usd: float | None = Field(None, gt=0, le=1_000_000, description="Refuse to launch if the estimated total cost exceeds this.")
+    regions: list[str] | None = Field(
+        None, min_length=1, description="null = any region (priced at the cheapest); or regions to pin, e.g. [us-central1].")
+    fallbacks: int = Field(3, ge=1, le=10, description="Fitting offers rendered in plan order; SkyPilot moves on to the next when one has no capacity.")
 
     @field_validator("gpu")
     @classmethod
     def _gpu_shape(cls, v: str):
         if v != "auto" and not GPU_RE.match(v):
             raise ValueError('must be `auto` or NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8"')
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, v):
+        bad = [r for r in v or [] if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", r)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a region name, e.g. us-central1 or US")
         return v
 
     @field_validator("clouds")

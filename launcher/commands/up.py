@@ -358,6 +358,14 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         echo("clouds without credentials (not considered):", err=True)
         for line in missing:
             echo(line, err=True)
+    # Failover: the next fitting offers (on clouds with credentials, same spot and nodes) as
+    # SkyPilot's ordered resources; those over max_usd are left out, so the budget holds for
+    # whichever one SkyPilot launches.
+    rest = [c for c in result.failover(len(result.candidates), max_usd)
+            if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
+    fallbacks = rest[:max(0, r.resources.fallbacks - 1)]
+    if fallbacks:
+        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
 
     from launcher.render import container_recipe_yaml, render_task
     from launcher.runs import run_dir
@@ -373,7 +381,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     out.mkdir(parents=True, exist_ok=True)
     mount = out / "recipe.yaml"
     mount.write_text(container_recipe_yaml(r))
-    task = render_task(r, chosen, run_id, str(mount))
+    task = render_task(r, chosen, run_id, str(mount), fallbacks=fallbacks)
     from launcher import render
     from launcher.images import resolve_image
     from launcher.secrets import launch_secrets
