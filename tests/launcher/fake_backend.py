@@ -72,9 +72,15 @@ class FakeSky:
             raise self.check_error
         return {c: c in self.enabled for c in clouds}
 
+    @staticmethod
+    def _first(task) -> dict:
+        """The choice SkyPilot launches when it has capacity: the first of `ordered`, if any."""
+        res = task["resources"]
+        return {**res, **res["ordered"][0]} if "ordered" in res else res
+
     def optimize(self, task):
         self.calls.append(("optimize", task["name"]))
-        res = task["resources"]
+        res = self._first(task)
         return f"{res['cloud']}({res['accelerators']}{', spot' if res.get('use_spot') else ''})"
 
     # -- launching --------------------------------------------------------------------------------
@@ -84,10 +90,11 @@ class FakeSky:
         if on_line:
             on_line(f"Launching a new cluster {cluster_name!r}.")
         if self.launch_error:
-            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]), task["resources"]["cloud"])
+            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]),
+                                                  self._first(task)["cloud"])
             raise self.launch_error
         self.clusters[cluster_name] = Cluster(
-            cluster_name, "UP", dict(task["resources"]["labels"]), task["resources"]["cloud"], task["resources"].get("region"),
+            cluster_name, "UP", dict(task["resources"]["labels"]), self._first(task)["cloud"], self._first(task).get("region"),
         )
         self.cluster_jobs[cluster_name] = "RUNNING"
         return 1
@@ -99,7 +106,7 @@ class FakeSky:
             raise self.launch_error
         job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
-                                       cloud=task["resources"]["cloud"])
+                                       cloud=self._first(task)["cloud"])
         self.controller_up = True  # launching a managed job starts the controller
         return job_id
 
@@ -200,6 +207,11 @@ class FakePlan:
     candidates: list
     chosen: FakeCandidate | None = None
     reason: str | None = None
+
+    def failover(self, n: int, max_usd: float | None = None) -> list:
+        from launcher.estimate import Plan  # the real rule, on the fake candidates
+
+        return Plan.failover(self, n, max_usd)  # type: ignore[arg-type]
 
 
 def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,

@@ -345,3 +345,20 @@ def test_the_environments_bucket_names_itself_and_skips_local_runs(tmp_path, fak
     local = write_recipe(tmp_path / "l", bucket=False, clouds=("local",))
     assert _load(str(local), local=False, bucket="gs://env/x", from_cli=False).output.bucket is None
     assert _load(str(local), local=False, bucket="gs://cli/x", from_cli=True).output.bucket == "gs://cli/x"
+
+
+def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
+    """The next fitting offers go to SkyPilot as ordered resources (no capacity on runpod → gcp);
+    the in-job budget guard charges the dearest rate; a fallback over max_usd is left out."""
+    fake.enabled = {"runpod", "gcp"}
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "failover  runpod H100:1 ~$5 → gcp H100:1 ~$6" in res.output
+    task = fake.launched[-1][1]
+    assert [(c["cloud"], c["accelerators"]) for c in task["resources"]["ordered"]] == [("runpod", "H100:1"),
+                                                                                      ("gcp", "H100:1")]
+    assert task["envs"]["SFTLAUNCH_USD_PER_HOUR"] == "3.0000"
+    plan["total"] = 45.0  # gcp's fallback would be $54, over max_usd $50
+    res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "failover  " not in res.output and "ordered" not in fake.launched[-1][1]["resources"]
