@@ -126,7 +126,9 @@ def gpu_memory_gb(gpu: str, offer: Offer | None = None) -> float:
 def unusable_reason(offer: Offer) -> str | None:
     """Why the planner cannot use a catalog offer (said in `plan`), or None."""
     spec = gpus().get(offer.gpu)
-    if spec is None:
+    if spec is not None and spec.get("vendor", "NVIDIA") != "NVIDIA":
+        return f"{offer.gpu} is an {spec['vendor']} GPU; the sftlaunch image is built on CUDA"
+    if spec is None or "bf16_tflops" not in spec:
         return f"{offer.gpu}: no TFLOP/s figure in launcher/data/gpus.yaml, so its time and cost cannot be estimated"
     if spec.get("arch", "x86_64") != "x86_64":
         return f"{offer.gpu} has an {spec['arch']} host; the sftlaunch image is built for amd64 only"
