@@ -29,7 +29,14 @@ import click
 from click.core import ParameterSource
 
 from launcher.errors import JobFailed, UserError, one_line
-from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
+from launcher.options import (
+    cloud_option,
+    dry_run_option,
+    fallbacks_option,
+    gpu_option,
+    recipe_argument,
+    yes_option,
+)
 from launcher.secrets import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
@@ -171,8 +178,9 @@ class Streamer:
 @click.option("--bucket", envvar="SFTLAUNCH_BUCKET", default=None, metavar="URI",
               help="Checkpoints, results and logs go to URI (gs://, s3://), overriding output.bucket "
                    "[default: $SFTLAUNCH_BUCKET].")
+@fallbacks_option
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
-       bucket: str | None) -> None:
+       bucket: str | None, fallbacks: int | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
     r = _load(recipe, local, bucket, from_cli)
@@ -180,7 +188,7 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
-        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
+        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
 
 
 def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
@@ -298,7 +306,8 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
     return [f"  {CREDENTIAL_HINTS.get(c, c)}" for c in clouds if not enabled.get(c)]
 
 
-def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
+              n_fallbacks: int | None = None) -> None:
     from launcher.backends.sky import get_backend
     from launcher.clouds import CLOUDS
 
@@ -363,7 +372,7 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     # whichever one SkyPilot launches.
     rest = [c for c in result.failover(len(result.candidates), max_usd)
             if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
-    fallbacks = rest[:max(0, r.resources.fallbacks - 1)]
+    fallbacks = rest[:max(0, (n_fallbacks or r.resources.fallbacks) - 1)]
     if fallbacks:
         echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
 

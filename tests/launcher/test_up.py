@@ -358,6 +358,9 @@ def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
     assert [(c["cloud"], c["accelerators"]) for c in task["resources"]["ordered"]] == [("runpod", "H100:1"),
                                                                                       ("gcp", "H100:1")]
     assert task["envs"]["SFTLAUNCH_USD_PER_HOUR"] == "3.0000"
+    res = up(write_recipe(tmp_path / "t", name="demo1"), "--yes", "--detach", "--fallbacks", "1")
+    assert res.exit_code == 0, res.output
+    assert "ordered" not in fake.launched[-1][1]["resources"]
     plan["total"] = 45.0  # gcp's fallback would be $54, over max_usd $50
     res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
     assert res.exit_code == 0, res.output
