@@ -101,7 +101,9 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     mount_src = mount_dir / "recipe.yaml"
     mount_src.write_text(container_recipe_yaml(r))
     task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS, fallbacks=targets[1:])
-    text = f"# sftlaunch render {recipe} --cloud {target.cloud}  (run id {run_id})\n" + to_yaml(task)
+    order = " → ".join(f"{t.cloud} {t.accelerators}" for t in targets)
+    flag = f" --cloud {cloud.lower()}" if cloud else ""
+    text = f"# sftlaunch render {recipe}{flag}  (run id {run_id}; {order})\n" + to_yaml(task)
     if output:
         try:
             output.write_text(text)
