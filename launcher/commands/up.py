@@ -191,6 +191,31 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
         _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
 
 
+def _record_what_runs(backend, registry, run_id: str, choices: list):
+    """With failover, SkyPilot may have launched a later choice: record the one the cluster
+    actually runs (cloud, region, GPU, its $/h and estimate), so status and the cost so far are
+    that offer's. A managed (spot) job is recorded as planned: its controller may move it."""
+    import re
+
+    try:
+        cluster = next((c for c in backend.status([run_id]) if c.name == run_id), None)
+    except Exception:  # noqa: BLE001 - the launch succeeded; the record keeps the first choice
+        return choices[0]
+    if cluster is None or not cluster.cloud:
+        return choices[0]
+    acc = re.search(r"\{'([^']+)': (\d+)\}", cluster.resources or "")
+    same_cloud = [c for c in choices if c.cloud == str(cluster.cloud).lower()]
+    ran = next((c for c in same_cloud if acc and (c.gpu, c.gpus_per_node) == (acc.group(1), int(acc.group(2)))),
+               same_cloud[0] if same_cloud else choices[0])
+    if ran is not choices[0]:
+        echo(f"note: no capacity for {choices[0].cloud} {choices[0].accelerators}; SkyPilot launched "
+             f"{ran.cloud} {ran.accelerators} (${ran.usd_per_hour:.2f}/h, ~${ran.total_usd:.2f})", err=True)
+    registry.update(run_id, cloud=ran.cloud, region=cluster.region or ran.region, gpu=ran.gpu,
+                    gpus_per_node=ran.gpus_per_node, usd_per_hour=ran.usd_per_hour, eta_hours=ran.eta_hours,
+                    total_usd=ran.total_usd)
+    return ran
+
+
 def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
     """The recipe with --bucket/$SFTLAUNCH_BUCKET applied before validation, so the recipe's own
     rules (spot needs a bucket; a cloud run needs gs:// or s3://) judge it, and a bad value is
@@ -431,6 +456,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     finally:
         del present
     registry.update(run_id, job_id=None if job_id is None else str(job_id))
+    if fallbacks and not chosen.spot:
+        chosen = _record_what_runs(backend, registry, run_id, [chosen, *fallbacks])
     registry.set_state(run_id, "running" if not chosen.spot else "launching",
                        f"submitted ({'managed job' if chosen.spot else 'cluster job'} {job_id})")
     echo(f"launched {run_id} ({'managed job' if chosen.spot else 'cluster'} on {chosen.cloud})")

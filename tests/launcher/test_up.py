@@ -365,3 +365,22 @@ def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
     assert res.exit_code == 0, res.output
     assert "failover  " not in res.output and "ordered" not in fake.launched[-1][1]["resources"]
+
+
+def test_the_record_says_which_fallback_ran_and_its_price(tmp_path, fake, plan, monkeypatch):
+    """No capacity for runpod: SkyPilot launched the gcp fallback; the run record says so."""
+    real = fake.launch
+
+    def launch(task, cluster_name, *a, **k):
+        job = real(task, cluster_name, *a, **k)
+        fake.clusters[cluster_name].cloud = "GCP"  # as SkyPilot's status reports it
+        fake.clusters[cluster_name].region = "us-central1"
+        fake.clusters[cluster_name].resources = "1x GCP(a3-highgpu-1g, {'H100': 1})"
+        return job
+
+    monkeypatch.setattr(fake, "launch", launch)
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "SkyPilot launched gcp H100:1 ($3.00/h" in res.output
+    rec = only_record()
+    assert (rec["cloud"], rec["region"], rec["usd_per_hour"]) == ("gcp", "us-central1", 3.0)
