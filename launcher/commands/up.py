@@ -31,7 +31,14 @@ from click.core import ParameterSource
 from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, UserError, one_line
-from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
+from launcher.options import (
+    cloud_option,
+    dry_run_option,
+    fallbacks_option,
+    gpu_option,
+    recipe_argument,
+    yes_option,
+)
 from launcher.run_record import Backend
 from launcher.secrets import mask
 
@@ -171,8 +178,9 @@ class Streamer:
 @click.option("--bucket", envvar=Env.BUCKET, default=None, metavar="URI",
               help="Checkpoints, results and logs go to URI (gs://, s3://), overriding output.bucket "
                    f"[default: ${Env.BUCKET}].")
+@fallbacks_option
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
-       bucket: str | None) -> None:
+       bucket: str | None, fallbacks: int | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
     r = _load(recipe, local, bucket, from_cli)
@@ -186,7 +194,32 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
-        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
+        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
+
+
+def _record_what_runs(backend, registry, run_id: str, choices: list):
+    """With failover, SkyPilot may have launched a later choice: record the one the cluster
+    actually runs (cloud, region, GPU, its $/h and estimate), so status and the cost so far are
+    that offer's. A managed (spot) job is recorded as planned: its controller may move it."""
+    import re
+
+    try:
+        cluster = next((c for c in backend.status([run_id]) if c.name == run_id), None)
+    except Exception:  # noqa: BLE001 - the launch succeeded; the record keeps the first choice
+        return choices[0]
+    if cluster is None or not cluster.cloud:
+        return choices[0]
+    acc = re.search(r"\{'([^']+)': (\d+)\}", cluster.resources or "")
+    same_cloud = [c for c in choices if c.cloud == str(cluster.cloud).lower()]
+    ran = next((c for c in same_cloud if acc and (c.gpu, c.gpus_per_node) == (acc.group(1), int(acc.group(2)))),
+               same_cloud[0] if same_cloud else choices[0])
+    if ran is not choices[0]:
+        echo(f"note: no capacity for {choices[0].cloud} {choices[0].accelerators}; SkyPilot launched "
+             f"{ran.cloud} {ran.accelerators} (${ran.usd_per_hour:.2f}/h, ~${ran.total_usd:.2f})", err=True)
+    registry.update(run_id, cloud=ran.cloud, region=cluster.region or ran.region, gpu=ran.gpu,
+                    gpus_per_node=ran.gpus_per_node, usd_per_hour=ran.usd_per_hour, eta_hours=ran.eta_hours,
+                    total_usd=ran.total_usd)
+    return ran
 
 
 def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
@@ -313,7 +346,8 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
     return [f"  {CREDENTIAL_HINTS.get(c, c)}" for c in clouds if not enabled.get(c)]
 
 
-def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
+              n_fallbacks: int | None = None) -> None:
     from launcher.backends.sky import get_backend
     from launcher.clouds import CLOUDS, not_allowed
 
@@ -376,6 +410,14 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         echo("clouds without credentials (not considered):", err=True)
         for line in missing:
             echo(line, err=True)
+    # Failover: the next fitting offers (on clouds with credentials, same spot and nodes) as
+    # SkyPilot's ordered resources; those over max_usd are left out, so the budget holds for
+    # whichever one SkyPilot launches.
+    rest = [c for c in result.failover(len(result.candidates), max_usd)
+            if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
+    fallbacks = rest[:max(0, (n_fallbacks or r.resources.fallbacks) - 1)]
+    if fallbacks:
+        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
 
     from launcher.render import container_recipe_yaml, render_task
     from launcher.runs import run_dir
@@ -393,8 +435,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     out.mkdir(parents=True, exist_ok=True)
     mount = out / "recipe.yaml"
     mount.write_text(container_recipe_yaml(r))
-    task = render_task(r, chosen, run_id, str(mount))
-    streamer = _launch_recorded(registry, backend, r, chosen, run_id, out, task)
+    task = render_task(r, chosen, run_id, str(mount), fallbacks=fallbacks)
+    streamer = _launch_recorded(registry, backend, r, chosen, run_id, out, task, fallbacks)
     if detach:
         echo(f"follow it with: sftlaunch logs {run_id} --follow   ·   stop it: sftlaunch teardown {run_id}")
         echo(run_id)
@@ -406,7 +448,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
 
 
-def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict) -> Streamer:
+def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict,
+                     fallbacks: list | tuple = ()) -> Streamer:
     """Record the run (launching), then launch it through its runner. A failed launch is
     recorded and what it left is released if proven ours; Ctrl-C leaves the recorded run going."""
     from launcher import render
@@ -446,6 +489,8 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
         del present
     what = "managed job" if runner.kind is Backend.MANAGED else "cluster job"
     registry.update(run_id, job_id=job_id)
+    if fallbacks and runner.kind is not Backend.MANAGED:  # SkyPilot may have launched a later choice
+        chosen = _record_what_runs(backend, registry, run_id, [chosen, *fallbacks])
     registry.set_state(run_id, "launching" if runner.kind is Backend.MANAGED else "running",
                        f"submitted ({what} {job_id})")
     echo(f"launched {run_id} ({'managed job' if runner.kind is Backend.MANAGED else 'cluster'} on {chosen.cloud})")

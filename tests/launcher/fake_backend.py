@@ -115,9 +115,15 @@ class FakeSky:
             raise self.check_error
         return {c: c in self.enabled for c in clouds}
 
+    @staticmethod
+    def _first(task) -> dict:
+        """The choice SkyPilot launches when it has capacity: the first of `ordered`, if any."""
+        res = task["resources"]
+        return {**res, **res["ordered"][0]} if "ordered" in res else res
+
     def optimize(self, task):
         self.calls.append(("optimize", task["name"]))
-        res = task["resources"]
+        res = self._first(task)
         return f"{res['cloud']}({res['accelerators']}{', spot' if res.get('use_spot') else ''})"
 
     # -- launching --------------------------------------------------------------------------------
@@ -128,10 +134,10 @@ class FakeSky:
             on_line(f"Launching a new cluster {cluster_name!r}.")
         if self.launch_error:
             self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]),
-                                                  task["resources"]["cloud"], user_hash=self.user)
+                                                  self._first(task)["cloud"], user_hash=self.user)
             raise self.launch_error
         self.clusters[cluster_name] = Cluster(
-            cluster_name, "UP", dict(task["resources"]["labels"]), task["resources"]["cloud"], task["resources"].get("region"),
+            cluster_name, "UP", dict(task["resources"]["labels"]), self._first(task)["cloud"], self._first(task).get("region"),
             user_hash=self.user,
         )
         self.cluster_jobs[cluster_name] = "RUNNING"
@@ -144,7 +150,7 @@ class FakeSky:
             raise self.launch_error
         job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
-                                       cloud=task["resources"]["cloud"], user_hash=self.user)
+                                       cloud=self._first(task)["cloud"], user_hash=self.user)
         self.controller_up = True  # launching a managed job starts the controller
         self.submitted.add(job_id)
         return job_id
@@ -248,6 +254,11 @@ class FakePlan:
     candidates: list
     chosen: FakeCandidate | None = None
     reason: str | None = None
+
+    def failover(self, n: int, max_usd: float | None = None) -> list:
+        from launcher.estimate import Plan  # the real rule, on the fake candidates
+
+        return Plan.failover(self, n, max_usd)  # type: ignore[arg-type]
 
 
 def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,
