@@ -1,13 +1,12 @@
-"""GPU specs, prices, model shapes and workload assumptions, loaded from launcher/data/*.yaml.
+"""GPU facts, model shapes and workload assumptions (launcher/data/*.yaml), and every cloud's offers.
 
-Why data files: prices change monthly and MFU figures are assumptions worth arguing with; keeping
-them out of code lets `plan --refresh-prices` rewrite prices and lets a reviewer see every number
-the planner uses in one place, with its source and date.
+Why data files: MFU figures and datasheet TFLOP/s are assumptions worth arguing with; keeping
+them out of code lets a reviewer see every number the planner uses in one place, with its source.
+Offers (GPU types, counts, regions, prices) are not ours: they come from SkyPilot's catalog
+(launcher/offers.py); gpus.yaml keeps only what that catalog lacks or gets wrong.
 
-Three inputs live outside the package, under $SFTLAUNCH_HOME (default ~/.sftlaunch), because they
-belong to the user, not to a release:
-  prices.yaml        the snapshot `plan --refresh-prices` wrote (preferred over the packaged one
-                     unless the packaged snapshot is newer, e.g. after an upgrade);
+Inputs outside the package, under $SFTLAUNCH_HOME (default ~/.sftlaunch), belong to the user:
+  offers-cache.json  the offers read from SkyPilot's catalog (launcher/offers.py);
   kubernetes.yaml    the GPUs of the user's own cluster (or env SFTLAUNCH_K8S_GPUS): a cluster
                      has no public catalog, so without it Kubernetes offers nothing to `gpu: auto`;
   model-configs/     config.json files fetched from the Hub (HF_ENDPOINT, default huggingface.co;
@@ -17,7 +16,6 @@ belong to the user, not to a release:
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
 import json
@@ -26,15 +24,16 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from launcher import offers as offers_mod
 from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.home import sftlaunch_home
+from launcher.recipe import MAX_GPUS_PER_NODE  # noqa: F401 - the one bound (GCP a2-megagpu-16g), re-exported
 
 DATA = Path(__file__).resolve().parent / "data"
 K8S_ENV = Env.K8S_GPUS
@@ -61,16 +60,22 @@ def _user_yaml(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# GPUs
+# GPUs: offers from SkyPilot's catalog (launcher.offers) + the facts it lacks (gpus.yaml)
+
+Offer = offers_mod.Offer
 
 
 def gpus() -> dict[str, dict[str, Any]]:
+    """Per-GPU facts the catalog lacks (TFLOP/s, bf16, arch, memory where the catalog is wrong)."""
     return {k: v for k, v in _load("gpus.yaml").items() if k != "tflops_by_cloud"}
 
 
 def gpu_names() -> list[str]:
-    """Accelerator names a user may ask for (the CPU pseudo-entry is for local runs only)."""
-    return [k for k in gpus() if k != "CPU"]
+    """Accelerator names a user may ask for: every catalog cloud's, spelled as SkyPilot spells
+    them, plus the few only known locally (the CPU pseudo-entry is for local runs only)."""
+    names = {n for per in offers_mod.catalog_names().values() for n in per}
+    names |= {k for k in gpus() if k != "CPU"}
+    return sorted(names)
 
 
 def canonical_gpu(name: str) -> str | None:
@@ -78,17 +83,24 @@ def canonical_gpu(name: str) -> str | None:
     return {k.lower(): k for k in gpu_names()}.get(name.lower())
 
 
+def did_you_mean(name: str, names: list[str]) -> str | None:
+    """A near miss: a longer spelling of the same GPU first (H200 → H200-SXM), else the closest."""
+    upper = {n.upper(): n for n in names}
+    close = sorted(u for u in upper if u.startswith(name.upper()) and u != name.upper())[:1]
+    close = close or difflib.get_close_matches(name.upper(), list(upper), n=1, cutoff=0.5)
+    return upper[close[0]] if close else None
+
+
 def unknown_gpu_message(name: str) -> str:
     names = gpu_names()
-    upper = {n.upper(): n for n in names}
-    close = difflib.get_close_matches(name.upper(), list(upper), n=1, cutoff=0.5)
-    guess = f"did you mean {upper[close[0]]}? " if close else ""
-    return f"unknown GPU {name!r}; {guess}known GPUs: {', '.join(names)}"
+    guess = did_you_mean(name, names)
+    hint = f"did you mean {guess}? " if guess else ""
+    return f"unknown GPU {name!r}; {hint}known GPUs: {', '.join(names)}"
 
 
 def gpu_tflops(gpu: str, cloud: str | None = None, count: int | None = None) -> float:
     """A cloud may sell a different card under one name, sometimes only at one count
-    (Lambda's 1x H100 is gpu_1x_h100_pcie, its 2-8x are SXM5): "GPU:count" keys win."""
+    (Lambda's cheapest 1x H100 is gpu_1x_h100_pcie, its 2-8x are SXM5): "GPU:count" keys win."""
     by_cloud = _load("gpus.yaml").get("tflops_by_cloud", {})
     if cloud and count and f"{gpu}:{count}" in by_cloud.get(cloud, {}):
         return float(by_cloud[cloud][f"{gpu}:{count}"])
@@ -97,58 +109,45 @@ def gpu_tflops(gpu: str, cloud: str | None = None, count: int | None = None) -> 
     return float(gpus()[gpu]["bf16_tflops"])
 
 
-def gpu_memory_gb(gpu: str) -> float:
-    return float(gpus()[gpu]["memory_gb"])
+def gpu_memory_gb(gpu: str, offer: Offer | None = None) -> float:
+    """The catalog's device memory, unless it is implausible (RunPod writes GB in a MiB field,
+    so SkyPilot reads 80 MiB for an 80 GB card) or absent: then gpus.yaml's figure."""
+    if offer is not None and offer.memory_gib and offer.memory_gib >= 4:
+        return float(offer.memory_gib)
+    spec = gpus().get(gpu, {})
+    if "memory_gb" in spec:
+        return float(spec["memory_gb"])
+    for cloud in offers_mod.CATALOG_CLOUDS:  # e.g. a Kubernetes GPU named as GCP sells it
+        for o in offers_mod.catalog_offers(cloud):
+            if o.gpu == gpu and o.memory_gib and o.memory_gib >= 4:
+                return float(o.memory_gib)
+    raise KeyError(gpu)
 
 
-# ---------------------------------------------------------------------------------------------
-# Prices
+def unusable_reason(offer: Offer) -> str | None:
+    """Why the planner cannot use a catalog offer (said in `plan`), or None."""
+    spec = gpus().get(offer.gpu)
+    if spec is not None and spec.get("vendor", "NVIDIA") != "NVIDIA":
+        return f"{offer.gpu} is an {spec['vendor']} GPU; the sftlaunch image is built on CUDA"
+    if spec is None or "bf16_tflops" not in spec:
+        return f"{offer.gpu}: no TFLOP/s figure in launcher/data/gpus.yaml, so its time and cost cannot be estimated"
+    if spec.get("arch", "x86_64") != "x86_64":
+        return f"{offer.gpu} has an {spec['arch']} host; the sftlaunch image is built for amd64 only"
+    try:
+        gpu_memory_gb(offer.gpu, offer)
+    except KeyError:
+        return f"{offer.gpu}: the catalog's memory figure is implausible and gpus.yaml has none"
+    return None
 
 
-@dataclass(frozen=True)
-class Offer:
-    cloud: str
-    gpu: str
-    count: int
-    on_demand: float  # $/h per GPU
-    spot: float | None
-    region: str | None
-    assumed: bool = False  # not from a catalog or an inventory: an explicit gpu on Kubernetes
-
-
-def user_prices_path() -> Path:
-    return sftlaunch_home() / "prices.yaml"
-
-
-def prices_path() -> Path:
-    """The refreshed snapshot in $SFTLAUNCH_HOME when it exists and is not older than the packaged one."""
-    user = user_prices_path()
-    if user.is_file():
-        data = _user_yaml(user)
-        if not (isinstance(data, dict) and isinstance(data.get("clouds"), dict) and data.get("snapshot_date")):
-            raise UserError(f"{user}: not a price snapshot (needs snapshot_date and clouds); delete it to use the "
-                            "packaged prices, or rerun `sftlaunch plan RECIPE --refresh-prices`")
-        if str(data["snapshot_date"]) >= str(_load("prices.yaml")["snapshot_date"]):
-            return user
-    return DATA / "prices.yaml"
-
-
-def prices() -> dict[str, Any]:
-    path = prices_path()
-    data = _user_yaml(path) if path != DATA / "prices.yaml" else _load("prices.yaml")
-    data["snapshot_date"] = str(data["snapshot_date"])  # an unquoted date in YAML loads as a date
-    return data
+def has_bf16(gpu: str) -> bool:
+    return bool(gpus().get(gpu, {}).get("bf16", True))
 
 
 def offers(cloud: str) -> list[Offer]:
     if cloud == "kubernetes":
         return kubernetes_offers()
-    out = []
-    for row in prices()["clouds"].get(cloud, []):
-        for count in row["counts"]:
-            out.append(Offer(cloud, row["gpu"], int(count), float(row["on_demand"]),
-                             None if row.get("spot") is None else float(row["spot"]), row.get("region")))
-    return out
+    return offers_mod.catalog_offers(cloud)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,95 +370,3 @@ def shape_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
     per_layer = attn_params + sum(i * o for i, o in mlp.values())
     shape.update(params_b=(layers * per_layer + emb) / 1e9, linear={**attn, **mlp})
     return shape
-
-
-# ---------------------------------------------------------------------------------------------
-# Refreshing prices from SkyPilot's catalogs
-
-
-def _sky_accelerators(sky_catalog: Any, cloud: str) -> dict[str, list[Any]]:
-    """SkyPilot's offers for one cloud, with its spinner payloads and log lines kept off the terminal."""
-    import logging
-
-    from sky import sky_logging
-
-    logging.disable(logging.CRITICAL)
-    try:
-        with sky_logging.silent():
-            return sky_catalog.list_accelerators(gpus_only=True, clouds=cloud, case_sensitive=True)
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _price_rows(rows: list[dict[str, Any]], found: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Each count priced from its own catalog row (a 1x and an 8x instance differ per GPU);
-    counts with equal prices are merged back into one row. Offers SkyPilot does not list keep
-    their previous price. Returns the rows and how many counts were priced from the catalog."""
-    priced: list[dict[str, Any]] = []
-    matched = 0
-    for row in rows:
-        for count in row["counts"]:
-            items = [i for i in found.get(row["gpu"], []) if int(i.accelerator_count) == int(count)
-                     and i.price == i.price and i.price]
-            new = dict(row, counts=[int(count)])
-            if items:
-                best = min(items, key=lambda i: i.price)
-                spots = [i.spot_price for i in items if i.spot_price == i.spot_price and i.spot_price]
-                new.update(on_demand=round(float(best.price) / count, 2),
-                           spot=round(float(min(spots)) / count, 2) if spots else None, region=best.region)
-                matched += 1
-            priced.append(new)
-    merged: list[dict[str, Any]] = []
-    for row in priced:
-        last = merged[-1] if merged else None
-        same = last is not None and all(last.get(k) == row.get(k) for k in set(last) | set(row) if k != "counts")
-        if same:
-            last["counts"].append(row["counts"][0])
-        else:
-            merged.append(row)
-    return merged, matched
-
-
-def refresh_prices() -> str:
-    """Write $SFTLAUNCH_HOME/prices.yaml from SkyPilot's catalogs (needs network and the cloud extra).
-
-    Never writes into the package; leaves the snapshot (and its date) alone when nothing changed.
-    Raises RuntimeError with one line when no cloud's catalog could be read.
-    """
-    from datetime import date
-
-    try:
-        from sky import catalog as sky_catalog
-    except ImportError:
-        raise RuntimeError("needs SkyPilot: pip install 'sftlaunch[cloud]'") from None
-
-    current = prices()
-    data = copy.deepcopy(current)
-    failed: dict[str, str] = {}
-    matched = 0
-    for cloud, rows in current["clouds"].items():
-        if cloud == "kubernetes":
-            continue  # the user's own cluster has no list price (see kubernetes.yaml)
-        try:
-            found = _sky_accelerators(sky_catalog, cloud)
-        except Exception as exc:  # noqa: BLE001 - offline, or a catalog SkyPilot cannot parse
-            failed[cloud] = one_line(exc, with_type=True, limit=200)
-            continue
-        data["clouds"][cloud], n = _price_rows(rows, found)
-        matched += n
-    if failed and len(failed) == len([c for c in current["clouds"] if c != "kubernetes"]):
-        cloud, why = next(iter(failed.items()))
-        raise RuntimeError(f"{cloud}: {why}")
-    skipped = f"; not read: {', '.join(f'{c} ({w})' for c, w in failed.items())}" if failed else ""
-    if data["clouds"] == current["clouds"]:
-        return f"prices unchanged since the snapshot of {current['snapshot_date']}; nothing written{skipped}"
-    data["snapshot_date"] = date.today().isoformat()
-    data["source"] = "SkyPilot catalogs via sftlaunch plan --refresh-prices"
-    out = user_prices_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = ("# Written by `sftlaunch plan --refresh-prices` from SkyPilot's catalogs; preferred over the\n"
-              "# packaged launcher/data/prices.yaml while its snapshot_date is not older. Delete it to go back.\n")
-    tmp = out.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    tmp.replace(out)
-    return f"wrote {out}: {matched} offers priced from SkyPilot's catalogs (snapshot {data['snapshot_date']}){skipped}"

@@ -47,11 +47,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from launcher import catalog
+from launcher import offers as offers_mod
 from launcher.clouds import CLOUDS, able_clouds, check_features
 from launcher.errors import UserError
 from launcher.recipe import GPU_RE, Recipe, looks_local
 
 GB = 1e9
+CLOUD_LABELS = {"lambda": "Lambda", "runpod": "RunPod", "gcp": "GCP", "kubernetes": "Kubernetes"}
 
 
 @dataclass
@@ -110,6 +112,8 @@ class Candidate:
     borderline_why: str | None = None
     assumed: bool = False  # an explicit GPU on Kubernetes nobody declared: assumed to exist
     blocked_by_eval: bool = False  # training fits, the post-training eval does not
+    usd_per_hour_max: float | None = None  # the same offer in its dearest region
+    regions: int = 1  # how many regions sell it (render leaves the region free)
 
     @property
     def accelerators(self) -> str:
@@ -127,7 +131,7 @@ class Candidate:
         out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
                                              "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
                                              "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
-                                             "blocked_by_eval")}
+                                             "blocked_by_eval", "usd_per_hour_max", "regions")}
         out["accelerators"] = self.accelerators
         if self.memory:
             out["memory"] = self.memory.as_dict()
@@ -149,6 +153,17 @@ class Plan:
     workload: str = "train"
     notes: list[str] = field(default_factory=list)  # what the user should know (assumptions, missing inventory)
     reason_field: str = "resources.gpu"  # the recipe field `reason` is about
+
+    def failover(self, n: int, max_usd: float | None = None) -> list[Candidate]:
+        """The first `n` fitting candidates in plan order, the chosen one first: what `up`
+        renders as SkyPilot's ordered resources, so "no capacity" on one moves to the next.
+        With `max_usd`, fallbacks estimated above it are left out: the budget must hold for
+        whichever one SkyPilot ends up launching (the chosen one is judged by the caller)."""
+        if self.chosen is None:
+            return []
+        rest = [c for c in self.candidates if c.fits and c is not self.chosen
+                and (max_usd is None or c.total_usd <= max_usd)]
+        return [self.chosen] + rest[:max(0, n - 1)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "workload": self.workload,
@@ -466,7 +481,41 @@ def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train
         name = "CPU"
     if name is None:
         raise UserError(f"{where()}: {catalog.unknown_gpu_message(m.group('name'))}")
-    return name, int(m.group("count")) if m.group("count") else None
+    count = int(m.group("count")) if m.group("count") else None
+    if count is not None and count > catalog.MAX_GPUS_PER_NODE:
+        raise UserError(f"{where()}: {text!r}: at most {catalog.MAX_GPUS_PER_NODE} GPUs per node are sold; "
+                        "use resources.nodes for more")
+    return name, count
+
+
+def _counts(counts: list[int]) -> str:
+    return "/".join(str(c) for c in counts) + "x"
+
+
+def refuse_unsold(recipe: Recipe, clouds: list[str], name: str | None, count: int | None, gpu_flag: bool) -> None:
+    """Refuse a GPU name or count that no considered cloud sells, quoting what each does sell,
+    with a did-you-mean for near misses (H200 → H200-SXM on RunPod). Kubernetes is the user's
+    own cluster: it may have anything, so it never refuses."""
+    if name is None or not clouds or "kubernetes" in clouds or clouds == ["local"]:
+        return
+    why = []
+    for c in (c for c in clouds if c in offers_mod.CATALOG_CLOUDS):
+        sold: dict[str, set[int]] = {}
+        for o in catalog.offers(c):
+            sold.setdefault(o.gpu, set()).add(o.count)
+        label = CLOUD_LABELS.get(c, c)
+        if name not in sold:
+            guess = catalog.did_you_mean(name, sorted(sold))
+            hint = f"did you mean {guess}? " if guess else ""
+            why.append(f"{label} does not sell {name}; {hint}it sells {', '.join(sorted(sold)) or 'nothing here'}")
+        elif count is not None and count not in sold[name]:
+            counts = sorted(sold[name])
+            why.append(f"{label} sells {name} only as {_counts(counts)}; use --gpu {name}:{counts[-1]} or another cloud")
+        else:
+            return  # at least one cloud sells it
+    if why:
+        where = "--gpu" if gpu_flag else _field(recipe, "resources", "gpu")
+        raise UserError(f"{where}: " + "; ".join(why))
 
 
 def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int, cloud_flag: str | None = None,
@@ -565,6 +614,12 @@ def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str
             continue
         if workload == "eval" and count is None and offer.count > 1:
             continue
+        why = None if offer.assumed or cloud == "kubernetes" else catalog.unusable_reason(offer)
+        if why:
+            note = f"{cloud}: not offered: {why}"
+            if note not in notes:
+                notes.append(note)
+            continue
         out.append(offer)
     return out
 
@@ -576,18 +631,19 @@ def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, wor
         return None
     gpus = offer.count * nodes
     mem = memory(recipe, gpus=gpus, workload=workload, shape=shape)
-    avail = catalog.gpu_memory_gb(offer.gpu)
+    avail = catalog.gpu_memory_gb(offer.gpu, offer)
     fit = fit_verdict(mem, avail, ev_mem)
     fits, borderline, why = fit.fits, fit.borderline, _with_eval_fix(fit, recipe, shape)
     blocked_by_eval = fit.eval_tight and not fits
-    if offer.gpu == "T4" and recipe.train.precision == "bf16" and workload == "train":
+    if not catalog.has_bf16(offer.gpu) and recipe.train.precision == "bf16" and workload == "train":
         fits, borderline, blocked_by_eval = False, False, False
-        why = "T4 has no bf16; use precision: fp16 (and compute_dtype: float16)"
+        why = f"{offer.gpu} has no bf16; use precision: fp16 (and quantization.compute_dtype: float16)"
     t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape)
     usd_h = per_gpu * gpus
-    return Candidate(offer.cloud, offer.region, offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
+    usd_h_max = (offer.price_max(bool(spot)) or per_gpu) * gpus
+    return Candidate(offer.cloud, offer.region_for(bool(spot)), offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
                      borderline, t.total_hours, usd_h * t.total_hours, mem, t, None if fits else why, ev_mem,
-                     why if borderline else None, offer.assumed, blocked_by_eval)
+                     why if borderline else None, offer.assumed, blocked_by_eval, usd_h_max, offer.regions)
 
 
 def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
@@ -607,6 +663,7 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
     local = recipe.resources.clouds == ["local"]
     if not local:
         refuse_unsupported(recipe, clouds, spot, nodes, cloud, spot_flag)
+        refuse_unsold(recipe, clouds, want_name, want_count, gpu is not None)
     try:
         shape = _shape(recipe)
     except UnknownModel as exc:

@@ -28,6 +28,7 @@ that SkyPilot no longer lists (its jobs controller stops 10 idle minutes after t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from launcher import contract
 from launcher.contract import END_RECORD
+from launcher.run_record import Backend
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
 
 STOP_GRACE_S = 20 * 60
@@ -158,7 +160,7 @@ def _fs_write_text(uri: str, text: str) -> None:
         fh.write(text)
 
 
-def bucket_base(record: dict) -> str | None:
+def bucket_base(record) -> str | None:
     bucket = record.get("bucket")
     return contract.run_prefix(bucket, record["run_id"]) if bucket else None
 
@@ -191,10 +193,11 @@ def find_results(record: dict) -> dict | None:
     return None
 
 
-def end_record(record: dict) -> dict | None:
-    """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket."""
-    if record.get("backend") == "local":
-        path = Path(record["local_dir"]) / END_RECORD if record.get("local_dir") else None
+def end_record(record) -> dict | None:
+    """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket.
+    (`record`: a RunRecord, or any mapping with the same keys.)"""
+    if record.get("backend") == Backend.LOCAL:
+        path = Path(record.get("local_dir")) / END_RECORD if record.get("local_dir") else None
         text = path.read_text() if path is not None and path.exists() else None
     else:
         base = bucket_base(record)
@@ -206,12 +209,11 @@ def end_record(record: dict) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("exit_code"), int) else None
 
 
-def stop_reason(record: dict, end: dict | None = None) -> str | None:
+def stop_reason(record, end: dict | None = None) -> str | None:
     """Why a run that ended was a stop rather than a success or failure, or None."""
-    extra = record.get("extra") or {}
-    if extra.get("stop_requested_at"):
+    if record.stop_requested_at:
         return "budget: stopped after a checkpoint"
-    if extra.get("job_stopped"):
+    if record.job_stopped:
         return "budget guard in the job: training stopped after a checkpoint; eval and publish skipped"
     end = end if end is not None else end_record(record)
     if end and end.get("stopped"):
@@ -221,56 +223,53 @@ def stop_reason(record: dict, end: dict | None = None) -> str | None:
 
 
 # -- budget guard ---------------------------------------------------------------------------------
-def control_dir(record: dict) -> str | None:
-    if record.get("backend") == "local" and record.get("local_dir"):
-        return str(Path(record["local_dir"]) / contract.CONTROL_DIR)
+def control_dir(record) -> str | None:
+    if record.get("backend") == Backend.LOCAL and record.get("local_dir"):
+        return str(Path(record.get("local_dir")) / contract.CONTROL_DIR)
     base = bucket_base(record)
     return f"{base}/{contract.CONTROL_DIR}" if base else None
 
 
-def request_stop(registry: Registry, record: dict, reason: str) -> str | None:
+def request_stop(registry: Registry, record, reason: str) -> str | None:
     """Ask the job to checkpoint and stop (flag file); returns the flag's URI or None if no channel."""
     control = control_dir(record)
     if control is None:
         return None
     flag = f"{control}/{contract.STOP_FLAG}"
-    payload = {"reason": reason, "cost_usd": record.get("cost_usd"), "max_usd": record.get("max_usd"), "at": time.time()}
+    payload = {"reason": reason, "cost_usd": record.cost_usd, "max_usd": record.max_usd, "at": time.time()}
     _fs_write_text(flag, json.dumps(payload))
-    extra = dict(record.get("extra") or {})
-    extra.update({"stop_requested_at": payload["at"], "stop_flag": flag})
-    registry.update(record["run_id"], extra=extra)
-    registry.set_state(record["run_id"], "stopping", reason)
+    registry.update(record.run_id, stop_requested_at=payload["at"], stop_flag=flag)
+    registry.set_state(record.run_id, "stopping", reason)
     return flag
 
 
-def hard_stop(registry: Registry, backend, record: dict, state: str, detail: str) -> None:
-    """Release whatever the run holds (cluster, managed job, local process) and record `state`."""
-    kind = record.get("backend")
-    if kind == "local":
-        from launcher.backends import local
+def hard_stop(registry: Registry, backend, record, state: str, detail: str) -> None:
+    """Release whatever the run holds (cluster, managed job, local process), if proven ours,
+    and record `state`. `backend`: a SkyPilot backend or a factory of one (built only if needed)."""
+    from launcher.backends.runner import Runners
 
-        local.stop(record)
-    elif kind == "managed" and record.get("job_id") is not None:
-        backend.jobs_cancel(int(record["job_id"]))
-    elif kind == "cluster" and record.get("cluster_name"):
-        backend.down(record["cluster_name"])
-    registry.set_state(record["run_id"], state, detail)
+    runner = Runners(backend if callable(backend) and not hasattr(backend, "status") else (lambda: backend)
+                     ).for_record(record)
+    if runner is not None:
+        result = runner.stop(record)
+        if result.refusal:
+            detail = f"{detail}; nothing stopped: {result.refusal}"
+    registry.set_state(record.run_id, state, detail)
 
 
-def guard_budget(registry: Registry, backend, record: dict, now: float | None = None) -> str | None:
+def guard_budget(registry: Registry, backend, record, now: float | None = None) -> str | None:
     """Apply the budget guard to one run; returns what it did ('requested', 'stopped') or None."""
-    max_usd = record.get("max_usd")
-    if not max_usd or record.get("state") not in ACTIVE_STATES:
+    max_usd = record.max_usd
+    if not max_usd or record.state not in ACTIVE_STATES:
         return None
     cost = cost_so_far(record, now)
     if cost < max_usd:
         return None
-    extra = record.get("extra") or {}
-    requested = extra.get("stop_requested_at")
+    requested = record.stop_requested_at
     now = time.time() if now is None else now
     if requested is None:
         reason = f"budget: ${cost:.2f} spent of max_usd ${max_usd:.2f}; stopping after a checkpoint"
-        record = dict(record, cost_usd=cost)
+        record = dataclasses.replace(record, cost_usd=cost)
         if request_stop(registry, record, reason) is not None:
             return "requested"
         hard_stop(registry, backend, record, "stopped",
@@ -284,158 +283,58 @@ def guard_budget(registry: Registry, backend, record: dict, now: float | None = 
 
 
 # -- refresh --------------------------------------------------------------------------------------
-def _finish(registry: Registry, backend, record: dict, state: str, detail: str | None) -> None:
-    """Record the end; an on-demand cluster is torn down now that its one job is over."""
-    if state in ("succeeded", "failed") and (why := stop_reason(record)):
-        state, detail = "stopped", why
-    registry.set_state(record["run_id"], state, detail)
-    if record.get("backend") == "cluster" and record.get("cluster_name"):
-        backend.down(record["cluster_name"])
-        registry.update(record["run_id"], extra={**(record.get("extra") or {}), "cluster_down": True})
-
-
-def refresh(registry: Registry, backend_factory, records: list[dict] | None = None,
+def refresh(registry: Registry, backend_factory, records: list | None = None,
             remote_progress: bool = True, budget: bool = True) -> list[str]:
     """Bring active runs up to date; returns the ids that changed. `backend_factory` is called
     only when a cloud run needs SkyPilot, so local-only registries never import it.
     `budget=False` only looks: no stop flag is written and nothing is stopped (teardown)."""
+    from launcher.backends.runner import Runners
+
     records = [r for r in (records if records is not None else registry.list(active_only=True))
-               if r.get("state") in ACTIVE_STATES]
+               if r.state in ACTIVE_STATES]
+    runners = Runners(backend_factory)
     changed: list[str] = []
-    backend = None
-    clusters = jobs = None
     for rec in records:
-        kind = rec.get("backend")
-        before = (rec.get("state"), rec.get("progress_step"))
-        if kind == "local":
-            _refresh_local(registry, rec)
-        elif kind in ("cluster", "managed"):
-            if backend is None:
-                backend = backend_factory()
-            if kind == "cluster":
-                if clusters is None:
-                    names = [r["cluster_name"] for r in records if r.get("backend") == "cluster" and r.get("cluster_name")]
-                    clusters = {c.name: c for c in backend.status(names)}
-                _refresh_cluster(registry, backend, rec, clusters)
-            else:
-                if jobs is None:
-                    jobs = backend.jobs_queue()
-                _refresh_managed(registry, backend, rec, jobs)
-            if remote_progress and rec.get("bucket"):
-                p = bucket_progress(rec)
-                if p:
-                    registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
-        fresh = registry.get(rec["run_id"], history=False)
-        if budget and fresh["state"] in ACTIVE_STATES:
-            guard_budget(registry, backend if backend is not None else _Lazy(backend_factory), fresh)
-            fresh = registry.get(rec["run_id"], history=False)
-        if fresh["state"] in FINAL_STATES and fresh.get("eval") is None:
+        runner = runners.for_record(rec)
+        before = (rec.state, rec.progress_step)
+        if runner is not None:
+            p = runner.progress(rec, remote_progress)
+            if p:
+                registry.update(rec.run_id, progress_step=p[0], progress_total=p[1])
+            apply_poll(registry, runner, rec, runner.poll(rec))
+        fresh = registry.get(rec.run_id, history=False)
+        if budget and fresh.state in ACTIVE_STATES:
+            guard_budget(registry, backend_factory, fresh)
+            fresh = registry.get(rec.run_id, history=False)
+        if fresh.state in FINAL_STATES and fresh.eval is None:
             results = find_results(fresh)
             if results:
-                registry.set_eval(rec["run_id"], results)
-        if (fresh["state"], fresh.get("progress_step")) != before:
-            changed.append(rec["run_id"])
+                registry.set_eval(rec.run_id, results)
+        if (fresh.state, fresh.progress_step) != before:
+            changed.append(rec.run_id)
     return changed
 
 
-class _Lazy:
-    """Defers building the SkyPilot backend until the guard actually needs it."""
-
-    def __init__(self, factory):
-        self._factory, self._b = factory, None
-
-    def __getattr__(self, name):
-        if self._b is None:
-            self._b = self._factory()
-        return getattr(self._b, name)
-
-
-def _may_move(rec: dict, state: str) -> bool:
-    """A run asked to stop stays `stopping` until it actually ends."""
-    return not (rec.get("state") == "stopping" and state not in FINAL_STATES)
-
-
-def _refresh_local(registry: Registry, rec: dict) -> None:
-    from launcher.backends import local
-
-    p = local_progress(Path(rec["local_dir"])) if rec.get("local_dir") else None
-    if p:
-        registry.update(rec["run_id"], progress_step=p[0], progress_total=p[1])
-    state, detail = local.poll(rec)
-    if state != rec["state"] and _may_move(rec, state):
-        if state in ("succeeded", "failed") and (why := stop_reason(rec)):
-            state, detail = "stopped", why
-        registry.set_state(rec["run_id"], state, detail)
-
-
-def _refresh_cluster(registry: Registry, backend, rec: dict, clusters: dict) -> None:
-    from launcher.backends.sky import CLUSTER_JOB_STATES, CLUSTER_STATES
-
-    cluster = clusters.get(rec["cluster_name"])
-    if cluster is None:
-        if rec["state"] in ("pending", "launching"):
-            if time.time() - rec["created_at"] < 120:
-                return  # the launch request may not have created the cluster record yet
-            registry.set_state(rec["run_id"], "failed", "the launch did not complete: no cluster exists")
-            return
-        registry.set_state(rec["run_id"], "stopped",
-                           "the cluster no longer exists (autostopped, or torn down outside sftlaunch)")
+def apply_poll(registry: Registry, runner, rec, poll) -> None:
+    """Record what a runner saw. A run that ended is recorded as `stopped` when it was a budget
+    stop; an on-demand cluster whose one job is over is released (if proven ours)."""
+    if poll.recovery_count is not None and poll.recovery_count > rec.recovery_count and _may_move(rec, "recovering"):
+        registry.update(rec.run_id, recovery_count=poll.recovery_count)
+        registry.set_state(rec.run_id, "recovering", f"preempted; recovery #{poll.recovery_count}")
+    state, detail = poll.state, poll.detail
+    if state is None:
         return
-    state = CLUSTER_STATES.get(cluster.status, "launching")
-    if state == "running":
-        job_id = int(rec["job_id"]) if rec.get("job_id") not in (None, "") else None
-        job_status = backend.cluster_job_status(cluster.name, job_id)
-        state = CLUSTER_JOB_STATES.get(job_status or "", "running")
-        if state in FINAL_STATES:
-            _finish(registry, backend, rec, state, f"job {job_status.lower()} on {cluster.name}")
-            return
-    if state != rec["state"] and _may_move(rec, state):
-        registry.set_state(rec["run_id"], state, None if state != "stopped" else "the cluster is stopped")
-
-
-def _refresh_managed(registry: Registry, backend, rec: dict, jobs: list) -> None:
-    from launcher.backends.sky import JOB_STATES
-
-    job = next((j for j in jobs if rec.get("job_id") not in (None, "") and str(j.job_id) == str(rec["job_id"])), None)
-    if job is None:
-        job = next((j for j in jobs if j.name == rec["run_id"]), None)
-    if job is None:
-        _settle_missing_job(registry, rec)
-        return
-    extra = dict(rec.get("extra") or {})
-    if job.recovery_count > int(extra.get("recovery_count", 0)) and _may_move(rec, "recovering"):
-        extra["recovery_count"] = job.recovery_count
-        registry.update(rec["run_id"], extra=extra)
-        registry.set_state(rec["run_id"], "recovering", f"preempted; recovery #{job.recovery_count}")
-    state = JOB_STATES.get(job.status, "running")
+    current = registry.get(rec.run_id, history=False)
     if state in FINAL_STATES:
-        detail = f"managed job {job.status.lower()}" + (f": {job.failure_reason}" if job.failure_reason else "")
         if state in ("succeeded", "failed") and (why := stop_reason(rec)):
             state, detail = "stopped", why
-        registry.set_state(rec["run_id"], state, detail)
-    elif state != registry.get(rec["run_id"], history=False)["state"] and _may_move(rec, state):
-        registry.set_state(rec["run_id"], state)
+        registry.set_state(rec.run_id, state, detail, at=poll.at)
+        if poll.release and runner.release(rec).stopped:
+            registry.update(rec.run_id, cluster_down=True)
+    elif state != current.state and _may_move(current, state):
+        registry.set_state(rec.run_id, state, detail)
 
 
-def _settle_missing_job(registry: Registry, rec: dict) -> None:
-    """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):
-    its end record in the bucket says how it ended; without one, after a grace period for a
-    launch still being registered, it failed without reaching the end of its entrypoint."""
-    end = end_record(rec)
-    if end is not None:
-        why = stop_reason(rec, end)
-        if why:
-            state, detail = "stopped", why
-        elif end["exit_code"] == 0:
-            state, detail = "succeeded", "managed job ended with exit 0 (its exit record in the bucket)"
-        else:
-            state, detail = "failed", f"managed job ended with exit {end['exit_code']} (its exit record in the bucket)"
-        at = end.get("at")
-        registry.set_state(rec["run_id"], state, detail,
-                           at=min(float(at), time.time()) if isinstance(at, (int, float)) else None)
-        return
-    submitted = rec.get("running_since") or rec["created_at"]  # when it entered launching/running
-    if time.time() - submitted > 120:
-        where = f" at {bucket_base(rec)}/{END_RECORD}" if bucket_base(rec) else ""
-        registry.set_state(rec["run_id"], "failed",
-                           f"the managed job is not in SkyPilot's queue and left no exit record{where}")
+def _may_move(rec, state: str) -> bool:
+    """A run asked to stop stays `stopping` until it actually ends."""
+    return not (rec.state == "stopping" and state not in FINAL_STATES)

@@ -93,6 +93,14 @@ def gpu_option(f):
     )(f)
 
 
+def fallbacks_option(f):
+    return click.option(
+        "--fallbacks", type=click.IntRange(1, 10), default=None, metavar="N",
+        help="Render the first N fitting offers in plan order as SkyPilot's ordered resources "
+             "(default: resources.fallbacks, 3); SkyPilot moves on when one has no capacity.",
+    )(f)
+
+
 def yes_option(f):
     return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(f)
 

@@ -54,15 +54,6 @@ class Target:
         return f"{self.gpu}:{self.gpus_per_node}"
 
 
-def target_from_recipe(recipe: Recipe, cloud: str) -> Target | None:
-    """The target for an explicit `resources.gpu`; None when it is `auto` (the planner decides)."""
-    parsed = recipe.resources.gpu_name_count()
-    if parsed is None:
-        return None
-    name, count = parsed
-    return Target(cloud=cloud, gpu=name, gpus_per_node=count, nodes=recipe.resources.nodes, spot=recipe.resources.spot)
-
-
 def check_target(recipe: Recipe, target: Any) -> None:
     """Refuse what the cloud cannot do, quoting SkyPilot's reason (exit 2)."""
     cloud = target.cloud
@@ -125,30 +116,57 @@ SETUP_SCRIPT = (
 )
 
 
+def _choice(recipe: Recipe, target: Any) -> dict[str, Any]:
+    """One resources choice. The region is left free (SkyPilot tries every region that sells
+    it, cheapest first) unless resources.regions pins it."""
+    out: dict[str, Any] = {
+        "cloud": target.cloud,
+        "accelerators": f"{target.gpu}:{target.gpus_per_node}",
+        "image_id": f"docker:{resolve_image(recipe.image, cloud=target.cloud)}",
+    }
+    regions = recipe.resources.regions
+    if regions and len(regions) == 1:
+        out["region"] = regions[0]
+    return out
+
+
+def _resources(recipe: Recipe, targets: list[Any]) -> dict[str, Any]:
+    """A single choice, or SkyPilot's `ordered` list: try the first; on no capacity, the next.
+    With several pinned regions each choice is repeated per region, in plan order."""
+    choices = []
+    for t in targets:
+        regions = recipe.resources.regions or [None]
+        for region in regions if len(regions) > 1 else [None]:
+            c = _choice(recipe, t)
+            if region:
+                c["region"] = region
+            choices.append(c)
+    if len(choices) == 1:
+        return dict(choices[0])
+    return {"ordered": choices}
+
+
 def render_task(
     recipe: Recipe,
     target: Any,
     run_id: str,
     recipe_mount_src: str,
     steps: tuple[str, ...] = STEPS,
+    fallbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """The SkyPilot task for `recipe` on `target` (a Target or the planner's Candidate)."""
-    check_target(recipe, target)
+    """The SkyPilot task for `recipe` on `target` (a Target or the planner's Candidate), with
+    `fallbacks` (further candidates, in plan order) as SkyPilot's ordered resources."""
+    targets = [target] + [f for f in fallbacks or [] if f is not target]
+    for t in targets:
+        check_target(recipe, t)
+        if t.spot != target.spot or t.nodes != target.nodes:
+            raise UserError("fallbacks must share spot and nodes with the first choice")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise UserError(f"unknown step {unknown[0]}; steps are {', '.join(STEPS)}")
-    cloud = target.cloud
     res = recipe.resources
-    resources: dict[str, Any] = {
-        "cloud": cloud,
-        "accelerators": f"{target.gpu}:{target.gpus_per_node}",
-        "use_spot": bool(target.spot),
-        "disk_size": res.disk_gb,
-        "image_id": f"docker:{resolve_image(recipe.image, cloud=cloud)}",
-        "labels": {RUN_LABEL: run_id},
-    }
-    if getattr(target, "region", None):
-        resources["region"] = target.region
+    resources: dict[str, Any] = _resources(recipe, targets)
+    resources.update({"use_spot": bool(target.spot), "disk_size": res.disk_gb, "labels": {RUN_LABEL: run_id}})
     if target.spot:
         # A managed job: the jobs controller relaunches it after preemption, and the job resumes
         # from the newest complete checkpoint in the bucket (keyed by the run id).
@@ -174,10 +192,13 @@ def render_task(
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
     # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
     nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
-    envs[Env.HARDWARE] = f"{cloud} {nodes}{target.gpus_per_node}×{target.gpu}" + (" spot" if target.spot else "")
-    usd_per_hour = getattr(target, "usd_per_hour", None)
-    if usd_per_hour is not None:
-        envs[Env.USD_PER_HOUR] = f"{float(usd_per_hour):.4f}"
+    envs[Env.HARDWARE] = " | ".join(f"{t.cloud} {nodes}{t.gpus_per_node}×{t.gpu}" for t in targets) + (
+        " spot" if target.spot else "")
+    # The in-job budget guard charges the dearest rate among the choices (any region), so
+    # max_usd holds whichever one SkyPilot launches.
+    rates = [getattr(t, "usd_per_hour_max", None) or getattr(t, "usd_per_hour", None) for t in targets]
+    if all(r is not None for r in rates):
+        envs[Env.USD_PER_HOUR] = f"{float(max(rates)):.4f}"
     if res.max_usd is not None:
         envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}

@@ -11,20 +11,39 @@ exclusive transaction.
 
 Cost so far is derived, never guessed: `usd_per_hour` times the seconds spent in billing states
 (`BILLING_STATES`), accumulated by `set_state` as the state history is written.
+
+Why every sqlite error becomes a `RegistryError`: the file lives in the user's home and can be
+damaged (truncated, random bytes, a directory in its place, a read-only disk, a row edited by
+hand). Each case is one line naming the file and the fix (move it aside: the next command starts
+a new registry and the old file stays for inspection), exit 2, never a traceback or a garbled row.
+A home we cannot write is opened read-only, so `status --no-refresh` and `logs` still work.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 
+from launcher.contract import Env
+from launcher.errors import UserError, one_line
 from launcher.home import sftlaunch_home
+from launcher.run_record import (
+    _FIELD_NAMES,
+    Backend,
+    BadRow,
+    RunRecord,
+    coerce_row,
+    cost_so_far,
+    running_hours,
+)
+from launcher.runs_schema import MIGRATIONS, SCHEMA_VERSION
 from launcher.secrets import mask, mask_obj
 
-SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 # States a run moves through. Billing states are those where GPUs are (likely) held.
@@ -35,64 +54,18 @@ STATES = (
 BILLING_STATES = frozenset({"launching", "running"})
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
 
-MIGRATIONS: list[list[str]] = [
-    # 0 -> 1: the first release: the run and its state history.
-    [
-        """CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            recipe_json TEXT NOT NULL,
-            recipe_sha256 TEXT NOT NULL,
-            state TEXT NOT NULL,
-            cloud TEXT, region TEXT, gpu TEXT, spot INTEGER,
-            usd_per_hour REAL,
-            cluster_name TEXT, job_id TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        """CREATE TABLE states (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES runs(run_id),
-            state TEXT NOT NULL,
-            detail TEXT,
-            at REAL NOT NULL
-        )""",
-        "CREATE INDEX states_run ON states(run_id, id)",
-    ],
-    # 1 -> 2: where outputs go, images, progress, eval scores, running-time accounting, local runs.
-    [
-        "ALTER TABLE runs ADD COLUMN image TEXT",
-        "ALTER TABLE runs ADD COLUMN backend TEXT",  # cluster | managed | local
-        "ALTER TABLE runs ADD COLUMN gpus_per_node INTEGER",
-        "ALTER TABLE runs ADD COLUMN nodes INTEGER",
-        "ALTER TABLE runs ADD COLUMN max_usd REAL",
-        "ALTER TABLE runs ADD COLUMN bucket TEXT",
-        "ALTER TABLE runs ADD COLUMN checkpoint_uri TEXT",
-        "ALTER TABLE runs ADD COLUMN result_uri TEXT",
-        "ALTER TABLE runs ADD COLUMN log_uri TEXT",
-        "ALTER TABLE runs ADD COLUMN local_dir TEXT",
-        "ALTER TABLE runs ADD COLUMN pid INTEGER",
-        "ALTER TABLE runs ADD COLUMN progress_step INTEGER",
-        "ALTER TABLE runs ADD COLUMN progress_total INTEGER",
-        "ALTER TABLE runs ADD COLUMN eval_json TEXT",
-        "ALTER TABLE runs ADD COLUMN eval_average REAL",
-        "ALTER TABLE runs ADD COLUMN running_seconds REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE runs ADD COLUMN running_since REAL",
-        "ALTER TABLE runs ADD COLUMN ended_at REAL",
-        "ALTER TABLE runs ADD COLUMN eta_hours REAL",
-        "ALTER TABLE runs ADD COLUMN total_usd REAL",
-        "ALTER TABLE runs ADD COLUMN extra_json TEXT",
-        "CREATE INDEX runs_created ON runs(created_at)",
-    ],
-]
-
 # Columns a caller may set through create()/update(); the rest are managed here.
 FIELDS = frozenset({
     "state", "cloud", "region", "gpu", "spot", "usd_per_hour", "cluster_name", "job_id", "image",
     "backend", "gpus_per_node", "nodes", "max_usd", "bucket", "checkpoint_uri", "result_uri",
     "log_uri", "local_dir", "pid", "progress_step", "progress_total", "eta_hours", "total_usd",
-    "extra",
+    "owner", "pid_start", "stop_requested_at", "stop_flag", "job_stopped", "recovery_count", "torn_down",
+    "cluster_down",
 })
+_BOOL_COLUMNS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
+MAX_MATCHES_SHOWN = 10
+# Record fields stored as columns of the same name (eval and recipe are JSON; the rest derived).
+_COLUMN_FIELDS = tuple(n for n in _FIELD_NAMES if n not in ("eval", "recipe", "history", "running_hours", "cost_usd"))
 # Metric names preferred, in order, when reducing one lm-eval task's results to one score.
 _PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
@@ -138,17 +111,84 @@ def recipe_payload(recipe) -> tuple[str, str, str]:
     return str(data.get("name", "")), json.dumps(mask_obj(data), sort_keys=True), sha
 
 
+
+class RegistryError(UserError):
+    """The registry file cannot be used as it is; the message names it and the fix."""
+
+
+def _move_aside(path: Path) -> str:
+    return (f"move it aside (`mv {path} {path}.broken`): the next sftlaunch command starts a new "
+            "registry and the old file stays for inspection")
+
+
+def broken(path: Path, what: str) -> RegistryError:
+    return RegistryError(f"{path}: {what}; {_move_aside(path)}")
+
+
+def _guarded(fn):
+    """sqlite errors from a damaged file (malformed pages, not a database, read-only) as one line."""
+
+    @functools.wraps(fn)
+    def inner(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self._sqlite_error(exc) from None
+
+    return inner
+
+
 class Registry:
-    def __init__(self, home: Path | str | None = None):
+    def __init__(self, home: Path | str | None = None, readonly: bool = False):
         self.home = Path(home) if home is not None else sftlaunch_home()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "runs.db"
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        if self.home.exists() and not self.home.is_dir():
+            raise RegistryError(f"{self.home}: the sftlaunch home is not a directory; move it aside or set "
+                                f"{Env.HOME} to a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise broken(self.path, "is not a file")
+        self.writable = not readonly and _writable(self.home, self.path)
+        self._names: list[str] | None = None
+        try:
+            self._conn = self._connect()
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if self.writable:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            self._conn.execute("SELECT run_id, state FROM runs LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._sqlite_error(exc) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.writable:
+            self.home.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        if not self.path.exists():
+            return sqlite3.connect(":memory:", isolation_level=None)  # nothing recorded yet: an empty registry
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # A WAL database in a directory we cannot write: sqlite cannot create its -shm file.
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+    def _sqlite_error(self, exc: sqlite3.DatabaseError) -> RegistryError:
+        text = one_line(exc)
+        if "readonly" in text or "read-only" in text:
+            return self._read_only_error()
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return RegistryError(f"{self.path}: {text} (another sftlaunch is writing for over "
+                                 f"{BUSY_TIMEOUT_S:.0f} s); try again")
+        return broken(self.path, f"is not a readable sftlaunch registry ({text})")
+
+    def _read_only_error(self) -> RegistryError:
+        return RegistryError(f"{self.path}: read-only; this command records run state: make {self.home} writable "
+                             f"(or point {Env.HOME} at a writable copy); `status --no-refresh` and `logs` "
+                             "work read-only")
 
     # -- schema -----------------------------------------------------------------------------
     def _version(self) -> int:
@@ -161,20 +201,30 @@ class Registry:
         return int(row[0] or 0)
 
     def _migrate(self) -> None:
-        if self._version() == SCHEMA_VERSION:
+        current = self._version()
+        if current > SCHEMA_VERSION:
+            raise RegistryError(
+                f"{self.path}: schema version {current} is newer than this sftlaunch understands "
+                f"({SCHEMA_VERSION}); upgrade sftlaunch"
+            )
+        if current == SCHEMA_VERSION:
             return
+        if current == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            # Another program's database where ours should be: never add our tables to it.
+            raise broken(self.path, "is a SQLite database without sftlaunch's tables")
+        if not self.writable:
+            if current == 0:
+                self.writable = True  # the in-memory stand-in for a registry not created yet
+                try:
+                    return self._migrate()
+                finally:
+                    self.writable = False
+            return  # an older file read as it is; its missing columns read as defaults
         with self._tx("EXCLUSIVE"):
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)"
             )
             current = self._version()
-            if current > SCHEMA_VERSION:
-                from launcher.errors import UserError
-
-                raise UserError(
-                    f"{self.path}: schema version {current} is newer than this sftlaunch understands "
-                    f"({SCHEMA_VERSION}); upgrade sftlaunch"
-                )
             for version in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[version]:
                     self._conn.execute(statement)
@@ -182,10 +232,13 @@ class Registry:
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, time.time())
                 )
 
+    @_guarded
     def schema_version(self) -> int:
         return self._version()
 
     def _tx(self, mode: str = "IMMEDIATE"):
+        if not self.writable:
+            raise self._read_only_error()
         conn = self._conn
 
         class _Tx:
@@ -203,7 +256,8 @@ class Registry:
         self._conn.close()
 
     # -- writes ----------------------------------------------------------------------------
-    def create(self, run_id: str, recipe, **fields) -> dict:
+    @_guarded
+    def create(self, run_id: str, recipe, **fields) -> RunRecord:
         name, recipe_json, sha = recipe_payload(recipe)
         now = time.time()
         state = fields.pop("state", "pending")
@@ -222,6 +276,7 @@ class Registry:
                 conn.execute("UPDATE runs SET running_since=? WHERE run_id=?", (now, run_id))
         return self.get(run_id)
 
+    @_guarded
     def update(self, run_id: str, **fields) -> None:
         if "state" in fields:
             self.set_state(run_id, fields.pop("state"))
@@ -236,6 +291,7 @@ class Registry:
             if cur.rowcount == 0:
                 raise KeyError(run_id)
 
+    @_guarded
     def set_state(self, run_id: str, state: str, detail: str | None = None, at: float | None = None) -> bool:
         """Record a transition (no-op if unchanged); returns whether the state changed.
 
@@ -273,6 +329,7 @@ class Registry:
             )
         return True
 
+    @_guarded
     def set_eval(self, run_id: str, results: dict) -> dict:
         scores, average = eval_scores(results)
         payload = {"scores": scores, "average": average}
@@ -293,22 +350,23 @@ class Registry:
             raise ValueError(f"unknown run record fields: {sorted(unknown)}")
         cols = {}
         for key, value in fields.items():
-            if key == "extra":
-                cols["extra_json"] = json.dumps(mask_obj(value), sort_keys=True) if value is not None else None
-            elif key == "spot":
-                cols["spot"] = None if value is None else int(bool(value))
+            if key in _BOOL_COLUMNS:
+                cols[key] = None if value is None else int(bool(value))
+            elif isinstance(value, Backend):
+                cols[key] = value.value
             else:
                 cols[key] = mask(value)
         return cols
 
     # -- reads -----------------------------------------------------------------------------
-    def get(self, run_id: str, history: bool = True) -> dict | None:
+    @_guarded
+    def get(self, run_id: str, history: bool = True) -> RunRecord | None:
         row = self._conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if row is None:
             return None
         record = self._record(row)
         if history:
-            record["history"] = [
+            record.history = [
                 {"state": r["state"], "detail": r["detail"], "at": r["at"]}
                 for r in self._conn.execute(
                     "SELECT state, detail, at FROM states WHERE run_id=? ORDER BY id", (run_id,)
@@ -316,7 +374,8 @@ class Registry:
             ]
         return record
 
-    def list(self, active_only: bool = False) -> list[dict]:
+    @_guarded
+    def list(self, active_only: bool = False) -> list[RunRecord]:
         """Every run, newest first, without the (larger) recipe and history."""
         sql = "SELECT * FROM runs"
         if active_only:
@@ -324,18 +383,19 @@ class Registry:
         rows = self._conn.execute(sql + " ORDER BY created_at DESC", tuple(FINAL_STATES) if active_only else ())
         return [self._record(r, with_recipe=False) for r in rows]
 
-    def find(self, prefix: str) -> list[dict]:
+    @_guarded
+    def find(self, prefix: str) -> list[RunRecord]:
         """Runs whose id starts with `prefix` (a unique prefix is enough to name a run)."""
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self._conn.execute(
             "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created_at DESC", (escaped + "%",)
         )
-        return [self._record(r, with_recipe=False) for r in rows]
+        return [self._record(r, with_recipe=False) for r in rows if r["run_id"].startswith(prefix)]
 
-    def resolve(self, ref: str) -> dict:
-        """The one run `ref` names (full id or unique prefix); UserError otherwise."""
-        from launcher.errors import UserError
-
+    def resolve(self, ref: str) -> RunRecord:
+        """The one run `ref` names (full id or unique prefix); UserError otherwise. An empty
+        reference (a script's unset variable) names nothing: it would prefix every run."""
+        check_reference(ref)
         exact = self.get(ref)
         if exact is not None:
             return exact
@@ -343,32 +403,68 @@ class Registry:
         if not matches:
             raise UserError(f"no run {ref!r} in {self.path}; `sftlaunch status` lists runs")
         if len(matches) > 1:
-            ids = ", ".join(m["run_id"] for m in matches[:5])
-            raise UserError(f"{ref!r} matches several runs ({ids}); give more of the id")
-        return self.get(matches[0]["run_id"])
+            raise UserError(ambiguous(ref, [m.run_id for m in matches]))
+        return self.get(matches[0].run_id)
 
-    def _record(self, row: sqlite3.Row, with_recipe: bool = True) -> dict:
-        record = dict(row)
-        record["spot"] = None if record.get("spot") is None else bool(record["spot"])
-        recipe_json = record.pop("recipe_json", None)
-        if with_recipe and recipe_json:
-            record["recipe"] = json.loads(recipe_json)
-        eval_json = record.pop("eval_json", None)
-        record["eval"] = json.loads(eval_json) if eval_json else None
-        extra_json = record.pop("extra_json", None)
-        record["extra"] = json.loads(extra_json) if extra_json else {}
-        record["running_hours"] = running_hours(record)
-        record["cost_usd"] = cost_so_far(record)
+    def _record(self, row: sqlite3.Row, with_recipe: bool = True) -> RunRecord:
+        data = dict(row)
+        if self._names is None:  # the columns this file has (an older, read-only file may lack some)
+            self._names = [n for n in _COLUMN_FIELDS if n in data]
+        try:
+            values = coerce_row(data, self._names)
+            if data.get("state") not in STATES:
+                raise BadRow(f"column state holds {str(data.get('state'))[:40]!r}")
+            values["eval"] = _json_column(data, "eval_json", dict)
+            if with_recipe:
+                values["recipe"] = _json_column(data, "recipe_json", dict)
+            record = RunRecord(**values)
+        except (BadRow, TypeError) as exc:
+            raise broken(self.path, f"run {str(data.get('run_id'))[:40]!r}: {exc}") from None
+        record.running_hours = running_hours(record)
+        record.cost_usd = cost_so_far(record)
         return record
 
 
-def running_hours(record: dict, now: float | None = None) -> float:
-    seconds = record.get("running_seconds") or 0.0
-    since = record.get("running_since")
-    if since is not None:
-        seconds += max(0.0, (time.time() if now is None else now) - since)
-    return seconds / 3600.0
+def _json_column(data: dict, column: str, kind: type):
+    text = data.get(column)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        raise BadRow(f"column {column} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise BadRow(f"column {column} is not a JSON {kind.__name__}")
+    return value
 
 
-def cost_so_far(record: dict, now: float | None = None) -> float:
-    return round((record.get("usd_per_hour") or 0.0) * running_hours(record, now), 4)
+def _writable(home: Path, path: Path) -> bool:
+    """Whether this process may create or change the registry (a read-only home is not an error
+    until something is written)."""
+    if path.exists():
+        return os.access(path, os.W_OK) and os.access(home, os.W_OK)
+    probe = home
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK)
+
+
+def check_reference(ref: str | None) -> str:
+    """A run reference must name something: empty or blank would match every run as a prefix."""
+    if ref is None or not ref.strip():
+        raise UserError("empty run reference (an unset variable?): name a run id or a unique prefix; "
+                        "`sftlaunch status` lists runs")
+    if ref != ref.strip() or any(ord(c) < 32 for c in ref):
+        raise UserError(f"run reference {ref!r}: spaces or control characters are not part of any run id")
+    return ref
+
+
+def ambiguous(ref: str, ids: list[str]) -> str:
+    shown = ", ".join(ids[:MAX_MATCHES_SHOWN]) + (f" and {len(ids) - MAX_MATCHES_SHOWN} more"
+                                                   if len(ids) > MAX_MATCHES_SHOWN else "")
+    return f"run reference {ref!r} matches {len(ids)} runs ({shown}); give more of the id"
+
+
+__all__ = ["Backend", "Registry", "RegistryError", "RunRecord", "cost_so_far", "run_dir", "running_hours"]

@@ -8,7 +8,10 @@ directory `install_catalogs` filled. Clouds are enabled the way SkyPilot's tests
 `enable_all_clouds` does it: by patching `sky.check.get_cached_enabled_clouds_or_refresh`
 (see `OPTIMIZE_SCRIPT`), since no credentials exist here.
 
-The prices in tests/fixtures/catalogs/ mirror launcher/data/prices.yaml (same snapshot).
+tests/fixtures/catalogs/ holds verbatim excerpts of SkyPilot's published v8 catalogs
+(skypilot-org/skypilot-catalog; see its README.md for paths and commits). The packaged
+launcher/data/offers-snapshot.json is generated from them by scripts/snapshot_offers.py, so the
+planner and SkyPilot read the same rows in these tests.
 """
 from __future__ import annotations
 
@@ -24,20 +27,28 @@ CATALOG_VERSION = "v8"
 CLOUDS = ("common", "gcp", "lambda", "runpod")
 
 
-def install_catalogs(home: Path) -> Path:
-    """Copy the snapshot under HOME/.sky/catalogs/v8/ and return that directory."""
+def install_catalogs(home: Path, drop: dict[str, str] | None = None) -> Path:
+    """Copy the snapshot under HOME/.sky/catalogs/v8/ and return that directory.
+
+    `drop` {cloud: text}: leave out that cloud's rows containing `text` (an offer made
+    unavailable, for the failover test)."""
     dest = Path(home) / ".sky" / "catalogs" / CATALOG_VERSION
     for cloud in CLOUDS:
         (dest / cloud).mkdir(parents=True, exist_ok=True)
         for csv in (FIXTURE_DIR / cloud).glob("*.csv"):
             shutil.copy(csv, dest / cloud / csv.name)
+    for cloud, text in (drop or {}).items():
+        path = dest / cloud / "vms.csv"
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(x for i, x in enumerate(lines) if i == 0 or text not in x))
     return dest
 
 
-def sky_env(home: Path) -> dict:
+def sky_env(home: Path, drop: dict[str, str] | None = None) -> dict:
     """Environment for a SkyPilot subprocess that sees only the snapshot in HOME."""
-    install_catalogs(home)
+    install_catalogs(home, drop)
     env = dict(os.environ)
+    env["SKYPILOT_API_SERVER_ENDPOINT"] = "http://127.0.0.1:9"  # nothing serves it: never a real server
     env["HOME"] = str(home)
     # sky.skylet.runtime_utils resolves the catalog dir under $SKY_RUNTIME_DIR (default ~).
     env["SKY_RUNTIME_DIR"] = str(home)
@@ -98,3 +109,42 @@ def sky_optimize(home: Path, specs: list[dict], timeout: int = 120) -> list[dict
         return results
     raise AssertionError(f"sky optimizer failed (rc {proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+TASK_SCRIPT = r"""
+import json, sys
+from unittest import mock
+import sky
+from sky import exceptions, optimizer
+from sky.utils import registry
+from sky import check as sky_check
+
+for spec in json.loads(sys.argv[1]):
+  enabled = [registry.CLOUD_REGISTRY.from_str(c) for c in spec["clouds"]]
+  with mock.patch.object(sky_check, "get_cached_enabled_clouds_or_refresh", lambda *a, **k: enabled):
+    try:
+      task = sky.Task.from_yaml_config(spec["task"])
+      dag = sky.Dag()
+      dag.add(task)
+      optimizer.Optimizer.optimize(dag, quiet=True)
+      best = task.best_resources
+      out = {"ok": True, "cloud": str(best.cloud).lower(), "accelerators": best.accelerators,
+             "region": best.region, "cost": best.get_cost(3600)}
+    except (exceptions.ResourcesUnavailableError, ValueError) as exc:
+      out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:400]}
+  print("RESULT " + json.dumps(out))
+"""
+
+
+def sky_optimize_tasks(home: Path, specs: list[dict], drop: dict[str, str] | None = None,
+                       timeout: int = 300) -> list[dict]:
+    """Each spec {"task": rendered task dict, "clouds": enabled clouds}: SkyPilot parses the
+    task exactly as `sky launch` would (sky.Task.from_yaml_config) and its optimizer picks the
+    resources; returns {"ok", "cloud", "accelerators", "region", "cost" ($/h per node)} or
+    {"ok": False, "error"} per spec. One subprocess for all: importing sky costs seconds."""
+    proc = subprocess.run([sys.executable, "-c", TASK_SCRIPT, json.dumps(specs)], env=sky_env(home, drop),
+                          capture_output=True, text=True, timeout=timeout)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if len(results) == len(specs):
+        return results
+    raise AssertionError(f"sky failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")

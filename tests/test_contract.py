@@ -136,8 +136,8 @@ def test_bucket_layout(fn, want):
 
 def test_each_name_list_is_the_one_its_implementation_serves():
     """The recipe's vocabulary (contract) and what the job implements name the same things."""
-    from jobs.formats import FORMATTERS
     from jobs.evaluate import PRESETS
+    from jobs.formats import FORMATTERS
     from jobs.templates import TEMPLATES
     from launcher import recipe, render, runid, secrets
     from launcher.commands import eval as eval_command

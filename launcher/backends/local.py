@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 CONTAINER_RECIPE = contract.CONTAINER_RECIPE
 LABEL = contract.RUN_LABEL
-_children: list[subprocess.Popen] = []
+_children: dict[str, subprocess.Popen] = {}  # run dir -> the wrapper we started there
 
 
 def docker_available() -> bool:
@@ -138,7 +138,8 @@ def _docker_command(run_id: str, image: str, recipe_path: Path, mounts: dict[str
 
 def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish"), use_docker: bool | None = None,
           extra_env: dict[str, str] | None = None) -> dict:
-    """Start the run detached; returns the registry fields (pid, local_dir, image, backend)."""
+    """Start the run detached; returns the registry fields (pid and its start time, local_dir,
+    image, log_uri). The caller records the run *before* calling this (no orphan window)."""
     from launcher import render
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,8 +191,10 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
             ["bash", str(p["script"])], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True,
         )
-    _children.append(proc)  # keep the handle: the run outlives this call, not this process's bookkeeping
-    return {"pid": proc.pid, "local_dir": str(run_dir), "image": image, "backend": "local", "log_uri": str(p["log"])}
+    _children[str(run_dir)] = proc  # keep the handle: the run outlives this call, not this process's bookkeeping
+    identity = process_identity(proc.pid)
+    return {"pid": proc.pid, "pid_start": identity[0] if identity else None, "local_dir": str(run_dir),
+            "image": image, "backend": "local", "log_uri": str(p["log"])}
 
 
 def alive(pid: int | None) -> bool:
@@ -213,37 +216,68 @@ def alive(pid: int | None) -> bool:
     return True
 
 
-def _cmdline(pid: int, tries: int = 40) -> str | None:
-    """The command line of `pid` (Linux /proc, else `ps`), None when it cannot be read.
-    A process caught mid-exec shows an empty command line for a moment: read again."""
-    proc = Path(f"/proc/{pid}/cmdline")
-    if proc.parent.is_dir():
-        for _ in range(tries):
-            try:
-                text = proc.read_bytes().replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
-            except OSError:
-                return None
-            if text:
-                return text
-            time.sleep(0.025)
-        return None
+def process_identity(pid: int) -> tuple[str, int] | None:
+    """(start time, process group) of `pid`, None when it is gone or unreadable. The start time
+    (clock ticks since boot from /proc/<pid>/stat, else `ps -o lstart`) tells a reused pid from
+    the process we started; it never changes while the process lives."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self/stat").exists():
+        try:
+            text = stat.read_text()
+        except OSError:
+            return None
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if fields[0] in ("Z", "X"):
+            return None  # a zombie has finished; nothing is left to stop
+        return f"linux:{fields[19]}", int(fields[2])
     try:
-        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["ps", "-o", "pgid=,lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if out.returncode != 0:
+    parts = out.stdout.split(None, 1)
+    if out.returncode != 0 or len(parts) != 2:
         return None
-    return out.stdout.strip() or None
+    return f"ps:{' '.join(parts[1].split())}", int(parts[0])
 
 
-def is_ours(record: dict) -> bool:
-    """The stored pid is alive *and* is still this run's wrapper (`bash <run dir>/run.sh`):
-    pids are reused, and a run that ended long ago must not make teardown signal a stranger."""
+def process_refusal(record) -> str | None:
+    """None when the run's recorded process is alive and is the one we started: the same pid
+    with the start time we recorded, leading the process group (session) we created for it.
+    Else why it is not ours to signal. Never a command-line match: `tail -f <run dir>/run.sh`
+    has the run's path in its command line too."""
     pid = record.get("pid")
-    if not alive(pid) or not record.get("local_dir"):
-        return False
-    cmd = _cmdline(int(pid))
-    return cmd is not None and str(paths(Path(record["local_dir"]))["script"]) in cmd
+    if not pid:
+        return "no process was recorded for this run"
+    if not alive(int(pid)):
+        return f"process {pid} has ended"
+    identity = process_identity(int(pid))
+    if identity is None:
+        return f"process {pid} has ended"
+    started, group = identity
+    if group != int(pid):
+        return f"process {pid} does not lead the process group sftlaunch created for the run"
+    if not record.get("pid_start"):
+        # Recorded by an sftlaunch before start times were kept: the wrapper's exact argv
+        # (`bash <run dir>/run.sh`, whole arguments, not a substring) leading its own group.
+        script = str(paths(Path(record["local_dir"]))["script"]) if record.get("local_dir") else None
+        if script is None or _argv(int(pid)) != ["bash", script]:
+            return f"process {pid} is not the run's wrapper `bash {script}` (and the record has no start time)"
+        return None
+    if started != record.get("pid_start"):
+        return f"process {pid} is not the run's (it started at another time: the pid was reused)"
+    return None
+
+
+def _argv(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode("utf-8", errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def is_ours(record) -> bool:
+    return process_refusal(record) is None
 
 
 def exit_code(run_dir: Path) -> int | None:
@@ -261,7 +295,7 @@ def stopped_marker(run_dir: Path) -> str | None:
         return None
 
 
-def poll(record: dict) -> tuple[str, str | None]:
+def poll(record) -> tuple[str, str | None]:
     """(state, detail) of a local run from its exit-code file, STOPPED marker and process."""
     run_dir = Path(record["local_dir"])
     code = exit_code(run_dir)
@@ -275,30 +309,72 @@ def poll(record: dict) -> tuple[str, str | None]:
     return "failed", "the local process is gone and left no exit code"
 
 
-def stop(record: dict, grace_s: float = 10.0) -> bool:
+def stop(record, grace_s: float = 10.0) -> bool:
     """Kill the run's process group (and its container); True if something was running.
-    Nothing is signalled when the run has already ended or the pid is no longer its wrapper."""
-    pid = record.get("pid")
+    Nothing is signalled unless the process is proven ours (`process_refusal`); the ownership is
+    proven again before the SIGKILL, since the group may have ended (and its pid been reused)
+    during the grace period."""
     run_dir = Path(record["local_dir"]) if record.get("local_dir") else None
     finished = run_dir is not None and exit_code(run_dir) is not None
     was_alive = not finished and is_ours(record)
     if was_alive:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            deadline = time.time() + (grace_s if sig == signal.SIGTERM else 5)
-            while time.time() < deadline and alive(pid):
-                time.sleep(0.1)
-            if not alive(pid):
-                break
-    if record.get("image") and shutil.which("docker"):
-        subprocess.run(["docker", "rm", "-f", record["run_id"]], capture_output=True, timeout=60)
+        kill_group(record, grace_s)
+    remove_containers(record["run_id"])
     return was_alive
 
 
-def follow_log(record: dict, on_line, follow: bool = True, poll_s: float = 0.2) -> int | None:
+def kill_group(record, grace_s: float = 10.0) -> None:
+    pid = int(record["pid"])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not is_ours(record):
+            return
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.time() + (grace_s if sig == signal.SIGTERM else 5)
+        while time.time() < deadline and alive(pid):
+            time.sleep(0.1)
+        if not alive(pid):
+            return
+
+
+def kill_started(run_dir: Path) -> bool:
+    """Kill the process group this process started in `run_dir` (ours by the Popen handle we
+    hold: an unreaped child's pid cannot have been reused) — for a start cut short before its
+    pid was recorded. True if one was running."""
+    proc = _children.pop(str(run_dir), None)
+    if proc is None or proc.poll() is not None:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=5)
+            break
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return True
+
+
+def remove_containers(run_id: str) -> list[str]:
+    """`docker rm -f` the containers labelled `sftlaunch-run=<run_id>` (ours: we set that label on
+    `docker run`); a container that merely has the run id as its name is left alone."""
+    if not shutil.which("docker"):
+        return []
+    try:
+        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL}={run_id}"],
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    ids = found.stdout.split() if found.returncode == 0 else []
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
+    return ids
+
+
+def follow_log(record, on_line, follow: bool = True, poll_s: float = 0.2) -> int | None:
     """Print run.log (and keep printing while the run lives); returns its exit code when it ends."""
     run_dir = Path(record["local_dir"])
     log = paths(run_dir)["log"]

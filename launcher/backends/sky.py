@@ -86,7 +86,7 @@ EXIT_CANCELLED = 103
 
 JOB_QUEUE_FIELDS = (
     "job_id", "job_name", "status", "submitted_at", "end_at", "job_duration", "recovery_count",
-    "failure_reason", "cloud", "region", "labels",
+    "failure_reason", "cloud", "region", "labels", "user_hash", "user_name",
 )
 
 
@@ -99,6 +99,8 @@ class Cluster:
     region: str | None = None
     launched_at: float | None = None
     resources: str | None = None
+    user_hash: str | None = None  # SkyPilot's owner of the cluster (StatusResponse.user_hash)
+    user_name: str | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -118,6 +120,8 @@ class ManagedJob:
     cloud: str | None = None
     region: str | None = None
     failure_reason: str | None = None
+    user_hash: str | None = None  # SkyPilot's owner of the job (ManagedJobRecord.user_hash)
+    user_name: str | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -215,7 +219,26 @@ def _task(task_config: dict, secrets: dict[str, str] | None = None):
 
 
 class SkyBackend:
-    """Real SkyPilot. Methods mirror what the commands need, nothing more."""
+    """Real SkyPilot. Methods mirror what the commands need, nothing more.
+
+    `down` and `jobs_cancel` are called only by launcher.backends.ownership, after it has proven
+    the cluster or job is this run's and this user's."""
+
+    def __init__(self):
+        self._user: str | None = None
+
+    def current_user(self) -> str:
+        """The SkyPilot user hash the API server acts for: the authenticated user when the server
+        sits behind an auth proxy or uses service-account tokens (`api_info().user`), else this
+        client's hash, which the server then takes as the requester (sky.utils.common_utils)."""
+        if self._user is None:
+            from sky.client import sdk
+            from sky.utils import common_utils
+
+            info = sdk.api_info()
+            user = getattr(info, "user", None)
+            self._user = getattr(user, "id", None) or common_utils.get_user_hash()
+        return self._user
 
     def enabled_clouds(self, clouds: list[str]) -> dict[str, bool]:
         """cloud -> whether SkyPilot's check says it can launch compute there."""
@@ -280,6 +303,7 @@ class SkyBackend:
                 name=get("name"), status=getattr(status, "value", str(status)),
                 labels=dict(get("labels") or {}), cloud=get("cloud"), region=get("region"),
                 launched_at=get("launched_at"), resources=get("resources_str"),
+                user_hash=get("user_hash"), user_name=get("user_name"),
             ))
         return out
 
@@ -299,6 +323,7 @@ class SkyBackend:
                 recovery_count=int(get("recovery_count") or 0), submitted_at=get("submitted_at"),
                 end_at=get("end_at"), duration_s=get("job_duration"), cloud=get("cloud"),
                 region=get("region"), failure_reason=get("failure_reason"),
+                user_hash=get("user_hash"), user_name=get("user_name"),
             ))
         return out
 

@@ -241,7 +241,13 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
                                 down=True, secrets=present, on_line=echo)
         code = backend.tail_logs(cluster, job_id, follow=True, on_line=echo)
     finally:
-        backend.down(cluster)  # an eval cluster has nothing worth keeping once results are in the bucket
+        from launcher.backends.ownership import destroy_cluster
+
+        # An eval cluster has nothing worth keeping once results are in the bucket; it is downed
+        # only if it carries this run's label and is this user's.
+        _downed, refusal = destroy_cluster(backend, record["run_id"], cluster)
+        if refusal:
+            click.echo(f"warning: left alone: {refusal}", err=True)
     if code:
         raise JobFailed(f"remote eval of {record['run_id']} failed (exit {code})")
     from launcher.lifecycle import find_results

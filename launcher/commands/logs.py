@@ -12,7 +12,8 @@ import click
 
 from launcher import contract
 from launcher.commands.up import Interrupted
-from launcher.errors import JobFailed, UserError
+from launcher.errors import JobFailed, UserError, one_line
+from launcher.run_record import Backend
 from launcher.secrets import mask
 
 
@@ -63,45 +64,39 @@ def bucket_logs(record: dict, on_line) -> bool:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
 def logs(run: str, follow: bool) -> None:
     """Show (or --follow) a run's logs."""
+    from launcher.backends.runner import Runners
     from launcher.lifecycle import ACTIVE_STATES
     from launcher.runs import Registry
 
     registry = Registry()
     record = registry.resolve(run)
-    run_id = record["run_id"]
-    kind = record.get("backend")
+    run_id = record.run_id
+    runners = Runners()
+    runner = runners.for_record(record)
     try:
-        if kind == "local":
-            from launcher.backends import local
-
-            local.follow_log(record, _print, follow=follow)
-            return
-        active = record.get("state") in ACTIVE_STATES
-        if kind in ("cluster", "managed") and (active or kind == "managed"):
-            from launcher.backends.sky import get_backend
-
-            backend = get_backend()
+        active = record.state in ACTIVE_STATES
+        # A local run's log is its run.log; SkyPilot keeps a managed job's log after it ends, a
+        # cluster's only while the cluster lives.
+        if runner is not None and (active or runner.kind is not Backend.CLUSTER):
             try:
-                if kind == "managed":
-                    backend.jobs_tail_logs(int(record["job_id"]), follow=follow, on_line=_print)
-                else:
-                    job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
-                    backend.tail_logs(record["cluster_name"], job_id, follow=follow, on_line=_print)
-                if follow and active:
+                runner.logs(record, follow=follow, on_line=_print)
+                if follow and active and registry.writable:
                     from launcher.lifecycle import refresh
 
-                    refresh(registry, lambda: backend, [registry.get(run_id, history=False)])
+                    refresh(registry, None, [registry.get(run_id, history=False)])
                 return
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - gone from SkyPilot: fall back to the bucket copy
+                if runner.kind is Backend.LOCAL:
+                    raise
                 if not bucket_logs(record, _print):
-                    raise JobFailed(mask(f"cannot read logs of {run_id} from SkyPilot ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}) "
+                    raise JobFailed(mask(f"cannot read logs of {run_id} from SkyPilot ({one_line(exc)}) "
                                          "and there is no bucket copy")) from None
                 return
         if bucket_logs(record, _print):
             return
-        where = contract.logs_prefix(record["bucket"], run_id) + "/" if record.get("bucket") else None
+        where = contract.logs_prefix(record.bucket, run_id) + "/" if record.bucket else None
         raise UserError(
             f"{run_id} has ended and its cluster is gone; "
             + (f"no log copy found at {where}" if where else "it had no output.bucket, so no log copy was kept")

@@ -7,9 +7,8 @@ import json
 import click
 
 from launcher.clouds import not_allowed
-from launcher.contract import Env
-from launcher.errors import UserError, one_line
-from launcher.options import cloud_option, gpu_option, json_option, recipe_argument
+from launcher.errors import UserError
+from launcher.options import cloud_option, fallbacks_option, gpu_option, json_option, recipe_argument
 
 
 def _fmt_hours(h: float) -> str:
@@ -24,22 +23,19 @@ def _fmt_hours(h: float) -> str:
 @click.option("--explain", is_flag=True, help="Print every memory and time term of the chosen candidate.")
 @click.option("--all", "show_all", is_flag=True, help="Show every candidate, not only the 12 cheapest.")
 @click.option("--refresh-prices", is_flag=True,
-              help=f"First update the price snapshot in ${Env.HOME}/prices.yaml from SkyPilot's catalogs (needs network).")
+              help="First re-read the offers from SkyPilot's catalog (SkyPilot fetches CSVs it finds stale; "
+                   "needs the cloud extra).")
+@fallbacks_option
 @json_option
 def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
-         refresh_prices: bool, as_json: bool) -> None:
+         refresh_prices: bool, fallbacks: int | None, as_json: bool) -> None:
     """Estimate memory, time and cost of RECIPE on every allowed GPU offer; pick the cheapest that fits."""
-    from launcher import catalog
+    from launcher import offers
     from launcher.estimate import plan as make_plan
     from launcher.recipe import load_recipe
 
     if refresh_prices:
-        try:
-            click.echo(catalog.refresh_prices(), err=True)
-        except Exception as exc:  # offline, no SkyPilot, catalog fetch failed
-            why = str(exc) if isinstance(exc, RuntimeError) else one_line(exc, with_type=True, limit=200)
-            raise UserError(f"--refresh-prices: could not read SkyPilot's catalogs ({why}); "
-                            "check the network and `pip install 'sftlaunch[cloud]'`; the snapshot was left as it was") from None
+        click.echo(offers.refresh(), err=True)
     # --spot/--no-spot go through the loader, so the recipe's own spot rules (a bucket, a cloud
     # that has spot) judge the flag, and their messages name it.
     key = ("resources", "spot")
@@ -49,18 +45,21 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     if cloud and cloud not in r.resources.clouds:
         raise UserError(not_allowed(cloud, r.resources.clouds, recipe))
     result = make_plan(r, cloud=cloud, gpu=gpu)
-    prices = catalog.prices()
+    table = offers.table()
+    order = result.failover(fallbacks or r.resources.fallbacks, r.resources.max_usd)
     over_budget = (result.chosen is not None and r.resources.max_usd is not None
                    and result.chosen.total_usd > r.resources.max_usd)
     if as_json:
         out = result.as_dict()
-        out["price_snapshot"] = prices["snapshot_date"]
-        out["price_file"] = str(catalog.prices_path())
+        out["offers_source"] = table.source
+        out["offers_date"] = table.date
+        out["offers_path"] = table.path
+        out["failover"] = [c.as_dict() for c in order]
         out["max_usd"] = r.resources.max_usd
         out["over_budget"] = over_budget
         click.echo(json.dumps(out, indent=2, default=float))
     else:
-        _table(r, result, show_all, prices["snapshot_date"])
+        _table(r, result, show_all, table, order)
         if explain and result.chosen is not None:
             _explain(result.chosen)
     if result.chosen is None:
@@ -68,11 +67,15 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
             raise UserError(f"{recipe}: {result.reason}")
         raise UserError(f"{recipe}: resources.gpu: nothing fits: {result.reason}")
     if over_budget:
-        cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd]
-        hint = (f"; within budget: {cheaper[0].cloud} {cheaper[0].accelerators} at ${cheaper[0].total_usd:.0f}"
-                if cheaper else "; raise resources.max_usd, use fewer rows or epochs, or a cheaper method")
-        raise UserError(f"{recipe}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds "
-                        f"max_usd ${r.resources.max_usd:.2f}{hint}")
+        raise UserError(budget_message(recipe, r, result))
+
+
+def budget_message(recipe: str, r, result) -> str:
+    cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd]
+    hint = (f"; within budget: {cheaper[0].cloud} {cheaper[0].accelerators} at ${cheaper[0].total_usd:.0f}"
+            if cheaper else "; raise resources.max_usd, use fewer rows or epochs, or a cheaper method")
+    return (f"{recipe}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds "
+            f"max_usd ${r.resources.max_usd:.2f}{hint}")
 
 
 def _note(c) -> str:
@@ -86,27 +89,38 @@ def _note(c) -> str:
     return "; ".join(parts)
 
 
-def _table(recipe, result, show_all: bool, snapshot: str) -> None:
+def _price(c) -> str:
+    if c.usd_per_hour_max and c.usd_per_hour_max > c.usd_per_hour * 1.005:
+        return f"{c.usd_per_hour:.2f}-{c.usd_per_hour_max:.2f}"
+    return f"{c.usd_per_hour:.2f}"
+
+
+def _table(recipe, result, show_all: bool, table_src, order) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=max(Console().width, 132))
-    title = f"{recipe.name}: {recipe.method} {recipe.model.id}, seq {recipe.data.seq_len}, prices of {snapshot}"
+    title = f"{recipe.name}: {recipe.method} {recipe.model.id}, seq {recipe.data.seq_len}"
     table = Table(title=title, title_justify="left")
     for col, justify in (("", "left"), ("cloud", "left"), ("region", "left"), ("GPU×n", "left"), ("spot", "left"),
                          ("GB/GPU train/eval/have", "right"), ("ETA", "right"), ("$/h", "right"), ("total $", "right"),
                          ("note", "left")):
         table.add_column(col, justify=justify)
     rows = result.candidates if show_all else result.candidates[:12]
+    rank = {id(c): i + 1 for i, c in enumerate(order)}
     for c in rows:
-        mark = "→" if c is result.chosen else ""
+        mark = "→" if c is result.chosen else (str(rank[id(c)]) if id(c) in rank else "")
         nodes = f"{c.nodes}×" if c.nodes > 1 else ""
         ev = f"{c.eval_mem_gb:.1f}" if c.eval_mem_gb is not None else "-"
         style = None if c.fits else "dim"
         table.add_row(mark, c.cloud, c.region or "-", f"{nodes}{c.gpu}×{c.gpus_per_node}", "yes" if c.spot else "no",
                       f"{c.mem_needed_gb:.1f}/{ev}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
-                      f"{c.usd_per_hour:.2f}", f"{c.total_usd:.2f}", _note(c), style=style)
+                      _price(c), f"{c.total_usd:.2f}", _note(c), style=style)
     console.print(table)
+    console.print(f"offers: {table_src.describe()}; $/h at the cheapest region (a-b: cheapest-dearest region)",
+                  markup=False)
+    for note in table_src.notes:
+        console.print(f"note: {note}", markup=False)
     if len(result.candidates) > len(rows):
         console.print(f"({len(result.candidates) - len(rows)} more; --all shows them)")
     for note in result.notes:
@@ -116,6 +130,9 @@ def _table(recipe, result, show_all: bool, snapshot: str) -> None:
         console.print(f"plan: {c.cloud} {c.accelerators}{' ×' + str(c.nodes) + ' nodes' if c.nodes > 1 else ''}"
                       f"{' spot' if c.spot else ''}, ~{_fmt_hours(c.eta_hours)}, ~${c.total_usd:.0f}"
                       + (f" (borderline fit: {c.borderline_why})" if c.borderline else ""), markup=False)
+        if len(order) > 1 or recipe.resources.fallbacks > 1:
+            console.print("failover order (no capacity on one → the next; each within max_usd): "
+                          + " → ".join(f"{x.cloud} {x.accelerators} ${x.total_usd:.0f}" for x in order), markup=False)
     elif result.reason_field == "model.id":
         console.print(f"cannot plan: {result.reason}", markup=False)
     else:

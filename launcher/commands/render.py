@@ -8,14 +8,17 @@ from pathlib import Path
 import click
 
 from launcher.errors import UserError
-from launcher.options import RunIdType, cloud_option, gpu_option, recipe_argument
+from launcher.options import RunIdType, cloud_option, fallbacks_option, gpu_option, recipe_argument
 
 
-def resolve_target(recipe, cloud: str | None, gpu: str | None):
-    """An explicit gpu renders as given; `auto` asks the planner for the cheapest that fits.
+def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | None = None):
+    """The targets to render, in plan order: the chosen one first, then up to `fallbacks`-1
+    further fitting offers (resources.fallbacks by default) for SkyPilot to fall over to.
 
-    Either way the GPU name is checked against the catalog and spot / multi-node against what
-    the cloud(s) can do, so a bad request is exit 2 with the reason, before any planning.
+    An explicit GPU is checked against what the allowed clouds sell (name and count, with a
+    did-you-mean) and spot / multi-node against what they can do, so a bad request is exit 2
+    with the reason, before any planning. An explicit GPU the planner thinks does not fit is
+    still rendered as asked (on the first allowed cloud that sells it).
     """
     from launcher.clouds import CLOUDS
     from launcher.render import Target
@@ -27,19 +30,28 @@ def resolve_target(recipe, cloud: str | None, gpu: str | None):
                 f"{recipe.source_path or 'recipe'}: resources.clouds: only local is allowed; "
                 "run it with `sftlaunch up --local`, or add a cloud (lambda, runpod, gcp, kubernetes)"
             )
-    from launcher.estimate import plan, refuse_unsupported, requested_gpu
+    from launcher import catalog
+    from launcher.estimate import plan, refuse_unsold, refuse_unsupported, requested_gpu
 
     name, count = requested_gpu(recipe, gpu)
+    considered = [cloud] if cloud else allowed
     if cloud is None or cloud in allowed:  # render.check_target words the not-allowed case
-        refuse_unsupported(recipe, [cloud] if cloud else allowed, recipe.resources.spot, recipe.resources.nodes, cloud)
+        refuse_unsupported(recipe, considered, recipe.resources.spot, recipe.resources.nodes, cloud)
+        refuse_unsold(recipe, considered, name, count, gpu is not None)
+    n = fallbacks or recipe.resources.fallbacks
+    if cloud is not None and cloud not in allowed:
+        return [Target(cloud=cloud, gpu=name or "auto", gpus_per_node=count or 1, nodes=recipe.resources.nodes,
+                       spot=recipe.resources.spot)]
+    result = plan(recipe, cloud=cloud, gpu=gpu)
+    if result.chosen is not None:
+        return result.failover(n, recipe.resources.max_usd)
     if name is not None:
-        return Target(cloud=cloud or allowed[0], gpu=name, gpus_per_node=count or 1,
-                      nodes=recipe.resources.nodes, spot=recipe.resources.spot)
-    result = plan(recipe, cloud=cloud)
-    if result.chosen is None:
-        field = "" if result.reason_field == "model.id" else "resources.gpu: nothing fits: "
-        raise UserError(f"{recipe.source_path or 'recipe'}: {field}{result.reason}")
-    return result.chosen
+        sellers = [c for c in considered if c == "kubernetes"
+                   or any(o.gpu == name and (count is None or o.count == count) for o in catalog.offers(c))]
+        return [Target(cloud=(sellers or considered)[0], gpu=name, gpus_per_node=count or 1,
+                       nodes=recipe.resources.nodes, spot=recipe.resources.spot)]
+    field = "" if result.reason_field == "model.id" else "resources.gpu: nothing fits: "
+    raise UserError(f"{recipe.source_path or 'recipe'}: {field}{result.reason}")
 
 
 def _check_output(output: Path, recipe: str) -> None:
@@ -71,7 +83,9 @@ def new_run_id(name: str) -> str:
 @click.option("--run-id", type=RunIdType(), default=None, help="Use this run id (sftl-NAME-1a2b) instead of a fresh one.")
 @click.option("--step", "steps", multiple=True, type=click.Choice(["train", "eval", "publish"]),
               help="Steps to run (default: train, eval, publish).")
-def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None, run_id: str | None, steps: tuple[str, ...]) -> None:
+@fallbacks_option
+def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None, run_id: str | None, steps: tuple[str, ...],
+           fallbacks: int | None) -> None:
     """Print the SkyPilot task YAML for RECIPE (secrets appear by name only)."""
     from launcher.images import sftlaunch_home
     from launcher.recipe import load_recipe
@@ -80,15 +94,18 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     if output:
         _check_output(output, recipe)
     r = load_recipe(recipe)
-    target = resolve_target(r, cloud.lower() if cloud else None, gpu)
+    targets = resolve_target(r, cloud.lower() if cloud else None, gpu, fallbacks)
+    target = targets[0]
     run_id = run_id or new_run_id(r.name)
     # The container reads the resolved recipe from a file mount; write it where the mount points.
     mount_dir = sftlaunch_home() / "rendered" / run_id
     mount_dir.mkdir(parents=True, exist_ok=True)
     mount_src = mount_dir / "recipe.yaml"
     mount_src.write_text(container_recipe_yaml(r))
-    task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS)
-    text = f"# sftlaunch render {recipe} --cloud {target.cloud}  (run id {run_id})\n" + to_yaml(task)
+    task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS, fallbacks=targets[1:])
+    order = " → ".join(f"{t.cloud} {t.accelerators}" for t in targets)
+    flag = f" --cloud {cloud.lower()}" if cloud else ""
+    text = f"# sftlaunch render {recipe}{flag}  (run id {run_id}; {order})\n" + to_yaml(task)
     if output:
         try:
             output.write_text(text)

@@ -13,13 +13,14 @@ import json
 import click
 
 from launcher.options import json_option
+from launcher.run_record import Backend
 from launcher.secrets import mask
 
 COLUMNS = ("RUN", "RECIPE", "WHERE", "STATE", "PROGRESS", "$ SO FAR", "EVAL AVG")
 
 
-def where(record: dict) -> str:
-    if record.get("backend") == "local":
+def where(record) -> str:
+    if record.backend is Backend.LOCAL:
         return "local" + (" (docker)" if record.get("image") else "")
     if not record.get("cloud"):
         return "-"
@@ -78,11 +79,13 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--no-refresh", is_flag=True, help="Show what the registry recorded; ask no one.")
 def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
     """Show runs: where, state, progress, cost so far, eval average."""
-    from launcher.runs import Registry
+    from launcher.runs import Registry, RegistryError
 
     registry = Registry()
-    records = [registry.resolve(run)] if run else registry.list()
-    if not no_refresh:
+    records = [registry.resolve(run)] if run is not None else registry.list()
+    if not no_refresh and not registry.writable:
+        click.echo(f"note: {registry.path} is read-only; showing recorded states (refreshing records them)", err=True)
+    elif not no_refresh:
         from launcher.lifecycle import ACTIVE_STATES, refresh
 
         active = [r for r in records if r.get("state") in ACTIVE_STATES]
@@ -91,23 +94,25 @@ def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
 
             try:
                 changed = refresh(registry, get_backend, active)
+            except RegistryError:
+                raise
             except Exception as exc:  # noqa: BLE001 - SkyPilot unreachable: show what we know
                 click.echo(mask(f"note: could not refresh from SkyPilot ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                 "showing recorded states"), err=True)
                 changed = []
             if changed:
-                records = [registry.resolve(run)] if run else registry.list()
+                records = [registry.resolve(run)] if run is not None else registry.list()
     rows = [row(r) for r in records]
     if as_json:
-        click.echo(mask(json.dumps(rows[0] if run else rows, indent=2, default=str)))
+        click.echo(mask(json.dumps(rows[0] if run is not None else rows, indent=2, default=str)))
         return
     if not rows:
         click.echo("no runs yet; start one with `sftlaunch up RECIPE`")
         return
     click.echo(mask(format_table(rows)))
-    if run:
-        rec = registry.get(records[0]["run_id"])
-        for h in rec.get("history", []):
+    if run is not None:
+        rec = registry.get(records[0].run_id)
+        for h in rec.history or []:
             import time as _t
 
             when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.localtime(h["at"]))

@@ -1,74 +1,114 @@
 """`sftlaunch teardown [RUN...] [--all] [--dry-run] [--yes]`: stop what sftlaunch launched.
 
-Why label-only: a user's other SkyPilot clusters and jobs must be safe from us even with
-`--all`. A cluster qualifies only if it carries the `sftlaunch-run` label; a managed job only if
-it carries it too, or — while it has no cluster yet, when SkyPilot reports no labels — if our
-registry recorded launching exactly that job id under that name. Local runs are ours by record,
-and only while they have not ended and their pid is still their wrapper (a reused pid is never
-signalled). Teardown is idempotent: what is already gone is skipped (no jobs controller, a
-cluster SkyPilot no longer has), and the end is recorded once.
+Why proof before every stop: a user's other SkyPilot clusters and jobs, and a teammate's under a
+shared API server, must be safe from us even with `--all`. A cluster or managed job is a target
+only when launcher.backends.ownership proves it is this run's (our label with the run id; a
+still-PENDING managed job, which has no labels yet, by the name and id we recorded launching it)
+and this SkyPilot user's; it is proven again right before it is downed or cancelled. A local run
+is a target only while its recorded pid is alive with the recorded start time, leading the
+process group we created (a reused pid or a `tail -f run.sh` is never signalled). Teardown is
+idempotent: what is already gone is skipped, and the end is recorded once. With SkyPilot's API
+server unreachable it says so in one line (exit 2) and touches nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from launcher.errors import UserError
+from launcher.errors import UserError, one_line
 from launcher.options import dry_run_option, yes_option
+from launcher.run_record import Backend, RunRecord
 from launcher.secrets import mask
+
+_WHAT = {Backend.CLUSTER: "cluster", Backend.MANAGED: "managed job", Backend.LOCAL: "local process"}
 
 
 @dataclass
 class Target:
-    kind: str  # cluster | managed | local
+    kind: Backend
     run_id: str
     name: str  # cluster name, managed job id, or pid
-    record: dict | None
-    ref: object = None
+    record: RunRecord | None
+    ref: object = None  # SkyPilot's Cluster / ManagedJob
 
     def describe(self) -> str:
-        cost = f"${self.record['cost_usd']:.2f} so far" if self.record else "cost unknown (not in this registry)"
-        what = {"cluster": f"cluster {self.name}", "managed": f"managed job {self.name}",
-                "local": f"local process {self.name}"}[self.kind]
-        state = self.record["state"] if self.record else "?"
-        return f"{self.run_id}: {what} [{state}] · {cost}"
+        cost = f"${self.record.cost_usd:.2f} so far" if self.record else "cost unknown (not in this registry)"
+        state = self.record.state if self.record else "?"
+        return f"{self.run_id}: {_WHAT[self.kind]} {self.name} [{state}] · {cost}"
 
 
 def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Target]:
-    """What teardown would touch: labelled clusters/jobs (and live local runs) for these runs."""
+    """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs."""
     from launcher.backends import local
+    from launcher.backends.ownership import cluster_refusal, job_refusal
     from launcher.lifecycle import ACTIVE_STATES
 
-    records = {r["run_id"]: r for r in registry.list()}
+    records = {r.run_id: r for r in registry.list()}
     wanted = (lambda rid: rid in run_ids) if run_ids is not None else (lambda rid: True)
     targets: list[Target] = []
     # Only named local runs can skip SkyPilot (a name may also be a labelled cluster we never recorded).
-    need_sky = run_ids is None or any((records.get(rid) or {}).get("backend") != "local" for rid in run_ids)
+    need_sky = run_ids is None or any(getattr(records.get(rid), "backend", None) is not Backend.LOCAL
+                                      for rid in run_ids)
     if need_sky:
         backend = backend_factory()
-        for c in backend.status(None):
+        try:
+            clusters, jobs = backend.status(None), backend.jobs_queue()
+            user = backend.current_user() if clusters or jobs else None
+        except Exception as exc:  # noqa: BLE001 - API server unreachable, ...: say so, touch nothing
+            raise UserError(f"cannot reach SkyPilot to find what to tear down ({one_line(exc, with_type=True)}); "
+                            "nothing was torn down. Start or reach its API server (`sky api info`) and retry"
+                            ) from None
+        for c in clusters:
             rid = c.run_id
-            if rid and wanted(rid):
-                targets.append(Target("cluster", rid, c.name, records.get(rid), c))
-        for j in backend.jobs_queue():
-            if j.finished:
-                continue
-            rid = j.run_id
-            if rid is None:
-                rec = records.get(j.name)
-                if rec and rec.get("backend") == "managed" and str(rec.get("job_id")) == str(j.job_id):
-                    rid = j.name
-            if rid and wanted(rid):
-                targets.append(Target("managed", rid, str(j.job_id), records.get(rid), j))
+            if rid and wanted(rid) and cluster_refusal(c, rid, user) is None:
+                targets.append(Target(Backend.CLUSTER, rid, c.name, records.get(rid), c))
+        for j in jobs:
+            rec = records.get(j.run_id or j.name)
+            rid = j.run_id or (j.name if rec is not None and rec.backend is Backend.MANAGED else None)
+            if (rid and not j.finished and wanted(rid)
+                    and job_refusal(j, rid, user, rec.job_id if rec is not None else None) is None):
+                targets.append(Target(Backend.MANAGED, rid, str(j.job_id), records.get(rid), j))
     for rid, rec in records.items():
-        if (rec.get("backend") == "local" and wanted(rid) and rec.get("state") in ACTIVE_STATES
-                and rec.get("local_dir") and local.exit_code(Path(rec["local_dir"])) is None and local.is_ours(rec)):
-            targets.append(Target("local", rid, str(rec["pid"]), rec))
+        if (rec.backend is Backend.LOCAL and wanted(rid) and rec.state in ACTIVE_STATES
+                and rec.local_dir and local.exit_code(Path(rec.local_dir)) is None and local.is_ours(rec)):
+            targets.append(Target(Backend.LOCAL, rid, str(rec.pid), rec))
     return targets
+
+
+def _run_ids(registry, runs: tuple[str, ...], all_: bool) -> set[str] | None:
+    """The run ids named (full ids, or unique prefixes of recorded ones); None for --all."""
+    from launcher.runid import looks_like_run_id
+    from launcher.runs import check_reference
+
+    if all_ and not runs:
+        return None
+    run_ids = set()
+    for ref in runs:
+        check_reference(ref)
+        if registry.get(ref, history=False) is not None or looks_like_run_id(ref):
+            run_ids.add(ref)  # also a labelled run launched from another machine
+        else:
+            run_ids.add(registry.resolve(ref).run_id)
+    return run_ids
+
+
+def _stop(target: Target, backend_factory) -> str | None:
+    """Stop one target through its runner (which proves ownership again); the refusal, if any."""
+    from launcher.backends.runner import Runners
+
+    record = target.record
+    if record is None or record.backend is not target.kind:  # labelled, but not (so) in this registry
+        record = RunRecord(run_id=target.run_id, name="", state="running", created_at=0.0, updated_at=0.0,
+                           backend=target.kind, cluster_name=target.name if target.kind is Backend.CLUSTER else None,
+                           job_id=target.name if target.kind is Backend.MANAGED else None)
+    if target.kind is Backend.CLUSTER:
+        record = dataclasses.replace(record, cluster_name=target.name)
+    return Runners(backend_factory).for_record(record).stop(record).refusal
 
 
 @click.command()
@@ -80,18 +120,12 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
     """Stop everything sftlaunch launched (only labelled resources)."""
     from launcher.backends.sky import get_backend
     from launcher.lifecycle import ACTIVE_STATES
-    from launcher.runid import looks_like_run_id
     from launcher.runs import Registry
 
     if not runs and not all_:
         raise UserError("name the runs to tear down (see `sftlaunch status`) or pass --all")
     registry = Registry()
-    run_ids = None if all_ and not runs else set()
-    for ref in runs:
-        if registry.get(ref, history=False) is not None or looks_like_run_id(ref):
-            run_ids.add(ref)  # also a labelled run launched from another machine
-        else:
-            run_ids.add(registry.resolve(ref)["run_id"])
+    run_ids = _run_ids(registry, runs, all_)
     backend_cache = {}
 
     def backend_factory():
@@ -106,8 +140,8 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
     # nothing is left to read and which a later relaunch of the same run id would obey at once.
     stale = [
         r for r in registry.list(active_only=True)
-        if (run_ids is None or r["run_id"] in run_ids) and r["run_id"] not in {t.run_id for t in targets}
-        and r.get("state") in ACTIVE_STATES
+        if (run_ids is None or r.run_id in run_ids) and r.run_id not in {t.run_id for t in targets}
+        and r.state in ACTIVE_STATES
     ]
     if stale and not dry_run:
         from launcher.lifecycle import refresh
@@ -116,18 +150,18 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             refresh(registry, backend_factory, stale, remote_progress=False, budget=False)
         except Exception:  # noqa: BLE001 - knowing the outcome is a bonus; the end is recorded below
             pass
-        stale = [r for r in (registry.get(s["run_id"], history=False) for s in stale) if r["state"] in ACTIVE_STATES]
+        stale = [r for r in (registry.get(s.run_id, history=False) for s in stale) if r.state in ACTIVE_STATES]
     if not targets:
         click.echo("nothing to tear down: no running cluster, managed job or local run carries an sftlaunch label"
                    + (f" for {', '.join(sorted(run_ids))}" if run_ids else ""))
         if not dry_run:
             for r in stale:
-                registry.set_state(r["run_id"], "cancelled", "teardown: nothing was left running")
+                registry.set_state(r.run_id, "cancelled", "teardown: nothing was left running")
         return
     click.echo("sftlaunch would tear down:" if dry_run else "sftlaunch will tear down:")
     for t in targets:
         click.echo(mask(f"  {t.describe()}"))
-    total = sum(t.record["cost_usd"] for t in targets if t.record)
+    total = sum(t.record.cost_usd for t in targets if t.record)
     click.echo(f"total so far: ${total:.2f}")
     if dry_run:
         click.echo("dry run: nothing changed.")
@@ -137,30 +171,24 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             raise UserError("no terminal to confirm on; rerun with --yes to tear down without asking")
         if not click.confirm("Tear these down?", default=False):
             raise click.Abort()
-    from launcher.backends import local
-
     failures = []
     for t in targets:
         try:
-            if t.kind == "cluster":
-                backend_factory().down(t.name)
-            elif t.kind == "managed":
-                backend_factory().jobs_cancel(int(t.name))
-            else:
-                local.stop(t.record)
+            refusal = _stop(t, backend_factory)
         except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
-            failures.append(mask(f"{t.run_id}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+            failures.append(mask(f"{t.run_id}: {one_line(exc)}"))
             continue
-        click.echo(f"  done: {t.run_id} ({t.kind} {t.name})")
+        if refusal is not None:
+            failures.append(mask(f"{t.run_id}: not touched: {refusal}"))
+            continue
+        click.echo(f"  done: {t.run_id} ({_WHAT[t.kind]} {t.name})")
         if t.record is not None:
             rec = registry.get(t.run_id, history=False)
-            extra = dict(rec.get("extra") or {})
-            extra["torn_down"] = True
-            registry.update(t.run_id, extra=extra)
-            if rec["state"] not in ("succeeded", "failed", "cancelled", "stopped"):
-                registry.set_state(t.run_id, "cancelled", f"torn down by sftlaunch teardown ({t.kind} {t.name})")
+            registry.update(t.run_id, torn_down=True)
+            if rec.state not in ("succeeded", "failed", "cancelled", "stopped"):
+                registry.set_state(t.run_id, "cancelled", f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
     for r in stale:
-        registry.set_state(r["run_id"], "cancelled", "teardown: nothing was left running")
+        registry.set_state(r.run_id, "cancelled", "teardown: nothing was left running")
     if failures:
         from launcher.errors import JobFailed
 

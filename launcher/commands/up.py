@@ -31,7 +31,15 @@ from click.core import ParameterSource
 from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, UserError, one_line
-from launcher.options import cloud_option, dry_run_option, gpu_option, recipe_argument, yes_option
+from launcher.options import (
+    cloud_option,
+    dry_run_option,
+    fallbacks_option,
+    gpu_option,
+    recipe_argument,
+    yes_option,
+)
+from launcher.run_record import Backend
 from launcher.secrets import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
@@ -151,11 +159,8 @@ class Streamer:
     def _record_job_stop(self) -> None:
         """The job's budget guard stopped training (the entrypoint said so): the run ends as
         `stopped`, not `succeeded`, although SkyPilot reports the job's exit 0 as SUCCEEDED."""
-        record = self.registry.get(self.run_id, history=False)
-        extra = dict(record.get("extra") or {})
-        if not extra.get("job_stopped"):
-            extra["job_stopped"] = True
-            self.registry.update(self.run_id, extra=extra)
+        if not self.registry.get(self.run_id, history=False).job_stopped:
+            self.registry.update(self.run_id, job_stopped=True)
 
     def flush(self) -> None:
         self._save(force=True)
@@ -173,8 +178,9 @@ class Streamer:
 @click.option("--bucket", envvar=Env.BUCKET, default=None, metavar="URI",
               help="Checkpoints, results and logs go to URI (gs://, s3://), overriding output.bucket "
                    f"[default: ${Env.BUCKET}].")
+@fallbacks_option
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
-       bucket: str | None) -> None:
+       bucket: str | None, fallbacks: int | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
     r = _load(recipe, local, bucket, from_cli)
@@ -188,7 +194,32 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
-        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu)
+        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
+
+
+def _record_what_runs(backend, registry, run_id: str, choices: list):
+    """With failover, SkyPilot may have launched a later choice: record the one the cluster
+    actually runs (cloud, region, GPU, its $/h and estimate), so status and the cost so far are
+    that offer's. A managed (spot) job is recorded as planned: its controller may move it."""
+    import re
+
+    try:
+        cluster = next((c for c in backend.status([run_id]) if c.name == run_id), None)
+    except Exception:  # noqa: BLE001 - the launch succeeded; the record keeps the first choice
+        return choices[0]
+    if cluster is None or not cluster.cloud:
+        return choices[0]
+    acc = re.search(r"\{'([^']+)': (\d+)\}", cluster.resources or "")
+    same_cloud = [c for c in choices if c.cloud == str(cluster.cloud).lower()]
+    ran = next((c for c in same_cloud if acc and (c.gpu, c.gpus_per_node) == (acc.group(1), int(acc.group(2)))),
+               same_cloud[0] if same_cloud else choices[0])
+    if ran is not choices[0]:
+        echo(f"note: no capacity for {choices[0].cloud} {choices[0].accelerators}; SkyPilot launched "
+             f"{ran.cloud} {ran.accelerators} (${ran.usd_per_hour:.2f}/h, ~${ran.total_usd:.2f})", err=True)
+    registry.update(run_id, cloud=ran.cloud, region=cluster.region or ran.region, gpu=ran.gpu,
+                    gpus_per_node=ran.gpus_per_node, usd_per_hour=ran.usd_per_hour, eta_hours=ran.eta_hours,
+                    total_usd=ran.total_usd)
+    return ran
 
 
 def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
@@ -211,6 +242,7 @@ def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
 
 def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     from launcher.backends import local
+    from launcher.backends.runner import Launch, runner_for, start_local_recorded
     from launcher.runid import new_run_id
     from launcher.runs import Registry, run_dir
 
@@ -234,10 +266,12 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
         return
     confirm(yes, "Start this run here?")
     bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
-    fields = local.start(r, run_id, out, use_docker=use_docker, extra_env=bucket)
+    # The row exists before any process starts (no orphan window).
+    fields = start_local_recorded(registry, run_id, lambda: registry.create(
+        run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
+        max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
+        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker, extra_env=bucket))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
-    registry.create(run_id, r, state="running", cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
-                    max_usd=r.resources.max_usd, bucket=r.output.bucket, **fields)
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:
         echo(f"follow it with: sftlaunch logs {run_id} --follow")
@@ -246,7 +280,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     record = registry.get(run_id, history=False)
     streamer = Streamer(registry, run_id)
     try:
-        code = local.follow_log(record, streamer)
+        code = runner_for(record).logs(record, follow=True, on_line=streamer)
     except KeyboardInterrupt:
         reattach_hints(run_id)
         raise Interrupted() from None
@@ -312,7 +346,8 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
     return [f"  {CREDENTIAL_HINTS.get(c, c)}" for c in clouds if not enabled.get(c)]
 
 
-def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None) -> None:
+def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
+              n_fallbacks: int | None = None) -> None:
     from launcher.backends.sky import get_backend
     from launcher.clouds import CLOUDS, not_allowed
 
@@ -375,6 +410,14 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
         echo("clouds without credentials (not considered):", err=True)
         for line in missing:
             echo(line, err=True)
+    # Failover: the next fitting offers (on clouds with credentials, same spot and nodes) as
+    # SkyPilot's ordered resources; those over max_usd are left out, so the budget holds for
+    # whichever one SkyPilot launches.
+    rest = [c for c in result.failover(len(result.candidates), max_usd)
+            if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
+    fallbacks = rest[:max(0, (n_fallbacks or r.resources.fallbacks) - 1)]
+    if fallbacks:
+        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
 
     from launcher.render import container_recipe_yaml, render_task
     from launcher.runs import run_dir
@@ -392,50 +435,8 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     out.mkdir(parents=True, exist_ok=True)
     mount = out / "recipe.yaml"
     mount.write_text(container_recipe_yaml(r))
-    task = render_task(r, chosen, run_id, str(mount))
-    from launcher import render
-    from launcher.images import resolve_image
-    from launcher.secrets import launch_secrets
-
-    kind = "managed" if chosen.spot else "cluster"
-    registry.create(
-        run_id, r, state="launching", backend=kind, cloud=chosen.cloud, region=getattr(chosen, "region", None),
-        gpu=chosen.gpu, gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot,
-        usd_per_hour=chosen.usd_per_hour, max_usd=max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
-        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
-        cluster_name=None if chosen.spot else run_id,
-        checkpoint_uri=contract.checkpoints_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
-        result_uri=contract.run_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
-        log_uri=contract.logs_prefix(r.output.bucket, run_id) + "/" if r.output.bucket else None,
-        local_dir=str(out),
-    )
-    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
-    present, _missing = launch_secrets(names)
-    streamer = Streamer(registry, run_id, backend)
-    try:
-        if chosen.spot:
-            job_id = backend.jobs_launch(task, name=run_id, secrets=present, on_line=streamer)
-        else:
-            job_id = backend.launch(task, cluster_name=run_id, idle_minutes=r.resources.autostop_minutes,
-                                    down=True, secrets=present, on_line=streamer)
-    except KeyboardInterrupt:
-        reattach_hints(run_id)
-        raise Interrupted() from None
-    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
-        detail = one_line(exc)
-        registry.set_state(run_id, "failed", f"launch failed: {detail}")
-        if not chosen.spot:
-            try:
-                backend.down(run_id)  # a half-provisioned cluster must not keep billing
-            except Exception:  # noqa: BLE001
-                pass
-        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
-    finally:
-        del present
-    registry.update(run_id, job_id=None if job_id is None else str(job_id))
-    registry.set_state(run_id, "running" if not chosen.spot else "launching",
-                       f"submitted ({'managed job' if chosen.spot else 'cluster job'} {job_id})")
-    echo(f"launched {run_id} ({'managed job' if chosen.spot else 'cluster'} on {chosen.cloud})")
+    task = render_task(r, chosen, run_id, str(mount), fallbacks=fallbacks)
+    streamer = _launch_recorded(registry, backend, r, chosen, run_id, out, task, fallbacks)
     if detach:
         echo(f"follow it with: sftlaunch logs {run_id} --follow   ·   stop it: sftlaunch teardown {run_id}")
         echo(run_id)
@@ -445,6 +446,78 @@ def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu:
     _report_end(final)
     if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
         raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
+
+
+def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict,
+                     fallbacks: list | tuple = ()) -> Streamer:
+    """Record the run (launching), then launch it through its runner. A failed launch is
+    recorded and what it left is released if proven ours; Ctrl-C leaves the recorded run going."""
+    from launcher import render
+    from launcher.backends.runner import Launch, runner_for
+    from launcher.images import resolve_image
+    from launcher.secrets import launch_secrets
+
+    bucket = r.output.bucket
+    record = registry.create(
+        run_id, r, state="launching", backend=Backend.MANAGED if chosen.spot else Backend.CLUSTER,
+        cloud=chosen.cloud, region=getattr(chosen, "region", None), gpu=chosen.gpu,
+        gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot, usd_per_hour=chosen.usd_per_hour,
+        max_usd=r.resources.max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
+        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
+        cluster_name=None if chosen.spot else run_id,
+        checkpoint_uri=contract.checkpoints_prefix(bucket, run_id) + "/" if bucket else None,
+        result_uri=contract.run_prefix(bucket, run_id) + "/" if bucket else None,
+        log_uri=contract.logs_prefix(bucket, run_id) + "/" if bucket else None,
+        local_dir=str(out), owner=_current_user(backend),
+    )
+    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
+    present, _missing = launch_secrets(names)
+    streamer = Streamer(registry, run_id, backend)
+    runner = runner_for(record, backend)
+    try:
+        job_id = runner.start(record, Launch(task=task, secrets=present, on_line=streamer,
+                                             idle_minutes=r.resources.autostop_minutes))["job_id"]
+    except KeyboardInterrupt:
+        reattach_hints(run_id)
+        raise Interrupted() from None
+    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
+        detail = one_line(exc)
+        registry.set_state(run_id, "failed", f"launch failed: {detail}")
+        _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
+        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
+    finally:
+        del present
+    what = "managed job" if runner.kind is Backend.MANAGED else "cluster job"
+    registry.update(run_id, job_id=job_id)
+    if fallbacks and runner.kind is not Backend.MANAGED:  # SkyPilot may have launched a later choice
+        chosen = _record_what_runs(backend, registry, run_id, [chosen, *fallbacks])
+    registry.set_state(run_id, "launching" if runner.kind is Backend.MANAGED else "running",
+                       f"submitted ({what} {job_id})")
+    echo(f"launched {run_id} ({'managed job' if runner.kind is Backend.MANAGED else 'cluster'} on {chosen.cloud})")
+    return streamer
+
+
+def _current_user(backend) -> str | None:
+    """The SkyPilot user the launch runs as (recorded with the run; ownership is proven against
+    SkyPilot's own records before anything is stopped)."""
+    try:
+        return backend.current_user()
+    except Exception:  # noqa: BLE001 - recorded for reference only
+        return None
+
+
+def _release_failed_launch(registry, backend, run_id: str) -> None:
+    """Down what a failed launch left, if it is proven ours; otherwise say what was left alone."""
+    from launcher.backends.runner import runner_for
+
+    try:
+        result = runner_for(registry.get(run_id, history=False), backend).stop(registry.get(run_id, history=False))
+    except Exception as exc:  # noqa: BLE001 - the launch error is the one to report
+        echo(f"warning: could not check for a half-provisioned cluster {run_id}: {one_line(exc)}; "
+             f"see `sky status {run_id}`", err=True)
+        return
+    if result.refusal:
+        echo(f"warning: left alone: {result.refusal}; if it is yours: `sky down {run_id}`", err=True)
 
 
 def _cheapest_on(result, cloud: str, chosen):
@@ -496,16 +569,13 @@ def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | Non
     """Follow the run's logs to the end, then record the outcome (and down an on-demand cluster).
     Ctrl-C leaves the run alone: print how to reattach and tear down, exit 130."""
     from launcher import lifecycle
+    from launcher.backends.runner import runner_for
     from launcher.backends.sky import Unavailable
 
     record = registry.get(run_id, history=False)
     streamer = streamer or Streamer(registry, run_id, backend)
     try:
-        if record["backend"] == "managed":
-            code = backend.jobs_tail_logs(int(record["job_id"]), follow=True, on_line=streamer)
-        else:
-            job_id = int(record["job_id"]) if record.get("job_id") not in (None, "") else None
-            code = backend.tail_logs(record["cluster_name"], job_id, follow=True, on_line=streamer)
+        code = runner_for(record, backend).logs(record, follow=True, on_line=streamer)
     except Unavailable as exc:  # the cluster or controller went away under the stream
         echo(f"note: the log stream ended: {exc}", err=True)
         code = None

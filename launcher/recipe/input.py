@@ -236,7 +236,13 @@ def _data_file_problem(f: Path, st: os.stat_result) -> str | None:
     return None
 
 
+PSEUDO_FS = ("/proc", "/sys", "/dev")  # kernel views, not files: walking them gives a different answer each time
+
+
 def _data_dir_problem(directory: Path, kinds: str) -> str | None:
+    real = os.path.realpath(directory)
+    if any(real == root or real.startswith(root + "/") for root in PSEUDO_FS):
+        return f"directory {directory} is a system directory ({real}), not data; point at the data files or a directory of them"
     seen, found = 0, False
     pending = [directory]
     while pending:

@@ -157,6 +157,9 @@ class ResourcesSpec(_Strict):
     disk_gb: int = Field(256, gt=0, le=65536, description="Disk per node in GB (weights, checkpoints, caches).")
     autostop_minutes: int = Field(30, ge=0, le=WEEK_MINUTES, description="Stop (or down, where a cloud cannot stop) after this many idle minutes.")
     max_usd: float | None = Field(None, gt=0, le=1_000_000, description="Refuse to launch if the estimated total cost exceeds this.")
+    regions: list[str] | None = Field(
+        None, min_length=1, description="null = any region (priced at the cheapest); or regions to pin, e.g. [us-central1].")
+    fallbacks: int = Field(3, ge=1, le=10, description="Fitting offers rendered in plan order; SkyPilot moves on to the next when one has no capacity.")
 
     @field_validator("gpu")
     @classmethod
@@ -166,6 +169,14 @@ class ResourcesSpec(_Strict):
         problem = gpu_count_problem(GPU_RE.match(v).group("count")) if v != "auto" else None
         if problem:
             raise ValueError(problem)
+        return v
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, v):
+        bad = [r for r in v or [] if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", r)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a region name, e.g. us-central1 or US")
         return v
 
     @field_validator("clouds")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.backends import sky as sky_backend
-from tests.launcher.fake_backend import FakeSky
+from tests.launcher.fake_backend import installed
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    """The fake SkyPilot (tests/launcher/fake_backend.py) in place of the real backend."""
-    fake = FakeSky()
-    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
-    return fake
+    """The fake SkyPilot (tests/launcher/fake_backend.py) in place of the real backend; the test
+    fails if its scenario downed or cancelled anything that is not ours."""
+    with installed(monkeypatch) as fake:
+        yield fake

@@ -5,6 +5,12 @@ the labels of the task they were launched from, log streams end with the job's e
 100 failed), managed jobs can be preempted and recovered, and `down`/`jobs_cancel` are
 idempotent. Scenarios are set with attributes before the command runs.
 
+Ownership: what the fake launches belongs to its `user` (SkyPilot's user hash) and carries the
+task's labels; tests add look-alikes (unlabelled, labelled for another run, another user's).
+Every `down` / `jobs_cancel` on a resource that is not labelled for a run *and* owned by `user`
+is appended to `foreign_actions` (and, with SFTLAUNCH_FAKE_AUDIT=<file>, to that file), so each
+scenario can assert — and the report can count — destructive actions on what is not ours.
+
 Where SkyPilot answers "nothing there" with an exception, the fake raises SkyPilot's real one
 (`sky.exceptions.ClusterNotUpError` with no jobs controller, `ClusterDoesNotExist` for a gone
 cluster) underneath the adapter's own decorators, so what the commands see is exactly what the
@@ -13,6 +19,7 @@ real adapter turns those exceptions into.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +36,18 @@ from launcher.backends.sky import (
 
 def _nothing():
     return None
+
+
+@contextlib.contextmanager
+def installed(monkeypatch, fake: FakeSky | None = None):
+    """The fake as the backend every command gets; on the way out, the scenario must not have
+    downed or cancelled anything that is not ours (issue 14's goal: 0 such actions)."""
+    from launcher.backends import sky as sky_backend
+
+    fake = fake if fake is not None else FakeSky()
+    monkeypatch.setattr(sky_backend, "_backend_factory", lambda: fake)
+    yield fake
+    assert fake.foreign_actions == [], f"destroyed what is not ours: {fake.foreign_actions}"
 
 
 def _no_controller():
@@ -65,6 +84,29 @@ class FakeSky:
     cluster_jobs: dict = field(default_factory=dict)  # cluster name -> job status
     calls: list = field(default_factory=list)
     launched: list = field(default_factory=list)  # (kind, task, secrets, autostop)
+    user: str = "u-me0001"  # the SkyPilot user hash this client acts as
+    foreign_actions: list = field(default_factory=list)
+    submitted: set = field(default_factory=set)  # managed job ids this fake launched (sftlaunch's)
+
+    def current_user(self):
+        return self.user
+
+    def _audit(self, action, resource) -> None:
+        """Note a destructive call on something that is not labelled for a run and this user's
+        (a PENDING managed job of ours has no labels yet: its name is then a run id)."""
+        import os
+
+        if resource is None:
+            return
+        labelled = bool((resource.labels or {}).get("sftlaunch-run")) or (
+            not resource.labels and action == "jobs_cancel" and resource.job_id in self.submitted)
+        foreign = not (labelled and resource.user_hash == self.user)
+        if foreign:
+            self.foreign_actions.append((action, resource.name, resource.user_hash))
+        audit = os.environ.get("SFTLAUNCH_FAKE_AUDIT")
+        if audit:
+            with open(audit, "a") as fh:
+                fh.write(f"{action} {resource.name} {'foreign' if foreign else 'ours'}\n")
 
     # -- credentials / optimizer ----------------------------------------------------------------
     def enabled_clouds(self, clouds):
@@ -73,9 +115,15 @@ class FakeSky:
             raise self.check_error
         return {c: c in self.enabled for c in clouds}
 
+    @staticmethod
+    def _first(task) -> dict:
+        """The choice SkyPilot launches when it has capacity: the first of `ordered`, if any."""
+        res = task["resources"]
+        return {**res, **res["ordered"][0]} if "ordered" in res else res
+
     def optimize(self, task):
         self.calls.append(("optimize", task["name"]))
-        res = task["resources"]
+        res = self._first(task)
         return f"{res['cloud']}({res['accelerators']}{', spot' if res.get('use_spot') else ''})"
 
     # -- launching --------------------------------------------------------------------------------
@@ -85,10 +133,12 @@ class FakeSky:
         if on_line:
             on_line(f"Launching a new cluster {cluster_name!r}.")
         if self.launch_error:
-            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]), task["resources"]["cloud"])
+            self.clusters[cluster_name] = Cluster(cluster_name, "INIT", dict(task["resources"]["labels"]),
+                                                  self._first(task)["cloud"], user_hash=self.user)
             raise self.launch_error
         self.clusters[cluster_name] = Cluster(
-            cluster_name, "UP", dict(task["resources"]["labels"]), task["resources"]["cloud"], task["resources"].get("region"),
+            cluster_name, "UP", dict(task["resources"]["labels"]), self._first(task)["cloud"], self._first(task).get("region"),
+            user_hash=self.user,
         )
         self.cluster_jobs[cluster_name] = "RUNNING"
         return 1
@@ -100,8 +150,9 @@ class FakeSky:
             raise self.launch_error
         job_id = max(self.jobs, default=0) + 1
         self.jobs[job_id] = ManagedJob(job_id, name, "RUNNING", dict(task["resources"]["labels"]),
-                                       cloud=task["resources"]["cloud"])
+                                       cloud=self._first(task)["cloud"], user_hash=self.user)
         self.controller_up = True  # launching a managed job starts the controller
+        self.submitted.add(job_id)
         return job_id
 
     # -- queries ----------------------------------------------------------------------------------
@@ -125,6 +176,7 @@ class FakeSky:
     # -- ending -----------------------------------------------------------------------------------
     def down(self, cluster_name):
         self.calls.append(("down", cluster_name))
+        self._audit("down", self.clusters.get(cluster_name))
         self.clusters.pop(cluster_name, None)
 
     @no_controller_means(_nothing)
@@ -133,6 +185,7 @@ class FakeSky:
         if not self.controller_up:
             raise _no_controller()
         job = self.jobs.get(job_id)
+        self._audit("jobs_cancel", job)
         if job and not job.finished:
             job.status = "CANCELLED"
 
@@ -201,6 +254,11 @@ class FakePlan:
     candidates: list
     chosen: FakeCandidate | None = None
     reason: str | None = None
+
+    def failover(self, n: int, max_usd: float | None = None) -> list:
+        from launcher.estimate import Plan  # the real rule, on the fake candidates
+
+        return Plan.failover(self, n, max_usd)  # type: ignore[arg-type]
 
 
 def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,

@@ -219,3 +219,27 @@ def test_up_local_says_which_runner_it_chose(monkeypatch, tmp_path, fake_docker)
     monkeypatch.setenv("FAKE_DOCKER_HAS_IMAGE", "1")
     res = CliRunner().invoke(cli, ["up", "--local", str(tiny), "--dry-run"])
     assert "in Docker, image ghcr.io/sftlaunch/sftlaunch:" in res.output
+
+
+def test_container_clean_up_removes_only_containers_labelled_for_the_run(tmp_path, monkeypatch):
+    """Issue 14: the failure path ran `docker rm -f <run_id>`, deleting any container that had the
+    run id as its name. Now only containers carrying our label for this run are removed."""
+    import os
+
+    log = tmp_path / "docker.log"
+    fake_docker = tmp_path / "bin" / "docker"
+    fake_docker.parent.mkdir()
+    # A docker CLI stand-in: `ps` answers with the one container labelled for sftl-demo-0001.
+    fake_docker.write_text(f"""#!/usr/bin/env bash
+echo "$@" >> {log}
+if [ "$1" = "ps" ]; then
+  case "$*" in *"label=sftlaunch-run=sftl-demo-0001"*) echo c0ffee123456 ;; esac
+fi
+""")
+    fake_docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_docker.parent}{os.pathsep}{os.environ['PATH']}")
+    assert local.remove_containers("sftl-demo-0001") == ["c0ffee123456"]
+    assert local.remove_containers("sftl-demo-0002") == []
+    calls = log.read_text().splitlines()
+    assert calls == ["ps -aq --filter label=sftlaunch-run=sftl-demo-0001", "rm -f c0ffee123456",
+                     "ps -aq --filter label=sftlaunch-run=sftl-demo-0002"]

@@ -339,3 +339,42 @@ def test_optimizer_dry_run_on_a_catalog_snapshot(tmp_path):
     lines = [line for line in out.stdout.splitlines() if not line.startswith("<sky-payload>")]
     assert "ON_DEMAND RunPod 1x_H100_SECURE {'H100': 1} {'sftlaunch-run': 'sftl-demo-abcd'} 2.39" in lines
     assert "A100 UNAVAILABLE" in lines  # a GPU the catalog does not offer there: SkyPilot refuses
+
+
+def test_owner_and_current_user_from_skypilots_own_records(rec, monkeypatch):
+    """Ownership compares SkyPilot's owner of a cluster / managed job (StatusResponse.user_hash,
+    ManagedJobRecord.user_hash in 0.14.1's schemas) with the user the API server acts for."""
+    from sky import models
+    from sky.client import sdk
+    from sky.jobs import utils as jobs_utils
+    from sky.jobs.state import ManagedJobStatus
+    from sky.schemas.api import responses
+    from sky.utils import common_utils
+    from sky.utils.status_lib import ClusterStatus
+
+    b = adapter.SkyBackend()
+    rec.patch(sky, "status")
+    status = responses.StatusResponse.model_construct(
+        name="sftl-demo-abcd", status=ClusterStatus.UP, labels={"sftlaunch-run": "sftl-demo-abcd"},
+        user_hash="ab12cd34", user_name="alex", launched_at=1)
+    rec.returns("req-status", [status])
+    (cluster,) = b.status(None)
+    assert (cluster.user_hash, cluster.user_name, cluster.run_id) == ("ab12cd34", "alex", "sftl-demo-abcd")
+
+    rec.patch(sky.jobs, "queue_v2")
+    job = responses.ManagedJobRecord(job_id=3, job_name="sftl-demo-abcd", status=ManagedJobStatus.RUNNING,
+                                     labels=None, user_hash="ab12cd34", user_name="alex")
+    rec.returns("req-queue_v2", ([job], 1, {}, 1))
+    (queued,) = b.jobs_queue()
+    assert (queued.user_hash, queued.labels) == ("ab12cd34", {})
+    fields = rec.calls[-2][1]["fields"]
+    assert {"user_hash", "user_name", "labels"} <= set(fields)
+    assert jobs_utils._update_fields(list(fields))[0]  # SkyPilot's own field check accepts them
+
+    # Behind an auth proxy / with service-account tokens the server's user is the authenticated one.
+    health = responses.APIHealthResponse(status="healthy", user=models.User(id="sso-9f8e", name="alex@corp"))
+    monkeypatch.setattr(sdk, "api_info", lambda: health)
+    assert adapter.SkyBackend().current_user() == "sso-9f8e"
+    # Without one, the server takes the client's own user hash as the requester.
+    monkeypatch.setattr(sdk, "api_info", lambda: responses.APIHealthResponse(status="healthy"))
+    assert adapter.SkyBackend().current_user() == common_utils.get_user_hash()

@@ -3,13 +3,9 @@ refreshed price snapshot in $SFTLAUNCH_HOME (written from SkyPilot's catalogs, r
 
 from __future__ import annotations
 
-import hashlib
 import http.server
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,7 +18,7 @@ from launcher.cli import cli
 from launcher.errors import UserError
 from launcher.estimate import plan
 from launcher.recipe import recipe_from_dict
-from tests.sky_catalog import FIXTURE_DIR, sky_env
+from tests.sky_catalog import FIXTURE_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,114 +179,6 @@ def test_bad_kubernetes_env_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("SFTLAUNCH_K8S_GPUS", "H100")
     with pytest.raises(UserError, match="SFTLAUNCH_K8S_GPUS.*NAME:COUNT"):
         catalog.kubernetes_offers()
-
-
-# ---------------------------------------------------------------------------------------------
-# The price snapshot overlay and --refresh-prices
-
-
-def _package_digest() -> str:
-    return hashlib.sha256((catalog.DATA / "prices.yaml").read_bytes()).hexdigest()
-
-
-def test_overlay_is_preferred_unless_older_than_the_package():
-    packaged = catalog.prices()
-    data = json.loads(json.dumps(packaged))
-    data["clouds"]["runpod"] = [{"gpu": "L40S", "counts": [1], "on_demand": 0.11, "spot": None, "region": "US"}]
-    data["snapshot_date"] = "2999-01-01"
-    (_home() / "prices.yaml").write_text(yaml.safe_dump(data))
-    assert catalog.prices_path() == catalog.user_prices_path()
-    assert [o.on_demand for o in catalog.offers("runpod")] == [0.11]
-    data["snapshot_date"] = "2000-01-01"  # an overlay from before the installed release
-    (_home() / "prices.yaml").write_text(yaml.safe_dump(data))
-    assert catalog.prices_path() == catalog.DATA / "prices.yaml"
-    (_home() / "prices.yaml").write_text("clouds: [1, 2")
-    with pytest.raises(UserError, match="prices.yaml: cannot read it"):
-        catalog.prices()
-
-
-needs_sky = pytest.mark.skipif(importlib.util.find_spec("sky") is None, reason="needs SkyPilot (sftlaunch[cloud])")
-
-
-def _refresh(home: Path, catalogs: bool = True, edit=None) -> subprocess.CompletedProcess:
-    """`sftlaunch plan --refresh-prices --json` in a subprocess whose HOME holds the fixture
-    catalogs (SkyPilot fixes its catalog path at import) and whose network is a dead proxy."""
-    env = sky_env(home) if catalogs else {**sky_env(home / "unused"), "HOME": str(home),
-                                          "SKY_RUNTIME_DIR": str(home)}
-    if edit:
-        edit(home / ".sky" / "catalogs" / "v8")
-    env["SFTLAUNCH_HOME"] = str(home / ".sftlaunch")
-    return subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(REPO / "recipes/mistral-7b-qlora.yaml"),
-                           "--refresh-prices", "--json"], env=env, capture_output=True, text=True, timeout=180,
-                          cwd=REPO)
-
-
-def _cheaper_l40s_dearer_8x_h100(catalogs: Path) -> None:
-    runpod = catalogs / "runpod" / "vms.csv"
-    runpod.write_text(runpod.read_text().replace("US,0.53,0.86,US-KS-2", "US,0.50,0.79,US-KS-2"))
-    lam = catalogs / "lambda" / "vms.csv"
-    lam.write_text(lam.read_text().replace("208.0,1800.0,23.92,", "208.0,1800.0,24.72,"))
-
-
-@needs_sky
-def test_refresh_with_an_unchanged_catalog_writes_nothing(tmp_path):
-    # The fixture mirrors the packaged snapshot, so nothing changes: no overlay, no new date.
-    before = _package_digest()
-    res = _refresh(tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "prices unchanged" in res.stderr and "nothing written" in res.stderr
-    assert not (tmp_path / ".sftlaunch" / "prices.yaml").exists()
-    assert json.loads(res.stdout)["price_snapshot"] == catalog.prices()["snapshot_date"]
-    assert _package_digest() == before
-
-
-@needs_sky
-def test_refresh_prices_each_count_from_its_own_row_into_the_overlay(tmp_path):
-    before = _package_digest()
-    res = _refresh(tmp_path, edit=_cheaper_l40s_dearer_8x_h100)
-    assert res.returncode == 0, res.stderr
-    overlay = tmp_path / ".sftlaunch" / "prices.yaml"
-    assert f"wrote {overlay}" in res.stderr
-    assert _package_digest() == before  # never the package directory
-    data = yaml.safe_load(overlay.read_text())
-    from datetime import date
-
-    assert data["snapshot_date"] == date.today().isoformat()
-    rows = {(c, r["gpu"], tuple(r["counts"])): r for c, rs in data["clouds"].items() for r in rs}
-    # Lambda's 8x H100 has its own catalog row (24.72 / 8); 2x and 4x are not in the fixture, so
-    # they keep the previous price; the PCIe 1x keeps its own row.
-    assert rows[("lambda", "H100", (8,))]["on_demand"] == pytest.approx(3.09)
-    assert rows[("lambda", "H100", (2, 4))]["on_demand"] == pytest.approx(2.99)
-    assert rows[("lambda", "H100", (1,))]["on_demand"] == pytest.approx(2.49)
-    assert rows[("runpod", "L40S", (1,))]["on_demand"] == pytest.approx(0.79)
-    assert rows[("runpod", "L40S", (1,))]["spot"] == pytest.approx(0.50)
-    assert rows[("runpod", "L40S", (2, 4, 8))]["on_demand"] == pytest.approx(0.86)
-    # GCP's L4 1x (GPU row + host VM row, per GPU) priced as before: counts stay merged.
-    assert rows[("gcp", "L4", (1, 2, 4, 8))]["on_demand"] == pytest.approx(0.85)
-    out = json.loads(res.stdout)  # the plan after the refresh used the overlay
-    assert out["price_snapshot"] == data["snapshot_date"] and out["price_file"] == str(overlay)
-    assert out["chosen"]["gpu"] == "L40S" and out["chosen"]["usd_per_hour"] == pytest.approx(0.79)
-
-    # Again on the same catalog: nothing changed, so the snapshot (and its date) stays as it was.
-    data["snapshot_date"] = "2026-11-30"
-    overlay.write_text(yaml.safe_dump(data, sort_keys=False))
-    text = overlay.read_text()
-    again = _refresh(tmp_path, edit=_cheaper_l40s_dearer_8x_h100)  # the same edited catalog
-    assert again.returncode == 0, again.stderr
-    assert "prices unchanged since the snapshot of 2026-11-30" in again.stderr
-    assert overlay.read_text() == text
-
-
-@needs_sky
-def test_refresh_offline_is_one_clean_line(tmp_path):
-    res = _refresh(tmp_path, catalogs=False)  # no catalogs installed; downloading them fails
-    assert res.returncode == 2
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: --refresh-prices: could not read SkyPilot's catalogs")
-    assert "the snapshot was left as it was" in lines[0]
-    assert "<sky-payload>" not in res.stderr + res.stdout and "Traceback" not in res.stderr
-    assert not (tmp_path / ".sftlaunch" / "prices.yaml").exists()
 
 
 def test_fixture_dir_has_every_snapshot_cloud():

@@ -265,7 +265,8 @@ def test_a_system_directory_is_not_a_data_directory(tmp_path, path):
     with deadline(60):
         res = _cli("validate", p)
     _clean_exit_2(res)
-    assert f"{p}:{line}: data.sources[0].path: directory {path} holds more than {DATA_SCAN_LIMIT:,} entries" in res.output
+    why = "is a system directory (/proc), not data" if path == "/proc" else f"holds more than {DATA_SCAN_LIMIT:,} entries"
+    assert f"{p}:{line}: data.sources[0].path: directory {path} {why}" in res.output
     with deadline(60):
         res = _cli("data-preview", p)
     _clean_exit_2(res)
@@ -278,14 +279,14 @@ def test_thousands_of_sources_are_refused_without_scanning_each(tmp_path, monkey
     scanned: list = []
     monkeypatch.setattr(recipe_module, "data_path_problem", lambda lp: scanned.append(lp) or "not data")
     many = "".join(f"    - {{path: /usr/d{i}, format: text}}\n" for i in range(1000))
-    p = _tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: alpaca}\n", many)
+    p = _tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: dolphin}\n", many)
     with pytest.raises(RecipeError, match=r"data.sources: 1,000 sources; at most 64: put local files in one directory"):
         load_recipe(p)
     assert scanned == []
     # Within the limit, a path given twice is looked at once.
     twice = "    - {path: /usr, format: text}\n" * 3
     with pytest.raises(RecipeError):
-        load_recipe(_tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: alpaca}\n", twice))
+        load_recipe(_tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train, format: dolphin}\n", twice))
     assert scanned == [Path("/usr")]
 
 
@@ -334,7 +335,7 @@ def test_data_preview_turns_a_late_read_error_into_exit_2(tmp_path, monkeypatch)
     pytest.importorskip("transformers")
     from jobs import data
 
-    def denied(src, seed):
+    def denied(src, *_args, **_kwargs):
         raise PermissionError(13, "Permission denied", "/proc/1/cwd")
 
     monkeypatch.setattr(data, "load_source", denied)
@@ -361,7 +362,7 @@ def test_render_refuses_a_bad_run_id_and_writes_nothing(tmp_path, run_id):
 def test_render_accepts_a_well_formed_run_id():
     res = _cli("render", BIG, "--run-id", "sftl-llama2-70b-1a2b")
     assert res.exit_code == 0, res.output
-    assert "(run id sftl-llama2-70b-1a2b)" in res.output
+    assert "(run id sftl-llama2-70b-1a2b;" in res.output
 
 
 def test_render_refuses_a_fifo_as_output(tmp_path):

@@ -108,7 +108,8 @@ def test_render_overwrites_an_existing_output_file_but_not_the_recipe(tmp_path):
     out.write_text("old\n")
     res = _run("render", MISTRAL, "-o", out)
     assert res.exit_code == 0, res.output
-    assert yaml.safe_load(out.read_text())["resources"]["accelerators"] == "L40S:1"
+    resources = yaml.safe_load(out.read_text())["resources"]
+    assert [c["accelerators"] for c in resources["ordered"]][0] == "L40S:2"  # the plan's choice first
     _clean(_run("render", MISTRAL, "-o", MISTRAL), "refusing to overwrite the recipe itself")
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from launcher.errors import UserError
+from launcher.run_record import Backend, RunRecord
 from launcher.runid import MAX_LEN, looks_like_run_id, new_run_id
 from launcher.runs import MIGRATIONS, SCHEMA_VERSION, Registry, eval_scores
 
@@ -25,7 +26,7 @@ def test_create_get_list_find_resolve(tmp_path):
     assert [r["run_id"] for r in reg.list()] == ["sftl-demo-0b0b", "sftl-demo-0a0a"]
     assert len(reg.find("sftl-demo-0")) == 2 and reg.find("sftl-demo_") == []
     assert reg.resolve("sftl-demo-0a")["run_id"] == "sftl-demo-0a0a"
-    with pytest.raises(UserError, match="several runs"):
+    with pytest.raises(UserError, match=r"matches 2 runs \(sftl-demo-0b0b, sftl-demo-0a0a\)"):
         reg.resolve("sftl-demo")
     with pytest.raises(UserError, match="no run"):
         reg.resolve("nope")
@@ -69,7 +70,7 @@ def test_secrets_never_stored(tmp_path, monkeypatch):
     canary = "hf_REGISTRYcanary0123456789abcdef"
     monkeypatch.setenv("HF_TOKEN", canary)
     reg = Registry(tmp_path / "reg")
-    reg.create("sftl-s-0001", {"name": "s", "note": f"token {canary}"}, extra={"cmd": f"x --token {canary}"})
+    reg.create("sftl-s-0001", {"name": "s", "note": f"token {canary}"}, stop_flag=f"x --token {canary}")
     reg.set_state("sftl-s-0001", "failed", f"auth failed for {canary}")
     reg.close()
     for f in (tmp_path / "reg").iterdir():
@@ -151,3 +152,152 @@ def test_run_ids(tmp_path):
     rid = new_run_id("x")
     reg.create(rid, RECIPE)
     assert rid not in seen and new_run_id("x") != rid
+
+
+def test_upgrades_a_v2_database_moving_extra_into_typed_fields(tmp_path):
+    db = sqlite3.connect(tmp_path / "runs.db")
+    for version in (0, 1):
+        for stmt in MIGRATIONS[version]:
+            db.execute(stmt)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (2, 0)")
+    extra = '{"stop_requested_at": 12.5, "stop_flag": "gs://b/x/control/stop", "recovery_count": 2, "torn_down": true}'
+    db.execute(
+        "INSERT INTO runs (run_id, name, recipe_json, recipe_sha256, state, backend, job_id, created_at, updated_at,"
+        " extra_json) VALUES ('sftl-old-0002', 'old', '{}', 'x', 'stopping', 'managed', '4', 1, 1, ?)", (extra,)
+    )
+    db.commit()
+    db.close()
+    rec = Registry(tmp_path).get("sftl-old-0002")
+    assert isinstance(rec, RunRecord) and rec.backend is Backend.MANAGED and rec["backend"] == "managed"
+    assert (rec.stop_requested_at, rec.stop_flag, rec.recovery_count, rec.torn_down, rec.job_stopped) == (
+        12.5, "gs://b/x/control/stop", 2, True, False)
+
+
+def test_run_references_must_name_one_run(tmp_path):
+    reg = Registry(tmp_path)
+    for rid in ("sftl-demo-0a0a", "sftl-demo-0a0b", "sftl-other-0c0c"):
+        reg.create(rid, RECIPE)
+    for empty in ("", " ", "\t"):
+        with pytest.raises(UserError, match="empty run reference"):
+            reg.resolve(empty)
+    with pytest.raises(UserError, match=r"matches 2 runs \(sftl-demo-0a0b, sftl-demo-0a0a\)"):
+        reg.resolve("sftl-demo-0a0")
+    with pytest.raises(UserError, match="control characters"):
+        reg.resolve("sftl-demo-0a0a\n")
+    assert reg.resolve("sftl-o").run_id == "sftl-other-0c0c"
+    assert reg.find("sftl-demo-0A") == []  # sqlite's LIKE ignores case; run ids do not
+
+
+# -- a broken registry: one line naming the file and the fix, exit 2, from every command -------------
+def _random_bytes(home):
+    home.mkdir(parents=True)
+    (home / "runs.db").write_bytes(bytes(range(256)) * 64)
+
+
+def _truncated(home):
+    reg = Registry(home)
+    for i in range(300):
+        reg.create(f"sftl-t-{i:04x}", {"name": "t", "pad": "x" * 500})
+    reg._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    reg.close()
+    db = home / "runs.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+
+
+def _directory(home):
+    (home / "runs.db").mkdir(parents=True)
+
+
+def _home_is_a_file(home):
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.write_text("not a directory")
+
+
+def _bad_json_row(home):
+    reg = Registry(home)
+    reg.create("sftl-j-0001", RECIPE)
+    reg._conn.execute("UPDATE runs SET eval_json='{not json' WHERE run_id='sftl-j-0001'")
+    reg.close()
+
+
+def _garbled_state(home):
+    reg = Registry(home)
+    reg.create("sftl-g-0001", RECIPE)
+    reg._conn.execute("UPDATE runs SET state=x'00ff10', usd_per_hour='lots' WHERE run_id='sftl-g-0001'")
+    reg.close()
+
+
+def _someone_elses_sqlite(home):
+    home.mkdir(parents=True)
+    db = sqlite3.connect(home / "runs.db")
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, athlete TEXT, km REAL)")
+    db.commit()
+    db.close()
+
+
+BROKEN = {"random-bytes": _random_bytes, "another-programs-db": _someone_elses_sqlite, "truncated": _truncated, "directory": _directory,
+          "home-is-a-file": _home_is_a_file, "bad-json-row": _bad_json_row, "garbled-row": _garbled_state}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+@pytest.mark.parametrize("argv", [["status", "--no-refresh"], ["status"], ["logs", "sftl-"],
+                                  ["teardown", "--all", "--dry-run"], ["up", "--local", "--dry-run", "RECIPE"]])
+def test_a_broken_registry_is_one_clear_line(kind, argv, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+    from tests.conftest import RECIPES
+
+    home = tmp_path / "sfth"
+    monkeypatch.setenv("SFTLAUNCH_HOME", str(home))
+    BROKEN[kind](home)
+    argv = [str(RECIPES / "tiny-local.yaml") if a == "RECIPE" else a for a in argv]
+    res = CliRunner().invoke(cli, argv)
+    out = res.output.strip()
+    if kind.endswith("-row") and argv[0] == "up":
+        assert res.exit_code == 0, res.output  # one damaged row of another run does not block a new run
+        return
+    assert res.exit_code == 2, (kind, argv, res.output)
+    assert "Traceback" not in out and "internal error" not in out and out.count("\n") == 0, out
+    target = home if kind == "home-is-a-file" else home / "runs.db"
+    assert str(target) in out and ("move it aside" in out), out
+    if kind == "another-programs-db":  # left exactly as it was
+        tables = sqlite3.connect(home / "runs.db").execute("SELECT name FROM sqlite_master").fetchall()
+        assert tables == [("runs",)]
+
+
+def test_a_read_only_home_serves_read_only_commands(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    home = tmp_path / "ro"
+    monkeypatch.setenv("SFTLAUNCH_HOME", str(home))
+    reg = Registry(home)
+    reg.create("sftl-ro-0001", RECIPE, state="succeeded", backend="local", local_dir=str(tmp_path / "d"))
+    reg.close()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "run.log").write_text("hello from the run\n")
+    for f in home.iterdir():
+        f.chmod(stat.S_IRUSR)
+    home.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    if os.geteuid() == 0:  # root writes through permissions: make access() say what a user would see
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if mode & os.W_OK else real_access(p, mode))
+    try:
+        res = CliRunner().invoke(cli, ["status", "--no-refresh"])
+        assert res.exit_code == 0 and "sftl-ro-0001" in res.output, res.output
+        res = CliRunner().invoke(cli, ["logs", "sftl-ro"])
+        assert res.exit_code == 0 and "hello from the run" in res.output, res.output
+        res = CliRunner().invoke(cli, ["status"])  # a refresh would record: it says so and shows the record
+        assert res.exit_code == 0 and "read-only" in res.output and "sftl-ro-0001" in res.output, res.output
+        res = CliRunner().invoke(cli, ["teardown", "sftl-ro-0001", "--yes"])
+        assert res.exit_code in (0, 2) and "Traceback" not in res.output and "internal error" not in res.output
+        with pytest.raises(UserError, match="read-only"):
+            Registry(home).set_state("sftl-ro-0001", "failed")
+    finally:
+        home.chmod(stat.S_IRWXU)

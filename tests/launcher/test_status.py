@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher import lifecycle
+from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry
 from tests.launcher.fake_backend import launched
@@ -99,7 +100,7 @@ def test_budget_guard_hard_stops_after_the_grace_period_or_without_a_bucket(fake
     launched(fake, reg, "sftl-demo-gggg", usd=10.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=2.0)
     run("status")
     rec = reg.get("sftl-demo-gggg")
-    lifecycle.guard_budget(reg, fake, rec, now=rec["extra"]["stop_requested_at"] + lifecycle.STOP_GRACE_S + 1)
+    lifecycle.guard_budget(reg, fake, rec, now=rec.stop_requested_at + lifecycle.STOP_GRACE_S + 1)
     assert reg.get("sftl-demo-gggg")["state"] == "stopped" and ("down", "sftl-demo-gggg") in fake.calls
     launched(fake, reg, "sftl-demo-hhhh", kind="managed", usd=10.0, max_usd=15.0, hours_ago=2.0)
     run("status")
@@ -227,3 +228,61 @@ def test_lifecycle_modules_import_light():
             "launcher.backends.local; print(sorted(m for m in ('sky', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_stale_job_id_now_someone_elses_is_never_cancelled(fake, tmp_path):
+    """Issue 14: a stale record whose managed-job id now belongs to someone else's unlabelled job
+    got `jobs_cancel` from a plain `sftlaunch status` (budget guard past its grace / no bucket)."""
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-st01", kind="managed", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    job_id = int(reg.get("sftl-demo-st01").job_id)
+    # Our job is long gone; SkyPilot reused its id for a colleague's job (another user, no label).
+    fake.jobs[job_id] = ManagedJob(job_id, "their-finetune", "RUNNING", {}, user_hash="u-colleague")
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    assert fake.jobs[job_id].status == "RUNNING" and ("jobs_cancel", job_id) not in fake.calls
+    assert fake.foreign_actions == []
+    rec = reg.get("sftl-demo-st01")
+    assert rec.state in ("stopped", "failed") and rec.state != "running"
+
+
+def test_a_stale_cluster_name_now_someone_elses_is_never_downed(fake, tmp_path):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-st02", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    # Our cluster went; a same-named cluster appeared with no label (or labelled by another user).
+    fake.clusters["sftl-demo-st02"] = Cluster("sftl-demo-st02", "UP", {}, user_hash=fake.user)
+    launched(fake, reg, "sftl-demo-st03", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    fake.clusters["sftl-demo-st03"] = Cluster("sftl-demo-st03", "UP", {"sftlaunch-run": "sftl-demo-st03"},
+                                              user_hash="u-colleague")
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    assert not [c for c in fake.calls if c[0] == "down"] and fake.foreign_actions == []
+    assert {"sftl-demo-st02", "sftl-demo-st03"} <= set(fake.clusters)
+    for rid in ("sftl-demo-st02", "sftl-demo-st03"):
+        assert reg.get(rid).state == "stopped"
+
+
+def test_destroying_goes_through_the_ownership_check_only():
+    """`down` and `jobs_cancel` are called in one place, after the proof (launcher.backends.ownership)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "launcher"
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if re.search(r"\.(down|jobs_cancel)\(", p.read_text()))
+    assert callers == ["backends/ownership.py", "backends/sky.py"], callers
+
+
+def test_the_budget_guard_never_cancels_a_job_it_cannot_prove_ours(fake):
+    """The guard's hard stop after its grace period, on a record whose job id SkyPilot has since
+    given to a teammate's labelled job: the stop is recorded, the stranger's job is untouched."""
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-bg01", kind="managed", usd=10.0, max_usd=1.0, bucket="/nonexistent/b", hours_ago=2.0)
+    rid = "sftl-demo-bg01"
+    job_id = int(reg.get(rid).job_id)
+    reg.update(rid, stop_requested_at=time.time() - lifecycle.STOP_GRACE_S - 60)
+    fake.jobs[job_id] = ManagedJob(job_id, "sftl-team-ffff", "RUNNING", {"sftlaunch-run": "sftl-team-ffff"},
+                                   user_hash="u-teammate")
+    lifecycle.guard_budget(reg, fake, reg.get(rid, history=False))
+    rec = reg.get(rid)
+    assert rec.state == "stopped" and fake.jobs[job_id].status == "RUNNING" and fake.foreign_actions == []
+    assert ("jobs_cancel", job_id) not in fake.calls

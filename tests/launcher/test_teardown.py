@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.backends import local
+from launcher.backends import sky as sky_backend
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
@@ -18,10 +19,10 @@ from tests.launcher.fake_backend import launched
 def fake(fake):
     """The shared fake SkyPilot (tests/launcher/conftest.py) holding someone else's resources too."""
     # Someone's own SkyPilot resources: no sftlaunch label. Never to be touched.
-    fake.clusters["my-notebook"] = Cluster("my-notebook", "UP", {"team": "research"})
-    fake.clusters["sftl-lookalike-0000"] = Cluster("sftl-lookalike-0000", "UP", {})
-    fake.jobs[7] = ManagedJob(7, "nightly-eval", "RUNNING", {})
-    fake.jobs[8] = ManagedJob(8, "sftl-demo-9999", "PENDING", None)  # not ours: no record
+    fake.clusters["my-notebook"] = Cluster("my-notebook", "UP", {"team": "research"}, user_hash=fake.user)
+    fake.clusters["sftl-lookalike-0000"] = Cluster("sftl-lookalike-0000", "UP", {}, user_hash=fake.user)
+    fake.jobs[7] = ManagedJob(7, "nightly-eval", "RUNNING", {}, user_hash=fake.user)
+    fake.jobs[8] = ManagedJob(8, "sftl-demo-9999", "PENDING", None, user_hash=fake.user)  # not ours: no record
     return fake
 
 
@@ -37,7 +38,14 @@ def test_all_touches_only_labelled_resources(fake):
     reg = Registry()
     launched(fake, reg, "sftl-demo-aaaa", usd=2.0, hours_ago=1.5)
     launched(fake, reg, "sftl-demo-bbbb", kind="managed", usd=1.0, hours_ago=1.0)
-    fake.clusters["sftl-other-cccc"] = Cluster("sftl-other-cccc", "UP", {"sftlaunch-run": "sftl-other-cccc"})
+    # Launched by this user from another machine (not in this registry): ours.
+    fake.clusters["sftl-other-cccc"] = Cluster("sftl-other-cccc", "UP", {"sftlaunch-run": "sftl-other-cccc"},
+                                               user_hash=fake.user)
+    # A teammate's sftlaunch cluster under the same (shared) API server: labelled, not ours.
+    fake.clusters["sftl-team-dddd"] = Cluster("sftl-team-dddd", "UP", {"sftlaunch-run": "sftl-team-dddd"},
+                                              user_hash="u-teammate", user_name="alex")
+    fake.jobs[20] = ManagedJob(20, "sftl-team-eeee", "RUNNING", {"sftlaunch-run": "sftl-team-eeee"},
+                               user_hash="u-teammate")
     res = run("--all", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "sftl-demo-aaaa: cluster sftl-demo-aaaa [running] · $3.00 so far" in res.output
@@ -48,11 +56,12 @@ def test_all_touches_only_labelled_resources(fake):
     assert res.exit_code == 0, res.output
     job_id = int(reg.get("sftl-demo-bbbb")["job_id"])
     assert sorted(touched(fake)) == [("down", "sftl-demo-aaaa"), ("down", "sftl-other-cccc"), ("jobs_cancel", job_id)]
-    assert {"my-notebook", "sftl-lookalike-0000"} <= set(fake.clusters)
-    assert fake.jobs[7].status == "RUNNING" and fake.jobs[8].status == "PENDING"
+    assert {"my-notebook", "sftl-lookalike-0000", "sftl-team-dddd"} <= set(fake.clusters)
+    assert fake.jobs[7].status == "RUNNING" and fake.jobs[8].status == "PENDING" and fake.jobs[20].status == "RUNNING"
+    assert fake.foreign_actions == []
     for rid in ("sftl-demo-aaaa", "sftl-demo-bbbb"):
         rec = reg.get(rid)
-        assert rec["state"] == "cancelled" and "teardown" in rec["history"][-1]["detail"] and rec["extra"]["torn_down"]
+        assert rec.state == "cancelled" and "teardown" in rec.history[-1]["detail"] and rec.torn_down
     # Idempotent: nothing left, nothing touched, exit 0.
     fake.calls.clear()
     res = run("--all", "--yes")
@@ -197,4 +206,83 @@ def test_teardown_only_looks_at_a_stale_run_it_never_asks_the_job_to_stop(fake, 
     assert res.exit_code == 0, res.output
     assert not (bucket / "sftl-demo-ssss" / "control" / "stop").exists()
     rec = reg.get("sftl-demo-ssss")
-    assert rec["state"] == "cancelled" and not (rec["extra"] or {}).get("stop_requested_at")
+    assert rec.state == "cancelled" and rec.stop_requested_at is None
+
+
+def _local_run(reg, rid, command, monkeypatch):
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: command)
+
+    class R:
+        image = None
+        eval = None
+
+        def to_yaml(self):
+            return "name: local\n"
+
+    fields = local.start(R(), rid, run_dir(rid), use_docker=False)
+    reg.create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    return fields
+
+
+def test_a_tail_of_the_run_script_is_never_taken_for_the_run(fake, monkeypatch):
+    """Issue 14: `tail -f <run dir>/run.sh` has the run's script in its command line; the old
+    substring match took it for the run and teardown killed it."""
+    import subprocess
+
+    reg = Registry()
+    rid = "sftl-local-0011"
+    fields = _local_run(reg, rid, "true", monkeypatch)
+    deadline = time.time() + 20
+    while local.alive(fields["pid"]) and time.time() < deadline:
+        time.sleep(0.05)
+    script = run_dir(rid) / "run.sh"
+    (run_dir(rid) / "exit_code").unlink()  # as if the wrapper died before writing it
+    tail = subprocess.Popen(["tail", "-f", str(script)], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # The pid is reused by the tail, the strongest look-alike there can be.
+        reg.update(rid, pid=tail.pid)
+        assert local.process_refusal(reg.get(rid)) is not None
+        res = run(rid, "--yes")
+        assert res.exit_code == 0, res.output
+        assert "nothing to tear down" in res.output and tail.poll() is None
+        assert local.stop(reg.get(rid)) is False and tail.poll() is None
+    finally:
+        tail.kill()
+        tail.wait()
+
+
+def test_an_empty_or_ambiguous_reference_tears_down_nothing(fake, monkeypatch):
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-aa01")
+    launched(fake, reg, "sftl-demo-aa02")
+    for ref in ("", " "):
+        res = run(ref, "--yes")
+        assert res.exit_code == 2 and "empty run reference" in res.output, res.output
+    res = run("sftl-demo-aa0", "--yes")
+    assert res.exit_code == 2 and "sftl-demo-aa01" in res.output and "sftl-demo-aa02" in res.output, res.output
+    assert touched(fake) == [] and set(fake.clusters) >= {"sftl-demo-aa01", "sftl-demo-aa02"}
+
+
+def test_an_unreachable_api_server_is_one_line(monkeypatch):
+    """Issue 14: teardown gave `internal error: ApiServerConnectionError` where status copes."""
+    monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(sky_backend, "_backend_factory", sky_backend.SkyBackend)
+    reg = Registry()
+    reg.create("sftl-demo-ab01", {"name": "demo"}, backend="cluster", cluster_name="sftl-demo-ab01", state="running")
+    res = run("sftl-demo-ab01", "--yes")
+    out = res.output.strip()
+    assert res.exit_code == 2, out
+    assert "cannot reach SkyPilot" in out and "nothing was torn down" in out and "\n" not in out, out
+    assert "Traceback" not in out and "internal error" not in out
+    assert Registry().get("sftl-demo-ab01").state == "running"
+
+
+def test_a_same_named_cluster_of_a_stranger_is_not_ours(fake):
+    """A recorded run whose cluster is gone, and a stranger's unlabelled cluster now has its name."""
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-ac01")
+    fake.clusters["sftl-demo-ac01"] = Cluster("sftl-demo-ac01", "UP", {}, user_hash=fake.user)
+    res = run("sftl-demo-ac01", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "nothing to tear down" in res.output and touched(fake) == [] and fake.foreign_actions == []
+    assert reg.get("sftl-demo-ac01").state in ("stopped", "cancelled")

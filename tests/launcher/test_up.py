@@ -108,7 +108,7 @@ def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
     assert rec["backend"] == "managed" and rec["job_id"] == "1" and rec["cluster_name"] is None
     states = [h["state"] for h in rec["history"]]
     assert "recovering" in states and states[-1] == "succeeded"
-    assert rec["extra"]["recovery_count"] == 1
+    assert rec.recovery_count == 1
     assert not any(c[0] == "down" for c in fake.calls)
     assert read[0] == f"gs://sftl-test/runs/{rec['run_id']}/exit.json"  # a budget stop? no record: no
 
@@ -339,3 +339,65 @@ def test_the_environments_bucket_names_itself_and_skips_local_runs(tmp_path, fak
     local = write_recipe(tmp_path / "l", bucket=False, clouds=("local",))
     assert _load(str(local), local=False, bucket="gs://env/x", from_cli=False).output.bucket is None
     assert _load(str(local), local=False, bucket="gs://cli/x", from_cli=True).output.bucket == "gs://cli/x"
+
+
+def test_a_failed_launch_downs_only_a_cluster_proven_ours(fake, plan, tmp_path, monkeypatch):
+    """Issue 14: after a failed launch, `down(run_id)` acted by name. A same-named cluster that is
+    not labelled for the run (someone's, or a stale one) is left alone and named in a warning."""
+    from launcher.backends.sky import Cluster
+
+    recipe = write_recipe(tmp_path / "r")
+    fake.launch_error = RuntimeError("no capacity")
+    assert fake.foreign_actions == []
+    real_launch = fake.launch
+
+    def launch_over_a_stranger(task, cluster_name, *args, **kwargs):
+        try:
+            return real_launch(task, cluster_name, *args, **kwargs)
+        finally:
+            fake.clusters[cluster_name] = Cluster(cluster_name, "UP", {}, user_hash="u-colleague")
+
+    monkeypatch.setattr(fake, "launch", launch_over_a_stranger)
+    res = CliRunner().invoke(cli, ["up", str(recipe), "--yes", "--detach"])
+    assert res.exit_code == 1, res.output
+    assert "left alone" in res.output and not [c for c in fake.calls if c[0] == "down"]
+    assert fake.foreign_actions == []
+
+
+def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
+    """The next fitting offers go to SkyPilot as ordered resources (no capacity on runpod → gcp);
+    the in-job budget guard charges the dearest rate; a fallback over max_usd is left out."""
+    fake.enabled = {"runpod", "gcp"}
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "failover  runpod H100:1 ~$5 → gcp H100:1 ~$6" in res.output
+    task = fake.launched[-1][1]
+    assert [(c["cloud"], c["accelerators"]) for c in task["resources"]["ordered"]] == [("runpod", "H100:1"),
+                                                                                      ("gcp", "H100:1")]
+    assert task["envs"]["SFTLAUNCH_USD_PER_HOUR"] == "3.0000"
+    res = up(write_recipe(tmp_path / "t", name="demo1"), "--yes", "--detach", "--fallbacks", "1")
+    assert res.exit_code == 0, res.output
+    assert "ordered" not in fake.launched[-1][1]["resources"]
+    plan["total"] = 45.0  # gcp's fallback would be $54, over max_usd $50
+    res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "failover  " not in res.output and "ordered" not in fake.launched[-1][1]["resources"]
+
+
+def test_the_record_says_which_fallback_ran_and_its_price(tmp_path, fake, plan, monkeypatch):
+    """No capacity for runpod: SkyPilot launched the gcp fallback; the run record says so."""
+    real = fake.launch
+
+    def launch(task, cluster_name, *a, **k):
+        job = real(task, cluster_name, *a, **k)
+        fake.clusters[cluster_name].cloud = "GCP"  # as SkyPilot's status reports it
+        fake.clusters[cluster_name].region = "us-central1"
+        fake.clusters[cluster_name].resources = "1x GCP(a3-highgpu-1g, {'H100': 1})"
+        return job
+
+    monkeypatch.setattr(fake, "launch", launch)
+    res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
+    assert res.exit_code == 0, res.output
+    assert "SkyPilot launched gcp H100:1 ($3.00/h" in res.output
+    rec = only_record()
+    assert (rec["cloud"], rec["region"], rec["usd_per_hour"]) == ("gcp", "us-central1", 3.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +15,8 @@ from click.testing import CliRunner
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
 from tests.tiny_run import CANARY
+
+TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny-local.yaml"
 
 
 @pytest.mark.slow
@@ -52,3 +55,84 @@ def test_up_local_tiny_end_to_end(tiny_local_run, monkeypatch):
                 assert CANARY.encode() not in fh.read(), os.path.join(dirpath, name)
     # The shell's SFTLAUNCH_BUCKET is up's default for cloud runs: a local run writes nothing there.
     assert not run.shell_bucket.exists(), sorted(p.name for p in run.shell_bucket.rglob("*"))
+
+
+# -- no orphan window: Ctrl-C at every step of `up --local` ------------------------------------------
+STEPS = ("choose_runner", "create", "after_create", "start", "after_popen", "update", "set_running", "signal_in_start", "follow")
+
+
+def _interrupt_at(step, monkeypatch):
+    """Make `up --local` see a Ctrl-C at `step` (a KeyboardInterrupt raised there, or for
+    signal_in_start a real SIGINT delivered right after the process is spawned)."""
+    import signal
+
+    from launcher.backends import local
+    from launcher.backends import runner as runner_mod
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt
+
+    real_start, real_update, real_set_state = local.start, Registry.update, Registry.set_state
+    if step == "choose_runner":
+        monkeypatch.setattr(local, "choose_runner", boom)
+    elif step == "create":
+        monkeypatch.setattr(Registry, "create", boom)
+    elif step == "after_create":
+        real_create = Registry.create
+
+        def create_then(self, *a, **k):
+            real_create(self, *a, **k)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(Registry, "create", create_then)
+    elif step == "start":
+        monkeypatch.setattr(local, "start", boom)
+    elif step in ("after_popen", "signal_in_start"):
+        def start_then(*a, **k):
+            fields = real_start(*a, **k)
+            if step == "signal_in_start":
+                os.kill(os.getpid(), signal.SIGINT)
+                return fields
+            raise KeyboardInterrupt
+        monkeypatch.setattr(local, "start", start_then)
+    elif step == "update":
+        monkeypatch.setattr(Registry, "update", lambda self, rid, **f: boom() if "pid" in f else real_update(self, rid, **f))
+    elif step == "set_running":
+        monkeypatch.setattr(Registry, "set_state", lambda self, rid, state, *a, **k: boom() if state == "running"
+                            else real_set_state(self, rid, state, *a, **k))
+    elif step == "follow":
+        monkeypatch.setattr(runner_mod.LocalRunner, "logs", boom)
+
+
+def test_ctrl_c_at_any_step_leaves_nothing_running_or_a_recorded_run(monkeypatch, tmp_path):
+    """Issue 14: a Ctrl-C ~2 ms after run.sh was written left training running with no registry
+    row. At every step boundary the outcome is either nothing running, or a run that is recorded
+    as active with its process proven ours (so status/teardown see and can stop it)."""
+    from launcher.backends import local
+
+    monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 120")
+    outcomes = {}
+    for step in STEPS:
+        seen = {r.run_id for r in Registry().list()}
+        with monkeypatch.context() as m:
+            _interrupt_at(step, m)
+            res = CliRunner().invoke(cli, ["up", "--local", str(TINY), "--yes"])
+        assert res.exit_code == 130, (step, res.output)
+        new = [r for r in Registry().list() if r.run_id not in seen]
+        assert len(new) <= 1, step
+        rec = new[0] if new else None
+        outcomes[step] = rec.state if rec else "no row"
+        for rid_dir, proc in list(local._children.items()):  # every process up --local left running
+            assert proc.poll() is not None or (rec is not None and rec.local_dir == rid_dir), (step, rid_dir)
+            if proc.poll() is None:
+                assert rec.state == "running" and local.is_ours(rec), (step, rec)
+                assert "sftlaunch teardown" in res.output  # the reattach / stop hints
+                teardown = CliRunner().invoke(cli, ["teardown", rec.run_id, "--yes"])
+                assert teardown.exit_code == 0 and proc.wait(timeout=20) is not None, teardown.output
+                outcomes[step] = "recorded, then stopped by teardown"
+            local._children.pop(rid_dir)
+        assert outcomes[step] not in ("pending", "launching"), step  # no row left in limbo
+    assert outcomes["choose_runner"] == outcomes["create"] == "no row"
+    assert outcomes["after_create"] == outcomes["start"] == outcomes["after_popen"] == outcomes["update"] == outcomes["set_running"] == "cancelled"
+    assert outcomes["follow"] == "recorded, then stopped by teardown"
+    assert outcomes["signal_in_start"] in ("cancelled", "recorded, then stopped by teardown")

@@ -1,0 +1,206 @@
+"""One run as the registry knows it: a typed record instead of a dict with an `extra` bag.
+
+Why typed: lifecycle, logs, teardown, status and up all read the same facts (where the run
+lives, how it is stopped, whether a stop was asked); with a dict every reader spelt the keys
+and guessed the defaults, and a budget-stop request hid in a free-form `extra` JSON. Here each
+fact is a field with its type, `Backend` names the three kinds of runner once, and the cost
+helpers derive spending from the record alone.
+
+`RunRecord` still answers `record["field"]` and `record.get("field")` so callers that print or
+export a record (eval, results, JSON output) need no rewrite; new code uses attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass
+
+
+class Backend(str, enum.Enum):
+    """Where a run executes; each has one runner (launcher.backends.runner)."""
+
+    LOCAL = "local"  # a process group on this machine (optionally a Docker container)
+    CLUSTER = "cluster"  # an on-demand SkyPilot cluster named after the run id
+    MANAGED = "managed"  # a SkyPilot managed (spot) job
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    state: str
+    created_at: float
+    updated_at: float
+    recipe_sha256: str = ""
+    backend: Backend | None = None
+    cloud: str | None = None
+    region: str | None = None
+    gpu: str | None = None
+    gpus_per_node: int | None = None
+    nodes: int | None = None
+    spot: bool | None = None
+    usd_per_hour: float | None = None
+    max_usd: float | None = None
+    eta_hours: float | None = None
+    total_usd: float | None = None
+    image: str | None = None
+    bucket: str | None = None
+    checkpoint_uri: str | None = None
+    result_uri: str | None = None
+    log_uri: str | None = None
+    local_dir: str | None = None
+    cluster_name: str | None = None
+    job_id: str | None = None
+    # Who and what we started: proof of ownership before anything is stopped.
+    owner: str | None = None  # SkyPilot user hash that launched it (cloud runs)
+    pid: int | None = None  # local runs: the process-group leader we started
+    pid_start: str | None = None  # ...and its start time, so a reused pid is never taken for it
+    progress_step: int | None = None
+    progress_total: int | None = None
+    eval: dict | None = None
+    eval_average: float | None = None
+    running_seconds: float = 0.0
+    running_since: float | None = None
+    ended_at: float | None = None
+    # The stop protocol and the end, formerly keys of `extra`.
+    stop_requested_at: float | None = None
+    stop_flag: str | None = None
+    job_stopped: bool = False  # the job's own budget guard stopped training
+    recovery_count: int = 0
+    torn_down: bool = False
+    cluster_down: bool = False
+    recipe: dict | None = None
+    history: list | None = None
+    # Derived when read.
+    running_hours: float = 0.0
+    cost_usd: float = 0.0
+
+    # -- dict-style reads, for callers that treat a record as data ------------------------------
+    def __getitem__(self, key: str):
+        if key not in _FIELD_SET:
+            raise KeyError(key)
+        value = getattr(self, key)
+        return value.value if key == "backend" and value is not None else value
+
+    def get(self, key: str, default=None):
+        if key not in _FIELD_SET:
+            return default
+        value = self[key]
+        return default if value is None else value
+
+    def as_dict(self) -> dict:
+        return {name: self[name] for name in _FIELD_NAMES}
+
+    def with_cost_now(self, now: float | None = None) -> RunRecord:
+        return dataclasses.replace(self, running_hours=running_hours(self, now), cost_usd=cost_so_far(self, now))
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunRecord))
+_FIELD_SET = frozenset(_FIELD_NAMES)
+_BOOL_FIELDS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
+_INT_FIELDS = frozenset({"gpus_per_node", "nodes", "pid", "progress_step", "progress_total", "recovery_count"})
+_FLOAT_FIELDS = frozenset({
+    "created_at", "updated_at", "usd_per_hour", "max_usd", "eta_hours", "total_usd", "eval_average",
+    "running_seconds", "running_since", "ended_at", "stop_requested_at",
+})
+_STR_FIELDS = frozenset({
+    "run_id", "name", "state", "recipe_sha256", "cloud", "region", "gpu", "image", "bucket", "checkpoint_uri",
+    "result_uri", "log_uri", "local_dir", "cluster_name", "job_id", "owner", "pid_start",
+})
+
+
+class BadRow(ValueError):
+    """A stored row whose column does not hold what the schema says (named in the message)."""
+
+
+def _as_bool(value):
+    if value not in (0, 1):  # True/False compare equal to 1/0
+        raise ValueError(value)
+    return bool(value)
+
+
+def _as_int(value):
+    if type(value) is not int:
+        raise ValueError(value)
+    return value
+
+
+def _as_float(value):
+    if type(value) not in (int, float):
+        raise ValueError(value)
+    return float(value)
+
+
+def _as_str(value):
+    if type(value) is not str:
+        raise ValueError(value)
+    return value
+
+
+def _as_job_id(value):
+    if type(value) is not str or not value.isdigit():
+        raise ValueError(value)
+    return value
+
+
+# One converter per column, chosen once (a registry of 1,000 runs is read on every `status`).
+_CONVERT = {
+    **{n: _as_bool for n in _BOOL_FIELDS}, **{n: _as_int for n in _INT_FIELDS},
+    **{n: _as_float for n in _FLOAT_FIELDS}, **{n: _as_str for n in _STR_FIELDS},
+    "job_id": _as_job_id, "backend": lambda value: _BACKENDS[value] if value in _BACKENDS else Backend(value),
+}
+_BACKENDS = {b.value: b for b in Backend}  # a dict lookup: Enum's own call is slow for 1,000 rows
+_NULL = {"job_stopped": False, "torn_down": False, "cluster_down": False, "recovery_count": 0, "running_seconds": 0.0}
+
+
+# Columns whose stored value is already the field's value when its type is exactly this.
+_PASS = {**{n: str for n in _STR_FIELDS if n != "job_id"}, **{n: int for n in _INT_FIELDS},
+         **{n: float for n in _FLOAT_FIELDS}}
+
+
+def coerce_row(data: dict, names) -> dict:
+    """`coerce` over a row's columns, with a fast path for values already of their type."""
+    out = {}
+    for name in names:
+        value = data[name]
+        if value is None:
+            out[name] = _NULL.get(name)
+        elif type(value) is _PASS.get(name):
+            out[name] = value
+        else:
+            out[name] = coerce(name, value)
+    return out
+
+
+def coerce(name: str, value):
+    """A column value as the field's type; BadRow when it cannot be (a garbled row must be an
+    error, never printed as if it were a run)."""
+    if value is None:
+        return _NULL.get(name)
+    convert = _CONVERT.get(name)
+    if convert is None:
+        return value
+    try:
+        return convert(value)
+    except ValueError:
+        raise BadRow(f"column {name} holds {str(value)[:40]!r}") from None
+
+
+def running_hours(record, now: float | None = None) -> float:
+    seconds = _read(record, "running_seconds") or 0.0
+    since = _read(record, "running_since")
+    if since is not None:
+        seconds += max(0.0, (time.time() if now is None else now) - since)
+    return seconds / 3600.0
+
+
+def cost_so_far(record, now: float | None = None) -> float:
+    return round((_read(record, "usd_per_hour") or 0.0) * running_hours(record, now), 4)
+
+
+def _read(record, key: str):
+    return record.get(key) if isinstance(record, dict) else getattr(record, key)
+
+

@@ -1,0 +1,143 @@
+"""Offers come from SkyPilot's catalog: the user's cache, the packaged snapshot, refusals.
+
+The user's SkyPilot catalog is the fixture excerpt of SkyPilot's published CSVs
+(tests/fixtures/catalogs) installed under a temporary HOME; SkyPilot itself reads it, in the
+subprocess launcher/offers.py starts. The network is a dead proxy, so nothing is fetched.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher import catalog, offers
+from launcher.errors import UserError
+from launcher.estimate import plan
+from launcher.recipe import load_recipe, recipe_from_dict
+from tests.sky_catalog import sky_env
+
+REPO = Path(__file__).resolve().parents[2]
+needs_sky = pytest.mark.skipif(importlib.util.find_spec("sky") is None, reason="needs SkyPilot (sftlaunch[cloud])")
+
+
+def _plan(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`sftlaunch plan --json` with HOME holding the fixture catalogs (installed once: a fresh
+    copy would change their mtimes, as a SkyPilot re-download does)."""
+    if not (home / ".sky").exists():
+        sky_env(home)
+    env = {**sky_env(home / "unused"), "HOME": str(home), "SKY_RUNTIME_DIR": str(home),
+           "SFTLAUNCH_HOME": str(home / ".sftlaunch")}
+    return subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(REPO / "recipes/mistral-7b-qlora.yaml"),
+                           "--json", *args], env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+
+
+@needs_sky
+def test_user_catalog_is_cached_and_rebuilt_when_a_csv_changes(tmp_path):
+    first = _plan(tmp_path)
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert out["offers_source"] == "skypilot"
+    cache = tmp_path / ".sftlaunch" / "offers-cache.json"
+    stamp = cache.stat().st_mtime_ns
+    again = _plan(tmp_path)  # warm: the cache is read, not rebuilt
+    assert again.returncode == 0 and cache.stat().st_mtime_ns == stamp
+    # SkyPilot re-downloads RunPod's CSV with a cheaper H100: the cache follows.
+    csv = tmp_path / ".sky" / "catalogs" / "v8" / "runpod" / "vms.csv"
+    csv.write_text(csv.read_text().replace("1x_H100_SECURE,H100,1.0,16.0,176.0,CA,2.89,2.89",
+                                           "1x_H100_SECURE,H100,1.0,16.0,176.0,CA,0.29,0.29"))
+    changed = json.loads(_plan(tmp_path).stdout)
+    assert cache.stat().st_mtime_ns != stamp
+    h100 = [c for c in changed["candidates"] if (c["cloud"], c["gpu"], c["gpus_per_node"]) == ("runpod", "H100", 1)]
+    assert h100[0]["usd_per_hour"] == pytest.approx(0.29) and h100[0]["region"] == "CA"
+    assert changed["chosen"]["gpu"] == "H100"
+
+
+@needs_sky
+def test_refresh_keeps_the_catalogs_own_date(tmp_path):
+    sky_env(tmp_path)  # installed now; _plan reuses it
+    old = 1767225600  # 2026-01-01: SkyPilot downloaded these CSVs then
+    for p in (tmp_path / ".sky" / "catalogs" / "v8").glob("*/vms.csv"):
+        os.utime(p, (old, old))
+    res = _plan(tmp_path, "--refresh-prices")
+    assert res.returncode == 0, res.stderr
+    assert "SkyPilot's catalog of 2026-01-01" in res.stderr
+    assert json.loads(res.stdout)["offers_date"] == "2026-01-01"
+
+
+def test_without_skypilot_catalog_the_packaged_snapshot_is_used_and_named(monkeypatch):
+    table = offers.table()
+    assert table.source == "snapshot" and table.date == "2026-12-03"
+    assert "packaged snapshot" in table.describe()
+    monkeypatch.setattr(offers, "sky_available", lambda: False)
+    with pytest.raises(UserError, match=r"--refresh-prices: needs SkyPilot.*packaged snapshot \(2026-12-03\)"):
+        offers.refresh()
+
+
+def test_offers_are_priced_at_the_cheapest_region_with_the_spread():
+    gcp = {(o.gpu, o.count): o for o in catalog.offers("gcp")}
+    h100 = gcp[("H100", 1)]  # GPU row + a3-highgpu-1g host row, as SkyPilot composes it
+    assert h100.on_demand == pytest.approx(4.20076 + 1.18251) and h100.region == "us-central1"
+    assert h100.on_demand_max == pytest.approx(12.73552 + 1.24163) and h100.regions == 4
+    h200 = gcp[("H200", 8)]
+    assert h200.region == "asia-south1" and h200.on_demand * 8 == pytest.approx(36.60258 + 12.75664)
+
+
+def test_catalog_quirks_memory_arch_and_bf16():
+    runpod = {(o.gpu, o.count): o for o in catalog.offers("runpod")}
+    assert runpod[("H200-SXM", 3)].memory_gib < 1  # RunPod writes GB in the MiB field
+    assert catalog.gpu_memory_gb("H200-SXM", runpod[("H200-SXM", 3)]) == 141
+    gh200 = next(o for o in catalog.offers("lambda") if o.gpu == "GH200")
+    assert "arm64" in catalog.unusable_reason(gh200)
+    assert "gpus.yaml" in catalog.unusable_reason(runpod[("B300", 2)])
+    r = load_recipe(REPO / "recipes/mistral-7b-qlora.yaml")
+    result = plan(r, cloud="lambda", gpu="V100:8")
+    assert result.chosen is None and "V100 has no bf16; use precision: fp16" in result.candidates[0].why_not
+    assert any("GH200 has an arm64 host" in n for n in plan(r, cloud="lambda").notes)
+
+
+def test_names_are_skypilots_and_unsold_ones_are_refused_with_a_hint():
+    r = load_recipe(REPO / "recipes/falcon-180b-qlora.yaml")
+    with pytest.raises(UserError, match=r"RunPod does not sell H200; did you mean H200-SXM\?"):
+        plan(r, cloud="runpod", gpu="H200")
+    with pytest.raises(UserError, match=r"Lambda sells A100-80GB only as 8x; use --gpu A100-80GB:8 or another cloud"):
+        plan(r, cloud="lambda", gpu="A100-80GB:4")
+    assert catalog.canonical_gpu("rtx6000") == "RTX6000" and catalog.canonical_gpu("A10G") is None
+    assert "did you mean A10" in catalog.unknown_gpu_message("A10G")
+
+
+@pytest.mark.parametrize("gpu", ["H100:99999999999999999999", "H100:17"])
+def test_absurd_gpu_counts_are_refused(gpu, tmp_path):
+    r = load_recipe(REPO / "recipes/mistral-7b-qlora.yaml")
+    with pytest.raises(UserError, match="at most 16 GPUs per node"):
+        plan(r, gpu=gpu)
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", str(REPO / "recipes/mistral-7b-qlora.yaml"),
+                          "--gpu", gpu], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 2 and "at most 16" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_failover_order_and_budget():
+    r = load_recipe(REPO / "recipes/llama2-70b-qlora.yaml")
+    result = plan(r)
+    order = result.failover(3)
+    assert order[0] is result.chosen and len(order) == 3
+    assert [c.total_usd for c in order[1:]] == sorted(c.total_usd for c in order[1:])
+    capped = result.failover(3, max_usd=order[1].total_usd)
+    assert all(c.total_usd <= order[1].total_usd for c in capped[1:])
+
+
+def test_recipe_regions_pin_the_render_and_fallbacks_default_to_three():
+    from launcher.render import render_task
+
+    data = load_recipe(REPO / "recipes/llama2-70b-qlora.yaml").resolved_dict()
+    assert data["resources"]["fallbacks"] == 3 and data["resources"]["regions"] is None
+    data["resources"].update(regions=["us-central1"], clouds=["gcp"])
+    r = recipe_from_dict(data, base_dir=REPO / "recipes")
+    c = plan(r).chosen
+    task = render_task(r, c, "sftl-x-beef", "/tmp/r.yaml")
+    assert task["resources"]["region"] == "us-central1"
