@@ -4,8 +4,8 @@ Why the Trainer: it already does the hard, well-tested parts (gradient accumulat
 normalised over the tokens of the whole accumulated batch via `num_items_in_batch`, DeepSpeed
 ZeRO, DDP, exact resume of optimizer/scheduler/RNG/data position). What this module adds is the
 run contract: metrics.jsonl, a progress line the launcher parses, checkpoints by wall clock with
-bucket copies and resume on every node (jobs.checkpoint), the budget guard, and DIR/final/ +
-sftlaunch.json.
+bucket copies (the Trainer callbacks in jobs.callbacks) and resume on every node (jobs.checkpoint),
+the budget guard, and DIR/final/ + sftlaunch.json.
 
 The budget guard counts the run's elapsed time across restarts: each checkpoint stores the
 seconds spent so far (sftlaunch_state.json) and a resumed job starts counting from there, so a
@@ -31,30 +31,12 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
+from jobs.collectives import barrier, broadcast, gather, init_dist, local_rank, log, rank, world_size
 from launcher import contract
 from launcher.contract import (
     STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
     Env,
 )
-
-BAR_WIDTH = 20
-
-
-def log(msg: str) -> None:
-    if _rank() == 0:
-        print(msg, flush=True)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,92 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def progress_line(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float) -> str:
-    """`step N/M [####------] 40% loss L tokens/s T ETA h:mm:ss`: a text bar for people, and
-    the `step N/M` that launcher.lifecycle parses."""
-    frac = min(1.0, step / total) if total > 0 else 0.0
-    filled = int(round(frac * BAR_WIDTH))
-    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    return (f"step {step}/{total} [{bar}] {int(frac * 100):3d}% loss {loss:.4f} "
-            f"tokens/s {tokens_per_s:.0f} ETA {_fmt_eta(eta_s)}")
-
-
-# -- collectives (no-ops in a single process) ----------------------------------------------------
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _init_dist() -> None:
-    """Join the process group torchrun/accelerate set up, before the Trainer does."""
-    if _world() <= 1 or _dist() is not None:
-        return
-    from accelerate import PartialState
-
-    PartialState()
-
-
-def _broadcast_flags(*flags: bool) -> list[bool]:
-    """Rank 0's decisions for everyone: clocks differ per rank, and a save that only some ranks
-    enter deadlocks DeepSpeed/DDP."""
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
-        return list(flags)
-    import torch
-
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.broadcast(t, src=0)
-    return [bool(v) for v in t.cpu().tolist()]
-
-
-def _gather(obj) -> list:
-    dist = _dist()
-    if dist is None:
-        return [obj]
-    box = [None] * dist.get_world_size()
-    dist.all_gather_object(box, obj)
-    return box
-
-
-def _broadcast(obj):
-    dist = _dist()
-    if dist is None:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier() -> None:
-    dist = _dist()
-    if dist is not None:
-        dist.barrier()
-
-
 # -- resume ---------------------------------------------------------------------------------------
 def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
     """Whether the nodes write to one disk (then node 0 alone prepares the checkpoint folder)."""
     import uuid
 
-    nonce = _broadcast(uuid.uuid4().hex if _rank() == 0 else None)
+    nonce = broadcast(uuid.uuid4().hex if rank() == 0 else None)
     mark = ckpt_root / f".node-probe-{nonce}-{topo.node}"
-    if _local_rank() == 0:
+    if local_rank() == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         mark.write_text("")
-    _barrier()
-    seen = _local_rank() == 0 and any(
+    barrier()
+    seen = local_rank() == 0 and any(
         (ckpt_root / f".node-probe-{nonce}-{k}").exists() for k in range(topo.nodes) if k != topo.node)
-    shared = any(_gather(seen))
-    _barrier()
-    if _local_rank() == 0:
+    shared = any(gather(seen))
+    barrier()
+    if local_rank() == 0:
         mark.unlink(missing_ok=True)
     return shared
 
@@ -164,22 +76,22 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     Each node's local rank 0 lists the steps complete on its disk or in the bucket; the newest
     step all nodes have is chosen and each node fetches what it lacks from the bucket (its own
     shards and the shared files). If a node cannot, the next older common step is tried."""
-    _init_dist()
+    init_dist()
     shared = topo.nodes > 1 and _shared_disk(ckpt_root, topo)
-    speaks = _local_rank() == 0 and (not shared or topo.node == 0)
+    speaks = local_rank() == 0 and (not shared or topo.node == 0)
     view = ckpt._All(topo.node, topo.nodes, topo.procs_per_node) if shared else topo
     cands = ckpt.candidates(ckpt_root, prefix, view) if speaks else None
-    per_node = [c for c in _gather(cands) if c is not None]
+    per_node = [c for c in gather(cands) if c is not None]
     excluded: set[int] = set()
     while True:
         step = ckpt.common_step(per_node, excluded)
         ok = step is None or not speaks or ckpt.prepare(step, ckpt_root, prefix, view, cands) is not None
-        if all(_gather(ok)):
+        if all(gather(ok)):
             break
         excluded.add(step)
     if speaks:  # the abandoned attempt's newer folders; its incomplete uploads too, by global rank 0 only
         ckpt.drop_newer(ckpt_root, step, prefix if topo.node == 0 else None)
-    _barrier()
+    barrier()
     return ckpt_root / f"step-{step}" if step is not None else None
 
 
@@ -230,130 +142,6 @@ def _control_dir(bucket: str | None, run_id: str | None) -> str | None:
         contract.control_prefix(bucket, run_id) if bucket and run_id else None)
 
 
-def _make_callbacks(out: Path, counter: _TokenCounter, recipe, run_id, state_box: dict):
-    from transformers import TrainerCallback
-
-    metrics_path = out / contract.METRICS
-    ckpt_root = out / "checkpoints"
-    topo: ckpt.Topology = state_box["topology"]
-    prefix = ckpt.bucket_prefix(state_box["bucket"], run_id)
-    started = state_box["started"]  # this attempt's start (time.time())
-    elapsed_before = state_box["elapsed_before"]  # seconds spent by earlier attempts
-    usd_h = os.environ.get(Env.USD_PER_HOUR)
-    max_usd = os.environ.get(Env.MAX_USD)
-    control_dir = _control_dir(state_box["bucket"], run_id)
-
-    def elapsed(now: float) -> float:
-        return elapsed_before + now - started
-
-    def control_stop_requested() -> bool:
-        if not control_dir:
-            return False
-        try:
-            fs, path = ckpt._fs(control_dir)
-            return fs.exists(f"{path.rstrip('/')}/stop")
-        except Exception as exc:  # noqa: BLE001 - a flaky bucket must not kill training
-            ckpt.warn(f"cannot read {control_dir}/stop ({exc})")
-            return False
-
-    class RunCallback(TrainerCallback):
-        """metrics.jsonl, progress line, wall-clock checkpoints, budget guard, checkpoint finalize."""
-
-        def __init__(self):
-            self.last_save = time.time()
-            self.last_log_t = started
-            self.last_tokens = 0
-            self.last_control_check = 0.0
-            self.first_step = None
-            self.began = started
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.first_step = state.global_step
-            self.began = self.last_log_t = time.time()
-            self.last_tokens = counter.tokens
-
-        def on_step_end(self, args, state, control, **kw):
-            now = time.time()
-            want_save = now - self.last_save >= recipe.train.checkpoint_minutes * 60
-            over_budget = False
-            if usd_h and max_usd:
-                over_budget = elapsed(now) / 3600 * float(usd_h) > float(max_usd)
-            stop_req = False
-            if now - self.last_control_check > 10:
-                self.last_control_check = now
-                stop_req = _rank() == 0 and control_stop_requested()
-            want_save, over_budget, stop_req = _broadcast_flags(want_save, over_budget, stop_req)
-            if state.global_step >= state.max_steps:
-                want_save = True
-            if over_budget or stop_req:
-                if over_budget:
-                    spent = elapsed(now) / 3600 * float(usd_h)
-                    state_box["stopped"] = "budget"
-                    state_box["detail"] = (f"{elapsed(now) / 3600:.3f} h x ${float(usd_h):.2f}/h = ${spent:.2f} "
-                                           f"passed max_usd ${float(max_usd):.2f}")
-                    log(f"budget guard: {state_box['detail']}; saving a checkpoint and stopping")
-                else:
-                    state_box["stopped"] = "control"
-                    state_box["detail"] = f"stop requested through {control_dir}/stop"
-                    log(f"{state_box['detail']}; saving a checkpoint and stopping")
-                want_save = True
-                control.should_training_stop = True
-            if want_save:
-                control.should_save = True
-            return control
-
-        def on_save(self, args, state, control, **kw):
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            step = state.global_step
-            src = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
-            if state.is_world_process_zero and src.is_dir():
-                now = time.time()
-                (src / ckpt.STATE).write_text(json.dumps({
-                    "elapsed_s": round(elapsed(now), 3), "step": step, "saved_at": now,
-                    "attempts": state_box["attempts"]}))
-                if metrics_path.is_file():
-                    (src / ckpt.METRICS_COPY).write_text(metrics_path.read_text())
-            _barrier()  # every rank has written its files
-            dest = ckpt_root / f"step-{step}"
-            if _local_rank() == 0:
-                ckpt.finalize_node(src, ckpt_root, step, prefix, topo)
-            _barrier()  # every node has its manifest written (and uploaded)
-            if _local_rank() == 0:
-                ckpt.prune(ckpt_root, recipe.train.keep_checkpoints, prefix if _rank() == 0 else None, topo)
-            if _rank() == 0:
-                state_box["last_checkpoint"] = str(dest)
-                log(f"checkpoint saved: {dest}")
-            self.last_save = time.time()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not state.is_world_process_zero or not logs:
-                return
-            now = time.time()
-            row = {"step": state.global_step, "total_steps": state.max_steps, "epoch": state.epoch,
-                   "elapsed_s": round(elapsed(now), 3)}
-            if "loss" in logs:
-                dt = max(now - self.last_log_t, 1e-9)
-                tps = (counter.tokens - self.last_tokens) * _world() / dt
-                self.last_log_t, self.last_tokens = now, counter.tokens
-                row.update(loss=logs["loss"], lr=logs.get("learning_rate"), tokens_per_s=round(tps, 2))
-                if "grad_norm" in logs:
-                    row["grad_norm"] = logs["grad_norm"]
-                done = state.global_step - (self.first_step or 0)
-                rate = (now - self.began) / max(done, 1)
-                eta = rate * (state.max_steps - state.global_step)
-                print(progress_line(state.global_step, state.max_steps, logs["loss"], tps, eta), flush=True)
-            elif "eval_loss" in logs:
-                row["eval_loss"] = logs["eval_loss"]
-                print(f"eval step {state.global_step}/{state.max_steps} eval_loss {logs['eval_loss']:.4f}", flush=True)
-            else:
-                return
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-    return [RunCallback()]
-
-
 def _deepspeed_config(name: str | None) -> str | None:
     if not name:
         return None
@@ -389,7 +177,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
 
     t = recipe.train
     cuda = torch.cuda.is_available()
-    world = _world()
+    world = world_size()
     steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world)) / t.grad_accum)
     total = max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
     eval_steps = max(1, total // 5)
@@ -435,6 +223,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
+    from jobs.callbacks import RunState, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -461,7 +250,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
     saved = ckpt.read_state(resume)
-    if resume and _local_rank() == 0:
+    if resume and local_rank() == 0:
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
@@ -470,10 +259,9 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     if args.report_to and "wandb" in args.report_to:
         _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)
-    state_box = {"bucket": bucket, "stopped": None, "detail": None, "last_checkpoint": None, "topology": topo,
-                 "started": t0, "elapsed_before": float(saved.get("elapsed_s") or 0.0),
-                 "attempts": int(saved.get("attempts") or 0) + 1}
-    if _rank() == 0:
+    run = RunState(bucket=bucket, topology=topo, started=t0, elapsed_before=float(saved.get("elapsed_s") or 0.0),
+                   attempts=int(saved.get("attempts") or 0) + 1)
+    if rank() == 0:
         (out / STOPPED_MARKER).unlink(missing_ok=True)
         (out / "recipe.yaml").write_text(recipe.to_yaml())
         if resume is None:
@@ -482,25 +270,40 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
             restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
                       data_collator=counter, processing_class=tokenizer,
-                      callbacks=_make_callbacks(out, counter, recipe, run_id, state_box))
+                      callbacks=make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id)))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if state_box["stopped"]:
-        step = trainer.state.global_step
-        if _rank() == 0:
-            stopped = {"reason": state_box["stopped"], "detail": state_box["detail"], "step": step,
-                       "checkpoint": state_box["last_checkpoint"]}
-            (out / STOPPED_MARKER).write_text(json.dumps(stopped) + "\n")
-            _write_stopped(run_id, bucket, stopped)
-        log(f"training stopped at step {step} ({state_box['stopped']}); resume by relaunching with the same run id")
-        _barrier()
-        return 0
+    if run.stopped:
+        return _finish_stopped(trainer, out, run_id, run)
+    rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
+            "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
+    _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+    return 0
+
+
+def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> int:
+    """Training stopped on purpose after a checkpoint: DIR/STOPPED and <control>/stopped say so;
+    exit 0 (a managed job exiting non-zero would be restarted and spend again)."""
+    step = trainer.state.global_step
+    if rank() == 0:
+        stopped = {"reason": run.stopped, "detail": run.detail, "step": step,
+                   "checkpoint": run.last_checkpoint}
+        (out / STOPPED_MARKER).write_text(json.dumps(stopped) + "\n")
+        _write_stopped(run_id, run.bucket, stopped)
+    log(f"training stopped at step {step} ({run.stopped}); resume by relaunching with the same run id")
+    barrier()
+    return 0
+
+
+def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, rows: dict,
+                data_rows: list | None) -> None:
+    """DIR/final/: the model (or adapter), its tokenizer, and sftlaunch.json describing the run."""
     final = out / "final"
     trainer.save_model(str(final))
-    if _rank() == 0:
+    if rank() == 0:
         tokenizer.save_pretrained(str(final))
         import torch
 
@@ -508,19 +311,16 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
             "run_id": run_id, "recipe_sha256": recipe.sha256(), "base_model": recipe.model.id,
             "base_revision": recipe.model.revision, "method": recipe.method, "template": recipe.data.template,
             "seq_len": recipe.data.seq_len,
-            "train_rows": data_info.get("train_rows", len(train_ds)),
-            "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
-            "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or []),
-            "steps": trainer.state.global_step, "wall_s": round(time.time() - t0, 2),
-            "elapsed_s": round(state_box["elapsed_before"] + time.time() - t0, 2),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": _world(),
+            **rows,
+            "steps": trainer.state.global_step, "wall_s": round(time.time() - run.started, 2),
+            "elapsed_s": round(run.elapsed(time.time()), 2),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": world_size(),
         }
-        if data_info.get("sources") is not None:
-            meta["data_rows"] = data_info["sources"]
+        if data_rows is not None:
+            meta["data_rows"] = data_rows
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
-    _barrier()
-    return 0
+    barrier()
 
 
 def _resumed_step(resume: Path) -> int:

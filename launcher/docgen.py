@@ -1,4 +1,4 @@
-"""Generate docs/recipes.md, the recipe reference, from the pydantic schema in launcher/recipe.py.
+"""Generate docs/recipes.md, the recipe reference, from the pydantic schema in launcher/recipe/schema.py.
 
 Why generated: a hand-written reference drifts the first time someone adds a key or changes a
 default. Every key, type, allowed values, bounds, default and meaning comes from the schema (the
@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     missing = missing_descriptions()
     print(f"wrote {OUT}")
     if missing:
-        print("fields without a description in launcher/recipe.py: " + ", ".join(missing), file=sys.stderr)
+        print("fields without a description in launcher/recipe/schema.py: " + ", ".join(missing), file=sys.stderr)
     return 0
 
 

@@ -123,7 +123,7 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
 
 def data_check(i: int, src, local: bool, timeout: float) -> Check:
     from launcher.recipe import looks_local
-    from launcher.recipe_input import data_path_problem
+    from launcher.recipe.input import data_path_problem
 
     if looks_local(src.path):
         def fn():

@@ -111,7 +111,7 @@ def test_grad_accum_matches_a_bigger_micro_batch(tiny, tmp_path):
 
 
 def test_progress_line_has_a_bar_and_stays_parseable():
-    from jobs.train import progress_line
+    from jobs.callbacks import progress_line
     from launcher.lifecycle import _STEP_RE, parse_progress
 
     line = progress_line(60, 100, 1.23456, 1234.4, 3725)
