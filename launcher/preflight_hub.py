@@ -63,6 +63,14 @@ def _http_status(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+OFFLINE = (UNKNOWN, "HF_HUB_OFFLINE is set, so the Hub was not asked", "unset HF_HUB_OFFLINE and rerun")
+
+
+def _offline_now() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub parses it (constants._is_true), read at check time."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
 def _unreachable(exc: BaseException) -> tuple[str, str, str] | None:
     """'could not check' for offline mode, timeouts, refused connections and server errors."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -70,7 +78,7 @@ def _unreachable(exc: BaseException) -> tuple[str, str, str] | None:
     from launcher.errors import one_line
 
     if isinstance(exc, OfflineModeIsEnabled):
-        return UNKNOWN, "HF_HUB_OFFLINE is set, so the Hub was not asked", "unset HF_HUB_OFFLINE and rerun"
+        return OFFLINE
     status = _http_status(exc) if isinstance(exc, HfHubHTTPError) else None
     if status is not None and status < 500 and status != 429:
         return None
@@ -88,6 +96,8 @@ def _guarded(fn):
             import huggingface_hub  # noqa: F401
         except ImportError:
             return UNKNOWN, "huggingface_hub is not installed here", INSTALL_TRAIN
+        if _offline_now():  # huggingface_hub reads HF_HUB_OFFLINE once, at its import; this is now
+            return OFFLINE
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - classified: unreachable or re-raised as unforeseen
