@@ -331,3 +331,21 @@ def test_explain_says_each_verdict_in_the_rules_words(tmp_path):
     assert res.exit_code == 0, res.output
     h = catalog.workloads()["headroom"]
     assert f"(fits 80 GB with more than the {h:.0%} headroom)" in res.output
+
+
+def test_every_gpu_runpod_sells_is_weighed_for_the_70b_and_7b_runs():
+    # Issue 10: RunPod sells 1x RTX PRO 6000 (96 GB), H100-SXM, H100-NVL, A100-80GB-SXM, B200 and
+    # H200-SXM, all with room for the 70B QLoRA run's ~62 GB/GPU (tests/fixtures/catalogs/runpod,
+    # verbatim skypilot-catalog rows); none may be dropped for want of a TFLOP/s figure or memory.
+    big = plan(load_recipe(REPO / "recipes/llama2-70b-qlora.yaml"), cloud="runpod")
+    fits = {c.gpu: c for c in big.candidates if c.fits and c.gpus_per_node == 1}
+    for gpu in ("RTXPRO6000", "H100-SXM", "H100-NVL", "A100-80GB-SXM", "A100-80GB", "B200", "H200-SXM", "H100"):
+        assert gpu in fits, (gpu, big.notes)
+    assert fits["RTXPRO6000"].mem_available_gb == 96 and fits["H200-SXM"].mem_available_gb == 141
+    # 24-48 GB cards are weighed and said not to fit, not silently left out.
+    too_small = {c.gpu for c in big.candidates if not c.fits and c.gpus_per_node == 1}
+    assert {"RTX5090", "RTXA5000", "RTX4090", "RTXA6000", "A40", "L40S", "L4"} <= too_small
+    small = plan(load_recipe(REPO / "recipes/llama2-7b-qlora.yaml"), cloud="runpod")
+    one = {c.gpu for c in small.candidates if c.fits and c.gpus_per_node == 1}
+    assert {"RTX5090", "RTXA5000", "RTX4090", "RTXA6000", "A40", "L4", "L40S", "RTXPRO6000"} <= one
+    assert small.chosen.accelerators == "RTXA5000:1"  # $0.27/h, the cheapest total in the excerpt

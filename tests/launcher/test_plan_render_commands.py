@@ -109,7 +109,7 @@ def test_render_overwrites_an_existing_output_file_but_not_the_recipe(tmp_path):
     res = _run("render", MISTRAL, "-o", out)
     assert res.exit_code == 0, res.output
     resources = yaml.safe_load(out.read_text())["resources"]
-    assert [c["accelerators"] for c in resources["ordered"]][0] == "L40S:2"  # the plan's choice first
+    assert [c["accelerators"] for c in resources["ordered"]][0] == "RTXA5000:1"  # the plan's choice first (recipe header)
     _clean(_run("render", MISTRAL, "-o", MISTRAL), "refusing to overwrite the recipe itself")
 
 
