@@ -35,7 +35,7 @@ OPTIMIZERS = (
 )
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DEEPSPEED = ("zero2", "zero3", "zero3-offload")
-EVAL_PRESETS = ("leaderboard-v1",)
+EVAL_PRESETS = ("leaderboard-v1", "leaderboard-v2")
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 RUN_ID_PREFIX = "sftl-"
 RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
@@ -170,7 +170,7 @@ class ResourcesSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    preset: Literal[EVAL_PRESETS] | None = Field("leaderboard-v1", description="Benchmark preset (Open LLM Leaderboard v1: six tasks).")  # type: ignore[valid-type]
+    preset: Literal[EVAL_PRESETS] | None = Field("leaderboard-v1", description="Benchmark preset: leaderboard-v1 (Open LLM Leaderboard v1, six tasks) or leaderboard-v2 (IFEval, BBH, MATH Lvl 5, GPQA, MuSR, MMLU-Pro; raw and normalized).")  # type: ignore[valid-type]
     tasks: list[str] | None = Field(None, description="lm-eval task names, instead of or beside the preset.")
     tasks_dir: str | None = Field(None, description="Directory of local lm-eval task YAMLs (relative to the recipe).")
     batch_size: Literal["auto"] | int = Field("auto", description="Eval batch size, or `auto`.")

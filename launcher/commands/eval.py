@@ -19,8 +19,7 @@ import click
 
 from launcher.errors import JobFailed, UserError
 from launcher.options import dry_run_option, json_option
-
-PRESETS = ("leaderboard-v1",)
+from launcher.recipe import EVAL_PRESETS as PRESETS
 
 
 def _registry():
@@ -121,7 +120,7 @@ def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> di
 
 @click.command("eval")
 @click.argument("target", metavar="RUN|MODEL")
-@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset (default: the recipe's, else leaderboard-v1).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset: leaderboard-v1 or leaderboard-v2 (default: the recipe's, else leaderboard-v1).")
 @click.option("--tasks", default=None, help="Comma-separated lm-eval task names.")
 @click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), help="Directory of local lm-eval task YAMLs.")
 @click.option("--local", is_flag=True, help="Run on this machine instead of a cloud GPU.")
