@@ -4,10 +4,10 @@ own metadata declares it (its `ifeval` and `math` extras), pinned in docker/cons
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
