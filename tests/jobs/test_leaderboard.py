@@ -142,3 +142,18 @@ def test_missing_task_in_results_is_a_clear_error():
     del h["results"]["leaderboard_gpqa"]
     with pytest.raises(KeyError, match="leaderboard_gpqa"):
         reduce_v2(h)
+
+
+def test_model_card_carries_the_v2_table_and_how_it_was_normalized(tmp_path):
+    from jobs.modelcard import render_card
+
+    result = _results_json(tmp_path, "me/model", _harness(lambda task, n: 0.5 if n == 0 else min(1.0, 1 / n + 0.2)))
+    result["chat_template"] = True
+    recipe = {"method": "qlora", "model": {"id": "Qwen/Qwen2.5-7B-Instruct"}, "eval": {"preset": "leaderboard-v2"},
+              "data": {"sources": [{"path": "Open-Orca/SlimOrca", "split": "train", "format": "slimorca"}],
+                       "template": "tokenizer"}}
+    card = render_card(recipe=recipe, meta={"base_model": "Qwen/Qwen2.5-7B-Instruct", "run_id": "sftl-x-0000"},
+                       results=[result], metrics=[], repo_id="me/model", is_adapter=True, hardware=None,
+                       usd_per_hour=None, has_plot=False)
+    assert render_table([result]) in card and "| Model | v2 Average |" in card
+    assert "open_llm_leaderboard/normalization" in card and "chat template" in card

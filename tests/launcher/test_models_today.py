@@ -150,3 +150,30 @@ def test_new_recipes_render_for_every_allowed_cloud_and_skypilot_accepts_them(tm
     accepted = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [a[0] for a in accepted] == rendered
     assert all(a[2] and a[2][0] != "None" for a in accepted)
+
+
+def test_explain_shows_the_logits_line_and_the_eval_term_per_preset():
+    runner = CliRunner()
+    out = runner.invoke(cli, ["plan", str(REPO / "recipes/gemma2-9b-qlora.yaml"), "--explain"]).output
+    logits = [line for line in out.splitlines() if line.strip().startswith("logits (+ fp32, grad)")]
+    assert len(logits) == 2  # training and post-training eval
+    assert float(logits[0].split()[-2]) > 5  # 2 × 2048 tokens × 256k vocab × 14 bytes ≈ 14.7 GB
+    eval_line = next(line for line in out.splitlines() if line.strip().startswith("eval ") and " h" in line)
+    assert "leaderboard-v2: 44.0M prefill tokens + 2.05M generated" in eval_line
+    v1 = runner.invoke(cli, ["plan", str(REPO / "recipes/llama2-70b-qlora.yaml"), "--explain"]).output
+    assert "(leaderboard-v1: 97.0M prefill tokens)" in v1
+
+
+def test_v2_eval_time_counts_generated_tokens_at_the_decode_rate():
+    from launcher.estimate import eval_hours, eval_workload
+
+    w = catalog.workloads()
+    r = load_recipe(REPO / "recipes/llama3.1-8b-qlora.yaml")
+    prefill, generated, _ = eval_workload(r)
+    assert (prefill, generated) == (w["eval_tokens"]["leaderboard-v2"]["prefill"], w["eval_tokens"]["leaderboard-v2"]["generated"])
+    n = catalog.models()[r.model.id]["params_b"] * 1e9
+    peak = catalog.gpu_tflops("H100-SXM", "runpod", 1) * 1e12
+    expect = (2 * n * prefill / (peak * w["mfu"]["eval"]) + 2 * n * generated / (peak * w["mfu"]["eval_decode"])) / 3600
+    assert eval_hours(r, "runpod", "H100-SXM", 1) == pytest.approx(expect)
+    # Decoding 2M tokens costs over a quarter as much as prefilling 44M: generation is not free.
+    assert 2 * n * generated / w["mfu"]["eval_decode"] > 0.25 * 2 * n * prefill / w["mfu"]["eval"]
