@@ -64,6 +64,7 @@ PRESETS: dict[str, tuple[PresetTask, ...]] = {
 # Presets the leaderboard ran through the model's chat template with few-shot examples as turns
 # (`lm_eval --apply_chat_template --fewshot_as_multiturn`), for models that have a chat template.
 CHAT_PRESETS = ("leaderboard-v2",)
+V2_MAX_GEN_TOKENS = 1280  # leaderboard_ifeval's max_gen_toks (MATH's is 1024): the context must exceed it
 
 
 class EvalInputError(Exception):
@@ -560,6 +561,9 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
     started = time.time()
     lm = make_lm(spec, job["batch"], args.load_4bit, job["device"], parallelize=job["parallel"] == "model")
     chat = args.preset in CHAT_PRESETS and bool(getattr(lm.tokenizer, "chat_template", None))
+    if args.preset == "leaderboard-v2" and lm.max_length <= V2_MAX_GEN_TOKENS:
+        raise EvalInputError(f"--model {spec.model_id}: leaderboard-v2 generates up to {V2_MAX_GEN_TOKENS} tokens "
+                             f"(IFEval) but the model's context is {lm.max_length} tokens; use leaderboard-v1 or --tasks")
     raw = run_harness(lm, job["groups"], job["tm"], args.limit, chat=chat)
     if not raw:
         return None

@@ -34,6 +34,7 @@ from pathlib import Path
 TINY_MODEL_ID = "sftlaunch/tiny-llama"
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.
 BUILD_VERSION = 1
+FAMILY_BUILD_VERSION = 1  # the same, for the other families (their builds change apart from the Llama's)
 SEED = 0
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -105,7 +106,9 @@ QWEN3_TEMPLATE = (  # Qwen/Qwen3-30B-A3B: the last turn's answer gets a <think> 
     "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
 )
 _SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 1024}
+          "num_key_value_heads": 2, "head_dim": 16,
+          # long enough for leaderboard-v2's generations (IFEval: up to 1,280 new tokens); RoPE has no weights
+          "max_position_embeddings": 4096}
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def _build_tokenizer(out: Path, family: str = "llama"):
     )
     tok.train_from_iterator(_corpus(family), trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, **sp, model_max_length=MODEL_SHAPE["max_position_embeddings"], padding_side="right",
+        tokenizer_object=tok, **sp, model_max_length=fam.shape["max_position_embeddings"], padding_side="right",
         **({"additional_special_tokens": list(fam.extra_specials)} if fam.extra_specials else {}),
     )
     fast.chat_template = fam.chat_template
@@ -205,9 +208,13 @@ def _build_model(out: Path, tokenizer, family: str = "llama") -> None:
     model.save_pretrained(out)
 
 
-def _is_built(path: Path) -> bool:
+def _version(family: str) -> int:
+    return BUILD_VERSION if family == "llama" else FAMILY_BUILD_VERSION
+
+
+def _is_built(path: Path, family: str = "llama") -> bool:
     try:
-        return json.loads((path / MARKER).read_text())["version"] == BUILD_VERSION
+        return json.loads((path / MARKER).read_text())["version"] == _version(family)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -233,11 +240,11 @@ def ensure_tiny(cache_dir: str | Path | None = None, family: str = "llama") -> P
     root = cache_root(cache_dir)
     name = "tiny-llama" if family == "llama" else f"tiny-{family.replace('_', '-')}"
     final = root / name
-    if _is_built(final):
+    if _is_built(final, family):
         return final
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{name}.lock"):
-        if _is_built(final):
+        if _is_built(final, family):
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of a shared cache
@@ -245,7 +252,7 @@ def ensure_tiny(cache_dir: str | Path | None = None, family: str = "llama") -> P
             tokenizer = _build_tokenizer(tmp, family)
             _build_model(tmp, tokenizer, family)
             model_id = TINY_MODEL_ID if family == "llama" else f"sftlaunch/{name}"
-            (tmp / MARKER).write_text(json.dumps({"model_id": model_id, "version": BUILD_VERSION}) + "\n")
+            (tmp / MARKER).write_text(json.dumps({"model_id": model_id, "version": _version(family)}) + "\n")
             if final.exists():  # an older build version
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -157,3 +157,20 @@ def test_model_card_carries_the_v2_table_and_how_it_was_normalized(tmp_path):
                        usd_per_hour=None, has_plot=False)
     assert render_table([result]) in card and "| Model | v2 Average |" in card
     assert "open_llm_leaderboard/normalization" in card and "chat template" in card
+
+
+def test_v2_runs_chat_models_through_their_template_with_multiturn_few_shot(monkeypatch):
+    import lm_eval
+
+    seen = []
+
+    def fake_simple_evaluate(**kw):
+        seen.append(kw)
+        return {"results": {}, "group_subtasks": {}, "n-samples": {}, "n-shot": {}, "configs": {}, "versions": {}}
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_simple_evaluate)
+    evaluate.run_harness(object(), [(["leaderboard_bbh"], 3)], None, 2, chat=True)
+    evaluate.run_harness(object(), [(["arc_challenge"], 25)], None, 2)
+    assert seen[0]["apply_chat_template"] is True and seen[0]["fewshot_as_multiturn"] is True
+    assert seen[0]["num_fewshot"] == 3 and seen[0]["limit"] == 2
+    assert "apply_chat_template" not in seen[1]  # v1 as before: plain prompts
