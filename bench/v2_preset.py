@@ -41,8 +41,13 @@ def _rows(hub_id: str, name: str | None) -> dict[str, list[dict]]:
                            "Ozone", "Xenon"], "answer": "B", "answer_index": 1, "cot_content": "", "category": "biology",
                "src": "hand-made"}
         return {"test": [dict(row, question_id=i) for i in range(4)], "validation": [dict(row, question_id=i) for i in range(5)]}
-    if hub_id == "SaylorTwift/bbh":
-        return {"test": [{"input": "not ( True ) and ( True ) is", "target": "False"} for _ in range(4)]}
+    if hub_id == "SaylorTwift/bbh":  # the target is one of the subtask's choices, as in the real data
+        import lm_eval
+        import yaml
+
+        cfg = Path(lm_eval.__file__).parent / "tasks" / "leaderboard" / "bbh_mc" / f"{name}.yaml"
+        first = yaml.safe_load(cfg.read_text().split("fewshot_config")[0])["doc_to_choice"][0]
+        return {"test": [{"input": "not ( True ) and ( True ) is", "target": first} for _ in range(4)]}
     if hub_id == "Idavidrein/gpqa":
         return {"train": [{"Question": "What is the SI unit of force?", "Correct Answer": "newton",
                            "Incorrect Answer 1": "joule", "Incorrect Answer 2": "watt", "Incorrect Answer 3": "pascal"}

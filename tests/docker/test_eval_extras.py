@@ -44,3 +44,14 @@ def test_every_requirement_of_those_extras_is_pinned_and_satisfied():
 def test_image_build_imports_them():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert re.search(r"import langdetect, immutabledict, nltk, sympy, math_verify", dockerfile)
+
+
+def test_image_ships_nltks_punkt_tab_for_ifeval():
+    # lm-eval's ifeval instructions_util downloads punkt_tab at import unless nltk finds it.
+    import lm_eval
+
+    util = (Path(lm_eval.__file__).parent / "tasks" / "leaderboard" / "ifeval" / "instructions_util.py").read_text()
+    assert 'nltk.data.find("tokenizers/punkt_tab")' in util
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "nltk.downloader -d /opt/venv/nltk_data punkt_tab" in dockerfile
+    assert 'nltk.data.find("tokenizers/punkt_tab")' in dockerfile.split("FROM nvidia/cuda")[-1]
