@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from jobs.leaderboard import BENCHES, reduce_v2, v2_average
 from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, UserError, job_exit
@@ -59,7 +60,14 @@ PRESETS: dict[str, tuple[PresetTask, ...]] = {
         # strict-match is the "#### <number>" answer the leaderboard scored.
         PresetTask("gsm8k", 5, "exact_match", "GSM8K", filter="strict-match"),
     ),
+    # Open LLM Leaderboard v2 (jobs/leaderboard.py): lm-eval's `leaderboard_*` groups at the shot
+    # counts of their own task configs, scored raw and normalized as the leaderboard did.
+    "leaderboard-v2": tuple(PresetTask(b.task, b.shots, b.metric, b.name) for b in BENCHES),
 }
+# Presets the leaderboard ran through the model's chat template with few-shot examples as turns
+# (`lm_eval --apply_chat_template --fewshot_as_multiturn`), for models that have a chat template.
+CHAT_PRESETS = ("leaderboard-v2",)
+V2_MAX_GEN_TOKENS = 1280  # leaderboard_ifeval's max_gen_toks (MATH's is 1024): the context must exceed it
 
 
 class EvalInputError(UserError):
@@ -343,16 +351,20 @@ def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str, paralleli
         raise
 
 
-def run_harness(lm, task_groups: list[tuple[list[str], int | None]], tm, limit: int | None) -> dict:
+def run_harness(lm, task_groups: list[tuple[list[str], int | None]], tm, limit: int | None,
+                chat: bool = False) -> dict:
     """simple_evaluate once per shot count (its num_fewshot applies to every task it is given,
-    group members included), merged into one harness-shaped dict."""
+    group members included), merged into one harness-shaped dict. `chat`: render prompts with
+    the model's chat template, few-shot examples as turns (the v2 leaderboard's chat setting)."""
     import lm_eval
+
+    chat_kw = {"apply_chat_template": True, "fewshot_as_multiturn": True} if chat else {}
 
     merged: dict = {"results": {}, "group_subtasks": {}, "n-samples": {}, "n-shot": {}, "configs": {}, "versions": {}}
     for names, shots in task_groups:
         try:
             out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
-                                          task_manager=tm, log_samples=False, bootstrap_iters=100_000)
+                                          task_manager=tm, log_samples=False, bootstrap_iters=100_000, **chat_kw)
         except (ConnectionError, FileNotFoundError) as exc:
             raise DatasetUnavailable(
                 f"tasks {', '.join(names)}: a dataset could not be loaded ({str(exc).splitlines()[0]}); "
@@ -497,7 +509,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             print(args.skip)
             return None
     if not args.preset and not args.tasks:
-        raise EvalInputError("give --preset leaderboard-v1 or --tasks a,b (see --help)")
+        raise EvalInputError("give --preset leaderboard-v1 (or leaderboard-v2) or --tasks a,b (see --help)")
     if args.limit is not None and args.limit < 1:
         raise EvalInputError(f"--limit {args.limit}: must be a positive number of examples")
     batch = _parse_batch(str(args.batch_size or "auto"))
@@ -550,13 +562,20 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
     args = job["args"]
     started = time.time()
     lm = make_lm(spec, job["batch"], args.load_4bit, job["device"], parallelize=job["parallel"] == "model")
-    raw = run_harness(lm, job["groups"], job["tm"], args.limit)
+    chat = args.preset in CHAT_PRESETS and bool(getattr(lm.tokenizer, "chat_template", None))
+    if args.preset == "leaderboard-v2" and lm.max_length <= V2_MAX_GEN_TOKENS:
+        raise EvalInputError(f"--model {spec.model_id}: leaderboard-v2 generates up to {V2_MAX_GEN_TOKENS} tokens "
+                             f"(IFEval) but the model's context is {lm.max_length} tokens; use leaderboard-v1 or --tasks")
+    raw = run_harness(lm, job["groups"], job["tm"], args.limit, chat=chat)
     if not raw:
         return None
     wall = time.time() - started
     preset, custom = job["preset"], job["custom"]
-    rows = (reduce_preset(raw, preset) if preset else []) + (reduce_custom(raw, custom) if custom else [])
+    v2 = args.preset == "leaderboard-v2"
+    rows = (reduce_v2(raw) if v2 else reduce_preset(raw, preset) if preset else [])
+    rows += reduce_custom(raw, custom) if custom else []
     scores = {r["name"]: r["value"] for r in rows}
+    normalized = v2_average(rows) if v2 else None
     return {
         "schema": RESULTS_SCHEMA,
         "model": {"id": spec.model_id, "revision": spec.revision, "path": spec.pretrained,
@@ -567,7 +586,11 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
         "harness": {"name": HARNESS, "version": lm_eval.__version__},
         "tasks": rows,
         "scores": scores,
-        "average": sum(scores.values()) / len(scores) if scores else None,
+        # v2: the leaderboard's average of normalized scores (as a fraction, like every other
+        # average here); the raw mean is not what the leaderboard ranked by.
+        "average": normalized / 100 if normalized is not None else (sum(scores.values()) / len(scores) if scores else None),
+        "normalized_average": normalized,
+        "chat_template": chat,
         "limit": args.limit,
         "batch_size": job["batch"],
         "load_4bit": bool(args.load_4bit),

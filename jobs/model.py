@@ -117,11 +117,8 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     gc = recipe.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
         keep_4bit_training_kernel_on_cpu(model)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+        prepare_for_kbit_training(model, gc)
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if gc:
@@ -133,6 +130,35 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(recipe))
     return model
+
+
+def prepare_for_kbit_training(model, gradient_checkpointing: bool) -> None:
+    """peft's prepare_model_for_kbit_training (peft 0.21, utils/other.py) for a transformers model
+    with use_reentrant=False, except that fused MoE expert tensors stay in the compute dtype.
+
+    Why: peft upcasts every 16-bit parameter that is not a Params4bit to fp32 (norms, embeddings,
+    head: small, and better in fp32). transformers 5 stores MoE experts as fused 3-D parameters
+    that bitsandbytes does not quantize, so peft would also upcast those frozen experts: Mixtral's
+    45B expert weights would go from 90 GB (bf16) to 180 GB and no single GPU could train it.
+    They are frozen (LoRA trains adapters only), so fp32 buys nothing for them. launcher.estimate
+    counts the same: non-4-bit parameters at 4 bytes, fused experts at 2.
+    """
+    import torch
+
+    for param in model.parameters():
+        param.requires_grad = False
+    for param in model.parameters():
+        if (param.dtype in (torch.float16, torch.bfloat16) and param.__class__.__name__ != "Params4bit"
+                and not is_fused_expert(param)):
+            param.data = param.data.to(torch.float32)
+    if gradient_checkpointing:
+        # use_reentrant=False needs no input-grad hook (peft skips it for the same reason).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_fused_expert(param) -> bool:
+    """A fused MoE expert tensor: [experts, out, in], the only 3-D parameters a causal LM has."""
+    return param.dim() == 3
 
 
 def keep_4bit_training_kernel_on_cpu(model) -> None:

@@ -150,6 +150,12 @@ model = AutoModelForCausalLM.from_pretrained(
 ```'''
 
 
+V2_NOTE = ("Open LLM Leaderboard v2 tasks (lm-eval `leaderboard_*`, each at its own shot count). Normalized "
+           "scores rescale each benchmark from its random baseline (0) to a perfect score (100), BBH and MuSR per "
+           "subtask, IFEval as the mean of prompt- and instruction-level strict accuracy, as the leaderboard did "
+           "(https://huggingface.co/docs/leaderboards/open_llm_leaderboard/normalization); the v2 Average is their mean.")
+
+
 def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[dict], repo_id: str,
                 is_adapter: bool, hardware: str | None, usd_per_hour: float | None,
                 has_plot: bool, license: str = "other") -> str:
@@ -185,6 +191,9 @@ def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[
     lines += ["", "## Evaluation", ""]
     if results:
         lines += [render_table(results), "", render_details(results[-1]), ""]
+        if results[-1].get("preset") == "leaderboard-v2":
+            lines += [V2_NOTE + (" Prompts went through the model's chat template, few-shot examples as turns."
+                                 if results[-1].get("chat_template") else ""), ""]
         h = results[-1].get("harness") or {}
         lines.append(f"EleutherAI lm-evaluation-harness {h.get('version', '?')}"
                      + (f", limit {results[-1]['limit']} per task (not a full score)" if results[-1].get("limit") else "") + ".")

@@ -189,7 +189,7 @@ def generate() -> str:
             out.append(f"| `{key}` | {type_name} | {_default(field)} | {meaning} |\n")
         sections[i:i] = children  # depth first: a section's subsections follow it
     out.append(_formats_section())
-    return "".join(out)
+    return "".join(out) + _shipped_recipes()
 
 
 def _formats_section() -> str:
@@ -207,6 +207,16 @@ def _formats_section() -> str:
         doc = " ".join(inspect.getdoc(fn).split())
         out.append(f"- `{name}`: {doc}\n")
     return "".join(out)
+
+
+def _shipped_recipes() -> str:
+    """The recipes in recipes/, each with its first comment line (what it trains), so the reference
+    names every starting point; the planned GPU, time and cost are in each file and the README."""
+    lines = ["\n## Shipped recipes\n\n| recipe | what |\n|---|---|\n"]
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        lines.append(f"| [`{path.stem}`](../recipes/{path.name}) | {first.replace('|', '/')} |\n")
+    return "".join(lines)
 
 
 def main(argv: list[str]) -> int:

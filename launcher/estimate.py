@@ -66,14 +66,16 @@ class Memory:
     activations: float
     fixed: float
     notes: list[str] = field(default_factory=list)
+    logits: float = 0.0  # vocab-sized logits (+ fp32 upcast and grad): its own line, large for big vocabularies
 
     @property
     def total(self) -> float:
-        return self.weights + self.trainable + self.activations + self.fixed
+        return self.weights + self.trainable + self.activations + self.logits + self.fixed
 
     def as_dict(self) -> dict[str, float]:
         return {"weights_gb": self.weights, "grads_optimizer_gb": self.trainable, "pageable_gb": self.pageable,
-                "activations_gb": self.activations, "fixed_gb": self.fixed, "total_gb": self.total}
+                "activations_gb": self.activations, "logits_gb": self.logits, "fixed_gb": self.fixed,
+                "total_gb": self.total}
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Timing:
     overhead_hours: float
     eval_hours: float
     terms: dict[str, float] = field(default_factory=dict)
+    eval_what: str = ""  # the eval term in words (preset, prefill and generated tokens), for --explain
 
     @property
     def total_hours(self) -> float:
@@ -176,7 +179,7 @@ class UnknownModel(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory
+# Model shape
 
 
 def _shape(recipe: Recipe) -> dict[str, Any]:
@@ -199,27 +202,118 @@ def _shape(recipe: Recipe) -> dict[str, Any]:
     return shape
 
 
-def _linear_params_per_layer(shape: dict[str, Any]) -> float:
+# ---------------------------------------------------------------------------------------------
+# Shape: parameters, MoE, logits, attention span (issue 12). Kept apart from the memory terms.
+
+DEFAULT_EXPERT_MODULES = ("w1", "w2", "w3")  # Mixtral's names; other MoE shapes list theirs
+
+
+def _expert_modules(shape: dict[str, Any]) -> tuple[str, ...]:
     experts = shape.get("experts")
+    if not experts:
+        return ()
+    return tuple(experts.get("modules") or DEFAULT_EXPERT_MODULES)
+
+
+def _linear_params_per_layer(shape: dict[str, Any]) -> float:
+    """Every linear weight of one layer, each expert's counted (the MoE total, not the active)."""
+    experts, per_expert = shape.get("experts"), _expert_modules(shape)
     total = 0.0
     for name, (i, o) in shape["linear"].items():
-        mult = experts["total"] if experts and name in ("w1", "w2", "w3") else 1
-        total += i * o * mult
+        total += i * o * (experts["total"] if name in per_expert else 1)
     return total
+
+
+def param_count(shape: dict[str, Any]) -> tuple[float, float]:
+    """(total, active per token) parameters from the shape: the linears of every layer, the MoE
+    router, the embeddings (and an untied head of the same size); norms and biases are <0.1%
+    and left out. Active counts `experts.active` of the experts (MoE), else equals total."""
+    layers, vocab, h = shape["layers"], shape["vocab"], shape["hidden"]
+    emb = vocab * h * (1 if shape.get("tied") else 2)
+    experts, per_expert = shape.get("experts"), _expert_modules(shape)
+    dense = sum(i * o for n, (i, o) in shape["linear"].items() if n not in per_expert)
+    one_expert = sum(i * o for n, (i, o) in shape["linear"].items() if n in per_expert)
+    router = math.prod(experts["router"]) if experts and experts.get("router") else (h * experts["total"] if experts else 0)
+    total = layers * (dense + one_expert * (experts["total"] if experts else 1) + router) + emb
+    active = layers * (dense + one_expert * (experts["active"] if experts else 1) + router) + emb
+    return float(total), float(active)
+
+
+def quantized_split(shape: dict[str, Any]) -> tuple[float, float]:
+    """(params bitsandbytes quantizes to 4 bits, MoE expert params it leaves in 16 bits).
+
+    bitsandbytes replaces nn.Linear modules only. transformers 5 stores MoE experts as fused 3-D
+    parameters (`mlp.experts.gate_up_proj`, `down_proj`: Mixtral, Qwen3-MoE), not nn.Linear, so a
+    4-bit load keeps every expert in the compute dtype (checked on tests' tiny Qwen3-MoE: the
+    expert tensors load as plain Parameters, the attention projections as Params4bit)."""
+    experts, per_expert = shape.get("experts"), _expert_modules(shape)
+    layers = shape["layers"]
+    dense = sum(i * o for n, (i, o) in shape["linear"].items() if n not in per_expert) * layers
+    expert = sum(i * o for n, (i, o) in shape["linear"].items() if n in per_expert) * layers
+    return float(dense), float(expert * (experts["total"] if experts else 0))
+
+
+def logits_bytes(shape: dict[str, Any], tokens: float, half: int, training: bool = True) -> float:
+    """Bytes of the vocab-sized tensors at the loss: the logits in the compute dtype, their fp32
+    upcast (transformers' ForCausalLMLoss calls logits.float()) and, training, its fp32 gradient;
+    Gemma 2's final_logit_softcapping keeps two more (the tanh's input and output) for the
+    backward. jobs/train.py uses the model's own loss, no chunked or fused cross-entropy, so the
+    whole [tokens, vocab] tensor is materialized: at Gemma 2's 256k vocab and 2048 tokens that
+    is ~4 GB, more than a layer's activations."""
+    per_token = half + 4 + (4 if training else 0)
+    if shape.get("final_logit_softcapping"):
+        per_token += 2 * half
+    return tokens * shape["vocab"] * per_token
+
+
+def attention_flops_per_token(shape: dict[str, Any], seq: int) -> float:
+    """12·h·(tokens attended) per layer, causal so half the sequence on average; a sliding-window
+    layer attends to at most `sliding_window` tokens (Gemma 2: every other layer, 4096)."""
+    layers, h = shape["layers"], shape["hidden"]
+    window = shape.get("sliding_window")
+    sliding = min(shape.get("sliding_layers", 0), layers) if window else 0
+    span_full = seq / 2
+    span_sliding = min(seq, window) / 2 if window else span_full
+    return 12 * h * ((layers - sliding) * span_full + sliding * span_sliding)
+
+
+def shape_notes(shape: dict[str, Any], method: str) -> list[str]:
+    """What about this model's shape moves the estimate, in words for `plan --explain`."""
+    notes = []
+    if shape.get("kv_heads") and shape.get("heads") and shape["kv_heads"] < shape["heads"]:
+        notes.append(f"grouped-query attention: {shape['kv_heads']} KV heads for {shape['heads']} query heads")
+    notes.append(f"{'tied' if shape.get('tied') else 'untied'} embeddings: "
+                 f"{shape['vocab']:,} × {shape['hidden']:,}{'' if shape.get('tied') else ' twice (input and head)'}")
+    if shape.get("sliding_window"):
+        notes.append(f"sliding-window attention: {shape.get('sliding_layers', 0)} of {shape['layers']} layers "
+                     f"see the last {shape['sliding_window']:,} tokens")
+    if shape.get("experts"):
+        total, active = param_count(shape)
+        e = shape["experts"]
+        notes.append(f"mixture of experts: {e['active']} of {e['total']} experts per token, "
+                     f"{active / 1e9:.2f}B active of {total / 1e9:.2f}B weights (memory holds all, FLOPs use the active)")
+        if method == "qlora":
+            notes.append(f"4-bit load leaves the fused MoE experts in bf16 ({quantized_split(shape)[1] / 1e9:.1f}B params): "
+                         "bitsandbytes quantizes nn.Linear only")
+    return notes
 
 
 def lora_params(shape: dict[str, Any], target_modules: list[str] | str, r: int) -> float:
     """Adapter parameters: r·(in+out) per targeted module per layer (every expert for MoE)."""
-    experts = shape.get("experts")
+    experts, per_expert = shape.get("experts"), _expert_modules(shape)
     names = list(shape["linear"]) if target_modules == "all-linear" else list(target_modules)
     per_layer = 0.0
     for name in names:
         if name not in shape["linear"]:
             continue
         i, o = shape["linear"][name]
-        mult = experts["total"] if experts and name in ("w1", "w2", "w3") else 1
+        mult = experts["total"] if name in per_expert else 1
         per_layer += r * (i + o) * mult
     return per_layer * shape["layers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
 
 
 def _shards(recipe: Recipe, gpus: int) -> tuple[float, float, float]:
@@ -239,7 +333,7 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
     shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
-    h, layers, vocab = shape["hidden"], shape["layers"], shape["vocab"]
+    h, layers = shape["hidden"], shape["layers"]
     half = 4 if recipe.train.precision == "fp32" else 2
     seq = seq_len or recipe.data.seq_len
     mb = micro_batch or recipe.train.micro_batch_size
@@ -274,12 +368,12 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
         if method == "qlora":
             q = recipe.quantization
             assert q is not None
-            quantized = _linear_params_per_layer(shape) * layers
+            quantized, experts_16bit = quantized_split(shape)  # MoE experts stay 16-bit (see there)
             # absmax: fp32 per 64-block (0.5 bit/param); double quant: 8-bit per 64 + fp32 per 256·64.
             consts = quantized * ((8 / 64 + 32 / (64 * 256)) / 8 if q.double_quant else 4 / 64)
-            # peft's prepare_model_for_kbit_training upcasts every non-4-bit parameter (embeddings,
-            # head, norms) to fp32.
-            weights = quantized * 0.5 + consts + (n - quantized) * 4
+            # jobs.model.prepare_for_kbit_training upcasts every other non-4-bit parameter
+            # (embeddings, head, norms) to fp32, as peft does, but keeps fused experts 16-bit.
+            weights = quantized * 0.5 + consts + experts_16bit * half + (n - quantized - experts_16bit) * 4
             notes.append("qlora: embeddings and head upcast to fp32 by peft")
         else:
             weights = n * half  # jobs.model loads the frozen base in the compute dtype
@@ -293,8 +387,9 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
         acts = tokens * h * 2 * layers + act_full_layer
     else:
         acts = act_full_layer * layers
-    acts += tokens * vocab * (half + 4 + 4)  # logits, their fp32 upcast for the loss, and its grad
-    return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes)
+    logits = logits_bytes(shape, tokens, half)
+    notes += shape_notes(shape, method)
+    return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes, logits / GB)
 
 
 def eval_memory(recipe: Recipe, load_4bit: bool | None = None, shape: dict[str, Any] | None = None) -> Memory:
@@ -302,13 +397,13 @@ def eval_memory(recipe: Recipe, load_4bit: bool | None = None, shape: dict[str, 
     shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
-    h, vocab = shape["hidden"], shape["vocab"]
+    h = shape["hidden"]
     four_bit = (recipe.eval is not None and recipe.eval.load_4bit) if load_4bit is None else load_4bit
     notes = []
     if four_bit:
         # jobs/evaluate.py: nf4 without double quant, so an fp32 absmax per 64 weights; embeddings,
         # head and norms stay bf16.
-        quantized = _linear_params_per_layer(shape) * shape["layers"]
+        quantized, _experts_16bit = quantized_split(shape)
         weights = quantized * (0.5 + 4 / 64) + (n - quantized) * 2
         notes.append("eval: 4-bit nf4 weights (eval.load_4bit)")
     else:
@@ -321,9 +416,10 @@ def eval_memory(recipe: Recipe, load_4bit: bool | None = None, shape: dict[str, 
     tokens = w["eval_seq_len"]
     # Inference keeps one layer's working set (34·h bytes per token, the training figure, is an
     # upper bound) and the fp32 logits with their log-softmax; batch_size auto fills the rest.
-    acts = tokens * h * 34 + tokens * vocab * 4 * 2
+    acts = tokens * h * 34
+    logits = logits_bytes(shape, tokens, 4, training=False)  # lm-eval loads fp32 on CPU, else the log-softmax in fp32
     notes.append(f"eval: one {tokens}-token sequence of activations; batch_size auto uses what is left")
-    return Memory(weights / GB, 0.0, 0.0, acts / GB, w["cuda_context_gb"], notes)
+    return Memory(weights / GB, 0.0, 0.0, acts / GB, w["cuda_context_gb"], notes, logits / GB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,20 +490,39 @@ def _mfu(method: str, gpu: str) -> float:
     return float(w.get("mfu_by_gpu", {}).get(gpu, {}).get(method, w["mfu"][method]))
 
 
+def eval_workload(recipe: Recipe) -> tuple[float, float, str]:
+    """(prefill tokens, generated tokens, words) of the recipe's eval, from workloads.yaml.
+
+    Log-likelihood tasks cost one forward over prompt + choices; generative tasks (v2's IFEval
+    and MATH) also decode: lm-eval's HF backend generates a batch until every row stops or hits
+    max_gen_toks, so the data counts rows × max_gen_toks, and a decoded token runs at a far lower
+    MFU than a prefill token (one weight read per step for a whole batch)."""
+    w = catalog.workloads()
+    key = recipe.eval.preset or "custom"
+    spec = w["eval_tokens"].get(key, w["eval_tokens"]["custom"])
+    prefill, generated = (float(spec), 0.0) if not isinstance(spec, dict) else (float(spec["prefill"]), float(spec.get("generated", 0)))
+    if recipe.eval.limit:
+        scale = min(1.0, recipe.eval.limit / 1000)
+        prefill, generated = prefill * scale, generated * scale
+    words = f"{key}: {prefill / 1e6:.1f}M prefill tokens" + (f" + {generated / 1e6:.2f}M generated" if generated else "")
+    if recipe.eval.tasks:
+        words += f" (+ {len(recipe.eval.tasks)} custom task{'s' if len(recipe.eval.tasks) > 1 else ''})"
+    return prefill, generated, words
+
+
 def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int, shape: dict[str, Any] | None = None) -> float:
-    """The eval preset's prefill FLOPs (2·N per token, N active) over `gpus` data-parallel replicas."""
+    """The eval preset's prefill FLOPs (2·N per token, N active) plus its generated tokens (2·N each
+    at the decode MFU), over `gpus` data-parallel replicas."""
     if recipe.eval is None:
         return 0.0
     shape = shape or _shape(recipe)
-    w = catalog.workloads()
     n = shape.get("active_params_b", shape["params_b"]) * 1e9
-    key = recipe.eval.preset or "custom"
-    ev_tokens = w["eval_tokens"].get(key, w["eval_tokens"]["custom"])
-    if recipe.eval.limit:
-        ev_tokens = min(ev_tokens, ev_tokens * recipe.eval.limit / 1000)
+    prefill, generated, _ = eval_workload(recipe)
     # bitsandbytes dequantizes every 4-bit weight on every forward: a lower MFU (data).
     mfu = _mfu("eval_4bit" if recipe.eval.load_4bit else "eval", gpu)
-    return 2 * n * ev_tokens / (gpus * catalog.gpu_tflops(gpu, cloud, gpus) * 1e12 * mfu) / 3600
+    decode_mfu = _mfu("eval_decode", gpu)
+    peak = gpus * catalog.gpu_tflops(gpu, cloud, gpus) * 1e12
+    return (2 * n * prefill / (peak * mfu) + 2 * n * generated / (peak * decode_mfu)) / 3600
 
 
 def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train",
@@ -422,13 +537,14 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     terms: dict[str, float] = {}
     ev_hours = eval_hours(recipe, cloud, gpu, per_node, shape=shape)
     terms["eval_hours"] = ev_hours
+    ev_what = eval_workload(recipe)[2] if recipe.eval is not None else ""
     download = n_total * 2 / GB / w["download_gb_per_hour"]
     # Local runs use an image already in the engine (or none: launcher.backends.local), so no pull.
     pull = 0.0 if cloud == "local" else w["image_pull_gb"] / w["pull_gb_per_hour"]
     provision = w["provision_hours"].get(cloud, 0.1)
     terms.update(provision_hours=provision, image_pull_hours=pull, weights_download_hours=download)
     if workload == "eval":
-        return Timing(0, 0, 0, provision + pull + download, ev_hours, terms)
+        return Timing(0, 0, 0, provision + pull + download, ev_hours, terms, ev_what)
 
     rows, tokens = data_tokens(recipe)
     if recipe.train.max_steps:
@@ -438,7 +554,7 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
         tokens *= recipe.train.epochs
     ckpt = recipe.train.gradient_checkpointing
     per_token = (8 if ckpt else 6) * n if recipe.method == "full" else (6 if ckpt else 4) * n
-    per_token += 12 * shape["layers"] * shape["hidden"] * recipe.data.seq_len / 2  # attention, causal half
+    per_token += attention_flops_per_token(shape, recipe.data.seq_len)
     flops = per_token * tokens
     mfu = _mfu(recipe.method, gpu)
     train_hours = flops / (gpus * peak * mfu) / 3600
@@ -448,7 +564,7 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
     terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, mfu=mfu, peak_tflops=peak / 1e12,
                  checkpoint_hours=checkpoints, checkpoints=n_ckpts)
-    return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms)
+    return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms, ev_what)
 
 
 # ---------------------------------------------------------------------------------------------

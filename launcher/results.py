@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jobs.leaderboard import COLUMNS as V2_COLUMNS  # stdlib only: the v2 column names, defined once
+
 # Column order of the reference table (sft-demos / Open LLM Leaderboard v1).
 LEADERBOARD_COLUMNS = ("ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande", "GSM8K")
 
@@ -64,6 +66,8 @@ def render_table(results: list[dict]) -> str:
     """The reference table when every result is the leaderboard preset, else a generic one with
     one column per task (metric named in the header)."""
     results = order_rows(results)
+    if results and all(_is_v2(r) for r in results):
+        return _render_v2(results)
     if results and all(set(LEADERBOARD_COLUMNS) <= set(_scores(r)) for r in results):
         head = "| Model | Average | " + " | ".join(LEADERBOARD_COLUMNS) + " |"
         sep = "|" + "---|" * (len(LEADERBOARD_COLUMNS) + 2)
@@ -89,12 +93,41 @@ def render_table(results: list[dict]) -> str:
 
 
 def render_details(result: dict) -> str:
-    """Per-task detail (metric, shots, samples, stderr) under the table: what the number means."""
-    lines = ["| Task | Metric | Shots | Samples | Value | ± stderr |", "|---|---|---|---|---|---|"]
-    for t in result.get("tasks", []):
+    """Per-task detail (metric, shots, samples, stderr) under the table: what the number means;
+    v2 results add the leaderboard's normalized score and the random baseline it starts from."""
+    tasks = result.get("tasks", [])
+    norm = any(t.get("normalized") is not None for t in tasks)
+    extra_head, extra_sep = (" Normalized | Baseline |", "---|---|") if norm else ("", "")
+    lines = [f"| Task | Metric | Shots | Samples | Value | ± stderr |{extra_head}", f"|---|---|---|---|---|---|{extra_sep}"]
+    for t in tasks:
         metric = t["metric"] if t.get("filter") in (None, "none") else f"{t['metric']} ({t['filter']})"
-        lines.append(
-            f"| {t['task']} | {metric} | {'' if t.get('shots') is None else t['shots']} | "
-            f"{'' if t.get('samples') is None else t['samples']} | {pct(t['value'])} | {pct(t.get('stderr'))} |"
-        )
+        line = (f"| {t['task']} | {metric} | {'' if t.get('shots') is None else t['shots']} | "
+                f"{'' if t.get('samples') is None else t['samples']} | {pct(t['value'])} | {pct(t.get('stderr'))} |")
+        if norm:
+            base = "per subtask" if t.get("subtasks") else pct(t.get("lower_bound"))
+            line += f" {'' if t.get('normalized') is None else format(t['normalized'], '.2f')} | {base} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _is_v2(result: dict) -> bool:
+    names = {t["name"]: t for t in result.get("tasks", [])}
+    return all(c in names and names[c].get("normalized") is not None for c in V2_COLUMNS)
+
+
+def _render_v2(results: list[dict]) -> str:
+    """The Open LLM Leaderboard v2 table: the v2 average (mean of the normalized scores, what the
+    leaderboard ranked by), then each benchmark normalized (0-100 above its random baseline) and
+    raw (the harness's accuracy, %)."""
+    head = ("| Model | v2 Average | " + " | ".join(V2_COLUMNS) + " | "
+            + " | ".join(f"{c} (raw)" for c in V2_COLUMNS) + " |")
+    lines = [head, "|" + "---|" * (2 * len(V2_COLUMNS) + 2)]
+    for r in results:
+        by = {t["name"]: t for t in r.get("tasks", [])}
+        avg = r.get("normalized_average")
+        if avg is None:
+            avg = sum(by[c]["normalized"] for c in V2_COLUMNS) / len(V2_COLUMNS)
+        cells = [model_label(r), f"{avg:.2f}"] + [f"{by[c]['normalized']:.2f}" for c in V2_COLUMNS]
+        cells += [pct(by[c]["value"]) for c in V2_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

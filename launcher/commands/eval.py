@@ -123,7 +123,7 @@ def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> di
 
 @click.command("eval")
 @click.argument("target", metavar="RUN|MODEL")
-@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset (default: the recipe's, else leaderboard-v1).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Benchmark preset: leaderboard-v1 or leaderboard-v2 (default: the recipe's, else leaderboard-v1).")
 @click.option("--tasks", default=None, help="Comma-separated lm-eval task names.")
 @click.option("--tasks-dir", default=None, type=click.Path(file_okay=False), help="Directory of local lm-eval task YAMLs.")
 @click.option("--local", is_flag=True, help="Run on this machine instead of a cloud GPU.")

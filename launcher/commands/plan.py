@@ -149,6 +149,7 @@ def _memory_lines(title: str, m, have: float) -> list[str]:
         f"  weights                 {m.weights:8.2f} GB",
         f"  grads + optimizer       {m.trainable:8.2f} GB" + (f"  ({m.pageable:.2f} GB pageable to CPU)" if m.pageable else ""),
         f"  activations             {m.activations:8.2f} GB",
+        f"  logits (+ fp32, grad)   {m.logits:8.2f} GB",
         f"  CUDA context/workspace  {m.fixed:8.2f} GB",
         f"  total                   {m.total:8.2f} GB  ({verdict})",
     ] + [f"  note: {n}" for n in m.notes]
@@ -174,7 +175,7 @@ def _explain(c) -> None:
         f"  image pull              {t.terms['image_pull_hours']:8.2f} h",
         f"  weights download        {t.terms['weights_download_hours']:8.2f} h",
         f"  checkpoints             {t.terms.get('checkpoint_hours', 0):8.2f} h ({t.terms.get('checkpoints', 0):.0f} saves)",
-        f"  eval                    {t.eval_hours:8.2f} h",
+        f"  eval                    {t.eval_hours:8.2f} h" + (f"  ({t.eval_what})" if t.eval_what else ""),
         f"  total                   {t.total_hours:8.2f} h × ${c.usd_per_hour:.2f}/h = ${c.total_usd:.2f}",
     ]
     click.echo("\n".join(lines))

@@ -196,7 +196,7 @@ class ResourcesSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    preset: Literal[EVAL_PRESETS] | None = Field("leaderboard-v1", description="Benchmark preset (Open LLM Leaderboard v1: six tasks).")  # type: ignore[valid-type]
+    preset: Literal[EVAL_PRESETS] | None = Field("leaderboard-v1", description="Benchmark preset: leaderboard-v1 (Open LLM Leaderboard v1, six tasks) or leaderboard-v2 (IFEval, BBH, MATH Lvl 5, GPQA, MuSR, MMLU-Pro; raw and normalized).")  # type: ignore[valid-type]
     tasks: list[str] | None = Field(None, description="lm-eval task names, instead of or beside the preset.")
     tasks_dir: str | None = Field(None, description="Directory of local lm-eval task YAMLs (relative to the recipe).")
     batch_size: Literal["auto"] | int = Field("auto", description="Eval batch size, or `auto`.")
