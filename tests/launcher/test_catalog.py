@@ -244,6 +244,7 @@ def test_refresh_with_an_unchanged_catalog_writes_nothing(tmp_path):
     assert _package_digest() == before
 
 
+@pytest.mark.slow
 @needs_sky
 def test_refresh_prices_each_count_from_its_own_row_into_the_overlay(tmp_path):
     before = _package_digest()
