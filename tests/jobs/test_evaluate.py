@@ -269,6 +269,7 @@ def test_load_4bit_on_cpu_scores_the_tiny_model(model_dir, tmp_path, monkeypatch
     assert code == 0 and res["load_4bit"] is True and res["tasks"][0]["samples"] == 4
 
 
+@pytest.mark.slow
 def test_with_base_scores_the_base_beside_the_fine_tune(model_dir, tmp_path, monkeypatch):
     """What a remote `sftlaunch eval RUN --with-base` runs: both rows, the base's next to OUT and in
     the bucket's eval-base/ where the launcher reads it."""

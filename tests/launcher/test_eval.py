@@ -20,6 +20,7 @@ def model_dir(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("evalcmd"))
 
 
+@pytest.mark.slow
 def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, monkeypatch):
     eval_rows_env(monkeypatch, tmp_path)
     run = tmp_path / "runs" / RUN
@@ -51,6 +52,7 @@ def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, mo
     assert stored == []
 
 
+@pytest.mark.slow
 def test_json_output_and_bad_inputs(model_dir, tmp_path, monkeypatch):
     eval_rows_env(monkeypatch, tmp_path)
     runner = CliRunner(mix_stderr=False)
@@ -67,6 +69,7 @@ def test_json_output_and_bad_inputs(model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "remote eval takes a run id" in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_hub_model_is_one_line_and_exit_2():
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "nosuch/model", "--local", "--tasks", "tiny_mc"])
     assert result.exit_code == 2, result.output
@@ -148,6 +151,7 @@ def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
     assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_path, monkeypatch, capfd):
     """Credentials that cannot be refreshed (here: a made-up ADC token, offline) make the base row
     unknown; the eval that already succeeded stays a success, with no traceback."""
