@@ -21,198 +21,39 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from jobs.leaderboard import BENCHES, reduce_v2, v2_average
+# Model resolution and the presets live in their own modules; the names callers import from
+# here (`from jobs.evaluate import EvalInputError, PRESETS, ...`) are re-exported.
+from jobs.eval_model import TINY_MODEL_ID as TINY_MODEL_ID
+from jobs.eval_model import (
+    EvalInputError,
+    ModelSpec,
+    fetch_from_bucket,
+    hub_missing,
+    model_bytes,
+    resolve_model,
+)
+from jobs.eval_model import _resolve_base as _resolve_base
+from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_custom, reduce_preset
+from jobs.eval_presets import PresetTask as PresetTask
+from jobs.leaderboard import reduce_v2, v2_average
 from launcher import contract
 from launcher.contract import Env
-from launcher.errors import JobFailed, UserError, job_exit
+from launcher.errors import JobFailed, job_exit
 
 HARNESS = "lm-eval"
 RESULTS_SCHEMA = 1
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
-@dataclass(frozen=True)
-class PresetTask:
-    task: str  # harness task or group name
-    shots: int
-    metric: str  # harness result key without the filter, e.g. "acc_norm"
-    name: str  # column name in the results table
-    filter: str = "none"  # harness filter the metric is reported under
-    mean_of_subtasks: bool = False  # plain mean over the group's leaf tasks
-
-
-# Open LLM Leaderboard v1 (the table sft-demos reported), as data.
-PRESETS: dict[str, tuple[PresetTask, ...]] = {
-    "leaderboard-v1": (
-        PresetTask("arc_challenge", 25, "acc_norm", "ARC"),
-        PresetTask("hellaswag", 10, "acc_norm", "HellaSwag"),
-        PresetTask("mmlu", 5, "acc", "MMLU", mean_of_subtasks=True),
-        PresetTask("truthfulqa_mc2", 0, "acc", "TruthfulQA"),
-        PresetTask("winogrande", 5, "acc", "Winogrande"),
-        # strict-match is the "#### <number>" answer the leaderboard scored.
-        PresetTask("gsm8k", 5, "exact_match", "GSM8K", filter="strict-match"),
-    ),
-    # Open LLM Leaderboard v2 (jobs/leaderboard.py): lm-eval's `leaderboard_*` groups at the shot
-    # counts of their own task configs, scored raw and normalized as the leaderboard did.
-    "leaderboard-v2": tuple(PresetTask(b.task, b.shots, b.metric, b.name) for b in BENCHES),
-}
-# Presets the leaderboard ran through the model's chat template with few-shot examples as turns
-# (`lm_eval --apply_chat_template --fewshot_as_multiturn`), for models that have a chat template.
-CHAT_PRESETS = ("leaderboard-v2",)
-V2_MAX_GEN_TOKENS = 1280  # leaderboard_ifeval's max_gen_toks (MATH's is 1024): the context must exceed it
-
-
-class EvalInputError(UserError):
-    """Bad input: printed as one line, exit 2."""
-
-
 class DatasetUnavailable(JobFailed):
     """A task's dataset cannot be loaded (Hub unreachable, offline): the job fails, exit 1."""
-
-
-@dataclass
-class ModelSpec:
-    pretrained: str  # what HFLM loads (local dir or hub id)
-    revision: str | None
-    peft: str | None  # adapter dir, if any
-    tokenizer: str
-    model_id: str  # what the results name the model as
-    base_model: str | None
-    meta: dict  # sftlaunch.json of a trained model, if any
-
-
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
-
-
-TINY_MODEL_ID = contract.TINY_MODEL_ID
-
-
-def _tiny_dir() -> str:
-    from jobs.tiny import ensure_tiny
-
-    return str(ensure_tiny())
-
-
-def _resolve_base(base: str, adapter_dir: Path) -> str:
-    if base == TINY_MODEL_ID:
-        return _tiny_dir()
-    if _looks_like_path(base) or Path(base).expanduser().exists():
-        path = Path(base).expanduser()
-        if not path.is_absolute():
-            path = (adapter_dir / path) if (adapter_dir / path).exists() else path
-        if not (path / "config.json").is_file():
-            raise EvalInputError(
-                f"{adapter_dir / 'adapter_config.json'}: base_model_name_or_path {base!r} is not a model "
-                "directory (no config.json); point it at the base model or pass the merged model"
-            )
-        return str(path)
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(base, "config.json"), str):
-            raise EvalInputError(
-                f"{adapter_dir / 'adapter_config.json'}: base model {base!r} is not in the Hugging Face cache "
-                "and HF_HUB_OFFLINE=1; download it first or unset HF_HUB_OFFLINE"
-            )
-    return base
-
-
-def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
-    """Model dir, adapter dir (base from adapter_config.json), the tiny id, or a hub id."""
-    if ref == TINY_MODEL_ID:
-        path = _tiny_dir()
-        return ModelSpec(path, None, None, path, TINY_MODEL_ID, None, {})
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise EvalInputError(f"--model {ref}: not a directory; give a model or adapter directory or a hub id")
-        meta = {}
-        if (path / "sftlaunch.json").is_file():
-            meta = json.loads((path / "sftlaunch.json").read_text())
-        has_tok = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
-        if (path / "adapter_config.json").is_file():
-            cfg = json.loads((path / "adapter_config.json").read_text())
-            base = cfg.get("base_model_name_or_path")
-            if not base:
-                raise EvalInputError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; cannot find the base model")
-            try:
-                base_path = _resolve_base(base, path)
-            except EvalInputError:
-                # Trained elsewhere: adapter_config.json holds the trainer's local path of the base;
-                # sftlaunch.json names it portably (a hub id or the tiny id).
-                if not meta.get("base_model") or meta["base_model"] == base:
-                    raise
-                base_path = _resolve_base(meta["base_model"], path)
-            return ModelSpec(base_path, None, str(path), str(path) if has_tok else base_path,
-                             meta.get("run_id") or str(path), base, meta)
-        if not (path / "config.json").is_file():
-            raise EvalInputError(f"--model {ref}: no config.json or adapter_config.json in it; not a model directory")
-        return ModelSpec(str(path), None, None, str(path), meta.get("run_id") or str(path), meta.get("base_model"), meta)
-    if _looks_like_path(ref):
-        raise EvalInputError(f"--model {ref}: no such directory; give a model/adapter directory or a hub id (org/name)")
-    return _resolve_hub(ref, revision)
-
-
-def hub_missing(ref: str) -> str:
-    return f"model {ref}: not found on the Hub or not reachable offline; check the id, revision and HF_TOKEN"
-
-
-def _resolve_hub(ref: str, revision: str | None) -> ModelSpec:
-    """A hub model, or a hub PEFT adapter (its base from adapter_config.json), checked before any
-    weights load so a wrong id is one line, not a loader traceback."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
-
-    try:
-        hf_hub_download(ref, "config.json", revision=revision)
-        return ModelSpec(ref, revision or "main", None, ref, ref, None, {})
-    except RemoteEntryNotFoundError:  # the repo exists without a config.json: an adapter?
-        try:
-            adapter_cfg = hf_hub_download(ref, "adapter_config.json", revision=revision)
-        except Exception:  # noqa: BLE001 - any failure here means "not a usable model"
-            adapter_cfg = None
-    except LocalEntryNotFoundError:  # offline or unreachable: only the cache can answer
-        cached = try_to_load_from_cache(ref, "adapter_config.json", revision=revision)
-        adapter_cfg = cached if isinstance(cached, str) else None
-    except Exception:  # noqa: BLE001 - unknown repo, gated without a token, bad revision, bad id
-        adapter_cfg = None
-    if adapter_cfg is None:
-        raise EvalInputError(hub_missing(ref))
-    base = json.loads(Path(adapter_cfg).read_text()).get("base_model_name_or_path")
-    if not base:
-        raise EvalInputError(f"model {ref}: its adapter_config.json names no base_model_name_or_path")
-    base_path = _resolve_base(base, Path(adapter_cfg).parent)
-    if base_path == base:  # a hub base: it must be there too
-        base_path = _resolve_hub(base, None).pretrained
-    return ModelSpec(base_path, None, ref, base_path, ref, base, {})
-
-
-def fetch_from_bucket(model: str, run_id: str | None) -> None:
-    """An eval-only cloud task starts on a fresh disk: bring the run's published model
-    (`<bucket>/<run id>/model/`) to the --model path the job was given."""
-    bucket = contract.job_bucket()
-    if not bucket or not run_id or not _looks_like_path(model) or Path(model).exists():
-        return
-    import fsspec
-
-    fs, src = fsspec.core.url_to_fs(contract.model_prefix(bucket, run_id))
-    if not fs.exists(src):
-        raise EvalInputError(f"--model {model}: not on this machine and not in {contract.model_prefix(bucket, run_id)}; "
-                             "publish the run first (python -m jobs publish)")
-    Path(model).mkdir(parents=True, exist_ok=True)
-    for path in fs.find(src):
-        rel = path[len(src.rstrip("/")) + 1:]
-        (Path(model) / rel).parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(path, str(Path(model) / rel))
 
 
 def task_manager(tasks_dir: str | None = None, names: list[str] | None = None):
@@ -242,69 +83,6 @@ def check_tasks(names: list[str], tm) -> None:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; `lm-eval ls tasks` lists them"
             raise EvalInputError(f"--tasks: unknown lm-eval task {name!r}{hint}")
-
-
-def _leaves(group: str, group_subtasks: dict) -> list[str]:
-    out = []
-    for child in group_subtasks.get(group, []):
-        out.extend(_leaves(child, group_subtasks) if child in group_subtasks else [child])
-    return out
-
-
-def _samples(raw: dict, task: str) -> int | None:
-    n = raw.get("n-samples", {}).get(task)
-    return int(n["effective"]) if isinstance(n, dict) and "effective" in n else None
-
-
-def _num(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
-
-
-def reduce_preset(raw: dict, preset: tuple[PresetTask, ...]) -> list[dict]:
-    """One row per preset task: the metric the leaderboard reported, from the harness output."""
-    rows = []
-    results, groups = raw["results"], raw.get("group_subtasks", {})
-    for p in preset:
-        key = f"{p.metric},{p.filter}"
-        if p.mean_of_subtasks:
-            leaves = _leaves(p.task, groups)
-            values = [results[t][key] for t in leaves]
-            errs = [_num(results[t].get(f"{p.metric}_stderr,{p.filter}")) for t in leaves]
-            value = sum(values) / len(values)
-            stderr = math.sqrt(sum(e * e for e in errs)) / len(errs) if all(e is not None for e in errs) else None
-            samples = sum(_samples(raw, t) or 0 for t in leaves)
-            extra = {"subtasks": len(leaves)}
-        else:
-            value = results[p.task][key]
-            stderr = _num(results[p.task].get(f"{p.metric}_stderr,{p.filter}"))
-            samples = _samples(raw, p.task)
-            extra = {}
-        rows.append({"task": p.task, "name": p.name, "metric": p.metric, "filter": p.filter,
-                     "value": float(value), "stderr": stderr, "shots": p.shots, "samples": samples, **extra})
-    return rows
-
-
-def reduce_custom(raw: dict, names: list[str]) -> list[dict]:
-    """One row per requested task: its first configured metric (groups: the harness aggregate)."""
-    rows = []
-    for name in names:
-        res = raw["results"].get(name, {})
-        cfg = raw.get("configs", {}).get(name, {})
-        metric = None
-        if cfg.get("metric_list"):
-            metric = cfg["metric_list"][0]["metric"]
-        keys = [k for k in res if "," in k and "_stderr" not in k and isinstance(res[k], (int, float))]
-        pick = [k for k in keys if metric and k.split(",")[0] == metric] or keys
-        if not pick:
-            raise RuntimeError(f"the harness returned no metric for task {name}")
-        key = pick[0]
-        m, f = key.split(",", 1)
-        leaves = _leaves(name, raw.get("group_subtasks", {}))
-        samples = sum(_samples(raw, t) or 0 for t in leaves) if leaves else _samples(raw, name)
-        shots = raw.get("n-shot", {}).get(name)
-        rows.append({"task": name, "name": name, "metric": m, "filter": f, "value": float(res[key]),
-                     "stderr": _num(res.get(f"{m}_stderr,{f}")), "shots": shots, "samples": samples})
-    return rows
 
 
 def _device() -> str:
@@ -393,38 +171,6 @@ def _gpu_memory_bytes() -> int:
     import torch
 
     return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
-
-
-_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
-          "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _weights_bytes_in_dir(path: Path) -> int | None:
-    files = list(path.glob("*.safetensors")) or list(path.glob("pytorch_model*.bin"))
-    return sum(f.stat().st_size for f in files) or None
-
-
-def model_bytes(ref: str, revision: str | None = None) -> int | None:
-    """Bytes of the model's weights as stored (an adapter: its base's), None when unknown.
-    Reads only file sizes or the Hub's safetensors metadata, never the weights."""
-    path = Path(ref).expanduser()
-    if ref == TINY_MODEL_ID:
-        return _weights_bytes_in_dir(Path(_tiny_dir()))
-    if path.is_dir():
-        if (path / "adapter_config.json").is_file():
-            try:
-                base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            except ValueError:
-                return None
-            return model_bytes(base) if base else None
-        return _weights_bytes_in_dir(path)
-    try:
-        from huggingface_hub import get_safetensors_metadata
-
-        meta = get_safetensors_metadata(ref, revision=revision)
-        return sum(n * _BYTES.get(dtype, 2) for dtype, n in meta.parameter_count.items())
-    except Exception:  # noqa: BLE001 - offline, not safetensors, unknown: size unknown
-        return None
 
 
 def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu_bytes: int | None) -> str:

@@ -33,7 +33,7 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jobs.evaluate import EvalInputError, hub_missing, resolve_model
+    from jobs.eval_model import EvalInputError, hub_missing, resolve_model
 
     try:
         spec = resolve_model(ref, revision)

@@ -46,7 +46,7 @@ def merge_adapter(adapter_dir: Path, out: Path, revision: str | None = None, tru
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jobs.evaluate import EvalInputError, _resolve_base
+    from jobs.eval_model import EvalInputError, _resolve_base
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     meta = json.loads((adapter_dir / "sftlaunch.json").read_text()) if (adapter_dir / "sftlaunch.json").is_file() else {}

@@ -16,21 +16,22 @@ every cloud) once its job has ended and it has been idle for autostop_minutes, w
 anyone is watching; when `up` is streaming the end it downs the cluster at once. Spot runs are
 managed jobs that SkyPilot relaunches after preemption; the job resumes from the bucket
 checkpoint.
+
+This module holds the command, local runs and the log stream; the cloud path (plan, credentials,
+failover, launch and record) is launcher/commands/up_cloud.py.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from launcher import contract
 from launcher.contract import Env
-from launcher.errors import JobFailed, UserError, one_line
+from launcher.errors import JobFailed, UserError
 from launcher.options import (
     cloud_option,
     dry_run_option,
@@ -60,43 +61,6 @@ def echo(text: str = "", err: bool = False) -> None:
 
 def _src(recipe) -> str:
     return str(recipe.source_path) if recipe.source_path else "recipe"
-
-
-LOST_RESULTS = ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
-                "or output.hub_repo, or pass --bucket URI")
-
-
-def _outputs_line(recipe, run_id: str) -> str:
-    bucket = recipe.output.bucket
-    if bucket:
-        base = contract.run_prefix(bucket, run_id)
-        text = f"checkpoints → {base}/checkpoints/, results and logs → {base}/"
-    elif recipe.output.hub_repo:
-        text = "no output.bucket: checkpoints and logs are lost at teardown"
-    else:
-        text = "no output.bucket or output.hub_repo: everything is lost at teardown"
-    if recipe.output.hub_repo:
-        text += f"; model → https://huggingface.co/{recipe.output.hub_repo}"
-    return text
-
-
-def print_plan(recipe, cand, run_id: str) -> None:
-    spot = "yes (managed job, recovers from preemption)" if cand.spot else "no"
-    where = cand.cloud + (f" ({cand.region})" if getattr(cand, "region", None) else "")
-    nodes = f"{cand.nodes} node(s) × " if cand.nodes > 1 else ""
-    mem = ""
-    if getattr(cand, "mem_needed_gb", None) and getattr(cand, "mem_available_gb", None):
-        mem = f"  [{cand.mem_needed_gb:.0f} of {cand.mem_available_gb:.0f} GB per GPU]"
-    echo(f"Plan for {_src(recipe)} ({recipe.name} · {recipe.method} · {recipe.model.id})")
-    echo(f"  cloud     {where}")
-    echo(f"  GPUs      {nodes}{cand.gpu}×{cand.gpus_per_node}{mem}")
-    echo(f"  spot      {spot}")
-    echo(f"  price     ${cand.usd_per_hour:.2f}/h")
-    echo(f"  ETA       {cand.eta_hours:.1f} h")
-    budget = f" (max_usd ${recipe.resources.max_usd:.2f})" if recipe.resources.max_usd is not None else ""
-    echo(f"  total     ~${cand.total_usd:.2f}{budget}")
-    echo(f"  outputs   {_outputs_line(recipe, run_id)}")
-    echo(f"  run id    {run_id}")
 
 
 def confirm(yes: bool, question: str) -> None:
@@ -194,32 +158,9 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:
-        _up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
+        from launcher.commands.up_cloud import up_cloud
 
-
-def _record_what_runs(backend, registry, run_id: str, choices: list):
-    """With failover, SkyPilot may have launched a later choice: record the one the cluster
-    actually runs (cloud, region, GPU, its $/h and estimate), so status and the cost so far are
-    that offer's. A managed (spot) job is recorded as planned: its controller may move it."""
-    import re
-
-    try:
-        cluster = next((c for c in backend.status([run_id]) if c.name == run_id), None)
-    except Exception:  # noqa: BLE001 - the launch succeeded; the record keeps the first choice
-        return choices[0]
-    if cluster is None or not cluster.cloud:
-        return choices[0]
-    acc = re.search(r"\{'([^']+)': (\d+)\}", cluster.resources or "")
-    same_cloud = [c for c in choices if c.cloud == str(cluster.cloud).lower()]
-    ran = next((c for c in same_cloud if acc and (c.gpu, c.gpus_per_node) == (acc.group(1), int(acc.group(2)))),
-               same_cloud[0] if same_cloud else choices[0])
-    if ran is not choices[0]:
-        echo(f"note: no capacity for {choices[0].cloud} {choices[0].accelerators}; SkyPilot launched "
-             f"{ran.cloud} {ran.accelerators} (${ran.usd_per_hour:.2f}/h, ~${ran.total_usd:.2f})", err=True)
-    registry.update(run_id, cloud=ran.cloud, region=cluster.region or ran.region, gpu=ran.gpu,
-                    gpus_per_node=ran.gpus_per_node, usd_per_hour=ran.usd_per_hour, eta_hours=ran.eta_hours,
-                    total_usd=ran.total_usd)
-    return ran
+        up_cloud(r, dry_run, detach, yes, cloud.lower() if cloud else None, gpu, fallbacks)
 
 
 def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
@@ -324,247 +265,6 @@ def _report_local_outputs(run_dir: Path) -> None:
             echo(f"{label + ':':14}{path}")
 
 
-def _candidates(r, cloud: str | None, gpu: str | None):
-    from launcher.estimate import plan
-
-    return plan(r, cloud=cloud, gpu=gpu)
-
-
-def pick(result, enabled: dict[str, bool]):
-    """The cheapest fitting candidate on a cloud with credentials (planner order is by cost)."""
-    if result.chosen is not None and enabled.get(result.chosen.cloud):
-        return result.chosen
-    for cand in result.candidates:
-        if cand.fits and enabled.get(cand.cloud):
-            return cand
-    return None
-
-
-def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
-    from launcher.backends.sky import CREDENTIAL_HINTS
-
-    return [f"  {CREDENTIAL_HINTS.get(c, c)}" for c in clouds if not enabled.get(c)]
-
-
-def _up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
-              n_fallbacks: int | None = None) -> None:
-    from launcher.backends.sky import get_backend
-    from launcher.clouds import CLOUDS, not_allowed
-
-    src = _src(r)
-    if not r.output.bucket and not r.output.hub_repo:
-        if not dry_run:
-            raise UserError(f"{src}: output: {LOST_RESULTS}")
-        echo(f"warning: {src}: output: {LOST_RESULTS}", err=True)
-    if cloud and cloud not in r.resources.clouds:
-        raise UserError(not_allowed(cloud, r.resources.clouds, src))
-    result = _candidates(r, cloud, gpu)
-    if result.chosen is None:
-        raise UserError(f"{src}: resources.gpu: nothing fits: {result.reason or 'no candidate'}")
-    from launcher.runid import new_run_id
-    from launcher.runs import Registry
-
-    registry = Registry()
-    run_id = new_run_id(r.name, taken=lambda rid: registry.get(rid, history=False) is not None)
-    print_plan(r, result.chosen, run_id)
-    max_usd = r.resources.max_usd
-    if max_usd is not None and result.chosen.total_usd > max_usd:
-        raise UserError(
-            f"{src}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds max_usd "
-            f"${max_usd:.2f}; raise max_usd, lower data.max_samples/train.epochs, or allow cheaper clouds"
-        )
-
-    clouds = [c for c in ([cloud] if cloud else r.resources.clouds) if c in CLOUDS]
-    backend = get_backend()
-    try:
-        enabled = backend.enabled_clouds(clouds)
-    except Exception as exc:  # noqa: BLE001 - SkyPilot's check itself failed (no API server, ...)
-        if not dry_run:
-            raise UserError(f"SkyPilot's credential check failed: {one_line(exc)}; run `sky check` to see why") from None
-        echo(f"note: SkyPilot's credential check failed: {one_line(exc)}", err=True)
-        enabled = {c: False for c in clouds}
-    missing = _missing_lines(clouds, enabled)
-    chosen = pick(result, enabled)
-    from launcher.preflight import PREFLIGHT_FAILED, gate
-
-    # Hub, bucket, data, the usable clouds (those without credentials have their own lines below)
-    preflight_failed = gate(r, dry_run=dry_run, clouds=[c for c in clouds if enabled.get(c)], enabled=enabled)
-    if chosen is None:
-        lines = "\n".join(missing)
-        if dry_run:
-            echo("")
-            echo(f"No credentials for any allowed cloud ({', '.join(clouds)}); to launch, set up one of:")
-            echo(lines)
-            echo("dry run: nothing launched.")
-            if preflight_failed:
-                raise UserError(PREFLIGHT_FAILED)
-            return
-        raise UserError(f"no credentials for any allowed cloud ({', '.join(clouds)}); set up one of:\n{lines}")
-    if chosen is not result.chosen:
-        echo(f"note: no credentials for {result.chosen.cloud}; using {chosen.cloud} instead:")
-        print_plan(r, chosen, run_id)
-        if max_usd is not None and chosen.total_usd > max_usd:
-            raise UserError(f"{src}: resources.max_usd: on {chosen.cloud} the estimate ${chosen.total_usd:.2f} "
-                            f"exceeds max_usd ${max_usd:.2f}; set up {result.chosen.cloud} credentials or raise max_usd")
-    if missing:
-        echo("clouds without credentials (not considered):", err=True)
-        for line in missing:
-            echo(line, err=True)
-    # Failover: the next fitting offers (on clouds with credentials, same spot and nodes) as
-    # SkyPilot's ordered resources; those over max_usd are left out, so the budget holds for
-    # whichever one SkyPilot launches.
-    rest = [c for c in result.failover(len(result.candidates), max_usd)
-            if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
-    fallbacks = rest[:max(0, (n_fallbacks or r.resources.fallbacks) - 1)]
-    if fallbacks:
-        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
-
-    from launcher.render import container_recipe_yaml, render_task
-    from launcher.runs import run_dir
-
-    if dry_run:
-        _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id)
-        echo("dry run: nothing launched.")
-        if preflight_failed:
-            raise UserError(PREFLIGHT_FAILED)
-        return
-
-    _check_secrets(r)
-    confirm(yes, f"Launch {run_id} on {chosen.cloud} for ~${chosen.total_usd:.2f}?")
-    out = run_dir(run_id, registry.home)
-    out.mkdir(parents=True, exist_ok=True)
-    mount = out / "recipe.yaml"
-    mount.write_text(container_recipe_yaml(r))
-    task = render_task(r, chosen, run_id, str(mount), fallbacks=fallbacks)
-    streamer = _launch_recorded(registry, backend, r, chosen, run_id, out, task, fallbacks)
-    if detach:
-        echo(f"follow it with: sftlaunch logs {run_id} --follow   ·   stop it: sftlaunch teardown {run_id}")
-        echo(run_id)
-        return
-    code = stream_until_end(registry, backend, run_id, streamer)
-    final = registry.get(run_id, history=False)
-    _report_end(final)
-    if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
-        raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
-
-
-def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict,
-                     fallbacks: list | tuple = ()) -> Streamer:
-    """Record the run (launching), then launch it through its runner. A failed launch is
-    recorded and what it left is released if proven ours; Ctrl-C leaves the recorded run going."""
-    from launcher import render
-    from launcher.backends.runner import Launch, runner_for
-    from launcher.images import resolve_image
-    from launcher.secrets import launch_secrets
-
-    bucket = r.output.bucket
-    record = registry.create(
-        run_id, r, state="launching", backend=Backend.MANAGED if chosen.spot else Backend.CLUSTER,
-        cloud=chosen.cloud, region=getattr(chosen, "region", None), gpu=chosen.gpu,
-        gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot, usd_per_hour=chosen.usd_per_hour,
-        max_usd=r.resources.max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
-        image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
-        cluster_name=None if chosen.spot else run_id,
-        checkpoint_uri=contract.checkpoints_prefix(bucket, run_id) + "/" if bucket else None,
-        result_uri=contract.run_prefix(bucket, run_id) + "/" if bucket else None,
-        log_uri=contract.logs_prefix(bucket, run_id) + "/" if bucket else None,
-        local_dir=str(out), owner=_current_user(backend),
-    )
-    names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)
-    present, _missing = launch_secrets(names)
-    streamer = Streamer(registry, run_id, backend)
-    runner = runner_for(record, backend)
-    try:
-        job_id = runner.start(record, Launch(task=task, secrets=present, on_line=streamer,
-                                             idle_minutes=r.resources.autostop_minutes))["job_id"]
-    except KeyboardInterrupt:
-        reattach_hints(run_id)
-        raise Interrupted() from None
-    except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
-        detail = one_line(exc)
-        registry.set_state(run_id, "failed", f"launch failed: {detail}")
-        _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
-        raise JobFailed(f"launch of {run_id} failed: {detail}") from None
-    finally:
-        del present
-    what = "managed job" if runner.kind is Backend.MANAGED else "cluster job"
-    registry.update(run_id, job_id=job_id)
-    if fallbacks and runner.kind is not Backend.MANAGED:  # SkyPilot may have launched a later choice
-        chosen = _record_what_runs(backend, registry, run_id, [chosen, *fallbacks])
-    registry.set_state(run_id, "launching" if runner.kind is Backend.MANAGED else "running",
-                       f"submitted ({what} {job_id})")
-    echo(f"launched {run_id} ({'managed job' if runner.kind is Backend.MANAGED else 'cluster'} on {chosen.cloud})")
-    return streamer
-
-
-def _current_user(backend) -> str | None:
-    """The SkyPilot user the launch runs as (recorded with the run; ownership is proven against
-    SkyPilot's own records before anything is stopped)."""
-    try:
-        return backend.current_user()
-    except Exception:  # noqa: BLE001 - recorded for reference only
-        return None
-
-
-def _release_failed_launch(registry, backend, run_id: str) -> None:
-    """Down what a failed launch left, if it is proven ours; otherwise say what was left alone."""
-    from launcher.backends.runner import runner_for
-
-    try:
-        result = runner_for(registry.get(run_id, history=False), backend).stop(registry.get(run_id, history=False))
-    except Exception as exc:  # noqa: BLE001 - the launch error is the one to report
-        echo(f"warning: could not check for a half-provisioned cluster {run_id}: {one_line(exc)}; "
-             f"see `sky status {run_id}`", err=True)
-        return
-    if result.refusal:
-        echo(f"warning: left alone: {result.refusal}; if it is yours: `sky down {run_id}`", err=True)
-
-
-def _cheapest_on(result, cloud: str, chosen):
-    if chosen.cloud == cloud:
-        return chosen
-    return next((c for c in result.candidates if c.cloud == cloud and c.fits), None)
-
-
-def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, chosen, run_id: str) -> None:
-    """SkyPilot's optimizer over our task on every allowed cloud that has credentials, each with
-    the cheapest planned GPU there: what each would really provision, not only the chosen one.
-    The chosen cloud failing is a refusal (exit 2); another failing is shown and skipped."""
-    from launcher.render import container_recipe_yaml, render_task
-
-    echo("SkyPilot optimizer (dry run), per allowed cloud with credentials:")
-    max_usd = r.resources.max_usd
-    worked: list[str] = []
-    failure = None
-    with tempfile.TemporaryDirectory() as tmp:
-        mount = Path(tmp) / "recipe.yaml"
-        mount.write_text(container_recipe_yaml(r))
-        for cloud in [chosen.cloud] + [c for c in clouds if c != chosen.cloud and enabled.get(c)]:
-            cand = _cheapest_on(result, cloud, chosen)
-            mark = " (chosen)" if cloud == chosen.cloud else ""
-            if cand is None:
-                echo(f"  {cloud}: no planned GPU fits there")
-                continue
-            over = f"; over max_usd ${max_usd:.2f}" if max_usd is not None and cand.total_usd > max_usd else ""
-            echo(f"  {cloud}{mark}: {cand.gpu}×{cand.gpus_per_node}" + (f" ×{cand.nodes} nodes" if cand.nodes > 1 else "")
-                 + f", ~${cand.total_usd:.2f} planned{over}")
-            try:
-                choice = backend.optimize(render_task(r, cand, run_id, str(mount)))
-            except Exception as exc:  # noqa: BLE001 - SkyPilot's reason, one line
-                reason = one_line(exc)
-                echo(f"    SkyPilot found no resources: {reason}")
-                if cloud == chosen.cloud:
-                    failure = reason
-                continue
-            worked.append(cloud)
-            for line in choice.splitlines():
-                echo(f"    {line}")
-    if failure is not None:
-        others = f"; it did find resources on {', '.join(worked)} (--cloud {worked[0]})" if worked else ""
-        raise UserError(f"SkyPilot's optimizer found no resources for {chosen.accelerators} on {chosen.cloud}: "
-                        f"{failure}{others}")
-
-
 def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | None:
     """Follow the run's logs to the end, then record the outcome (and down an on-demand cluster).
     Ctrl-C leaves the run alone: print how to reattach and tear down, exit 130."""
@@ -587,14 +287,3 @@ def stream_until_end(registry, backend, run_id: str, streamer=None) -> int | Non
     lifecycle.refresh(registry, lambda: backend, [registry.get(run_id, history=False)], remote_progress=False)
     return code
 
-
-def _check_secrets(r) -> None:
-    import os
-
-    if r.output.hub_repo and not os.environ.get("HF_TOKEN"):
-        raise UserError(
-            f"{_src(r)}: output.hub_repo: pushing to the Hub needs HF_TOKEN in your environment; "
-            "export HF_TOKEN=... (a write token) or remove output.hub_repo"
-        )
-    if "/" in r.model.id and not Path(r.model.id).exists() and not os.environ.get("HF_TOKEN"):
-        echo("note: HF_TOKEN is not set; gated models (e.g. meta-llama/*) will fail to download", err=True)

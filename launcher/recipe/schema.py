@@ -35,7 +35,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 GPU_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(:(?P<count>[1-9][0-9]*))?$")
 # The most GPUs any cloud sells in one machine: GCP's a2-megagpu-16g (16 A100s; SkyPilot catalog
 # gcp/vms.csv). Others top out at 8. A larger count is a typo; which counts a given cloud sells
-# is the planner's check (launcher/estimate.py), this is only the syntactic bound.
+# is the planner's check (launcher/estimate/), this is only the syntactic bound.
 MAX_GPUS_PER_NODE = 16
 
 

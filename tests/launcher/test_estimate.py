@@ -301,7 +301,7 @@ def test_fit_verdict_draws_the_lines_at_the_headroom_and_the_gpu():
 
 def test_local_and_cloud_candidates_share_the_eval_borderline(monkeypatch):
     # Before one rule, a local run whose eval sat within the headroom was not called borderline.
-    from launcher import estimate
+    from launcher.estimate import candidates as estimate  # plan uses its eval_memory
 
     h = catalog.workloads()["headroom"]
     tight = _mem(catalog.gpu_memory_gb("T4") * (1 - h) + 0.5)

@@ -391,7 +391,7 @@ def fake_sky(monkeypatch):
         cands = [c for c in cands if cloud is None or c.cloud == cloud]
         return FakePlan(cands, cands[0] if cands else None)
 
-    monkeypatch.setattr("launcher.commands.up._candidates", plan)
+    monkeypatch.setattr("launcher.commands.up_cloud._candidates", plan)
     return fake
 
 

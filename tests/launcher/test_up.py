@@ -46,7 +46,7 @@ def plan(monkeypatch):
         cands = [c for c in cands if cloud is None or c.cloud == cloud]
         return FakePlan(cands, cands[0] if cands else None, None if cands else "no GPU")
 
-    monkeypatch.setattr("launcher.commands.up._candidates", fake_plan)
+    monkeypatch.setattr("launcher.commands.up_cloud._candidates", fake_plan)
     return state
 
 
@@ -255,7 +255,7 @@ def test_a_budget_stop_in_the_job_is_recorded_as_stopped(tmp_path, fake, plan):
 
 
 def test_gpu_no_cloud_offers(tmp_path, fake, monkeypatch):
-    monkeypatch.setattr("launcher.commands.up._candidates",
+    monkeypatch.setattr("launcher.commands.up_cloud._candidates",
                         lambda r, cloud=None, gpu=None, spot=None: FakePlan([], None, "no allowed cloud offers TPU-v9"))
     res = up(write_recipe(tmp_path / "r"), "--yes", "--gpu", "TPU-v9:1")
     assert res.exit_code == 2 and "TPU-v9" in res.output and not fake.launched

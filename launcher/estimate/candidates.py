@@ -1,0 +1,408 @@
+"""Candidates (one offer, its memory, time and cost) and the plan: the cheapest that fits.
+
+Also the planner's refusals of bad input it cannot plan around (an unknown or unsold GPU, spot or
+multi-node on clouds that cannot do it) and `fit_verdict`, the one rule for "fits", "borderline"
+and "does not fit" (headroom, paged optimizer spill, the post-training eval on the same GPU).
+It imports neither torch nor sky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from launcher import catalog
+from launcher import offers as offers_mod
+from launcher.clouds import CLOUDS, able_clouds, check_features
+from launcher.errors import UserError
+from launcher.estimate.memory import GB, Memory, UnknownModel, _shape, eval_memory, memory
+from launcher.estimate.timing import Timing, timing
+from launcher.recipe import GPU_RE, Recipe
+
+CLOUD_LABELS = {"lambda": "Lambda", "runpod": "RunPod", "gcp": "GCP", "kubernetes": "Kubernetes"}
+
+
+@dataclass
+class Candidate:
+    cloud: str
+    region: str | None
+    gpu: str
+    gpus_per_node: int
+    nodes: int
+    spot: bool
+    usd_per_hour: float
+    mem_needed_gb: float  # training (or, for the eval workload, eval) memory per GPU
+    mem_available_gb: float
+    fits: bool
+    borderline: bool
+    eta_hours: float
+    total_usd: float
+    memory: Memory | None = None
+    timing: Timing | None = None
+    why_not: str | None = None
+    eval_memory: Memory | None = None  # the post-training eval on this machine, per GPU
+    borderline_why: str | None = None
+    assumed: bool = False  # an explicit GPU on Kubernetes nobody declared: assumed to exist
+    blocked_by_eval: bool = False  # training fits, the post-training eval does not
+    usd_per_hour_max: float | None = None  # the same offer in its dearest region
+    regions: int = 1  # how many regions sell it (render leaves the region free)
+
+    @property
+    def accelerators(self) -> str:
+        return f"{self.gpu}:{self.gpus_per_node}"
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def eval_mem_gb(self) -> float | None:
+        return self.eval_memory.total if self.eval_memory else None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
+                                             "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
+                                             "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
+                                             "blocked_by_eval", "usd_per_hour_max", "regions")}
+        out["accelerators"] = self.accelerators
+        if self.memory:
+            out["memory"] = self.memory.as_dict()
+        if self.eval_memory:
+            out["eval_memory"] = self.eval_memory.as_dict()
+        if self.timing:
+            out["timing"] = {"tokens": self.timing.tokens, "flops": self.timing.flops, "train_hours": self.timing.train_hours,
+                             "overhead_hours": self.timing.overhead_hours, "eval_hours": self.timing.eval_hours,
+                             **self.timing.terms}
+        return out
+
+
+@dataclass
+class Plan:
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    reason: str | None
+    model: str
+    workload: str = "train"
+    notes: list[str] = field(default_factory=list)  # what the user should know (assumptions, missing inventory)
+    reason_field: str = "resources.gpu"  # the recipe field `reason` is about
+
+    def failover(self, n: int, max_usd: float | None = None) -> list[Candidate]:
+        """The first `n` fitting candidates in plan order, the chosen one first: what `up`
+        renders as SkyPilot's ordered resources, so "no capacity" on one moves to the next.
+        With `max_usd`, fallbacks estimated above it are left out: the budget must hold for
+        whichever one SkyPilot ends up launching (the chosen one is judged by the caller)."""
+        if self.chosen is None:
+            return []
+        rest = [c for c in self.candidates if c.fits and c is not self.chosen
+                and (max_usd is None or c.total_usd <= max_usd)]
+        return [self.chosen] + rest[:max(0, n - 1)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "workload": self.workload,
+                "chosen": self.chosen.as_dict() if self.chosen else None, "reason": self.reason,
+                "notes": self.notes, "candidates": [c.as_dict() for c in self.candidates]}
+
+
+
+def _field(recipe: Recipe, *path: str) -> str:
+    """`file:line: a.b` (or `--flag: a.b` where a flag set it) for a recipe field, so an error
+    points where to edit."""
+    where, name = recipe.where(*path), ".".join(path)
+    return f"{where}: {name}" if where else name
+
+
+def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train") -> tuple[str | None, int | None]:
+    """(name, count) asked for by --gpu or resources.gpu, checked against the GPU catalog;
+    (None, None) for auto. An unknown name is bad input (exit 2), not "nothing fits"."""
+    if gpu is not None:
+        text, where = gpu, lambda: "--gpu"
+    elif workload == "train":
+        text, where = recipe.resources.gpu, lambda: _field(recipe, "resources", "gpu")
+    else:
+        return None, None
+    if text == "auto":
+        return None, None
+    m = GPU_RE.match(text)
+    if not m:
+        raise UserError(f'{where()}: {text!r}: expected NAME[:COUNT], e.g. "H100:1" or "A100-80GB:8", or auto')
+    name = catalog.canonical_gpu(m.group("name"))
+    if name is None and recipe.resources.clouds == ["local"] and m.group("name").upper() == "CPU":
+        name = "CPU"
+    if name is None:
+        raise UserError(f"{where()}: {catalog.unknown_gpu_message(m.group('name'))}")
+    count = int(m.group("count")) if m.group("count") else None
+    if count is not None and count > catalog.MAX_GPUS_PER_NODE:
+        raise UserError(f"{where()}: {text!r}: at most {catalog.MAX_GPUS_PER_NODE} GPUs per node are sold; "
+                        "use resources.nodes for more")
+    return name, count
+
+
+def _counts(counts: list[int]) -> str:
+    return "/".join(str(c) for c in counts) + "x"
+
+
+def refuse_unsold(recipe: Recipe, clouds: list[str], name: str | None, count: int | None, gpu_flag: bool) -> None:
+    """Refuse a GPU name or count that no considered cloud sells, quoting what each does sell,
+    with a did-you-mean for near misses (H200 → H200-SXM on RunPod). Kubernetes is the user's
+    own cluster: it may have anything, so it never refuses."""
+    if name is None or not clouds or "kubernetes" in clouds or clouds == ["local"]:
+        return
+    why = []
+    for c in (c for c in clouds if c in offers_mod.CATALOG_CLOUDS):
+        sold: dict[str, set[int]] = {}
+        for o in catalog.offers(c):
+            sold.setdefault(o.gpu, set()).add(o.count)
+        label = CLOUD_LABELS.get(c, c)
+        if name not in sold:
+            guess = catalog.did_you_mean(name, sorted(sold))
+            hint = f"did you mean {guess}? " if guess else ""
+            why.append(f"{label} does not sell {name}; {hint}it sells {', '.join(sorted(sold)) or 'nothing here'}")
+        elif count is not None and count not in sold[name]:
+            counts = sorted(sold[name])
+            why.append(f"{label} sells {name} only as {_counts(counts)}; use --gpu {name}:{counts[-1]} or another cloud")
+        else:
+            return  # at least one cloud sells it
+    if why:
+        where = "--gpu" if gpu_flag else _field(recipe, "resources", "gpu")
+        raise UserError(f"{where}: " + "; ".join(why))
+
+
+def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int, cloud_flag: str | None = None,
+                       spot_flag: bool = False) -> None:
+    """Refuse spot or multi-node when none of the clouds considered can do it, quoting SkyPilot's
+    reason (launcher/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
+    allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
+    asked = [f for f, active in (("spot", spot), ("multi_node", nodes > 1)) if active]
+    for feature, reasons in check_features(asked, clouds).items():
+        in_recipe = [c for c in able_clouds(feature, allowed) if c not in clouds]
+        elsewhere = [c for c in able_clouds(feature) if c not in allowed]
+        if feature == "spot":
+            flag = "--spot" if spot_flag else recipe.override_label("resources", "spot")
+            where = "--spot" if spot_flag else _field(recipe, "resources", "spot")
+            fix = f"drop {flag}" if flag else "remove `spot: true`"
+        else:
+            where, fix = _field(recipe, "resources", "nodes"), "set nodes: 1"
+        if cloud_flag and in_recipe:
+            fix += f" or use --cloud {in_recipe[0]}"
+        elif elsewhere:
+            fix += f" or allow {elsewhere[0]} in resources.clouds"
+        prefix = f"--cloud {cloud_flag}: " if cloud_flag else ""
+        raise UserError(f"{prefix}{where}: {reasons}; {fix}")
+
+
+def _eval_fix(recipe: Recipe, shape: dict[str, Any] | None = None) -> str:
+    if recipe.eval is not None and not recipe.eval.load_4bit:
+        return f"set eval.load_4bit: true (≈{eval_memory(recipe, load_4bit=True, shape=shape).total:.0f} GB) or eval: null"
+    return "set eval: null (skip it) or use a larger GPU"
+
+
+class Fit(NamedTuple):
+    fits: bool
+    borderline: bool
+    why: str  # how it fits, why it is borderline, or why it does not fit
+    eval_tight: bool = False  # the post-training eval is what does not fit, or what is borderline
+
+
+def fit_verdict(mem: Memory, avail: float, ev_mem: Memory | None = None) -> Fit:
+    """Whether `mem` fits a GPU of `avail` GB, the one rule the planner and `plan --explain` use.
+
+    Under the headroom it fits; within it, it is borderline (the estimate is not precise enough
+    to promise); above the GPU it fits only if a paged optimizer may spill its states to CPU
+    (borderline too). With `ev_mem`, the post-training eval on the same GPU must fit as well.
+    """
+    headroom = catalog.workloads()["headroom"]
+    limit = avail * (1 - headroom)
+    need = mem.total
+    if need <= limit:
+        fit = Fit(True, False, f"fits {avail:.0f} GB with more than the {headroom:.0%} headroom")
+    elif need <= avail:
+        fit = Fit(True, True, f"{need:.1f} GB is within the {headroom:.0%} headroom of {avail:.0f} GB")
+    elif mem.pageable and need - mem.pageable <= avail:
+        fit = Fit(True, True, f"fits {avail:.0f} GB only if the paged optimizer spills {mem.pageable:.2f} GB "
+                              "of its states to CPU memory")
+    else:
+        fit = Fit(False, False, f"needs {need:.1f} GB per GPU, has {avail:.0f} GB")
+    if not fit.fits or ev_mem is None:
+        return fit
+    ev = ev_mem.total
+    if ev > avail:
+        return Fit(False, False, f"eval needs {ev:.1f} GB per GPU, has {avail:.0f} GB", eval_tight=True)
+    if ev > limit:
+        ev_why = f"eval's {ev:.1f} GB is within the {headroom:.0%} headroom"
+        return Fit(True, True, f"{fit.why}; {ev_why}" if fit.borderline else ev_why, eval_tight=True)
+    return fit
+
+
+def _with_eval_fix(fit: Fit, recipe: Recipe, shape: dict[str, Any]) -> str:
+    return f"{fit.why}; {_eval_fix(recipe, shape)}" if fit.eval_tight else fit.why
+
+
+def _kubernetes_empty_note() -> str:
+    return "kubernetes offers nothing for gpu: auto: no GPU inventory declared; " + catalog.kubernetes_help()
+
+
+def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str, notes: list[str]) -> list[catalog.Offer]:
+    """The cloud's offers matching the request. Kubernetes offers what the user declared; an
+    explicit GPU there is assumed to exist (the planner cannot see the cluster) and said so."""
+    offers = catalog.offers(cloud)
+    if cloud == "kubernetes":
+        _, source = catalog.kubernetes_inventory()
+        if name and not any(o.gpu == name and (count is None or o.count == count) for o in offers):
+            o = catalog.kubernetes_assumed_offer(name, count or 1)
+            where = f"not declared in {source}" if source else "no inventory declared"
+            notes.append(f"kubernetes: assuming your cluster has {o.count}×{o.gpu} at ${o.on_demand:.2f}/GPU-hour "
+                         f"({where}); {catalog.kubernetes_help(suggest_explicit_gpu=False)}")
+            return [o]
+        if not name and not offers:
+            notes.append(_kubernetes_empty_note())
+    out = []
+    for offer in offers:
+        if name and offer.gpu.lower() != name.lower():
+            continue
+        if count and offer.count != count:
+            continue
+        if workload == "eval" and count is None and offer.count > 1:
+            continue
+        why = None if offer.assumed or cloud == "kubernetes" else catalog.unusable_reason(offer)
+        if why:
+            note = f"{cloud}: not offered: {why}"
+            if note not in notes:
+                notes.append(note)
+            continue
+        out.append(offer)
+    return out
+
+
+def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, workload: str,
+               ev_mem: Memory | None, shape: dict[str, Any]) -> Candidate | None:
+    per_gpu = offer.spot if spot else offer.on_demand
+    if per_gpu is None:
+        return None
+    gpus = offer.count * nodes
+    mem = memory(recipe, gpus=gpus, workload=workload, shape=shape)
+    avail = catalog.gpu_memory_gb(offer.gpu, offer)
+    fit = fit_verdict(mem, avail, ev_mem)
+    fits, borderline, why = fit.fits, fit.borderline, _with_eval_fix(fit, recipe, shape)
+    blocked_by_eval = fit.eval_tight and not fits
+    if not catalog.has_bf16(offer.gpu) and recipe.train.precision == "bf16" and workload == "train":
+        fits, borderline, blocked_by_eval = False, False, False
+        why = f"{offer.gpu} has no bf16; use precision: fp16 (and quantization.compute_dtype: float16)"
+    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape)
+    usd_h = per_gpu * gpus
+    usd_h_max = (offer.price_max(bool(spot)) or per_gpu) * gpus
+    return Candidate(offer.cloud, offer.region_for(bool(spot)), offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
+                     borderline, t.total_hours, usd_h * t.total_hours, mem, t, None if fits else why, ev_mem,
+                     why if borderline else None, offer.assumed, blocked_by_eval, usd_h_max, offer.regions)
+
+
+def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
+         workload: str = "train") -> Plan:
+    """Every offer on the allowed clouds, ranked cheapest first; the cheapest that fits is chosen.
+
+    Raises UserError for bad input the plan cannot work around: an unknown GPU name, or spot /
+    multi-node asked of clouds that cannot do it.
+    """
+    clouds = [c for c in recipe.resources.clouds if c in CLOUDS]
+    if cloud:
+        clouds = [c for c in clouds if c == cloud]
+    spot_flag = spot is True and not recipe.resources.spot
+    spot = recipe.resources.spot if spot is None else spot
+    nodes = recipe.resources.nodes if workload == "train" else 1
+    want_name, want_count = requested_gpu(recipe, gpu, workload)
+    local = recipe.resources.clouds == ["local"]
+    if not local:
+        refuse_unsupported(recipe, clouds, spot, nodes, cloud, spot_flag)
+        refuse_unsold(recipe, clouds, want_name, want_count, gpu is not None)
+    try:
+        shape = _shape(recipe)
+    except UnknownModel as exc:
+        return Plan([], None, str(exc), recipe.model.id, workload, reason_field="model.id")
+
+    notes: list[str] = []
+    ev_mem = eval_memory(recipe, shape=shape) if workload == "train" and recipe.eval is not None else None
+    cands: list[Candidate] = []
+    if local:
+        cands.append(_local_candidate(recipe, want_name, want_count, workload, ev_mem, shape))
+    for c in clouds:
+        for offer in _cloud_offers(c, want_name, want_count, workload, notes):
+            cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem, shape)
+            if cand is not None:
+                cands.append(cand)
+    cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
+    fitting = [x for x in cands if x.fits]
+    # Prefer a confident fit over a borderline one when it costs at most 10% more.
+    chosen = None
+    if fitting:
+        chosen = fitting[0]
+        if chosen.borderline:
+            sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
+            chosen = sure[0] if sure else chosen
+    reason = None
+    if chosen is None:
+        no_k8s_inventory = "kubernetes" in clouds and not want_name and not catalog.offers("kubernetes")
+        reason = _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, shape, no_k8s_inventory)
+    return Plan(cands, chosen, reason, recipe.model.id, workload, notes)
+
+
+def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,
+                     ev_mem: Memory | None, shape: dict[str, Any]) -> Candidate:
+    """`up --local`: the recipe's named GPU (e.g. a Colab T4) or, with none named, the CPU."""
+    name = gpu if gpu and gpu in catalog.gpus() else "CPU"
+    n = count or 1
+    mem = memory(recipe, gpus=n, workload=workload, shape=shape)
+    avail = catalog.gpu_memory_gb(name)
+    fit = fit_verdict(mem, avail, ev_mem)
+    why = _with_eval_fix(fit, recipe, shape)
+    t = timing(recipe, "local", name, n, workload, shape=shape)
+    return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fit.fits, fit.borderline, t.total_hours,
+                     0.0, mem, t, None if fit.fits else why, ev_mem, why if fit.borderline else None,
+                     blocked_by_eval=fit.eval_tight and not fit.fits)
+
+
+def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want_name: str | None,
+                  want_count: int | None, shape: dict[str, Any], no_k8s_inventory: bool) -> str:
+    if recipe.resources.clouds == ["local"]:
+        c = cands[0]
+        return f"on this machine ({c.gpu}): {c.why_not}"
+    if not clouds:
+        return "no SkyPilot cloud is allowed; add one to resources.clouds"
+    if not cands:
+        if clouds == ["kubernetes"] and no_k8s_inventory:
+            return _kubernetes_empty_note()
+        what = (f"{want_count}×{want_name}" if want_count else want_name) if want_name else "any GPU"
+        fix = "pick another GPU, or auto" if want_name else "allow another cloud in resources.clouds"
+        return f"no offer of {what} on {', '.join(clouds)}{' as spot' if spot else ''}; {fix}"
+    label = recipe.model.id.split("/")[-1]
+    method = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA"}[recipe.method]
+    by_eval = [c for c in cands if c.blocked_by_eval]
+    if by_eval:
+        best = max(by_eval, key=lambda x: x.mem_available_gb)
+        kind = "4-bit" if recipe.eval is not None and recipe.eval.load_4bit else "bf16"
+        return (f"{label} {method} trains on {best.gpu} ({best.mem_needed_gb:.0f} of {best.mem_available_gb:.0f} GB), "
+                f"but its post-training eval needs ≈{best.eval_mem_gb:.0f} GB per GPU ({kind} weights, one replica "
+                f"per GPU), more than any GPU it trains on: {_eval_fix(recipe, shape)}")
+    one = memory(recipe, gpus=1, shape=shape)
+    needed = one.total
+    size = f"≈{needed / 1000:.1f} TB" if needed >= 1000 else f"≈{needed:.0f} GB"
+    hints = []
+    if recipe.method == "full":
+        hints.append("use method qlora")
+        n = shape["params_b"] * 1e9
+        # ZeRO-3-offload keeps bf16 weights+grads sharded on GPUs (4 bytes/param) + activations.
+        acts = one.activations + one.fixed
+        for gpus_total in (8, 16, 32, 64):
+            per_gpu = n * 4 / gpus_total / GB + acts
+            if per_gpu <= 80 * (1 - catalog.workloads()["headroom"]):
+                nodes = max(1, gpus_total // 8)
+                hints.append(f"{nodes}×8 H100-80GB with zero3-offload" if nodes > 1 else "8 H100-80GB with zero3-offload")
+                break
+    else:
+        if recipe.data.seq_len > 512 or recipe.train.micro_batch_size > 1:
+            hints.append("lower data.seq_len or train.micro_batch_size")
+        if not recipe.train.gradient_checkpointing:
+            hints.append("turn on train.gradient_checkpointing")
+        if recipe.method == "lora":
+            hints.append("use method qlora")
+    biggest = max(cands, key=lambda x: x.mem_available_gb)
+    return (f"{label} {method} needs {size} of GPU memory on one GPU (largest offered here: {biggest.gpu}, "
+            f"{biggest.mem_available_gb:.0f} GB): " + (", or ".join(hints) if hints else "allow a larger GPU"))
