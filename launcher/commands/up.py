@@ -155,6 +155,10 @@ def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: 
             raise UserError(f"--cloud {c}: --local runs on this machine; drop --cloud, or drop --local to launch on {c}")
         raise UserError(f"--cloud {c}: {_src(r)}: resources.clouds allows only local; drop --cloud, or replace local "
                         f"with {c} in resources.clouds (with a gs:// or s3:// output.bucket)")
+    if is_local and (gpu or fallbacks):  # likewise: this machine's devices are what a local run gets
+        flag = f"--gpu {gpu}" if gpu else f"--fallbacks {fallbacks}"
+        raise UserError(f"{flag}: a local run uses this machine's devices; drop {flag.split()[0]}, or launch on a "
+                        "cloud the recipe allows (without --local)")
     if is_local:
         _up_local(r, dry_run, detach, yes)
     else:

@@ -412,6 +412,15 @@ def test_up_never_silently_ignores_cloud():
     assert "--cloud gcp: --local runs on this machine; drop --cloud, or drop --local" in res.output
 
 
+def test_up_never_silently_ignores_gpu_or_fallbacks_on_a_local_run():
+    res = _cli("up", TINY, "--dry-run", "--gpu", "H100:1")
+    _clean_exit_2(res)
+    assert "--gpu H100:1: a local run uses this machine's devices; drop --gpu" in res.output
+    res = _cli("up", BIG, "--local", "--dry-run", "--fallbacks", "2")
+    _clean_exit_2(res)
+    assert "--fallbacks 2: a local run uses this machine's devices; drop --fallbacks" in res.output
+
+
 # ---------------------------------------------------------------------------------------------
 # Property: mutated recipes through every loader entry point
 
