@@ -1,5 +1,6 @@
-"""Eval results (results.json written by `python -m jobs eval`) as the markdown table the
-reference workflow published: one row per model, scores as percentages with two decimals.
+"""Eval results (results.json written by `python -m jobs eval`): one score per task for the run
+registry, and the markdown table the reference workflow published (one row per model, scores as
+percentages with two decimals).
 
 Light on purpose (json + pathlib only): `sftlaunch eval`, `status` and the model card all render
 it, and the laptop side must not import torch or the harness.
@@ -14,6 +15,8 @@ from jobs.leaderboard import COLUMNS as V2_COLUMNS  # stdlib only: the v2 column
 
 # Column order of the reference table (sft-demos / Open LLM Leaderboard v1).
 LEADERBOARD_COLUMNS = ("ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande", "GSM8K")
+# Metric names preferred, in order, when reducing one lm-eval task's results to one score.
+_PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
 
 def load_results(path: str | Path) -> dict:
@@ -32,6 +35,31 @@ def load_results(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise UserError(f"{p}: not an sftlaunch results.json (no `tasks` list)")
     return data
+
+
+def eval_scores(results: dict) -> tuple[dict[str, float], float | None]:
+    """(task -> score, average) from a results.json: `scores`/`average` keys if the eval job
+    wrote them, else lm-eval's `results` section reduced to one metric per task."""
+    scores: dict[str, float] = {}
+    if isinstance(results.get("scores"), dict):
+        scores = {k: float(v) for k, v in results["scores"].items() if isinstance(v, (int, float))}
+    elif isinstance(results.get("results"), dict):
+        for task, metrics in results["results"].items():
+            if not isinstance(metrics, dict):
+                continue
+            by_name = {}
+            for key, value in metrics.items():
+                name = key.split(",", 1)[0]
+                if isinstance(value, (int, float)) and not name.endswith("_stderr") and name != "alias":
+                    by_name.setdefault(name, float(value))
+            for name in _PREFERRED_METRICS:
+                if name in by_name:
+                    scores[task] = by_name[name]
+                    break
+    average = results.get("average")
+    if not isinstance(average, (int, float)):
+        average = sum(scores.values()) / len(scores) if scores else None
+    return scores, (float(average) if average is not None else None)
 
 
 def pct(value: float | None) -> str:

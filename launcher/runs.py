@@ -32,6 +32,7 @@ from pathlib import Path
 from launcher.contract import Env
 from launcher.errors import UserError, one_line
 from launcher.home import sftlaunch_home
+from launcher.results import eval_scores
 from launcher.run_record import (
     _FIELD_NAMES,
     Backend,
@@ -66,38 +67,11 @@ _BOOL_COLUMNS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 MAX_MATCHES_SHOWN = 10
 # Record fields stored as columns of the same name (eval and recipe are JSON; the rest derived).
 _COLUMN_FIELDS = tuple(n for n in _FIELD_NAMES if n not in ("eval", "recipe", "history", "running_hours", "cost_usd"))
-# Metric names preferred, in order, when reducing one lm-eval task's results to one score.
-_PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
 
 def run_dir(run_id: str, home: Path | None = None) -> Path:
     """Where a run's local outputs live (train out dir, eval results, publish dir, run.log)."""
     return (home or sftlaunch_home()) / "runs" / run_id
-
-
-def eval_scores(results: dict) -> tuple[dict[str, float], float | None]:
-    """(task -> score, average) from a results.json: `scores`/`average` keys if the eval job
-    wrote them, else lm-eval's `results` section reduced to one metric per task."""
-    scores: dict[str, float] = {}
-    if isinstance(results.get("scores"), dict):
-        scores = {k: float(v) for k, v in results["scores"].items() if isinstance(v, (int, float))}
-    elif isinstance(results.get("results"), dict):
-        for task, metrics in results["results"].items():
-            if not isinstance(metrics, dict):
-                continue
-            by_name = {}
-            for key, value in metrics.items():
-                name = key.split(",", 1)[0]
-                if isinstance(value, (int, float)) and not name.endswith("_stderr") and name != "alias":
-                    by_name.setdefault(name, float(value))
-            for name in _PREFERRED_METRICS:
-                if name in by_name:
-                    scores[task] = by_name[name]
-                    break
-    average = results.get("average")
-    if not isinstance(average, (int, float)):
-        average = sum(scores.values()) / len(scores) if scores else None
-    return scores, (float(average) if average is not None else None)
 
 
 def recipe_payload(recipe) -> tuple[str, str, str]:
@@ -109,7 +83,6 @@ def recipe_payload(recipe) -> tuple[str, str, str]:
         data = dict(recipe)
         sha = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return str(data.get("name", "")), json.dumps(mask_obj(data), sort_keys=True), sha
-
 
 
 class RegistryError(UserError):
