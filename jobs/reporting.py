@@ -113,7 +113,10 @@ def probe(base_url: str, key: str, timeout: float) -> tuple[str, str]:
             return
         except Exception as exc:  # noqa: BLE001 - URLError, timeouts, resets, a URL without http(s)://: all "not reachable"
             reason = getattr(exc, "reason", None) or exc
-            answer["v"] = ("unreachable", " ".join(str(reason).split())[:120] or type(exc).__name__)
+            if isinstance(reason, TimeoutError):  # the socket's own deadline beat the join below: same answer
+                answer["v"] = ("unreachable", f"no answer within {timeout:g} s")
+            else:
+                answer["v"] = ("unreachable", " ".join(str(reason).split())[:120] or type(exc).__name__)
             return
         try:
             body = json.loads(raw or b"{}")

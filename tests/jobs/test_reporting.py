@@ -98,6 +98,20 @@ def test_silent_endpoint_means_offline_with_a_warning(wandb_env, monkeypatch, ca
     assert GOOD_KEY not in err
 
 
+def test_the_sockets_own_timeout_reads_like_the_deadline(monkeypatch):
+    """Under load the socket's timeout can fire before the probe's deadline (both are `timeout`):
+    the user sees one wording either way (urllib wraps it in URLError or raises it bare)."""
+    import urllib.error
+    import urllib.request
+
+    for raised in (urllib.error.URLError(TimeoutError("timed out")), TimeoutError("timed out")):
+        def urlopen(*args, _exc=raised, **kwargs):
+            raise _exc
+
+        monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+        assert reporting.probe("http://127.0.0.1:9", GOOD_KEY, 1.0) == ("unreachable", "no answer within 1 s")
+
+
 def test_refused_connection_means_offline(wandb_env, monkeypatch, capsys):
     with silent_endpoint() as url:
         pass  # closed: nothing listens there now
