@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 SKY_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
+# google-auth reads this once, at import: no test may wait on (or talk to) a GCE metadata
+# server, which off Google Cloud costs seconds of retries per credential lookup.
+os.environ["NO_GCE_CHECK"] = "true"
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +49,36 @@ def isolation(home: Path, cache: Path) -> dict[str, str]:
         # starts a server there itself: a user's own `sky` server and state must never see a
         # test. A port nothing serves refuses at once (the optimizer tests run it in-process).
         "SKYPILOT_API_SERVER_ENDPOINT": SKY_ENDPOINT,
+        "NO_GCE_CHECK": "true",
     }
 
 
+def session_root(tmp_path_factory) -> Path:
+    """A directory every pytest-xdist worker of this run shares (each worker's own base temp dir
+    sits in it), or the base temp dir without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def torch_extensions(tmp_path_factory) -> Path:
+    """Where torch keeps JIT-built C++ ops, shared by the whole run: DeepSpeed's CPU accelerator
+    compiles its shared-memory comm op (about a minute on 2 cores) into $HOME/.cache unless told
+    otherwise, and every test has its own HOME, so each DeepSpeed test compiled it again. torch
+    locks the build directory, so concurrent workers wait for one build."""
+    override = os.environ.get("SFTLAUNCH_TEST_CACHE")
+    path = (Path(override) if override else session_root(tmp_path_factory)) / "torch-extensions"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch, shared_cache):
+def isolated_env(tmp_path, monkeypatch, shared_cache, torch_extensions):
     home = tmp_path / "home"
     home.mkdir()
     for name, value in isolation(home, shared_cache).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(torch_extensions))
     for name in SCRUBBED:  # SFTLAUNCH_BUCKET: up's default must not reach a test's runs
         monkeypatch.delenv(name, raising=False)
     yield home
@@ -66,8 +90,7 @@ def tiny_local_run(tmp_path_factory, shared_cache):
     `sftlaunch up --local --yes` (tests/tiny_run.py); tests that need a real run read it."""
     from tests import tiny_run
 
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-local-run"
+    root = session_root(tmp_path_factory) / "tiny-local-run"
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     env.update(isolation(root / "home", shared_cache))  # tiny_run adds what a user's shell holds
