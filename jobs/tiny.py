@@ -13,9 +13,15 @@ EOS label that teaches the model to stop.
 
 Families (`ensure_tiny(family=...)`): each is the family's real transformers architecture at a
 toy size, with its special tokens and a chat template transcribed from the family's published
-instruct tokenizer (tool-calling branches left out; the Hub is unreachable here, so the strings
-were not compared byte for byte), so recipes that say `template: tokenizer` and name the family's
-module names (q_proj, gate_proj, fused MoE experts...) are exercised on CPU.
+instruct tokenizer (tool-calling branches left out), so recipes that say `template: tokenizer` and
+name the family's module names (q_proj, gate_proj, fused MoE experts...) are exercised on CPU.
+Checked once by hand on 2026-12-03 (the Hub is unreachable here, so not in the test suite):
+rendered beside the published templates (Gemma 2 and Qwen3 as vendored in llama.cpp's
+models/templates, Qwen2.5-Instruct's tokenizer_config.json) for 24 conversations each (1-3 turns,
+with and without a system message and a generation prompt, Qwen3 answers with <think> blocks):
+identical strings; Mistral Small's against mistral_common 1.13.1's InstructTokenizerV7 over a
+Tekken tokenizer, 6 conversations with a system message: identical (without one, ours supplies a
+shortened default system prompt, on purpose).
 
 `python -m jobs.tiny [FAMILY]` builds (or finds) one and prints its directory.
 """
