@@ -132,7 +132,7 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
     _switched_cloud(r, result, chosen, run_id, missing)
     fallbacks = _fallbacks(r, result, chosen, enabled, n_fallbacks)
     if dry_run:
-        _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id)
+        _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id, fallbacks)
         echo("dry run: nothing launched.")
         if preflight_failed:
             raise UserError(PREFLIGHT_FAILED)
@@ -322,10 +322,13 @@ def _cheapest_on(result, cloud: str, chosen):
     return next((c for c in result.candidates if c.cloud == cloud and c.fits), None)
 
 
-def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, chosen, run_id: str) -> None:
-    """SkyPilot's optimizer over our task on every allowed cloud that has credentials, each with
-    the cheapest planned GPU there: what each would really provision, not only the chosen one.
-    The chosen cloud failing is a refusal (exit 2); another failing is shown and skipped."""
+def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, chosen, run_id: str,
+                        fallbacks: list = ()) -> None:
+    """SkyPilot's optimizer over our task on every allowed cloud that has credentials. The chosen
+    cloud gets the very task `up` would launch (with its fallbacks as SkyPilot's ordered list, so
+    the optimizer says which of them it would start); each other cloud gets its cheapest planned
+    GPU alone: what each would really provision, not only the chosen one. The launch task finding
+    nothing is a refusal (exit 2); another cloud finding nothing is shown and skipped."""
     from launcher.render import container_recipe_yaml, render_task
 
     echo("SkyPilot optimizer (dry run), per allowed cloud with credentials:")
@@ -344,13 +347,16 @@ def _optimizer_dry_runs(backend, r, result, clouds: list[str], enabled: dict, ch
             over = f"; over max_usd ${max_usd:.2f}" if max_usd is not None and cand.total_usd > max_usd else ""
             echo(f"  {cloud}{mark}: {cand.gpu}×{cand.gpus_per_node}" + (f" ×{cand.nodes} nodes" if cand.nodes > 1 else "")
                  + f", ~${cand.total_usd:.2f} planned{over}")
+            ordered = list(fallbacks) if cand is chosen else []
+            if ordered:
+                echo("    the launch task, in order: " + " → ".join(f"{c.cloud} {c.accelerators}" for c in [chosen, *ordered]))
             try:
-                choice = backend.optimize(render_task(r, cand, run_id, str(mount)))
+                choice = backend.optimize(render_task(r, cand, run_id, str(mount), fallbacks=ordered))
             except Exception as exc:  # noqa: BLE001 - SkyPilot's reason, one line
                 reason = one_line(exc)
                 echo(f"    SkyPilot found no resources: {reason}")
-                if cloud == chosen.cloud:
-                    failure = reason
+                if cand is chosen:
+                    failure = reason + (f" (nor for its {len(ordered)} fallback(s))" if ordered else "")
                 continue
             worked.append(cloud)
             for line in choice.splitlines():

@@ -164,22 +164,51 @@ def test_dry_run_asks_the_optimizer_on_every_cloud_with_credentials(tmp_path, fa
     res = up(write_recipe(tmp_path / "r", clouds=("runpod", "gcp", "lambda")), "--dry-run")
     assert res.exit_code == 0, res.output
     picks = res.output.split("SkyPilot optimizer (dry run)")[1]
-    assert "runpod (chosen): H100×1, ~$5.00 planned\n    runpod(H100:1)" in picks
+    assert "runpod (chosen): H100×1, ~$5.00 planned\n    the launch task, in order: runpod H100:1 → gcp H100:1\n" \
+           "    runpod(H100:1)" in picks
     assert "gcp: H100×1, ~$6.00 planned\n    gcp(H100:1)" in picks
     assert "lambda: no planned GPU fits there" in picks  # the planner offered nothing on lambda
     assert len([c for c in fake.calls if c[0] == "optimize"]) == 2 and Registry().list() == []
 
 
-def test_dry_run_refuses_when_skypilot_finds_nothing_on_the_chosen_cloud(tmp_path, fake, plan, monkeypatch):
+def _skypilot_without(fake, monkeypatch, *gone: str) -> list[dict]:
+    """The fake optimizer as SkyPilot's behaves on an ordered list: the first choice on a cloud that
+    has capacity, ResourcesUnavailableError when none has. Returns the tasks it was asked about."""
+    asked: list[dict] = []
+
     def optimize(task):
-        if task["resources"]["cloud"] == "runpod":
-            raise RuntimeError("ResourcesUnavailableError: no H100 on RunPod\ndetails")
-        return "gcp(H100:1)"
+        asked.append(task)
+        res = task["resources"]
+        for choice in [{**res, **o} for o in res["ordered"]] if "ordered" in res else [res]:
+            if choice["cloud"] not in gone:
+                return f"{choice['cloud']}({choice['accelerators']})"
+        raise RuntimeError(f"ResourcesUnavailableError: no H100 on {', '.join(gone)}\ndetails")
 
     monkeypatch.setattr(fake, "optimize", optimize)
+    return asked
+
+
+def test_dry_run_asks_the_optimizer_about_the_launch_task_with_its_fallbacks(tmp_path, fake, plan, monkeypatch):
+    asked = _skypilot_without(fake, monkeypatch, "runpod")
     res = up(write_recipe(tmp_path / "r"), "--dry-run")
+    assert res.exit_code == 0, res.output
+    picks = res.output.split("SkyPilot optimizer (dry run)")[1]
+    # the chosen cloud has no capacity: SkyPilot would start the fallback, and the dry run says so
+    assert "runpod (chosen): H100×1, ~$5.00 planned\n    the launch task, in order: runpod H100:1 → gcp H100:1\n" \
+           "    gcp(H100:1)" in picks, picks
+    assert [o["cloud"] for o in asked[0]["resources"]["ordered"]] == ["runpod", "gcp"]
+    assert "ordered" not in asked[1]["resources"]  # other clouds: their own cheapest choice alone
+    assert Registry().list() == [] and not fake.launched
+
+
+def test_dry_run_refuses_when_skypilot_finds_nothing_for_the_launch_task(tmp_path, fake, plan, monkeypatch):
+    _skypilot_without(fake, monkeypatch, "runpod")
+    res = up(write_recipe(tmp_path / "r"), "--dry-run", "--fallbacks", "1")  # no fallback to fall to
     assert res.exit_code == 2
-    assert "no H100 on RunPod" in res.output and "details" not in res.output and "--cloud gcp" in res.output
+    assert "no H100 on runpod" in res.output and "details" not in res.output and "--cloud gcp" in res.output
+    _skypilot_without(fake, monkeypatch, "runpod", "gcp")
+    res = up(write_recipe(tmp_path / "r2"), "--dry-run")
+    assert res.exit_code == 2 and "nor for its 1 fallback(s)" in res.output, res.output
 
 
 def test_refusals_before_spending(tmp_path, fake, plan):
