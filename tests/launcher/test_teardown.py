@@ -149,19 +149,9 @@ def test_a_reused_pid_is_never_killed(fake, monkeypatch):
 
 
 def test_a_finished_local_run_is_not_signalled(fake, monkeypatch):
-    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 60")
     reg = Registry()
     rid = "sftl-local-0010"
-
-    class R:
-        image = None
-        eval = None
-
-        def to_yaml(self):
-            return "name: local\n"
-
-    fields = local.start(R(), rid, run_dir(rid), use_docker=False)
-    reg.create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    fields = _local_run(reg, rid, "sleep 60", monkeypatch)
     try:
         (run_dir(rid) / "exit_code").write_text("0\n")  # the run has ended; its pid is not ours to kill
         assert local.stop(reg.get(rid)) is False and local.alive(fields["pid"])
@@ -173,20 +163,9 @@ def test_a_finished_local_run_is_not_signalled(fake, monkeypatch):
 
 
 def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 60 & sleep 60; wait")
     reg = Registry()
     rid = "sftl-local-0001"
-    out = run_dir(rid)
-
-    class R:
-        image = None
-        eval = None
-
-        def to_yaml(self):
-            return "name: local\n"
-
-    fields = local.start(R(), rid, out, use_docker=False)
-    reg.create(rid, {"name": "local"}, state="running", cloud="local", usd_per_hour=0.0, **fields)
+    fields = _local_run(reg, rid, "sleep 60 & sleep 60; wait", monkeypatch)
     assert local.alive(fields["pid"])
     res = run(rid, "--yes")
     assert res.exit_code == 0, res.output
