@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 SKY_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 # google-auth reads this once, at import: no test may wait on (or talk to) a GCE metadata
-# server, which off Google Cloud costs seconds of retries per credential lookup.
+# server, which off Google Cloud costs seconds of retries per credential lookup. Set here, for
+# the whole process and every child it starts (each test's environment is copied from this one).
 os.environ["NO_GCE_CHECK"] = "true"
 
 
@@ -49,7 +50,6 @@ def isolation(home: Path, cache: Path) -> dict[str, str]:
         # starts a server there itself: a user's own `sky` server and state must never see a
         # test. A port nothing serves refuses at once (the optimizer tests run it in-process).
         "SKYPILOT_API_SERVER_ENDPOINT": SKY_ENDPOINT,
-        "NO_GCE_CHECK": "true",
     }
 
 
