@@ -79,3 +79,14 @@ def barrier() -> None:
     dist = _dist()
     if dist is not None:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Every rank done, leave the process group: a process that reaches interpreter teardown with
+    gloo's worker threads still up can die there with SIGABRT ("terminate called without an active
+    exception", pytorch/pytorch#190489), turning a finished run into a failed one. torch asks every
+    program to call destroy_process_group before it exits."""
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()

@@ -31,7 +31,17 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
-from jobs.collectives import barrier, broadcast, gather, init_dist, local_rank, log, rank, world_size
+from jobs.collectives import (
+    barrier,
+    broadcast,
+    gather,
+    init_dist,
+    local_rank,
+    log,
+    rank,
+    shutdown,
+    world_size,
+)
 from launcher import contract
 from launcher.contract import (
     STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
@@ -277,16 +287,18 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if run.stopped:
-        return _finish_stopped(trainer, out, run_id, run)
-    rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
-            "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
-    _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+        _finish_stopped(trainer, out, run_id, run)
+    else:
+        rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
+                "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
+        _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+    shutdown()
     return 0
 
 
-def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> int:
+def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> None:
     """Training stopped on purpose after a checkpoint: DIR/STOPPED and <control>/stopped say so;
-    exit 0 (a managed job exiting non-zero would be restarted and spend again)."""
+    the job exits 0 (a managed job exiting non-zero would be restarted and spend again)."""
     step = trainer.state.global_step
     if rank() == 0:
         stopped = {"reason": run.stopped, "detail": run.detail, "step": step,
@@ -294,8 +306,6 @@ def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> int:
         (out / STOPPED_MARKER).write_text(json.dumps(stopped) + "\n")
         _write_stopped(run_id, run.bucket, stopped)
     log(f"training stopped at step {step} ({run.stopped}); resume by relaunching with the same run id")
-    barrier()
-    return 0
 
 
 def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, rows: dict,
@@ -320,7 +330,6 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
             meta["data_rows"] = data_rows
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
-    barrier()
 
 
 def _resumed_step(resume: Path) -> int:

@@ -112,8 +112,20 @@ def drive(argv: list[str]) -> int:
     run_id = overrides.pop("run_id", "sftl-t-0000")
     recipe = make_recipe(build_tiny_model(root / "model"), write_data(root / "d.jsonl"), method=method, **overrides)
     tok = jm.load_tokenizer(recipe)
-    return jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),
-                    collator=PadCollator(tok.pad_token_id))
+    rc = jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),
+                  collator=PadCollator(tok.pad_token_id))
+    return rc or left_up()
+
+
+def left_up() -> int:
+    """3 and a line when train() returned with the process group still up (a process exiting so can
+    die of SIGABRT in teardown, pytorch/pytorch#190489); 0 otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        print("train() returned with the process group still up", flush=True)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":
