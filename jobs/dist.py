@@ -12,7 +12,8 @@ exist for tests and odd networks. A worker that cannot reach the head within
 SFTLAUNCH_RENDEZVOUS_TIMEOUT seconds (default 600) fails with a message naming the address.
 
 `python -m jobs.dist info` logs versions, GPUs and the resolved recipe (secrets masked);
-`python -m jobs.dist train [train args]` runs training on this node.
+`python -m jobs.dist train [train args]` runs training on this node; a node launched with GPUs
+(SKYPILOT_NUM_GPUS_PER_NODE > 0) on which torch sees fewer exits 1 at once (jobs.gpu_env).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def launch_args(env: dict, job_args: list[str] | tuple[str, ...] = (), deepspeed
             args += ["--rdzv_backend", "static"]
         if deepspeed_config:
             args += ["--use_deepspeed", "--deepspeed_config_file", deepspeed_config]
+            if t["nodes"] > 1:
+                # accelerate's default multi-node DeepSpeed launcher is pdsh (a hostfile and ssh
+                # between nodes, neither of which a SkyPilot node has): `standard` is torchrun on
+                # every node, the same rendezvous the non-DeepSpeed path uses.
+                args += ["--deepspeed_multinode_launcher", "standard"]
         else:
             args += ["--multi_gpu"]
         return [*args, *job]
@@ -126,11 +132,30 @@ def _detected_gpus() -> int:
         return 0
 
 
+class NoGpu(JobFailed):
+    pass
+
+
+def check_gpus(expected: int) -> None:
+    """Refuse to train on the CPU of a node rented with GPUs (jobs.gpu_env says why it has none)."""
+    if expected <= 0:
+        return
+    from jobs import gpu_env
+
+    why = gpu_env.missing_gpus(expected, gpu_env.gather())
+    if why:
+        raise NoGpu(why)
+
+
 def run_train(job_args: list[str], env: dict | None = None) -> int:
     env = dict(os.environ if env is None else env)
     if not env.get("SKYPILOT_NUM_GPUS_PER_NODE"):
         env["SKYPILOT_NUM_GPUS_PER_NODE"] = str(_detected_gpus())
     t = topology(env)
+    try:
+        check_gpus(t["gpus"])
+    except NoGpu as exc:
+        return job_exit(exc)
     if t["nodes"] > 1:
         timeout = float(env.get(Env.RENDEZVOUS_TIMEOUT) or 600)
         env.setdefault("TORCHELASTIC_RENDEZVOUS_TIMEOUT", str(int(timeout)))
