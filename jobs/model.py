@@ -49,14 +49,37 @@ def load_tokenizer(recipe, path: str | None = None):
 
 
 def ensure_pad_token(tok) -> bool:
-    """Give the tokenizer a pad token distinct from EOS; True when a new token was added."""
+    """Give the tokenizer a pad token distinct from EOS; True when a new token was added.
+
+    Why the order: a token the vocabulary already has costs nothing, a new one resizes the
+    embeddings and the head, and peft then saves both in every adapter (4 GB in fp32 for Llama 3
+    8B). Llama 3 has neither pad nor unk but reserves special tokens for this: Llama 3.1's
+    `<|finetune_right_pad_id|>` (id 128004), Llama 3's `<|reserved_special_token_N|>`."""
     if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
         return False
     if tok.unk_token_id is not None and tok.unk_token_id != tok.eos_token_id:
         tok.pad_token = tok.unk_token
         return False
+    reserved = reserved_pad_token(tok)
+    if reserved is not None:
+        tok.pad_token = reserved
+        return False
     tok.add_special_tokens({"pad_token": "<pad>"})
     return True
+
+
+def reserved_pad_token(tok) -> str | None:
+    """An added special token the vocabulary reserves and no template uses: one named for padding
+    first (`<|finetune_right_pad_id|>`, `<|pad|>`), else the lowest `reserved` one."""
+    added = tok.get_added_vocab()
+    in_use = {t for t in (tok.bos_token, tok.eos_token, tok.unk_token) if t}
+    template = getattr(tok, "chat_template", None) or ""
+    free = {t: i for t, i in added.items() if t not in in_use and t not in template}
+    for word in ("pad", "reserved"):
+        named = [t for t in free if word in t.lower()]
+        if named:
+            return min(named, key=free.get)
+    return None
 
 
 def _quant_config(recipe):
@@ -103,6 +126,9 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
         import torch
 
         kwargs["dtype"] = torch.float32
+    device_map = rank_device_map(method, recipe.train.deepspeed)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
@@ -130,6 +156,25 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(recipe))
     return model
+
+
+def rank_device_map(method: str, deepspeed: str | None) -> dict | None:
+    """Where this rank loads an adapter run's base model: its own GPU (LOCAL_RANK).
+
+    Why: without a device_map every rank of a multi-GPU QLoRA run quantizes its copy onto cuda:0
+    (out of memory there, or accelerate's "can't train a model that has been loaded in 8-bit or
+    4-bit precision on a different device" on rank 1+); accelerate's own advice is
+    `device_map={'': torch.cuda.current_device()}`, which is LOCAL_RANK once the process group has
+    set the device. A LoRA base in 16-bit goes straight to its GPU too instead of through host RAM.
+    Full fine-tunes (and DeepSpeed runs) are placed by the Trainer/DeepSpeed: None.
+    """
+    import torch
+
+    if method not in ("lora", "qlora") or deepspeed or not torch.cuda.is_available():
+        return None
+    from jobs.collectives import local_rank
+
+    return {"": local_rank()}
 
 
 def prepare_for_kbit_training(model, gradient_checkpointing: bool) -> None:

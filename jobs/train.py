@@ -224,6 +224,10 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
     )
     if not cuda and world > 1:
         kwargs["ddp_backend"] = "gloo"
+    if world > 1 and recipe.method in ("lora", "qlora") and not t.deepspeed:
+        # Every adapter weight gets a gradient each step; DDP's search for unused parameters
+        # (its default for a PeftModel, which is no PreTrainedModel) is a wasted graph walk.
+        kwargs["ddp_find_unused_parameters"] = False
     return TrainingArguments(**kwargs), total
 
 
@@ -251,12 +255,8 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         from launcher.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
-    model = jm.load_model(recipe, tokenizer, path)
-    if collator is None:
-        from jobs.data import make_collator, prepare_model_for_packing
-
-        collator = make_collator(recipe, tokenizer, prepare_model_for_packing(model, recipe))
-    log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
+    # The process group and this rank's device first (resume_point joins the group): a 4-bit
+    # model is quantized on the device it loads to, which must be this rank's own.
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
     saved = ckpt.read_state(resume)
@@ -264,8 +264,17 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
+    # The arguments before the model: with a ZeRO-3 config they hold transformers'
+    # HfDeepSpeedConfig, and from_pretrained then builds the model under deepspeed.zero.Init,
+    # each rank materialising only its shard (8B full FT: 32 GB of fp32 weights per rank otherwise).
     args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
                                      eval_on_start=resume is None)
+    model = jm.load_model(recipe, tokenizer, path)
+    if collator is None:
+        from jobs.data import make_collator, prepare_model_for_packing
+
+        collator = make_collator(recipe, tokenizer, prepare_model_for_packing(model, recipe))
+    log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
     if args.report_to and "wandb" in args.report_to:
         _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)

@@ -163,3 +163,94 @@ def test_saved_tokenizer_carries_the_recipes_chat_template(tiny, tmp_path, templ
     assert model.generation_config.eos_token_id == tok.eos_token_id  # chatml: <|im_end|> ends generation
     if template == "chatml":
         assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_an_adapter_runs_base_loads_on_its_own_ranks_gpu(monkeypatch):
+    """Rank 1 of a multi-GPU QLoRA run quantizes onto cuda:1: accelerate refuses a 4-bit model on
+    another device than the rank's and itself advises device_map={'': torch.cuda.current_device()},
+    which is LOCAL_RANK once the process group set the device."""
+    import inspect
+
+    import accelerate.accelerator
+    import torch
+
+    from jobs import model as jm
+
+    assert "device_map={'':torch.cuda.current_device()}" in inspect.getsource(accelerate.accelerator)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert jm.rank_device_map("qlora", None) == {"": 1}
+    assert jm.rank_device_map("lora", None) == {"": 1}
+    assert jm.rank_device_map("lora", "zero2") is None  # DeepSpeed places the model
+    assert jm.rank_device_map("full", None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert jm.rank_device_map("qlora", None) is None  # CPU: no device map at all
+
+
+def test_load_model_passes_the_rank_device_map_to_from_pretrained(tiny, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jobs import model as jm
+
+    seen = {}
+
+    def capture(path, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    recipe = make_recipe(*tiny, method="qlora")
+    tok = jm.load_tokenizer(recipe)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", capture)
+    with pytest.raises(RuntimeError, match="stop here"):
+        jm.load_model(recipe, tok)
+    assert seen["device_map"] == {"": 3} and seen["quantization_config"].load_in_4bit
+
+
+# Llama 3.1's special tokens, in id order from 128000, as meta-llama/llama-models
+# models/llama3/tokenizer.py lists them (then <|reserved_special_token_2..247|>).
+LLAMA31_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+
+
+def _llama3_like(tiny, specials):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny[0])
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|end_of_text|>"
+    tok.pad_token = None
+    tok.unk_token = None
+    return tok
+
+
+def test_llama31_pads_with_its_reserved_pad_token_and_adds_nothing(tiny):
+    from jobs import model as jm
+
+    tok = _llama3_like(tiny, LLAMA31_SPECIALS)
+    size = len(tok)
+    assert jm.ensure_pad_token(tok) is False
+    assert tok.pad_token == "<|finetune_right_pad_id|>" and len(tok) == size
+    assert tok.pad_token_id != tok.eos_token_id
+
+
+def test_llama3_without_a_pad_token_takes_the_first_reserved_one(tiny):
+    from jobs import model as jm
+
+    specials = [t for t in LLAMA31_SPECIALS if "finetune" not in t]
+    tok = _llama3_like(tiny, specials)
+    tok.chat_template = "{{ '<|start_header_id|>' }}{{ '<|eot_id|>' }}"
+    size = len(tok)
+    assert jm.ensure_pad_token(tok) is False and len(tok) == size
+    assert tok.pad_token == "<|reserved_special_token_0|>"
+
+
+def test_a_tokenizer_with_no_spare_token_still_gets_a_new_pad(tiny):
+    from jobs import model as jm
+
+    tok = _llama3_like(tiny, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    tok.chat_template = "{{ '<|eot_id|>' }}"
+    assert jm.ensure_pad_token(tok) is True and tok.pad_token == "<pad>"

@@ -315,3 +315,37 @@ def test_row_counts_per_source_type_reach_sftlaunch_json_and_the_card(tiny, tmp_
     assert "| org/hub-ds | train | alpaca | 7 (used in training) |" in card
     assert f"| {d / 'dir'} | train | alpaca | 7 (used in training) |" in card
     assert "Rows: 24 trained on" in card and "6 held out for the eval loss" in card
+
+
+@pytest.mark.slow
+def test_full_zero3_builds_the_model_under_deepspeed_zero_init(tmp_path, monkeypatch):
+    """Full fine-tuning with a ZeRO-3 config: when from_pretrained runs, transformers' own
+    is_deepspeed_zero3_enabled() is already true (the TrainingArguments holding HfDeepSpeedConfig
+    exist), so transformers builds the model under deepspeed.zero.Init and no rank materialises
+    all fp32 weights. Fails when the model is loaded before the arguments."""
+    import socket
+
+    from transformers import AutoModelForCausalLM
+
+    from jobs import train as jt
+    from tests.jobs.test_train_support import build_tiny_model, make_recipe, write_data
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                 "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    recipe = make_recipe(build_tiny_model(tmp_path / "m"), write_data(tmp_path / "d.jsonl"), deepspeed="zero3")
+    seen = {}
+
+    def capture(path, **kwargs):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        seen["zero3"] = is_deepspeed_zero3_enabled()
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", capture)
+    with pytest.raises(RuntimeError, match="stop here"):
+        jt.train(recipe, tmp_path / "out", max_steps=1)
+    assert seen == {"zero3": True}
