@@ -219,3 +219,21 @@ def test_torch_is_the_tested_release():
 def test_build_context_keeps_what_the_image_needs(needed):
     ignore = (REPO / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
     assert "**" in ignore and f"!{needed}" in ignore
+
+
+def test_deepspeed_is_built_for_cuda_on_a_build_machine_without_a_gpu():
+    """DeepSpeed's own accelerator choice: DS_ACCELERATOR when set, else a torch.cuda probe that
+    falls back to "cpu" on a machine without a GPU, as a build machine is (this CPU machine's install
+    recorded "cpu"). The image's DeepSpeed install must therefore name cuda itself."""
+    import inspect
+
+    from deepspeed.accelerator import real_accelerator
+    from deepspeed.git_version_info import accelerator_name as installed_here
+
+    src = inspect.getsource(real_accelerator.get_accelerator)
+    assert 'os.environ["DS_ACCELERATOR"]' in src and 'accelerator_name = "cpu"' in src
+    assert "cuda" in real_accelerator.SUPPORTED_ACCELERATOR_LIST
+    assert installed_here == "cpu"  # what an install without a GPU records
+    ds_runs = [args for ins, args in instructions(TEXT) if ins == "RUN" and "deepspeed" in args and "DS_BUILD_OPS=0" in args]
+    assert len(ds_runs) == 1, ds_runs
+    assert "DS_ACCELERATOR=cuda" in ds_runs[0].split("pip install")[0]
