@@ -43,6 +43,14 @@ LLAMA_1B = {
     "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu",
     "bos_token_id": 1, "eos_token_id": 2, "rope_theta": 10000.0,
 }
+# Llama-3.1-8B's shape (config.json of meta-llama/Llama-3.1-8B), for bench/gpu_check.py.
+LLAMA3_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu",
+    "bos_token_id": 1, "eos_token_id": 2, "rope_theta": 500000.0,
+}
+SHAPES = {"1b": LLAMA_1B, "8b": LLAMA3_8B}
 # torch.cuda.get_device_name() fragments → launcher/data/gpus.yaml keys (first match wins).
 GPU_NAMES = (("GH200", "GH200"), ("H200", "H200"), ("H100 PCIe", "H100-PCIe"), ("H100", "H100-SXM"),
              ("A100-SXM4-80GB", "A100-80GB"), ("A100 80GB", "A100-80GB"), ("A100", "A100"), ("L40S", "L40S"),
@@ -51,14 +59,15 @@ GPU_NAMES = (("GH200", "GH200"), ("H200", "H200"), ("H100 PCIe", "H100-PCIe"), (
 H100_PCIE_TFLOPS = 756  # gpus.yaml's figure for the PCIe card (tflops_by_cloud)
 
 
-def recipe_dict(method: str, model_dir: Path, steps: int, micro: int, seq_len: int, gpus: int) -> dict:
+def recipe_dict(method: str, model_dir: Path, steps: int, micro: int, seq_len: int, gpus: int,
+                checkpoint_minutes: float | None = None) -> dict:
     """The recipe one benchmark run trains (a plain sftlaunch recipe)."""
     from launcher.recipe import WEEK_MINUTES
 
     base = method.split("-")[0]
     train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum": 1, "learning_rate": 1e-4,
              "scheduler": "constant", "warmup_ratio": 0.0, "precision": "bf16", "gradient_checkpointing": True,
-             "optimizer": "paged_adamw_32bit" if base == "qlora" else "adamw_torch", "checkpoint_minutes": WEEK_MINUTES,
+             "optimizer": "paged_adamw_32bit" if base == "qlora" else "adamw_torch", "checkpoint_minutes": checkpoint_minutes or WEEK_MINUTES,
              "keep_checkpoints": 1, "seed": 0}
     if base == "full":
         train["deepspeed"] = method.split("-")[1]
@@ -100,11 +109,11 @@ def gpu_spec(device_name: str) -> tuple[str, float]:
     raise SystemExit(f"error: GPU {device_name!r} is not in launcher/data/gpus.yaml; pass --gpu NAME")
 
 
-def write_model(model_dir: Path, random_init: bool) -> None:
+def write_model(model_dir: Path, random_init: bool, shape: dict = LLAMA_1B) -> None:
     """config.json (all the estimate needs) and, for a real run, random-init bf16 weights and a
     small word-level tokenizer (ids only matter for pad/eos)."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(json.dumps(LLAMA_1B, indent=1))
+    (model_dir / "config.json").write_text(json.dumps(shape, indent=1))
     if not random_init:
         return
     import torch
@@ -117,10 +126,16 @@ def write_model(model_dir: Path, random_init: bool) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                             pad_token="<pad>").save_pretrained(model_dir)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in LLAMA_1B.items()
-                                                 if k not in ("architectures", "model_type")}))
-    model.to(torch.bfloat16).save_pretrained(model_dir)
+    torch.set_default_dtype(torch.bfloat16)  # an 8B model in fp32 would take 32 GB before the cast
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in shape.items()
+                                                     if k not in ("architectures", "model_type")}))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.save_pretrained(model_dir)
+    del model
+    torch.cuda.empty_cache()
 
 
 def random_rows(n: int, seq_len: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -143,14 +158,16 @@ def worker(a: argparse.Namespace) -> int:
 
     recipe = recipe_from_dict(json.loads(Path(a.recipe_json).read_text()))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    vocab = json.loads((Path(a.model_dir) / "config.json").read_text())["vocab_size"]
     rows = random_rows(recipe.train.max_steps * recipe.train.micro_batch_size * world + world,
-                       recipe.data.seq_len, LLAMA_1B["vocab_size"])
+                       recipe.data.seq_len, vocab)
     out = Path(a.out)
+    saves = _time_checkpoints()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     rc = train(recipe, out, run_id=None, datasets=(rows, []), model_path=a.model_dir)
     wall = time.perf_counter() - t0
-    peak = torch.tensor([torch.cuda.max_memory_allocated()], device="cuda")
+    peak = torch.tensor([torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()], device="cuda")
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -161,8 +178,29 @@ def worker(a: argparse.Namespace) -> int:
         steady = rates[3:] or rates
         Path(a.result).write_text(json.dumps({
             "rc": rc, "world": world, "tokens_per_s": statistics.median(steady) if steady else None,
-            "peak_bytes": int(peak.item()), "train_wall_s": round(wall, 1), "steps": len(rates)}))
+            "peak_bytes": int(peak[0].item()), "reserved_bytes": int(peak[1].item()), "train_wall_s": round(wall, 1),
+            "steps": len(rates), "checkpoint_s": [round(x, 2) for x in saves],
+            "final_mb": round(sum(f.stat().st_size for f in (out / "final").rglob("*") if f.is_file()) / 1e6, 1)}))
     return rc
+
+
+def _time_checkpoints() -> list[float]:
+    """Wall seconds of each Trainer checkpoint save (the model/adapter, optimizer and RNG state that
+    jobs.callbacks then finalizes): the Trainer's own _save_checkpoint, timed in place."""
+    from transformers import Trainer
+
+    seconds: list[float] = []
+    original = Trainer._save_checkpoint
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - t0)
+
+    Trainer._save_checkpoint = timed
+    return seconds
 
 
 # -- parent ---------------------------------------------------------------------------------------
@@ -195,14 +233,26 @@ def plan_runs(a: argparse.Namespace, model_dir: Path, visible: int) -> list[dict
     runs = []
     for method in a.methods:
         gpus = gpus_for(method, visible)
-        recipe = recipe_dict(method, model_dir, a.steps, a.micro, a.seq_len, gpus)
+        recipe = recipe_dict(method, model_dir, a.steps, a.micro, a.seq_len, gpus, a.checkpoint_minutes)
         est_gb, params = estimate(recipe, gpus)
-        runs.append({"method": method, "gpus": gpus, "recipe": recipe, "estimate_gb": est_gb, "params": params})
+        runs.append({"method": method, "gpus": gpus, "recipe": recipe, "estimate_gb": est_gb, "params": params,
+                     "flops_per_token": planner_flops_per_token(recipe)})
     return runs
 
 
 def mfu(tokens_per_s_per_gpu: float, params: float, checkpointing: bool, tflops: float) -> float:
     return (8 if checkpointing else 6) * params * tokens_per_s_per_gpu / (tflops * 1e12)
+
+
+def planner_flops_per_token(recipe: dict) -> float | None:
+    """FLOPs per trained token as launcher.estimate.timing counts them for this recipe (method,
+    checkpointing, attention at seq_len): the MFU the bench prints is the planner's own measure."""
+    import importlib
+
+    from launcher.recipe import recipe_from_dict
+
+    timing = importlib.import_module("launcher.estimate.timing")
+    return timing.timing(recipe_from_dict(recipe), "runpod", "H100-SXM", 1).terms["flops_per_token"]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,6 +261,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--micro", type=int, default=8, help="micro batch size per GPU")
     p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="1b",
+                   help="model shape: 1b (TinyLlama-1.1B) or 8b (Llama-3.1-8B, vocab 128256); random weights")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="checkpoint every N minutes during the run, to time saves (default: none)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs for the full fine-tunes (default: all visible)")
     p.add_argument("--gpu", default=None, help="catalog GPU name for peak TFLOPs (default: detected; dry run: H100-SXM)")
     p.add_argument("--time-limit", type=float, default=420,
@@ -250,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                   "and estimates without one", file=sys.stderr)
             return 2
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sftlaunch-gpu-bench-"))
-    model_dir = work / "llama-1b-random"
+    model_dir = work / f"llama-{a.shape}-random"
     try:
-        write_model(model_dir, random_init=not a.dry_run)
+        write_model(model_dir, random_init=not a.dry_run, shape=SHAPES[a.shape])
         if a.dry_run:
             from launcher import catalog
 
@@ -268,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 tflops = catalog.gpu_tflops(a.gpu)
         runs = plan_runs(a, model_dir, visible)
-        print(f"~1B random-init Llama ({runs[0]['params'] / 1e9:.2f}B params, TinyLlama-1.1B shape), "
+        name = "TinyLlama-1.1B" if a.shape == "1b" else "Llama-3.1-8B"
+        print(f"random-init Llama ({runs[0]['params'] / 1e9:.2f}B params, {name} shape), "
               f"{a.steps} steps, micro {a.micro} x seq_len {a.seq_len}, bf16, gradient checkpointing; "
               f"{gpu} ({tflops:.0f} bf16 TFLOPs peak)")
         return dry_run(runs, work) if a.dry_run else measure(runs, work, model_dir, tflops, a.time_limit)
@@ -282,7 +337,7 @@ def dry_run(runs: list[dict], work: Path) -> int:
         t = r["recipe"]["train"]
         print(f"\n{r['method']}: method {r['recipe']['method']}, deepspeed {t.get('deepspeed')}, {r['gpus']} GPU(s), "
               f"optimizer {t['optimizer']}, estimate {r['estimate_gb']:.1f} GB/GPU")
-        print("  " + " ".join(command(r["method"], r["gpus"], work / f"{r['method']}.json", work / "llama-1b-random",
+        print("  " + " ".join(command(r["method"], r["gpus"], work / f"{r['method']}.json", Path(r["recipe"]["model"]["id"]),
                                      work / r["method"], work / f"{r['method']}.result.json")))
     return 0
 
@@ -310,16 +365,23 @@ def measure(runs: list[dict], work: Path, model_dir: Path, tflops: float, time_l
             res["wall_s"] = round(wall, 1)
             rows.append((r, res, None))
         shutil.rmtree(out, ignore_errors=True)  # checkpoints of a 1B full fine-tune are ~16 GB
-    print(f"\n{'recipe':<11} {'GPUs':>4} {'tokens/s/GPU':>12} {'peak GB':>8} {'est GB':>7} {'MFU':>6} {'wall s':>7}")
+    print(f"\n{'recipe':<11} {'GPUs':>4} {'tokens/s/GPU':>12} {'peak GB':>8} {'resv GB':>8} {'est GB':>7} "
+          f"{'MFU':>6} {'ckpt s':>7} {'final MB':>9} {'wall s':>7}")
     for r, res, note in rows:
         if res is None:
             print(f"{r['method']:<11} {r['gpus']:>4} {note}")
             continue
         per_gpu = res["tokens_per_s"] / res["world"]
+        fpt = r.get("flops_per_token") or 8 * r["params"]
+        saves = res.get("checkpoint_s") or []
+        ckpt = f"{max(saves):.1f}" if saves else "-"
         print(f"{r['method']:<11} {r['gpus']:>4} {per_gpu:>12.0f} {res['peak_bytes'] / 1e9:>8.1f} "
-              f"{r['estimate_gb']:>7.1f} {mfu(per_gpu, r['params'], True, tflops):>6.1%} {res['wall_s']:>7.1f}")
-    print("peak GB: torch.cuda.max_memory_allocated (max over ranks); est GB: launcher.estimate.memory().total "
-          "(includes ~1.5 GB CUDA context); MFU: 8*N*tokens/s per GPU / peak (checkpointing recompute counted)")
+              f"{res.get('reserved_bytes', 0) / 1e9:>8.1f} {r['estimate_gb']:>7.1f} "
+              f"{fpt * per_gpu / (tflops * 1e12):>6.1%} {ckpt:>7} {res.get('final_mb', 0):>9.1f} {res['wall_s']:>7.1f}")
+    print("peak GB: torch.cuda.max_memory_allocated, resv GB: max_memory_reserved (max over ranks); est GB: "
+          "launcher.estimate.memory().total (includes ~1.5 GB CUDA context); MFU: the planner's FLOPs per token "
+          "(launcher.estimate.timing) x tokens/s per GPU / peak; ckpt s: slowest Trainer checkpoint save; "
+          "final MB: DIR/final (adapter or model + tokenizer)")
     return 1 if failed else 0
 
 

@@ -70,3 +70,34 @@ def test_mfu_counts_the_recompute_forward():
     assert bench.gpu_spec("NVIDIA H100 80GB HBM3") == ("H100-SXM", 989.0)
     assert bench.gpu_spec("NVIDIA H100 PCIe") == ("H100", 756.0)
     assert bench.gpu_spec("NVIDIA H200") == ("H200", 989.0)
+
+
+GPU_CHECK = REPO / "bench" / "gpu_check.py"
+
+
+def test_gpu_check_prints_the_environment_facts_and_the_8b_plan_without_a_gpu():
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), "--dry-run"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for fact in ("torch: driver", "bitsandbytes ", "deepspeed ", "accelerator now:", "SDPA backends enabled"):
+        assert fact in out, fact
+    assert "8.03B params, Llama-3.1-8B shape" in out and "micro 2 x seq_len 2048" in out
+    assert re.search(r"^qlora: .* estimate \d+\.\d GB/GPU$", out, re.M) and re.search(r"^lora: .* estimate", out, re.M)
+
+
+def test_gpu_check_refuses_a_real_run_without_cuda_after_the_facts():
+    proc = subprocess.run([sys.executable, str(GPU_CHECK)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "== environment" in proc.stdout
+
+
+def test_bench_mfu_uses_the_planners_flops_per_token(tmp_path):
+    bench = _bench_module()
+    bench.write_model(tmp_path / "m", random_init=False, shape=bench.LLAMA3_8B)
+    lora = bench.recipe_dict("lora", tmp_path / "m", 10, 1, 2048, 1)
+    full = bench.recipe_dict("full-zero3", tmp_path / "m", 10, 1, 2048, 1)
+    n = 8.03e9
+    # launcher.estimate.timing: LoRA skips the weight gradients (6N with recompute), full needs 8N.
+    assert 6 * n < bench.planner_flops_per_token(lora) < 6.5 * n
+    assert 8 * n < bench.planner_flops_per_token(full) < 8.5 * n
