@@ -33,13 +33,27 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def init_dist() -> None:
-    """Join the process group torchrun/accelerate set up, before the Trainer does."""
-    if world_size() <= 1 or _dist() is not None:
-        return
-    from accelerate import PartialState
+def init_dist(deepspeed: bool = False) -> None:
+    """Join the process group torchrun/accelerate set up, before the Trainer does; with
+    `deepspeed`, DeepSpeed's own communication layer too.
 
-    PartialState()
+    Why DeepSpeed's: deepspeed.zero.Init (a ZeRO-3 from_pretrained) sizes its config with
+    deepspeed.comm's world size before it initializes anything itself, and reads 1 when that layer
+    is not up. On GPUs the TrainingArguments' device set-up brings it up; on CPU (use_cpu)
+    accelerate skips it, so it is done here, reusing the torch process group."""
+    if world_size() <= 1:
+        return
+    if _dist() is None:
+        from accelerate import PartialState
+
+        PartialState()
+    if deepspeed:
+        from deepspeed import comm
+
+        if not comm.is_initialized():
+            import deepspeed as ds
+
+            ds.init_distributed(auto_mpi_discovery=False)
 
 
 def broadcast_flags(*flags: bool) -> list[bool]:

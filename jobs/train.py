@@ -255,20 +255,23 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         from launcher.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
-    # The process group and this rank's device first (resume_point joins the group): a 4-bit
-    # model is quantized on the device it loads to, which must be this rank's own.
+    # The arguments first: with a DeepSpeed config they join the process group through DeepSpeed
+    # (deepspeed.comm, which zero.Init counts ranks with) and hold transformers' HfDeepSpeedConfig,
+    # so a ZeRO-3 from_pretrained builds the model under deepspeed.zero.Init, each rank
+    # materialising only its shard (8B full FT: 32 GB of fp32 weights per rank otherwise).
+    args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps, eval_on_start=True)
+    _ = args.device  # the Trainer's own device and process-group set-up, now rather than at train()
+    init_dist(deepspeed=bool(recipe.train.deepspeed))
+    # Then the process group and this rank's device (resume_point joins the group): a 4-bit model
+    # is quantized on the device it loads to, which must be this rank's own.
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
+    args.eval_on_start = args.eval_on_start and resume is None
     saved = ckpt.read_state(resume)
     if resume and local_rank() == 0:
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
-    # The arguments before the model: with a ZeRO-3 config they hold transformers'
-    # HfDeepSpeedConfig, and from_pretrained then builds the model under deepspeed.zero.Init,
-    # each rank materialising only its shard (8B full FT: 32 GB of fp32 weights per rank otherwise).
-    args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
-                                     eval_on_start=resume is None)
     model = jm.load_model(recipe, tokenizer, path)
     if collator is None:
         from jobs.data import make_collator, prepare_model_for_packing
