@@ -207,9 +207,11 @@ def _end_of_turn_cut(text: str, start: int, stop: int, specials: tuple[str, ...]
 
 
 def _special_strings(tokenizer) -> tuple[str, ...]:
+    """Every atomic added token (special or not: some published tokenizers leave their end-of-turn
+    token unflagged) and the special tokens, longest first."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    found = {t.content for t in added.values() if getattr(t, "special", False)}
-    return tuple(sorted(found | {t for t in getattr(tokenizer, "all_special_tokens", []) if t}, key=len, reverse=True))
+    found = {t.content for t in added.values()} | set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return tuple(sorted((t for t in found if t and t.strip()), key=len, reverse=True))
 
 
 def _answer_start(messages: list[dict], i: int, through: str, src: str, tokenizer) -> int | None:

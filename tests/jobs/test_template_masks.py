@@ -134,8 +134,10 @@ def test_each_answer_and_its_end_of_turn_token_is_trained_exactly(toks, family, 
     from jobs import templates
 
     tok, conv = toks[family], CONVERSATIONS[name]
-    if not _accepts(family, conv):
-        pytest.skip("Gemma 2 has no system role (a refused row: see test_data_rows)")
+    if not _accepts(family, conv):  # Gemma 2 has no system role: a bad row (see the build_datasets test below)
+        with pytest.raises(templates.BadConversation, match="System role not supported"):
+            templates.render_turns(conv, "tokenizer", tok)
+        return
     served = templates.drop_empty_system(conv)
     answers = [i for i, m in enumerate(served) if m["role"] == "assistant"]
     turns = templates.render_turns(conv, "tokenizer", tok)
@@ -232,3 +234,17 @@ def test_multi_turn_qwen3_rows_train_one_sample_per_answer(toks, tmp_path):
     trained = sorted(tok.decode([t for t, lab in zip(s["input_ids"], s["labels"], strict=True) if lab != IGNORE])
                      for s in train)
     assert trained == sorted(["4<|im_end|>", "4<|im_end|>", " Six, of course. \n<|im_end|>", "Kiwi — ünïcode.<|im_end|>"])
+
+
+def test_without_an_end_of_turn_token_the_trailing_newline_stays_trained(toks):
+    """Only whitespace after an end-of-turn token is cut: with none, the newline is the model's stop."""
+    import copy
+
+    from jobs import templates
+
+    tok = copy.deepcopy(toks["llama"])
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    (text, spans), = templates.render_turns(T[:4], "tokenizer", tok)
+    assert text == tok.apply_chat_template(T[:4], tokenize=False)
+    assert [text[a:b] for a, b in spans] == ["4\n", " Six, of course. \n\n"]
