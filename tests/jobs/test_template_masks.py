@@ -248,3 +248,26 @@ def test_without_an_end_of_turn_token_the_trailing_newline_stays_trained(toks):
     (text, spans), = templates.render_turns(T[:4], "tokenizer", tok)
     assert text == tok.apply_chat_template(T[:4], tokenize=False)
     assert [text[a:b] for a, b in spans] == ["4\n", " Six, of course. \n\n"]
+
+
+@pytest.mark.slow
+def test_every_shipped_conversation_masks_as_transformers_does_in_every_family(toks):
+    """The 240 shipped sample conversations (multi-turn guanaco, SlimOrca, messages, dolphin rows)."""
+    from jobs import templates
+    from tests.jobs.test_templates import shipped_conversations
+
+    convs = shipped_conversations()
+    for family, tok in toks.items():
+        for conv in convs:
+            served = templates.drop_empty_system(conv)
+            if not _accepts(family, served):
+                with pytest.raises(templates.BadConversation):
+                    templates.render_turns(conv, "tokenizer", tok)
+                continue
+            answers = [i for i, m in enumerate(served) if m["role"] == "assistant"]
+            ends = [i + 1 for i in answers] if len(templates.render_turns(conv, "tokenizer", tok)) > 1 else [len(served)]
+            for (ids, mask), end in zip(templates.render_samples(conv, "tokenizer", tok), ends, strict=True):
+                marked = tok.apply_chat_template(served[:end], chat_template=MARKED[family], tokenize=True,
+                                                 return_dict=True, return_assistant_tokens_mask=True)
+                assert list(marked["input_ids"]) == ids == _ids(tok, served[:end]), (family, conv)
+                assert [bool(m) for m in marked["assistant_masks"]] == mask, (family, conv)
