@@ -9,7 +9,8 @@ every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no tem
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
 parquet file, the index in a hub split). jobs.formats maps a row to messages and says what is wrong
-with a bad one; `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
+with a bad one, and a conversation the chat template refuses when it is tokenised (Gemma 2 and a
+system turn) is a bad row too (`Row` keeps its source and number); `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
 naming the source, the row and the problem; `skip` leaves it out and counts it per reason, and the
 counts are printed in the training log and shown by data-preview. Never silent.
 
