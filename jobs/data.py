@@ -9,7 +9,8 @@ every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no tem
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
 parquet file, the index in a hub split). jobs.formats maps a row to messages and says what is wrong
-with a bad one; `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
+with a bad one, and a conversation the chat template refuses when it is tokenised (Gemma 2 and a
+system turn) is a bad row too (`Row` keeps its source and number); `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
 naming the source, the row and the problem; `skip` leaves it out and counts it per reason, and the
 counts are printed in the training log and shown by data-preview. Never silent.
 
@@ -109,6 +110,16 @@ def _read_source(src) -> list[tuple[str, int, object]]:
     return [(src.path, n, row) for n, row in enumerate(ds, 1)]
 
 
+class Row(dict):
+    """A formatted row that remembers where it came from ("file: row N") and its format, so a row the
+    chat template refuses when it is tokenised (Gemma's "System role not supported") is reported or
+    skipped like any other bad row. Compares equal to the plain dict."""
+
+    def __init__(self, row: dict, origin: str = "", fmt: str = ""):
+        super().__init__(row)
+        self.origin, self.fmt = origin, fmt
+
+
 def format_row(fmt: str, where: str, n: int, row: object, bad_rows: str = "error",
                skipped: dict | None = None) -> dict | None:
     """The formatted row; a bad one stops (bad_rows error) or is counted in `skipped` and gives None."""
@@ -137,7 +148,7 @@ def load_source(src, seed: int, bad_rows: str = "error", skipped: dict | None = 
             break
         got = format_row(src.format, *rows[i], bad_rows=bad_rows, skipped=skipped)
         if got is not None:
-            out.append(got)
+            out.append(Row(got, origin=f"{rows[i][0]}: row {rows[i][1]}", fmt=src.format))
     if not out:
         raise UserError(f"{src.path}: every row was skipped as bad ({skipped_line(skipped)}); "
                         "check data.sources[].format against the file's schema")
@@ -182,37 +193,65 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
 # ---------------------------------------------------------------- tokenising and packing
 
 
-def tokenize_row(row: dict, recipe, tokenizer) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one formatted row, untruncated."""
+def tokenize_samples(row: dict, recipe, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """[(input_ids, labels)] of one formatted row, untruncated: one sample, or one per answer when the
+    chat template rewrites history (jobs.templates.render_turns: Qwen3). Raises BadConversation when
+    the template refuses the conversation."""
     from jobs import templates
 
     bos = [tokenizer.bos_token_id] if templates.adds_bos(tokenizer) else []
     if "text" in row:
         ids = bos + tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return ids, list(ids)
+        return [(ids, list(ids))]
     if "prompt" in row:  # pre-formatted (airoboros skip_prompt_formatting): no template, one tokenisation
         text = row["prompt"] + row["completion"]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         start = len(row["prompt"])
         trained = [recipe.data.loss == "all" or end > start for _, end in enc["offset_mapping"]]
         ids = bos + list(enc["input_ids"]) + [tokenizer.eos_token_id]
-        return ids, templates.labels(ids, [recipe.data.loss == "all"] * len(bos) + trained + [True])
-    return templates.render_labels(row["messages"], recipe.data.template, tokenizer, recipe.data.loss)
+        return [(ids, templates.labels(ids, [recipe.data.loss == "all"] * len(bos) + trained + [True]))]
+    return templates.sample_labels(row["messages"], recipe.data.template, tokenizer, recipe.data.loss)
 
 
-def _samples(rows: list[dict], recipe, tokenizer, stats: dict) -> list[tuple[list[int], list[int]]]:
+def tokenize_row(row: dict, recipe, tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one formatted row's whole conversation (the last of tokenize_samples)."""
+    return tokenize_samples(row, recipe, tokenizer)[-1]
+
+
+def tokenized(rows: list[dict], recipe, tokenizer, skipped: dict | None = None) -> Iterator[tuple[dict, list]]:
+    """(row, its samples) for each row the chat template can render. A row it refuses is a bad row:
+    `data.bad_rows: error` stops naming source and row, `skip` leaves it out, counted in `skipped`."""
+    from jobs.templates import BadConversation
+
+    for row in rows:
+        try:
+            samples = tokenize_samples(row, recipe, tokenizer)
+        except BadConversation as e:
+            if getattr(recipe.data, "bad_rows", "error") == "skip":
+                if skipped is not None:
+                    skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                continue
+            where = getattr(row, "origin", "") or "a data row"
+            raise UserError(f"{where}: {e} (template {recipe.data.template}; fix the row, choose another "
+                            "data.template, or set data.bad_rows: skip)") from None
+        yield row, samples
+
+
+def _samples(rows: list[dict], recipe, tokenizer, stats: dict, skipped: dict | None = None) -> list[tuple[list[int], list[int]]]:
     seq_len = recipe.data.seq_len
     out = []
-    for row in rows:
-        ids, labels = tokenize_row(row, recipe, tokenizer)
-        stats["tokens"] += len(ids)
-        if len(ids) > seq_len:
-            stats["truncated"] += 1
-            ids, labels = ids[:seq_len], labels[:seq_len]
-        if all(lab == IGNORE for lab in labels[1:]):  # nothing left to learn (prompt filled seq_len)
-            stats["dropped"] += 1
-            continue
-        out.append((ids, labels))
+    for _row, samples in tokenized(rows, recipe, tokenizer, skipped):
+        stats["rows"] += 1
+        for ids, labels in samples:
+            stats["samples"] += 1
+            stats["tokens"] += len(ids)
+            if len(ids) > seq_len:
+                stats["truncated"] += 1
+                ids, labels = ids[:seq_len], labels[:seq_len]
+            if all(lab == IGNORE for lab in labels[1:]):  # nothing left to learn (prompt filled seq_len)
+                stats["dropped"] += 1
+                continue
+            out.append((ids, labels))
     return out
 
 
@@ -261,7 +300,7 @@ def _to_dataset(samples, recipe) -> list[dict]:
 
 
 def _new_stats() -> dict:
-    return {"tokens": 0, "truncated": 0, "dropped": 0}
+    return {"rows": 0, "samples": 0, "tokens": 0, "truncated": 0, "dropped": 0}
 
 
 def no_samples_message(recipe) -> str:
@@ -273,21 +312,22 @@ def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[di
     """(train, eval) lists of {input_ids, labels, position_ids}, truncated to seq_len, packed if asked.
 
     `info` (a dict) receives what the model card reports: `sources` (rows used per source, after
-    max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split)
+    max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split that the chat template renders)
     and `dropped` (training rows with nothing left to learn after truncation)."""
     per_source: list[dict] = []
     skipped: dict = {}
     train_rows, eval_rows = split_rows(load_rows(recipe, per_source, skipped), recipe.data.eval_fraction, recipe.train.seed)
+    stats, eval_stats = _new_stats(), _new_stats()
+    train = _to_dataset(_samples(train_rows, recipe, tokenizer, stats, skipped), recipe)
+    evals = _to_dataset(_samples(eval_rows, recipe, tokenizer, eval_stats, skipped), recipe)
     if skipped:
         print(skipped_line(skipped), flush=True)  # the training log
-    stats = _new_stats()
-    train = _to_dataset(_samples(train_rows, recipe, tokenizer, stats), recipe)
     if not train:
-        raise UserError(no_samples_message(recipe))
+        raise UserError(no_samples_message(recipe) + (f" ({skipped_line(skipped)})" if skipped else ""))
     if info is not None:
-        info.update(sources=per_source, train_rows=len(train_rows), eval_rows=len(eval_rows),
+        info.update(sources=per_source, train_rows=stats["rows"], eval_rows=eval_stats["rows"],
                     dropped=stats["dropped"], truncated=stats["truncated"], skipped=skipped)
-    return train, _to_dataset(_samples(eval_rows, recipe, tokenizer, _new_stats()), recipe)
+    return train, evals
 
 
 # ---------------------------------------------------------------- collating
@@ -369,7 +409,7 @@ def data_stats(recipe, tokenizer) -> dict:
     rows = load_rows(recipe, skipped=skipped)
     train_rows, eval_rows = split_rows(rows, recipe.data.eval_fraction, recipe.train.seed)
     stats = _new_stats()
-    samples = _samples(train_rows, recipe, tokenizer, stats)
+    samples = _samples(train_rows, recipe, tokenizer, stats, skipped)
     lengths = [len(ids) for ids, _ in samples]
     trained = sum(sum(1 for lab in labels[1:] if lab != IGNORE) for _, labels in samples)
     mbs = recipe.train.micro_batch_size
@@ -377,7 +417,7 @@ def data_stats(recipe, tokenizer) -> dict:
     packed = pack(samples, recipe.data.seq_len)
     packed_len = [len(p["input_ids"]) for p in packed]
     packed_padded = sum(max(packed_len[i:i + mbs]) * len(packed_len[i:i + mbs]) for i in range(0, len(packed_len), mbs))
-    n = max(1, len(train_rows))
+    n = max(1, stats.get("samples", 0))  # truncation is counted per sample
     return {
         "rows": len(rows),
         "skipped": dict(sorted(skipped.items())),

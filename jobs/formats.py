@@ -6,7 +6,8 @@ docstrings below); jobs.data reads, tokenises and packs whatever these return.
 
 Each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant, possibly several
 turns), except `text` ({"text"}: trained on every token) and airoboros' pre-formatted rows
-({"prompt", "completion"}). Every conversation is validated (jobs.templates.validate: roles
+({"prompt", "completion"}). An empty leading system message is dropped (as dolphin's empty
+instruction gives none), so the model's default system prompt applies. Every conversation is validated (jobs.templates.validate: roles
 alternate after an optional system message, it ends with the assistant's answer, no empty turns);
 a problem is a RowError whose `reason` is the key `data.bad_rows: skip` counts it under.
 
@@ -155,6 +156,7 @@ def check_row(fmt: str, row: object) -> dict:
         raise RowError(f"expected a JSON object, got {type(row).__name__}", "not an object")
     out = FORMATTERS[fmt](row)
     if "messages" in out:
+        out["messages"] = templates.drop_empty_system(out["messages"])
         try:
             templates.validate(out["messages"])
         except templates.BadConversation as e:

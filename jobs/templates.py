@@ -17,7 +17,16 @@ Templates (each assistant turn is trained with its end-of-turn marker, so the mo
 - mistral-inst: mistral_common's v1 instruct layout: "<s>[INST] {system}\\n\\n{user} [/INST] {assistant}</s>[INST] …"
 - chatml:       OpenHermes-2.5's "<|im_start|>{role}\\n{content}<|im_end|>\\n"; <|im_end|> ends a turn
                 and is the EOS (`prepare_tokenizer` adds the two markers when the tokenizer lacks them)
-- tokenizer:    the base tokenizer's own chat_template (assistant spans found by rendering prefixes)
+- tokenizer:    the base tokenizer's own chat_template, rendered as `apply_chat_template` renders it.
+                Its own {% generation %} blocks are the spans when it has them; otherwise each answer's
+                span is what rendering through it adds to the generation prompt before it, ending at its
+                end-of-turn token: "{answer}<|im_end|>" (Qwen), "{answer}<end_of_turn>" (Gemma 2),
+                "{answer}<|eot_id|>" (Llama 3), "{answer}</s>" (Mistral) — never the "\\n" after it,
+                which the model never generates. Qwen3's empty "<think>\\n\\n</think>\\n\\n" is prompt
+                (its generation prompt with enable_thinking=False), a real <think> block is trained.
+                Qwen3 rewrites history (earlier answers lose their <think> blocks), so a multi-turn row
+                trains each answer in the render of the conversation up to it (`render_turns`).
+                A conversation the template refuses (raise_exception) is a bad row (BadConversation).
 """
 
 from __future__ import annotations
@@ -79,6 +88,17 @@ class BadConversation(UserError):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
+
+
+def drop_empty_system(messages: list[dict]) -> list[dict]:
+    """`messages` without a leading system message that is empty or only whitespace, as dolphin rows
+    with an empty instruction get none: the model's default system prompt then applies (Qwen2.5's
+    "You are Qwen…", Mistral Small's) instead of an empty system turn it never saw in training."""
+    if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+        content = messages[0].get("content")
+        if isinstance(content, str) and not content.strip():
+            return messages[1:]
+    return messages
 
 
 def validate(messages: list[dict], for_training: bool = True) -> None:
@@ -162,7 +182,7 @@ def prepare_tokenizer(tokenizer, template: str) -> None:
     tokenizer.chat_template = chat_template(template, tokenizer)
 
 
-def _render(messages: list[dict], src: str, tokenizer, generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+def _render(messages: list[dict], src: str, tokenizer, generation_prompt: bool, **extra) -> tuple[str, list[tuple[int, int]]]:
     """(text, assistant character spans) from the {% generation %} blocks of `src`."""
     from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -170,51 +190,117 @@ def _render(messages: list[dict], src: str, tokenizer, generation_prompt: bool) 
     kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     try:
         texts, indices = render_jinja_template(conversations=[messages], chat_template=src, add_generation_prompt=generation_prompt,
-                                               return_assistant_tokens_mask=bool(_GENERATION_TAG.search(src)), **kwargs)
+                                               return_assistant_tokens_mask=bool(_GENERATION_TAG.search(src)), **kwargs, **extra)
     except TemplateError as exc:
         raise BadConversation("template refused", f"the chat template refused the conversation: {exc}") from None
     return texts[0], [tuple(s) for s in (indices[0] if indices else [])]
 
 
-def _prefix_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
-    """For a tokenizer's own template without generation markers: each assistant span is what
-    rendering through that message adds to rendering the conversation before it (with the
-    generation prompt)."""
+def _end_of_turn_cut(text: str, start: int, stop: int, specials: tuple[str, ...]) -> int:
+    """Where the trained span ends: after the turn's last special token when only whitespace follows
+    it. A model stops at its end-of-turn token (<|im_end|>, <end_of_turn>, <|eot_id|>, </s>), so the
+    "\\n" a template writes after it (ChatML, Gemma) is never generated and must not be trained."""
+    body = text[start:stop].rstrip()
+    if body and start + len(body) < stop and any(body.endswith(t) for t in specials):
+        return start + len(body)
+    return stop
+
+
+def _special_strings(tokenizer) -> tuple[str, ...]:
+    """Every atomic added token (special or not: some published tokenizers leave their end-of-turn
+    token unflagged) and the special tokens, longest first."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {t.content for t in added.values()} | set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return tuple(sorted((t for t in found if t and t.strip()), key=len, reverse=True))
+
+
+def _answer_start(messages: list[dict], i: int, through: str, src: str, tokenizer) -> int | None:
+    """Where answer i begins in `through` (messages[:i+1] rendered): after the longest generation
+    prompt that `through` starts with. Two prompts are tried: the default one and the one with
+    `enable_thinking=False` (Qwen3 puts the empty "<think>\\n\\n</think>\\n\\n" there, which is
+    exactly what its template inserts before an answer without reasoning: prompt, not target)."""
+    best = None
+    for extra in ({}, {"enable_thinking": False}):
+        before, _ = _render(messages[:i], src, tokenizer, True, **extra)
+        if through.startswith(before) and (best is None or len(before) > best):
+            best = len(before)
+    return best
+
+
+def _prefix_turns(messages: list[dict], tokenizer) -> list[tuple[str, list[tuple[int, int]]]]:
+    """For a tokenizer's own template without generation markers: each answer's span is what
+    rendering through it adds to the generation prompt before it, cut after its end-of-turn token.
+
+    A template that rewrites history (Qwen3 drops earlier answers' <think> blocks and gives the last
+    answer an empty one) renders turn i differently once later turns follow. Then every answer is
+    trained in its own render of the conversation up to it — the exact string the model was served
+    when it produced that answer — so one row becomes one sample per answer (each the official
+    render, byte for byte). Training earlier answers as they appear in the rewritten history would
+    teach the model to answer without its <think> block. Prefix-consistent templates (all others)
+    give one sample whose spans are the same answers.
+    """
     src = _source("tokenizer", tokenizer)
+    specials = _special_strings(tokenizer)
     text, _ = _render(messages, src, tokenizer, False)
-    spans = []
+    turns: list[tuple[str, list[tuple[int, int]]]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before, _ = _render(messages[:i], src, tokenizer, True)
         through, _ = _render(messages[: i + 1], src, tokenizer, False)
-        if not through.startswith(before) or not text.startswith(through):
-            raise UserError("data.template: tokenizer — its chat_template does not render conversations "
-                            "prefix-consistently, so the assistant spans cannot be masked; use an explicit template")
-        spans.append((len(before), len(through)))
-    return text, spans
+        start = _answer_start(messages, i, through, tokenizer=tokenizer, src=src)
+        if start is None:
+            raise BadConversation("template not prefix-consistent", "the tokenizer's chat_template renders the "
+                                  f"answer in turn {i + 1} without the generation prompt before it, so its span "
+                                  "cannot be found; use an explicit data.template")
+        turns.append((through, [(start, _end_of_turn_cut(through, start, len(through), specials))]))
+    if all(text.startswith(t) for t, _ in turns):
+        return [(text, [s for _, spans in turns for s in spans])]
+    return turns
 
 
-def render_spans(messages: list[dict], template: str, tokenizer) -> tuple[str, list[tuple[int, int]]]:
-    """(rendered conversation, character spans of the trained assistant text)."""
+def render_turns(messages: list[dict], template: str, tokenizer) -> list[tuple[str, list[tuple[int, int]]]]:
+    """[(rendered text, character spans of the trained answers)]: one entry for every template that
+    renders a conversation prefix-consistently, one per answer for one that rewrites history."""
+    messages = drop_empty_system(messages)
     validate(messages)
     src = _source(template, tokenizer)
     if template == "tokenizer" and not _GENERATION_TAG.search(src):
-        return _prefix_spans(messages, tokenizer)
-    return _render(messages, src, tokenizer, False)
+        return _prefix_turns(messages, tokenizer)
+    return [_render(messages, src, tokenizer, False)]
 
 
-def render(messages: list[dict], template: str, tokenizer, loss: str = "completion_only") -> tuple[list[int], list[bool]]:
-    """(input_ids, trained mask): the whole rendered string tokenised once; a token is trained when
-    its characters overlap an assistant span (every token with loss="all")."""
-    text, spans = render_spans(messages, template, tokenizer)
+def render_spans(messages: list[dict], template: str, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """(the whole conversation rendered, character spans of its trained answers): the last of
+    `render_turns` (for a history-rewriting template only the last answer is trained in it)."""
+    return render_turns(messages, template, tokenizer)[-1]
+
+
+def _tokenise(text: str, spans: list[tuple[int, int]], tokenizer, loss: str) -> tuple[list[int], list[bool]]:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [loss == "all" or any(start < stop and b < end for b, stop in spans) for start, end in enc["offset_mapping"]]
     return list(enc["input_ids"]), mask
 
 
+def render_samples(messages: list[dict], template: str, tokenizer, loss: str = "completion_only") -> list[tuple[list[int], list[bool]]]:
+    """[(input_ids, trained mask)] per sample of one conversation (see render_turns); each rendered
+    string tokenised once; a token is trained when its characters overlap an answer's span (every
+    token with loss="all", which needs only the whole conversation)."""
+    turns = render_turns(messages, template, tokenizer)
+    return [_tokenise(text, spans, tokenizer, loss) for text, spans in (turns[-1:] if loss == "all" else turns)]
+
+
+def render(messages: list[dict], template: str, tokenizer, loss: str = "completion_only") -> tuple[list[int], list[bool]]:
+    """(input_ids, trained mask) of the whole conversation: the last of `render_samples`."""
+    return render_samples(messages, template, tokenizer, loss)[-1]
+
+
 def labels(ids: list[int], mask: list[bool]) -> list[int]:
     return [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+
+
+def sample_labels(messages: list[dict], template: str, tokenizer, loss: str = "completion_only") -> list[tuple[list[int], list[int]]]:
+    """[(input_ids, labels)] per sample of one conversation (see render_turns), -100 where no loss is taken."""
+    return [(ids, labels(ids, mask)) for ids, mask in render_samples(messages, template, tokenizer, loss)]
 
 
 def render_labels(messages: list[dict], template: str, tokenizer, loss: str = "completion_only") -> tuple[list[int], list[int]]:
@@ -225,6 +311,7 @@ def render_labels(messages: list[dict], template: str, tokenizer, loss: str = "c
 
 def prompt_text(messages: list[dict], template: str, tokenizer) -> str:
     """What the model sees before its next reply: `messages` end with a user turn."""
+    messages = drop_empty_system(messages)
     validate(messages, for_training=False)
     src = _source(template, tokenizer)
     return _render(messages, src, tokenizer, True)[0]

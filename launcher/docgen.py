@@ -200,7 +200,8 @@ def _formats_section() -> str:
     from jobs.formats import FORMATTERS
 
     out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from jobs/formats.py). Every "
-           "conversation is checked: roles alternate user/assistant after an optional system message, it ends "
+           "conversation is checked: roles alternate user/assistant after an optional system message (an empty one "
+           "is dropped, so the model's default system prompt applies), it ends "
            "with the assistant's answer, no turn is empty; `data.bad_rows` says whether a bad row stops the "
            "run or is skipped and counted.\n\n"]
     for name, fn in FORMATTERS.items():

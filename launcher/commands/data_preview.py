@@ -68,9 +68,10 @@ def _source_stats(recipe, tokenizer) -> list[dict]:
     for src in recipe.data.sources:
         skipped: dict = {}
         rows = data.load_source(src, recipe.train.seed, recipe.data.bad_rows, skipped)
-        lengths = [len(data.tokenize_row(r, recipe, tokenizer)[0]) for r in rows]
+        rendered = [samples for _, samples in data.tokenized(rows, recipe, tokenizer, skipped)]
+        lengths = [len(ids) for samples in rendered for ids, _ in samples]
         out.append({
-            "path": src.path, "format": src.format, "rows": len(rows),
+            "path": src.path, "format": src.format, "rows": len(rendered),
             "mean": round(statistics.fmean(lengths), 1) if lengths else 0, "p50": _pct(lengths, 0.5),
             "p95": _pct(lengths, 0.95), "max": max(lengths, default=0),
             "truncated_pct": round(100 * sum(n > recipe.data.seq_len for n in lengths) / max(1, len(lengths)), 2),
@@ -84,8 +85,8 @@ def _samples(recipe, tokenizer, n: int) -> list[list[tuple[str, bool]]]:
     from jobs import data
 
     out = []
-    for row in data.load_rows(recipe)[:n]:
-        ids, labels = data.tokenize_row(row, recipe, tokenizer)
+    for _row, samples in data.tokenized(data.load_rows(recipe)[:n], recipe, tokenizer):
+        ids, labels = samples[-1]  # the whole conversation
         ids, labels = ids[: recipe.data.seq_len], labels[: recipe.data.seq_len]
         runs: list[tuple[list[int], bool]] = []
         for tok, lab in zip(ids, labels, strict=True):

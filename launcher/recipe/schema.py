@@ -117,7 +117,8 @@ class DataSpec(_Strict):
     loss: Literal["completion_only", "all"] = Field("completion_only", description="Train on assistant tokens only, or on all tokens.")
     eval_fraction: float = Field(0.01, ge=0, lt=1, description="Share of rows held out for eval loss.")
     bad_rows: Literal["error", "skip"] = Field(
-        "error", description="A row that cannot be trained on (wrong turn order, empty answer, missing field): "
+        "error", description="A row that cannot be trained on (wrong turn order, empty answer, missing field, a "
+        "conversation the chat template refuses such as a system turn for Gemma 2): "
         "`error` stops naming the source and row (exit 2); `skip` leaves it out, counted per reason in the log.")
 
 
