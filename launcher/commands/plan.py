@@ -65,7 +65,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     if result.chosen is None:
         if result.reason_field == "model.id":
             raise UserError(f"{recipe}: {result.reason}")
-        raise UserError(f"{recipe}: resources.gpu: nothing fits: {result.reason}")
+        raise UserError(f"{recipe}: {result.reason_field}: nothing fits: {result.reason}")
     if over_budget:
         raise UserError(budget_message(recipe, r, result))
 
