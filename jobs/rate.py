@@ -60,14 +60,31 @@ def _norm(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
+def _form(text: str) -> str | None:
+    """The form factor a name states: PCIe and NVL cards say so in their CUDA name ("NVIDIA H100
+    PCIe", "NVIDIA H100 NVL"); an SXM card does not ("NVIDIA H100 80GB HBM3"), a SkyPilot name may."""
+    t = _norm(text)
+    return next((f for f in ("PCIE", "NVL", "SXM") if f in t), None)
+
+
+def _extras(entry: dict[str, Any]) -> str:
+    """What a SkyPilot name says beyond the family: "SXM" of H100-SXM, "80GB" of A100-80GB."""
+    return "-".join(str(entry["accelerator"]).split("-")[1:])
+
+
 def _gpu_matches(entry: dict[str, Any], device: tuple[str, float | None] | None) -> bool:
     """Whether the visible GPU can be this entry's accelerator: its family (the name's first part,
-    e.g. A100 of A100-80GB) is in the CUDA name, and its memory is the catalog's (when known)."""
+    e.g. A100 of A100-80GB) is in the CUDA name, a form factor the name states agrees (H100-SXM is
+    no "H100 PCIe"), and its memory is the catalog's (when both are known)."""
     if device is None:
         return True
     name, gib = device
-    family = _norm(str(entry["accelerator"]).split("-")[0])
+    acc = str(entry["accelerator"])
+    family = _norm(acc.split("-")[0])
     if family and family not in _norm(name):
+        return False
+    wanted, seen = _form(_extras(entry)), _form(name) or "SXM"
+    if wanted and wanted != seen:
         return False
     mem = entry.get("memory_gb")
     return not (gib and mem and abs(gib - float(mem)) > MEMORY_TOLERANCE * float(mem))
@@ -135,6 +152,11 @@ def resolve(env: Mapping[str, str] | None = None, device: tuple[str, float | Non
             why = f"no choice matches the launched {label} ({_said(label, cloud, region, gpus, device)})"
             break
         left = narrowed
+    if device is not None and not why:
+        # A name that states the card's form factor beats one that states none: on RunPod,
+        # "H100-SXM" is the SXM card and plain "H100" the PCIe one ("NVIDIA H100 PCIe").
+        stated = [e for e in left if _form(_extras(e)) == (_form(device[0]) or "SXM")]
+        left = stated or left
     priced = [(*_price(e, region), e) for e in left]
     usd, how, entry = max(priced, key=lambda x: x[0])
     if why:
