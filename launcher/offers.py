@@ -257,9 +257,22 @@ def build_cache(csvs: dict[str, Path]) -> dict[str, Any]:
 # Loading
 
 
+def live_catalog_how() -> str:
+    """How to plan from SkyPilot's live catalog instead of the packaged snapshot."""
+    refresh = "`sftlaunch plan --refresh-prices RECIPE` (SkyPilot downloads its current catalog)"
+    return refresh if sky_available() else f"pip install 'sftlaunch[cloud]', then {refresh}"
+
+
 def _snapshot() -> OfferTable:
     data = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
-    return OfferTable("snapshot", data["date"], str(SNAPSHOT), data["rows"])
+    table = OfferTable("snapshot", data["date"], str(SNAPSHOT), data["rows"])
+    # The snapshot is generated from excerpts of SkyPilot's catalog (some regions and instance
+    # types of each cloud, tests/fixtures/catalogs): offers, counts and prices can differ from
+    # what a cloud sells today, so every plan made from it says so and how to get the live one.
+    table.notes.append(f"planned from the packaged snapshot of SkyPilot's catalog ({data['date']}), an excerpt of "
+                       "a few regions per cloud: a cloud may no longer sell an offer or price listed here; for the "
+                       f"live catalog: {live_catalog_how()}")
+    return table
 
 
 def _valid_cache(csvs: dict[str, Path]) -> dict[str, Any] | None:

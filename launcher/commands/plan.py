@@ -54,6 +54,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         out["offers_source"] = table.source
         out["offers_date"] = table.date
         out["offers_path"] = table.path
+        out["offers_notes"] = list(table.notes)
         out["failover"] = [c.as_dict() for c in order]
         out["max_usd"] = r.resources.max_usd
         out["over_budget"] = over_budget
