@@ -180,7 +180,7 @@ def test_every_snapshot_offer_is_sold_in_the_catalog_rows_it_came_from():
                 assert prices, f"{label}: the snapshot says {region} sells it; no catalog row does"
                 assert any(abs(p - per_gpu * r["count"]) <= 1e-6 * p for p in prices), (label, region, per_gpu, prices)
                 checked += 1
-            for region, per_gpu in r["spot_region_prices"].items():
+            for region in r["spot_region_prices"]:
                 assert (r["gpu"], r["count"], region) in sold, f"{label}: spot in {region}, which sells none"
             assert r["on_demand"] == r["region_prices"][r["region"]], label  # priced where it is cheapest
     assert checked >= 150
