@@ -118,7 +118,8 @@ def _table(recipe, result, show_all: bool, table_src, order) -> None:
                       f"{c.mem_needed_gb:.1f}/{ev}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
                       _price(c), f"{c.total_usd:.2f}", _note(c), style=style)
     console.print(table)
-    console.print(f"offers: {table_src.describe()}; $/h at the cheapest region (a-b: cheapest-dearest region)",
+    where = "pinned region" if recipe.resources.regions else "region"
+    console.print(f"offers: {table_src.describe()}; $/h at the cheapest {where} (a-b: cheapest-dearest {where})",
                   markup=False)
     for note in table_src.notes:
         console.print(f"note: {note}", markup=False)
