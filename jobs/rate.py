@@ -96,6 +96,8 @@ def _price(entry: dict[str, Any], region: str | None) -> tuple[float, str]:
     if entry.get("region"):
         return float(entry["usd_per_hour"]), "pinned region"
     by_region = entry.get("region_usd_per_hour") or {}
+    if not by_region:  # one price everywhere (a Kubernetes cluster's declared one)
+        return float(entry.get("usd_per_hour_max") or entry["usd_per_hour"]), "its one price"
     if region and region in by_region:
         return float(by_region[region]), f"the price in {region}"
     dearest = float(entry.get("usd_per_hour_max") or entry["usd_per_hour"])
