@@ -196,15 +196,24 @@ def test_unknown_launch_falls_back_to_the_dearest_and_says_why():
     assert l4.describe() == "gcp us-central1 1×L4 $0.70/h"
 
 
-def test_cards_that_cannot_be_told_apart_are_charged_the_dearest():
+def test_the_visible_card_tells_choices_apart_or_the_dearest_is_charged():
+    """RunPod's H100-SXM and H100 (PCIe) on one node: the CUDA name tells them apart. A100 and
+    A100-80GB with no memory figure cannot be told apart: the dearest is charged and said so."""
     table = [_entry(cloud="runpod", accelerator="H100-SXM", usd_per_hour=3.29, usd_per_hour_max=3.29,
                     region_usd_per_hour={"CA": 3.29}),
              _entry(cloud="runpod", accelerator="H100", usd_per_hour=2.89, usd_per_hour_max=2.89,
                     region_usd_per_hour={"CA": 2.89})]
     sxm = resolve(_env(table, cloud="RunPod", region="CA"), ("NVIDIA H100 80GB HBM3", 79.1))
-    assert sxm.usd_per_hour == 3.29 and "cannot tell" in sxm.how
+    assert (sxm.accelerator, sxm.usd_per_hour, sxm.how) == ("H100-SXM", 3.29, "the price in CA")
     pcie = resolve(_env(table, cloud="RunPod", region="CA"), ("NVIDIA H100 PCIe", 79.1))
-    assert (pcie.accelerator, pcie.usd_per_hour) == ("H100", 2.89) and "dearest" not in pcie.how
+    assert (pcie.accelerator, pcie.usd_per_hour, pcie.how) == ("H100", 2.89, "the price in CA")
+    a100 = [_entry(accelerator="A100", usd_per_hour=2.4, memory_gb=None, region_usd_per_hour={"us-central1": 2.4}),
+            _entry(accelerator="A100-80GB", usd_per_hour=2.9, memory_gb=None, region_usd_per_hour={"us-central1": 2.9})]
+    unsure = resolve(_env(a100), ("NVIDIA A100-SXM4-80GB", None))
+    assert unsure.usd_per_hour == 2.9 and "cannot tell 1×A100, 1×A100-80GB apart" in unsure.how
+    with_memory = resolve(_env([{**e, "memory_gb": m} for e, m in zip(a100, (40.0, 80.0), strict=True)]),
+                          ("NVIDIA A100-SXM4-40GB", 39.4))
+    assert (with_memory.accelerator, with_memory.usd_per_hour) == ("A100", 2.4)
 
 
 def test_without_a_table_the_explicit_rate_is_used():
