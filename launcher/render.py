@@ -35,11 +35,11 @@ STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
 SECRET_NAMES = contract.JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-# NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
 # Multi-node runs: NCCL's and PyTorch's documented switches, safe on every cloud. WARN prints
 # NCCL's errors (not its INFO chatter); async error handling aborts a collective that failed on
 # another node instead of hanging until the timeout (torchelastic's own default, 1).
 NCCL_ENV = {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+# NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
 DOCKER_RUN_OPTIONS = ["--shm-size=16g", "--ulimit memlock=-1", "--ulimit stack=67108864"]
 
 
@@ -169,7 +169,8 @@ def rate_table(pairs: list[tuple[Any, str | None]]) -> list[dict[str, Any]] | No
     table = []
     for t, region in pairs:
         by_region = {r: _money(p) for r, p in (getattr(t, "region_usd_per_hour", None) or {}).items()}
-        usd = by_region.get(region) if region else _money(getattr(t, "usd_per_hour", None))
+        usd = _money(getattr(t, "usd_per_hour", None))
+        usd = by_region.get(region, usd) if region else usd  # no per-region prices: its one price
         if usd is None:
             return None
         usd_max = usd if region else _money(getattr(t, "usd_per_hour_max", None) or usd)

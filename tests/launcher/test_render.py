@@ -244,3 +244,26 @@ def test_multi_node_sets_safe_nccl_defaults_that_torch_knows():
     assert all(f'"{name}"' in known for name in NCCL_ENV)
     one = render_task(_recipe(), Target("gcp", "H100", 8), "sftl-r-0000", "/x")
     assert not set(NCCL_ENV) & set(one["envs"])
+
+
+def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
+    """Every ordered choice is in SFTLAUNCH_RATES with its $/h; a Kubernetes offer (one declared
+    price, no regions) keeps that price even when a region (its context) is pinned."""
+    import json
+
+    from launcher.estimate import plan
+
+    monkeypatch.setenv("SFTLAUNCH_K8S_GPUS", "H100:8")
+    monkeypatch.setenv("SFTLAUNCH_K8S_USD_PER_GPU_HOUR", "1.5")
+    for regions, want_region in ((None, None), (["my-context"], "my-context")):
+        recipe = recipe_from_dict({
+            "name": "r", "model": {"id": "meta-llama/Llama-2-7b-hf"}, "method": "lora",
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"sources": [{"path": "a/b", "format": "text"}]},
+            "resources": {"clouds": ["kubernetes"], "gpu": "H100:8", "regions": regions}})
+        chosen = plan(recipe).chosen
+        task = render_task(recipe, chosen, "sftl-r-0000", "/x")
+        rates = json.loads(task["envs"]["SFTLAUNCH_RATES"])
+        assert [(r["cloud"], r["region"], r["accelerator"], r["count"], r["usd_per_hour"]) for r in rates] == [
+            ("kubernetes", want_region, "H100", 8, 12.0)]
+        assert task["resources"].get("region") == want_region
