@@ -138,7 +138,11 @@ def test_a_pinned_region_is_planned_rendered_and_charged_there(tmp_path):
     assert pairs[:2] == [("H100:1", "us-central1"), ("H100:1", "europe-west4")], pairs
     specs = [{"task": single_choice(task, i), "clouds": ["gcp"]} for i in range(len(task["resources"]["ordered"]))]
     specs += [{"task": single_choice(task2, i), "clouds": ["gcp"]} for i in range(len(pairs))]
-    results = sky_launch_envs(tmp_path, specs)
+    # SkyPilot itself refuses a region its catalog does not have (plan refuses it first: below).
+    nowhere = single_choice(task, 0)
+    nowhere["resources"]["region"] = "us-west-9"
+    *results, refused = sky_launch_envs(tmp_path, [*specs, {"task": nowhere, "clouds": ["gcp"]}])
+    assert not refused["ok"] and "us-west-9" in refused["error"], refused
     for i, got in enumerate(results):
         t = task if i < len(task["resources"]["ordered"]) else task2
         region = specs[i]["task"]["resources"]["region"]
