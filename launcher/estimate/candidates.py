@@ -374,8 +374,9 @@ def refuse_unknown_regions(recipe: Recipe, clouds: list[str], regions: list[str]
     unknown = [r for r in regions if not any(r in have for have in sold.values())]
     if unknown:
         where = "; ".join(f"{CLOUD_LABELS.get(c, c)} sells GPUs in {_list(have) or 'no region'}" for c, have in sold.items())
-        raise UserError(f"{_field(recipe, 'resources', 'regions')}: {', '.join(unknown)}: no allowed cloud sells a GPU "
-                        f"there; {where}; fix the region or set regions: null")
+        who = " or ".join(CLOUD_LABELS.get(c, c) for c in catalog_clouds)
+        raise UserError(f"{_field(recipe, 'resources', 'regions')}: {', '.join(unknown)}: {who} sells no GPU there; "
+                        f"{where}; fix the region or set regions: null")
 
 
 def _sold_elsewhere(regions: list[str], elsewhere: list[Candidate]) -> str:

@@ -155,7 +155,7 @@ def test_a_region_no_allowed_cloud_sells_in_is_refused():
     with pytest.raises(UserError) as err:
         plan(recipe, cloud="gcp")
     msg = str(err.value)
-    assert "resources.regions: us-west-9: no allowed cloud sells a GPU there" in msg
+    assert "resources.regions: us-west-9: GCP sells no GPU there" in msg
     assert "GCP sells GPUs in " in msg and "us-central1" in msg and "set regions: null" in msg
 
 
