@@ -8,7 +8,7 @@
 #   SFTLAUNCH_STEPS    for `all`: comma list of steps (default train,eval,publish)
 #   SFTLAUNCH_BUCKET   with SFTLAUNCH_RUN_ID: metrics.jsonl, logs/, STOPPED and exit.json are
 #                      copied to <bucket>/<run id>/ every SFTLAUNCH_SYNC_EVERY s (60) and at the end
-#   SFTLAUNCH_USD_PER_HOUR, SFTLAUNCH_MAX_USD, SFTLAUNCH_CONTROL: read by the jobs
+#   SFTLAUNCH_RATES (or SFTLAUNCH_USD_PER_HOUR), SFTLAUNCH_MAX_USD, SFTLAUNCH_CONTROL: read by the jobs
 #   SKYPILOT_NODE_RANK / _NODE_IPS / _NUM_NODES / _NUM_GPUS_PER_NODE: multi-node (jobs/dist.py)
 #
 # Each step's output goes, with secret values masked, to stdout and to $OUT/logs/<step>.log

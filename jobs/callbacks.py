@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from jobs import checkpoint as ckpt
+from jobs import rate as rate_mod
 from jobs.collectives import barrier, broadcast_flags, local_rank, log, rank, world_size
 from launcher import contract
 from launcher.contract import Env
@@ -60,13 +61,17 @@ def progress_line(step: int, total: int, loss: float, tokens_per_s: float, eta_s
 
 
 class StopGuard:
-    """Whether to stop now: the budget guard (SFTLAUNCH_USD_PER_HOUR x elapsed hours passed
-    SFTLAUNCH_MAX_USD) or the launcher's request (<control>/stop)."""
+    """Whether to stop now: the budget guard (the launched offer's $/h, jobs.rate, x elapsed hours
+    passed SFTLAUNCH_MAX_USD) or the launcher's request (<control>/stop)."""
 
     def __init__(self, run: RunState, control_dir: str | None) -> None:
         self.run = run
         self.control_dir = control_dir
-        self.usd_h = os.environ.get(Env.USD_PER_HOUR)
+        # The launched offer's $/h (jobs/rate.py: SkyPilot's cluster info against render's table).
+        self.rate = rate_mod.resolve(device=rate_mod.visible_device())
+        self.usd_h = self.rate.usd_per_hour if self.rate else None
+        if self.rate and rank() == 0:
+            log(f"budget guard: {self.rate.describe()} ({self.rate.how})")
         self.max_usd = os.environ.get(Env.MAX_USD)
         self.last_control_check = 0.0
 

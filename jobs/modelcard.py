@@ -179,6 +179,11 @@ def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[
     lines += ["", f"Prompt template: `{recipe['data']['template']}` (use the same layout at inference).", ""]
     lines += ["## Training", ""]
     lines.append(f"- Hardware: {hardware or 'not recorded'}")
+    offer = meta.get("offer") or {}
+    if offer.get("cloud"):
+        from jobs.rate import Rate
+
+        lines.append(f"- Ran on: {Rate(**offer).describe()} (the offer SkyPilot launched, as the budget guard charged it)")
     if elapsed is not None:
         lines.append(f"- Training time: {elapsed / 3600:.2f} h ({elapsed:.0f} s)")
         if usd_per_hour is not None:

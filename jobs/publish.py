@@ -124,7 +124,7 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
         (out / "results.json").write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")
     metrics = read_metrics(run_dir / "metrics.jsonl")
     has_plot = plot_loss(metrics, out / LOSS_PLOT) is not None
-    usd = os.environ.get(Env.USD_PER_HOUR)
+    usd = (meta.get("offer") or {}).get("usd_per_hour") or os.environ.get(Env.USD_PER_HOUR)
     card = render_card(
         recipe=recipe.resolved_dict(), meta=meta, results=results, metrics=metrics,
         repo_id=recipe.output.hub_repo or f"{recipe.name}", is_adapter=is_adapter,

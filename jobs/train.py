@@ -340,6 +340,10 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
         }
         if data_rows is not None:
             meta["data_rows"] = data_rows
+        from jobs import rate as rate_mod  # the offer that ran and its $/h, for the card and record
+
+        offer = rate_mod.resolve(device=rate_mod.visible_device())
+        meta["offer"] = offer.as_dict() if offer else None
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
 

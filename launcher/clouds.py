@@ -19,6 +19,7 @@ SKY_FEATURE = {
     "stop": "STOP",
     "autostop": "AUTOSTOP",
     "storage_mounting": "STORAGE_MOUNTING",
+    "network_tier": "CUSTOM_NETWORK_TIER",  # `network_tier: best` (render asks it for multi-node)
 }
 
 
@@ -42,6 +43,7 @@ CLOUDS: dict[str, Cloud] = {
         unsupported={
             "stop": "Lambda cloud does not support stopping VMs.",
             "spot": "Spot instances are not supported in Lambda.",
+            "network_tier": "Custom network tier is currently not supported in Lambda.",
         },
         notes="No VM image ids (docker: images are fine); A100-80GB only as 8x.",
     ),
@@ -54,6 +56,7 @@ CLOUDS: dict[str, Cloud] = {
                 "Mounting object stores is not supported on RunPod. To read data from object stores on "
                 "RunPod, use `mode: COPY` to copy the data to local disk."
             ),
+            "network_tier": "Custom network tier is not supported yet on RunPod.",
         },
         notes="Image must be Debian/Ubuntu with bash and apt; H100 (PCIe) vs H100-SXM are distinct GPUs.",
     ),
@@ -64,6 +67,9 @@ CLOUDS: dict[str, Cloud] = {
             "stop": "Stopping clusters is not supported on Kubernetes.",
             "autostop": "Auto-stop is not supported on Kubernetes.",
             "spot": "Spot instances are not supported in Kubernetes.",
+            # Cloud-wide; SkyPilot lifts it for a cluster with high-performance networking, which
+            # the launcher cannot see, so render never asks it there.
+            "network_tier": "Custom network tier is not supported in this Kubernetes cluster.",
         },
         notes="The user's own cluster (kubeconfig); autodown works, autostop does not.",
     ),

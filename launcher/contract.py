@@ -35,7 +35,12 @@ class Env:
     STEPS = "SFTLAUNCH_STEPS"  # comma list for `entrypoint.sh all`
     CONTROL = "SFTLAUNCH_CONTROL"  # local runs: the control dir (stop flag) instead of the bucket's
     HARDWARE = "SFTLAUNCH_HARDWARE"  # e.g. "gcp 1×A100-80GB spot", for the model card
-    USD_PER_HOUR = "SFTLAUNCH_USD_PER_HOUR"  # the budget guard inside the job
+    # The budget guard's rate: RATES (render) is a JSON list, one entry per ordered SkyPilot
+    # choice {cloud, region|null, accelerator, count, nodes, spot, usd_per_hour, usd_per_hour_max,
+    # region_usd_per_hour}; the job charges the entry SkyPilot launched (jobs/rate.py).
+    # USD_PER_HOUR is one explicit rate for runs without a table (local runs, tests).
+    RATES = "SFTLAUNCH_RATES"
+    USD_PER_HOUR = "SFTLAUNCH_USD_PER_HOUR"
     MAX_USD = "SFTLAUNCH_MAX_USD"
     EVAL_WITH_BASE = "SFTLAUNCH_EVAL_WITH_BASE"  # 1: eval also scores the base model
     EVAL_PARALLEL = "SFTLAUNCH_EVAL_PARALLEL"  # auto | data | model

@@ -22,6 +22,7 @@ most expensive region's price kept so `plan` can show the spread.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -39,7 +40,7 @@ from launcher.home import sftlaunch_home
 CATALOG_CLOUDS = ("lambda", "runpod", "gcp")  # clouds with a public SkyPilot catalog
 CATALOG_VERSION = "v8"  # sky.skylet.constants.CATALOG_SCHEMA_VERSION in SkyPilot 0.14
 SNAPSHOT = Path(__file__).resolve().parent / "data" / "offers-snapshot.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-region prices (region_prices, spot_region_prices)
 BUILD_TIMEOUT_S = 120
 
 
@@ -58,6 +59,10 @@ class Offer:
     regions: int = 1
     memory_gib: float | None = None  # device memory as the catalog states it (may be wrong)
     instance_type: str | None = None
+    # $/h per GPU in every region that sells it ({} when unknown, e.g. Kubernetes): what pinned
+    # regions are planned with, and what the job's budget guard charges in the region it runs in.
+    region_prices: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    spot_region_prices: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
 
     def price(self, spot: bool) -> float | None:
         return self.spot if spot else self.on_demand
@@ -67,6 +72,25 @@ class Offer:
 
     def region_for(self, spot: bool) -> str | None:
         return self.spot_region if spot else self.region
+
+    def prices_by_region(self, spot: bool) -> dict[str, float]:
+        return self.spot_region_prices if spot else self.region_prices
+
+    def in_regions(self, regions: list[str]) -> Offer | None:
+        """This offer as sold in `regions` only (cheapest and dearest of those), or None when
+        none of them sells it. An offer without per-region prices (Kubernetes) is kept as it is."""
+        if not self.region_prices:
+            return self
+        od = {r: p for r, p in self.region_prices.items() if r in regions}
+        if not od:
+            return None
+        sp = {r: p for r, p in self.spot_region_prices.items() if r in regions}
+        region = min(od, key=lambda r: (od[r], r))
+        spot_region = min(sp, key=lambda r: (sp[r], r)) if sp else None
+        return dataclasses.replace(
+            self, on_demand=od[region], region=region, on_demand_max=max(od.values()), regions=len(od),
+            spot=sp[spot_region] if sp else None, spot_region=spot_region, spot_max=max(sp.values()) if sp else None,
+            region_prices=od, spot_region_prices=sp)
 
 
 @dataclass
@@ -124,7 +148,9 @@ def compact(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """SkyPilot's per-region InstanceTypeInfo rows → one row per (cloud, GPU, count).
 
     Per-GPU prices; the cheapest instance type and region is the one SkyPilot's optimizer
-    picks for that accelerator when the region is left free.
+    picks for that accelerator when the region is left free. Per region, the price of that
+    instance type there (or, where only another type sells it, the cheapest there): a pinned
+    region is planned at it and the job's budget guard charges it in the region it runs in.
     """
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for it in items:
@@ -140,6 +166,7 @@ def compact(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         best = min(rows, key=lambda r: (r["price"], r["region"]))
         # The spread is across regions of the instance SkyPilot picks, not across instance types
         # (Lambda's 1x H100 PCIe and SXM5 share a name; the optimizer takes the cheaper one).
+        every = rows
         rows = [r for r in rows if r.get("instance_type") == best.get("instance_type")]
         spots = [r for r in rows if r.get("spot_price") == r.get("spot_price") and r.get("spot_price")]
         sbest = min(spots, key=lambda r: (r["spot_price"], r["region"])) if spots else None
@@ -153,8 +180,22 @@ def compact(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "spot_max": max(r["spot_price"] for r in spots) / count if spots else None,
             "regions": len({r["region"] for r in rows}),
             "memory_gib": None if mem is None or mem != mem else float(mem),
+            "region_prices": _by_region(rows, every, "price", count),
+            "spot_region_prices": _by_region(rows, every, "spot_price", count),
         })
     return out
+
+
+def _by_region(rows: list[dict[str, Any]], every: list[dict[str, Any]], key: str, count: int) -> dict[str, float]:
+    """{region: $/h per GPU}: the chosen instance type's price where it is sold, else the
+    cheapest other instance type's there."""
+    out: dict[str, float] = {}
+    for group in (every, rows):  # the chosen type's rows last, so they win
+        for r in sorted(group, key=lambda r: -(r.get(key) or 0)):
+            p = r.get(key)
+            if p is not None and p == p and p > 0:
+                out[r["region"]] = p / count
+    return dict(sorted(out.items()))
 
 
 BUILD_SCRIPT = r"""
@@ -216,9 +257,22 @@ def build_cache(csvs: dict[str, Path]) -> dict[str, Any]:
 # Loading
 
 
+def live_catalog_how() -> str:
+    """How to plan from SkyPilot's live catalog instead of the packaged snapshot."""
+    refresh = "`sftlaunch plan --refresh-prices RECIPE` (SkyPilot downloads its current catalog)"
+    return refresh if sky_available() else f"pip install 'sftlaunch[cloud]', then {refresh}"
+
+
 def _snapshot() -> OfferTable:
     data = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
-    return OfferTable("snapshot", data["date"], str(SNAPSHOT), data["rows"])
+    table = OfferTable("snapshot", data["date"], str(SNAPSHOT), data["rows"])
+    # The snapshot is generated from excerpts of SkyPilot's catalog (some regions and instance
+    # types of each cloud, tests/fixtures/catalogs): offers, counts and prices can differ from
+    # what a cloud sells today, so every plan made from it says so and how to get the live one.
+    table.notes.append(f"planned from the packaged snapshot of SkyPilot's catalog ({data['date']}), an excerpt of "
+                       "a few regions per cloud: a cloud may no longer sell an offer or price listed here; for the "
+                       f"live catalog: {live_catalog_how()}")
+    return table
 
 
 def _valid_cache(csvs: dict[str, Path]) -> dict[str, Any] | None:
@@ -272,7 +326,9 @@ def catalog_offers(cloud: str) -> list[Offer]:
         out.append(Offer(cloud, r["gpu"], int(r["count"]), float(r["on_demand"]), r.get("spot"), r.get("region"),
                          on_demand_max=r.get("on_demand_max"), spot_max=r.get("spot_max"),
                          spot_region=r.get("spot_region"), regions=int(r.get("regions") or 1),
-                         memory_gib=r.get("memory_gib"), instance_type=r.get("instance_type")))
+                         memory_gib=r.get("memory_gib"), instance_type=r.get("instance_type"),
+                         region_prices=dict(r.get("region_prices") or {}),
+                         spot_region_prices=dict(r.get("spot_region_prices") or {})))
     return out
 
 

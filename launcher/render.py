@@ -13,6 +13,7 @@ directories are mounted beside it and the mounted recipe's paths point at them
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from launcher import contract
-from launcher.clouds import CLOUDS, able_clouds, check_features, not_allowed
+from launcher.clouds import CLOUDS, able_clouds, capability_problem, check_features, not_allowed
 from launcher.contract import Env
 from launcher.errors import UserError
 from launcher.images import resolve_image
@@ -34,6 +35,10 @@ STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
 SECRET_NAMES = contract.JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Multi-node runs: NCCL's and PyTorch's documented switches, safe on every cloud. WARN prints
+# NCCL's errors (not its INFO chatter); async error handling aborts a collective that failed on
+# another node instead of hanging until the timeout (torchelastic's own default, 1).
+NCCL_ENV = {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
 # NCCL and DataLoader workers need more shared memory than Docker's 64 MB default.
 DOCKER_RUN_OPTIONS = ["--shm-size=16g", "--ulimit memlock=-1", "--ulimit stack=67108864"]
 
@@ -116,7 +121,7 @@ SETUP_SCRIPT = (
 )
 
 
-def _choice(recipe: Recipe, target: Any) -> dict[str, Any]:
+def _choice(recipe: Recipe, target: Any, region: str | None) -> dict[str, Any]:
     """One resources choice. The region is left free (SkyPilot tries every region that sells
     it, cheapest first) unless resources.regions pins it."""
     out: dict[str, Any] = {
@@ -124,26 +129,56 @@ def _choice(recipe: Recipe, target: Any) -> dict[str, Any]:
         "accelerators": f"{target.gpu}:{target.gpus_per_node}",
         "image_id": f"docker:{resolve_image(recipe.image, cloud=target.cloud)}",
     }
-    regions = recipe.resources.regions
-    if regions and len(regions) == 1:
-        out["region"] = regions[0]
+    if region:
+        out["region"] = region
+    if target.nodes > 1 and capability_problem(target.cloud, "network_tier") is None:
+        # The fastest interconnect the cloud has (GCP: GPUDirect-TCPX/TCPXO/RDMA); asked only
+        # where SkyPilot supports it, since elsewhere it would make the choice infeasible.
+        out["network_tier"] = "best"
     return out
 
 
-def _resources(recipe: Recipe, targets: list[Any]) -> dict[str, Any]:
-    """A single choice, or SkyPilot's `ordered` list: try the first; on no capacity, the next.
-    With several pinned regions each choice is repeated per region, in plan order."""
-    choices = []
+def choices(recipe: Recipe, targets: list[Any]) -> list[tuple[Any, str | None]]:
+    """(target, region) per SkyPilot choice, in plan order: the region free (None) unless
+    resources.regions pins it; then each target once per pinned region that sells it (a
+    planner Candidate knows where; an explicit Target is tried in every pinned region)."""
+    pinned = recipe.resources.regions or []
+    if not pinned:
+        return [(t, None) for t in targets]
+    out = []
     for t in targets:
-        regions = recipe.resources.regions or [None]
-        for region in regions if len(regions) > 1 else [None]:
-            c = _choice(recipe, t)
-            if region:
-                c["region"] = region
-            choices.append(c)
-    if len(choices) == 1:
-        return dict(choices[0])
-    return {"ordered": choices}
+        sold = getattr(t, "region_usd_per_hour", None) or {}
+        out.extend((t, r) for r in pinned if not sold or r in sold)
+    return out or [(targets[0], pinned[0])]
+
+
+def _resources(recipe: Recipe, pairs: list[tuple[Any, str | None]]) -> dict[str, Any]:
+    """A single choice, or SkyPilot's `ordered` list: try the first; on no capacity, the next."""
+    out = [_choice(recipe, t, region) for t, region in pairs]
+    return dict(out[0]) if len(out) == 1 else {"ordered": out}
+
+
+def _money(x: Any) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def rate_table(pairs: list[tuple[Any, str | None]]) -> list[dict[str, Any]] | None:
+    """The budget guard's rates, one entry per ordered choice (Env.RATES): the job charges the
+    one SkyPilot launched, in the region it runs in (jobs/rate.py), not the dearest of them all.
+    None when a choice has no price (an explicit GPU nobody sells): the guard is then off."""
+    table = []
+    for t, region in pairs:
+        by_region = {r: _money(p) for r, p in (getattr(t, "region_usd_per_hour", None) or {}).items()}
+        usd = _money(getattr(t, "usd_per_hour", None))
+        usd = by_region.get(region, usd) if region else usd  # no per-region prices: its one price
+        if usd is None:
+            return None
+        usd_max = usd if region else _money(getattr(t, "usd_per_hour_max", None) or usd)
+        table.append({"cloud": t.cloud, "region": region, "accelerator": t.gpu, "count": t.gpus_per_node,
+                      "nodes": t.nodes, "spot": bool(t.spot), "usd_per_hour": usd, "usd_per_hour_max": usd_max,
+                      "memory_gb": getattr(t, "mem_available_gb", None),
+                      "region_usd_per_hour": {} if region else by_region})
+    return table
 
 
 def render_task(
@@ -165,7 +200,8 @@ def render_task(
     if unknown:
         raise UserError(f"unknown step {unknown[0]}; steps are {', '.join(STEPS)}")
     res = recipe.resources
-    resources: dict[str, Any] = _resources(recipe, targets)
+    pairs = choices(recipe, targets)
+    resources: dict[str, Any] = _resources(recipe, pairs)
     resources.update({"use_spot": bool(target.spot), "disk_size": res.disk_gb, "labels": {RUN_LABEL: run_id}})
     if target.spot:
         # A managed job: the jobs controller relaunches it after preemption, and the job resumes
@@ -189,16 +225,17 @@ def render_task(
     }
     if recipe.output.bucket:
         envs[Env.BUCKET] = recipe.output.bucket
+    if target.nodes > 1:
+        envs.update(NCCL_ENV)
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
     # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
     nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
     envs[Env.HARDWARE] = " | ".join(f"{t.cloud} {nodes}{t.gpus_per_node}×{t.gpu}" for t in targets) + (
         " spot" if target.spot else "")
-    # The in-job budget guard charges the dearest rate among the choices (any region), so
-    # max_usd holds whichever one SkyPilot launches.
-    rates = [getattr(t, "usd_per_hour_max", None) or getattr(t, "usd_per_hour", None) for t in targets]
-    if all(r is not None for r in rates):
-        envs[Env.USD_PER_HOUR] = f"{float(max(rates)):.4f}"
+    # The in-job budget guard charges the choice SkyPilot launched, at its region's price.
+    rates = rate_table(pairs)
+    if rates is not None:
+        envs[Env.RATES] = json.dumps(rates, separators=(",", ":"), sort_keys=True)
     if res.max_usd is not None:
         envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}

@@ -148,3 +148,63 @@ def sky_optimize_tasks(home: Path, specs: list[dict], drop: dict[str, str] | Non
     if len(results) == len(specs):
         return results
     raise AssertionError(f"sky failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+LAUNCH_ENV_SCRIPT = r"""
+import json, math, sys
+from unittest import mock
+import sky
+from sky import exceptions, optimizer
+from sky.backends import backend_utils, cloud_vm_ray_backend, task_codegen
+from sky.skylet import constants
+from sky.utils import registry
+from sky import check as sky_check
+
+def job_env(task, launched):
+  # What SkyPilot's backend gives the job's processes: its own predefined env (cloud/region of
+  # the launched resources) and the GPU count from the task's demands, as its codegen computes it.
+  handle = mock.Mock(cluster_name=task.name, launched_resources=launched)
+  backend = cloud_vm_ray_backend.CloudVmRayBackend.__new__(cloud_vm_ray_backend.CloudVmRayBackend)
+  with mock.patch.object(cloud_vm_ray_backend.common_utils, "get_current_user_name", return_value="u"):
+    env = backend._skypilot_predefined_env_vars(handle)
+  task.best_resources = launched
+  _, count = task_codegen.RayCodeGen._get_accelerator_details(None, backend_utils.get_task_demands_dict(task))
+  env[constants.SKYPILOT_NUM_GPUS_PER_NODE] = str(int(math.ceil(count)))
+  return env
+
+for spec in json.loads(sys.stdin.read()):
+  enabled = [registry.CLOUD_REGISTRY.from_str(c) for c in spec["clouds"]]
+  with mock.patch.object(sky_check, "get_cached_enabled_clouds_or_refresh", lambda *a, **k: enabled):
+    try:
+      pinned = spec["task"]["resources"].get("region")  # from_yaml_config consumes the dict
+      task = sky.Task.from_yaml_config(spec["task"])
+      dag = sky.Dag()
+      dag.add(task)
+      optimizer.Optimizer.optimize(dag, quiet=True)
+      best = task.best_resources
+      # The provisioner tries the regions that sell it cheapest first; the last is the dearest.
+      regions = [pinned] if pinned else [r.name for r in best.cloud.regions_with_offering(
+          best.instance_type, best.accelerators, best.use_spot, None, None)] or [best.region]
+      launches = []
+      for region in dict.fromkeys([regions[0], regions[-1]]):
+        launched = best.copy(region=region, zone=None)
+        launches.append({"region": region, "cost": launched.get_cost(3600), "env": job_env(task, launched)})
+      out = {"ok": True, "cloud": str(best.cloud).lower(), "accelerators": best.accelerators,
+             "instance_type": best.instance_type, "launches": launches}
+    except (exceptions.ResourcesUnavailableError, ValueError) as exc:
+      out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:400]}
+  print("RESULT " + json.dumps(out))
+"""
+
+
+def sky_launch_envs(home: Path, specs: list[dict], timeout: int = 600) -> list[dict]:
+    """Each spec {"task", "clouds"}: SkyPilot parses and optimizes the task, then for the cheapest
+    and the dearest region that sells its pick, returns what the job would see: {"ok", "cloud",
+    "accelerators", "instance_type", "launches": [{"region", "cost" ($/h per node), "env"}]},
+    the env built by SkyPilot's own backend code. One subprocess for all specs."""
+    proc = subprocess.run([sys.executable, "-c", LAUNCH_ENV_SCRIPT], input=json.dumps(specs), env=sky_env(home),
+                          capture_output=True, text=True, timeout=timeout)  # stdin: specs exceed ARG_MAX
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if len(results) == len(specs):
+        return results
+    raise AssertionError(f"sky failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")

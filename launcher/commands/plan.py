@@ -54,6 +54,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         out["offers_source"] = table.source
         out["offers_date"] = table.date
         out["offers_path"] = table.path
+        out["offers_notes"] = list(table.notes)
         out["failover"] = [c.as_dict() for c in order]
         out["max_usd"] = r.resources.max_usd
         out["over_budget"] = over_budget
@@ -65,7 +66,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     if result.chosen is None:
         if result.reason_field == "model.id":
             raise UserError(f"{recipe}: {result.reason}")
-        raise UserError(f"{recipe}: resources.gpu: nothing fits: {result.reason}")
+        raise UserError(f"{recipe}: {result.reason_field}: nothing fits: {result.reason}")
     if over_budget:
         raise UserError(budget_message(recipe, r, result))
 
@@ -117,7 +118,8 @@ def _table(recipe, result, show_all: bool, table_src, order) -> None:
                       f"{c.mem_needed_gb:.1f}/{ev}/{c.mem_available_gb:.0f}", _fmt_hours(c.eta_hours),
                       _price(c), f"{c.total_usd:.2f}", _note(c), style=style)
     console.print(table)
-    console.print(f"offers: {table_src.describe()}; $/h at the cheapest region (a-b: cheapest-dearest region)",
+    where = "pinned region" if recipe.resources.regions else "region"
+    console.print(f"offers: {table_src.describe()}; $/h at the cheapest {where} (a-b: cheapest-dearest {where})",
                   markup=False)
     for note in table_src.notes:
         console.print(f"note: {note}", markup=False)

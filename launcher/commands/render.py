@@ -45,12 +45,12 @@ def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | 
     result = plan(recipe, cloud=cloud, gpu=gpu)
     if result.chosen is not None:
         return result.failover(n, recipe.resources.max_usd)
-    if name is not None:
+    if name is not None and result.reason_field != "resources.regions":
         sellers = [c for c in considered if c == "kubernetes"
                    or any(o.gpu == name and (count is None or o.count == count) for o in catalog.offers(c))]
         return [Target(cloud=(sellers or considered)[0], gpu=name, gpus_per_node=count or 1,
                        nodes=recipe.resources.nodes, spot=recipe.resources.spot)]
-    field = "" if result.reason_field == "model.id" else "resources.gpu: nothing fits: "
+    field = "" if result.reason_field == "model.id" else f"{result.reason_field}: nothing fits: "
     raise UserError(f"{recipe.source_path or 'recipe'}: {field}{result.reason}")
 
 

@@ -80,9 +80,11 @@ def _record_what_runs(backend, registry, run_id: str, choices: list):
     if ran is not choices[0]:
         echo(f"note: no capacity for {choices[0].cloud} {choices[0].accelerators}; SkyPilot launched "
              f"{ran.cloud} {ran.accelerators} (${ran.usd_per_hour:.2f}/h, ~${ran.total_usd:.2f})", err=True)
+    # The price in the region it landed in (what the job's budget guard charges, jobs/rate.py).
+    usd_h = (getattr(ran, "region_usd_per_hour", None) or {}).get(cluster.region) or ran.usd_per_hour
     registry.update(run_id, cloud=ran.cloud, region=cluster.region or ran.region, gpu=ran.gpu,
-                    gpus_per_node=ran.gpus_per_node, usd_per_hour=ran.usd_per_hour, eta_hours=ran.eta_hours,
-                    total_usd=ran.total_usd)
+                    gpus_per_node=ran.gpus_per_node, usd_per_hour=usd_h, eta_hours=ran.eta_hours,
+                    total_usd=usd_h * ran.eta_hours)
     return ran
 
 

@@ -46,6 +46,10 @@ class Candidate:
     blocked_by_eval: bool = False  # training fits, the post-training eval does not
     usd_per_hour_max: float | None = None  # the same offer in its dearest region
     regions: int = 1  # how many regions sell it (render leaves the region free)
+    # $/h of this candidate (all its GPUs) in every region that sells it, the pinned ones only
+    # when resources.regions pins them; {} when unknown (Kubernetes). The job's budget guard
+    # charges the price of the region it runs in (render's rate table, jobs/rate.py).
+    region_usd_per_hour: dict[str, float] = field(default_factory=dict)
 
     @property
     def accelerators(self) -> str:
@@ -63,7 +67,8 @@ class Candidate:
         out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
                                              "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
                                              "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
-                                             "blocked_by_eval", "usd_per_hour_max", "regions")}
+                                             "blocked_by_eval", "usd_per_hour_max", "regions",
+                                             "region_usd_per_hour")}
         out["accelerators"] = self.accelerators
         if self.memory:
             out["memory"] = self.memory.as_dict()
@@ -290,9 +295,11 @@ def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, wor
     t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape)
     usd_h = per_gpu * gpus
     usd_h_max = (offer.price_max(bool(spot)) or per_gpu) * gpus
+    by_region = {r: p * gpus for r, p in offer.prices_by_region(bool(spot)).items()}
     return Candidate(offer.cloud, offer.region_for(bool(spot)), offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
                      borderline, t.total_hours, usd_h * t.total_hours, mem, t, None if fits else why, ev_mem,
-                     why if borderline else None, offer.assumed, blocked_by_eval, usd_h_max, offer.regions)
+                     why if borderline else None, offer.assumed, blocked_by_eval, usd_h_max, offer.regions,
+                     by_region)
 
 
 def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
@@ -323,11 +330,16 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
     cands: list[Candidate] = []
     if local:
         cands.append(_local_candidate(recipe, want_name, want_count, workload, ev_mem, shape))
+    regions = list(recipe.resources.regions or []) if not local else []
+    if regions:
+        refuse_unknown_regions(recipe, clouds, regions)
+    elsewhere: list[Candidate] = []  # fitting offers sold only outside the pinned regions
     for c in clouds:
         for offer in _cloud_offers(c, want_name, want_count, workload, notes):
-            cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem, shape)
+            pinned = offer.in_regions(regions) if regions else offer
+            cand = _candidate(recipe, pinned or offer, nodes, spot, workload, ev_mem, shape)
             if cand is not None:
-                cands.append(cand)
+                (cands if pinned is not None else elsewhere).append(cand)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
     fitting = [x for x in cands if x.fits]
     # Prefer a confident fit over a borderline one when it costs at most 10% more.
@@ -338,10 +350,42 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
             sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
             chosen = sure[0] if sure else chosen
     reason = None
+    if chosen is None and regions and any(x.fits for x in elsewhere):
+        reason = _sold_elsewhere(regions, elsewhere)
+        return Plan(cands, None, reason, recipe.model.id, workload, notes, reason_field="resources.regions")
     if chosen is None:
         no_k8s_inventory = "kubernetes" in clouds and not want_name and not catalog.offers("kubernetes")
         reason = _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, shape, no_k8s_inventory)
     return Plan(cands, chosen, reason, recipe.model.id, workload, notes)
+
+
+def _list(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def refuse_unknown_regions(recipe: Recipe, clouds: list[str], regions: list[str]) -> None:
+    """A pinned region none of the considered clouds sells anything in is bad input (exit 2):
+    SkyPilot would reject the rendered task, or never find capacity. Names the regions each
+    cloud does sell. Kubernetes regions are the user's contexts: not checked."""
+    catalog_clouds = [c for c in clouds if c in offers_mod.CATALOG_CLOUDS]
+    if not catalog_clouds or len(catalog_clouds) < len([c for c in clouds if c != "local"]):
+        return
+    sold = {c: sorted({r for o in catalog.offers(c) for r in o.region_prices}) for c in catalog_clouds}
+    unknown = [r for r in regions if not any(r in have for have in sold.values())]
+    if unknown:
+        where = "; ".join(f"{CLOUD_LABELS.get(c, c)} sells GPUs in {_list(have) or 'no region'}" for c, have in sold.items())
+        who = " or ".join(CLOUD_LABELS.get(c, c) for c in catalog_clouds)
+        raise UserError(f"{_field(recipe, 'resources', 'regions')}: {', '.join(unknown)}: {who} sells no GPU there; "
+                        f"{where}; fix the region or set regions: null")
+
+
+def _sold_elsewhere(regions: list[str], elsewhere: list[Candidate]) -> str:
+    """Why a region-pinned plan has no choice: what fits and where it is sold instead."""
+    fits = sorted((x for x in elsewhere if x.fits), key=lambda x: x.total_usd)
+    where = "; ".join(f"{x.cloud} {x.accelerators} in {_list(sorted(x.region_usd_per_hour)) or 'any region'} "
+                      f"(~${x.total_usd:.0f})" for x in fits[:3])
+    return (f"nothing that fits is sold in {', '.join(regions)}; what fits is sold in: {where}; "
+            "add one of those regions to resources.regions or set regions: null")
 
 
 def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,

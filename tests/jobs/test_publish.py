@@ -307,3 +307,21 @@ def test_published_tokenizer_carries_the_training_template(tmp_path, base_model,
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     if template != "chatml":  # chatml's markers are added by training (prepare_tokenizer), not by publish
         assert ids == templates.render(conv, template, trained_tok)[0]
+
+
+def test_card_names_the_offer_that_ran_and_costs_it_at_its_rate(tmp_path):
+    """DIR/final/sftlaunch.json's offer (jobs/rate.py, written by train) is the card's
+    "Ran on" line, and its $/h prices the training time."""
+    from jobs.modelcard import render_card
+
+    recipe = yaml.safe_load(_recipe(tmp_path, None).read_text())
+    offer = {"usd_per_hour": 0.7, "cloud": "gcp", "region": "us-central1", "accelerator": "L4", "count": 1,
+             "nodes": 1, "spot": False, "how": "the price in us-central1"}
+    card = render_card(recipe=recipe, meta={"base_model": "org/base-7b", "run_id": RUN_ID, "offer": offer}, results=[],
+                       metrics=[{"step": 1, "elapsed_s": 3600.0}], repo_id="me/x", is_adapter=False,
+                       hardware="gcp 1×L4 | gcp 1×A100", usd_per_hour=offer["usd_per_hour"], has_plot=False)
+    assert "- Ran on: gcp us-central1 1×L4 $0.70/h (the offer SkyPilot launched" in card
+    assert "- Estimated cost: $0.70 at $0.70/h" in card
+    without = render_card(recipe=recipe, meta={"base_model": "org/base-7b", "run_id": RUN_ID}, results=[], metrics=[],
+                          repo_id="me/x", is_adapter=False, hardware=None, usd_per_hour=None, has_plot=False)
+    assert "Ran on" not in without

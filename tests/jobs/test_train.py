@@ -143,6 +143,28 @@ def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monk
     assert "budget guard" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_budget_guard_charges_the_launched_choice_and_the_final_record_names_it(tiny, tmp_path, monkeypatch, capsys):
+    """Two rendered choices: the dearest ($3.6M/h) would stop at once; SkyPilot says it launched
+    the GCP one in us-central1 ($0.36/h there), so training runs to the end and DIR/final/
+    sftlaunch.json names that offer (the model card and run record read it)."""
+    rates = [{"cloud": "lambda", "region": None, "accelerator": "H100", "count": 1, "nodes": 1, "spot": False,
+              "usd_per_hour": 3.6e6, "usd_per_hour_max": 3.6e6, "region_usd_per_hour": {"us-east-1": 3.6e6}},
+             {"cloud": "gcp", "region": None, "accelerator": "L4", "count": 1, "nodes": 1, "spot": False,
+              "usd_per_hour": 0.36, "usd_per_hour_max": 0.9, "region_usd_per_hour": {"us-central1": 0.36, "asia-east1": 0.9}}]
+    monkeypatch.setenv("SFTLAUNCH_RATES", json.dumps(rates))
+    monkeypatch.setenv("SKYPILOT_CLUSTER_INFO", json.dumps({"cluster_name": "sftl-t-0000", "cloud": "GCP",
+                                                            "region": "us-central1", "zone": "us-central1-a"}))
+    monkeypatch.setenv("SFTLAUNCH_MAX_USD", "1")
+    out = tmp_path / "rates"
+    rc, _ = _run(tiny, out)
+    assert rc == 0 and (out / "final").is_dir() and not (out / "STOPPED").exists()
+    offer = json.loads((out / "final" / "sftlaunch.json").read_text())["offer"]
+    assert {k: offer[k] for k in ("cloud", "region", "accelerator", "count", "usd_per_hour")} == {
+        "cloud": "gcp", "region": "us-central1", "accelerator": "L4", "count": 1, "usd_per_hour": 0.36}
+    assert "budget guard: gcp us-central1 1×L4 $0.36/h (the price in us-central1)" in capsys.readouterr().out
+
+
 def _drive(tiny_root, out, env=None, **overrides):
     import os
     import subprocess

@@ -141,3 +141,62 @@ def test_recipe_regions_pin_the_render_and_fallbacks_default_to_three():
     c = plan(r).chosen
     task = render_task(r, c, "sftl-x-beef", "/tmp/r.yaml")
     assert task["resources"]["region"] == "us-central1"
+
+
+def _csv_sold(cloud: str) -> dict[tuple[str, int, str], list[float]]:
+    """(GPU, count, region) → the $/h of each way the fixture CSV sells it. GCP rows price the GPU
+    alone (InstanceType empty) and the host VM apart; SkyPilot adds one host VM of the region."""
+    import csv
+
+    from tests.sky_catalog import FIXTURE_DIR
+
+    rows = list(csv.DictReader((FIXTURE_DIR / cloud / "vms.csv").open()))
+    out: dict[tuple[str, int, str], list[float]] = {}
+    gpu_rows = [r for r in rows if r["AcceleratorName"] and r["Price"]]
+    for r in gpu_rows:
+        count = float(r["AcceleratorCount"])
+        if count != int(count) or (cloud == "gcp" and r["InstanceType"]):
+            continue
+        prices = [float(r["Price"])]
+        if cloud == "gcp":
+            hosts = [float(h["Price"]) for h in rows if not h["AcceleratorName"] and h["Region"] == r["Region"] and h["Price"]]
+            prices = [prices[0] + h for h in hosts]
+        out.setdefault((r["AcceleratorName"], int(count), r["Region"]), []).extend(prices)
+    return out
+
+
+def test_every_snapshot_offer_is_sold_in_the_catalog_rows_it_came_from():
+    """No offer, count, region or price in the packaged snapshot that its source rows do not sell
+    (a derivation inventing, say, a B200:1 where only 2x/8x rows exist would fail here)."""
+    data = json.loads(offers.SNAPSHOT.read_text())
+    checked = 0
+    for cloud, rows in data["rows"].items():
+        sold = _csv_sold(cloud)
+        for r in rows:
+            label = f"{cloud} {r['gpu']}:{r['count']}"
+            assert r["region_prices"] and r["region"] in r["region_prices"], label
+            for region, per_gpu in r["region_prices"].items():
+                prices = sold.get((r["gpu"], r["count"], region))
+                assert prices, f"{label}: the snapshot says {region} sells it; no catalog row does"
+                assert any(abs(p - per_gpu * r["count"]) <= 1e-6 * p for p in prices), (label, region, per_gpu, prices)
+                checked += 1
+            for region in r["spot_region_prices"]:
+                assert (r["gpu"], r["count"], region) in sold, f"{label}: spot in {region}, which sells none"
+            assert r["on_demand"] == r["region_prices"][r["region"]], label  # priced where it is cheapest
+    assert checked >= 150
+
+
+def test_a_plan_from_the_snapshot_says_so_and_how_to_get_the_live_catalog(tmp_path):
+    """`plan` (table and --json) names the snapshot and the way to the live catalog."""
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    res = CliRunner().invoke(cli, ["plan", str(REPO / "recipes/llama3.1-8b-qlora.yaml"), "--cloud", "gcp"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "planned from the packaged snapshot of SkyPilot's catalog (2026-12-03)" in text
+    assert "for the live catalog:" in text and "sftlaunch plan --refresh-prices RECIPE" in text
+    js = CliRunner().invoke(cli, ["plan", str(REPO / "recipes/llama3.1-8b-qlora.yaml"), "--cloud", "gcp", "--json"])
+    out = json.loads(js.output)
+    assert out["offers_source"] == "snapshot" and any("--refresh-prices" in n for n in out["offers_notes"])

@@ -207,3 +207,63 @@ def test_rendered_flow_runs_every_step_when_training_finishes(tmp_path):
     proc, out = _run_rendered(task, tmp_path / "again", STUB_TRAIN_EXIT="1")
     assert proc.returncode == 1 and not (out / "ran-eval").exists()
     assert json.loads((out / "exit.json").read_text())["exit_code"] == 1
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "lambda", "kubernetes"])
+def test_multi_node_asks_the_best_network_where_skypilot_supports_it(cloud):
+    """`network_tier: best` only where the installed SkyPilot supports CUSTOM_NETWORK_TIER (GCP);
+    on Lambda and Kubernetes it would make the choice infeasible, so it is left out. SkyPilot
+    parses the rendered task and reads the tier back."""
+    sky = pytest.importorskip("sky")
+    from sky.utils import resources_utils
+
+    task = render_task(_recipe(nodes=2), Target(cloud, "H100", 8, nodes=2), "sftl-r-0000", "/x")
+    parsed = sky.Task.from_yaml_config(yaml.safe_load(to_yaml(task)))
+    tier = next(iter(parsed.resources)).network_tier
+    sky_cls = getattr(sky.clouds, CLOUDS[cloud].sky_class)
+    unsupported = getattr(sky_cls, "_CLOUD_UNSUPPORTED_FEATURES", {})  # GCP has none cloud-wide
+    supported = sky.clouds.CloudImplementationFeatures.CUSTOM_NETWORK_TIER not in unsupported
+    assert supported == (cloud == "gcp")
+    assert tier == (resources_utils.NetworkTier.BEST if supported else None)
+    one = render_task(_recipe(), Target(cloud, "H100", 8), "sftl-r-0000", "/x")
+    assert "network_tier" not in one["resources"]
+
+
+def test_multi_node_sets_safe_nccl_defaults_that_torch_knows():
+    """NCCL_DEBUG=WARN and TORCH_NCCL_ASYNC_ERROR_HANDLING=1 on multi-node runs only; both names
+    are among the NCCL variables the installed PyTorch documents (its DDP env dump)."""
+    import inspect
+
+    from torch.nn.parallel import distributed
+
+    from launcher.render import NCCL_ENV
+
+    known = inspect.getsource(distributed._dump_DDP_relevant_env_vars)
+    two = render_task(_recipe(nodes=2), Target("gcp", "H100", 8, nodes=2), "sftl-r-0000", "/x")
+    assert {k: two["envs"][k] for k in NCCL_ENV} == {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    assert all(f'"{name}"' in known for name in NCCL_ENV)
+    one = render_task(_recipe(), Target("gcp", "H100", 8), "sftl-r-0000", "/x")
+    assert not set(NCCL_ENV) & set(one["envs"])
+
+
+def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
+    """Every ordered choice is in SFTLAUNCH_RATES with its $/h; a Kubernetes offer (one declared
+    price, no regions) keeps that price even when a region (its context) is pinned."""
+    import json
+
+    from launcher.estimate import plan
+
+    monkeypatch.setenv("SFTLAUNCH_K8S_GPUS", "H100:8")
+    monkeypatch.setenv("SFTLAUNCH_K8S_USD_PER_GPU_HOUR", "1.5")
+    for regions, want_region in ((None, None), (["my-context"], "my-context")):
+        recipe = recipe_from_dict({
+            "name": "r", "model": {"id": "meta-llama/Llama-2-7b-hf"}, "method": "lora",
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"sources": [{"path": "a/b", "format": "text"}]},
+            "resources": {"clouds": ["kubernetes"], "gpu": "H100:8", "regions": regions}})
+        chosen = plan(recipe).chosen
+        task = render_task(recipe, chosen, "sftl-r-0000", "/x")
+        rates = json.loads(task["envs"]["SFTLAUNCH_RATES"])
+        assert [(r["cloud"], r["region"], r["accelerator"], r["count"], r["usd_per_hour"]) for r in rates] == [
+            ("kubernetes", want_region, "H100", 8, 12.0)]
+        assert task["resources"].get("region") == want_region

@@ -395,7 +395,8 @@ def test_a_failed_launch_downs_only_a_cluster_proven_ours(fake, plan, tmp_path, 
 
 def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
     """The next fitting offers go to SkyPilot as ordered resources (no capacity on runpod → gcp);
-    the in-job budget guard charges the dearest rate; a fallback over max_usd is left out."""
+    the in-job budget guard gets each choice's rate (it charges the one launched, jobs/rate.py);
+    a fallback over max_usd is left out."""
     fake.enabled = {"runpod", "gcp"}
     res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
     assert res.exit_code == 0, res.output
@@ -403,7 +404,10 @@ def test_up_renders_the_failover_order_within_max_usd(tmp_path, fake, plan):
     task = fake.launched[-1][1]
     assert [(c["cloud"], c["accelerators"]) for c in task["resources"]["ordered"]] == [("runpod", "H100:1"),
                                                                                       ("gcp", "H100:1")]
-    assert task["envs"]["SFTLAUNCH_USD_PER_HOUR"] == "3.0000"
+    rates = json.loads(task["envs"]["SFTLAUNCH_RATES"])
+    assert [(r["cloud"], r["accelerator"], r["count"], r["usd_per_hour"]) for r in rates] == [
+        ("runpod", "H100", 1, 2.5), ("gcp", "H100", 1, 3.0)]
+    assert "SFTLAUNCH_USD_PER_HOUR" not in task["envs"]  # no longer the dearest of all
     res = up(write_recipe(tmp_path / "t", name="demo1"), "--yes", "--detach", "--fallbacks", "1")
     assert res.exit_code == 0, res.output
     assert "ordered" not in fake.launched[-1][1]["resources"]
