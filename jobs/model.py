@@ -223,8 +223,13 @@ def keep_4bit_training_kernel_on_cpu(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _numel(param) -> int:
+    """Under ZeRO-3 (zero.Init) a rank holds an empty shard; ds_numel is the parameter's size."""
+    return getattr(param, "ds_numel", None) or param.numel()
+
+
 def describe(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return f"parameters: {total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
 
