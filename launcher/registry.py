@@ -136,11 +136,16 @@ def find_credentials(registry: str, env: dict | None = None) -> tuple[str, str, 
 
 
 # -- the protocol -------------------------------------------------------------------------------------
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a loopback registry: no proxy
+
+
 def _request(url: str, timeout: float, headers: dict[str, str], method: str = "GET"):
-    """(status, headers, body): 401 and 404 are answers here, not exceptions; redirects are followed."""
+    """(status, headers, body): 401 and 404 are answers here, not exceptions; redirects are followed.
+    HTTPS_PROXY and friends apply, as for docker, except to a loopback registry."""
     req = urllib.request.Request(url, headers={"User-Agent": "sftlaunch-preflight", **headers}, method=method)
+    opener = _DIRECT if _is_loopback(urllib.parse.urlsplit(url).netloc) else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read(65536) if method != "HEAD" else b""
     except urllib.error.HTTPError as exc:
         with exc:

@@ -75,6 +75,15 @@ def test_an_existing_image_through_the_anonymous_token_flow(fake_registry):
     assert h1["Accept"].split(", ") == list(MANIFEST_TYPES)  # index and manifest, OCI and Docker
 
 
+def test_a_proxy_applies_to_remote_registries_not_to_loopback(fake_registry, monkeypatch):
+    fake_registry.push(REPO, "0.1.0")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert registry.manifest_state(f"{fake_registry.host}/{REPO}:0.1.0", timeout=5).state == EXISTS
+
+
 def test_a_digest_reference(fake_registry):
     digest = fake_registry.push(REPO, "0.1.0")
     fake_registry.images[(REPO, digest)] = fake_registry.images[(REPO, "0.1.0")]
