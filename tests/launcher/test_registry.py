@@ -219,3 +219,29 @@ def test_a_private_image_warns_and_no_password_or_token_is_printed(tmp_path, fak
     for text in texts:
         for secret in (PASSWORD_CANARY, SKY_PASSWORD_CANARY, *tokens):
             assert secret not in text
+
+
+def test_up_refuses_to_launch_when_the_image_is_missing(tmp_path, fake_registry, fake, monkeypatch):
+    """`up` runs the same line before anything is rented: missing image, exit 2, nothing launched."""
+    from launcher.runs import Registry
+    from tests.launcher.fake_backend import FakeCandidate, FakePlan, write_recipe
+
+    def plan(recipe, cloud=None, gpu=None, spot=None):
+        cands = [FakeCandidate("gcp", total_usd=6.0)]
+        return FakePlan(cands, cands[0])
+
+    monkeypatch.setattr("launcher.commands.up_cloud._candidates", plan)
+    # the bucket's own line passes (its check is tested in test_preflight.py)
+    monkeypatch.setattr("launcher.preflight.probe_bucket", lambda uri, timeout=None: ("pass", "in-memory bucket", ""))
+    monkeypatch.setattr("launcher.lifecycle._fs_write_text", lambda *a, **k: None)
+    monkeypatch.setenv("SFTLAUNCH_IMAGE_REPO", f"{fake_registry.host}/{REPO}")
+    fake.enabled = {"gcp"}
+    path = write_recipe(tmp_path / "r", clouds=("gcp",), bucket="gs://sftl-test/runs")
+    res = CliRunner().invoke(cli, ["up", str(path), "--yes", "--detach"])
+    assert res.exit_code == 2 and "NAME_UNKNOWN" in res.output, res.output
+    assert "nothing was launched" in res.output and not fake.launched and Registry().list() == []
+
+    fake_registry.push(REPO, __version__)  # pushed: the same command launches
+    res = CliRunner().invoke(cli, ["up", str(path), "--yes", "--detach"])
+    assert res.exit_code == 0, res.output
+    assert len(fake.launched) == 1 and fake.launched[0][1]["resources"]["image_id"].endswith(f"{REPO}:{__version__}")
