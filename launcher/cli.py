@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("launcher.commands.plan:plan", "Estimate memory, time and cost; pick the cheapest GPU that fits."),
     "render": ("launcher.commands.render:render", "Print the SkyPilot task YAML for a recipe."),
     "data-preview": ("launcher.commands.data_preview:data_preview", "Token counts, padding, packing and rendered samples of a recipe's data."),
-    "preflight": ("launcher.commands.preflight:preflight", "Check token, model access, Hub repo, bucket, data and cloud credentials before renting."),
+    "preflight": ("launcher.commands.preflight:preflight", "Check token, model access, Hub repo, bucket, data, image and cloud credentials before renting."),
     "up": ("launcher.commands.up:up", "Validate, plan, launch a run (cloud or --local) and print its run id."),
     "status": ("launcher.commands.status:status", "Show runs: where, state, progress, cost so far, eval average."),
     "logs": ("launcher.commands.logs:logs", "Show (or --follow) a run's logs."),

@@ -116,9 +116,47 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
         from launcher.clouds import CLOUDS
 
         wanted = [c for c in (recipe.resources.clouds if clouds is None else clouds) if c in CLOUDS]
+        checks += image_checks(recipe, wanted or [c for c in recipe.resources.clouds if c in CLOUDS], timeout)
         if wanted:
             checks.append(cloud_check(wanted, enabled))
     return checks
+
+
+def image_checks(recipe, clouds: list[str], timeout: float) -> list[Check]:
+    """A check per image the run may pull (RunPod gets the -root variant): does its manifest exist?"""
+    from launcher.images import needs_root, resolve_image
+
+    images: dict[str, bool] = {}  # reference -> the -root variant
+    for cloud in clouds:
+        images.setdefault(resolve_image(recipe.image, cloud=cloud), needs_root(cloud))
+    return [Check("image", ref, lambda ref=ref, root=root: image_status(ref, recipe.image is None, root, timeout),
+                  timeout, "rerun when the registry answers, or check the network")
+            for ref, root in images.items()]
+
+
+def image_status(ref: str, default: bool, root: bool = False, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, str]:
+    """The registry's answer for `ref` as a preflight line (launcher.registry speaks the protocol)."""
+    from launcher import registry
+    from launcher.contract import Env
+
+    answer = registry.manifest_state(ref, timeout)
+    host = registry.parse_reference(ref).registry
+    push = (f"build and push it: `sftlaunch image push{' --root' if root else ''}` (set {Env.IMAGE_REPO} to a "
+            "registry you can push to first), or set image: in the recipe"
+            if default else "fix image: in the recipe, or push that image")
+    if answer.state == registry.EXISTS and answer.credentials is None:
+        return PASS, "exists" + (f" ({answer.digest})" if answer.digest else ""), ""
+    if answer.state == registry.EXISTS:
+        return (WARN, f"private: readable with the credentials of {answer.credentials}, but the run pulls it "
+                "without credentials (sftlaunch passes no docker login to SkyPilot)",
+                f"make the image public (on {host}: the package's visibility), or set image: to a public one")
+    if answer.state == registry.MISSING:
+        return FAIL, f"{answer.detail}; the GPU host would fail at pull", push
+    if answer.state == registry.DENIED:
+        whose = f" for the credentials of {answer.credentials}" if answer.credentials else ""
+        return (FAIL, f"{answer.detail}{whose}: the image is private or does not exist, and the run pulls without "
+                "credentials", f"{push}; a private image must be made public")
+    return UNKNOWN, answer.detail, "rerun when the registry answers, or check the network"
 
 
 def data_check(i: int, src, local: bool, timeout: float) -> Check:

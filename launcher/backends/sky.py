@@ -240,6 +240,12 @@ class SkyBackend:
             self._user = getattr(user, "id", None) or common_utils.get_user_hash()
         return self._user
 
+    def offline(self):
+        """The credential check and optimizer without an API server, for dry runs (sky_offline)."""
+        from launcher.backends.sky_offline import OfflineSky
+
+        return OfflineSky()
+
     def enabled_clouds(self, clouds: list[str]) -> dict[str, bool]:
         """cloud -> whether SkyPilot's check says it can launch compute there."""
         import sky

@@ -2,8 +2,9 @@
 
 The Hugging Face token can read the model (gated: where to accept the licence) and the
 datasets and write `output.hub_repo`; the bucket exists and takes a probe object; local data
-resolves; the clouds have credentials (SkyPilot's own check). One table, each failure with its
-fix; exit 2 when any check fails, 0 otherwise ("could not check" is shown, not fatal).
+resolves; the image the run pulls is in its registry; the clouds have credentials (SkyPilot's
+own check). One table, each failure with its fix; exit 2 when any check fails, 0 otherwise
+("could not check" is shown, not fatal).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from launcher.options import cloud_option, json_option, recipe_argument
 @json_option
 def preflight(recipe: str, cloud: str | None, local: bool, bucket: str | None, timeout: float | None,
               as_json: bool) -> None:
-    """Check RECIPE's token, model, datasets, bucket and cloud credentials; exit 2 if any check fails."""
+    """Check RECIPE's token, model, datasets, bucket, image and cloud credentials; exit 2 if any check fails."""
     from click.core import ParameterSource
 
     from launcher import preflight as pf

@@ -121,7 +121,9 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
     result, registry, run_id = _plan_checked(r, dry_run, cloud, gpu)
     clouds = [c for c in ([cloud] if cloud else r.resources.clouds) if c in CLOUDS]
     backend = get_backend()
-    enabled = _enabled_clouds(backend, clouds, dry_run)
+    # A dry run asks SkyPilot's check and optimizer without its API server: none is started, none left running.
+    asked = backend.offline() if dry_run else backend
+    enabled = _enabled_clouds(asked, clouds, dry_run)
     missing = _missing_lines(clouds, enabled)
     chosen = pick(result, enabled)
     # Hub, bucket, data, the usable clouds (those without credentials have their own lines below)
@@ -134,7 +136,7 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
     _switched_cloud(r, result, chosen, run_id, missing)
     fallbacks = _fallbacks(r, result, chosen, enabled, n_fallbacks)
     if dry_run:
-        _optimizer_dry_runs(backend, r, result, clouds, enabled, chosen, run_id, fallbacks)
+        _optimizer_dry_runs(asked, r, result, clouds, enabled, chosen, run_id, fallbacks)
         echo("dry run: nothing launched.")
         if preflight_failed:
             raise UserError(PREFLIGHT_FAILED)

@@ -109,6 +109,11 @@ class FakeSky:
                 fh.write(f"{action} {resource.name} {'foreign' if foreign else 'ours'}\n")
 
     # -- credentials / optimizer ----------------------------------------------------------------
+    def offline(self):
+        """A dry run's server-free view (SkyBackend.offline): the fake has no server to avoid."""
+        self.calls.append(("offline",))
+        return self
+
     def enabled_clouds(self, clouds):
         self.calls.append(("check", tuple(clouds)))
         if self.check_error:

@@ -157,7 +157,8 @@ def test_dry_run_with_credentials_runs_the_optimizer_only(tmp_path, fake, plan):
     assert "using gcp instead" in res.output
     assert "  gcp (chosen): H100×1, ~$6.00 planned\n    gcp(H100:1)" in res.output
     assert "RunPod: `pip install runpod && runpod config`" in res.output  # the cloud left out, and why
-    assert [c[0] for c in fake.calls] == ["check", "optimize"] and Registry().list() == []
+    # the check and the optimizer are asked without SkyPilot's API server (SkyBackend.offline)
+    assert [c[0] for c in fake.calls] == ["offline", "check", "optimize"] and Registry().list() == []
 
 
 def test_dry_run_asks_the_optimizer_on_every_cloud_with_credentials(tmp_path, fake, plan):
