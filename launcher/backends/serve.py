@@ -1,0 +1,115 @@
+"""SkyServe through SkyPilot 0.14's client SDK (`sky.serve.up/status/tail_logs/down`), and the
+ownership rule for services.
+
+Why an adapter of its own: like launcher.backends.sky, every call that starts, reads or deletes a
+service goes through one class the tests replace with a fake (tests/launcher/fake_serve.py).
+`sky` is imported inside methods only.
+
+A service is ours to take down only when (1) its name is one `sftlaunch serve` recorded
+launching (launcher.services, in runs.db) and carries the run-id prefix, and (2) SkyPilot reports
+it as this SkyPilot user's (the service record's `user_hash` against `current_user()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher import contract
+from launcher.backends.sky import _LineWriter
+
+
+@dataclass
+class Service:
+    name: str
+    status: str  # SkyPilot's ServiceStatus name: CONTROLLER_INIT, REPLICA_INIT, READY, NO_REPLICA, ...
+    endpoint: str | None = None
+    user_hash: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    policy: str | None = None
+    resources: str | None = None
+
+
+def _svc(record) -> Service:
+    get = record.get if isinstance(record, dict) else (lambda k, _r=record: getattr(_r, k, None))
+    status = get("status")
+    replicas = get("replica_info") or []
+    ready = [r for r in replicas if str(getattr(r.get("status"), "name", r.get("status"))) == "READY"]
+    return Service(get("name"), getattr(status, "name", str(status)), get("endpoint"), get("user_hash"),
+                   len(replicas), len(ready), get("policy"), get("requested_resources_str"))
+
+
+class SkyServeBackend:
+    """Real SkyServe. `down` is called only by `down_if_ours`, after the ownership proof."""
+
+    def current_user(self) -> str:
+        from launcher.backends.sky import SkyBackend
+
+        return SkyBackend().current_user()
+
+    def up(self, task_config: dict, name: str, secrets: dict[str, str] | None = None, on_line=None) -> str | None:
+        """Start the service; returns its endpoint."""
+        import sky
+
+        from launcher.backends.sky import _task
+
+        writer = _LineWriter(on_line or (lambda _line: None))
+        try:
+            _name, endpoint = sky.stream_and_get(sky.serve.up(_task(task_config, secrets), service_name=name),
+                                                 output_stream=writer)
+        finally:
+            writer.close_out()
+        return endpoint
+
+    def status(self, names: list[str] | None = None) -> list[Service]:
+        import sky
+        from sky import exceptions
+
+        try:
+            records = sky.get(sky.serve.status(names))
+        except exceptions.ClusterNotUpError:  # no serve controller: no services
+            return []
+        return [_svc(r) for r in records or []]
+
+    def tail_logs(self, name: str, target: str, replica_id: int | None, follow: bool, on_line) -> None:
+        import sky
+
+        writer = _LineWriter(on_line)
+        try:
+            sky.serve.tail_logs(name, target=target, replica_id=replica_id, follow=follow, output_stream=writer)
+        finally:
+            writer.close_out()
+
+    def down(self, name: str) -> None:
+        import sky
+
+        sky.get(sky.serve.down(name))
+
+
+_factory = SkyServeBackend
+
+
+def get_serve_backend():
+    """The backend commands use; tests swap `_factory` for a fake."""
+    return _factory()
+
+
+def service_refusal(service: Service, recorded: bool, user: str | None) -> str | None:
+    """None when the service is ours (recorded by `sftlaunch serve`, our name prefix, this user's)."""
+    if not service.name.startswith(contract.RUN_ID_PREFIX) or not recorded:
+        return f"service {service.name} was not launched by `sftlaunch serve` on this machine (not in runs.db)"
+    if not user or service.user_hash != user:
+        return f"service {service.name} belongs to SkyPilot user {service.user_hash or '?'}, not you"
+    return None
+
+
+def down_if_ours(backend, name: str, recorded: bool) -> tuple[bool, str | None]:
+    """(downed, refusal); (False, None) when no such service exists."""
+    service = next((s for s in backend.status([name]) if s.name == name), None)
+    if service is None:
+        return False, None
+    refusal = service_refusal(service, recorded, backend.current_user())
+    if refusal is not None:
+        return False, refusal
+    backend.down(name)
+    return True, None
