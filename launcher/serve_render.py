@@ -217,8 +217,8 @@ def vllm_command(source: ServeSource, choice: ServeChoice, max_model_len: int) -
         args += ["--tokenizer", tok]
     lines = ["set -euo pipefail"]
     if source.tokenizer_dir:
-        lines.append(f'CT=(); [ -f {source.tokenizer_dir}/chat_template.jinja ] && '
-                     f'CT=(--chat-template {source.tokenizer_dir}/chat_template.jinja)')
+        ct = f"{source.tokenizer_dir}/chat_template.jinja"
+        lines.append(f"if [ -f {ct} ]; then CT=(--chat-template {ct}); else CT=(); fi")
         lines.append(" ".join(args) + ' "${CT[@]}"')
     else:
         lines.append(" ".join(args))

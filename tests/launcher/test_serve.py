@@ -190,3 +190,27 @@ def test_down_refuses_what_is_not_ours(fake_serve):
 def test_local_dry_run_names_the_server_command():
     r = _invoke("serve", "sftlaunch/tiny-llama", "--local", "--port", "8123", "--dry-run")
     assert r.exit_code == 0 and "-m jobs.serve_local --model sftlaunch/tiny-llama --port 8123" in r.stdout
+
+
+@pytest.mark.parametrize("has_template", [True, False])
+def test_the_run_script_passes_the_published_template_when_there_is_one(tmp_path, has_template):
+    """The replica's script under bash, with a stand-in `vllm` that prints its arguments."""
+    import subprocess
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    if has_template:
+        (model_dir / "chat_template.jinja").write_text("{{ messages }}")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "vllm").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "bin" / "vllm").chmod(0o755)
+    source = source_from_run(_record())
+    _mem, choices = _plan_for(source)
+    script = render_service(source, choices, RUN, 4096)["run"].replace(MODEL_DIR, str(model_dir))
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    args = out.stdout.splitlines()
+    assert args[:2] == ["serve", "meta-llama/Llama-2-7b-hf"] and args[args.index("--tokenizer") + 1] == str(model_dir)
+    assert ("--chat-template" in args) is has_template
+    if has_template:
+        assert args[args.index("--chat-template") + 1] == f"{model_dir}/chat_template.jinja"
