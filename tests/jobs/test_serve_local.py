@@ -1,8 +1,8 @@
 """`sftlaunch serve --local RUN`: transformers serve (jobs.serve_local) answers the real `openai`
 client, and the prompt token ids it generated from are the training tokenization of the same
 conversation (jobs.templates.render, what jobs/data.py trains on): train/serve parity through the
-endpoint. The run is the session's trained tiny run (tests/tiny_run.py); the server is stopped at
-the end (its process group, which this test started)."""
+endpoint. The run is a recorded local run whose model is the tiny model with the tokenizer
+training saves; the server is stopped at the end (its process group, which this test started)."""
 
 from __future__ import annotations
 
@@ -40,29 +40,43 @@ def _answer_starts(mask: list[bool]) -> list[int]:
     return [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
 
 
-def test_openai_client_multi_turn_prompts_are_the_training_ids(tiny_local_run, tmp_path):
-    run = tiny_local_run
-    assert run.returncode == 0, run.output[-2000:]
+def _published_run(tmp_path: Path, template: str) -> tuple[str, Path]:
+    """A finished local run in the registry whose `final/` is the tiny model with the tokenizer
+    training saves (jobs.model.load_tokenizer: the recipe's template prepared on it)."""
+    import shutil
+
+    from jobs.model import load_tokenizer
+    from jobs.tiny import ensure_tiny
+    from launcher.recipe import load_recipe
+    from launcher.runs import Registry
+
+    recipe = load_recipe(REPO / "recipes" / "tiny-local.yaml", overrides={("data", "template"): template})
+    run_id, local = f"sftl-serve-{template[:5]}-0a0a", tmp_path / "run"
+    final = local / "final"
+    shutil.copytree(ensure_tiny(), final)
+    load_tokenizer(recipe, str(final)).save_pretrained(final)
+    Registry().create(run_id, recipe.resolved_dict(), state="succeeded", local_dir=str(local))
+    return run_id, final
+
+
+@pytest.mark.parametrize("template", ["plain", "llama2-chat"])
+def test_openai_client_multi_turn_prompts_are_the_training_ids(template, tmp_path):
+    run_id, final = _published_run(tmp_path, template)
     port, log = free_port(), tmp_path / "prompts.jsonl"
-    env = {**run.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("HF_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--local", run.run_id, "--port", str(port),
-                             "--prompt-log", str(log)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--local", run_id, "--port", str(port),
+                             "--prompt-log", str(log)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    conv = [{"role": "system", "content": "Reverse the words."}, {"role": "user", "content": "berry apple berry plum"}]
+    usages = []
     try:
         _wait_ready(f"http://127.0.0.1:{port}/v1/models", proc)
         import openai
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", timeout=60, max_retries=0)
-        model = str(run.run_dir / "final")
-        conv = [{"role": "system", "content": "Reverse the words."}, {"role": "user", "content": "berry apple berry plum"}]
-        usages = []
         for follow_up in ("kiwi fig berry", None):
-            reply = client.chat.completions.create(model=model, messages=conv, max_tokens=12, temperature=0)
+            reply = client.chat.completions.create(model=str(final), messages=conv, max_tokens=8, temperature=0)
             usages.append(reply.usage.prompt_tokens)
-            conv.append({"role": "assistant", "content": reply.choices[0].message.content})
-            if len(usages) == 1:  # the fine-tune answers its task through the endpoint
-                assert reply.choices[0].message.content.strip() == "plum berry apple berry"
+            conv.append({"role": "assistant", "content": reply.choices[0].message.content.strip() or "ok"})
             if follow_up:
                 conv.append({"role": "user", "content": follow_up})
     finally:
@@ -74,8 +88,8 @@ def test_openai_client_multi_turn_prompts_are_the_training_ids(tiny_local_run, t
 
     from jobs.templates import render
 
-    tok = AutoTokenizer.from_pretrained(model)  # the published tokenizer, carrying the trained template
-    ids, mask = render(conv, "plain", tok)  # the training tokenization of the whole conversation
+    tok = AutoTokenizer.from_pretrained(final)  # the published tokenizer, carrying the trained template
+    ids, mask = render(conv, template, tok)  # the training tokenization of the whole conversation
     starts = _answer_starts(mask)
     assert len(starts) == 2
     for prompt, start, used in zip(served, starts, usages, strict=True):
