@@ -97,6 +97,7 @@ def main() -> None:
     bare_tokens, bare_s = _bare_generate(model_dir, messages, args.max_tokens)
     print(f"model {args.model} on CPU ({os.cpu_count()} cores), {args.requests} requests x max_tokens "
           f"{args.max_tokens}, concurrency {args.concurrency}")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"server ready (listening) after {ready_s:.1f} s")
     print(f"served: {tokens} output tokens in {elapsed:.2f} s = {tokens / elapsed:.1f} tokens/s "
           f"({elapsed / args.requests * 1000:.0f} ms per request)")

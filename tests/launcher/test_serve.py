@@ -214,3 +214,26 @@ def test_the_run_script_passes_the_published_template_when_there_is_one(tmp_path
     assert ("--chat-template" in args) is has_template
     if has_template:
         assert args[args.index("--chat-template") + 1] == f"{model_dir}/chat_template.jinja"
+
+
+def test_the_backend_reads_skypilots_service_records_and_calls_its_sdk_as_declared(monkeypatch):
+    """SkyServe's status record (sky/serve/serve_state.py's fields, its real enums) becomes a
+    Service; each SDK call the backend makes binds to the installed sky.serve signature."""
+    import inspect
+
+    import sky
+    from sky.serve import ReplicaStatus, ServiceStatus
+
+    from launcher.backends import serve as backend
+
+    record = {"name": RUN, "status": ServiceStatus.READY, "endpoint": "1.2.3.4:30001", "user_hash": "u-me",
+              "policy": "Autoscaling from 0 to 2 replicas", "requested_resources_str": "1x[L4:1]",
+              "replica_info": [{"replica_id": 1, "status": ReplicaStatus.READY},
+                               {"replica_id": 2, "status": ReplicaStatus.PROVISIONING}]}
+    svc = backend._svc(record)
+    assert (svc.name, svc.status, svc.user_hash, svc.replicas, svc.ready_replicas) == (RUN, "READY", "u-me", 2, 1)
+    inspect.signature(sky.serve.up).bind(object(), service_name=RUN)
+    inspect.signature(sky.serve.status).bind([RUN])
+    inspect.signature(sky.serve.down).bind(RUN)
+    inspect.signature(sky.serve.tail_logs).bind(RUN, target="replica", replica_id=1, follow=False, output_stream=None)
+    assert {"replica", "controller"} <= {c.value for c in sky.serve.ServiceComponent}
