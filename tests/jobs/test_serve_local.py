@@ -95,3 +95,30 @@ def test_openai_client_multi_turn_prompts_are_the_training_ids(template, tmp_pat
     for prompt, start, used in zip(served, starts, usages, strict=True):
         assert prompt == ids[:start], "the served prompt is not the training prefix"
         assert used == len(prompt)
+
+
+def test_an_adapter_is_merged_onto_its_base_before_serving(tmp_path):
+    """transformers serve loads one model directory: a LoRA adapter is merged (jobs.publish.merge_adapter)
+    and the merged model computes what base + adapter compute."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jobs.serve_local import resolve_local_model
+    from jobs.tiny import ensure_tiny
+
+    base_dir = str(ensure_tiny())
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(adapter)
+    merged = resolve_local_model(str(adapter), tmp_path / "work")
+    assert merged == str(tmp_path / "work" / "merged") and (Path(merged) / "config.json").is_file()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter))(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)(ids).logits
+    assert torch.allclose(got, want, atol=0.05), (got - want).abs().max()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)(ids).logits.detach()
+    assert not torch.allclose(base, want, atol=1e-3)  # the adapter changes the output
