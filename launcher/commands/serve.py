@@ -180,13 +180,22 @@ def _plan_lines(plan: dict) -> list[str]:
 def _launch(task, name, record, source, first, plan) -> None:
     from launcher import services
     from launcher.backends.serve import get_serve_backend
+    from launcher.errors import one_line
     from launcher.secrets import launch_secrets
 
     backend = get_serve_backend()
+    try:
+        user, running = backend.current_user(), [s for s in backend.status([name]) if s.name == name]
+    except Exception as exc:  # noqa: BLE001 - API server unreachable, ...: say so, start nothing
+        raise UserError(f"cannot reach SkyPilot ({one_line(exc, with_type=True)}); nothing was started. "
+                        "Start or reach its API server (`sky api info`) and retry") from None
+    if running:
+        raise UserError(f"service {name} is already up ({running[0].status}); `sftlaunch serve status {name}`, "
+                        f"or `sftlaunch serve down {name}` first")
     present, _ = launch_secrets(list((task.get("secrets") or {}).keys()))
     # Recorded before launching, so a half-started service can still be proven ours and downed.
     services.record(name, record["run_id"] if record else None, source.base, first.cloud, first.accelerators,
-                    first.usd_per_hour, backend.current_user(), plan)
+                    first.usd_per_hour, user, plan)
     endpoint = backend.up(task, name, secrets=present, on_line=lambda line: click.echo(line, err=True))
     click.echo(f"service {name}: http://{endpoint}/v1" if endpoint else f"service {name} started")
     model = source.name

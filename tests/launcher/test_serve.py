@@ -161,7 +161,7 @@ def test_up_records_the_service_then_status_logs_and_down(fake_serve):
     _record()
     r = _invoke("serve", RUN, "--yes")
     assert r.exit_code == 0, r.stderr
-    assert fake_serve.calls[0] == ("up", RUN) and services.get(RUN)["user_hash"] == "u-me"
+    assert ("up", RUN) in fake_serve.calls and services.get(RUN)["user_hash"] == "u-me"
     assert fake_serve.tasks[RUN]["service"]["replica_policy"]["min_replicas"] == 0
     st = _invoke("serve", "status", "--json")
     assert [row["name"] for row in json.loads(st.stdout)] == [RUN]
@@ -237,3 +237,23 @@ def test_the_backend_reads_skypilots_service_records_and_calls_its_sdk_as_declar
     inspect.signature(sky.serve.down).bind(RUN)
     inspect.signature(sky.serve.tail_logs).bind(RUN, target="replica", replica_id=1, follow=False, output_stream=None)
     assert {"replica", "controller"} <= {c.value for c in sky.serve.ServiceComponent}
+
+
+def test_a_second_serve_of_a_running_service_is_refused(fake_serve):
+    _record()
+    assert _invoke("serve", RUN, "--yes").exit_code == 0
+    again = _invoke("serve", RUN, "--yes")
+    assert again.exit_code == 2 and "already up" in again.stderr
+    assert [c for c in fake_serve.calls if c[0] == "up"] == [("up", RUN)]
+
+
+def test_skypilot_unreachable_starts_nothing(fake_serve, monkeypatch):
+    _record()
+
+    def boom(*_a, **_k):
+        raise ConnectionError("Could not connect to SkyPilot API server at http://127.0.0.1:9")
+
+    monkeypatch.setattr(fake_serve, "status", boom)
+    r = _invoke("serve", RUN, "--yes")
+    assert r.exit_code == 2 and "cannot reach SkyPilot" in r.stderr and "Traceback" not in r.stderr
+    assert services.get(RUN) is None and not [c for c in fake_serve.calls if c[0] == "up"]
