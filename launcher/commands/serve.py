@@ -177,6 +177,20 @@ def _plan_lines(plan: dict) -> list[str]:
     ]
 
 
+def _reach(call, consequence: str):
+    """`call()`, with SkyPilot unreachable (no API server, ...) as one line and exit 2."""
+    from launcher.errors import one_line
+
+    try:
+        return call()
+    except (UserError, click.exceptions.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - said in one line, never a traceback
+        raise UserError(f"cannot reach SkyPilot ({one_line(exc, with_type=True)})"
+                        + (f"; {consequence}" if consequence else "")
+                        + ". Start or reach its API server (`sky api info`) and retry") from None
+
+
 def _launch(task, name, record, source, first, plan) -> None:
     from launcher import services
     from launcher.backends.serve import get_serve_backend
@@ -209,7 +223,7 @@ def _status(name, as_json) -> None:
     ours = {r["name"]: r for r in services.all_records() if not r["downed_at"]}
     if name:
         ours = {k: v for k, v in ours.items() if k == name}
-    live = {s.name: s for s in get_serve_backend().status(sorted(ours) or None)} if ours else {}
+    live = _reach(lambda: {s.name: s for s in get_serve_backend().status(sorted(ours))}, "") if ours else {}
     rows = []
     for n, rec in ours.items():
         s = live.get(n)
@@ -233,7 +247,7 @@ def _logs(name, follow, component, replica) -> None:
 
     if services.get(name) is None:
         raise UserError(f"service {name}: not started by `sftlaunch serve` here; `sftlaunch serve status` lists them")
-    get_serve_backend().tail_logs(name, component, replica, follow, lambda line: click.echo(line))
+    _reach(lambda: get_serve_backend().tail_logs(name, component, replica, follow, lambda line: click.echo(line)), "")
 
 
 def _down(name, dry_run, yes) -> None:
@@ -243,7 +257,7 @@ def _down(name, dry_run, yes) -> None:
     rec = services.get(name)
     backend = get_serve_backend()
     if dry_run:
-        live = next((s for s in backend.status([name]) if s.name == name), None)
+        live = _reach(lambda: next((s for s in backend.status([name]) if s.name == name), None), "nothing changed")
         refusal = service_refusal(live, rec is not None, backend.current_user()) if live else None
         click.echo(f"would not touch: {refusal}" if refusal else
                    (f"would take down service {name}" if live else f"no service {name} is running"))
@@ -253,7 +267,7 @@ def _down(name, dry_run, yes) -> None:
             raise UserError("no terminal to confirm on; rerun with --yes to take the service down")
         if not click.confirm(f"Take down service {name} (its replicas and endpoint)?", default=False):
             raise click.Abort()
-    downed, refusal = down_if_ours(backend, name, rec is not None)
+    downed, refusal = _reach(lambda: down_if_ours(backend, name, rec is not None), "nothing was taken down")
     if refusal:
         raise UserError(f"not touched: {refusal}")
     if rec is not None:

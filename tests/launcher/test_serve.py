@@ -257,3 +257,12 @@ def test_skypilot_unreachable_starts_nothing(fake_serve, monkeypatch):
     r = _invoke("serve", RUN, "--yes")
     assert r.exit_code == 2 and "cannot reach SkyPilot" in r.stderr and "Traceback" not in r.stderr
     assert services.get(RUN) is None and not [c for c in fake_serve.calls if c[0] == "up"]
+
+
+def test_status_and_down_with_skypilot_unreachable_are_one_line(fake_serve, monkeypatch):
+    services.record(RUN, RUN, "m/x", "gcp", "L4:1", 0.7, "u-me", {})
+    monkeypatch.setattr(fake_serve, "status", lambda *_a: (_ for _ in ()).throw(ConnectionError("refused")))
+    for args in (("serve", "status"), ("serve", "down", RUN, "--yes")):
+        r = _invoke(*args)
+        assert r.exit_code == 2 and "cannot reach SkyPilot (ConnectionError: refused)" in r.stderr, r.stderr
+    assert services.get(RUN)["downed_at"] is None
