@@ -163,7 +163,8 @@ class ServeChoice:
         return f"{self.gpu}:{self.count}"
 
 
-def serve_choices(mem: ServeMemory, clouds: list[str], gpu: str | None = None) -> tuple[list[ServeChoice], list[str]]:
+def serve_choices(mem: ServeMemory, clouds: list[str], gpu: str | None = None,
+                  count: int | None = None) -> tuple[list[ServeChoice], list[str]]:
     """Every single-node offer on `clouds` whose GPUs hold the weights + KV cache within vLLM's
     memory share (tensor parallel over the node's GPUs), cheapest first; plus notes."""
     from launcher import catalog
@@ -173,7 +174,7 @@ def serve_choices(mem: ServeMemory, clouds: list[str], gpu: str | None = None) -
         for offer in catalog.offers(cloud):
             if gpu and offer.gpu.lower() != gpu.lower():
                 continue
-            if offer.on_demand is None or offer.count not in (1, 2, 4, 8):
+            if offer.on_demand is None or offer.count not in (1, 2, 4, 8) or (count and offer.count != count):
                 continue
             why = catalog.unusable_reason(offer)
             if why:
@@ -189,7 +190,7 @@ def serve_choices(mem: ServeMemory, clouds: list[str], gpu: str | None = None) -
     out.sort(key=lambda c: (c.usd_per_hour, c.count))
     if not out:
         notes.append(f"no offer on {', '.join(clouds)} holds {mem.weights_gb:.1f} GB of weights + "
-                     f"{mem.kv_gb:.1f} GB of KV cache" + (f" on {gpu}" if gpu else ""))
+                     f"{mem.kv_gb:.1f} GB of KV cache" + (f" on {gpu}" if gpu else "") + (f" x{count}" if count else ""))
     return out, notes
 
 

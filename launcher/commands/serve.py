@@ -37,7 +37,8 @@ DEFAULT_CLOUDS = ("runpod", "lambda", "gcp")
               help="--local: append each chat request's prompt token ids to this JSONL file.")
 @click.option("--cloud", "clouds", multiple=True, type=click.Choice(DEFAULT_CLOUDS + ("kubernetes",)),
               help="Only these clouds (default: the run's recipe's, else RunPod, Lambda, GCP).")
-@click.option("--gpu", type=GpuType(), default=None, metavar="GPU", help="Only this GPU (default: the cheapest that fits).")
+@click.option("--gpu", type=GpuType(), default=None, metavar="GPU[:N]",
+              help="Only this GPU, N per replica (default: the cheapest that fits).")
 @click.option("--max-model-len", type=click.IntRange(128), default=None,
               help="Longest prompt + reply in tokens (default: 4096, at least the run's seq_len).")
 @click.option("--max-replicas", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -125,7 +126,8 @@ def _plan(record, target, clouds, gpu, max_model_len):
     # The KV cache holds the stated load (its sequences at their mean context), and at least one
     # sequence of max_model_len (vLLM refuses to start otherwise).
     mem = serve_memory(shape, max(max_model_len, CONCURRENCY * CONTEXT_TOKENS), source.lora_rank)
-    choices, notes = serve_choices(mem, clouds, gpu.split(":")[0] if gpu else None)
+    name, _, count = (gpu or "").partition(":")
+    choices, notes = serve_choices(mem, clouds, name or None, int(count) if count else None)
     if not choices:
         raise UserError("; ".join(notes) + "; lower --max-model-len or allow more clouds/GPUs")
     first = choices[0]

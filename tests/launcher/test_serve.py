@@ -266,3 +266,12 @@ def test_status_and_down_with_skypilot_unreachable_are_one_line(fake_serve, monk
         r = _invoke(*args)
         assert r.exit_code == 2 and "cannot reach SkyPilot (ConnectionError: refused)" in r.stderr, r.stderr
     assert services.get(RUN)["downed_at"] is None
+
+
+def test_gpu_flag_picks_that_gpu_and_count_and_refuses_what_cannot_hold_the_model():
+    ok = _invoke("serve", "meta-llama/Llama-2-70b-hf", "--dry-run", "--json", "--cloud", "gcp", "--gpu", "A100-80GB:8")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["plan"]["accelerators"] == "A100-80GB:8"
+    assert "--tensor-parallel-size 8" in json.loads(ok.stdout)["task"]["run"]
+    small = _invoke("serve", "meta-llama/Llama-2-70b-hf", "--dry-run", "--cloud", "gcp", "--gpu", "L4:1")
+    assert small.exit_code == 2 and "no offer on gcp holds" in small.stderr and "on L4 x1" in small.stderr
