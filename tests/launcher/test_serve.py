@@ -275,3 +275,17 @@ def test_gpu_flag_picks_that_gpu_and_count_and_refuses_what_cannot_hold_the_mode
     assert "--tensor-parallel-size 8" in json.loads(ok.stdout)["task"]["run"]
     small = _invoke("serve", "meta-llama/Llama-2-70b-hf", "--dry-run", "--cloud", "gcp", "--gpu", "L4:1")
     assert small.exit_code == 2 and "no offer on gcp holds" in small.stderr and "on L4 x1" in small.stderr
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_a_run_published_only_to_the_hub_is_served_from_its_repo(merge):
+    recipe = {**QLORA, "output": {"bucket": None, "hub_repo": "me/l2-7b-dolphin", "merge_adapter": merge}}
+    source = source_from_run(_record(recipe))
+    _mem, choices = _plan_for(source)
+    task = render_service(source, choices, RUN, 4096)
+    _sky_parse(task)
+    assert "file_mounts" not in task
+    if merge:
+        assert "vllm serve me/l2-7b-dolphin " in task["run"] and "--enable-lora" not in task["run"]
+    else:
+        assert f"--lora-modules {RUN}=me/l2-7b-dolphin" in task["run"] and "--tokenizer me/l2-7b-dolphin" in task["run"]
