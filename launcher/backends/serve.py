@@ -5,16 +5,13 @@ Why an adapter of its own: like launcher.backends.sky, every call that starts, r
 service goes through one class the tests replace with a fake (tests/launcher/fake_serve.py).
 `sky` is imported inside methods only.
 
-A service is ours to take down only when (1) its name is one `sftlaunch serve` recorded
-launching (launcher.services, in runs.db) and carries the run-id prefix, and (2) SkyPilot reports
-it as this SkyPilot user's (the service record's `user_hash` against `current_user()`).
+`down` is called only by launcher.backends.ownership.down_service_if_ours, after its proof.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher import contract
 from launcher.backends.sky import _LineWriter
 
 
@@ -40,7 +37,7 @@ def _svc(record) -> Service:
 
 
 class SkyServeBackend:
-    """Real SkyServe. `down` is called only by `down_if_ours`, after the ownership proof."""
+    """Real SkyServe. `down` is called only by ownership.down_service_if_ours, after the proof."""
 
     def current_user(self) -> str:
         from launcher.backends.sky import SkyBackend
@@ -92,24 +89,3 @@ _factory = SkyServeBackend
 def get_serve_backend():
     """The backend commands use; tests swap `_factory` for a fake."""
     return _factory()
-
-
-def service_refusal(service: Service, recorded: bool, user: str | None) -> str | None:
-    """None when the service is ours (recorded by `sftlaunch serve`, our name prefix, this user's)."""
-    if not service.name.startswith(contract.RUN_ID_PREFIX) or not recorded:
-        return f"service {service.name} was not launched by `sftlaunch serve` on this machine (not in runs.db)"
-    if not user or service.user_hash != user:
-        return f"service {service.name} belongs to SkyPilot user {service.user_hash or '?'}, not you"
-    return None
-
-
-def down_if_ours(backend, name: str, recorded: bool) -> tuple[bool, str | None]:
-    """(downed, refusal); (False, None) when no such service exists."""
-    service = next((s for s in backend.status([name]) if s.name == name), None)
-    if service is None:
-        return False, None
-    refusal = service_refusal(service, recorded, backend.current_user())
-    if refusal is not None:
-        return False, refusal
-    backend.down(name)
-    return True, None

@@ -254,7 +254,8 @@ def _logs(name, follow, component, replica) -> None:
 
 def _down(name, dry_run, yes) -> None:
     from launcher import services
-    from launcher.backends.serve import down_if_ours, get_serve_backend, service_refusal
+    from launcher.backends.ownership import down_service_if_ours, service_refusal
+    from launcher.backends.serve import get_serve_backend
 
     rec = services.get(name)
     backend = get_serve_backend()
@@ -269,7 +270,7 @@ def _down(name, dry_run, yes) -> None:
             raise UserError("no terminal to confirm on; rerun with --yes to take the service down")
         if not click.confirm(f"Take down service {name} (its replicas and endpoint)?", default=False):
             raise click.Abort()
-    downed, refusal = _reach(lambda: down_if_ours(backend, name, rec is not None), "nothing was taken down")
+    downed, refusal = _reach(lambda: down_service_if_ours(backend, name, rec is not None), "nothing was taken down")
     if refusal:
         raise UserError(f"not touched: {refusal}")
     if rec is not None:
