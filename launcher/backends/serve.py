@@ -1,5 +1,4 @@
-"""SkyServe through SkyPilot 0.14's client SDK (`sky.serve.up/status/tail_logs/down`), and the
-ownership rule for services.
+"""SkyServe through SkyPilot 0.14's client SDK (`sky.serve.up/status/tail_logs/down`).
 
 Why an adapter of its own: like launcher.backends.sky, every call that starts, reads or deletes a
 service goes through one class the tests replace with a fake (tests/launcher/fake_serve.py).
