@@ -3,7 +3,9 @@ that holds its weights plus the KV cache, and the SkyServe service YAML. Pure: n
 planner's offer table and model shapes, no SkyPilot import.
 
 Why vLLM's own published image (vllm/vllm-openai): it is the OpenAI-compatible server peers
-(Oumi, LLaMA-Factory, Unsloth, SkyPilot's examples) deploy, and its image is what vLLM tests.
+(Oumi, LLaMA-Factory, Unsloth, SkyPilot's examples) deploy, and its image is what vLLM tests;
+SkyPilot's own examples run it as `image_id: docker:vllm/vllm-openai:<tag>` with `vllm serve` as the
+`run:` command (skypilot-org/skypilot llm/vllm/serve-openai-api-docker.yaml, llm/kimi-k2).
 Why the published tokenizer: the run's model directory carries the chat template training used
 (jobs/templates.py, jobs/publish.py), and vLLM renders chat requests with `--tokenizer`'s
 template unless told otherwise, so an adapter is served with `--tokenizer <adapter dir>` (the
