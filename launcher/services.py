@@ -21,9 +21,12 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS services (
 
 
 def _connect() -> sqlite3.Connection:
-    home = sftlaunch_home()
-    home.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(home / "runs.db", timeout=30)
+    """runs.db, created (and migrated) by the run registry first: the registry refuses a database
+    that holds tables but not its own, so ours is only ever added to one it made."""
+    from launcher.runs import Registry
+
+    Registry()
+    conn = sqlite3.connect(sftlaunch_home() / "runs.db", timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute(_SCHEMA)
     return conn

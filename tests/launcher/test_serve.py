@@ -289,3 +289,12 @@ def test_a_run_published_only_to_the_hub_is_served_from_its_repo(merge):
         assert "vllm serve me/l2-7b-dolphin " in task["run"] and "--enable-lora" not in task["run"]
     else:
         assert f"--lora-modules {RUN}=me/l2-7b-dolphin" in task["run"] and "--tokenizer me/l2-7b-dolphin" in task["run"]
+
+
+def test_serving_before_any_run_leaves_a_registry_status_can_read(fake_serve):
+    """The first thing recorded in a fresh SFTLAUNCH_HOME is a service: runs.db is still the registry's."""
+    r = _invoke("serve", "mistralai/Mistral-7B-v0.1", "--yes")
+    assert r.exit_code == 0, r.stderr
+    st = _invoke("status")
+    assert st.exit_code == 0, st.stderr
+    assert [row["name"] for row in json.loads(_invoke("serve", "status", "--json").stdout)][0].startswith("sftl-mistral")
