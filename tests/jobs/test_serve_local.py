@@ -122,3 +122,35 @@ def test_an_adapter_is_merged_onto_its_base_before_serving(tmp_path):
     assert torch.allclose(got, want, atol=0.05), (got - want).abs().max()
     base = AutoModelForCausalLM.from_pretrained(base_dir)(ids).logits.detach()
     assert not torch.allclose(base, want, atol=1e-3)  # the adapter changes the output
+
+
+def test_the_trained_tiny_run_answers_its_task_through_the_endpoint(tiny_local_run, tmp_path):
+    """The session's real run (recipes/tiny-local.yaml, trained to reverse words), served by run id."""
+    run = tiny_local_run
+    assert run.returncode == 0, run.output[-2000:]
+    port, log = free_port(), tmp_path / "prompts.jsonl"
+    env = {**run.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("HF_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--local", run.run_id, "--port", str(port),
+                             "--prompt-log", str(log)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    conv = [{"role": "system", "content": "Reverse the words."}, {"role": "user", "content": "berry apple berry plum"}]
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/v1/models", proc)
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", timeout=60, max_retries=0)
+        reply = client.chat.completions.create(model=str(run.run_dir / "final"), messages=conv, max_tokens=12,
+                                               temperature=0)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert reply.choices[0].message.content.strip() == "plum berry apple berry", out[-2000:]
+    from transformers import AutoTokenizer
+
+    from jobs.templates import render
+
+    conv.append({"role": "assistant", "content": "plum berry apple berry"})
+    ids, mask = render(conv, "plain", AutoTokenizer.from_pretrained(run.run_dir / "final"))
+    served = json.loads(log.read_text().splitlines()[0])["prompt_token_ids"]
+    assert served == ids[:_answer_starts(mask)[0]]
