@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("launcher.commands.eval:eval_", "Score a run or model on the Open LLM Leaderboard v1 preset or custom tasks."),
     "generate": ("launcher.commands.generate:generate", "Generate text from a run's model or a model id/path."),
     "chat": ("launcher.commands.generate:chat", "Chat interactively with a run's model or a model id/path."),
+    "serve": ("launcher.commands.serve:serve", "Serve a run's model behind an OpenAI-compatible API (SkyServe + vLLM, or --local)."),
     "teardown": ("launcher.commands.teardown:teardown", "Stop everything sftlaunch launched (only labelled resources)."),
     "image": ("launcher.commands.image:image", "Build or push the container image from docker/."),
 }

@@ -13,13 +13,23 @@ only when, as SkyPilot itself reports it now:
 A local run is ours only when its pid is alive with the start time we recorded, leading the
 process group we created (launcher.backends.local.process_is_ours).
 
-`destroy_cluster` and `cancel_job` are the only callers of `backend.down` / `backend.jobs_cancel`
-in the launcher; a test holds that line.
+A SkyServe service (`sftlaunch serve`) is ours only when its name is one `sftlaunch serve`
+recorded launching (launcher.services, in runs.db) and carries the run-id prefix, and SkyPilot
+reports it as this SkyPilot user's (the service record's `user_hash`).
+
+`destroy_cluster`, `cancel_job` and `down_service_if_ours` are the only callers of `backend.down` /
+`backend.jobs_cancel` in the launcher; a test holds that line.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from launcher import contract
 from launcher.backends.sky import LABEL
+
+if TYPE_CHECKING:
+    from launcher.backends.serve import Service
 
 
 def cluster_refusal(cluster, run_id: str, user: str | None) -> str | None:
@@ -80,4 +90,25 @@ def cancel_job(backend, run_id: str, recorded_job_id: str | None, job=None) -> t
     if job.finished:
         return False, None
     backend.jobs_cancel(int(job.job_id))
+    return True, None
+
+
+def service_refusal(service: Service, recorded: bool, user: str | None) -> str | None:
+    """None when the service is ours (recorded by `sftlaunch serve`, our name prefix, this user's)."""
+    if not service.name.startswith(contract.RUN_ID_PREFIX) or not recorded:
+        return f"service {service.name} was not launched by `sftlaunch serve` on this machine (not in runs.db)"
+    if not user or service.user_hash != user:
+        return f"service {service.name} belongs to SkyPilot user {service.user_hash or '?'}, not you"
+    return None
+
+
+def down_service_if_ours(backend, name: str, recorded: bool) -> tuple[bool, str | None]:
+    """(downed, refusal); (False, None) when no such service exists."""
+    service = next((s for s in backend.status([name]) if s.name == name), None)
+    if service is None:
+        return False, None
+    refusal = service_refusal(service, recorded, backend.current_user())
+    if refusal is not None:
+        return False, refusal
+    backend.down(name)
     return True, None

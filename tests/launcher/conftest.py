@@ -42,3 +42,12 @@ def fake_registry():
     reg = FakeRegistry().start()
     yield reg
     reg.stop()
+
+
+@pytest.fixture
+def fake_serve(monkeypatch):
+    """The fake SkyServe (tests/launcher/fake_serve.py) in place of the real one."""
+    from tests.launcher.fake_serve import installed as serve_installed
+
+    with serve_installed(monkeypatch) as fake:
+        yield fake

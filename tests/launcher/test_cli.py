@@ -30,6 +30,8 @@ def _probe(*args: str) -> dict:
     ["validate", "recipes/llama2-70b-qlora.yaml"],
     ["validate", "recipes/does-not-exist.yaml"],
     ["render", "recipes/llama2-70b-qlora.yaml", "--cloud", "gcp", "--gpu", "H100:1", "--run-id", "sftl-x-0000"],
+    ["serve", "--help"],
+    ["serve", "meta-llama/Llama-2-7b-hf", "--dry-run"],
 ])
 def test_light_commands_import_no_heavy_modules(args):
     result = _probe(*args)

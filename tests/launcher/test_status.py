@@ -263,13 +263,14 @@ def test_a_stale_cluster_name_now_someone_elses_is_never_downed(fake, tmp_path):
 
 
 def test_destroying_goes_through_the_ownership_check_only():
-    """`down` and `jobs_cancel` are called in one place, after the proof (launcher.backends.ownership)."""
+    """`down` and `jobs_cancel` are called in one place, after the proof (launcher.backends.ownership);
+    the two adapters make SkyPilot's own calls (sky.down, sky.serve.down)."""
     import re
 
     root = Path(__file__).resolve().parents[2] / "launcher"
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                      if re.search(r"\.(down|jobs_cancel)\(", p.read_text()))
-    assert callers == ["backends/ownership.py", "backends/sky.py"], callers
+    assert callers == ["backends/ownership.py", "backends/serve.py", "backends/sky.py"], callers
 
 
 def test_the_budget_guard_never_cancels_a_job_it_cannot_prove_ours(fake):
