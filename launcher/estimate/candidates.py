@@ -284,10 +284,11 @@ def choose_checkpointing(recipe: Recipe, gpus: int, avail: float, workload: str,
     spare (no recompute: a quarter to a third fewer FLOPs per token) and on otherwise; true/false
     in the recipe are kept as they are."""
     gc = recipe.train.gradient_checkpointing
-    if workload != "train" or gc != "auto":
-        on = True if workload != "train" else bool(gc)
-        return on, memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=on), \
-            f"train.gradient_checkpointing: {str(on).lower()} in the recipe"
+    if workload != "train":
+        return False, memory(recipe, gpus=gpus, workload=workload, shape=shape), ""
+    if gc != "auto":
+        return bool(gc), memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=bool(gc)), \
+            f"train.gradient_checkpointing: {str(bool(gc)).lower()} in the recipe"
     off = memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=False)
     fit = fit_verdict(off, avail, ev_mem)
     if fit.fits and not fit.borderline:
