@@ -1,4 +1,4 @@
-"""Training tokens/s on this machine's CPU for each speed switch, as ratios within one run.
+"""Training tokens per CPU-second for each speed switch, as ratios within one run.
 
 Why: issue 19 asks what each switch buys. Each variant trains the tiny model (recipes/
 tiny-local.yaml's data and packing, jobs.model's loading, jobs.data's collator, AdamW) for the
@@ -64,7 +64,9 @@ def _variant(recipe, tok, train, impl: str, flatten: bool, gc: bool, micro: int)
 
 
 def _rate(model, opt, batches, steps: int, pad: int) -> float:
-    """Real tokens/s over `steps` optimizer steps (after one warm-up step)."""
+    """Real tokens per second of this process's CPU time over `steps` optimizer steps (after one
+    warm-up step). CPU time, on one thread, because the cores are shared: wall-clock rates moved
+    3-4x between rounds of the same variant at a load average of 13 on 2 cores."""
     def step(b):
         loss = model(**b).loss
         loss.backward()
@@ -72,12 +74,12 @@ def _rate(model, opt, batches, steps: int, pad: int) -> float:
         opt.zero_grad(set_to_none=True)
 
     step(batches[0])
-    tokens, t0 = 0, time.perf_counter()
+    tokens, t0 = 0, time.process_time()
     for i in range(steps):
         b = batches[(i + 1) % len(batches)]
         step(b)
         tokens += int((b["input_ids"] != pad).sum())
-    return tokens / (time.perf_counter() - t0)
+    return tokens / (time.process_time() - t0)
 
 
 VARIANTS = {  # name: (attention, flatten packed rows, gradient checkpointing)
@@ -100,8 +102,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     import transformers
 
+    torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     recipe, tok, train = _setup(a.micro, a.seq_len)
     built = {name: _variant(recipe, tok, train, *spec, a.micro) for name, spec in VARIANTS.items()}
@@ -110,11 +114,11 @@ def main() -> None:
         for name, (model, opt, batches) in built.items():
             rates[name].append(_rate(model, opt, batches, a.steps, tok.pad_token_id))
     med = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"tiny-llama full fine-tune, CPU ({os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}), "
+    print(f"tiny-llama full fine-tune, CPU, 1 thread, rates per CPU-second (load avg {os.getloadavg()[0]:.1f}), "
           f"micro {a.micro}, seq_len {a.seq_len}, {a.steps} steps × {a.rounds} interleaved rounds")
-    print(f"{'variant':16} {'real tokens/s (median)':>23} {'rounds':>30}")
+    print(f"{'variant':16} {'real tokens/CPU-s (median)':>27} {'rounds':>30}")
     for name in VARIANTS:
-        print(f"{name:16} {med[name]:>23.0f} {' '.join(f'{x:.0f}' for x in rates[name]):>30}")
+        print(f"{name:16} {med[name]:>27.0f} {' '.join(f'{x:.0f}' for x in rates[name]):>30}")
     for num, den, words in RATIOS:
         print(f"{words:40} {med[num] / med[den]:.2f}x")
     print("CUDA-only (not measured here): Liger kernels, TF32, flash-attention varlen, DataLoader workers")
