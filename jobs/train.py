@@ -322,9 +322,9 @@ def _speed_switches(recipe, model) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()
     liger, why = speed.use_liger(recipe, getattr(getattr(base, "config", None), "model_type", None), cuda)
     attn = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    tf32 = speed.enable_tf32()
     log(f"speed: attention {attn}; {why}; gradient checkpointing "
-        f"{'on' if getattr(base, 'is_gradient_checkpointing', False) else 'off'}; "
-        f"tf32 {'on' if speed.enable_tf32() else 'off'}")
+        f"{'on' if getattr(base, 'is_gradient_checkpointing', False) else 'off'}; tf32 {'on' if tf32 else 'off'}")
     return liger
 
 
