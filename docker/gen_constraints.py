@@ -36,6 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docker" / "constraints.txt"
 EXTRAS = ("train", "eval")
 DEV_OUT = REPO / "docker" / "constraints-dev.txt"
+# GPU-only packages the image installs but the CPU-tested venv does not (Triton kernels need a
+# GPU): pinned by hand, appended to constraints.txt only (not to constraints-dev.txt, what CI and
+# laptops install). Their tests import them where installed and skip, saying so, elsewhere.
+# liger-kernel: train.kernels (jobs/speed.py); its `triton` comes with the CUDA torch wheel.
+IMAGE_ONLY = {"liger-kernel": "0.8.5"}
 DEV_EXTRAS = ("cloud", "train", "eval", "dev")
 # The final image: Ubuntu 24.04's python3.12 on x86_64 Linux.
 IMAGE_ENV = {
@@ -112,6 +117,9 @@ def render(dev: bool = False) -> str:
     for name in sorted(pins):
         version = re.sub(r"\+.*$", "", pins[name])  # torch 2.13.0+cpu -> 2.13.0 (the CUDA build)
         lines.append(f"{name}=={version}\n")
+    if not dev:
+        lines.append("# GPU-only, the image's alone (docker/gen_constraints.py IMAGE_ONLY; not in the CPU-tested venv):\n")
+        lines += [f"{name}=={version}\n" for name, version in sorted(IMAGE_ONLY.items())]
     if missing:
         lines.append("# Required on the image's Python but not installed in the tested venv (left unpinned): "
                      + ", ".join(missing) + "\n")

@@ -20,8 +20,10 @@ such restarts into a block-diagonal causal mask (`find_packed_sequence_indices`)
 sdpa and flex implementations — but only when no 2-D `attention_mask` is passed, so the packed
 collator passes none. flash_attention_2 honours the restarts (varlen kernels via
 `prepare_fa_kwargs_from_position_ids`) only for a batch of one row, which is why the collator
-flattens a packed batch into a single row (as `DataCollatorWithFlattening` does) for flash
-implementations. On an older transformers without `find_packed_sequence_indices`, eager/sdpa
+flattens a packed batch into a single padding-free row (as `DataCollatorWithFlattening` does) for
+flash implementations: no mask at all, and the varlen kernel skips the cross-sample blocks. For
+eager/sdpa a mask is unavoidable (SDPA then uses its memory-efficient kernel, not its flash one),
+and flattening would only grow it: those keep one packed row per sequence (`flattens`). On an older transformers without `find_packed_sequence_indices`, eager/sdpa
 would let packed samples attend to each other; `make_collator` warns once in that case. Either
 way no label crosses a boundary: each sample's first token has label -100.
 
@@ -357,13 +359,25 @@ def prepare_model_for_packing(model, recipe) -> str | None:
     return impl
 
 
-def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> Callable[[list[dict]], dict]:
+def flattens(attn_implementation: str | None) -> bool:
+    """Whether packed batches are flattened into one padding-free row for this implementation:
+    only where a varlen kernel reads the boundaries from the position ids (flash_attention_2/3/4).
+    eager and sdpa build a dense [rows, rows] mask from them instead, so one flattened row of
+    micro_batch_size × seq_len tokens costs micro_batch_size times the attention of separate
+    rows: 0.59x the tokens/s for sdpa, 0.41x for eager on the tiny model on CPU
+    (bench/speed_switches.py, micro 4, seq_len 256)."""
+    return bool(attn_implementation) and "flash" in attn_implementation
+
+
+def make_collator(recipe, tokenizer, attn_implementation: str | None = None,
+                  flatten: bool | None = None) -> Callable[[list[dict]], dict]:
     """Batches of torch tensors for the model.
 
     Unpacked: right-padded to the longest sample with the pad id, labels -100 on padding, an
     attention_mask. Packed: position_ids and no attention_mask (see the module docstring); with a
-    flash implementation the batch is flattened into one row so the varlen kernels see the
-    boundaries. Pass the model's `config._attn_implementation` as attn_implementation.
+    flash implementation the batch is flattened into one padding-free row, as transformers'
+    DataCollatorWithFlattening does, so the varlen kernels see the boundaries. Pass the model's
+    `config._attn_implementation` as attn_implementation; `flatten` overrides `flattens()`.
     """
     import torch
 
@@ -371,7 +385,7 @@ def make_collator(recipe, tokenizer, attn_implementation: str | None = None) -> 
     if pad is None:
         raise UserError("the tokenizer has no pad token; jobs.model must set one (distinct from eos) before collating")
     packed = recipe.data.packing
-    flatten = packed and bool(attn_implementation) and "flash" in attn_implementation
+    flatten = packed and (flattens(attn_implementation) if flatten is None else flatten)
     if packed and not flatten and not _honours_packed_positions() and "packing" not in _warned:
         _warned.add("packing")
         log.warning("data.packing with attn_implementation=%s on this transformers version: packed samples may "

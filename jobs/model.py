@@ -111,8 +111,13 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     """The model ready for the Trainer (a PeftModel for lora/qlora)."""
     from transformers import AutoModelForCausalLM
 
+    from jobs import speed
+
     path = path or resolve_model_path(recipe)
     kwargs = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
+    attn = speed.attention_implementation()
+    if attn != "sdpa":  # sdpa is transformers' own default where a model supports it
+        kwargs["attn_implementation"] = attn
     method = recipe.method
     if method == "qlora":
         kwargs["quantization_config"] = _quant_config(recipe)
@@ -130,7 +135,13 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except ValueError as exc:  # a family without flash-attention support: its default attention
+            if "attn_implementation" not in kwargs or "ttention" not in str(exc):
+                raise
+            kwargs.pop("attn_implementation")
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise UserError(f"model.id {recipe.model.id!r}: cannot load its weights ({str(exc).splitlines()[0]}); "
                         "check the id/revision and HF_TOKEN for gated models") from exc
@@ -141,7 +152,7 @@ def load_model(recipe, tokenizer, path: str | None = None, gradient_checkpointin
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-    gc = recipe.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    gc = speed.gradient_checkpointing(recipe) if gradient_checkpointing is None else gradient_checkpointing
     if method == "qlora":
         keep_4bit_training_kernel_on_cpu(model)
         prepare_for_kbit_training(model, gc)

@@ -128,22 +128,33 @@ def restore_metrics(out: Path, resumed: Path, step: int) -> None:
 
 
 class _TokenCounter:
-    """Wraps the collator to count real (non-pad) tokens seen, for tokens/s."""
+    """Wraps the collator to count real (non-pad) tokens seen, for tokens/s.
+
+    The count lives in shared memory: with DataLoader workers (CUDA hosts, jobs.speed) the
+    collator runs in the worker processes, and a plain attribute would count there, not here."""
 
     def __init__(self, collator, pad_id: int | None = None):
+        import multiprocessing
+
         self.collator = collator
         self.pad_id = pad_id
-        self.tokens = 0
+        self._count = multiprocessing.Value("q", 0)
+
+    @property
+    def tokens(self) -> int:
+        return int(self._count.value)
 
     def __call__(self, features):
         batch = self.collator(features)
         mask = batch.get("attention_mask")
         if mask is not None:
-            self.tokens += int(mask.sum())
+            n = int(mask.sum())
         elif self.pad_id is not None:  # packed rows carry no mask; their tail is padding
-            self.tokens += int((batch["input_ids"] != self.pad_id).sum())
+            n = int((batch["input_ids"] != self.pad_id).sum())
         else:
-            self.tokens += int(batch["input_ids"].numel())
+            n = int(batch["input_ids"].numel())
+        with self._count.get_lock():
+            self._count.value += n
         return batch
 
 
@@ -181,9 +192,12 @@ def _wandb_env(run_id: str | None, recipe) -> None:
 
 
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
-                       eval_on_start: bool = False):
+                       eval_on_start: bool = False, liger: bool = False):
+    """The Trainer's arguments; `liger` applies Liger's kernels (jobs.speed.use_liger decides)."""
     import torch
     from transformers import TrainingArguments
+
+    from jobs import speed
 
     t = recipe.train
     cuda = torch.cuda.is_available()
@@ -218,7 +232,8 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         eval_on_start=bool(eval_rows) and eval_on_start,
         save_strategy="no",  # saves are decided by jobs.train's wall-clock callback
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        **speed.dataloader_kwargs(cuda),
+        use_liger_kernel=liger,
         disable_tqdm=True,
         gradient_checkpointing=False,  # enabled by jobs.model with use_reentrant=False
     )
@@ -273,6 +288,8 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
     model = jm.load_model(recipe, tokenizer, path)
+    # Liger's kernels are chosen by the loaded model's family; the Trainer applies them at init.
+    args.use_liger_kernel = _speed_switches(recipe, model)
     if collator is None:
         from jobs.data import make_collator, prepare_model_for_packing
 
@@ -306,6 +323,22 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
     shutdown()
     return 0
+
+
+def _speed_switches(recipe, model) -> bool:
+    """TF32 on Ampere+, and whether to apply Liger's kernels; each choice logged with its reason."""
+    import torch
+
+    from jobs import speed
+
+    cuda = torch.cuda.is_available()
+    base = getattr(model, "get_base_model", lambda: model)()
+    liger, why = speed.use_liger(recipe, getattr(getattr(base, "config", None), "model_type", None), cuda)
+    attn = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    tf32 = speed.enable_tf32()
+    log(f"speed: attention {attn}; {why}; gradient checkpointing "
+        f"{'on' if getattr(base, 'is_gradient_checkpointing', False) else 'off'}; tf32 {'on' if tf32 else 'off'}")
+    return liger
 
 
 def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> None:

@@ -44,6 +44,8 @@ class Env:
     MAX_USD = "SFTLAUNCH_MAX_USD"
     EVAL_WITH_BASE = "SFTLAUNCH_EVAL_WITH_BASE"  # 1: eval also scores the base model
     EVAL_PARALLEL = "SFTLAUNCH_EVAL_PARALLEL"  # auto | data | model
+    # 1/0: the plan's choice for train.gradient_checkpointing: auto (unset: auto means on)
+    GRADIENT_CHECKPOINTING = "SFTLAUNCH_GRADIENT_CHECKPOINTING"
     # -- knobs of the job itself (tests, quick looks, multi-node tuning) -------------------------
     MAX_STEPS = "SFTLAUNCH_MAX_STEPS"
     SYNC_EVERY = "SFTLAUNCH_SYNC_EVERY"  # seconds between bucket copies of metrics and logs (60)

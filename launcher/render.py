@@ -181,6 +181,18 @@ def rate_table(pairs: list[tuple[Any, str | None]]) -> list[dict[str, Any]] | No
     return table
 
 
+def checkpointing_env(recipe: Recipe, targets: list[Any]) -> str | None:
+    """The plan's choice for `gradient_checkpointing: auto`, for the job: "1" if any rendered
+    choice needs it (SkyPilot may launch any of them and the env is one for all), else "0".
+    None (the job then turns it on) for true/false recipes or targets the planner did not size."""
+    if recipe.train.gradient_checkpointing != "auto":
+        return None
+    decided = [getattr(t, "gradient_checkpointing", None) for t in targets]
+    if any(d is None for d in decided):
+        return None
+    return "1" if any(decided) else "0"
+
+
 def render_task(
     recipe: Recipe,
     target: Any,
@@ -238,6 +250,9 @@ def render_task(
         envs[Env.RATES] = json.dumps(rates, separators=(",", ":"), sort_keys=True)
     if res.max_usd is not None:
         envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
+    gc = checkpointing_env(recipe, targets)
+    if gc is not None:
+        envs[Env.GRADIENT_CHECKPOINTING] = gc
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})

@@ -160,6 +160,9 @@ def _memory_lines(title: str, m, have: float) -> list[str]:
 def _explain(c) -> None:
     m, t = c.memory, c.timing
     lines = _memory_lines(f"training memory per GPU on {c.gpu} ({c.mem_available_gb:.0f} GB):", m, c.mem_available_gb)
+    if c.checkpointing_why:
+        lines.append(f"gradient checkpointing: {'on' if c.gradient_checkpointing else 'off'} "
+                     f"({c.checkpointing_why})")
     if c.eval_memory is not None:
         lines += _memory_lines(f"post-training eval memory per GPU (one replica per GPU, {c.gpus_per_node} on the "
                                f"head node):", c.eval_memory, c.mem_available_gb)
@@ -169,7 +172,8 @@ def _explain(c) -> None:
         f"time on {c.gpus}×{c.gpu}:",
         f"  rows                    {t.terms.get('rows', 0):12,.0f}",
         f"  tokens                  {t.tokens:12,.0f}",
-        f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}",
+        f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}"
+        + ("  (with the recompute of gradient checkpointing)" if t.terms.get("gradient_checkpointing") else ""),
         f"  FLOPs                   {t.flops:12.3e}",
         f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
         f"  training                {t.train_hours:8.2f} h",

@@ -50,6 +50,8 @@ class Candidate:
     # when resources.regions pins them; {} when unknown (Kubernetes). The job's budget guard
     # charges the price of the region it runs in (render's rate table, jobs/rate.py).
     region_usd_per_hour: dict[str, float] = field(default_factory=dict)
+    gradient_checkpointing: bool = True  # what the job does here (the plan's choice for `auto`)
+    checkpointing_why: str = ""  # why, in words, for `plan --explain`
 
     @property
     def accelerators(self) -> str:
@@ -68,7 +70,7 @@ class Candidate:
                                              "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
                                              "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
                                              "blocked_by_eval", "usd_per_hour_max", "regions",
-                                             "region_usd_per_hour")}
+                                             "region_usd_per_hour", "gradient_checkpointing", "checkpointing_why")}
         out["accelerators"] = self.accelerators
         if self.memory:
             out["memory"] = self.memory.as_dict()
@@ -278,28 +280,50 @@ def _cloud_offers(cloud: str, name: str | None, count: int | None, workload: str
     return out
 
 
+def choose_checkpointing(recipe: Recipe, gpus: int, avail: float, workload: str, shape: dict[str, Any],
+                         ev_mem: Memory | None = None) -> tuple[bool, Memory, str]:
+    """(checkpointing on, training memory with that choice, why) for one GPU offer.
+
+    `auto` turns it off where the activations of every layer fit the GPU with the headroom to
+    spare (no recompute: a quarter to a third fewer FLOPs per token) and on otherwise; true/false
+    in the recipe are kept as they are."""
+    gc = recipe.train.gradient_checkpointing
+    if workload != "train":
+        return False, memory(recipe, gpus=gpus, workload=workload, shape=shape), ""
+    if gc != "auto":
+        return bool(gc), memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=bool(gc)), \
+            f"train.gradient_checkpointing: {str(bool(gc)).lower()} in the recipe"
+    off = memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=False)
+    fit = fit_verdict(off, avail, ev_mem)
+    if fit.fits and not fit.borderline:
+        return False, off, f"auto: off, all activations fit ({off.total:.1f} GB of {avail:.0f} GB)"
+    on = memory(recipe, gpus=gpus, workload=workload, shape=shape, gradient_checkpointing=True)
+    return True, on, f"auto: on, without it training needs {off.total:.1f} GB of {avail:.0f} GB"
+
+
 def _candidate(recipe: Recipe, offer: catalog.Offer, nodes: int, spot: bool, workload: str,
                ev_mem: Memory | None, shape: dict[str, Any]) -> Candidate | None:
     per_gpu = offer.spot if spot else offer.on_demand
     if per_gpu is None:
         return None
     gpus = offer.count * nodes
-    mem = memory(recipe, gpus=gpus, workload=workload, shape=shape)
     avail = catalog.gpu_memory_gb(offer.gpu, offer)
+    gc, mem, gc_why = choose_checkpointing(recipe, gpus, avail, workload, shape, ev_mem)
     fit = fit_verdict(mem, avail, ev_mem)
     fits, borderline, why = fit.fits, fit.borderline, _with_eval_fix(fit, recipe, shape)
     blocked_by_eval = fit.eval_tight and not fits
     if not catalog.has_bf16(offer.gpu) and recipe.train.precision == "bf16" and workload == "train":
         fits, borderline, blocked_by_eval = False, False, False
         why = f"{offer.gpu} has no bf16; use precision: fp16 (and quantization.compute_dtype: float16)"
-    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape)
+    t = timing(recipe, offer.cloud, offer.gpu, gpus, workload, gpus_per_node=offer.count, shape=shape,
+               gradient_checkpointing=gc)
     usd_h = per_gpu * gpus
     usd_h_max = (offer.price_max(bool(spot)) or per_gpu) * gpus
     by_region = {r: p * gpus for r, p in offer.prices_by_region(bool(spot)).items()}
     return Candidate(offer.cloud, offer.region_for(bool(spot)), offer.gpu, offer.count, nodes, bool(spot), usd_h, mem.total, avail, fits,
                      borderline, t.total_hours, usd_h * t.total_hours, mem, t, None if fits else why, ev_mem,
                      why if borderline else None, offer.assumed, blocked_by_eval, usd_h_max, offer.regions,
-                     by_region)
+                     by_region, gc, gc_why)
 
 
 def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot: bool | None = None,
@@ -393,14 +417,14 @@ def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workloa
     """`up --local`: the recipe's named GPU (e.g. a Colab T4) or, with none named, the CPU."""
     name = gpu if gpu and gpu in catalog.gpus() else "CPU"
     n = count or 1
-    mem = memory(recipe, gpus=n, workload=workload, shape=shape)
     avail = catalog.gpu_memory_gb(name)
+    gc, mem, gc_why = choose_checkpointing(recipe, n, avail, workload, shape, ev_mem)
     fit = fit_verdict(mem, avail, ev_mem)
     why = _with_eval_fix(fit, recipe, shape)
-    t = timing(recipe, "local", name, n, workload, shape=shape)
+    t = timing(recipe, "local", name, n, workload, shape=shape, gradient_checkpointing=gc)
     return Candidate("local", None, name, n, 1, False, 0.0, mem.total, avail, fit.fits, fit.borderline, t.total_hours,
                      0.0, mem, t, None if fit.fits else why, ev_mem, why if fit.borderline else None,
-                     blocked_by_eval=fit.eval_tight and not fit.fits)
+                     blocked_by_eval=fit.eval_tight and not fit.fits, gradient_checkpointing=gc, checkpointing_why=gc_why)
 
 
 def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spot: bool, want_name: str | None,
@@ -443,7 +467,7 @@ def _nothing_fits(recipe: Recipe, cands: list[Candidate], clouds: list[str], spo
     else:
         if recipe.data.seq_len > 512 or recipe.train.micro_batch_size > 1:
             hints.append("lower data.seq_len or train.micro_batch_size")
-        if not recipe.train.gradient_checkpointing:
+        if recipe.train.gradient_checkpointing is False:
             hints.append("turn on train.gradient_checkpointing")
         if recipe.method == "lora":
             hints.append("use method qlora")

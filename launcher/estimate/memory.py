@@ -157,6 +157,16 @@ def logits_bytes(shape: dict[str, Any], tokens: float, half: int, training: bool
     return tokens * shape["vocab"] * per_token
 
 
+def liger_chunk_tokens(tokens: float, vocab: int, hidden: int) -> int:
+    """Tokens per chunk of Liger's fused linear cross-entropy (liger_kernel 0.8.5,
+    ops/fused_linear_cross_entropy.py: inc_factor = cdiv(V, H), chunk = next_power_of_2(cdiv(BT,
+    inc_factor)), at most BT), so that one chunk's logits weigh about as much as the hidden states."""
+    bt = max(1, int(tokens))
+    inc = -(-vocab // hidden)
+    per = -(-bt // inc)
+    return min(1 << (per - 1).bit_length(), bt)
+
+
 def attention_flops_per_token(shape: dict[str, Any], seq: int) -> float:
     """12·h·(tokens attended) per layer, causal so half the sequence on average; a sliding-window
     layer attends to at most `sliding_window` tokens (Gemma 2: every other layer, 4096)."""
@@ -219,8 +229,27 @@ def _shards(recipe: Recipe, gpus: int) -> tuple[float, float, float]:
     return 1 / gpus, 1 / gpus, 0.0  # zero3-offload: optimizer states (and master weights) on CPU
 
 
+def checkpointing(recipe: Recipe, decided: bool | None = None) -> bool:
+    """Whether training recomputes activations: the plan's decision for `auto` when given, the
+    recipe's true/false, and on (the safe side) for `auto` where no GPU was decided."""
+    if decided is not None:
+        return decided
+    gc = recipe.train.gradient_checkpointing
+    return True if gc == "auto" else bool(gc)
+
+
+def fused_loss(recipe: Recipe) -> bool:
+    """Whether the loss is Liger's fused linear cross-entropy, which never materializes the
+    [tokens, vocab] logits. Only a recipe that forces `train.kernels: liger` is counted so: with
+    `auto` the job uses Liger only on CUDA for the families Liger supports, which the planner's
+    shape table does not name, so the logits stay counted (an over-estimate where Liger runs)."""
+    return getattr(recipe.train, "kernels", "auto") == "liger"
+
+
 def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_len: int | None = None,
-           workload: str = "train", shape: dict[str, Any] | None = None) -> Memory:
+           workload: str = "train", shape: dict[str, Any] | None = None,
+           gradient_checkpointing: bool | None = None) -> Memory:
+    """Per-GPU memory; `gradient_checkpointing` is the plan's decision for a recipe's `auto`."""
     shape = shape or _shape(recipe)
     w = catalog.workloads()
     n = shape["params_b"] * 1e9
@@ -274,11 +303,21 @@ def memory(recipe: Recipe, gpus: int = 1, micro_batch: int | None = None, seq_le
         notes.append(f"{adapters / 1e6:.0f}M trainable adapter parameters")
     tokens = seq * mb
     act_full_layer = tokens * h * 34
-    if recipe.train.gradient_checkpointing:
+    if checkpointing(recipe, gradient_checkpointing):
         acts = tokens * h * 2 * layers + act_full_layer
+        notes.append("gradient checkpointing on: one layer's activations kept whole, the others' inputs only")
     else:
         acts = act_full_layer * layers
-    logits = logits_bytes(shape, tokens, half)
+        notes.append("gradient checkpointing off: every layer's activations kept for the backward")
+    if fused_loss(recipe):
+        # One chunk's logits in the compute dtype and their fp32 softmax/gradient work.
+        logits = liger_chunk_tokens(tokens, shape["vocab"], h) * shape["vocab"] * (half + 4)
+        notes.append("train.kernels liger: fused linear cross-entropy, logits computed in chunks")
+    else:
+        logits = logits_bytes(shape, tokens, half)
+        if getattr(recipe.train, "kernels", "auto") == "auto" and workload == "train":
+            notes.append("logits counted whole: train.kernels auto may fuse them away on CUDA (Liger, for the "
+                         "families it supports); kernels: liger counts only its chunks")
     notes += shape_notes(shape, method)
     return Memory(weights / GB, trainable / GB, pageable / GB, acts / GB, w["cuda_context_gb"], notes, logits / GB)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import catalog
-from launcher.estimate.memory import GB, _shape, attention_flops_per_token, lora_params
+from launcher.estimate.memory import GB, _shape, attention_flops_per_token, checkpointing, lora_params
 from launcher.recipe import Recipe, looks_local
 
 
@@ -138,8 +138,10 @@ def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int, shape: dict[str,
 
 
 def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "train",
-           gpus_per_node: int | None = None, shape: dict[str, Any] | None = None) -> Timing:
-    """`gpus` in all; eval runs on the head node only (docker/entrypoint.sh), on its `gpus_per_node`."""
+           gpus_per_node: int | None = None, shape: dict[str, Any] | None = None,
+           gradient_checkpointing: bool | None = None) -> Timing:
+    """`gpus` in all; eval runs on the head node only (docker/entrypoint.sh), on its `gpus_per_node`.
+    `gradient_checkpointing` is the plan's decision for a recipe's `auto` (memory.checkpointing)."""
     shape = shape or _shape(recipe)
     w = catalog.workloads()
     per_node = gpus_per_node or gpus
@@ -164,7 +166,9 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
                      recipe.train.max_steps * recipe.train.micro_batch_size * recipe.train.grad_accum * gpus * recipe.data.seq_len)
     else:
         tokens *= recipe.train.epochs
-    ckpt = recipe.train.gradient_checkpointing
+    # Recomputing the forward in the backward adds 2·N per token (a third more for a full
+    # fine-tune's 6·N, half more for LoRA's 4·N: the frozen weights need no weight gradient).
+    ckpt = checkpointing(recipe, gradient_checkpointing)
     per_token = (8 if ckpt else 6) * n if recipe.method == "full" else (6 if ckpt else 4) * n
     per_token += attention_flops_per_token(shape, recipe.data.seq_len)
     flops = per_token * tokens
@@ -174,7 +178,7 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
         lora_params(shape, recipe.lora.target_modules, recipe.lora.r) * 12 / GB if recipe.lora else 0)
     n_ckpts = math.ceil(train_hours * 60 / recipe.train.checkpoint_minutes) + 1
     checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
-    terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, mfu=mfu, peak_tflops=peak / 1e12,
+    terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, gradient_checkpointing=ckpt, mfu=mfu, peak_tflops=peak / 1e12,
                  checkpoint_hours=checkpoints, checkpoints=n_ckpts)
     return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms, ev_what)
 

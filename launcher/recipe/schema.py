@@ -27,6 +27,7 @@ OPTIMIZERS = (
 )
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DEEPSPEED = ("zero2", "zero3", "zero3-offload")
+KERNELS = ("auto", "liger", "none")
 EVAL_PRESETS = contract.EVAL_PRESETS
 RUN_ID_PREFIX = contract.RUN_ID_PREFIX
 RUN_ID_SUFFIX_LEN = 5  # "-" + 4 hex
@@ -131,12 +132,25 @@ class TrainSpec(_Strict):
     grad_accum: int = Field(4, gt=0, le=4096, description="Micro-batches accumulated per optimizer step.")
     optimizer: Literal[OPTIMIZERS] = Field("paged_adamw_32bit", description="Optimizer: " + ", ".join(OPTIMIZERS) + ".")  # type: ignore[valid-type]
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Mixed-precision mode (fp16 on T4/V100).")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory (~1/3 more compute).")
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto", description="Recompute activations in backward to save memory (~1/3 more compute): `auto` lets the "
+        "plan turn it on only where the activations would not fit the chosen GPU; true/false force it.")
+    kernels: Literal[KERNELS] = Field(  # type: ignore[valid-type]
+        "auto", description="Fused training kernels: `auto` uses Liger (fused linear cross-entropy, RMSNorm, RoPE, "
+        "SwiGLU) on CUDA for the model families Liger supports, none on CPU; `liger` requires it; `none` turns it off.")
     deepspeed: Literal[DEEPSPEED] | None = Field(None, description="DeepSpeed ZeRO config: zero2, zero3, zero3-offload (full; zero2 also with lora).")  # type: ignore[valid-type]
     checkpoint_minutes: float = Field(30, gt=0, le=WEEK_MINUTES, description="Save a resumable checkpoint this often (and at the end).")
     keep_checkpoints: int = Field(2, gt=0, le=1000, description="Keep this many newest complete checkpoints; older ones are pruned.")
     max_steps: int | None = Field(None, gt=0, le=10_000_000, description="Stop after this many optimizer steps (overrides epochs).")
     seed: int = Field(42, ge=0, description="Seed for shuffling, init of new weights and dropout (at most 2^32 - 1, numpy's limit).")
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: Any):
+        # One message for the union (pydantic would report each member's failure separately).
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError(f"must be auto, true or false, got {v!r}")
 
     @field_validator("seed")
     @classmethod

@@ -213,3 +213,68 @@ def test_json_rows_are_numbered(tmp_path):
     path = _write(tmp_path, "h.json", json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
     with pytest.raises(UserError, match=r"h\.json: row 2: .*'output'"):
         load_rows(_recipe([{"path": path, "format": "alpaca"}]))
+
+
+def _samples_of(row: dict) -> list[dict]:
+    """The samples a packed row holds, split where its position ids restart."""
+    pos = row["position_ids"]
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+    return [{k: row[k][s:e] for k in ("input_ids", "labels")} for s, e in zip(starts, starts[1:], strict=False)]
+
+
+def test_flattened_batch_equals_transformers_data_collator_with_flattening(tok):
+    """The flash layout is transformers' own padding-free layout: DataCollatorWithFlattening fed
+    the same samples gives the same input_ids, position_ids and labels (-100 at each start)."""
+    from transformers import DataCollatorWithFlattening
+
+    from jobs.data import build_datasets, make_collator
+
+    recipe = _recipe([{"path": "tiny-task/train.jsonl", "format": "alpaca", "max_samples": 60}])
+    train, _ = build_datasets(recipe, tok)
+    ours = make_collator(recipe, tok, "flash_attention_2")(train[:3])
+    theirs = DataCollatorWithFlattening(return_tensors="pt")([s for row in train[:3] for s in _samples_of(row)])
+    assert set(ours) == {"input_ids", "labels", "position_ids"}
+    for key in ("input_ids", "labels", "position_ids"):
+        assert ours[key].tolist() == theirs[key].tolist(), key
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_packed_loss_equals_the_separate_loss(tok, shared_cache, impl):
+    """The loss the Trainer takes on a packed micro-batch (sum over trained tokens / their count,
+    its num_items_in_batch) equals that of the same samples run one by one, for both packed
+    layouts: one row per packed sequence (block-diagonal mask from the position ids) and the
+    flattened padding-free row; on the tiny model, CPU, eager and sdpa."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jobs.data import IGNORE, build_datasets, make_collator, prepare_model_for_packing
+    from jobs.tiny import ensure_tiny
+
+    recipe = _recipe([{"path": "tiny-task/train.jsonl", "format": "alpaca", "max_samples": 60}], seq_len=96)
+    train, _ = build_datasets(recipe, tok)
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny(shared_cache), attn_implementation=impl).eval()
+    prepare_model_for_packing(model, recipe)
+    rows = train[:3]
+    samples = [s for row in rows for s in _samples_of(row)]
+    assert len(samples) > len(rows)  # several samples share a row
+
+    def summed(batch):
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids")).logits.float()
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE,
+                                                 reduction="sum")
+        return loss, int((labels != IGNORE).sum())
+
+    alone = [summed({k: torch.tensor([s[k]]) for k in ("input_ids", "labels")}) for s in samples]
+    expect = sum(x for x, _ in alone) / sum(n for _, n in alone)
+    for flatten in (False, True):
+        batch = make_collator(recipe, tok, impl, flatten=flatten)(rows)
+        assert "attention_mask" not in batch and batch["input_ids"].shape[0] == (1 if flatten else len(rows))
+        total, n = summed(batch)
+        assert n == sum(k for _, k in alone)
+        torch.testing.assert_close(total / n, expect, atol=1e-5, rtol=1e-5)
+        # The model's own loss (transformers' ForCausalLMLoss, as the Trainer calls it) agrees.
+        with torch.no_grad():
+            own = model(**batch, num_items_in_batch=torch.tensor(n)).loss
+        torch.testing.assert_close(own, expect, atol=1e-5, rtol=1e-5)
