@@ -114,7 +114,12 @@ def _local_adapter(ref: str) -> str:
 # Every keyword vllm_model_args can give lm-eval's VLLM (checked against its signature in the tests
 # and at image build).
 VLLM_ARG_NAMES = frozenset({"pretrained", "tokenizer", "dtype", "batch_size", "revision", "lora_local_path",
-                            "max_lora_rank", "tensor_parallel_size", "data_parallel_size"})
+                            "max_lora_rank", "tensor_parallel_size", "data_parallel_size", "max_model_len"})
+# vLLM reserves KV cache for at least one sequence of max_model_len, which defaults to the model's
+# full context (128k for Llama 3.1: ~17 GB of KV cache for an 8B model, more than a 24 GB GPU has
+# left after the weights). The longest leaderboard requests are far shorter (MMLU-Pro 5-shot
+# prompts ~1.8k tokens on average; MATH 4-shot ~1.3k + 1,024 generated; IFEval 1,280 generated).
+VLLM_MAX_MODEL_LEN = 8192
 
 
 def lm_eval_vllm_params() -> set[str]:
@@ -137,7 +142,22 @@ def lm_eval_vllm_params() -> set[str]:
     raise RuntimeError(f"{path}: no class VLLM with an __init__")
 
 
-def vllm_model_args(spec: ModelSpec, batch, parallel: str, gpus: int) -> dict:
+def model_context(spec: ModelSpec) -> int | None:
+    """The model's context length (config.json's max_position_embeddings), None when unknown."""
+    path = Path(spec.pretrained) / "config.json"
+    try:
+        if not path.is_file():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(spec.pretrained, "config.json", revision=spec.revision))
+        cfg = json.loads(path.read_text())
+    except Exception:  # noqa: BLE001 - unreadable: vLLM derives it itself
+        return None
+    value = cfg.get("max_position_embeddings") or (cfg.get("text_config") or {}).get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def vllm_model_args(spec: ModelSpec, batch, parallel: str, gpus: int, context: int | None = None) -> dict:
     """Keyword arguments of lm-eval's VLLM (lm_eval.models.vllm_causallms.VLLM.__init__; every
     name is one of its own parameters, tests/jobs/test_eval_vllm.py checks). `parallel` as for HF:
     data = a replica per GPU (lm-eval's data_parallel_size, over Ray), model = one copy split
@@ -149,6 +169,8 @@ def vllm_model_args(spec: ModelSpec, batch, parallel: str, gpus: int) -> dict:
     if spec.peft:
         args["lora_local_path"] = _local_adapter(spec.peft)
         args["max_lora_rank"] = max_lora_rank(adapter_rank(args["lora_local_path"]) or 16)
+    if context:
+        args["max_model_len"] = min(context, VLLM_MAX_MODEL_LEN)
     if gpus > 1 and parallel == "model":
         args["tensor_parallel_size"] = gpus
     elif gpus > 1 and parallel == "data":
@@ -160,4 +182,4 @@ def make_vllm_lm(spec: ModelSpec, batch, parallel: str, gpus: int):
     """lm-eval's VLLM model (imports vLLM: only in the vLLM venv)."""
     from lm_eval.models.vllm_causallms import VLLM
 
-    return VLLM(**vllm_model_args(spec, batch, parallel, gpus))
+    return VLLM(**vllm_model_args(spec, batch, parallel, gpus, model_context(spec)))

@@ -54,12 +54,21 @@ def test_every_argument_we_give_is_a_parameter_of_lm_eval_vllm(tmp_path):
         (full, "auto", "none", 1, {"pretrained": "/m", "tokenizer": "/m", "dtype": "auto", "batch_size": "auto"}),
         (lora, 8, "none", 1, {"lora_local_path": str(adapter), "max_lora_rank": 32, "batch_size": 8}),
         (hub, "auto:4", "data", 4, {"revision": "main", "data_parallel_size": 4}),
-        (full, "auto", "model", 8, {"tensor_parallel_size": 8}),
+        (full, "auto", "model", 8, {"tensor_parallel_size": 8, "max_model_len": eval_vllm.VLLM_MAX_MODEL_LEN}),
     ):
-        args = eval_vllm.vllm_model_args(spec, batch, parallel, gpus)
+        args = eval_vllm.vllm_model_args(spec, batch, parallel, gpus, context=131072 if gpus == 8 else None)
         assert want.items() <= args.items(), args
         seen |= set(args)
     assert seen == eval_vllm.VLLM_ARG_NAMES  # the constant names exactly what can be given
+
+
+def test_max_model_len_is_the_models_context_capped(model_dir):
+    spec = ModelSpec(str(model_dir), None, None, str(model_dir), "tiny", None, {})
+    ctx = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    assert eval_vllm.model_context(spec) == ctx
+    assert eval_vllm.vllm_model_args(spec, "auto", "none", 1, ctx)["max_model_len"] == min(ctx, 8192)
+    assert eval_vllm.vllm_model_args(spec, "auto", "none", 1, 131072)["max_model_len"] == 8192
+    assert eval_vllm.model_context(ModelSpec("/nowhere", None, None, "/nowhere", "x", None, {})) is None
 
 
 def test_adapter_rank_reads_the_largest_rank_and_too_big_is_exit_2(tmp_path, model_dir):
