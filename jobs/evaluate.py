@@ -299,6 +299,12 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if result is not None:
         _write(result, Path(args.out), "eval")
     if base_spec is not None:
+        if getattr(args, "backend", None) == "vllm":
+            # The fine-tune's vLLM engine holds ~90% of GPU memory until it is collected (its
+            # engine-core process ends with the LLM object); the base's engine needs it back.
+            import gc
+
+            gc.collect()
         base = _score(base_spec, job)
         if base is not None:
             # Named as the fine-tune names its base (a hub id, not a cache path), so the table and
