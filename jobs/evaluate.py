@@ -14,6 +14,14 @@ accelerate's device_map="auto"), for a model that does not fit one GPU. `auto` p
 parallel when the weights (from the files' sizes or the Hub's safetensors metadata, a quarter of
 that in 4-bit) fit one GPU with room for activations, else model parallel; when the size cannot
 be read it keeps data parallel. SFTLAUNCH_EVAL_NO_DP=1 (older switch) means `model`.
+
+Backend (`--backend`, default the recipe's eval.backend, else auto): `hf` is lm-eval's HFLM
+above; `vllm` is lm-eval's VLLM on vLLM's engine (jobs/eval_vllm.py), which lives in its own venv
+(contract.VLLM_PYTHON): this process re-runs itself there with `--backend vllm`. `auto` takes vLLM
+on an Ampere-or-newer NVIDIA GPU unless 4-bit loading or a LoRA rank above vLLM's limit rules it
+out (launcher/eval_backend.py, the planner's rule too), and keeps HF when the image has no vLLM
+venv. With vLLM, data parallel is lm-eval's data_parallel_size and model parallel its
+tensor_parallel_size, in one process (no accelerate relaunch).
 """
 
 from __future__ import annotations
@@ -42,10 +50,12 @@ from jobs.eval_model import (
 from jobs.eval_model import _resolve_base as _resolve_base
 from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_custom, reduce_preset
 from jobs.eval_presets import PresetTask as PresetTask
+from jobs.eval_vllm import choose_backend, have_vllm, run_under_vllm, vllm_python
 from jobs.leaderboard import reduce_v2, v2_average
 from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, job_exit
+from launcher.eval_backend import BACKENDS
 
 HARNESS = "lm-eval"
 RESULTS_SCHEMA = 1
@@ -202,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several GPUs: data (a replica per GPU), model (one copy split across the GPUs, "
                         "for models that do not fit one), auto (data if the model fits one GPU); "
                         f"default ${Env.EVAL_PARALLEL} or auto")
+    p.add_argument("--backend", choices=BACKENDS, default=os.environ.get(Env.EVAL_BACKEND) or None,
+                   help="lm-eval backend: vllm (GPU, fast generation), hf (transformers; CPU), auto (vllm where it "
+                        f"can run); default ${Env.EVAL_BACKEND}, else the recipe's eval.backend, else auto")
     p.add_argument("--with-base", action="store_true", default=os.environ.get(Env.EVAL_WITH_BASE) == "1",
                    help=f"also score the base model of a fine-tune into OUT-base (default ${Env.EVAL_WITH_BASE}=1)")
     p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None,
@@ -286,6 +299,12 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if result is not None:
         _write(result, Path(args.out), "eval")
     if base_spec is not None:
+        if getattr(args, "backend", None) == "vllm":
+            # The fine-tune's vLLM engine holds ~90% of GPU memory until it is collected (its
+            # engine-core process ends with the LLM object); the base's engine needs it back.
+            import gc
+
+            gc.collect()
         base = _score(base_spec, job)
         if base is not None:
             # Named as the fine-tune names its base (a hub id, not a cache path), so the table and
@@ -307,7 +326,13 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
 
     args = job["args"]
     started = time.time()
-    lm = make_lm(spec, job["batch"], args.load_4bit, job["device"], parallelize=job["parallel"] == "model")
+    backend = getattr(args, "backend", None) or "hf"
+    if backend == "vllm":
+        from jobs.eval_vllm import make_vllm_lm
+
+        lm = make_vllm_lm(spec, job["batch"], job["parallel"], _gpu_count())
+    else:
+        lm = make_lm(spec, job["batch"], args.load_4bit, job["device"], parallelize=job["parallel"] == "model")
     chat = args.preset in CHAT_PRESETS and bool(getattr(lm.tokenizer, "chat_template", None))
     if args.preset == "leaderboard-v2" and lm.max_length <= V2_MAX_GEN_TOKENS:
         raise EvalInputError(f"--model {spec.model_id}: leaderboard-v2 generates up to {V2_MAX_GEN_TOKENS} tokens "
@@ -341,6 +366,7 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
         "batch_size": job["batch"],
         "load_4bit": bool(args.load_4bit),
         "device": job["device"],
+        "backend": backend,
         "parallel": job["parallel"],
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -371,6 +397,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed the usage line
         return 2 if exc.code else 0
     gpus = _gpu_count()
+    try:
+        requested = choose_backend(args, gpus)
+    except EvalInputError as exc:
+        return job_exit(exc)
+    if args.backend == "vllm" and not have_vllm():
+        py = vllm_python()
+        if py is not None:
+            return run_under_vllm(py, argv)
+        if requested == "vllm":
+            return job_exit(EvalInputError(
+                f"--backend vllm: no vLLM here and no vLLM venv at {os.environ.get(Env.VLLM_PYTHON) or contract.VLLM_PYTHON}; "
+                f"use the sftlaunch image (it carries one), set {Env.VLLM_PYTHON}, or use --backend hf"))
+        print("eval backend hf (auto: this image has no vLLM venv)", flush=True)
+        args.backend = "hf"
     args.parallel_mode = "none"
     if gpus > 1 and not _under_launcher():
         need_size = args.parallel == "auto" and os.environ.get(Env.EVAL_NO_DP) != "1"
@@ -379,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                                              _gpu_memory_bytes() if size else None)
         print(f"eval on {gpus} GPUs: {args.parallel_mode} parallel"
               + (f" (weights {size / 2**30:.1f} GiB)" if size else ""), flush=True)
-        if args.parallel_mode == "data":
+        if args.parallel_mode == "data" and args.backend == "hf":
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
                    "--num_machines", "1", "-m", "jobs.evaluate", *argv]
             return subprocess.call(cmd)

@@ -46,6 +46,8 @@ class Env:
     EVAL_PARALLEL = "SFTLAUNCH_EVAL_PARALLEL"  # auto | data | model
     # 1/0: the plan's choice for train.gradient_checkpointing: auto (unset: auto means on)
     GRADIENT_CHECKPOINTING = "SFTLAUNCH_GRADIENT_CHECKPOINTING"
+    EVAL_BACKEND = "SFTLAUNCH_EVAL_BACKEND"  # auto | vllm | hf (default: the recipe's eval.backend)
+    VLLM_PYTHON = "SFTLAUNCH_VLLM_PYTHON"  # the vLLM venv's interpreter (default VLLM_PYTHON below)
     # -- knobs of the job itself (tests, quick looks, multi-node tuning) -------------------------
     MAX_STEPS = "SFTLAUNCH_MAX_STEPS"
     SYNC_EVERY = "SFTLAUNCH_SYNC_EVERY"  # seconds between bucket copies of metrics and logs (60)
@@ -93,6 +95,9 @@ CONTAINER_RECIPE = f"{CONTAINER_ROOT}/recipe.yaml"
 CONTAINER_OUT_ROOT = "/data/sftlaunch"  # run outputs, caches (the data disk)
 IMAGE_HOME = "/opt/sftlaunch"  # the project inside the image
 ENTRYPOINT = f"{IMAGE_HOME}/docker/entrypoint.sh"
+# vLLM and its own torch live in a second venv (docker/Dockerfile, stage vllm): the training
+# venv's torch pin and vLLM's differ. `jobs eval --backend vllm` runs under this interpreter.
+VLLM_PYTHON = "/opt/vllm/bin/python"
 CONTAINER_HF_HOME = f"{CONTAINER_OUT_ROOT}/cache/huggingface"  # as the image's ENV HF_HOME
 
 # Every cluster, job and container sftlaunch starts carries RUN_LABEL=<run id> (docs/architecture.md).

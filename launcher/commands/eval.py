@@ -20,6 +20,7 @@ import click
 from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, UserError
+from launcher.eval_backend import BACKENDS
 from launcher.options import dry_run_option, json_option
 
 PRESETS = contract.EVAL_PRESETS
@@ -72,7 +73,7 @@ def run_model_dir(record: dict) -> Path:
                     + "; has training finished? (`sftlaunch status`)")
 
 
-def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, load_4bit) -> list[str]:
+def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend=None) -> list[str]:
     """Flags for the job: the command line's, else the run's recipe eval section, else the preset."""
     ev = ((record or {}).get("recipe") or {}).get("eval") or {}
     if not preset and not tasks:
@@ -84,6 +85,7 @@ def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, 
     limit = limit if limit is not None else ev.get("limit")
     batch_size = batch_size or ev.get("batch_size")
     load_4bit = load_4bit or bool(ev.get("load_4bit"))
+    backend = backend or ev.get("backend")
     args = []
     if preset:
         args += ["--preset", preset]
@@ -97,6 +99,8 @@ def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, 
         args += ["--batch-size", str(batch_size)]
     if load_4bit:
         args += ["--load-4bit"]
+    if backend:
+        args += ["--backend", backend]
     return args
 
 
@@ -134,21 +138,24 @@ def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> di
 @click.option("--parallel", type=click.Choice(("auto", "data", "model", "none")), default="auto", show_default=True,
               help="Several GPUs: a replica per GPU (data), one copy split across them (model, for models "
                    "that do not fit one GPU), or auto (data when the model fits one GPU).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="lm-eval backend: vllm (NVIDIA GPU, fast generation), hf (transformers; CPU), auto "
+                   "(vllm where it can run). Default: the run's eval.backend, else auto.")
 @click.option("--revision", default=None, help="Hub revision of MODEL.")
 @dry_run_option
 @json_option
-def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, parallel, revision,
-          dry_run, as_json):
+def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit, with_base, parallel, backend,
+          revision, dry_run, as_json):
     """Score RUN's model (or MODEL: a directory or hub id) with lm-evaluation-harness."""
     record = find_run(target)
     if not local:
         _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base,
-                     parallel)
+                     parallel, backend)
         return
     from launcher.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
 
-    args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit) + ["--parallel", parallel]
+    args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend) + ["--parallel", parallel]
     if record is not None:
         model = str(run_model_dir(record))
         out = Path(record.get("local_dir") or run_dir(record["run_id"])) / "eval"
@@ -184,7 +191,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
 
 
 def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
-                 with_base=False, parallel="auto") -> None:
+                 with_base=False, parallel="auto", backend=None) -> None:
     """An eval-only SkyPilot task for a run, on the cheapest GPU the planner finds for it.
     With --with-base the same job also scores the base model (SFTLAUNCH_EVAL_WITH_BASE=1) and
     leaves its results in <bucket>/<run id>/eval-base/."""
@@ -200,7 +207,8 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
 
     data = dict(record["recipe"])
     overrides = {k: v for k, v in {"preset": preset, "tasks": tasks.split(",") if tasks else None,
-                                   "tasks_dir": tasks_dir, "limit": limit, "batch_size": batch_size}.items()
+                                   "tasks_dir": tasks_dir, "limit": limit, "batch_size": batch_size,
+                                   "backend": backend}.items()
                  if v is not None}
     if load_4bit:
         overrides["load_4bit"] = True

@@ -18,6 +18,7 @@ from typing import Any
 
 from launcher import catalog
 from launcher.estimate.memory import GB, _shape, attention_flops_per_token, checkpointing, lora_params
+from launcher.eval_backend import BackendError, choose
 from launcher.recipe import Recipe, looks_local
 
 
@@ -122,9 +123,28 @@ def eval_workload(recipe: Recipe) -> tuple[float, float, str]:
     return prefill, generated, words
 
 
+def eval_backend(recipe: Recipe, gpu: str) -> tuple[str, str]:
+    """(backend, why) the eval step will use on `gpu`: the job's own rule (launcher.eval_backend)
+    with the catalog's facts: CPU runs use hf, a GPU without bf16 (pre-Ampere) keeps auto on hf.
+    The eval step scores the trained adapter itself (merging happens at publish), so a LoRA
+    recipe's rank counts."""
+    if recipe.eval is None:
+        return "hf", ""
+    facts = catalog.gpus().get(gpu, {})
+    cuda = gpu != "CPU" and facts.get("vendor", "NVIDIA") == "NVIDIA"
+    r = recipe.lora.r if recipe.method in ("lora", "qlora") and recipe.lora else None
+    try:
+        return choose(recipe.eval.backend, cuda=cuda, capable=facts.get("bf16", True) is not False,
+                      load_4bit=recipe.eval.load_4bit, lora_r=r)
+    except BackendError as exc:  # validation refuses these recipes; the plan still prices hf
+        return "hf", str(exc)
+
+
 def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int, shape: dict[str, Any] | None = None) -> float:
     """The eval preset's prefill FLOPs (2·N per token, N active) plus its generated tokens (2·N each
-    at the decode MFU), over `gpus` data-parallel replicas."""
+    at the decode MFU of the backend that will run: eval_decode for HF's padded-batch generate,
+    eval_decode_vllm for vLLM's continuous batching), over `gpus` data-parallel replicas.
+    Log-likelihood (prefill) time is the same for both backends."""
     if recipe.eval is None:
         return 0.0
     shape = shape or _shape(recipe)
@@ -132,7 +152,7 @@ def eval_hours(recipe: Recipe, cloud: str, gpu: str, gpus: int, shape: dict[str,
     prefill, generated, _ = eval_workload(recipe)
     # bitsandbytes dequantizes every 4-bit weight on every forward: a lower MFU (data).
     mfu = _mfu("eval_4bit" if recipe.eval.load_4bit else "eval", gpu)
-    decode_mfu = _mfu("eval_decode", gpu)
+    decode_mfu = _mfu("eval_decode_vllm" if eval_backend(recipe, gpu)[0] == "vllm" else "eval_decode", gpu)
     peak = gpus * catalog.gpu_tflops(gpu, cloud, gpus) * 1e12
     return (2 * n * prefill / (peak * mfu) + 2 * n * generated / (peak * decode_mfu)) / 3600
 
@@ -151,7 +171,10 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     terms: dict[str, float] = {}
     ev_hours = eval_hours(recipe, cloud, gpu, per_node, shape=shape)
     terms["eval_hours"] = ev_hours
-    ev_what = eval_workload(recipe)[2] if recipe.eval is not None else ""
+    ev_what = ""
+    if recipe.eval is not None:
+        backend, why = eval_backend(recipe, gpu)
+        ev_what = f"{eval_workload(recipe)[2]}; lm-eval backend {backend} ({why})"
     download = n_total * 2 / GB / w["download_gb_per_hour"]
     # Local runs use an image already in the engine (or none: launcher.backends.local), so no pull.
     pull = 0.0 if cloud == "local" else w["image_pull_gb"] / w["pull_gb_per_hour"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.clouds import CLOUDS, able_clouds, check_features, min_name_limit
+from launcher.eval_backend import BackendError, choose
 from launcher.recipe.input import LOCAL_DATA_SUFFIXES, data_path_problem
 from launcher.recipe.schema import NAME_MAX, NAME_RE, RUN_ID_PREFIX, RUN_ID_SUFFIX_LEN, Recipe, _has_scheme
 
@@ -64,7 +65,8 @@ def _cross_field_problems(data: dict, base_dir: Path, labels: dict[tuple, str] |
     clouds = [c for c in clouds if isinstance(c, str)] if isinstance(clouds, list) else []
     remote = [c for c in clouds if c in CLOUDS]
     return (_method_problems(data) + _resource_problems(data, clouds, remote, (labels or {}).get(("resources", "spot")))
-            + _name_problems(data, remote) + _path_problems(data, base_dir) + _dtype_problems(data))
+            + _name_problems(data, remote) + _path_problems(data, base_dir) + _dtype_problems(data)
+            + _eval_problems(data))
 
 
 def _method_problems(data: dict) -> list[tuple[tuple, str]]:
@@ -176,6 +178,21 @@ def _dtype_problems(data: dict) -> list[tuple[tuple, str]]:
     compute = _get(data, "quantization", "compute_dtype")
     if precision == "fp16" and compute == "bfloat16":
         return [(("quantization", "compute_dtype"), "bfloat16 with precision fp16 mixes dtypes; set compute_dtype: float16")]
+    return []
+
+
+def _eval_problems(data: dict) -> list[tuple[tuple, str]]:
+    """eval.backend vllm where vLLM cannot score this recipe's model (launcher.eval_backend)."""
+    if _get(data, "eval", "backend") != "vllm":
+        return []
+    gpu = str(_get(data, "resources", "gpu", default="auto")).split(":")[0].upper()
+    cpu_only = _get(data, "resources", "clouds") == ["local"] and gpu in ("AUTO", "CPU")  # local auto = the CPU
+    r = _get(data, "lora", "r") if _get(data, "method") in ("lora", "qlora") else None
+    try:
+        choose("vllm", cuda=not cpu_only, load_4bit=_get(data, "eval", "load_4bit") is True,
+               lora_r=r if isinstance(r, int) else None)
+    except BackendError as exc:
+        return [(("eval", "backend"), str(exc).removeprefix("eval.backend vllm: "))]
     return []
 
 

@@ -217,6 +217,7 @@ class EvalSpec(_Strict):
     batch_size: Literal["auto"] | int = Field("auto", description="Eval batch size, or `auto`.")
     limit: int | None = Field(None, gt=0, le=10**9, description="Only this many samples per task (a quick look, not a score).")
     load_4bit: bool = Field(False, description="Load the model in 4-bit for eval (models that would not fit otherwise).")
+    backend: Literal["auto", "vllm", "hf"] = Field("auto", description="lm-eval backend: vllm (vLLM's engine, fast generation; NVIDIA GPU with compute capability 8.0+), hf (transformers; CPU and fallback), or auto (vllm where it can run: GPU, not load_4bit, LoRA rank <= 512; else hf). `plan --explain` names the one its ETA assumes.")
 
     @field_validator("batch_size")
     @classmethod

@@ -184,7 +184,7 @@ def test_every_pip_install_is_pinned_by_the_constraints():
         for part in re.split(r"&&|;", args):
             if "pip install" in part:
                 assert ("-c /tmp/constraints.txt" in part or "-r /tmp/constraints.txt" in part
-                        or "--no-deps" in part), part.strip()
+                        or "-r /tmp/vllm-constraints.txt" in part or "--no-deps" in part), part.strip()
 
 
 def test_constraints_match_the_tested_venv():

@@ -101,6 +101,7 @@ def test_tiny_tasks_run_through_the_harness(model_dir, tmp_path, monkeypatch):
         assert r["samples"] == 6 and r["shots"] == 0 and 0.0 <= r["value"] <= 1.0
         assert r["stderr"] is not None
     assert res["recipe_sha256"] == "ab" * 32 and res["limit"] == 6 and res["wall_s"] > 0
+    assert res["backend"] == "hf" and res["device"] == "cpu"  # CPU: lm-eval's HF backend, as before
     assert res["average"] == pytest.approx((rows["tiny_mc"]["value"] + rows["tiny_gen"]["value"]) / 2)
 
 

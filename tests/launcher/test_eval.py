@@ -165,3 +165,21 @@ def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_
     monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 2)
     assert _bucket_base_results({"bucket": "gs://sftl-test-no-such-bucket", "run_id": "sftl-demo-0002"}) is None
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_backend_flag_reaches_the_job(remote_run):
+    """--backend: remote, into the eval task's mounted recipe (the job reads eval.backend there);
+    --local, as the job's --backend flag, else the run recipe's eval.backend."""
+    import yaml
+
+    from launcher.commands.eval import eval_args
+    from launcher.contract import CONTAINER_RECIPE
+
+    result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--backend", "hf", "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    mounted = yaml.safe_load(open(yaml.safe_load(result.stdout)["file_mounts"][CONTAINER_RECIPE]).read())
+    assert mounted["eval"]["backend"] == "hf"
+    record = {"recipe": {"eval": {"preset": "leaderboard-v2", "backend": "vllm"}}}
+    assert eval_args(record, None, None, None, None, None, False)[-2:] == ["--backend", "vllm"]
+    assert eval_args(record, None, None, None, None, None, False, "hf")[-2:] == ["--backend", "hf"]
+    assert "--backend" not in eval_args(None, "leaderboard-v1", None, None, None, None, False)
