@@ -328,6 +328,9 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
         }
         if data_rows is not None:
             meta["data_rows"] = data_rows
+        from jobs.calibration import last_calibration
+
+        meta["calibration"] = last_calibration(out / contract.METRICS)  # measured vs planned (jobs.calibration)
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
 
