@@ -175,6 +175,7 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     n_ckpts = math.ceil(train_hours * 60 / recipe.train.checkpoint_minutes) + 1
     checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
     terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, mfu=mfu, peak_tflops=peak / 1e12,
+                 params_b=shape["params_b"],
                  checkpoint_hours=checkpoints, checkpoints=n_ckpts)
     return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms, ev_what)
 
