@@ -169,7 +169,9 @@ def _explain(c) -> None:
         f"  tokens                  {t.tokens:12,.0f}",
         f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}",
         f"  FLOPs                   {t.flops:12.3e}",
-        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
+        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}"
+        + (f"  (measured on {t.terms['mfu_measured_runs']:.0f} of your runs; published {t.terms['mfu_published']:.2f})"
+           if "mfu_measured_runs" in t.terms else "  (published)"),
         f"  training                {t.train_hours:8.2f} h",
         f"  provisioning            {t.terms['provision_hours']:8.2f} h",
         f"  image pull              {t.terms['image_pull_hours']:8.2f} h",

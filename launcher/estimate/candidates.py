@@ -328,6 +328,7 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
             cand = _candidate(recipe, offer, nodes, spot, workload, ev_mem, shape)
             if cand is not None:
                 cands.append(cand)
+    notes += _measured_notes(recipe, cands)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
     fitting = [x for x in cands if x.fits]
     # Prefer a confident fit over a borderline one when it costs at most 10% more.
@@ -342,6 +343,18 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
         no_k8s_inventory = "kubernetes" in clouds and not want_name and not catalog.offers("kubernetes")
         reason = _nothing_fits(recipe, cands, clouds, spot, want_name, want_count, shape, no_k8s_inventory)
     return Plan(cands, chosen, reason, recipe.model.id, workload, notes)
+
+
+def _measured_notes(recipe: Recipe, cands: list[Candidate]) -> list[str]:
+    """Say where the plan's speed comes from the user's own measured runs, not published figures."""
+    seen: dict[str, str] = {}
+    for c in cands:
+        t = c.timing.terms if c.timing else {}
+        if "mfu_measured_runs" in t and c.gpu not in seen:
+            n = int(t["mfu_measured_runs"])
+            seen[c.gpu] = (f"{c.gpu}: MFU {t['mfu']:.2f} measured on {n} of your {recipe.method} run{'s' if n > 1 else ''} "
+                           f"(~{t['params_b']:.1f}B; calibration probe) instead of the published {t['mfu_published']:.2f}")
+    return list(seen.values())
 
 
 def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,
