@@ -80,6 +80,8 @@ def project(plan: Mapping[str, float], *, tokens: float, seconds: float, steps: 
         out["speed_ratio"] = round(tps / plan["tokens_per_s"], 4)  # measured / predicted
         if plan.get("mfu"):
             out["mfu"] = round(plan["mfu"] * out["speed_ratio"], 4)
+    if plan.get("train_hours"):
+        out["predicted_train_hours"] = round(plan["train_hours"], 5)
     if plan.get("params_b"):
         out["params_b"] = plan["params_b"]
     if plan.get("eta_hours") is not None and plan.get("train_hours") is not None:

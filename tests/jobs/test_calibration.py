@@ -158,3 +158,24 @@ def test_a_real_run_records_the_probe_and_a_calibration_stop_checkpoints(tmp_pat
     assert rc == 0 and stopped["reason"] == "calibration" and stopped["step"] == 3
     assert len(ckpts) == 1 and verify(ckpts[0]) is None and not (out / "final").exists()
     assert "over max_usd $1000.00" in stopped["detail"]
+
+
+def test_the_model_card_shows_planned_measured_and_actual_time_and_dollars():
+    from pathlib import Path
+
+    from jobs.modelcard import render_card
+    from launcher.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "tiny-local.yaml").resolved_dict()
+    m = cal.project(PLAN, tokens=4000, seconds=8, steps=4, step=5, max_steps=1000, elapsed_s=60, usd_h=10.0, max_usd=None)
+    m["peak_mem_gb"] = 30.0
+    # two attempts: the resumed one's rows carry the elapsed time of both (restored from the checkpoint)
+    metrics = [{"step": 10, "loss": 2.0, "elapsed_s": 1800.0}, {"step": 900, "loss": 1.0, "elapsed_s": 7200.0}]
+    card = render_card(recipe=recipe, meta={"run_id": "sftl-x-0000", "calibration": m}, results=[], metrics=metrics,
+                       repo_id="me/x", is_adapter=False, hardware="gcp 1×A100-80GB spot", usd_per_hour=10.0, has_plot=False)
+    assert "- Planned: 2.00 h (training 1.00 h), $20.00 at 1000 tokens/s" in card
+    assert f"- Measured over 4 steps: 500 tokens/s, re-planned to {1 + 2000 / 3600:.2f} h, ${m['usd']:.2f}; peak GPU memory 30.0 GB" in card
+    assert "- Actual training: 2.00 h, $20.00 over every attempt (restarts included)" in card
+    plain = render_card(recipe=recipe, meta={}, results=[], metrics=metrics, repo_id="me/x", is_adapter=False,
+                        hardware=None, usd_per_hour=None, has_plot=False)
+    assert "Planned:" not in plain and "Measured over" not in plain
