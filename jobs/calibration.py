@@ -3,7 +3,7 @@
 Why: the plan's ETA and cost come from published MFU figures; the real run can be several times
 slower (another kernel, a slower disk, a throttled GPU). After the first optimizer step (which
 pays for compilation and warm-up) the probe measures tokens/s over CALIBRATION_DEFAULT steps or
-seconds (Env.CALIBRATION overrides), reads the peak GPU memory, re-estimates the training time at
+seconds (Env.CALIBRATION overrides; an eval inside the window restarts it from the eval's end), reads the peak GPU memory, re-estimates the training time at
 the measured rate and the run's cost (elapsed + remaining training + the plan's eval, × $/h), and
 writes one `calibration` row to metrics.jsonl: the launcher's status refresh reads it into the run
 record, and later plans for the same GPU/method/size use the measured MFU. If the projected cost
@@ -168,6 +168,13 @@ class CalibrationCallback(TrainerCallback):
             log(f"calibration: {self.run.detail}; saving a checkpoint and stopping")
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kw):
+        """An eval inside the probe is not training speed (and its batches pass the token counter):
+        measure again from its end."""
+        if not self.done and self.mark is not None:
+            self.mark = (self.clock(), state.global_step, self.counter.tokens)
         return control
 
     def _write(self, state) -> None:

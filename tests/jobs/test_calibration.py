@@ -78,6 +78,20 @@ def test_the_seconds_limit_ends_the_probe_first(tmp_path):
     assert (m["steps"], m["seconds"], m["tokens_per_s"]) == (3, 6.0, 500.0) and "speed_ratio" not in m
 
 
+def test_an_eval_inside_the_probe_is_not_counted_as_training(tmp_path):
+    clock, counter = Clock(), SimpleNamespace(tokens=0)
+    cb, _ = _probe(tmp_path, {Env.CALIBRATION: "3,600"}, clock, counter)
+    _steps(cb, counter, clock, 2, 50)
+    clock.t += 100  # an eval of 100 s whose batches went through the token counter
+    counter.tokens += 50_000
+    cb.on_evaluate(None, SimpleNamespace(global_step=2, max_steps=50), TrainerControl())
+    _steps(cb, counter, clock, 2, 50, start=2)
+    assert not (tmp_path / "metrics.jsonl").exists()  # the window restarted at the eval's end
+    _steps(cb, counter, clock, 1, 50, start=4)
+    m = _rows(tmp_path)[0]["calibration"]
+    assert (m["steps"], m["seconds"], m["tokens_per_s"]) == (3, 6.0, 500.0)
+
+
 def test_a_cost_over_max_usd_stops_after_a_checkpoint_with_the_numbers(tmp_path):
     clock, counter = Clock(), SimpleNamespace(tokens=0)
     env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36", Env.MAX_USD: "30"}
