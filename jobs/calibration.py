@@ -157,7 +157,8 @@ class CalibrationCallback(TrainerCallback):
                                   max_steps=state.max_steps, elapsed_s=self.run.elapsed(now),
                                   usd_h=self.usd_h, max_usd=self.max_usd)
             self.result["peak_mem_gb"] = self.peak_gb()
-            over = bool(self.result.get("over_budget"))
+            # At the last step there is nothing left to save money on: the run finishes.
+            over = bool(self.result.get("over_budget")) and state.global_step < state.max_steps
             self._write(state)
         due, over = broadcast_flags(due, over)
         if not due:

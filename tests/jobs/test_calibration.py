@@ -106,6 +106,15 @@ def test_a_cost_over_max_usd_stops_after_a_checkpoint_with_the_numbers(tmp_path)
     assert f"${want:.2f}" in run.detail and "over max_usd $30.00" in run.detail and "500 tokens/s (plan 1000)" in run.detail
 
 
+def test_a_probe_that_ends_at_the_last_step_lets_the_run_finish(tmp_path):
+    clock, counter = Clock(), SimpleNamespace(tokens=0)
+    env = {Env.CALIBRATION: "20,600", Env.USD_PER_HOUR: "3600", Env.MAX_USD: "1"}
+    cb, run = _probe(tmp_path, env, clock, counter)
+    control = _steps(cb, counter, clock, 4, 4)
+    assert _rows(tmp_path)[0]["calibration"]["over_budget"] is True
+    assert not control.should_training_stop and run.stopped is None
+
+
 def test_a_cost_within_max_usd_trains_on(tmp_path):
     clock, counter = Clock(), SimpleNamespace(tokens=0)
     env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36", Env.MAX_USD: "100"}
