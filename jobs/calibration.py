@@ -3,7 +3,7 @@
 Why: the plan's ETA and cost come from published MFU figures; the real run can be several times
 slower (another kernel, a slower disk, a throttled GPU). After the first optimizer step (which
 pays for compilation and warm-up) the probe measures tokens/s over CALIBRATION_DEFAULT steps or
-seconds (Env.CALIBRATION overrides; an eval inside the window restarts it from the eval's end), reads the peak GPU memory, re-estimates the training time at
+seconds (Env.CALIBRATION overrides; an eval inside the window is left out), reads the peak GPU memory, re-estimates the training time at
 the measured rate and the run's cost (elapsed + remaining training + the plan's eval, × $/h), and
 writes one `calibration` row to metrics.jsonl: the launcher's status refresh reads it into the run
 record, and later plans for the same GPU/method/size use the measured MFU. If the projected cost
@@ -137,6 +137,9 @@ class CalibrationCallback(TrainerCallback):
         self.usd_h = float(env[Env.USD_PER_HOUR]) if env.get(Env.USD_PER_HOUR) else None
         self.max_usd = float(env[Env.MAX_USD]) if env.get(Env.MAX_USD) else None
         self.mark: tuple[float, int, int] | None = None  # (time, step, tokens) after the first step
+        self.last_end: tuple[float, int] | None = None  # (time, tokens) when the latest step ended
+        self.skipped_s = 0.0  # evals inside the probe window
+        self.skipped_tokens = 0
         self.done = False
         self.result: dict | None = None
 
@@ -144,6 +147,7 @@ class CalibrationCallback(TrainerCallback):
         if self.done:
             return control
         now = self.clock()
+        self.last_end = (now, self.counter.tokens)
         if self.mark is None:  # the first step paid for warm-up: measure from its end
             self.mark = (now, state.global_step, self.counter.tokens)
             return control
@@ -152,8 +156,9 @@ class CalibrationCallback(TrainerCallback):
         due = steps >= 1 and (steps >= self.steps or now - t0 >= self.seconds or state.global_step >= state.max_steps)
         over = False
         if due and rank() == 0:
-            self.result = project(self.plan, tokens=(self.counter.tokens - tokens0) * world_size(),
-                                  seconds=max(now - t0, 1e-9), steps=steps, step=state.global_step,
+            tokens = self.counter.tokens - tokens0 - self.skipped_tokens
+            self.result = project(self.plan, tokens=tokens * world_size(),
+                                  seconds=max(now - t0 - self.skipped_s, 1e-9), steps=steps, step=state.global_step,
                                   max_steps=state.max_steps, elapsed_s=self.run.elapsed(now),
                                   usd_h=self.usd_h, max_usd=self.max_usd)
             self.result["peak_mem_gb"] = self.peak_gb()
@@ -173,9 +178,10 @@ class CalibrationCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kw):
         """An eval inside the probe is not training speed (and its batches pass the token counter):
-        measure again from its end."""
-        if not self.done and self.mark is not None:
-            self.mark = (self.clock(), state.global_step, self.counter.tokens)
+        its time and tokens, since the step that preceded it ended, are left out."""
+        if not self.done and self.mark is not None and self.last_end is not None:
+            self.skipped_s += self.clock() - self.last_end[0]
+            self.skipped_tokens += self.counter.tokens - self.last_end[1]
         return control
 
     def _write(self, state) -> None:
