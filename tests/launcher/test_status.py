@@ -364,3 +364,18 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
     assert "planned $8.00 over 2.00 h" in res.output
     data = json.loads(run("--json", "status", "sftl-demo-cal0").output)
     assert data["measured_tokens_per_s"] == 250.0 and data["predicted_usd"] == 8.0
+
+
+def test_a_local_runs_calibration_row_is_read_from_its_run_dir(tmp_path):
+    reg = Registry()
+    reg.create("sftl-demo-loc0", {"name": "demo"}, backend="local", cloud="local", usd_per_hour=0.0,
+               local_dir=str(tmp_path), state="running")
+    rows = [{"step": 1, "total_steps": 9, "loss": 2.0},
+            {"step": 3, "total_steps": 9, "calibration": {"tokens_per_s": 900.0, "peak_mem_gb": None, "steps": 2}},
+            '{"step": 4, "calibration": {"tokens_per_s": "fast"}',  # cut by a kill: ignored
+            {"step": 5, "total_steps": 9, "calibration": {"tokens_per_s": 1200.0, "eta_hours": 0.5, "usd": True}}]
+    (tmp_path / "metrics.jsonl").write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    assert lifecycle.record_calibration(reg, reg.get("sftl-demo-loc0"))
+    rec = reg.get("sftl-demo-loc0")
+    # the newest row wins (a resumed attempt measures again); a non-number is not a figure
+    assert (rec.measured_tokens_per_s, rec.calibrated_eta_hours, rec.calibrated_usd) == (1200.0, 0.5, None)
