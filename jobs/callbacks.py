@@ -208,4 +208,7 @@ class MetricsCallback(TrainerCallback):
 
 def make_callbacks(out: Path, counter, recipe, run_id: str | None, run: RunState,
                    control_dir: str | None) -> list[TrainerCallback]:
-    return [CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir)), MetricsCallback(out, counter, run)]
+    from jobs.calibration import CalibrationCallback  # the first minutes measured against the plan
+
+    return [CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir)), MetricsCallback(out, counter, run),
+            CalibrationCallback(out, counter, run)]

@@ -156,6 +156,27 @@ V2_NOTE = ("Open LLM Leaderboard v2 tasks (lm-eval `leaderboard_*`, each at its 
            "(https://huggingface.co/docs/leaderboards/open_llm_leaderboard/normalization); the v2 Average is their mean.")
 
 
+def plan_vs_actual(cal: dict | None, elapsed_s: float | None, usd_per_hour: float | None) -> list[str]:
+    """Predicted (the plan), re-planned (the calibration probe, jobs/calibration.py) and actual
+    (training time over every attempt, spot restarts included) time and dollars, for the card."""
+    if not isinstance(cal, dict) or not isinstance(cal.get("tokens_per_s"), (int, float)):
+        return []
+    out = []
+    if cal.get("predicted_eta_hours") is not None:
+        usd = f", ${cal['predicted_usd']:.2f}" if cal.get("predicted_usd") is not None else ""
+        speed = f" at {cal['predicted_tokens_per_s']:.0f} tokens/s" if cal.get("predicted_tokens_per_s") else ""
+        train = f" (training {cal['predicted_train_hours']:.2f} h)" if cal.get("predicted_train_hours") is not None else ""
+        out.append(f"- Planned: {cal['predicted_eta_hours']:.2f} h{train}{usd}{speed}")
+    eta = f", re-planned to {cal['eta_hours']:.2f} h" if cal.get("eta_hours") is not None else ""
+    usd = f", ${cal['usd']:.2f}" if cal.get("usd") is not None else ""
+    mem = f"; peak GPU memory {cal['peak_mem_gb']:.1f} GB" if cal.get("peak_mem_gb") is not None else ""
+    out.append(f"- Measured over {cal.get('steps', '?')} steps: {cal['tokens_per_s']:.0f} tokens/s{eta}{usd}{mem}")
+    if elapsed_s is not None:
+        cost = f", ${elapsed_s / 3600 * usd_per_hour:.2f}" if usd_per_hour is not None else ""
+        out.append(f"- Actual training: {elapsed_s / 3600:.2f} h{cost} over every attempt (restarts included)")
+    return out
+
+
 def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[dict], repo_id: str,
                 is_adapter: bool, hardware: str | None, usd_per_hour: float | None,
                 has_plot: bool, license: str = "other") -> str:
@@ -188,6 +209,7 @@ def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[
         lines.append(f"- Training time: {elapsed / 3600:.2f} h ({elapsed:.0f} s)")
         if usd_per_hour is not None:
             lines.append(f"- Estimated cost: ${elapsed / 3600 * usd_per_hour:.2f} at ${usd_per_hour:.2f}/h")
+    lines += plan_vs_actual(meta.get("calibration"), elapsed, usd_per_hour)
     steps = [r for r in metrics if "loss" in r]
     if steps:
         lines.append(f"- Steps: {steps[-1].get('step')}; final train loss {steps[-1]['loss']:.4f}")

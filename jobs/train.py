@@ -377,6 +377,9 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
 
         offer = rate_mod.resolve(device=rate_mod.visible_device())
         meta["offer"] = offer.as_dict() if offer else None
+        from jobs.calibration import last_calibration
+
+        meta["calibration"] = last_calibration(out / contract.METRICS)  # measured vs planned (jobs.calibration)
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
 

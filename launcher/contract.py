@@ -42,6 +42,8 @@ class Env:
     RATES = "SFTLAUNCH_RATES"
     USD_PER_HOUR = "SFTLAUNCH_USD_PER_HOUR"
     MAX_USD = "SFTLAUNCH_MAX_USD"
+    PLAN = "SFTLAUNCH_PLAN"  # the plan's prediction (JSON, PLAN_KEYS) that the job's calibration checks
+    CALIBRATION = "SFTLAUNCH_CALIBRATION"  # "STEPS,SECONDS": the probe's length (default CALIBRATION_DEFAULT)
     EVAL_WITH_BASE = "SFTLAUNCH_EVAL_WITH_BASE"  # 1: eval also scores the base model
     EVAL_PARALLEL = "SFTLAUNCH_EVAL_PARALLEL"  # auto | data | model
     # 1/0: the plan's choice for train.gradient_checkpointing: auto (unset: auto means on)
@@ -84,6 +86,11 @@ FINAL_DIR = "final"  # the trained model (or adapter) in the output dir
 CONTROL_DIR = "control"  # the stop channel: the launcher writes STOP_FLAG, the job STOPPED_FLAG
 STOP_FLAG = "stop"
 STOPPED_FLAG = "stopped"
+
+# -- calibration: the first minutes of a run measured against the plan (jobs/calibration.py) ----------
+PLAN_KEYS = ("tokens_per_s", "train_hours", "eval_hours", "eta_hours", "total_usd", "mfu", "params_b")  # Env.PLAN's JSON
+CALIBRATION_DEFAULT = (20, 180)  # measure over 20 steps or 3 minutes after the first, whichever ends first
+CALIBRATION_ROW = "calibration"  # the metrics.jsonl row key holding the measured figures
 
 # -- steps of a job, in the order they run -------------------------------------------------------
 STEPS = ("train", "eval", "publish")

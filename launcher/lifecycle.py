@@ -171,6 +171,51 @@ def bucket_progress(record: dict) -> tuple[int, int] | None:
     return last_progress(text.splitlines()[-200:]) if text else None
 
 
+# -- calibration (jobs/calibration.py's metrics row) -----------------------------------------------
+_CALIBRATION_FIELDS = {"tokens_per_s": "measured_tokens_per_s", "predicted_tokens_per_s": "predicted_tokens_per_s",
+                       "mfu": "measured_mfu", "params_b": "params_b", "peak_mem_gb": "peak_mem_gb",
+                       "eta_hours": "calibrated_eta_hours", "usd": "calibrated_usd"}
+
+
+def last_calibration(lines) -> dict | None:
+    """The newest `calibration` row's figures among metrics.jsonl lines (the last attempt's machine)."""
+    found = None
+    for line in lines:
+        if f'"{contract.CALIBRATION_ROW}"' not in line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get(contract.CALIBRATION_ROW), dict):
+            found = row[contract.CALIBRATION_ROW]
+    return found
+
+
+def calibration_fields(calibration: dict) -> dict:
+    """The run record's fields from a calibration row (numbers only; a garbled row adds nothing)."""
+    return {field: float(calibration[key]) for key, field in _CALIBRATION_FIELDS.items()
+            if isinstance(calibration.get(key), (int, float)) and not isinstance(calibration.get(key), bool)}
+
+
+def _metrics_text(record, remote: bool) -> str | None:
+    if record.get("backend") == Backend.LOCAL and record.get("local_dir"):
+        files = _metrics_files(Path(record.get("local_dir")))
+        return files[0].read_text(errors="replace") if files else None
+    base = bucket_base(record) if remote else None
+    return _fs_read_text(f"{base}/{contract.METRICS}") if base else None
+
+
+def record_calibration(registry: Registry, record, remote: bool = True) -> bool:
+    """Copy the job's measured figures into the run record; whether there were any."""
+    text = _metrics_text(record, remote)
+    found = last_calibration(text.splitlines()) if text else None
+    fields = calibration_fields(found) if found else {}
+    if fields:
+        registry.update(record.run_id, **fields)
+    return bool(fields)
+
+
 def find_results(record: dict) -> dict | None:
     """The run's eval results.json, from the local run dir or the bucket copy."""
     candidates = []
@@ -303,6 +348,10 @@ def refresh(registry: Registry, backend_factory, records: list | None = None,
                 registry.update(rec.run_id, progress_step=p[0], progress_total=p[1])
             apply_poll(registry, runner, rec, runner.poll(rec))
         fresh = registry.get(rec.run_id, history=False)
+        # Until the probe has reported, and once more at the end (a resumed attempt measures again).
+        if fresh.measured_tokens_per_s is None or fresh.state in FINAL_STATES:
+            record_calibration(registry, fresh, remote_progress)
+            fresh = registry.get(rec.run_id, history=False)
         if budget and fresh.state in ACTIVE_STATES:
             guard_budget(registry, backend_factory, fresh)
             fresh = registry.get(rec.run_id, history=False)
@@ -318,6 +367,8 @@ def refresh(registry: Registry, backend_factory, records: list | None = None,
 def apply_poll(registry: Registry, runner, rec, poll) -> None:
     """Record what a runner saw. A run that ended is recorded as `stopped` when it was a budget
     stop; an on-demand cluster whose one job is over is released (if proven ours)."""
+    if poll.job_seconds is not None:
+        registry.update(rec.run_id, job_seconds=poll.job_seconds)
     if poll.recovery_count is not None and poll.recovery_count > rec.recovery_count and _may_move(rec, "recovering"):
         registry.update(rec.run_id, recovery_count=poll.recovery_count)
         registry.set_state(rec.run_id, "recovering", f"preempted; recovery #{poll.recovery_count}")

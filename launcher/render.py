@@ -193,6 +193,18 @@ def checkpointing_env(recipe: Recipe, targets: list[Any]) -> str | None:
     return "1" if any(decided) else "0"
 
 
+def plan_prediction(target: Any) -> dict[str, float] | None:
+    """The plan's figures for `target` (contract.PLAN_KEYS), when it is a planned candidate:
+    tokens/s over all GPUs, training/eval/total hours, total $, MFU and model size."""
+    t = getattr(target, "timing", None)
+    if t is None or not t.train_hours or not t.tokens:
+        return None
+    out = {"tokens_per_s": round(t.tokens / (t.train_hours * 3600), 3), "train_hours": round(t.train_hours, 6),
+           "eval_hours": round(t.eval_hours, 6), "eta_hours": round(target.eta_hours, 6),
+           "total_usd": round(target.total_usd, 4), "mfu": t.terms.get("mfu"), "params_b": t.terms.get("params_b")}
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
+
+
 def render_task(
     recipe: Recipe,
     target: Any,
@@ -253,6 +265,9 @@ def render_task(
     gc = checkpointing_env(recipe, targets)
     if gc is not None:
         envs[Env.GRADIENT_CHECKPOINTING] = gc
+    prediction = plan_prediction(target)
+    if prediction:  # what the job's calibration probe measures the run against (jobs/calibration.py)
+        envs[Env.PLAN] = json.dumps(prediction, sort_keys=True)
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})

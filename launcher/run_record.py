@@ -71,6 +71,16 @@ class RunRecord:
     recovery_count: int = 0
     torn_down: bool = False
     cluster_down: bool = False
+    # The job's calibration probe (jobs/calibration.py), read from its metrics.jsonl.
+    measured_tokens_per_s: float | None = None
+    predicted_tokens_per_s: float | None = None
+    measured_mfu: float | None = None
+    params_b: float | None = None
+    peak_mem_gb: float | None = None
+    calibrated_eta_hours: float | None = None
+    calibrated_usd: float | None = None
+    # A managed job's running time as SkyPilot sums it over every recovery (its queue's job_duration).
+    job_seconds: float | None = None
     recipe: dict | None = None
     history: list | None = None
     # Derived when read.
@@ -103,7 +113,9 @@ _BOOL_FIELDS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 _INT_FIELDS = frozenset({"gpus_per_node", "nodes", "pid", "progress_step", "progress_total", "recovery_count"})
 _FLOAT_FIELDS = frozenset({
     "created_at", "updated_at", "usd_per_hour", "max_usd", "eta_hours", "total_usd", "eval_average",
-    "running_seconds", "running_since", "ended_at", "stop_requested_at",
+    "running_seconds", "running_since", "ended_at", "stop_requested_at", "measured_tokens_per_s",
+    "predicted_tokens_per_s", "measured_mfu", "params_b", "peak_mem_gb", "calibrated_eta_hours", "calibrated_usd",
+    "job_seconds",
 })
 _STR_FIELDS = frozenset({
     "run_id", "name", "state", "recipe_sha256", "cloud", "region", "gpu", "image", "bucket", "checkpoint_uri",
@@ -189,11 +201,15 @@ def coerce(name: str, value):
 
 
 def running_hours(record, now: float | None = None) -> float:
+    """Billed hours: the time in billing states, by the state history; for a managed job at least
+    SkyPilot's running time summed over every recovery (`job_seconds`). The history misses an
+    attempt that ran between two refreshes (recovering -> succeeded skips the recovered run);
+    SkyPilot's sum misses provisioning. Each is a floor of the bill, so the larger is taken."""
     seconds = _read(record, "running_seconds") or 0.0
     since = _read(record, "running_since")
     if since is not None:
         seconds += max(0.0, (time.time() if now is None else now) - since)
-    return seconds / 3600.0
+    return max(seconds, _read(record, "job_seconds") or 0.0) / 3600.0
 
 
 def cost_so_far(record, now: float | None = None) -> float:

@@ -10,7 +10,9 @@ database from version i to i+1; opening an older file applies the missing steps 
 exclusive transaction.
 
 Cost so far is derived, never guessed: `usd_per_hour` times the seconds spent in billing states
-(`BILLING_STATES`), accumulated by `set_state` as the state history is written.
+(`BILLING_STATES`), accumulated by `set_state` as the state history is written; for a managed job
+at least SkyPilot's own running time summed over every recovery (`job_seconds`), which also
+counts the attempts no refresh saw (launcher.run_record.running_hours).
 
 Why every sqlite error becomes a `RegistryError`: the file lives in the user's home and can be
 damaged (truncated, random bytes, a directory in its place, a read-only disk, a row edited by
@@ -52,7 +54,8 @@ STATES = (
     "pending", "launching", "running", "recovering", "stopping",
     "succeeded", "failed", "cancelled", "stopped",
 )
-BILLING_STATES = frozenset({"launching", "running"})
+# `stopping` bills too: the job runs on until its checkpoint is saved (or the cluster is downed).
+BILLING_STATES = frozenset({"launching", "running", "stopping"})
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
 
 # Columns a caller may set through create()/update(); the rest are managed here.
@@ -61,7 +64,8 @@ FIELDS = frozenset({
     "backend", "gpus_per_node", "nodes", "max_usd", "bucket", "checkpoint_uri", "result_uri",
     "log_uri", "local_dir", "pid", "progress_step", "progress_total", "eta_hours", "total_usd",
     "owner", "pid_start", "stop_requested_at", "stop_flag", "job_stopped", "recovery_count", "torn_down",
-    "cluster_down",
+    "cluster_down", "measured_tokens_per_s", "predicted_tokens_per_s", "measured_mfu", "params_b", "peak_mem_gb",
+    "calibrated_eta_hours", "calibrated_usd", "job_seconds",
 })
 _BOOL_COLUMNS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 MAX_MATCHES_SHOWN = 10

@@ -7,7 +7,7 @@ opens an older file (and reads an older file as it is when the home is read-only
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: list[list[str]] = [
     # 0 -> 1: the first release: the run and its state history.
@@ -77,5 +77,18 @@ MIGRATIONS: list[list[str]] = [
             torn_down = COALESCE(json_extract(extra_json, '$.torn_down'), 0) != 0,
             cluster_down = COALESCE(json_extract(extra_json, '$.cluster_down'), 0) != 0
            WHERE extra_json IS NOT NULL AND json_valid(extra_json)""",
+    ],
+    # 3 -> 4: the job's calibration probe (jobs/calibration.py: measured tokens/s, MFU, peak memory,
+    # the ETA and cost re-planned from them) and SkyPilot's own running time of a managed job summed
+    # over its recoveries, so predicted and actual can be compared and later plans use the measure.
+    [
+        "ALTER TABLE runs ADD COLUMN measured_tokens_per_s REAL",
+        "ALTER TABLE runs ADD COLUMN predicted_tokens_per_s REAL",
+        "ALTER TABLE runs ADD COLUMN measured_mfu REAL",
+        "ALTER TABLE runs ADD COLUMN params_b REAL",
+        "ALTER TABLE runs ADD COLUMN peak_mem_gb REAL",
+        "ALTER TABLE runs ADD COLUMN calibrated_eta_hours REAL",
+        "ALTER TABLE runs ADD COLUMN calibrated_usd REAL",
+        "ALTER TABLE runs ADD COLUMN job_seconds REAL",
     ],
 ]

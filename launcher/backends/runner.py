@@ -31,6 +31,7 @@ class Poll:
     detail: str | None = None
     at: float | None = None
     recovery_count: int | None = None
+    job_seconds: float | None = None  # managed jobs: SkyPilot's running time, summed over every recovery
     release: bool = False  # the job ended on resources that are still held: release them
 
 
@@ -230,7 +231,10 @@ class ManagedRunner(_SkyRunner):
         detail = None
         if job.finished:
             detail = f"managed job {job.status.lower()}" + (f": {job.failure_reason}" if job.failure_reason else "")
-        return Poll(state, detail, recovery_count=job.recovery_count)
+        # A finished job ended at its end_at, not when we looked: billing stops there.
+        at = min(float(job.end_at), time.time()) if job.finished and isinstance(job.end_at, (int, float)) else None
+        seconds = float(job.duration_s) if isinstance(job.duration_s, (int, float)) else None
+        return Poll(state, detail, at=at, recovery_count=job.recovery_count, job_seconds=seconds)
 
     def _settle_missing(self, record) -> Poll:
         """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):

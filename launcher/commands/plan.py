@@ -175,7 +175,9 @@ def _explain(c) -> None:
         f"  FLOPs per token         {t.terms.get('flops_per_token', 0):12.3e}"
         + ("  (with the recompute of gradient checkpointing)" if t.terms.get("gradient_checkpointing") else ""),
         f"  FLOPs                   {t.flops:12.3e}",
-        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}",
+        f"  peak × MFU              {t.terms.get('peak_tflops', 0):.3g} TFLOP/s × {t.terms.get('mfu', 0):.2f}"
+        + (f"  (measured on {t.terms['mfu_measured_runs']:.0f} of your runs; published {t.terms['mfu_published']:.2f})"
+           if "mfu_measured_runs" in t.terms else "  (published)"),
         f"  training                {t.train_hours:8.2f} h",
         f"  provisioning            {t.terms['provision_hours']:8.2f} h",
         f"  image pull              {t.terms['image_pull_hours']:8.2f} h",

@@ -60,7 +60,37 @@ def row(record: dict) -> dict:
         "ended_at": record.get("ended_at"),
         "checkpoint_uri": record.get("checkpoint_uri"),
         "result_uri": record.get("result_uri"),
+        # predicted (the plan at launch) vs measured (the job's calibration probe) vs actual (billed)
+        "running_hours": record.get("running_hours"),
+        "recovery_count": record.get("recovery_count"),
+        "predicted_eta_hours": record.get("eta_hours"),
+        "predicted_usd": record.get("total_usd"),
+        "predicted_tokens_per_s": record.get("predicted_tokens_per_s"),
+        "measured_tokens_per_s": record.get("measured_tokens_per_s"),
+        "measured_mfu": record.get("measured_mfu"),
+        "peak_mem_gb": record.get("peak_mem_gb"),
+        "calibrated_eta_hours": record.get("calibrated_eta_hours"),
+        "calibrated_usd": record.get("calibrated_usd"),
     }
+
+
+def cost_lines(r: dict) -> list[str]:
+    """`status RUN`: the running cost against the plan, and what the calibration probe measured."""
+    hours = r.get("running_hours") or 0.0
+    rate = f" at ${r['usd_per_hour']:.2f}/h" if r.get("usd_per_hour") else ""
+    rec = r.get("recovery_count") or 0
+    recoveries = f", {rec} recover{'y' if rec == 1 else 'ies'} included" if rec else ""
+    plan = ""
+    if r.get("predicted_usd") is not None and r.get("predicted_eta_hours") is not None:
+        plan = f"; planned ${r['predicted_usd']:.2f} over {r['predicted_eta_hours']:.2f} h"
+    lines = [f"  cost: ${(r.get('cost_usd') or 0):.2f} so far, {hours:.2f} h billed{rate}{recoveries}{plan}"]
+    if r.get("measured_tokens_per_s") is not None:
+        pred = f" (plan {r['predicted_tokens_per_s']:.0f})" if r.get("predicted_tokens_per_s") else ""
+        eta = f", ETA {r['calibrated_eta_hours']:.2f} h" if r.get("calibrated_eta_hours") is not None else ""
+        usd = f", projected ${r['calibrated_usd']:.2f}" if r.get("calibrated_usd") is not None else ""
+        mem = f", peak memory {r['peak_mem_gb']:.1f} GB" if r.get("peak_mem_gb") is not None else ""
+        lines.append(f"  measured: {r['measured_tokens_per_s']:.0f} tokens/s{pred}{eta}{usd}{mem}")
+    return lines
 
 
 def format_table(rows: list[dict]) -> str:
@@ -112,6 +142,8 @@ def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
     click.echo(mask(format_table(rows)))
     if run is not None:
         rec = registry.get(records[0].run_id)
+        for line in cost_lines(rows[0]):
+            click.echo(mask(line))
         for h in rec.history or []:
             import time as _t
 

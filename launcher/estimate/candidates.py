@@ -364,6 +364,7 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
             cand = _candidate(recipe, pinned or offer, nodes, spot, workload, ev_mem, shape)
             if cand is not None:
                 (cands if pinned is not None else elsewhere).append(cand)
+    notes += _measured_notes(recipe, cands)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
     fitting = [x for x in cands if x.fits]
     # Prefer a confident fit over a borderline one when it costs at most 10% more.
@@ -410,6 +411,18 @@ def _sold_elsewhere(regions: list[str], elsewhere: list[Candidate]) -> str:
                       f"(~${x.total_usd:.0f})" for x in fits[:3])
     return (f"nothing that fits is sold in {', '.join(regions)}; what fits is sold in: {where}; "
             "add one of those regions to resources.regions or set regions: null")
+
+
+def _measured_notes(recipe: Recipe, cands: list[Candidate]) -> list[str]:
+    """Say where the plan's speed comes from the user's own measured runs, not published figures."""
+    seen: dict[str, str] = {}
+    for c in cands:
+        t = c.timing.terms if c.timing else {}
+        if "mfu_measured_runs" in t and c.gpu not in seen:
+            n = int(t["mfu_measured_runs"])
+            seen[c.gpu] = (f"{c.gpu}: MFU {t['mfu']:.2f} measured on {n} of your {recipe.method} run{'s' if n > 1 else ''} "
+                           f"(~{t['params_b']:.1f}B; calibration probe) instead of the published {t['mfu_published']:.2f}")
+    return list(seen.values())
 
 
 def _local_candidate(recipe: Recipe, gpu: str | None, count: int | None, workload: str,

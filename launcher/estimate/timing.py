@@ -10,6 +10,7 @@ It imports neither torch nor sky.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -101,6 +102,54 @@ def data_tokens(recipe: Recipe) -> tuple[float, float]:
 def _mfu(method: str, gpu: str) -> float:
     w = catalog.workloads()
     return float(w.get("mfu_by_gpu", {}).get(gpu, {}).get(method, w["mfu"][method]))
+
+
+SIZE_MATCH = 1.25  # a measured run counts for a plan when its model is within this factor in size
+
+
+def _registry_key() -> tuple | None:
+    from launcher.home import sftlaunch_home
+
+    db = sftlaunch_home() / "runs.db"
+    try:
+        stats = [(p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+                 for p in (db, db.with_name("runs.db-wal"))]
+    except OSError:
+        return None
+    return (str(db), *stats) if stats[0] else None
+
+
+@functools.lru_cache(maxsize=4)
+def _measured_rows(key: tuple) -> tuple[tuple[str, str, float, float], ...]:
+    """(gpu, method, params_b, mfu) of every run whose calibration probe reported, read-only
+    (launcher.lifecycle.record_calibration fills them); () when the registry cannot be read."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{Path(key[0]).resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = conn.execute(
+                "SELECT gpu, json_extract(recipe_json, '$.method'), params_b, measured_mfu FROM runs "
+                "WHERE measured_mfu > 0 AND params_b > 0 AND gpu IS NOT NULL").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # an older schema, a damaged file: plan with the published figures
+        return ()
+    return tuple((g, m, float(p), float(f)) for g, m, p, f in rows if isinstance(m, str))
+
+
+def measured_mfu(method: str, gpu: str, params_b: float) -> tuple[float, int] | None:
+    """(median MFU, runs) the user's own calibrated runs measured for this GPU and method on a
+    model of about this size; None when there are none (the published figure is used)."""
+    key = _registry_key()
+    if key is None:
+        return None
+    found = sorted(f for g, m, p, f in _measured_rows(key)
+                   if g == gpu and m == method and 1 / SIZE_MATCH <= p / params_b <= SIZE_MATCH)
+    if not found:
+        return None
+    mid = len(found) // 2
+    return (found[mid] if len(found) % 2 else (found[mid - 1] + found[mid]) / 2), len(found)
 
 
 def eval_workload(recipe: Recipe) -> tuple[float, float, str]:
@@ -196,12 +245,17 @@ def timing(recipe: Recipe, cloud: str, gpu: str, gpus: int, workload: str = "tra
     per_token += attention_flops_per_token(shape, recipe.data.seq_len)
     flops = per_token * tokens
     mfu = _mfu(recipe.method, gpu)
+    measured = measured_mfu(recipe.method, gpu, shape["params_b"]) if cloud != "local" else None
+    if measured:  # the user's own calibrated runs beat the published figure (said in the plan's notes)
+        terms.update(mfu_published=mfu, mfu_measured_runs=measured[1])
+        mfu = measured[0]
     train_hours = flops / (gpus * peak * mfu) / 3600
     ckpt_gb = (n_total * 16 / GB) if recipe.method == "full" else (
         lora_params(shape, recipe.lora.target_modules, recipe.lora.r) * 12 / GB if recipe.lora else 0)
     n_ckpts = math.ceil(train_hours * 60 / recipe.train.checkpoint_minutes) + 1
     checkpoints = n_ckpts * ckpt_gb / w["checkpoint_gb_per_hour"]
     terms.update(rows=rows, tokens=tokens, flops_per_token=per_token, gradient_checkpointing=ckpt, mfu=mfu, peak_tflops=peak / 1e12,
+                 params_b=shape["params_b"],
                  checkpoint_hours=checkpoints, checkpoints=n_ckpts)
     return Timing(tokens, flops, train_hours, provision + pull + download + checkpoints, ev_hours, terms, ev_what)
 

@@ -267,3 +267,20 @@ def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
         assert [(r["cloud"], r["region"], r["accelerator"], r["count"], r["usd_per_hour"]) for r in rates] == [
             ("kubernetes", want_region, "H100", 8, 12.0)]
         assert task["resources"].get("region") == want_region
+def test_the_plan_prediction_reaches_the_job_for_its_calibration():
+    """SFTLAUNCH_PLAN carries the chosen candidate's figures; jobs.calibration reads them back."""
+    from jobs.calibration import read_plan
+    from launcher.contract import PLAN_KEYS, Env
+    from launcher.estimate import plan
+
+    recipe = load_recipe(REPO / "recipes" / "llama2-70b-qlora.yaml")
+    chosen = plan(recipe).chosen
+    task = render_task(recipe, chosen, "sftl-x-beef", "/tmp/r.yaml")
+    got = read_plan(task["envs"])
+    assert set(got) == set(PLAN_KEYS)
+    t = chosen.timing
+    assert got["tokens_per_s"] == pytest.approx(t.tokens / (t.train_hours * 3600), rel=1e-6)
+    assert (got["eta_hours"], got["total_usd"], got["mfu"]) == pytest.approx((chosen.eta_hours, chosen.total_usd, t.terms["mfu"]), rel=1e-5)
+    assert got["params_b"] == pytest.approx(69, rel=0.05)
+    # a bare Target (render --gpu) has no plan: nothing to calibrate against
+    assert Env.PLAN not in render_task(recipe, Target("gcp", "A100-80GB", 1), "sftl-x-beef", "/tmp/r.yaml")["envs"]

@@ -302,3 +302,36 @@ def test_a_read_only_home_serves_read_only_commands(tmp_path, monkeypatch):
             Registry(home).set_state("sftl-ro-0001", "failed")
     finally:
         home.chmod(stat.S_IRWXU)
+
+
+def test_stopping_bills_until_the_job_ends_and_job_seconds_is_a_floor(tmp_path):
+    """A run asked to stop still runs until its checkpoint is saved; a managed job's recoveries that
+    no refresh saw are in SkyPilot's summed running time (job_seconds)."""
+    reg = Registry(tmp_path)
+    reg.create("sftl-c-0003", RECIPE, usd_per_hour=2.0)
+    t0 = time.time() - 7200
+    reg.set_state("sftl-c-0003", "running", at=t0)
+    reg.set_state("sftl-c-0003", "stopping", at=t0 + 3600)
+    reg.set_state("sftl-c-0003", "stopped", at=t0 + 4500)
+    assert reg.get("sftl-c-0003").running_hours == pytest.approx(1.25)
+    reg.update("sftl-c-0003", job_seconds=3 * 3600.0)
+    rec = reg.get("sftl-c-0003")
+    assert rec.running_hours == pytest.approx(3.0) and rec.cost_usd == pytest.approx(6.0)
+
+
+def test_upgrades_a_v3_database_with_empty_calibration_columns(tmp_path):
+    db = sqlite3.connect(tmp_path / "runs.db")
+    for version in (0, 1, 2):
+        for stmt in MIGRATIONS[version]:
+            db.execute(stmt)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at REAL NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (3, 0)")
+    db.execute("INSERT INTO runs (run_id, name, recipe_json, recipe_sha256, state, created_at, updated_at)"
+               " VALUES ('sftl-old-0003', 'old', '{}', 'x', 'succeeded', 1, 1)")
+    db.commit()
+    db.close()
+    reg = Registry(tmp_path)
+    rec = reg.get("sftl-old-0003")
+    assert reg.schema_version() == 4 and rec.measured_tokens_per_s is None and rec.job_seconds is None
+    reg.update("sftl-old-0003", measured_tokens_per_s=812.5, measured_mfu=0.31, params_b=6.7)
+    assert reg.get("sftl-old-0003").measured_mfu == 0.31

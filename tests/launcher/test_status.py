@@ -287,3 +287,96 @@ def test_the_budget_guard_never_cancels_a_job_it_cannot_prove_ours(fake):
     rec = reg.get(rid)
     assert rec.state == "stopped" and fake.jobs[job_id].status == "RUNNING" and fake.foreign_actions == []
     assert ("jobs_cancel", job_id) not in fake.calls
+
+
+class _Clock:
+    """time.time for the registry, the runners and the refresh: no sleeping."""
+
+    def __init__(self, monkeypatch, t=1_900_000_000.0):
+        self.t = t
+        monkeypatch.setattr(time, "time", lambda: self.t)
+
+
+def test_a_managed_runs_cost_sums_every_recovery_even_one_no_refresh_saw(fake, monkeypatch):
+    """Preempted after 1 h (a refresh sees it recovering), recovered, ran 2 h more and finished with
+    no refresh in between: the state history alone bills 1 h (recovering -> succeeded); SkyPilot's
+    running time summed over the recoveries says 3 h, and that is what the run cost."""
+    clock = _Clock(monkeypatch)
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-rrrr", kind="managed", usd=2.0, hours_ago=1.0)
+    job = fake.jobs[1]
+    job.status, job.recovery_count, job.duration_s = "RECOVERING", 1, 3600.0
+    run("status")
+    assert reg.get("sftl-demo-rrrr").state == "recovering"
+    clock.t += 3.5 * 3600
+    job.status, job.duration_s, job.end_at = "SUCCEEDED", 3 * 3600.0, clock.t - 1800
+    res = run("status", "sftl-demo-rrrr")
+    rec = reg.get("sftl-demo-rrrr")
+    assert rec.state == "succeeded" and rec.job_seconds == 3 * 3600
+    assert rec.running_hours == pytest.approx(3.0) and rec.cost_usd == pytest.approx(6.0)
+    assert "cost: $6.00 so far, 3.00 h billed at $2.00/h, 1 recovery included" in res.output
+
+
+def test_a_managed_run_stops_billing_when_it_ended_not_when_status_looked(fake, monkeypatch):
+    clock = _Clock(monkeypatch)
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-ssss", kind="managed", usd=2.0, hours_ago=1.0)
+    job = fake.jobs[1]
+    job.status, job.end_at = "SUCCEEDED", clock.t  # ended now; status is run 5 h later
+    clock.t += 5 * 3600
+    run("status")
+    rec = reg.get("sftl-demo-ssss")
+    assert rec.state == "succeeded" and rec.cost_usd == pytest.approx(2.0)
+    assert rec.history[-1]["at"] == pytest.approx(clock.t - 5 * 3600)
+
+
+def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatch, tmp_path):
+    """The row jobs.calibration writes, in the bucket copy of metrics.jsonl, read by the refresh."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from jobs.calibration import CalibrationCallback
+    from jobs.callbacks import RunState
+    from launcher.contract import Env, run_prefix
+
+    clock = _Clock(monkeypatch)
+    reg = Registry()
+    bucket = tmp_path / "bucket"
+    launched(fake, reg, "sftl-demo-cal0", usd=4.0, hours_ago=0.1, bucket=str(bucket))
+    reg.update("sftl-demo-cal0", eta_hours=2.0, total_usd=8.0)
+    out = Path(run_prefix(str(bucket), "sftl-demo-cal0"))
+    out.mkdir(parents=True)
+    plan = {"tokens_per_s": 1000.0, "train_hours": 1.5, "eval_hours": 0.2, "eta_hours": 2.0, "total_usd": 8.0,
+            "mfu": 0.4, "params_b": 7.0}
+    env = {Env.PLAN: json.dumps(plan), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "4", Env.MAX_USD: "50"}
+    counter = SimpleNamespace(tokens=0)
+    cb = CalibrationCallback(out, counter, RunState(None, None, clock.t, 0.0, 1), env=env, clock=lambda: clock.t,
+                             peak_gb=lambda: 61.2)
+    for step in (1, 2, 3):
+        clock.t += 4.0
+        counter.tokens += 1000
+        cb.on_step_end(None, SimpleNamespace(global_step=step, max_steps=900), TrainerControl())
+    res = run("status", "sftl-demo-cal0")
+    rec = reg.get("sftl-demo-cal0")
+    assert (rec.measured_tokens_per_s, rec.predicted_tokens_per_s, rec.measured_mfu, rec.peak_mem_gb) == (250.0, 1000.0, 0.1, 61.2)
+    assert rec.params_b == 7.0 and rec.calibrated_eta_hours == pytest.approx(2.0 - 1.5 + 900 * 4 / 3600)
+    assert "measured: 250 tokens/s (plan 1000), ETA 1.50 h, projected $" in res.output
+    assert "planned $8.00 over 2.00 h" in res.output
+    data = json.loads(run("--json", "status", "sftl-demo-cal0").output)
+    assert data["measured_tokens_per_s"] == 250.0 and data["predicted_usd"] == 8.0
+
+
+def test_a_local_runs_calibration_row_is_read_from_its_run_dir(tmp_path):
+    reg = Registry()
+    reg.create("sftl-demo-loc0", {"name": "demo"}, backend="local", cloud="local", usd_per_hour=0.0,
+               local_dir=str(tmp_path), state="running")
+    rows = [{"step": 1, "total_steps": 9, "loss": 2.0},
+            {"step": 3, "total_steps": 9, "calibration": {"tokens_per_s": 900.0, "peak_mem_gb": None, "steps": 2}},
+            '{"step": 4, "calibration": {"tokens_per_s": "fast"}',  # cut by a kill: ignored
+            {"step": 5, "total_steps": 9, "calibration": {"tokens_per_s": 1200.0, "eta_hours": 0.5, "usd": True}}]
+    (tmp_path / "metrics.jsonl").write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    assert lifecycle.record_calibration(reg, reg.get("sftl-demo-loc0"))
+    rec = reg.get("sftl-demo-loc0")
+    # the newest row wins (a resumed attempt measures again); a non-number is not a figure
+    assert (rec.measured_tokens_per_s, rec.calibrated_eta_hours, rec.calibrated_usd) == (1200.0, 0.5, None)
