@@ -180,6 +180,31 @@ def _wandb_env(run_id: str | None, recipe) -> None:
     os.environ.setdefault("WANDB_NAME", run_id or recipe.name)
 
 
+def planned_steps(recipe, train_rows: int, max_steps: int | None) -> int:
+    """The optimizer steps this run trains in all: the override, the recipe's max_steps, or its epochs."""
+    t = recipe.train
+    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world_size())) / t.grad_accum)
+    return max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
+
+
+def finished_steps(out: Path, run_id: str | None) -> int | None:
+    """The steps DIR/final/sftlaunch.json records, None without a finished model. Why: a rerun of a
+    finished run resumed from its last checkpoint, trained one step past max_steps (the Trainer
+    checks the limit only after a step) and overwrote final/. Another run's final/ is refused."""
+    try:
+        meta = json.loads((out / "final" / "sftlaunch.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("steps"), int):
+        return None
+    if run_id and meta.get("run_id") and meta["run_id"] != run_id:
+        from launcher.errors import UserError
+
+        raise UserError(f"{out / 'final'} holds the model of run {meta['run_id']}, not {run_id}; "
+                        "refusing to overwrite it: give this run its own --out directory")
+    return meta["steps"]
+
+
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
                        eval_on_start: bool = False):
     import torch
@@ -188,8 +213,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
     t = recipe.train
     cuda = torch.cuda.is_available()
     world = world_size()
-    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world)) / t.grad_accum)
-    total = max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
+    total = planned_steps(recipe, train_rows, max_steps)
     eval_steps = max(1, total // 5)
     kwargs = dict(
         output_dir=str(out / "checkpoints"),
@@ -233,7 +257,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import RunState, make_callbacks
+    from jobs.callbacks import NothingLeftToTrain, RunState, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +275,14 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         from launcher.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
+    init_dist()
+    total = planned_steps(recipe, len(train_ds), max_steps)
+    done = broadcast(finished_steps(out, run_id) if rank() == 0 else None)
+    if done is not None and done >= total:
+        log(f"training already finished: {out / 'final'} holds step {done} of {total}; nothing to train, "
+            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
+        shutdown()
+        return 0
     model = jm.load_model(recipe, tokenizer, path)
     if collator is None:
         from jobs.data import make_collator, prepare_model_for_packing
@@ -285,7 +317,10 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except NothingLeftToTrain:  # resumed at max_steps (killed after its last checkpoint): no step 17/16
+        log(f"checkpoint {resume} is at step {trainer.state.global_step} of {total}: nothing left to train")
     if run.stopped:
         _finish_stopped(trainer, out, run_id, run)
     else:
