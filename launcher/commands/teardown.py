@@ -6,7 +6,9 @@ only when launcher.backends.ownership proves it is this run's (our label with th
 still-PENDING managed job, which has no labels yet, by the name and id we recorded launching it)
 and this SkyPilot user's; it is proven again right before it is downed or cancelled. A local run
 is a target only while its recorded pid is alive with the recorded start time, leading the
-process group we created (a reused pid or a `tail -f run.sh` is never signalled). Teardown is
+process group we created (a reused pid or a `tail -f run.sh` is never signalled), or, that
+wrapper killed, while processes of its group still run with the run's id in their environment:
+the whole group is stopped. Teardown is
 idempotent: what is already gone is skipped, and the end is recorded once. With SkyPilot's API
 server unreachable it says so in one line (exit 2) and touches nothing.
 """
@@ -46,7 +48,6 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Ta
     """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs."""
     from launcher.backends import local
     from launcher.backends.ownership import cluster_refusal, job_refusal
-    from launcher.lifecycle import ACTIVE_STATES
 
     records = {r.run_id: r for r in registry.list()}
     wanted = (lambda rid: rid in run_ids) if run_ids is not None else (lambda rid: True)
@@ -73,8 +74,10 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Ta
             if (rid and not j.finished and wanted(rid)
                     and job_refusal(j, rid, user, rec.job_id if rec is not None else None) is None):
                 targets.append(Target(Backend.MANAGED, rid, str(j.job_id), records.get(rid), j))
+    # Local runs by proof alone, whatever their recorded state: one whose wrapper was killed may
+    # have been recorded `failed` while its training still runs in the group we started.
     for rid, rec in records.items():
-        if (rec.backend is Backend.LOCAL and wanted(rid) and rec.state in ACTIVE_STATES
+        if (rec.backend is Backend.LOCAL and wanted(rid)
                 and rec.local_dir and local.exit_code(Path(rec.local_dir)) is None and local.is_ours(rec)):
             targets.append(Target(Backend.LOCAL, rid, str(rec.pid), rec))
     return targets

@@ -265,3 +265,64 @@ def test_a_same_named_cluster_of_a_stranger_is_not_ours(fake):
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and touched(fake) == [] and fake.foreign_actions == []
     assert reg.get("sftl-demo-ac01").state in ("stopped", "cancelled")
+
+
+def _wait_for(check, seconds=20.0):
+    deadline = time.time() + seconds
+    while not check() and time.time() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_killed_wrapper_leaves_its_group_to_teardown_not_to_status(fake, monkeypatch, tmp_path):
+    """Issue 21: kill the recorded leader pid of a detached `up --local`; status said failed,
+    teardown said nothing to tear down, and training kept running in its group."""
+    import os
+    import signal
+
+    reg = Registry()
+    rid = "sftl-local-0012"
+    pidfile = tmp_path / "worker.pid"
+    fields = _local_run(reg, rid, f"sleep 60 & echo $! > {pidfile}; wait", monkeypatch)
+    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    worker = int(pidfile.read_text())
+    os.kill(fields["pid"], signal.SIGKILL)  # the wrapper only: its group lives on
+    assert _wait_for(lambda: not local.alive(fields["pid"]))
+    try:
+        assert local.alive(worker) and os.getpgid(worker) == fields["pid"]
+        res = CliRunner().invoke(cli, ["status", rid])
+        assert res.exit_code == 0 and "running" in res.output and "failed" not in res.output, res.output
+        assert reg.get(rid).state == "running" and "still run in its group" in local.poll(reg.get(rid))[1]
+        res = run(rid, "--yes")
+        assert res.exit_code == 0, res.output
+        assert f"done: {rid}" in res.output and _wait_for(lambda: not local.alive(worker))
+        assert reg.get(rid).state == "cancelled" and local.group_members(reg.get(rid)) == []
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(fields["pid"], signal.SIGKILL)
+
+
+def test_a_group_that_is_not_the_runs_is_never_signalled(fake, monkeypatch, tmp_path):
+    """The recorded pid's number as a stranger's group (reused after ours ended), or a member
+    without the run's id in its environment, or started before the run: not ours."""
+    import subprocess
+
+    reg = Registry()
+    rid = "sftl-local-0013"
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ident = local.process_identity(stranger.pid)
+        out = run_dir(rid)
+        out.mkdir(parents=True)
+        common = {"state": "running", "cloud": "local", "usd_per_hour": 0.0, "backend": "local",
+                  "local_dir": str(out), "log_uri": str(out / "run.log")}
+        # Its own pid/start time recorded (as if it were ours) but no SFTLAUNCH_RUN_ID: only the
+        # leader proof makes it ours; pretend the leader is gone by recording a later start time.
+        later = f"linux:{int(ident[0].split(':')[1]) + 1}"
+        reg.create(rid, {"name": "local"}, pid=stranger.pid, pid_start=later, **common)
+        assert local.group_members(reg.get(rid)) == [] and not local.is_ours(reg.get(rid))
+        res = run(rid, "--yes")
+        assert res.exit_code == 0 and "nothing to tear down" in res.output and stranger.poll() is None, res.output
+    finally:
+        stranger.kill()
+        stranger.wait()
