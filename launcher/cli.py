@@ -122,6 +122,11 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
             _say(line if _is_located(line) else f"error: {line}")
         return exc.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        from launcher.errors import disk_full, disk_full_message
+
+        if disk_full(exc) and not debug:
+            _say(f"error: {disk_full_message(exc, getattr(exc, 'filename', None))}")
+            return 1
         if debug:
             _full_tracebacks()
             raise

@@ -6,6 +6,7 @@ Commands raise these instead of printing and exiting themselves, so the one hand
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 
@@ -61,3 +62,26 @@ def one_line(exc: BaseException, with_type: bool = False, limit: int | None = No
     if with_type and line != type(exc).__name__:
         line = f"{type(exc).__name__}: {line}"
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+_FULL = ("no space left on device", "os error 28", "database or disk is full", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it came from) says the disk is full. Why by text too: safetensors,
+    torch and sqlite report ENOSPC in their own exception types, with the OS message inside."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(exc).lower() for words in _FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_message(exc: BaseException, where: str | None = None, then: str = "run the command again") -> str:
+    """One line for a full disk: what failed, where, and the fix; never "move the registry aside"."""
+    place = f" writing under {where}" if where else ""
+    return f"the disk is full{place} ({one_line(exc, limit=160)}); free space on it (`df -h {where or '.'}`) and {then}"
