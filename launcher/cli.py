@@ -137,9 +137,12 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
 
 
 def _say(text: str) -> None:
+    """Every error line: secrets masked, and what the user typed (a flag, a run reference, a
+    recipe value) with its control and bidi characters escaped, never sent to the terminal raw."""
+    from launcher.errors import printable
     from launcher.secrets import mask
 
-    click.echo(mask(text), err=True)
+    click.echo(printable(mask(text), keep_newlines=True), err=True)
 
 
 def _full_tracebacks() -> None:

@@ -44,6 +44,26 @@ def job_exit(exc: SftlaunchError) -> int:
     return exc.exit_code
 
 
+# C0 and C1 controls, DEL, and the Unicode bidi controls (Trojan Source, CVE-2021-42574): echoed
+# raw they retitle or recolour the terminal, or show text in another order than it is.
+UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` safe to print: every control or bidi character as a visible escape (\\x1b, \\u202e).
+    The one helper for echoing what a user wrote (a recipe value or key, a flag, a run reference)."""
+    if not isinstance(text, str):
+        return text
+
+    def esc(m: re.Match) -> str:
+        ch = m.group()
+        if keep_newlines and ch in "\n\t":
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return UNSAFE_CHARS.sub(esc, text)
+
+
 _SKY_PAYLOAD = re.compile(r"<sky-payload>.*?</sky-payload>", re.S)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import UserError, one_line
+from launcher.errors import UserError, one_line, printable
 from launcher.options import dry_run_option, yes_option
 from launcher.run_record import Backend, RunRecord
 from launcher.secrets import mask
@@ -44,10 +44,11 @@ class Target:
         return f"{self.run_id}: {_WHAT[self.kind]} {self.name} [{state}] · {cost}"
 
 
-def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Target]:
-    """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs."""
+def find_targets(registry, backend_factory, run_ids: set[str] | None, foreign: list[str] | None = None) -> list[Target]:
+    """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs.
+    `foreign` collects the labelled resources whose label value is no run id sftlaunch makes."""
     from launcher.backends import local
-    from launcher.backends.ownership import cluster_refusal, job_refusal
+    from launcher.backends.ownership import cluster_refusal, job_refusal, not_run_id
 
     records = {r.run_id: r for r in registry.list()}
     wanted = (lambda rid: rid in run_ids) if run_ids is not None else (lambda rid: True)
@@ -64,14 +65,17 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Ta
             raise UserError(f"cannot reach SkyPilot to find what to tear down ({one_line(exc, with_type=True)}); "
                             "nothing was torn down. Start or reach its API server (`sky api info`) and retry"
                             ) from None
+        foreign = foreign if foreign is not None else []
+        foreign += [cluster_refusal(c, c.run_id, user) for c in clusters if not_run_id(c.run_id)]
+        foreign += [job_refusal(j, j.run_id, user, None) for j in jobs if not_run_id(j.run_id) and not j.finished]
         for c in clusters:
             rid = c.run_id
-            if rid and wanted(rid) and cluster_refusal(c, rid, user) is None:
+            if rid and not not_run_id(rid) and wanted(rid) and cluster_refusal(c, rid, user) is None:
                 targets.append(Target(Backend.CLUSTER, rid, c.name, records.get(rid), c))
         for j in jobs:
             rec = records.get(j.run_id or j.name)
             rid = j.run_id or (j.name if rec is not None and rec.backend is Backend.MANAGED else None)
-            if (rid and not j.finished and wanted(rid)
+            if (rid and not not_run_id(rid) and not j.finished and wanted(rid)
                     and job_refusal(j, rid, user, rec.job_id if rec is not None else None) is None):
                 targets.append(Target(Backend.MANAGED, rid, str(j.job_id), records.get(rid), j))
     # Local runs by proof alone, whatever their recorded state: one whose wrapper was killed may
@@ -136,7 +140,10 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             backend_cache["b"] = get_backend()
         return backend_cache["b"]
 
-    targets = find_targets(registry, backend_factory, run_ids)
+    foreign: list[str] = []
+    targets = find_targets(registry, backend_factory, run_ids, foreign)
+    for note in foreign:
+        click.echo(printable(mask(f"  {note}")))
     # Runs recorded as active whose resources are already gone: learn how they ended (their exit
     # record, SkyPilot's last word), then record the end of whatever is still unaccounted for.
     # Only a look (budget=False): the budget guard would write a stop flag into the bucket, which
@@ -163,7 +170,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         return
     click.echo("sftlaunch would tear down:" if dry_run else "sftlaunch will tear down:")
     for t in targets:
-        click.echo(mask(f"  {t.describe()}"))
+        click.echo(printable(mask(f"  {t.describe()}")))
     total = sum(t.record.cost_usd for t in targets if t.record)
     click.echo(f"total so far: ${total:.2f}")
     if dry_run:

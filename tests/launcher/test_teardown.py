@@ -100,29 +100,29 @@ def test_without_a_jobs_controller_teardown_still_works(fake):
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and ("jobs_queue",) in fake.calls
     reg = Registry()
-    launched(fake, reg, "sftl-demo-pppp", usd=2.0, hours_ago=1.0)
+    launched(fake, reg, "sftl-demo-9a09", usd=2.0, hours_ago=1.0)
     res = run("--all", "--dry-run")
-    assert res.exit_code == 0 and "sftl-demo-pppp: cluster sftl-demo-pppp" in res.output and touched(fake) == []
+    assert res.exit_code == 0 and "sftl-demo-9a09: cluster sftl-demo-9a09" in res.output and touched(fake) == []
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
-    assert touched(fake) == [("down", "sftl-demo-pppp")] and reg.get("sftl-demo-pppp")["state"] == "cancelled"
-    assert run("sftl-demo-pppp", "--yes").exit_code == 0  # idempotent: already gone
+    assert touched(fake) == [("down", "sftl-demo-9a09")] and reg.get("sftl-demo-9a09")["state"] == "cancelled"
+    assert run("sftl-demo-9a09", "--yes").exit_code == 0  # idempotent: already gone
 
 
 def test_a_managed_run_whose_controller_has_gone_is_settled_not_cancelled(fake, tmp_path):
     reg = Registry()
     bucket = tmp_path / "b"
-    launched(fake, reg, "sftl-demo-qqqq", kind="managed", bucket=str(bucket), hours_ago=0.5)
-    launched(fake, reg, "sftl-demo-rrrr", kind="managed", bucket=str(bucket), hours_ago=0.5)
-    (bucket / "sftl-demo-qqqq").mkdir(parents=True)
-    (bucket / "sftl-demo-qqqq" / "exit.json").write_text('{"exit_code": 0, "stopped": null}')
+    launched(fake, reg, "sftl-demo-9a0a", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    launched(fake, reg, "sftl-demo-9a0b", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    (bucket / "sftl-demo-9a0a").mkdir(parents=True)
+    (bucket / "sftl-demo-9a0a" / "exit.json").write_text('{"exit_code": 0, "stopped": null}')
     fake.controller_up = False  # both jobs ended; the controller stopped 10 idle minutes later
     assert fake.jobs_cancel(1) is None  # a cancel with no controller has nothing to do
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and touched(fake) == [("jobs_cancel", 1)]
-    assert reg.get("sftl-demo-qqqq")["state"] == "succeeded"  # from its exit record in the bucket
-    rec = reg.get("sftl-demo-rrrr")
+    assert reg.get("sftl-demo-9a0a")["state"] == "succeeded"  # from its exit record in the bucket
+    rec = reg.get("sftl-demo-9a0b")
     assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
 
 
@@ -179,12 +179,12 @@ def test_teardown_only_looks_at_a_stale_run_it_never_asks_the_job_to_stop(fake, 
     relaunch of the same run id would obey at once."""
     reg = Registry()
     bucket = tmp_path / "b"
-    launched(fake, reg, "sftl-demo-ssss", kind="managed", bucket=str(bucket), usd=3.0, max_usd=0.01, hours_ago=0.01)
+    launched(fake, reg, "sftl-demo-9a0c", kind="managed", bucket=str(bucket), usd=3.0, max_usd=0.01, hours_ago=0.01)
     fake.controller_up = False
-    res = run("sftl-demo-ssss", "--yes")
+    res = run("sftl-demo-9a0c", "--yes")
     assert res.exit_code == 0, res.output
-    assert not (bucket / "sftl-demo-ssss" / "control" / "stop").exists()
-    rec = reg.get("sftl-demo-ssss")
+    assert not (bucket / "sftl-demo-9a0c" / "control" / "stop").exists()
+    rec = reg.get("sftl-demo-9a0c")
     assert rec.state == "cancelled" and rec.stop_requested_at is None
 
 
@@ -326,3 +326,17 @@ def test_a_group_that_is_not_the_runs_is_never_signalled(fake, monkeypatch, tmp_
     finally:
         stranger.kill()
         stranger.wait()
+
+
+@pytest.mark.parametrize("label", ["../../etc", "sftl-x-1234; rm -rf ~", "sftl-\x1b]0;owned\x07-1234",
+                                   "sftl-" + "a" * 60 + "-1234", "sftl-demo-zzzz"])
+def test_all_never_trusts_a_label_value_that_is_not_a_run_id(fake, label):
+    """Issue 21: `teardown --all` took any sftlaunch-run label value as a run of ours. Only the
+    contract's run ids (sftl-NAME-4hex, at most 35 chars) are; the rest is reported as foreign."""
+    fake.clusters["odd"] = Cluster("odd", "UP", {"sftlaunch-run": label}, user_hash=fake.user)
+    fake.jobs[30] = ManagedJob(30, "odd-job", "RUNNING", {"sftlaunch-run": label}, user_hash=fake.user)
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "odd" in fake.clusters and fake.jobs[30].status == "RUNNING" and touched(fake) == []
+    assert "cluster odd: label sftlaunch-run=" in res.output and "(foreign): not touched" in res.output
+    assert "managed job 30 (odd-job): label" in res.output and "\x1b" not in res.output and "nothing to tear down" in res.output
