@@ -103,7 +103,11 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
             return rv
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.Abort:
+    except click.Abort as exc:
+        cause = exc.__cause__ or exc.__context__  # click turns a KeyboardInterrupt into Abort
+        if getattr(cause, "signum", None):  # launcher.errors.Terminated: SIGTERM 143, SIGHUP 129
+            _say(f"Terminated by {cause.name}; `sftlaunch status` lists any run it had started.")
+            return cause.exit_code
         _say("Aborted.")
         return 130
     except click.ClickException as exc:
