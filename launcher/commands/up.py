@@ -76,12 +76,11 @@ def confirm(yes: bool, question: str) -> None:
         raise click.Abort()
 
 
-def reattach_hints(run_id: str) -> None:
+def reattach_hints(run_id: str, doing: str = "following the logs of") -> None:
     echo("", err=True)
     cause = sys.exc_info()[1]
     if getattr(cause, "signum", None):  # say what stopped us, and what we were doing
-        echo(f"sftlaunch up got {cause.name} while following the logs of {run_id}; it stops, the run does not.",
-             err=True)
+        echo(f"sftlaunch up got {cause.name} while {doing} {run_id}; it stops, the run does not.", err=True)
     echo(f"Detached from the logs; the run {run_id} keeps going.", err=True)
     echo(f"  reattach:  sftlaunch logs {run_id} --follow", err=True)
     echo(f"  status:    sftlaunch status {run_id}", err=True)
