@@ -8,9 +8,10 @@ and this SkyPilot user's; it is proven again right before it is downed or cancel
 is a target only while its recorded pid is alive with the recorded start time, leading the
 process group we created (a reused pid or a `tail -f run.sh` is never signalled), or, that
 wrapper killed, while processes of its group still run with the run's id in their environment:
-the whole group is stopped. Teardown is
-idempotent: what is already gone is skipped, and the end is recorded once. With SkyPilot's API
-server unreachable it says so in one line (exit 2) and touches nothing.
+the whole group is stopped. A label value that is not a run id of the contract's shape is never
+trusted (reported as foreign with --all). Teardown is idempotent: what is already gone is skipped,
+and the end is recorded once. With SkyPilot's API server unreachable it says so in one line
+(exit 2) and touches nothing.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None, foreign: l
             raise UserError(f"cannot reach SkyPilot to find what to tear down ({one_line(exc, with_type=True)}); "
                             "nothing was torn down. Start or reach its API server (`sky api info`) and retry"
                             ) from None
-        foreign = foreign if foreign is not None else []
-        foreign += [cluster_refusal(c, c.run_id, user) for c in clusters if not_run_id(c.run_id)]
-        foreign += [job_refusal(j, j.run_id, user, None) for j in jobs if not_run_id(j.run_id) and not j.finished]
+        if foreign is not None and run_ids is None:  # --all: say what was left alone as foreign
+            foreign += [cluster_refusal(c, c.run_id, user) for c in clusters if not_run_id(c.run_id)]
+            foreign += [job_refusal(j, j.run_id, user, None) for j in jobs if not_run_id(j.run_id) and not j.finished]
         for c in clusters:
             rid = c.run_id
             if rid and not not_run_id(rid) and wanted(rid) and cluster_refusal(c, rid, user) is None:
