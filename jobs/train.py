@@ -205,6 +205,16 @@ def finished_steps(out: Path, run_id: str | None) -> int | None:
     return meta["steps"]
 
 
+def _finished(out: Path, run_id: str | None) -> tuple[int | None, str | None]:
+    """(finished_steps, None) or (None, why it is refused): rank 0 decides for every rank."""
+    from launcher.errors import UserError
+
+    try:
+        return finished_steps(out, run_id), None
+    except UserError as exc:
+        return None, str(exc)
+
+
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
                        eval_on_start: bool = False):
     import torch
@@ -275,14 +285,6 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         from launcher.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
-    init_dist()
-    total = planned_steps(recipe, len(train_ds), max_steps)
-    done = broadcast(finished_steps(out, run_id) if rank() == 0 else None)
-    if done is not None and done >= total:
-        log(f"training already finished: {out / 'final'} holds step {done} of {total}; nothing to train, "
-            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
-        shutdown()
-        return 0
     model = jm.load_model(recipe, tokenizer, path)
     if collator is None:
         from jobs.data import make_collator, prepare_model_for_packing
@@ -291,6 +293,17 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     log(f"model {recipe.model.id} ({recipe.method}) from {path}; {jm.describe(model)}")
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
+    total = planned_steps(recipe, len(train_ds), max_steps)
+    done, refused = broadcast(_finished(out, run_id) if rank() == 0 else None)  # one answer for every node
+    if refused:
+        from launcher.errors import UserError
+
+        raise UserError(refused)
+    if done is not None and done >= total:
+        log(f"training already finished: {out / 'final'} holds step {done} of {total}; nothing to train, "
+            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
+        shutdown()
+        return 0
     saved = ckpt.read_state(resume)
     if resume and local_rank() == 0:
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
