@@ -6,7 +6,9 @@ shipped recipes (tests/launcher/recipe_mutants.py), how many each loader entry p
 validate, plan, render) refused cleanly, accepted, or failed on internally; and (2) the wall time
 of a whole `sftlaunch validate FILE` process on hostile files at and past the 1 MiB limit (a FIFO,
 /dev/zero, 30 MB, 1 MiB of keys, brackets, control characters, digits, aliases, duplicate keys, many
-sources). Prints figures; asserts nothing.
+sources); and (3) for issue 21's cases (escapes, bidi, `yes`/`on`, a device or file as the bucket,
+/proc as tasks_dir) the exit codes of validate and preflight and whether a raw control or bidi
+character reached the output. Prints figures; asserts nothing.
 
     python bench/hostile_inputs.py [--mutants 1000] [--runs 3]
 """
@@ -116,6 +118,41 @@ def time_validate(path: Path, runs: int, env: dict) -> tuple[float, float, int, 
     return statistics.median(times), max(times), code, first
 
 
+# Issue 21: values that YAML escapes smuggle in, YAML 1.1 booleans, places that are not places.
+ISSUE21 = [
+    ("model.id with \\e]0; and \\a (OSC title)", "  id: sftlaunch/tiny-llama", '  id: "\\e]0;pwned\\a\\e[31mred"'),
+    ("key with \\u202e (bidi override)", "  seq_len: 256", '  "seq\\u202e_len": 256'),
+    ("packing: yes", "  packing: true", "  packing: yes"),
+    ("packing: on", "  packing: true", "  packing: on"),
+    ("output.bucket: /dev/null", "  bucket: null", "  bucket: /dev/null"),
+    ("output.bucket: /etc/passwd", "  bucket: null", "  bucket: /etc/passwd"),
+    ("eval.tasks_dir: /proc", "  tasks_dir: ../jobs/tasks", "  tasks_dir: /proc"),
+]
+_RAW = ("\x1b", "\x07", "\u202e")
+
+
+def issue21_cases(workdir: Path, env: dict) -> None:
+    """Exit code of `validate` and `preflight` (whole processes) on each case, and whether any
+    output carried a raw control or bidi character to the terminal."""
+    tiny = (REPO / "recipes" / "tiny-local.yaml").read_text().replace(
+        "tasks_dir: ../jobs/tasks", f"tasks_dir: {REPO / 'jobs' / 'tasks'}")
+    (workdir / "data").mkdir(exist_ok=True)
+    (workdir / "data" / "tiny-task").symlink_to(REPO / "recipes" / "data" / "tiny-task")
+    print(f"\n{'issue 21 case':<40} {'validate':>8} {'preflight':>9} {'raw':>4}  first line")
+    for label, old, new in ISSUE21:
+        text = tiny.replace(old.replace("../jobs/tasks", str(REPO / "jobs" / "tasks")), new, 1)
+        path = _write(workdir / "case.yaml", text)
+        codes, outputs = [], ""
+        for command in ("validate", "preflight"):
+            proc = subprocess.run([sys.executable, "-m", "launcher.cli", command, str(path)], capture_output=True,
+                                  text=True, cwd=REPO, env=env, timeout=300)
+            codes.append(proc.returncode)
+            outputs += proc.stdout + proc.stderr
+        first = next((ln for ln in outputs.splitlines() if "case.yaml:" in ln), outputs.strip()[:100])
+        raw = "yes" if any(ch in outputs for ch in _RAW) else "no"
+        print(f"{label:<40} {codes[0]:>8} {codes[1]:>9} {raw:>4}  {first.split('case.yaml:', 1)[-1][:90]}")
+
+
 def tally_mutants(n: int, workdir: Path) -> None:
     from click.testing import CliRunner
 
@@ -171,6 +208,7 @@ def main() -> None:
             worst = max(worst, (top, label))
             print(f"{label:<38} {median:>9.2f} {top:>7.2f} {code:>4}  {first}")
         print(f"worst case: {worst[0]:.2f} s ({worst[1]})")
+        issue21_cases(Path(tmp), env)
         if args.mutants:
             tally_mutants(args.mutants, Path(tmp))
 

@@ -11,7 +11,10 @@ so a managed job is not restarted for it), 1 the job failed, 2 bad input (one li
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from launcher.contract import Env
 
 COMMANDS = {
     "train": "jobs.train",
@@ -33,12 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown job {name!r}; {USAGE}", file=sys.stderr)
         return 2
-    from launcher.errors import SftlaunchError, job_exit
+    from launcher.errors import JobFailed, SftlaunchError, disk_full, disk_full_message, job_exit
 
     try:
         return int(importlib.import_module(COMMANDS[name]).main(rest) or 0)
     except SftlaunchError as exc:
         return job_exit(exc)
+    except Exception as exc:
+        if not disk_full(exc):
+            raise  # a bug: its traceback is what the run log needs
+        # A full disk is no bug: one line, and what survives (checkpoints are complete or ignored).
+        where = os.environ.get(Env.OUT) or getattr(exc, "filename", None)
+        return job_exit(JobFailed(f"{name}: " + disk_full_message(
+            exc, where, then="relaunch: the newest complete checkpoint is kept and the run resumes from it")))
 
 
 if __name__ == "__main__":

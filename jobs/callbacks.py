@@ -206,9 +206,24 @@ class MetricsCallback(TrainerCallback):
             fh.write(json.dumps(row) + "\n")
 
 
+class NothingLeftToTrain(Exception):
+    """Raised at train begin when the resumed checkpoint is already at max_steps."""
+
+
+class AtMaxSteps(TrainerCallback):
+    """Ends `trainer.train` before its first step when the resumed state is at max_steps: the
+    Trainer only checks the limit after a step, so it would train step N+1 of N. Train begin
+    comes after the checkpoint's weights and state are loaded (DeepSpeed's too), so the caller
+    can save that model as final/. Every rank sees the same restored step, so all stop alike."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise NothingLeftToTrain(state.global_step)
+
+
 def make_callbacks(out: Path, counter, recipe, run_id: str | None, run: RunState,
                    control_dir: str | None) -> list[TrainerCallback]:
     from jobs.calibration import CalibrationCallback  # the first minutes measured against the plan
 
-    return [CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir)), MetricsCallback(out, counter, run),
-            CalibrationCallback(out, counter, run)]
+    return [AtMaxSteps(), CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir)),
+            MetricsCallback(out, counter, run), CalibrationCallback(out, counter, run)]

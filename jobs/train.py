@@ -191,6 +191,41 @@ def _wandb_env(run_id: str | None, recipe) -> None:
     os.environ.setdefault("WANDB_NAME", run_id or recipe.name)
 
 
+def planned_steps(recipe, train_rows: int, max_steps: int | None) -> int:
+    """The optimizer steps this run trains in all: the override, the recipe's max_steps, or its epochs."""
+    t = recipe.train
+    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world_size())) / t.grad_accum)
+    return max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
+
+
+def finished_steps(out: Path, run_id: str | None) -> int | None:
+    """The steps DIR/final/sftlaunch.json records, None without a finished model. Why: a rerun of a
+    finished run resumed from its last checkpoint, trained one step past max_steps (the Trainer
+    checks the limit only after a step) and overwrote final/. Another run's final/ is refused."""
+    try:
+        meta = json.loads((out / "final" / "sftlaunch.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("steps"), int):
+        return None
+    if run_id and meta.get("run_id") and meta["run_id"] != run_id:
+        from launcher.errors import UserError
+
+        raise UserError(f"{out / 'final'} holds the model of run {meta['run_id']}, not {run_id}; "
+                        "refusing to overwrite it: give this run its own --out directory")
+    return meta["steps"]
+
+
+def _finished(out: Path, run_id: str | None) -> tuple[int | None, str | None]:
+    """(finished_steps, None) or (None, why it is refused): rank 0 decides for every rank."""
+    from launcher.errors import UserError
+
+    try:
+        return finished_steps(out, run_id), None
+    except UserError as exc:
+        return None, str(exc)
+
+
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
                        eval_on_start: bool = False, liger: bool = False):
     """The Trainer's arguments; `liger` applies Liger's kernels (jobs.speed.use_liger decides)."""
@@ -202,8 +237,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
     t = recipe.train
     cuda = torch.cuda.is_available()
     world = world_size()
-    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world)) / t.grad_accum)
-    total = max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
+    total = planned_steps(recipe, train_rows, max_steps)
     eval_steps = max(1, total // 5)
     kwargs = dict(
         output_dir=str(out / "checkpoints"),
@@ -252,7 +286,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import RunState, make_callbacks
+    from jobs.callbacks import NothingLeftToTrain, RunState, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -282,6 +316,16 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
     args.eval_on_start = args.eval_on_start and resume is None
+    done, refused = broadcast(_finished(out, run_id) if rank() == 0 else None)  # one answer for every node
+    if refused:
+        from launcher.errors import UserError
+
+        raise UserError(refused)
+    if done is not None and done >= total:
+        log(f"training already finished: {out / 'final'} holds step {done} of {total}; nothing to train, "
+            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
+        shutdown()
+        return 0
     saved = ckpt.read_state(resume)
     if resume and local_rank() == 0:
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
@@ -314,7 +358,10 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except NothingLeftToTrain:  # resumed at max_steps (killed after its last checkpoint): no step 17/16
+        log(f"checkpoint {resume} is at step {trainer.state.global_step} of {total}: nothing left to train")
     if run.stopped:
         _finish_stopped(trainer, out, run_id, run)
     else:

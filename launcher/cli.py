@@ -104,7 +104,11 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
             return rv
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.Abort:
+    except click.Abort as exc:
+        cause = exc.__cause__ or exc.__context__  # click turns a KeyboardInterrupt into Abort
+        if getattr(cause, "signum", None):  # launcher.errors.Terminated: SIGTERM 143, SIGHUP 129
+            _say(f"Terminated by {cause.name}; `sftlaunch status` lists any run it had started.")
+            return cause.exit_code
         _say("Aborted.")
         return 130
     except click.ClickException as exc:
@@ -123,6 +127,11 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
             _say(line if _is_located(line) else f"error: {line}")
         return exc.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        from launcher.errors import disk_full, disk_full_message
+
+        if disk_full(exc) and not debug:
+            _say(f"error: {disk_full_message(exc, getattr(exc, 'filename', None))}")
+            return 1
         if debug:
             _full_tracebacks()
             raise
@@ -133,9 +142,12 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
 
 
 def _say(text: str) -> None:
+    """Every error line: secrets masked, and what the user typed (a flag, a run reference, a
+    recipe value) with its control and bidi characters escaped, never sent to the terminal raw."""
+    from launcher.errors import printable
     from launcher.secrets import mask
 
-    click.echo(mask(text), err=True)
+    click.echo(printable(mask(text), keep_newlines=True), err=True)
 
 
 def _full_tracebacks() -> None:

@@ -41,15 +41,18 @@ Besides each key's own type and bounds, `validate` checks rules that span keys, 
 with `lora`); a cloud run's `output.bucket` must be gs:// or s3:// (a local path would be written on
 the VM's disk and deleted with it), and `spot: true` needs one; `local` cannot be mixed with clouds; `name` must fit every allowed cloud's
 cluster-name limit; local data paths and `eval.tasks_dir` must exist, and local data must be
-.jsonl/.json/.parquet files or directories holding some; `precision: fp16` needs
-`compute_dtype: float16`.
+.jsonl/.json/.parquet files or directories holding some; `eval.tasks_dir` must hold task .yaml
+files and a local `output.bucket` must be a directory (or one that can be made), neither in
+/proc, /sys or /dev; `precision: fp16` needs `compute_dtype: float16`.
 
 Types: *text*, *integer*, *number*, *true/false*; `a` \\| `b` lists the allowed values; `null` is
 YAML's null (`~` or `null`). Types are strict: `'4'` in quotes is text, not a number, and `true` is
 not an integer (an integer is fine where a number is expected; `2e-4` reads as a number). Numbers
 must be finite (no `.inf`, `.nan` or `1e400`). YAML tags (`!!python/...`, `!foo`) are rejected.
 Numbers that YAML 1.1 and YAML 1.2 read differently are errors naming the decimal to write:
-`010` (octal 8 or 10?), `4:16` (base 60: 256), `1_000`, `0x10`, `0b101`, `0o17`, `09`. Local paths
+`010` (octal 8 or 10?), `4:16` (base 60: 256), `1_000`, `0x10`, `0b101`, `0o17`, `09`; so are
+the YAML 1.1 booleans `yes`, `no`, `on`, `off` (write `true` or `false`). Control and bidi
+characters written as escapes (`"\\e"`, `"\\u202e"`) are refused in any value or key. Local paths
 are relative to the recipe file; local data must be regular files, or a directory tree of at
 most 10,000 entries holding some (so `path: /` is refused), and a recipe lists at most 64 sources.
 

@@ -6,6 +6,8 @@ Commands raise these instead of printing and exiting themselves, so the one hand
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import re
 import sys
 
@@ -43,6 +45,64 @@ def job_exit(exc: SftlaunchError) -> int:
     return exc.exit_code
 
 
+# C0 and C1 controls, DEL, and the Unicode bidi controls (Trojan Source, CVE-2021-42574): echoed
+# raw they retitle or recolour the terminal, or show text in another order than it is.
+UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` safe to print: every control or bidi character as a visible escape (\\x1b, \\u202e).
+    The one helper for echoing what a user wrote (a recipe value or key, a flag, a run reference)."""
+    if not isinstance(text, str):
+        return text
+
+    def esc(m: re.Match) -> str:
+        ch = m.group()
+        if keep_newlines and ch in "\n\t":
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return UNSAFE_CHARS.sub(esc, text)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP while `up` runs. A KeyboardInterrupt on purpose: every place that handles
+    Ctrl-C (kill what was being started, or leave the run going and print how to reattach, check
+    and tear it down) handles these the same way; only the exit code differs (128 + N)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts(signums=None):
+    """Turn SIGTERM and SIGHUP into `Terminated` for the block (the main thread only); Python's
+    default for them is to die at once, without a word about the run left going."""
+    import signal
+
+    signums = (signal.SIGTERM, signal.SIGHUP) if signums is None else signums
+
+    def fire(signum, _frame):
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for sig in signums:
+            previous[sig] = signal.signal(sig, fire)
+    except ValueError:  # not the main thread: signals stay as they were
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 _SKY_PAYLOAD = re.compile(r"<sky-payload>.*?</sky-payload>", re.S)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -61,3 +121,26 @@ def one_line(exc: BaseException, with_type: bool = False, limit: int | None = No
     if with_type and line != type(exc).__name__:
         line = f"{type(exc).__name__}: {line}"
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+_FULL = ("no space left on device", "os error 28", "database or disk is full", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it came from) says the disk is full. Why by text too: safetensors,
+    torch and sqlite report ENOSPC in their own exception types, with the OS message inside."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(exc).lower() for words in _FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_message(exc: BaseException, where: str | None = None, then: str = "run the command again") -> str:
+    """One line for a full disk: what failed, where, and the fix; never "move the registry aside"."""
+    place = f" writing under {where}" if where else ""
+    return f"the disk is full{place} ({one_line(exc, limit=160)}); free space on it (`df -h {where or '.'}`) and {then}"

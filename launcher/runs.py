@@ -160,6 +160,13 @@ class Registry:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             return RegistryError(f"{self.path}: {text} (another sftlaunch is writing for over "
                                  f"{BUSY_TIMEOUT_S:.0f} s); try again")
+        if "disk is full" in text or ("disk i/o error" in text.lower() and _low_on_space(self.home)):
+            # Not a broken registry: moving it aside would lose the tracking of every run.
+            return RegistryError(f"{self.path}: not written: the disk is full ({text}); the registry is "
+                                 f"intact: free space on that disk (`df -h {self.home}`) and retry")
+        if "disk i/o error" in text.lower():
+            return RegistryError(f"{self.path}: the disk reported an I/O error ({text}); check the disk "
+                                 f"holding {self.home}, then retry (the file need not be damaged)")
         return broken(self.path, f"is not a readable sftlaunch registry ({text})")
 
     def _read_only_error(self) -> RegistryError:
@@ -224,7 +231,13 @@ class Registry:
                 return conn
 
             def __exit__(self_inner, exc_type, exc, tb):
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                # sqlite rolls back by itself on SQLITE_FULL: a second ROLLBACK would hide why.
+                try:
+                    if exc_type is None:
+                        conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                 return False
 
         return _Tx()
@@ -413,6 +426,16 @@ def _json_column(data: dict, column: str, kind: type):
     if not isinstance(value, kind):
         raise BadRow(f"column {column} is not a JSON {kind.__name__}")
     return value
+
+
+def _low_on_space(home: Path) -> bool:
+    """Under 1 MiB free where the registry lives: sqlite reports a full disk under WAL as an I/O error."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(home).free < 2**20
+    except OSError:
+        return False
 
 
 def _writable(home: Path, path: Path) -> bool:

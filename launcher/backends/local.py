@@ -240,19 +240,46 @@ def process_identity(pid: int) -> tuple[str, int] | None:
     return f"ps:{' '.join(parts[1].split())}", int(parts[0])
 
 
+def group_members(record) -> list[int]:
+    """Processes still running in the run's process group after its leader (the wrapper) is gone,
+    each proven ours: in the session and group numbered by the recorded pid, started no earlier
+    than the wrapper (recorded start time), and carrying the run's SFTLAUNCH_RUN_ID in the
+    environment the wrapper gave it. Why: a killed wrapper leaves training running in its group;
+    a group id cannot be reused while any member lives, and a stranger who later got the number
+    has neither the start time nor the environment. Linux only (/proc); elsewhere, none proven."""
+    pid, started = record.get("pid"), record.get("pid_start")
+    if not pid or not str(started or "").startswith("linux:") or not Path("/proc/self/stat").exists():
+        return []
+    pid, since = int(pid), int(str(started).split(":", 1)[1])
+    marker = f"{Env.RUN_ID}={record.get('run_id')}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+            fields = text[text.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
+            if fields[0] in ("Z", "X") or int(fields[2]) != pid or int(fields[3]) != pid or int(fields[19]) < since:
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
 def process_refusal(record) -> str | None:
     """None when the run's recorded process is alive and is the one we started: the same pid
-    with the start time we recorded, leading the process group (session) we created for it.
+    with the start time we recorded, leading the process group (session) we created for it —
+    or, its leader gone, when members of that group are still proven ours (`group_members`).
     Else why it is not ours to signal. Never a command-line match: `tail -f <run dir>/run.sh`
     has the run's path in its command line too."""
     pid = record.get("pid")
     if not pid:
         return "no process was recorded for this run"
-    if not alive(int(pid)):
-        return f"process {pid} has ended"
-    identity = process_identity(int(pid))
+    identity = process_identity(int(pid)) if alive(int(pid)) else None
     if identity is None:
-        return f"process {pid} has ended"
+        return None if group_members(record) else f"process {pid} has ended"
     started, group = identity
     if group != int(pid):
         return f"process {pid} does not lead the process group sftlaunch created for the run"
@@ -305,6 +332,10 @@ def poll(record) -> tuple[str, str | None]:
             return "stopped", f"training stopped after saving a checkpoint ({marker})"
         return ("succeeded", None) if code == 0 else ("failed", f"exit code {code}")
     if is_ours(record):
+        orphans = [] if alive(int(record["pid"])) else group_members(record)
+        if orphans:
+            return "running", (f"its wrapper (pid {record['pid']}) is gone but {len(orphans)} of its processes "
+                               f"still run in its group; `sftlaunch teardown {record['run_id']}` stops them")
         return "running", None
     return "failed", "the local process is gone and left no exit code"
 
@@ -324,6 +355,8 @@ def stop(record, grace_s: float = 10.0) -> bool:
 
 
 def kill_group(record, grace_s: float = 10.0) -> None:
+    """SIGTERM the whole group, then SIGKILL what is left after the grace, proving it ours before
+    each signal; waits for the members too, not only the leader (which may be gone already)."""
     pid = int(record["pid"])
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not is_ours(record):
@@ -333,10 +366,14 @@ def kill_group(record, grace_s: float = 10.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         deadline = time.time() + (grace_s if sig == signal.SIGTERM else 5)
-        while time.time() < deadline and alive(pid):
+        while time.time() < deadline and _group_alive(record):
             time.sleep(0.1)
-        if not alive(pid):
+        if not _group_alive(record):
             return
+
+
+def _group_alive(record) -> bool:
+    return alive(int(record["pid"])) or bool(group_members(record))
 
 
 def kill_started(run_dir: Path) -> bool:

@@ -32,9 +32,23 @@ if TYPE_CHECKING:
     from launcher.backends.serve import Service
 
 
+def not_run_id(label) -> str | None:
+    """Why a present label value cannot be ours, or None: sftlaunch only ever writes run ids of
+    the contract's shape (launcher.runid), so anything else (`../x`, an escape, 200 chars) was
+    written by someone else, and is reported as foreign, never trusted as a run to stop."""
+    from launcher.errors import printable
+    from launcher.runid import run_id_problem
+
+    if label is None or (isinstance(label, str) and run_id_problem(label) is None):
+        return None
+    return f"label {LABEL}={printable(repr(label))[:80]} is not a run id sftlaunch makes (foreign): not touched"
+
+
 def cluster_refusal(cluster, run_id: str, user: str | None) -> str | None:
     """None when `cluster` is this run's and this user's; else why not (shown to the user)."""
     labelled = (cluster.labels or {}).get(LABEL)
+    if not_run_id(labelled):
+        return f"cluster {cluster.name}: {not_run_id(labelled)}"
     if labelled != run_id:
         what = f"label {LABEL}={labelled}" if labelled else f"no {LABEL} label"
         return f"cluster {cluster.name} has {what}, not {run_id}: not launched by sftlaunch for this run"
@@ -47,6 +61,8 @@ def cluster_refusal(cluster, run_id: str, user: str | None) -> str | None:
 def job_refusal(job, run_id: str, user: str | None, recorded_job_id: str | None) -> str | None:
     """None when managed job `job` is this run's and this user's; else why not."""
     labels = job.labels
+    if labels and not_run_id(labels.get(LABEL)):
+        return f"managed job {job.job_id} ({job.name}): {not_run_id(labels.get(LABEL))}"
     if labels:
         if labels.get(LABEL) != run_id:
             what = f"label {LABEL}={labels.get(LABEL)}" if labels.get(LABEL) else f"no {LABEL} label"

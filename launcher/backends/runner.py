@@ -307,21 +307,26 @@ def runner_for(record: RunRecord, backend=None) -> Runner | None:
 
 @contextlib.contextmanager
 def deferred_interrupts():
-    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it: starting a process and
-    recording it must not be split, or a run would be left going that no command can see.
-    Outside the main thread signals cannot be held and the block runs as it is."""
+    """Hold a Ctrl-C (SIGINT), SIGTERM or SIGHUP until the block ends, then raise it: starting a
+    process and recording it must not be split, or a run would be left going that no command can
+    see. Outside the main thread signals cannot be held and the block runs as it is."""
+    from launcher.errors import Terminated
+
     received: list[int] = []
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if received:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if received[0] == signal.SIGINT else Terminated(received[0])
 
 
 def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:

@@ -59,6 +59,19 @@ def bucket_logs(record: dict, on_line) -> bool:
     return True
 
 
+def _read_only_hint(exc: BaseException) -> str:
+    """Reading logs needs no write of ours; SkyPilot's client, though, writes its state under
+    ~/.sky. On a read-only home say so, with the way around it, rather than only its OSError."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES):
+            return (f"; SkyPilot could not write {exc.filename or '~/.sky'} (a read-only home): local runs' "
+                    "logs and bucket copies read fine, a cluster's log needs a writable ~/.sky")
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
 @click.command()
 @click.argument("run")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
@@ -92,7 +105,7 @@ def logs(run: str, follow: bool) -> None:
                     raise
                 if not bucket_logs(record, _print):
                     raise JobFailed(mask(f"cannot read logs of {run_id} from SkyPilot ({one_line(exc)}) "
-                                         "and there is no bucket copy")) from None
+                                         f"and there is no bucket copy{_read_only_hint(exc)}")) from None
                 return
         if bucket_logs(record, _print):
             return

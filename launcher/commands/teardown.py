@@ -6,9 +6,12 @@ only when launcher.backends.ownership proves it is this run's (our label with th
 still-PENDING managed job, which has no labels yet, by the name and id we recorded launching it)
 and this SkyPilot user's; it is proven again right before it is downed or cancelled. A local run
 is a target only while its recorded pid is alive with the recorded start time, leading the
-process group we created (a reused pid or a `tail -f run.sh` is never signalled). Teardown is
-idempotent: what is already gone is skipped, and the end is recorded once. With SkyPilot's API
-server unreachable it says so in one line (exit 2) and touches nothing.
+process group we created (a reused pid or a `tail -f run.sh` is never signalled), or, that
+wrapper killed, while processes of its group still run with the run's id in their environment:
+the whole group is stopped. A label value that is not a run id of the contract's shape is never
+trusted (reported as foreign with --all). Teardown is idempotent: what is already gone is skipped,
+and the end is recorded once. With SkyPilot's API server unreachable it says so in one line
+(exit 2) and touches nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import UserError, one_line
+from launcher.errors import UserError, one_line, printable
 from launcher.options import dry_run_option, yes_option
 from launcher.run_record import Backend, RunRecord
 from launcher.secrets import mask
@@ -42,11 +45,11 @@ class Target:
         return f"{self.run_id}: {_WHAT[self.kind]} {self.name} [{state}] · {cost}"
 
 
-def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Target]:
-    """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs."""
+def find_targets(registry, backend_factory, run_ids: set[str] | None, foreign: list[str] | None = None) -> list[Target]:
+    """What teardown would touch: clusters/jobs proven ours (and live local runs) for these runs.
+    `foreign` collects the labelled resources whose label value is no run id sftlaunch makes."""
     from launcher.backends import local
-    from launcher.backends.ownership import cluster_refusal, job_refusal
-    from launcher.lifecycle import ACTIVE_STATES
+    from launcher.backends.ownership import cluster_refusal, job_refusal, not_run_id
 
     records = {r.run_id: r for r in registry.list()}
     wanted = (lambda rid: rid in run_ids) if run_ids is not None else (lambda rid: True)
@@ -63,18 +66,23 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None) -> list[Ta
             raise UserError(f"cannot reach SkyPilot to find what to tear down ({one_line(exc, with_type=True)}); "
                             "nothing was torn down. Start or reach its API server (`sky api info`) and retry"
                             ) from None
+        if foreign is not None and run_ids is None:  # --all: say what was left alone as foreign
+            foreign += [cluster_refusal(c, c.run_id, user) for c in clusters if not_run_id(c.run_id)]
+            foreign += [job_refusal(j, j.run_id, user, None) for j in jobs if not_run_id(j.run_id) and not j.finished]
         for c in clusters:
             rid = c.run_id
-            if rid and wanted(rid) and cluster_refusal(c, rid, user) is None:
+            if rid and not not_run_id(rid) and wanted(rid) and cluster_refusal(c, rid, user) is None:
                 targets.append(Target(Backend.CLUSTER, rid, c.name, records.get(rid), c))
         for j in jobs:
             rec = records.get(j.run_id or j.name)
             rid = j.run_id or (j.name if rec is not None and rec.backend is Backend.MANAGED else None)
-            if (rid and not j.finished and wanted(rid)
+            if (rid and not not_run_id(rid) and not j.finished and wanted(rid)
                     and job_refusal(j, rid, user, rec.job_id if rec is not None else None) is None):
                 targets.append(Target(Backend.MANAGED, rid, str(j.job_id), records.get(rid), j))
+    # Local runs by proof alone, whatever their recorded state: one whose wrapper was killed may
+    # have been recorded `failed` while its training still runs in the group we started.
     for rid, rec in records.items():
-        if (rec.backend is Backend.LOCAL and wanted(rid) and rec.state in ACTIVE_STATES
+        if (rec.backend is Backend.LOCAL and wanted(rid)
                 and rec.local_dir and local.exit_code(Path(rec.local_dir)) is None and local.is_ours(rec)):
             targets.append(Target(Backend.LOCAL, rid, str(rec.pid), rec))
     return targets
@@ -133,7 +141,10 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             backend_cache["b"] = get_backend()
         return backend_cache["b"]
 
-    targets = find_targets(registry, backend_factory, run_ids)
+    foreign: list[str] = []
+    targets = find_targets(registry, backend_factory, run_ids, foreign)
+    for note in foreign:
+        click.echo(printable(mask(f"  {note}")))
     # Runs recorded as active whose resources are already gone: learn how they ended (their exit
     # record, SkyPilot's last word), then record the end of whatever is still unaccounted for.
     # Only a look (budget=False): the budget guard would write a stop flag into the bucket, which
@@ -160,7 +171,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         return
     click.echo("sftlaunch would tear down:" if dry_run else "sftlaunch will tear down:")
     for t in targets:
-        click.echo(mask(f"  {t.describe()}"))
+        click.echo(printable(mask(f"  {t.describe()}")))
     total = sum(t.record.cost_usd for t in targets if t.record)
     click.echo(f"total so far: ${total:.2f}")
     if dry_run:

@@ -31,7 +31,7 @@ import click
 from click.core import ParameterSource
 
 from launcher.contract import Env
-from launcher.errors import JobFailed, UserError
+from launcher.errors import JobFailed, UserError, signals_as_interrupts
 from launcher.options import (
     cloud_option,
     dry_run_option,
@@ -52,6 +52,10 @@ class Interrupted(JobFailed):
     exit_code = 130
 
     def __init__(self, message: str = "interrupted; the run keeps going"):
+        cause = sys.exc_info()[1]  # SIGTERM / SIGHUP (launcher.errors.Terminated): exit 143 / 129
+        if getattr(cause, "signum", None):
+            self.exit_code = cause.exit_code
+            message = f"{cause.name} received; the run keeps going"
         super().__init__(message)
 
 
@@ -72,8 +76,11 @@ def confirm(yes: bool, question: str) -> None:
         raise click.Abort()
 
 
-def reattach_hints(run_id: str) -> None:
+def reattach_hints(run_id: str, doing: str = "following the logs of") -> None:
     echo("", err=True)
+    cause = sys.exc_info()[1]
+    if getattr(cause, "signum", None):  # say what stopped us, and what we were doing
+        echo(f"sftlaunch up got {cause.name} while {doing} {run_id}; it stops, the run does not.", err=True)
     echo(f"Detached from the logs; the run {run_id} keeps going.", err=True)
     echo(f"  reattach:  sftlaunch logs {run_id} --follow", err=True)
     echo(f"  status:    sftlaunch status {run_id}", err=True)
@@ -146,6 +153,12 @@ class Streamer:
 def up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
        bucket: str | None, fallbacks: int | None) -> None:
     """Launch RECIPE: print the plan, confirm, launch, print the run id."""
+    with signals_as_interrupts():  # SIGTERM / SIGHUP: like Ctrl-C, said in words, exit 143 / 129
+        _up(recipe, local, dry_run, detach, yes, cloud, gpu, bucket, fallbacks)
+
+
+def _up(recipe: str, local: bool, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
+        bucket: str | None, fallbacks: int | None) -> None:
     from_cli = click.get_current_context().get_parameter_source("bucket") == ParameterSource.COMMANDLINE
     r = _load(recipe, local, bucket, from_cli)
     is_local = local or r.resources.clouds == ["local"]

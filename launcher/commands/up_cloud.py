@@ -278,7 +278,7 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
         job_id = runner.start(record, Launch(task=task, secrets=present, on_line=streamer,
                                              idle_minutes=r.resources.autostop_minutes))["job_id"]
     except KeyboardInterrupt:
-        reattach_hints(run_id)
+        reattach_hints(run_id, doing="launching")
         raise Interrupted() from None
     except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
         detail = one_line(exc)

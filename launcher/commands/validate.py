@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import RecipeError
+from launcher.errors import RecipeError, printable
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -26,7 +26,7 @@ def validate(recipes: tuple[str, ...], quiet: bool) -> None:
             problems.extend(exc.problems)
             continue
         if not quiet:
-            click.echo(f"{path}: ok ({recipe.name}: {recipe.method} {recipe.model.id})")
+            click.echo(printable(f"{path}: ok ({recipe.name}: {recipe.method} {recipe.model.id})"))
     if problems:
         raise RecipeError(problems)
 

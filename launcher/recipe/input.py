@@ -124,6 +124,35 @@ def control_characters(text: str, source: str, limit: int = 5) -> list[str]:
     return problems
 
 
+def unsafe_text(value) -> str | None:
+    """Why a string value (or key) cannot stay in a recipe, or None. YAML's double-quoted escapes
+    ("\\e]0;...", "\\u202e") make control and bidi characters the file itself never shows; echoed,
+    they retitle or recolour the terminal or reorder the text. Tabs and newlines are fine."""
+    if not isinstance(value, str):
+        return None
+    from launcher.errors import UNSAFE_CHARS
+
+    m = next((m for m in UNSAFE_CHARS.finditer(value) if m.group() not in "\t\n"), None)
+    if m is None:
+        return None
+    code = ord(m.group())
+    name = _CONTROL_NAMES.get(code, "bidi control" if code > 0x9F else "control character")
+    return (f"{name} U+{code:04X} (from a YAML escape) is not allowed in a recipe; delete the escape "
+            f"(at character {m.start() + 1})")
+
+
+# YAML 1.1 reads these unquoted words as booleans; YAML 1.2 readers and people read them as text.
+_YAML11_BOOLS = {"yes", "no", "on", "off"}  # what PyYAML resolves as bool besides true/false
+
+
+def yaml11_bool(node: yaml.ScalarNode, value) -> str | None:
+    """`packing: yes` / `on` / `off`: PyYAML reads a boolean silently; a recipe wants true or false."""
+    if not isinstance(value, bool) or node.style not in (None, "") or node.value.lower() not in _YAML11_BOOLS:
+        return None
+    return (f"{node.value!r} is {str(value).lower()} to YAML 1.1 readers but text to YAML 1.2 ones; "
+            f"write true or false (or quote it if you mean the text)")
+
+
 MAX_DIGITS = 100  # no recipe setting needs more; Python refuses to read ints past 4,300 digits anyway
 _DECIMAL_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")
 
@@ -237,6 +266,61 @@ def _data_file_problem(f: Path, st: os.stat_result) -> str | None:
 
 
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # kernel views, not files: walking them gives a different answer each time
+
+
+def _system_path(path: Path) -> str | None:
+    """The real path when `path` lies in /proc, /sys or /dev, else None."""
+    real = os.path.realpath(path)
+    return real if any(real == root or real.startswith(root + "/") for root in PSEUDO_FS) else None
+
+
+def local_bucket_problem(lp: Path) -> str | None:
+    """Why local output.bucket `lp` cannot hold checkpoints and results, or None: it must be a
+    writable directory, or one that can be made under a writable directory. `/dev/null` or
+    `/etc/passwd` were accepted and the job failed hours later (or wrote into nothing)."""
+    real = _system_path(lp)
+    if real:
+        return f"{lp} is a system path ({real}), not a directory for checkpoints; use a bucket URI or a directory of yours"
+    probe = lp
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        st = os.stat(probe)
+    except OSError as exc:
+        return f"cannot look at {probe} ({exc.strerror or type(exc).__name__}); fix the path or its permissions"
+    if not stat.S_ISDIR(st.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(st.st_mode)), "file")
+        return (f"{probe} is a {kind}, not a directory: checkpoints and results need a directory; "
+                "use a bucket URI (gs://, s3://) or a directory path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by you; use a bucket URI or a directory you can write"
+    return None
+
+
+def tasks_dir_problem(lp: Path) -> str | None:
+    """Why eval.tasks_dir `lp` is not a directory of lm-eval task YAMLs, or None (bounded scan,
+    never /proc, /sys or /dev, which lm-eval would walk for ever or crash on)."""
+    real = _system_path(lp)
+    if real:
+        return f"{lp} is a system directory ({real}), not lm-eval task YAMLs; point at your tasks directory"
+    if not os.path.isdir(lp):  # False, not a crash, on EACCES
+        return f"directory not found: {lp}; fix the path (relative to the recipe)"
+    seen, pending = 0, [lp]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            return f"cannot list {lp} ({exc.strerror or type(exc).__name__}); fix its permissions"
+        seen += len(listed)
+        if seen > DATA_SCAN_LIMIT:
+            return f"{lp} holds more than {DATA_SCAN_LIMIT:,} entries; point at the directory of your task YAMLs"
+        for entry in listed:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.name.endswith((".yaml", ".yml")):
+                return None
+    return f"{lp} holds no task .yaml files; point eval.tasks_dir at the directory of your lm-eval task YAMLs"
 
 
 def _data_dir_problem(directory: Path, kinds: str) -> str | None:

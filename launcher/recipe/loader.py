@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import RecipeError
+from launcher.errors import RecipeError, printable
 from launcher.recipe.compose import _STD, MAX_ALIAS_VALUES, _compose, _RecipeLoader
-from launcher.recipe.input import number_problem, read_recipe_bytes
+from launcher.recipe.input import number_problem, read_recipe_bytes, unsafe_text, yaml11_bool
 from launcher.recipe.input import short as _short
 from launcher.recipe.messages import _capped, _fmt, _fmt_path, _schema_problems
 from launcher.recipe.rules import _cross_field_problems, _get, _resolve_paths
@@ -93,12 +93,18 @@ def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = 
         return _REJECTED
     try:
         # PyYAML's safe constructor resolves the allowed scalar types (int, float, bool, null, ...).
-        return _SCALAR_LOADER.construct_object(node, deep=True)
+        value = _SCALAR_LOADER.construct_object(node, deep=True)
     except Exception:  # e.g. `!!int lots`: the constructor's own ValueError/KeyError
         loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read {_short(repr(node.value))}; remove the tag or fix the value",
                              node.start_mark.line + 1))
         loc.rejected.append(path)
         return _REJECTED
+    problem = unsafe_text(value) or yaml11_bool(node, value)
+    if problem:
+        loc.problems.append((path, problem, node.start_mark.line + 1))
+        loc.rejected.append(path)
+        return _REJECTED
+    return value
 
 
 def _construct_mapping(node: yaml.MappingNode, path: tuple, loc: _Located, active: frozenset) -> dict:
@@ -140,10 +146,15 @@ def _construct_key(node: yaml.Node, path: tuple, loc: _Located) -> Any:
         loc.problems.append((path, f"key {surprise}", line))
         return _REJECTED
     try:
-        return _SCALAR_LOADER.construct_object(node, deep=True)
+        key = _SCALAR_LOADER.construct_object(node, deep=True)
     except Exception:
         loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} cannot read the key {_short(repr(node.value))}; remove the tag", line))
         return _REJECTED
+    problem = unsafe_text(key)
+    if problem:
+        loc.problems.append((path, f"key {printable(repr(key))}: {problem}", line))
+        return _REJECTED
+    return key
 
 
 class _ScalarLoader(_RecipeLoader):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from launcher.errors import printable
 from launcher.recipe.input import short as _short
 from launcher.recipe.schema import Recipe
 
@@ -30,7 +31,8 @@ MAX_PROBLEMS = 50  # a recipe with more is not a recipe (a pasted data file): th
 
 
 def _fmt(source: str, line: int | None, path: tuple, message: str) -> str:
-    return f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {_short(message, MAX_MESSAGE)}"
+    """One problem line; what the user wrote (a key, a value, the file name) printed escaped."""
+    return printable(f"{source}:{line or 1}: {_fmt_path(path) or '(recipe)'}: {_short(message, MAX_MESSAGE)}")
 
 
 def _known_fields(model: type[BaseModel]) -> list[str]:

@@ -13,7 +13,12 @@ from typing import Any
 
 from launcher.clouds import CLOUDS, able_clouds, check_features, min_name_limit
 from launcher.eval_backend import BackendError, choose
-from launcher.recipe.input import LOCAL_DATA_SUFFIXES, data_path_problem
+from launcher.recipe.input import (
+    LOCAL_DATA_SUFFIXES,
+    data_path_problem,
+    local_bucket_problem,
+    tasks_dir_problem,
+)
 from launcher.recipe.schema import NAME_MAX, NAME_RE, RUN_ID_PREFIX, RUN_ID_SUFFIX_LEN, Recipe, _has_scheme
 
 # --------------------------------------------------------------------------------------------
@@ -165,8 +170,13 @@ def _path_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]:
                 if problem:
                     out.append((("data", "sources", i, "path"), problem))
     tasks_dir = _get(data, "eval", "tasks_dir")
-    if isinstance(tasks_dir, str) and not os.path.isdir(_local_path(tasks_dir, base_dir)):  # False, not a crash, on EACCES
-        out.append((("eval", "tasks_dir"), f"directory not found: {_local_path(tasks_dir, base_dir)}; fix the path (relative to the recipe)"))
+    problem = tasks_dir_problem(_local_path(tasks_dir, base_dir)) if isinstance(tasks_dir, str) else None
+    if problem:
+        out.append((("eval", "tasks_dir"), problem))
+    bucket = _get(data, "output", "bucket")
+    problem = local_bucket_problem(_local_path(bucket, base_dir)) if _local_bucket(bucket) else None
+    if problem:
+        out.append((("output", "bucket"), problem))
     ev = _get(data, "eval")
     if isinstance(ev, dict) and ev.get("preset", "leaderboard-v1") is None and not ev.get("tasks"):
         out.append((("eval",), "names no preset and no tasks; set preset: leaderboard-v1, list tasks, or use `eval: null` to skip"))

@@ -39,3 +39,34 @@ def test_python_m_jobs_uses_the_mapping(monkeypatch, capsys):
     assert jobs_main.main(["sync"]) == 1
     assert capsys.readouterr().err == "failed: no dataset\n"
     assert jobs_main.main(["nope"]) == 2
+
+
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_a_full_disk_in_a_job_is_one_line_not_a_traceback(error, monkeypatch, capsys, tmp_path):
+    """Issue 21: a job that filled the disk printed a raw traceback (safetensors' own error type
+    carries the OS message; its text below is what it printed on a full 2 MiB tmpfs)."""
+    import errno
+    import os
+
+    import jobs.sync
+
+    def full(_argv):
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.bin"))
+        from safetensors import SafetensorError
+
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(jobs.sync, "main", full)
+    monkeypatch.setenv("SFTLAUNCH_OUT", str(tmp_path))
+    assert jobs_main.main(["sync"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("failed: sync: the disk is full writing under") and err.count("\n") == 1, err
+    assert "df -h" in err and "resumes" in err
+
+    def bug(_argv):
+        raise ValueError("a bug keeps its traceback")
+
+    monkeypatch.setattr(jobs.sync, "main", bug)
+    with pytest.raises(ValueError):
+        jobs_main.main(["sync"])

@@ -371,3 +371,46 @@ def test_full_zero3_builds_the_model_under_deepspeed_zero_init(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="stop here"):
         jt.train(recipe, tmp_path / "out", max_steps=1)
     assert seen == {"zero3": True}
+
+
+@pytest.mark.slow
+def test_a_finished_run_run_again_neither_trains_past_max_steps_nor_overwrites_final(tiny, tmp_path, capsys):
+    """Issue 21: a rerun resumed from the checkpoint at max_steps, trained step 5/4 (the Trainer
+    checks the limit only after a step) and overwrote final/. Now a finished run is left as it is,
+    and a checkpoint at max_steps without final/ (killed in between) becomes final/ untrained."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "again"
+    settings = {"max_steps": 4, "micro_batch_size": 2, "grad_accum": 1}  # 8 steps/epoch: max_steps mid-epoch
+    assert _run(tiny, out, **settings)[0] == 0
+    meta = out / "final" / "sftlaunch.json"
+    first, mtime = json.loads(meta.read_text()), meta.stat().st_mtime_ns
+    capsys.readouterr()
+    assert _run(tiny, out, **settings)[0] == 0
+    log = capsys.readouterr().out
+    assert "training already finished" in log and "step 5/4" not in log, log
+    assert meta.stat().st_mtime_ns == mtime and json.loads(meta.read_text()) == first
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4"]
+    import shutil
+
+    shutil.rmtree(out / "final")
+    assert _run(tiny, out, **settings)[0] == 0
+    log = capsys.readouterr().out
+    assert "nothing left to train" in log and "step 5/4" not in log, log
+    assert json.loads(meta.read_text())["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4"]
+    saved, final = load_file(out / "checkpoints" / "step-4" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert saved.keys() == final.keys() and all(saved[k].equal(final[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_another_runs_final_model_is_never_overwritten(tiny, tmp_path):
+    from jobs import train as jt
+    from launcher.errors import UserError
+
+    out = tmp_path / "theirs"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-other-0001", "steps": 9}))
+    with pytest.raises(UserError, match="sftl-other-0001.*own --out"):
+        _run(tiny, out)
+    assert jt.finished_steps(out, "sftl-other-0001") == 9 and jt.finished_steps(tmp_path / "none", None) is None

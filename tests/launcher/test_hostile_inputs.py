@@ -496,3 +496,83 @@ def test_libyaml_and_pure_pyyaml_give_the_same_verdicts(tmp_path, monkeypatch):
         assert verdicts[0] == verdicts[1], name
         compared += 1
     assert compared > 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 21: what YAML escapes smuggle in, YAML 1.1 booleans, places that are not places
+
+_RAW = ("\x1b", "\x07", "\u202e", "\x9b")
+
+
+@pytest.mark.parametrize("old,new,field,shown", [
+    ("  id: sftlaunch/tiny-llama", '  id: "\\e]0;pwned\\a\\e[31mred"', "model.id", "ESC U+001B"),
+    ("  id: sftlaunch/tiny-llama", '  id: "sftlaunch/tiny\\u202e-llama"', "model.id", "bidi control U+202E"),
+    ("  id: sftlaunch/tiny-llama", '  id: "a\\x9bb"', "model.id", "control character U+009B"),
+    ("  seq_len: 256", '  "seq\\u202e_len": 256', "data", "key 'seq\\u202e_len': bidi control U+202E"),
+])
+def test_escaped_control_and_bidi_characters_are_located_errors_never_echoed_raw(tmp_path, old, new, field, shown):
+    p = _tiny(tmp_path, old, new)
+    res = _cli("validate", p)
+    _clean_exit_2(res)
+    line = _line_of(p, new.strip()[:6])
+    assert f"{p}:{line}: {field}: {shown}" in res.output, res.output
+    assert not any(ch in res.output for ch in _RAW), repr(res.output)
+
+
+def test_every_error_line_escapes_what_the_user_typed(tmp_path):
+    ref = "sftl-\x1b]0;pwned\x07\u202e"
+    res = _cli("logs", ref)
+    assert res.exit_code == 2 and "sftl-\\x1b]0;pwned\\x07\\u202e" in res.output, repr(res.output)
+    assert not any(ch in res.output for ch in _RAW)
+    p = _tiny(tmp_path)
+    odd = tmp_path / "r\x1b[31m.yaml"
+    odd.write_text(p.read_text().replace("  id: sftlaunch/tiny-llama", '  id: "\\e"'))
+    res = _cli("validate", odd)
+    assert res.exit_code == 2 and "r\\x1b[31m.yaml:" in res.output and "\x1b" not in res.output, repr(res.output)
+
+
+@pytest.mark.parametrize("word", ["yes", "on", "no", "off", "Yes", "ON"])
+def test_yaml11_booleans_are_an_error_naming_the_field_and_line(tmp_path, word):
+    p = _tiny(tmp_path, "  packing: true", f"  packing: {word}")
+    res = _cli("validate", p)
+    _clean_exit_2(res)
+    line = _line_of(p, f"packing: {word}")
+    assert f"{p}:{line}: data.packing: '{word}' is" in res.output and "write true or false" in res.output, res.output
+
+
+def test_true_false_and_quoted_words_are_untouched(tmp_path):
+    p = _tiny(tmp_path, "  packing: true", "  packing: false")
+    assert load_recipe(p).data.packing is False
+    p = _tiny(tmp_path, "    - {path: data/tiny-task/train.jsonl, split: train", '    - {path: data/tiny-task/train.jsonl, split: "yes"')
+    assert load_recipe(p).data.sources[0].split == "yes"
+
+
+def _preflight(p: Path):
+    return _cli("preflight", p)
+
+
+@pytest.mark.parametrize("bucket,words", [("/dev/null", "is a system path"), ("/etc/passwd", "is a file, not a directory"),
+                                          ("/etc/passwd/sub", "is a file, not a directory"),
+                                          ("/proc/self", "is a system path")])
+def test_a_local_bucket_must_be_a_directory_not_a_device_or_a_file(tmp_path, bucket, words):
+    p = _tiny(tmp_path, "  bucket: null", f"  bucket: {bucket}")
+    for res in (_cli("validate", p), _preflight(p)):
+        _clean_exit_2(res)
+        assert f"{p}:{_line_of(p, 'bucket:')}: output.bucket: " in res.output and words in res.output, res.output
+    ok = _tiny(tmp_path, "  bucket: null", f"  bucket: {tmp_path / 'new' / 'dir'}")  # made when the run starts
+    assert load_recipe(ok).output.bucket == str(tmp_path / "new" / "dir")
+
+
+@pytest.mark.parametrize("tasks_dir,words", [("/proc", "is a system directory"), ("/sys/kernel", "is a system directory"),
+                                             ("/dev", "is a system directory"), ("EMPTY", "holds no task .yaml files")])
+def test_eval_tasks_dir_must_be_a_directory_of_task_yamls(tmp_path, tasks_dir, words):
+    if tasks_dir == "EMPTY":
+        tasks_dir = str(tmp_path / "empty")
+        (tmp_path / "empty" / "sub").mkdir(parents=True)
+        (tmp_path / "empty" / "sub" / "notes.txt").write_text("no tasks here")
+    p = _tiny(tmp_path, "tasks_dir: ../jobs/tasks", f"tasks_dir: {tasks_dir}")
+    with deadline(30):
+        results = (_cli("validate", p), _preflight(p))
+    for res in results:
+        _clean_exit_2(res)
+        assert f"{p}:{_line_of(p, 'tasks_dir:')}: eval.tasks_dir: " in res.output and words in res.output, res.output

@@ -115,3 +115,53 @@ def test_finished_run_without_bucket_says_why(fake):
     res = logs("sftl-demo-gggg")
     assert res.exit_code == 2 and "no output.bucket" in res.output
     assert logs("sftl-nope").exit_code == 2
+
+
+def _read_only(monkeypatch, *paths):
+    """What a user on a read-only home sees: nothing under `paths` can be written (os.access and
+    writes; root would write through permissions, so both are made to say no)."""
+    import builtins
+    import os
+
+    real_access, real_open = os.access, builtins.open
+    roots = tuple(str(p) for p in paths)
+
+    def access(p, mode, *a, **k):
+        return False if mode & os.W_OK and str(p).startswith(roots) else real_access(p, mode, *a, **k)
+
+    def guarded_open(file, mode="r", *a, **k):
+        if any(m in mode for m in "wax+") and str(file).startswith(roots):
+            raise OSError(30, "Read-only file system", str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+
+
+def test_logs_on_a_read_only_home_reads_without_writing(fake, tmp_path, monkeypatch):
+    """Issue 21: `logs` on a read-only HOME. A local run's log is read without a write; a
+    cluster's, where SkyPilot's client cannot write ~/.sky, is one line saying why."""
+    import errno
+
+    from launcher.runs import Registry, sftlaunch_home
+
+    reg = Registry()
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "run.log").write_text("local line\n")
+    (d / "exit_code").write_text("0\n")
+    reg.create("sftl-ro-0a0a", {"name": "ro"}, state="running", backend="local", local_dir=str(d), cloud="local",
+               usd_per_hour=0.0, pid=None)
+    launched(fake, reg, "sftl-demo-0ddd")
+    reg.close()
+    _read_only(monkeypatch, sftlaunch_home(), tmp_path)
+    res = logs("sftl-ro-0a0a", "--follow")
+    assert res.exit_code == 0 and "local line" in res.output, res.output
+
+    def no_sky_home(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".sky"))
+
+    monkeypatch.setattr(fake, "tail_logs", no_sky_home)
+    res = logs("sftl-demo-0ddd")
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "a read-only home" in res.output and "Traceback" not in res.output, res.output

@@ -335,3 +335,34 @@ def test_upgrades_a_v3_database_with_empty_calibration_columns(tmp_path):
     assert reg.schema_version() == 4 and rec.measured_tokens_per_s is None and rec.job_seconds is None
     reg.update("sftl-old-0003", measured_tokens_per_s=812.5, measured_mfu=0.31, params_b=6.7)
     assert reg.get("sftl-old-0003").measured_mfu == 0.31
+
+
+def test_a_full_disk_is_not_a_broken_registry(tmp_path, monkeypatch):
+    """Issue 21: sqlite's real SQLITE_FULL (a page limit stands in for the disk) was reported as
+    a broken registry with advice to move it aside, which loses the tracking of every run."""
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+    from launcher.runs import RegistryError
+
+    home = tmp_path / "full"
+    monkeypatch.setenv("SFTLAUNCH_HOME", str(home))
+    reg = Registry(home)
+    reg.create("sftl-full-0001", RECIPE, state="running")
+    pages = reg._conn.execute("PRAGMA page_count").fetchone()[0]
+    reg._conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(RegistryError) as err:
+        for i in range(2, 200):
+            reg.create(f"sftl-full-{i:04d}", {**RECIPE, "pad": "x" * 4000}, state="running")
+    text = str(err.value)
+    assert "disk is full" in text and "df -h" in text and "move it aside" not in text, text
+    reg.close()
+    assert Registry(home).get("sftl-full-0001").state == "running"  # intact, tracking kept
+    # The I/O error sqlite gives for a full disk under WAL: the same advice when space is short.
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    text = str(Registry(home)._sqlite_error(sqlite3.OperationalError("disk I/O error")))
+    assert "disk is full" in text and "move it aside" not in text, text
+    res = CliRunner().invoke(cli, ["status", "--no-refresh"])
+    assert res.exit_code == 0 and "sftl-full-0001" in res.output, res.output

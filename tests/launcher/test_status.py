@@ -97,23 +97,23 @@ def test_budget_guard_asks_the_job_to_checkpoint_then_records_the_stop(fake, tmp
 
 def test_budget_guard_hard_stops_after_the_grace_period_or_without_a_bucket(fake, tmp_path):
     reg = Registry()
-    launched(fake, reg, "sftl-demo-gggg", usd=10.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-9a01", usd=10.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=2.0)
     run("status")
-    rec = reg.get("sftl-demo-gggg")
+    rec = reg.get("sftl-demo-9a01")
     lifecycle.guard_budget(reg, fake, rec, now=rec.stop_requested_at + lifecycle.STOP_GRACE_S + 1)
-    assert reg.get("sftl-demo-gggg")["state"] == "stopped" and ("down", "sftl-demo-gggg") in fake.calls
-    launched(fake, reg, "sftl-demo-hhhh", kind="managed", usd=10.0, max_usd=15.0, hours_ago=2.0)
+    assert reg.get("sftl-demo-9a01")["state"] == "stopped" and ("down", "sftl-demo-9a01") in fake.calls
+    launched(fake, reg, "sftl-demo-9a02", kind="managed", usd=10.0, max_usd=15.0, hours_ago=2.0)
     run("status")
-    rec = reg.get("sftl-demo-hhhh")
+    rec = reg.get("sftl-demo-9a02")
     assert rec["state"] == "stopped" and "no bucket" in rec["history"][-1]["detail"]
     assert ("jobs_cancel", int(rec["job_id"])) in fake.calls
 
 
 def test_under_budget_nothing_happens(fake, tmp_path):
     reg = Registry()
-    launched(fake, reg, "sftl-demo-iiii", usd=1.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=1.0)
+    launched(fake, reg, "sftl-demo-9a03", usd=1.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=1.0)
     run("status")
-    assert reg.get("sftl-demo-iiii")["state"] == "running"
+    assert reg.get("sftl-demo-9a03")["state"] == "running"
     assert not Path(tmp_path / "b").exists()
 
 
@@ -128,37 +128,37 @@ def test_status_without_a_jobs_controller(fake, tmp_path):
     controller is up: status still works, and managed runs are settled from their exit record."""
     reg = Registry()
     bucket = tmp_path / "bucket"
-    launched(fake, reg, "sftl-demo-jjjj", kind="managed", bucket=str(bucket), hours_ago=2.0)
-    launched(fake, reg, "sftl-demo-kkkk", kind="managed", bucket=str(bucket), hours_ago=2.0)
-    launched(fake, reg, "sftl-demo-llll", kind="managed", bucket=str(bucket), hours_ago=2.0)
-    launched(fake, reg, "sftl-demo-mmmm")  # an on-demand run alongside
+    launched(fake, reg, "sftl-demo-9a04", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-9a05", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-9a06", kind="managed", bucket=str(bucket), hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-9a07")  # an on-demand run alongside
     fake.controller_up = False  # the controller autostopped after the jobs ended
-    _end_record(bucket, "sftl-demo-jjjj")
-    _end_record(bucket, "sftl-demo-kkkk", stopped={"reason": "budget", "step": 7})
+    _end_record(bucket, "sftl-demo-9a04")
+    _end_record(bucket, "sftl-demo-9a05", stopped={"reason": "budget", "step": 7})
     res = run("status")
     assert res.exit_code == 0, res.output
     assert "could not refresh" not in res.output and ("jobs_queue",) in fake.calls
-    assert reg.get("sftl-demo-jjjj")["state"] == "succeeded"
-    stopped = reg.get("sftl-demo-kkkk")
+    assert reg.get("sftl-demo-9a04")["state"] == "succeeded"
+    stopped = reg.get("sftl-demo-9a05")
     assert stopped["state"] == "stopped" and "budget" in stopped["history"][-1]["detail"]
-    lost = reg.get("sftl-demo-llll")
+    lost = reg.get("sftl-demo-9a06")
     assert lost["state"] == "failed" and "left no exit record" in lost["history"][-1]["detail"]
-    assert reg.get("sftl-demo-mmmm")["state"] == "running"
+    assert reg.get("sftl-demo-9a07")["state"] == "running"
     # Cost ends when the job did (its exit record), not when status happened to look.
-    assert reg.get("sftl-demo-jjjj")["cost_usd"] < reg.get("sftl-demo-llll")["cost_usd"]
-    assert json.loads(run("status", "--json", "sftl-demo-jjjj").output)["state"] == "succeeded"
+    assert reg.get("sftl-demo-9a04")["cost_usd"] < reg.get("sftl-demo-9a06")["cost_usd"]
+    assert json.loads(run("status", "--json", "sftl-demo-9a04").output)["state"] == "succeeded"
 
 
 def test_status_records_a_job_side_budget_stop_of_a_detached_cluster_run(fake, tmp_path):
     reg = Registry()
     bucket = tmp_path / "bucket"
-    launched(fake, reg, "sftl-demo-nnnn", bucket=str(bucket))
-    _end_record(bucket, "sftl-demo-nnnn", stopped={"reason": "budget"})
-    fake.cluster_jobs["sftl-demo-nnnn"] = "SUCCEEDED"  # the entrypoint ends a stop with exit 0
+    launched(fake, reg, "sftl-demo-9a08", bucket=str(bucket))
+    _end_record(bucket, "sftl-demo-9a08", stopped={"reason": "budget"})
+    fake.cluster_jobs["sftl-demo-9a08"] = "SUCCEEDED"  # the entrypoint ends a stop with exit 0
     run("status")
-    rec = reg.get("sftl-demo-nnnn")
+    rec = reg.get("sftl-demo-9a08")
     assert rec["state"] == "stopped" and "eval and publish skipped" in rec["history"][-1]["detail"]
-    assert ("down", "sftl-demo-nnnn") in fake.calls
+    assert ("down", "sftl-demo-9a08") in fake.calls
 
 
 @pytest.fixture
@@ -184,11 +184,11 @@ def hanging_s3(monkeypatch):
 
 def test_a_hanging_bucket_is_unknown_to_status_not_a_hang_or_a_traceback(fake, hanging_s3, capfd):
     reg = Registry()
-    launched(fake, reg, "sftl-demo-hhhh", kind="managed", bucket=hanging_s3, hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-9a02", kind="managed", bucket=hanging_s3, hours_ago=2.0)
     fake.controller_up = False  # status must read the run's exit record from the bucket
     res = run("status")
     assert res.exit_code == 0, res.output
-    rec = reg.get("sftl-demo-hhhh")
+    rec = reg.get("sftl-demo-9a02")
     assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
     captured = capfd.readouterr()
     assert "Traceback" not in res.output + captured.out + captured.err
@@ -234,31 +234,31 @@ def test_a_stale_job_id_now_someone_elses_is_never_cancelled(fake, tmp_path):
     """Issue 14: a stale record whose managed-job id now belongs to someone else's unlabelled job
     got `jobs_cancel` from a plain `sftlaunch status` (budget guard past its grace / no bucket)."""
     reg = Registry()
-    launched(fake, reg, "sftl-demo-st01", kind="managed", usd=10.0, max_usd=1.0, hours_ago=2.0)
-    job_id = int(reg.get("sftl-demo-st01").job_id)
+    launched(fake, reg, "sftl-demo-5701", kind="managed", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    job_id = int(reg.get("sftl-demo-5701").job_id)
     # Our job is long gone; SkyPilot reused its id for a colleague's job (another user, no label).
     fake.jobs[job_id] = ManagedJob(job_id, "their-finetune", "RUNNING", {}, user_hash="u-colleague")
     res = run("status")
     assert res.exit_code == 0, res.output
     assert fake.jobs[job_id].status == "RUNNING" and ("jobs_cancel", job_id) not in fake.calls
     assert fake.foreign_actions == []
-    rec = reg.get("sftl-demo-st01")
+    rec = reg.get("sftl-demo-5701")
     assert rec.state in ("stopped", "failed") and rec.state != "running"
 
 
 def test_a_stale_cluster_name_now_someone_elses_is_never_downed(fake, tmp_path):
     reg = Registry()
-    launched(fake, reg, "sftl-demo-st02", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    launched(fake, reg, "sftl-demo-5702", usd=10.0, max_usd=1.0, hours_ago=2.0)
     # Our cluster went; a same-named cluster appeared with no label (or labelled by another user).
-    fake.clusters["sftl-demo-st02"] = Cluster("sftl-demo-st02", "UP", {}, user_hash=fake.user)
-    launched(fake, reg, "sftl-demo-st03", usd=10.0, max_usd=1.0, hours_ago=2.0)
-    fake.clusters["sftl-demo-st03"] = Cluster("sftl-demo-st03", "UP", {"sftlaunch-run": "sftl-demo-st03"},
+    fake.clusters["sftl-demo-5702"] = Cluster("sftl-demo-5702", "UP", {}, user_hash=fake.user)
+    launched(fake, reg, "sftl-demo-5703", usd=10.0, max_usd=1.0, hours_ago=2.0)
+    fake.clusters["sftl-demo-5703"] = Cluster("sftl-demo-5703", "UP", {"sftlaunch-run": "sftl-demo-5703"},
                                               user_hash="u-colleague")
     res = run("status")
     assert res.exit_code == 0, res.output
     assert not [c for c in fake.calls if c[0] == "down"] and fake.foreign_actions == []
-    assert {"sftl-demo-st02", "sftl-demo-st03"} <= set(fake.clusters)
-    for rid in ("sftl-demo-st02", "sftl-demo-st03"):
+    assert {"sftl-demo-5702", "sftl-demo-5703"} <= set(fake.clusters)
+    for rid in ("sftl-demo-5702", "sftl-demo-5703"):
         assert reg.get(rid).state == "stopped"
 
 
@@ -277,8 +277,8 @@ def test_the_budget_guard_never_cancels_a_job_it_cannot_prove_ours(fake):
     """The guard's hard stop after its grace period, on a record whose job id SkyPilot has since
     given to a teammate's labelled job: the stop is recorded, the stranger's job is untouched."""
     reg = Registry()
-    launched(fake, reg, "sftl-demo-bg01", kind="managed", usd=10.0, max_usd=1.0, bucket="/nonexistent/b", hours_ago=2.0)
-    rid = "sftl-demo-bg01"
+    launched(fake, reg, "sftl-demo-b601", kind="managed", usd=10.0, max_usd=1.0, bucket="/nonexistent/b", hours_ago=2.0)
+    rid = "sftl-demo-b601"
     job_id = int(reg.get(rid).job_id)
     reg.update(rid, stop_requested_at=time.time() - lifecycle.STOP_GRACE_S - 60)
     fake.jobs[job_id] = ManagedJob(job_id, "sftl-team-ffff", "RUNNING", {"sftlaunch-run": "sftl-team-ffff"},

@@ -100,29 +100,29 @@ def test_without_a_jobs_controller_teardown_still_works(fake):
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and ("jobs_queue",) in fake.calls
     reg = Registry()
-    launched(fake, reg, "sftl-demo-pppp", usd=2.0, hours_ago=1.0)
+    launched(fake, reg, "sftl-demo-9a09", usd=2.0, hours_ago=1.0)
     res = run("--all", "--dry-run")
-    assert res.exit_code == 0 and "sftl-demo-pppp: cluster sftl-demo-pppp" in res.output and touched(fake) == []
+    assert res.exit_code == 0 and "sftl-demo-9a09: cluster sftl-demo-9a09" in res.output and touched(fake) == []
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
-    assert touched(fake) == [("down", "sftl-demo-pppp")] and reg.get("sftl-demo-pppp")["state"] == "cancelled"
-    assert run("sftl-demo-pppp", "--yes").exit_code == 0  # idempotent: already gone
+    assert touched(fake) == [("down", "sftl-demo-9a09")] and reg.get("sftl-demo-9a09")["state"] == "cancelled"
+    assert run("sftl-demo-9a09", "--yes").exit_code == 0  # idempotent: already gone
 
 
 def test_a_managed_run_whose_controller_has_gone_is_settled_not_cancelled(fake, tmp_path):
     reg = Registry()
     bucket = tmp_path / "b"
-    launched(fake, reg, "sftl-demo-qqqq", kind="managed", bucket=str(bucket), hours_ago=0.5)
-    launched(fake, reg, "sftl-demo-rrrr", kind="managed", bucket=str(bucket), hours_ago=0.5)
-    (bucket / "sftl-demo-qqqq").mkdir(parents=True)
-    (bucket / "sftl-demo-qqqq" / "exit.json").write_text('{"exit_code": 0, "stopped": null}')
+    launched(fake, reg, "sftl-demo-9a0a", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    launched(fake, reg, "sftl-demo-9a0b", kind="managed", bucket=str(bucket), hours_ago=0.5)
+    (bucket / "sftl-demo-9a0a").mkdir(parents=True)
+    (bucket / "sftl-demo-9a0a" / "exit.json").write_text('{"exit_code": 0, "stopped": null}')
     fake.controller_up = False  # both jobs ended; the controller stopped 10 idle minutes later
     assert fake.jobs_cancel(1) is None  # a cancel with no controller has nothing to do
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and touched(fake) == [("jobs_cancel", 1)]
-    assert reg.get("sftl-demo-qqqq")["state"] == "succeeded"  # from its exit record in the bucket
-    rec = reg.get("sftl-demo-rrrr")
+    assert reg.get("sftl-demo-9a0a")["state"] == "succeeded"  # from its exit record in the bucket
+    rec = reg.get("sftl-demo-9a0b")
     assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
 
 
@@ -179,12 +179,12 @@ def test_teardown_only_looks_at_a_stale_run_it_never_asks_the_job_to_stop(fake, 
     relaunch of the same run id would obey at once."""
     reg = Registry()
     bucket = tmp_path / "b"
-    launched(fake, reg, "sftl-demo-ssss", kind="managed", bucket=str(bucket), usd=3.0, max_usd=0.01, hours_ago=0.01)
+    launched(fake, reg, "sftl-demo-9a0c", kind="managed", bucket=str(bucket), usd=3.0, max_usd=0.01, hours_ago=0.01)
     fake.controller_up = False
-    res = run("sftl-demo-ssss", "--yes")
+    res = run("sftl-demo-9a0c", "--yes")
     assert res.exit_code == 0, res.output
-    assert not (bucket / "sftl-demo-ssss" / "control" / "stop").exists()
-    rec = reg.get("sftl-demo-ssss")
+    assert not (bucket / "sftl-demo-9a0c" / "control" / "stop").exists()
+    rec = reg.get("sftl-demo-9a0c")
     assert rec.state == "cancelled" and rec.stop_requested_at is None
 
 
@@ -265,3 +265,78 @@ def test_a_same_named_cluster_of_a_stranger_is_not_ours(fake):
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and touched(fake) == [] and fake.foreign_actions == []
     assert reg.get("sftl-demo-ac01").state in ("stopped", "cancelled")
+
+
+def _wait_for(check, seconds=20.0):
+    deadline = time.time() + seconds
+    while not check() and time.time() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_killed_wrapper_leaves_its_group_to_teardown_not_to_status(fake, monkeypatch, tmp_path):
+    """Issue 21: kill the recorded leader pid of a detached `up --local`; status said failed,
+    teardown said nothing to tear down, and training kept running in its group."""
+    import os
+    import signal
+
+    reg = Registry()
+    rid = "sftl-local-0012"
+    pidfile = tmp_path / "worker.pid"
+    fields = _local_run(reg, rid, f"sleep 60 & echo $! > {pidfile}; wait", monkeypatch)
+    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    worker = int(pidfile.read_text())
+    os.kill(fields["pid"], signal.SIGKILL)  # the wrapper only: its group lives on
+    assert _wait_for(lambda: not local.alive(fields["pid"]))
+    try:
+        assert local.alive(worker) and os.getpgid(worker) == fields["pid"]
+        res = CliRunner().invoke(cli, ["status", rid])
+        assert res.exit_code == 0 and "running" in res.output and "failed" not in res.output, res.output
+        assert reg.get(rid).state == "running" and "still run in its group" in local.poll(reg.get(rid))[1]
+        res = run(rid, "--yes")
+        assert res.exit_code == 0, res.output
+        assert f"done: {rid}" in res.output and _wait_for(lambda: not local.alive(worker))
+        assert reg.get(rid).state == "cancelled" and local.group_members(reg.get(rid)) == []
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(fields["pid"], signal.SIGKILL)
+
+
+def test_a_group_that_is_not_the_runs_is_never_signalled(fake, monkeypatch, tmp_path):
+    """The recorded pid's number as a stranger's group (reused after ours ended), or a member
+    without the run's id in its environment, or started before the run: not ours."""
+    import subprocess
+
+    reg = Registry()
+    rid = "sftl-local-0013"
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ident = local.process_identity(stranger.pid)
+        out = run_dir(rid)
+        out.mkdir(parents=True)
+        common = {"state": "running", "cloud": "local", "usd_per_hour": 0.0, "backend": "local",
+                  "local_dir": str(out), "log_uri": str(out / "run.log")}
+        # Its own pid/start time recorded (as if it were ours) but no SFTLAUNCH_RUN_ID: only the
+        # leader proof makes it ours; pretend the leader is gone by recording a later start time.
+        later = f"linux:{int(ident[0].split(':')[1]) + 1}"
+        reg.create(rid, {"name": "local"}, pid=stranger.pid, pid_start=later, **common)
+        assert local.group_members(reg.get(rid)) == [] and not local.is_ours(reg.get(rid))
+        res = run(rid, "--yes")
+        assert res.exit_code == 0 and "nothing to tear down" in res.output and stranger.poll() is None, res.output
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@pytest.mark.parametrize("label", ["../../etc", "sftl-x-1234; rm -rf ~", "sftl-\x1b]0;owned\x07-1234",
+                                   "sftl-" + "a" * 60 + "-1234", "sftl-demo-zzzz"])
+def test_all_never_trusts_a_label_value_that_is_not_a_run_id(fake, label):
+    """Issue 21: `teardown --all` took any sftlaunch-run label value as a run of ours. Only the
+    contract's run ids (sftl-NAME-4hex, at most 35 chars) are; the rest is reported as foreign."""
+    fake.clusters["odd"] = Cluster("odd", "UP", {"sftlaunch-run": label}, user_hash=fake.user)
+    fake.jobs[30] = ManagedJob(30, "odd-job", "RUNNING", {"sftlaunch-run": label}, user_hash=fake.user)
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "odd" in fake.clusters and fake.jobs[30].status == "RUNNING" and touched(fake) == []
+    assert "cluster odd: label sftlaunch-run=" in res.output and "(foreign): not touched" in res.output
+    assert "managed job 30 (odd-job): label" in res.output and "\x1b" not in res.output and "nothing to tear down" in res.output

@@ -435,3 +435,26 @@ def test_the_record_says_which_fallback_ran_and_its_price(tmp_path, fake, plan, 
     assert "SkyPilot launched gcp H100:1 ($3.00/h" in res.output
     rec = only_record()
     assert (rec["cloud"], rec["region"], rec["usd_per_hour"]) == ("gcp", "us-central1", 3.0)
+
+
+def test_sighup_while_launching_a_cloud_run_says_what_is_left_running(tmp_path, fake, plan, monkeypatch):
+    """Issue 21: a real SIGHUP (the terminal closed) while SkyPilot provisions: up says it was
+    launching, names the run and how to check and tear it down, exit 129; nothing is downed."""
+    import os
+    import signal
+    import time
+
+    real_launch = type(fake).launch
+
+    def launch_then_hangup(self, *a, **k):
+        real_launch(self, *a, **k)
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(5)  # the handler raises here
+
+    monkeypatch.setattr(type(fake), "launch", launch_then_hangup)
+    res = up(write_recipe(tmp_path / "r"), "--yes")
+    assert res.exit_code == 129, res.output
+    rid = only_record()["run_id"]
+    assert f"got SIGHUP while launching {rid}" in res.output and f"sftlaunch teardown {rid}" in res.output
+    assert "Traceback" not in res.output and not any(c[0] in ("down", "jobs_cancel") for c in fake.calls)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,74 @@ def test_ctrl_c_at_any_step_leaves_nothing_running_or_a_recorded_run(monkeypatch
     assert outcomes["after_create"] == outcomes["start"] == outcomes["after_popen"] == outcomes["update"] == outcomes["set_running"] == "cancelled"
     assert outcomes["follow"] == "recorded, then stopped by teardown"
     assert outcomes["signal_in_start"] in ("cancelled", "recorded, then stopped by teardown")
+
+
+@pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_or_sighup_while_following_says_what_is_left_running(monkeypatch, signame, code):
+    """Issue 21: SIGTERM/SIGHUP killed `up` without a word, leaving the run going unannounced.
+    A real signal to this process while `up --local` follows the log: the run goes on, the
+    output names it and how to check and stop it, exit 128+N, no traceback."""
+    import signal
+
+    from launcher.backends import local
+    from launcher.backends import runner as runner_mod
+
+    monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 120")
+
+    def follow_then_signal(self, record, follow, on_line):
+        os.kill(os.getpid(), getattr(signal, signame))
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("the signal was not handled")
+
+    monkeypatch.setattr(runner_mod.LocalRunner, "logs", follow_then_signal)
+    res = CliRunner().invoke(cli, ["up", "--local", str(TINY), "--yes"])
+    assert res.exit_code == code, res.output
+    rec = max(Registry().list(), key=lambda r: r.created_at)
+    try:
+        assert f"got {signame} while following the logs of {rec.run_id}" in res.output
+        assert f"sftlaunch teardown {rec.run_id}" in res.output and f"sftlaunch status {rec.run_id}" in res.output
+        assert "Traceback" not in res.output and rec.state == "running" and local.is_ours(rec)
+    finally:  # (teardown never follows logs: the patched LocalRunner.logs is not in its way)
+        assert CliRunner().invoke(cli, ["teardown", rec.run_id, "--yes"]).exit_code == 0
+        local._children.pop(rec.local_dir, None)
+    assert signal.getsignal(getattr(signal, signame)) is signal.SIG_DFL  # put back as it was
+
+
+def test_sigterm_while_starting_leaves_nothing_running(monkeypatch):
+    """A SIGTERM right after the process is spawned is held until the run is recorded (as
+    SIGINT is), then handled: the run is killed and recorded cancelled, or recorded and going."""
+    import signal
+
+    from launcher.backends import local
+
+    monkeypatch.setenv("SFTLAUNCH_LOCAL_DOCKER", "0")
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "sleep 120")
+    real_start = local.start
+
+    def start_then(*a, **k):
+        fields = real_start(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return fields
+
+    monkeypatch.setattr(local, "start", start_then)
+    res = CliRunner().invoke(cli, ["up", "--local", str(TINY), "--yes"])
+    assert res.exit_code == 143 and "Terminated by SIGTERM" in res.output and "Traceback" not in res.output, res.output
+    rec = Registry().get(max(Registry().list(), key=lambda r: r.created_at).run_id)
+    assert rec.state == "cancelled" and "interrupted" in rec.history[-1]["detail"]
+    started = local._children.pop(rec.local_dir, None)
+    assert started is None or started.poll() is not None  # killed (and reaped) by up itself
+    assert _processes_of(rec.run_id) == []  # nothing of the run is left anywhere
+
+
+def _processes_of(run_id: str) -> list[int]:
+    """Live processes whose environment carries the run's id (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX" \
+                    and f"SFTLAUNCH_RUN_ID={run_id}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
