@@ -40,15 +40,17 @@ PUBLISHED = {
     "Qwen/Qwen3-30B-A3B": (30.5e9, 3.3e9),
 }
 
-# recipe -> (model, smallest and largest GPU memory the plan may pick, GPUs)
+# recipe -> (model, smallest and largest GPU memory the plan may pick, GPUs). Lambda sells B200
+# only as 2x ($10.38/h at skypilot-catalog commit 95eaf484), which beats one RunPod B200 or L40S
+# on total cost for the 24B-72B QLoRA recipes: they plan on 2×B200.
 NEW_RECIPES = {
     "llama3.1-8b-qlora": ("meta-llama/Llama-3.1-8B-Instruct", 24, 48, 1),
     "llama3.1-8b-full": ("meta-llama/Llama-3.1-8B-Instruct", 80, 80, 8),
-    "llama3.1-70b-qlora": ("meta-llama/Llama-3.1-70B-Instruct", 80, 192, 1),
+    "llama3.1-70b-qlora": ("meta-llama/Llama-3.1-70B-Instruct", 80, 192, 2),
     "qwen2.5-7b-qlora": ("Qwen/Qwen2.5-7B-Instruct", 24, 48, 1),
-    "qwen2.5-72b-qlora": ("Qwen/Qwen2.5-72B-Instruct", 80, 192, 1),
+    "qwen2.5-72b-qlora": ("Qwen/Qwen2.5-72B-Instruct", 80, 192, 2),
     "gemma2-9b-qlora": ("google/gemma-2-9b-it", 24, 48, 1),
-    "mistral-small-24b-qlora": ("mistralai/Mistral-Small-24B-Instruct-2501", 24, 48, 1),
+    "mistral-small-24b-qlora": ("mistralai/Mistral-Small-24B-Instruct-2501", 24, 192, 2),
     "qwen3-30b-a3b-qlora": ("Qwen/Qwen3-30B-A3B", 80, 192, 1),
 }
 

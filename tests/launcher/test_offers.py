@@ -186,6 +186,19 @@ def test_every_snapshot_offer_is_sold_in_the_catalog_rows_it_came_from():
     assert checked >= 150
 
 
+def test_lambda_b200_is_offered_only_as_2x_and_8x():
+    """Lambda sells B200 only as 2x and 8x (issue 20): neither the fixture excerpt (SkyPilot's
+    catalogs/v8/lambda/vms.csv at skypilot-org/skypilot-catalog commit 95eaf484) nor the packaged
+    snapshot made from it may name a B200:1, and no plan may put one in its failover order."""
+    data = json.loads(offers.SNAPSHOT.read_text())
+    counts = sorted({r["count"] for r in data["rows"]["lambda"] if r["gpu"] == "B200"})
+    assert counts == [2, 8], counts
+    assert sorted({n for g, n, _ in _csv_sold("lambda") if g == "B200"}) == [2, 8]
+    order = plan(load_recipe(REPO / "recipes/falcon-180b-qlora.yaml")).failover(3)
+    assert order and not any(c.cloud == "lambda" and c.gpu == "B200" and c.gpus_per_node == 1 for c in order)
+    assert ("lambda", "B200", 2) in {(c.cloud, c.gpu, c.gpus_per_node) for c in order}
+
+
 def test_a_plan_from_the_snapshot_says_so_and_how_to_get_the_live_catalog(tmp_path):
     """`plan` (table and --json) names the snapshot and the way to the live catalog."""
     from click.testing import CliRunner
