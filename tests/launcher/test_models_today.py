@@ -163,7 +163,7 @@ def test_explain_shows_the_logits_line_and_the_eval_term_per_preset():
     eval_line = next(line for line in out.splitlines() if line.strip().startswith("eval ") and " h" in line)
     assert "leaderboard-v2: 44.0M prefill tokens + 2.05M generated" in eval_line
     v1 = runner.invoke(cli, ["plan", str(REPO / "recipes/llama2-70b-qlora.yaml"), "--explain"]).output
-    assert "(leaderboard-v1: 97.0M prefill tokens)" in v1
+    assert "(leaderboard-v1: 97.0M prefill tokens;" in v1 and "lm-eval backend" in v1
 
 
 def test_v2_eval_time_counts_generated_tokens_at_the_decode_rate():
@@ -175,7 +175,10 @@ def test_v2_eval_time_counts_generated_tokens_at_the_decode_rate():
     assert (prefill, generated) == (w["eval_tokens"]["leaderboard-v2"]["prefill"], w["eval_tokens"]["leaderboard-v2"]["generated"])
     n = catalog.models()[r.model.id]["params_b"] * 1e9
     peak = catalog.gpu_tflops("H100-SXM", "runpod", 1) * 1e12
-    expect = (2 * n * prefill / (peak * w["mfu"]["eval"]) + 2 * n * generated / (peak * w["mfu"]["eval_decode"])) / 3600
+    from launcher.estimate.timing import eval_backend
+
+    assert eval_backend(r, "H100-SXM")[0] == "vllm"  # auto: vLLM decodes on an H100
+    expect = (2 * n * prefill / (peak * w["mfu"]["eval"]) + 2 * n * generated / (peak * w["mfu"]["eval_decode_vllm"])) / 3600
     assert eval_hours(r, "runpod", "H100-SXM", 1) == pytest.approx(expect)
     # Decoding 2M tokens costs over a quarter as much as prefilling 44M: generation is not free.
     assert 2 * n * generated / w["mfu"]["eval_decode"] > 0.25 * 2 * n * prefill / w["mfu"]["eval"]

@@ -303,15 +303,15 @@ def test_a_managed_runs_cost_sums_every_recovery_even_one_no_refresh_saw(fake, m
     running time summed over the recoveries says 3 h, and that is what the run cost."""
     clock = _Clock(monkeypatch)
     reg = Registry()
-    launched(fake, reg, "sftl-demo-rrrr", kind="managed", usd=2.0, hours_ago=1.0)
+    launched(fake, reg, "sftl-demo-a1a1", kind="managed", usd=2.0, hours_ago=1.0)
     job = fake.jobs[1]
     job.status, job.recovery_count, job.duration_s = "RECOVERING", 1, 3600.0
     run("status")
-    assert reg.get("sftl-demo-rrrr").state == "recovering"
+    assert reg.get("sftl-demo-a1a1").state == "recovering"
     clock.t += 3.5 * 3600
     job.status, job.duration_s, job.end_at = "SUCCEEDED", 3 * 3600.0, clock.t - 1800
-    res = run("status", "sftl-demo-rrrr")
-    rec = reg.get("sftl-demo-rrrr")
+    res = run("status", "sftl-demo-a1a1")
+    rec = reg.get("sftl-demo-a1a1")
     assert rec.state == "succeeded" and rec.job_seconds == 3 * 3600
     assert rec.running_hours == pytest.approx(3.0) and rec.cost_usd == pytest.approx(6.0)
     assert "cost: $6.00 so far, 3.00 h billed at $2.00/h, 1 recovery included" in res.output
@@ -320,12 +320,12 @@ def test_a_managed_runs_cost_sums_every_recovery_even_one_no_refresh_saw(fake, m
 def test_a_managed_run_stops_billing_when_it_ended_not_when_status_looked(fake, monkeypatch):
     clock = _Clock(monkeypatch)
     reg = Registry()
-    launched(fake, reg, "sftl-demo-ssss", kind="managed", usd=2.0, hours_ago=1.0)
+    launched(fake, reg, "sftl-demo-b2b2", kind="managed", usd=2.0, hours_ago=1.0)
     job = fake.jobs[1]
     job.status, job.end_at = "SUCCEEDED", clock.t  # ended now; status is run 5 h later
     clock.t += 5 * 3600
     run("status")
-    rec = reg.get("sftl-demo-ssss")
+    rec = reg.get("sftl-demo-b2b2")
     assert rec.state == "succeeded" and rec.cost_usd == pytest.approx(2.0)
     assert rec.history[-1]["at"] == pytest.approx(clock.t - 5 * 3600)
 
