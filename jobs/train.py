@@ -105,6 +105,27 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     return ckpt_root / f"step-{step}" if step is not None else None
 
 
+def _resume_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topology) -> int:
+    """grad_accum for this attempt: the recipe's, or rescaled when the checkpoint was saved on
+    another GPU count; a checkpoint this topology cannot resume is refused (jobs.checkpoint_topology),
+    every rank alike, after leaving the process group."""
+    t = recipe.train
+    if resume is None:
+        return t.grad_accum
+    from jobs import checkpoint_topology as ct
+    from launcher.errors import JobFailed
+
+    try:
+        ga, note = ct.resume_grad_accum(resume, ct.saved_topology(resume, saved, t.grad_accum, t.deepspeed),
+                                        world_size(), topo.nodes, topo.procs_per_node, t.deepspeed, t.grad_accum)
+    except JobFailed:
+        shutdown()
+        raise
+    if note:
+        log(note)
+    return ga
+
+
 def restore_metrics(out: Path, resumed: Path, step: int) -> None:
     """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
     would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
@@ -181,14 +202,16 @@ def _wandb_env(run_id: str | None, recipe) -> None:
 
 
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
-                       eval_on_start: bool = False):
+                       eval_on_start: bool = False, grad_accum: int | None = None):
+    """`grad_accum` overrides the recipe's when a resume on another GPU count rescales it."""
     import torch
     from transformers import TrainingArguments
 
     t = recipe.train
+    ga = grad_accum or t.grad_accum
     cuda = torch.cuda.is_available()
     world = world_size()
-    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world)) / t.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world)) / ga)
     total = max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
     eval_steps = max(1, total // 5)
     kwargs = dict(
@@ -198,7 +221,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         warmup_steps=int(math.ceil(t.warmup_ratio * total)),
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=ga,
         num_train_epochs=t.epochs,
         max_steps=max_steps or t.max_steps or -1,
         optim=t.optimizer,
@@ -233,7 +256,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import RunState, make_callbacks
+    from jobs.callbacks import CheckpointCallback, RunState, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +287,9 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
+    grad_accum = _resume_grad_accum(resume, saved, recipe, topo)
     args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
-                                     eval_on_start=resume is None)
+                                     eval_on_start=resume is None, grad_accum=grad_accum)
     if args.report_to and "wandb" in args.report_to:
         _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)
@@ -278,20 +302,23 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
             (out / contract.METRICS).unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
         else:
             restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
+    callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
-                      data_collator=counter, processing_class=tokenizer,
-                      callbacks=make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id)))
+                      data_collator=counter, processing_class=tokenizer, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    uploads = next(c.uploads for c in callbacks if isinstance(c, CheckpointCallback))  # background uploads
     if run.stopped:
+        uploads.finish()  # the stop checkpoint complete in the bucket before STOPPED says so
         _finish_stopped(trainer, out, run_id, run)
     else:
         rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
                 "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
         _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+        uploads.finish()  # the last checkpoint's upload ran while the final model was saved
     shutdown()
     return 0
 
