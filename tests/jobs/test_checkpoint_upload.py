@@ -164,33 +164,54 @@ def root(tmp_path_factory):
     return r
 
 
+def _slow_job(root, tmp_path, settings: dict, env: dict | None = None) -> tuple[str, list[str], str]:
+    """The test_train_support job against a slowfile:// bucket (1 s per file); (log, lines, prefix)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SLOW_FS)
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "SLOW_PUT_S": "1",
+           "SFTLAUNCH_BUCKET": f"slowfile://{tmp_path / 'bucket'}", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "tests.jobs.test_train_support", str(root), str(tmp_path / "run"),
+                           json.dumps(settings)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log, log.splitlines(), ck.bucket_prefix(str(tmp_path / "bucket"), settings["run_id"])
+
+
+def _first(lines: list[str], pattern: str) -> int:
+    return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+
+@pytest.mark.slow
+def test_a_stop_writes_stopped_only_once_its_checkpoint_is_in_the_bucket(root, tmp_path):
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "stop").write_text("{}")
+    settings = {"max_steps": 50, "micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 60,
+                "run_id": "sftl-t-5106"}
+    log, lines, prefix = _slow_job(root, tmp_path, settings, {"SFTLAUNCH_CONTROL": str(control)})
+    stopped = json.loads((tmp_path / "run" / "STOPPED").read_text())
+    assert stopped["reason"] == "control" and stopped["step"] == 1
+    assert _first(lines, r"^checkpoint step 1 uploaded to ") < _first(lines, r"^training stopped at step 1"), log[-3000:]
+    assert ck.remote_complete_steps(prefix) == [1]
+
+
 @pytest.mark.slow
 def test_training_goes_on_while_a_slow_upload_runs_and_the_job_waits_for_it_at_the_end(root, tmp_path):
     """A real training process, a bucket taking 1 s per file: the optimizer steps after the first
     save run while its upload is in flight (the next timer save is skipped, not waited for), the
     final save waits for it, and the process exits only once the last checkpoint is complete."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_SLOW_FS)
-    bucket = tmp_path / "bucket"
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "SLOW_PUT_S": "1",
-           "SFTLAUNCH_BUCKET": f"slowfile://{bucket}"}
     settings = {"max_steps": 6, "micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 0.0001,
                 "keep_checkpoints": 2, "run_id": "sftl-t-5105"}
-    proc = subprocess.run([sys.executable, "-m", "tests.jobs.test_train_support", str(root), str(tmp_path / "run"),
-                           json.dumps(settings)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    lines = log.splitlines()
+    log, lines, prefix = _slow_job(root, tmp_path, settings)
 
     def first(pattern: str) -> int:
-        return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+        return _first(lines, pattern)
 
     uploaded_1 = first(r"^checkpoint step 1 uploaded to ")
     assert first(r"^step 2/6 ") < uploaded_1 and first(r"^step 3/6 ") < uploaded_1, log[-4000:]
     assert first(r"checkpoint at step 2 skipped: the upload of step 1 is still in flight") < uploaded_1
     assert first(r"waiting for the upload of checkpoint step 1") < uploaded_1 < first(r"^checkpoint saved: .*step-6$")
-    prefix = ck.bucket_prefix(str(bucket), "sftl-t-5105")
     assert ck.remote_complete_steps(prefix) == [6, 1]  # the last upload finished before the exit
     puts = [line.split()[-1] for line in lines if line.startswith("bucket put step-6/")]
     assert puts[-1] == "step-6/MANIFEST.json" and len(puts) > 5
