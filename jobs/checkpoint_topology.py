@@ -73,7 +73,7 @@ def resume_grad_accum(resume: Path, saved: dict | None, world: int, nodes: int, 
     now = {"world_size": world, "nodes": nodes, "procs_per_node": procs_per_node}
     s_ds = saved.get("deepspeed")
     s_stage = -1 if s_ds and zero_stage(s_ds) is None else zero_stage(s_ds)  # -1: a config we do not know
-    if s_stage != zero_stage(deepspeed):
+    if s_ds != deepspeed and s_stage != zero_stage(deepspeed):
         raise JobFailed(
             f"checkpoint {resume} was saved with train.deepspeed {s_ds or 'null'}, this run uses "
             f"{deepspeed or 'null'}: their optimizer states are not interchangeable. Relaunch with "
@@ -84,7 +84,7 @@ def resume_grad_accum(resume: Path, saved: dict | None, world: int, nodes: int, 
         return s_ga, None
     if deepspeed:
         raise JobFailed(
-            f"checkpoint {resume} holds DeepSpeed ZeRO-{s_stage} optimizer shards of {_where(saved)}; this run "
+            f"checkpoint {resume} holds DeepSpeed ZeRO{f'-{s_stage}' if s_stage and s_stage > 0 else ''} optimizer shards of {_where(saved)}; this run "
             f"has {_where(now)} and ZeRO cannot re-partition them. Relaunch with {s_world} GPUs in all "
             f"(resources.gpu x resources.nodes). sftlaunch does not convert it; DeepSpeed's universal "
             f"checkpoint can, outside it: python -m deepspeed.checkpoint.ds_to_universal --input_folder "

@@ -63,6 +63,8 @@ def test_zero_resume_on_another_world_size_is_refused_with_the_fix(tmp_path, ds)
 def test_a_changed_deepspeed_setting_is_refused(tmp_path):
     with pytest.raises(JobFailed, match="saved with train.deepspeed null, this run uses zero2"):
         ct.resume_grad_accum(tmp_path, _saved(1), 1, 1, 1, "zero2", 1)
+    with pytest.raises(JobFailed, match="saved with train.deepspeed zero3, this run uses zero2"):
+        ct.resume_grad_accum(tmp_path, _saved(2, ds="zero3"), 2, 1, 2, "zero2", 1)
     # zero3 and zero3-offload share the stage-3 checkpoint format.
     assert ct.resume_grad_accum(tmp_path, _saved(2, ds="zero3"), 2, 1, 2, "zero3-offload", 1) == (1, None)
 
