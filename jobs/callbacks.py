@@ -1,5 +1,5 @@
 """The Trainer callbacks of one training attempt: metrics.jsonl and the progress line, checkpoints
-by wall clock (finalized, uploaded and pruned on every node), and the stop decisions (budget
+by wall clock (finalized on every node, sealed and uploaded in the background), and the stop decisions (budget
 guard, the launcher's stop request), with the state they share with jobs.train (RunState).
 
 Why callbacks: the Trainer owns the loop, the data position and the checkpoint format; these hook
@@ -108,18 +108,25 @@ class StopGuard:
 
 
 class CheckpointCallback(TrainerCallback):
-    """Saves by wall clock (and at the end, and before a stop); each save becomes step-N with its
-    manifests, uploaded to the bucket and pruned, on every node (jobs.checkpoint)."""
+    """Saves by wall clock (and at the end, and before a stop). Each save becomes step-N on every
+    node (collective); its manifests, bucket copy and pruning follow in the background
+    (jobs.checkpoint_upload). A timer save while an upload is still in flight is skipped (tried
+    again RETRY_S later); the final save and a stop's wait for it."""
+
+    RETRY_S = 60
 
     def __init__(self, out: Path, recipe, run_id: str | None, run: RunState, guard: StopGuard) -> None:
+        from jobs.checkpoint_upload import Uploader
+
         self.metrics_path = out / contract.METRICS
         self.ckpt_root = out / "checkpoints"
         self.every_s = recipe.train.checkpoint_minutes * 60
-        self.keep = recipe.train.keep_checkpoints
+        self.deepspeed = recipe.train.deepspeed
         self.prefix = ckpt.bucket_prefix(run.bucket, run_id)
         self.run = run
         self.guard = guard
         self.last_save = time.time()
+        self.uploads = Uploader(self.ckpt_root, self.prefix, recipe.train.keep_checkpoints, run.topology)
 
     def on_step_end(self, args, state, control, **kw):
         now = time.time()
@@ -127,13 +134,18 @@ class CheckpointCallback(TrainerCallback):
         over_budget = self.guard.over_budget(now)
         stop_req = self.guard.stop_requested(now)
         want_save, over_budget, stop_req = broadcast_flags(want_save, over_budget, stop_req)
-        if state.global_step >= state.max_steps:
-            want_save = True
+        forced = state.global_step >= state.max_steps or over_budget or stop_req
         if over_budget or stop_req:
             self.guard.record(over_budget, now)
-            want_save = True
             control.should_training_stop = True
-        if want_save:
+        if forced:
+            self.uploads.wait_all()
+        elif want_save and self.uploads.any_busy():  # the same on every rank: rank 0's flags
+            log(f"checkpoint at step {state.global_step} skipped: the upload of step {self.uploads.step} "
+                f"is still in flight; trying again in {self.RETRY_S} s")
+            want_save = False
+            self.last_save = now - self.every_s + self.RETRY_S
+        if want_save or forced:
             control.should_save = True
         return control
 
@@ -142,21 +154,24 @@ class CheckpointCallback(TrainerCallback):
 
         step = state.global_step
         src = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        topo = self.run.topology
         if state.is_world_process_zero and src.is_dir():
             now = time.time()
             (src / ckpt.STATE).write_text(json.dumps({
                 "elapsed_s": round(self.run.elapsed(now), 3), "step": step, "saved_at": now,
-                "attempts": self.run.attempts}))
+                "attempts": self.run.attempts,
+                # what a resume on another GPU count needs (jobs.checkpoint_topology)
+                "topology": {"world_size": world_size(), "nodes": topo.nodes, "procs_per_node": topo.procs_per_node,
+                             "deepspeed": self.deepspeed, "grad_accum": args.gradient_accumulation_steps,
+                             "micro_batch_size": args.per_device_train_batch_size}}))
             if self.metrics_path.is_file():
                 (src / ckpt.METRICS_COPY).write_text(self.metrics_path.read_text())
         barrier()  # every rank has written its files
+        if local_rank() == 0:
+            ckpt.finalize_node(src, self.ckpt_root, step)
+        barrier()  # every node has its step-N folder; manifests and uploads go on in the background
+        self.uploads.submit(step)
         dest = self.ckpt_root / f"step-{step}"
-        topo = self.run.topology
-        if local_rank() == 0:
-            ckpt.finalize_node(src, self.ckpt_root, step, self.prefix, topo)
-        barrier()  # every node has its manifest written (and uploaded)
-        if local_rank() == 0:
-            ckpt.prune(self.ckpt_root, self.keep, self.prefix if rank() == 0 else None, topo)
         if rank() == 0:
             self.run.last_checkpoint = str(dest)
             log(f"checkpoint saved: {dest}")

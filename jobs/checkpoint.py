@@ -4,7 +4,8 @@ Why by wall clock: the cost of a preemption is the time since the last checkpoin
 A step counts only when complete: its manifests, written last, and every file's sha256
 (jobs.checkpoint_manifest, which also says which node owns which file). Each node's local rank 0
 uploads the files its node owns, its manifest last; on resume the newest step every node can load
-is chosen (jobs.train.resume_point) and each node fetches what it lacks from the bucket.
+is chosen (jobs.train.resume_point) and each node fetches what it lacks from the bucket. Manifests
+and uploads run in the background, outside the collectives (jobs.checkpoint_upload).
 
 Layout: <out>/checkpoints/step-N/ (Trainer checkpoint: weights or adapter, optimizer, scheduler,
 RNG states, trainer_state.json = data position, sftlaunch_state.json = cumulative elapsed time)
@@ -321,17 +322,12 @@ def _move_into(src: Path, dest: Path) -> None:
     shutil.rmtree(src, ignore_errors=True)
 
 
-def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int, prefix: str | None,
-                  topo: Topology = SINGLE) -> Path:
-    """This node's part of a checkpoint: the Trainer's checkpoint-N becomes step-N, this node's
-    manifest is written and its files uploaded (manifest last). Run by each node's local rank 0."""
+def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int) -> Path:
+    """This node's part of a save, the collective part: the Trainer's checkpoint-N becomes step-N.
+    Run by each node's local rank 0; its manifest and upload follow in the background
+    (jobs.checkpoint_upload), so until the manifest is there the folder does not count."""
     dest = ckpt_root / f"step-{step}"
     if trainer_dir != dest and trainer_dir.exists():
         _move_into(trainer_dir, dest)
     dest.mkdir(parents=True, exist_ok=True)  # a node whose processes wrote nothing still signs off
-    write_manifest(dest, step, topo)
-    if prefix:
-        where = upload(dest, prefix, topo)
-        part = f" (node {topo.node} of {topo.nodes})" if topo.nodes > 1 else ""
-        print(f"checkpoint step {step}{part} uploaded to {where}", flush=True)
     return dest

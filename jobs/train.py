@@ -105,6 +105,27 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     return ckpt_root / f"step-{step}" if step is not None else None
 
 
+def _resume_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topology) -> int:
+    """grad_accum for this attempt: the recipe's, or rescaled when the checkpoint was saved on
+    another GPU count; a checkpoint this topology cannot resume is refused (jobs.checkpoint_topology),
+    every rank alike, after leaving the process group."""
+    t = recipe.train
+    if resume is None:
+        return t.grad_accum
+    from jobs import checkpoint_topology as ct
+    from launcher.errors import JobFailed
+
+    try:
+        ga, note = ct.resume_grad_accum(resume, ct.saved_topology(resume, saved, t.grad_accum, t.deepspeed),
+                                        world_size(), topo.nodes, topo.procs_per_node, t.deepspeed, t.grad_accum)
+    except JobFailed:
+        shutdown()
+        raise
+    if note:
+        log(note)
+    return ga
+
+
 def restore_metrics(out: Path, resumed: Path, step: int) -> None:
     """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
     would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
@@ -191,10 +212,10 @@ def _wandb_env(run_id: str | None, recipe) -> None:
     os.environ.setdefault("WANDB_NAME", run_id or recipe.name)
 
 
-def planned_steps(recipe, train_rows: int, max_steps: int | None) -> int:
+def planned_steps(recipe, train_rows: int, max_steps: int | None, grad_accum: int | None = None) -> int:
     """The optimizer steps this run trains in all: the override, the recipe's max_steps, or its epochs."""
     t = recipe.train
-    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world_size())) / t.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world_size())) / (grad_accum or t.grad_accum))
     return max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
 
 
@@ -227,17 +248,19 @@ def _finished(out: Path, run_id: str | None) -> tuple[int | None, str | None]:
 
 
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
-                       eval_on_start: bool = False, liger: bool = False):
-    """The Trainer's arguments; `liger` applies Liger's kernels (jobs.speed.use_liger decides)."""
+                       eval_on_start: bool = False, liger: bool = False, grad_accum: int | None = None):
+    """The Trainer's arguments; `liger` applies Liger's kernels (jobs.speed.use_liger decides);
+    `grad_accum` overrides the recipe's when a resume on another GPU count rescales it."""
     import torch
     from transformers import TrainingArguments
 
     from jobs import speed
 
     t = recipe.train
+    ga = grad_accum or t.grad_accum
     cuda = torch.cuda.is_available()
     world = world_size()
-    total = planned_steps(recipe, train_rows, max_steps)
+    total = planned_steps(recipe, train_rows, max_steps, ga)
     eval_steps = max(1, total // 5)
     kwargs = dict(
         output_dir=str(out / "checkpoints"),
@@ -246,7 +269,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         warmup_steps=int(math.ceil(t.warmup_ratio * total)),
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=ga,
         num_train_epochs=t.epochs,
         max_steps=max_steps or t.max_steps or -1,
         optim=t.optimizer,
@@ -286,7 +309,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import NothingLeftToTrain, RunState, make_callbacks
+    from jobs.callbacks import CheckpointCallback, NothingLeftToTrain, RunState, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +354,12 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
+    grad_accum = _resume_grad_accum(resume, saved, recipe, topo)
+    if grad_accum != args.gradient_accumulation_steps:
+        # Same global batch on another GPU count (jobs.checkpoint_topology). Only runs without
+        # DeepSpeed get here (ZeRO on another world size is refused), so rebuilding is safe.
+        args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
+                                         eval_on_start=resume is None, grad_accum=grad_accum)
     model = jm.load_model(recipe, tokenizer, path)
     # Liger's kernels are chosen by the loaded model's family; the Trainer applies them at init.
     args.use_liger_kernel = _speed_switches(recipe, model)
@@ -351,9 +380,9 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
             (out / contract.METRICS).unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
         else:
             restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
+    callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
-                      data_collator=counter, processing_class=tokenizer,
-                      callbacks=make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id)))
+                      data_collator=counter, processing_class=tokenizer, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
@@ -362,12 +391,15 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except NothingLeftToTrain:  # resumed at max_steps (killed after its last checkpoint): no step 17/16
         log(f"checkpoint {resume} is at step {trainer.state.global_step} of {total}: nothing left to train")
+    uploads = next(c.uploads for c in callbacks if isinstance(c, CheckpointCallback))  # background uploads
     if run.stopped:
+        uploads.finish()  # the stop checkpoint complete in the bucket before STOPPED says so
         _finish_stopped(trainer, out, run_id, run)
     else:
         rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
                 "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
         _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+        uploads.finish()  # the last checkpoint's upload ran while the final model was saved
     shutdown()
     return 0
 

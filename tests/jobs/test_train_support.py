@@ -112,8 +112,13 @@ def drive(argv: list[str]) -> int:
     run_id = overrides.pop("run_id", "sftl-t-0000")
     recipe = make_recipe(build_tiny_model(root / "model"), write_data(root / "d.jsonl"), method=method, **overrides)
     tok = jm.load_tokenizer(recipe)
-    rc = jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),
-                  collator=PadCollator(tok.pad_token_id))
+    from launcher.errors import SftlaunchError, job_exit
+
+    try:  # as `python -m jobs train` does: a refusal is one line and its exit code
+        rc = jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),
+                      collator=PadCollator(tok.pad_token_id))
+    except SftlaunchError as exc:
+        return job_exit(exc)
     return rc or left_up()
 
 
