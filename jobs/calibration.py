@@ -109,17 +109,7 @@ def stop_detail(m: Mapping) -> str:
 
 def last_calibration(path: Path) -> dict | None:
     """The newest calibration row's figures in a metrics.jsonl (the run's current machine)."""
-    if not path.is_file():
-        return None
-    found = None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get(contract.CALIBRATION_ROW), dict):
-            found = row[contract.CALIBRATION_ROW]
-    return found
+    return contract.last_calibration(path.read_text().splitlines()) if path.is_file() else None
 
 
 class CalibrationCallback(TrainerCallback):

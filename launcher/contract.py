@@ -92,6 +92,24 @@ PLAN_KEYS = ("tokens_per_s", "train_hours", "eval_hours", "eta_hours", "total_us
 CALIBRATION_DEFAULT = (20, 180)  # measure over 20 steps or 3 minutes after the first, whichever ends first
 CALIBRATION_ROW = "calibration"  # the metrics.jsonl row key holding the measured figures
 
+
+def last_calibration(lines) -> dict | None:
+    """The newest CALIBRATION_ROW's figures among metrics.jsonl lines (the last attempt's machine):
+    read by the job for its card and by the launcher's status refresh, from the same rows."""
+    import json
+
+    found = None
+    for line in lines:
+        if f'"{CALIBRATION_ROW}"' not in line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a preemption
+        if isinstance(row, dict) and isinstance(row.get(CALIBRATION_ROW), dict):
+            found = row[CALIBRATION_ROW]
+    return found
+
 # -- steps of a job, in the order they run -------------------------------------------------------
 STEPS = ("train", "eval", "publish")
 STOPPED_LINE = "sftlaunch: run stopped"  # entrypoint.sh prints it when training ended early

@@ -177,21 +177,6 @@ _CALIBRATION_FIELDS = {"tokens_per_s": "measured_tokens_per_s", "predicted_token
                        "eta_hours": "calibrated_eta_hours", "usd": "calibrated_usd"}
 
 
-def last_calibration(lines) -> dict | None:
-    """The newest `calibration` row's figures among metrics.jsonl lines (the last attempt's machine)."""
-    found = None
-    for line in lines:
-        if f'"{contract.CALIBRATION_ROW}"' not in line:
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get(contract.CALIBRATION_ROW), dict):
-            found = row[contract.CALIBRATION_ROW]
-    return found
-
-
 def calibration_fields(calibration: dict) -> dict:
     """The run record's fields from a calibration row (numbers only; a garbled row adds nothing)."""
     return {field: float(calibration[key]) for key, field in _CALIBRATION_FIELDS.items()
@@ -209,7 +194,7 @@ def _metrics_text(record, remote: bool) -> str | None:
 def record_calibration(registry: Registry, record, remote: bool = True) -> bool:
     """Copy the job's measured figures into the run record; whether there were any."""
     text = _metrics_text(record, remote)
-    found = last_calibration(text.splitlines()) if text else None
+    found = contract.last_calibration(text.splitlines()) if text else None
     fields = calibration_fields(found) if found else {}
     if fields:
         registry.update(record.run_id, **fields)
