@@ -4,7 +4,7 @@ Why by wall clock: the cost of a preemption is the time since the last checkpoin
 A step counts only when complete: its manifests, written last, and every file's sha256
 (jobs.checkpoint_manifest, which also says which node owns which file). Each node's local rank 0
 uploads the files its node owns, its manifest last; on resume the newest step every node can load
-is chosen (jobs.train.resume_point) and each node fetches what it lacks from the bucket. Manifests
+is chosen (jobs.resume.resume_point) and each node fetches what it lacks from the bucket. Manifests
 and uploads run in the background, outside the collectives (jobs.checkpoint_upload).
 
 Layout: <out>/checkpoints/step-N/ (Trainer checkpoint: weights or adapter, optimizer, scheduler,

@@ -32,9 +32,7 @@ from pathlib import Path
 
 from jobs import checkpoint as ckpt
 from jobs.collectives import (
-    barrier,
     broadcast,
-    gather,
     init_dist,
     local_rank,
     log,
@@ -42,6 +40,7 @@ from jobs.collectives import (
     shutdown,
     world_size,
 )
+from jobs.resume import attempt_grad_accum, finished_or_refused, restore_metrics, resume_point, resumed_step
 from launcher import contract
 from launcher.contract import (
     STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
@@ -58,94 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=int(env_steps) if env_steps else None,
                    help=f"override train.max_steps (default ${Env.MAX_STEPS})")
     return p
-
-
-# -- resume ---------------------------------------------------------------------------------------
-def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
-    """Whether the nodes write to one disk (then node 0 alone prepares the checkpoint folder)."""
-    import uuid
-
-    nonce = broadcast(uuid.uuid4().hex if rank() == 0 else None)
-    mark = ckpt_root / f".node-probe-{nonce}-{topo.node}"
-    if local_rank() == 0:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        mark.write_text("")
-    barrier()
-    seen = local_rank() == 0 and any(
-        (ckpt_root / f".node-probe-{nonce}-{k}").exists() for k in range(topo.nodes) if k != topo.node)
-    shared = any(gather(seen))
-    barrier()
-    if local_rank() == 0:
-        mark.unlink(missing_ok=True)
-    return shared
-
-
-def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Path | None:
-    """The newest checkpoint every node can load, ready on each node's disk (collective).
-
-    Each node's local rank 0 lists the steps complete on its disk or in the bucket; the newest
-    step all nodes have is chosen and each node fetches what it lacks from the bucket (its own
-    shards and the shared files). If a node cannot, the next older common step is tried."""
-    init_dist()
-    shared = topo.nodes > 1 and _shared_disk(ckpt_root, topo)
-    speaks = local_rank() == 0 and (not shared or topo.node == 0)
-    view = ckpt._All(topo.node, topo.nodes, topo.procs_per_node) if shared else topo
-    cands = ckpt.candidates(ckpt_root, prefix, view) if speaks else None
-    per_node = [c for c in gather(cands) if c is not None]
-    excluded: set[int] = set()
-    while True:
-        step = ckpt.common_step(per_node, excluded)
-        ok = step is None or not speaks or ckpt.prepare(step, ckpt_root, prefix, view, cands) is not None
-        if all(gather(ok)):
-            break
-        excluded.add(step)
-    if speaks:  # the abandoned attempt's newer folders; its incomplete uploads too, by global rank 0 only
-        ckpt.drop_newer(ckpt_root, step, prefix if topo.node == 0 else None)
-    barrier()
-    return ckpt_root / f"step-{step}" if step is not None else None
-
-
-def _resume_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topology) -> int:
-    """grad_accum for this attempt: the recipe's, or rescaled when the checkpoint was saved on
-    another GPU count; a checkpoint this topology cannot resume is refused (jobs.checkpoint_topology),
-    every rank alike, after leaving the process group."""
-    t = recipe.train
-    if resume is None:
-        return t.grad_accum
-    from jobs import checkpoint_topology as ct
-    from launcher.errors import JobFailed
-
-    try:
-        ga, note = ct.resume_grad_accum(resume, ct.saved_topology(resume, saved, t.grad_accum, t.deepspeed),
-                                        world_size(), topo.nodes, topo.procs_per_node, t.deepspeed, t.grad_accum)
-    except JobFailed:
-        shutdown()
-        raise
-    if note:
-        log(note)
-    return ga
-
-
-def restore_metrics(out: Path, resumed: Path, step: int) -> None:
-    """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
-    would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
-    path = out / contract.METRICS
-    copy = resumed / ckpt.METRICS_COPY
-    if path.is_file():
-        text = path.read_text()
-    elif copy.is_file():
-        text = copy.read_text()
-    else:
-        return
-    kept = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a preemption
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 class _TokenCounter:
@@ -217,34 +128,6 @@ def planned_steps(recipe, train_rows: int, max_steps: int | None, grad_accum: in
     t = recipe.train
     steps_per_epoch = math.ceil(math.ceil(train_rows / (t.micro_batch_size * world_size())) / (grad_accum or t.grad_accum))
     return max_steps or t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
-
-
-def finished_steps(out: Path, run_id: str | None) -> int | None:
-    """The steps DIR/final/sftlaunch.json records, None without a finished model. Why: a rerun of a
-    finished run resumed from its last checkpoint, trained one step past max_steps (the Trainer
-    checks the limit only after a step) and overwrote final/. Another run's final/ is refused."""
-    try:
-        meta = json.loads((out / "final" / "sftlaunch.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("steps"), int):
-        return None
-    if run_id and meta.get("run_id") and meta["run_id"] != run_id:
-        from launcher.errors import UserError
-
-        raise UserError(f"{out / 'final'} holds the model of run {meta['run_id']}, not {run_id}; "
-                        "refusing to overwrite it: give this run its own --out directory")
-    return meta["steps"]
-
-
-def _finished(out: Path, run_id: str | None) -> tuple[int | None, str | None]:
-    """(finished_steps, None) or (None, why it is refused): rank 0 decides for every rank."""
-    from launcher.errors import UserError
-
-    try:
-        return finished_steps(out, run_id), None
-    except UserError as exc:
-        return None, str(exc)
 
 
 def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_steps: int | None,
@@ -339,7 +222,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     topo = ckpt.Topology.from_env()
     resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
     args.eval_on_start = args.eval_on_start and resume is None
-    done, refused = broadcast(_finished(out, run_id) if rank() == 0 else None)  # one answer for every node
+    done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node
     if refused:
         from launcher.errors import UserError
 
@@ -354,7 +237,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
     if saved.get("elapsed_s"):
         log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
-    grad_accum = _resume_grad_accum(resume, saved, recipe, topo)
+    grad_accum = attempt_grad_accum(resume, saved, recipe, topo)
     if grad_accum != args.gradient_accumulation_steps:
         # Same global batch on another GPU count (jobs.checkpoint_topology). Only runs without
         # DeepSpeed get here (ZeRO on another world size is refused), so rebuilding is safe.
@@ -379,7 +262,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         if resume is None:
             (out / contract.METRICS).unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
         else:
-            restore_metrics(out, resume, int(saved.get("step") or _resumed_step(resume)))
+            restore_metrics(out, resume, int(saved.get("step") or resumed_step(resume)))
     callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
                       data_collator=counter, processing_class=tokenizer, callbacks=callbacks)
@@ -461,13 +344,6 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
         meta["calibration"] = last_calibration(out / contract.METRICS)  # measured vs planned (jobs.calibration)
         (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
-
-
-def _resumed_step(resume: Path) -> int:
-    try:
-        return int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-    except (OSError, ValueError, KeyError):
-        return int(resume.name.split("-")[1])
 
 
 def _write_stopped(run_id, bucket, stopped: dict) -> None:

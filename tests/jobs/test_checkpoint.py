@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
-from jobs.train import resume_point
+from jobs.resume import resume_point
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -355,7 +355,7 @@ from pathlib import Path
 os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = "1", "0"  # each process plays one node
 import torch.distributed as dist
 from jobs import checkpoint as ck
-from jobs.train import resume_point
+from jobs.resume import resume_point
 dist.init_process_group("gloo")
 roots, prefix, out = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 rank = dist.get_rank()

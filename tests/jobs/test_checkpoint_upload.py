@@ -16,7 +16,7 @@ import pytest
 
 from jobs import checkpoint as ck
 from jobs.checkpoint_upload import Uploader
-from jobs.train import resume_point
+from jobs.resume import resume_point
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]

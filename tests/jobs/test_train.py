@@ -405,7 +405,7 @@ def test_a_finished_run_run_again_neither_trains_past_max_steps_nor_overwrites_f
 
 @pytest.mark.slow
 def test_another_runs_final_model_is_never_overwritten(tiny, tmp_path):
-    from jobs import train as jt
+    from jobs.resume import finished_steps
     from launcher.errors import UserError
 
     out = tmp_path / "theirs"
@@ -413,4 +413,4 @@ def test_another_runs_final_model_is_never_overwritten(tiny, tmp_path):
     (out / "final" / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-other-0001", "steps": 9}))
     with pytest.raises(UserError, match="sftl-other-0001.*own --out"):
         _run(tiny, out)
-    assert jt.finished_steps(out, "sftl-other-0001") == 9 and jt.finished_steps(tmp_path / "none", None) is None
+    assert finished_steps(out, "sftl-other-0001") == 9 and finished_steps(tmp_path / "none", None) is None
