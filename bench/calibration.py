@@ -25,7 +25,7 @@ VARIANTS = [(m, p) for m in ("full", "lora", "qlora") for p in (True, False)]
 
 
 def variant(method: str, packing: bool, steps: int):
-    from launcher.recipe import WEEK_MINUTES, load_recipe, recipe_from_dict
+    from sftcore.recipe import WEEK_MINUTES, load_recipe, recipe_from_dict
 
     d = load_recipe(REPO / "recipes" / "tiny-local.yaml").resolved_dict()
     d["method"] = method
@@ -41,7 +41,7 @@ def variant(method: str, packing: bool, steps: int):
 
 def run(method: str, packing: bool, steps: int, probe: int) -> dict:
     from jobs.train import train
-    from launcher.contract import METRICS, Env
+    from sftcore.contract import METRICS, Env
     from launcher.estimate import plan
     from launcher.render import plan_prediction
 

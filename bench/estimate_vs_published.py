@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.estimate import memory, plan
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -41,7 +41,7 @@ def run(model: str, preset: str, backend: str, limit: int | None, out: Path) -> 
 
 def planned(model: str, preset: str, limit: int | None, gpu: str) -> dict[str, float]:
     from launcher.estimate import timing
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     out = {}
     for backend in ("hf", "vllm"):

@@ -62,7 +62,7 @@ H100_PCIE_TFLOPS = 756  # gpus.yaml's figure for the PCIe card (tflops_by_cloud)
 def recipe_dict(method: str, model_dir: Path, steps: int, micro: int, seq_len: int, gpus: int,
                 checkpoint_minutes: float | None = None) -> dict:
     """The recipe one benchmark run trains (a plain sftlaunch recipe)."""
-    from launcher.recipe import WEEK_MINUTES
+    from sftcore.recipe import WEEK_MINUTES
 
     base = method.split("-")[0]
     train = {"max_steps": steps, "micro_batch_size": micro, "grad_accum": 1, "learning_rate": 1e-4,
@@ -90,7 +90,7 @@ def estimate(recipe: dict, gpus: int) -> tuple[float, float]:
     """(per-GPU memory estimate in GB, parameters) from launcher.estimate for this recipe."""
     from launcher import catalog
     from launcher import estimate as est
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     r = recipe_from_dict(recipe)
     shape = catalog.model_shape(r.model.id)
@@ -154,7 +154,7 @@ def worker(a: argparse.Namespace) -> int:
     import torch
 
     from jobs.train import train
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(json.loads(Path(a.recipe_json).read_text()))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -249,7 +249,7 @@ def planner_flops_per_token(recipe: dict) -> float | None:
     checkpointing, attention at seq_len): the MFU the bench prints is the planner's own measure."""
     import importlib
 
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     timing = importlib.import_module("launcher.estimate.timing")
     return timing.timing(recipe_from_dict(recipe), "runpod", "H100-SXM", 1).terms["flops_per_token"]

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from launcher.contract import Env  # noqa: E402
+from sftcore.contract import Env  # noqa: E402
 
 MIB = 2**20
 

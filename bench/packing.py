@@ -51,7 +51,7 @@ def main() -> None:
 
     from jobs import data
     from jobs.tiny import ensure_tiny
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny())
     print(f"seq_len {args.seq_len}, micro_batch_size {args.micro_batch_size}, template {args.template}, tiny tokenizer")

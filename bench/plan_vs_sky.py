@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher.contract import Env  # noqa: E402
+from sftcore.contract import Env  # noqa: E402
 from tests.launcher.test_plan_sky_optimizer import _probe, plan_cases  # noqa: E402
 from tests.sky_catalog import sky_env, sky_optimize_tasks  # noqa: E402
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

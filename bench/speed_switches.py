@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 def _setup(micro: int, seq_len: int):
     from jobs import model as jm
     from jobs.data import build_datasets
-    from launcher.recipe import load_recipe, recipe_from_dict
+    from sftcore.recipe import load_recipe, recipe_from_dict
 
     d = load_recipe(REPO / "recipes" / "tiny-local.yaml").resolved_dict()
     d["data"].update(seq_len=seq_len, eval_fraction=0.0)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(packing: bool, steps: int, micro: int, seq_len: int) -> dict:
     from jobs.train import train
-    from launcher.recipe import WEEK_MINUTES, load_recipe, recipe_from_dict
+    from sftcore.recipe import WEEK_MINUTES, load_recipe, recipe_from_dict
 
     d = load_recipe(REPO / "recipes" / "tiny-local.yaml").resolved_dict()
     d["data"].update(packing=packing, seq_len=seq_len, eval_fraction=0.0)

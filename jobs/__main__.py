@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 COMMANDS = {
     "train": "jobs.train",
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown job {name!r}; {USAGE}", file=sys.stderr)
         return 2
-    from launcher.errors import JobFailed, SftlaunchError, disk_full, disk_full_message, job_exit
+    from sftcore.errors import JobFailed, SftlaunchError, disk_full, disk_full_message, job_exit
 
     try:
         return int(importlib.import_module(COMMANDS[name]).main(rest) or 0)

@@ -25,8 +25,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from jobs.collectives import broadcast_flags, log, rank, world_size
-from launcher import contract
-from launcher.contract import Env
+from sftcore import contract
+from sftcore.contract import Env
 
 
 def read_plan(env: Mapping[str, str]) -> dict:
@@ -54,7 +54,7 @@ def probe_length(env: Mapping[str, str]) -> tuple[int, float]:
             raise ValueError
         return out
     except ValueError:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"{Env.CALIBRATION}={text!r}: expected STEPS,SECONDS with STEPS >= 1 and SECONDS > 0, "
                         f"e.g. {contract.CALIBRATION_DEFAULT[0]},{contract.CALIBRATION_DEFAULT[1]}") from None

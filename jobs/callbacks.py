@@ -20,8 +20,8 @@ from transformers import TrainerCallback
 from jobs import checkpoint as ckpt
 from jobs import rate as rate_mod
 from jobs.collectives import barrier, broadcast_flags, local_rank, log, rank, world_size
-from launcher import contract
-from launcher.contract import Env
+from sftcore import contract
+from sftcore.contract import Env
 
 BAR_WIDTH = 20
 CONTROL_CHECK_S = 10  # how often rank 0 looks for <control>/stop (a bucket round trip)

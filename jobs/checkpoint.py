@@ -37,7 +37,7 @@ from jobs.checkpoint_manifest import (  # noqa: F401 - MANIFEST, _All, file_rank
     verify,
     write_manifest,
 )
-from launcher import contract
+from sftcore import contract
 
 STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
 METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk

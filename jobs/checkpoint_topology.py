@@ -66,7 +66,7 @@ def resume_grad_accum(resume: Path, saved: dict | None, world: int, nodes: int, 
                       deepspeed: str | None, grad_accum: int) -> tuple[int, str | None]:
     """(grad_accum to train with, a line to log or None); raises JobFailed when the checkpoint
     cannot be resumed on this topology. Every rank decides the same from the same files."""
-    from launcher.errors import JobFailed
+    from sftcore.errors import JobFailed
 
     if saved is None:
         return grad_accum, None

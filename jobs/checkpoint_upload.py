@@ -69,7 +69,7 @@ class Uploader:
                 print(f"checkpoint step {step}{part} uploaded to {where} in {time.time() - t0:.1f} s", flush=True)
             except Exception as exc:  # noqa: BLE001 - any storage error: the bucket copy stays incomplete
                 self.failed.append(step)
-                from launcher.errors import one_line
+                from sftcore.errors import one_line
 
                 ckpt.warn(f"checkpoint step {step}{part}: upload to {self.prefix} failed ({one_line(exc)}); "
                           "its bucket copy has no manifest, so resume ignores it")

@@ -3,12 +3,12 @@
 Why one module: the recipe names sources by *format*, and the mask of trained tokens, the packing
 boundaries and the collator's padding must agree exactly; keeping them together keeps that true.
 
-Formats (docs/architecture.md; jobs.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
+Formats (docs/architecture.md; sftcore.formats): each row becomes {"messages": [{role, content}, ...]} (system?, user,
 assistant, possibly several turns) — except `text`, which stays {"text": ...} and is trained on
 every token, and airoboros' pre-formatted rows ({"prompt", "completion"}: no template).
 
 Rows are numbered from 1 (the line of a .jsonl file, the element of a .json array, the row of a
-parquet file, the index in a hub split). jobs.formats maps a row to messages and says what is wrong
+parquet file, the index in a hub split). sftcore.formats maps a row to messages and says what is wrong
 with a bad one, and a conversation the chat template refuses when it is tokenised (Gemma 2 and a
 system turn) is a bad row too (`Row` keeps its source and number); `data.bad_rows` decides what it gets: `error` (default) stops with a `UserError`
 naming the source, the row and the problem; `skip` leaves it out and counts it per reason, and the
@@ -42,8 +42,8 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from jobs.formats import RowError, check_row
-from launcher.errors import UserError
+from sftcore.formats import FORMATTERS, RowError
+from sftcore.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,23 @@ IGNORE = -100
 
 # ---------------------------------------------------------------- reading sources
 
+
+
+def check_row(fmt: str, row: object) -> dict:
+    """The formatted row, or RowError with the reason it cannot be trained on (the format's own
+    checks in sftcore.formats, then the conversation rules in jobs.templates)."""
+    from jobs import templates
+
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, got {type(row).__name__}", "not an object")
+    out = FORMATTERS[fmt](row)
+    if "messages" in out:
+        out["messages"] = templates.drop_empty_system(out["messages"])
+        try:
+            templates.validate(out["messages"])
+        except templates.BadConversation as e:
+            raise RowError(str(e), e.reason) from None
+    return out
 
 def _local_files(path: Path) -> list[Path]:
     if path.is_dir():

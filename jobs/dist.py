@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.contract import Env
-from launcher.errors import JobFailed, job_exit
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, job_exit
 
 DEFAULT_PORT = 29500
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _int(env: dict, name: str, default: int) -> int:
     try:
         return int(raw) if raw else default
     except ValueError:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"{name}={raw!r}: not an integer") from None
 
@@ -53,11 +53,11 @@ def topology(env: dict) -> dict:
     gpus = _int(env, "SKYPILOT_NUM_GPUS_PER_NODE", 0)
     head = ips[0] if ips else "127.0.0.1"
     if nodes > 1 and len(ips) < nodes:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"SKYPILOT_NUM_NODES={nodes} but SKYPILOT_NODE_IPS lists {len(ips)} address(es)")
     if not 0 <= rank < nodes:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"SKYPILOT_NODE_RANK={rank} is outside 0..{nodes - 1}")
     return {"nodes": nodes, "rank": rank, "gpus": gpus, "head": head,
@@ -117,7 +117,7 @@ def _recipe_deepspeed(job_args: list[str], env: dict) -> str | None:
     recipe = recipe or env.get(Env.RECIPE)
     if not recipe:
         return None
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     name = load_recipe(recipe).train.deepspeed
     return str(REPO / "docker" / "deepspeed" / f"{name}.json") if name else None
@@ -178,7 +178,7 @@ def info(recipe_path: str | None) -> None:
     """Versions, GPUs and the resolved recipe with secrets masked: the first lines of every run log."""
     import platform
 
-    from launcher.secrets import mask
+    from sftcore.masking import mask
 
     lines = [f"python {platform.python_version()}"]
     try:
@@ -192,7 +192,7 @@ def info(recipe_path: str | None) -> None:
     except ImportError as exc:
         lines.append(f"torch/transformers missing: {exc}")
     if recipe_path:
-        from launcher.recipe import load_recipe
+        from sftcore.recipe import load_recipe
 
         lines.append(f"recipe {recipe_path} (resolved):")
         lines.append(load_recipe(recipe_path).to_yaml().rstrip())
@@ -200,7 +200,7 @@ def info(recipe_path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import contract
-from launcher.errors import UserError
+from sftcore import contract
+from sftcore.errors import UserError
 
 
 class EvalInputError(UserError):

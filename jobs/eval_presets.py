@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from jobs.leaderboard import BENCHES
+from sftcore.leaderboard import BENCHES
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ PRESETS: dict[str, tuple[PresetTask, ...]] = {
         # strict-match is the "#### <number>" answer the leaderboard scored.
         PresetTask("gsm8k", 5, "exact_match", "GSM8K", filter="strict-match"),
     ),
-    # Open LLM Leaderboard v2 (jobs/leaderboard.py): lm-eval's `leaderboard_*` groups at the shot
+    # Open LLM Leaderboard v2 (sftcore/leaderboard.py): lm-eval's `leaderboard_*` groups at the shot
     # counts of their own task configs, scored raw and normalized as the leaderboard did.
     "leaderboard-v2": tuple(PresetTask(b.task, b.shots, b.metric, b.name) for b in BENCHES),
 }

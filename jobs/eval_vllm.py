@@ -1,4 +1,4 @@
-"""The vLLM side of `python -m jobs eval`: which backend runs (launcher.eval_backend's rule, with
+"""The vLLM side of `python -m jobs eval`: which backend runs (sftcore.eval_backend's rule, with
 this host's facts), the interpreter that has vLLM, and lm-eval's VLLM model built from a ModelSpec.
 
 Why a second interpreter: vLLM pins its own torch (vLLM 0.33 a different release from the
@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 
 from jobs.eval_model import EvalInputError, ModelSpec
-from launcher import contract
-from launcher.contract import Env
-from launcher.eval_backend import BackendError, choose, max_lora_rank
+from sftcore import contract
+from sftcore.contract import Env
+from sftcore.eval_backend import BackendError, choose, max_lora_rank
 
 
 def have_vllm() -> bool:
@@ -75,8 +75,8 @@ def choose_backend(args, gpus: int) -> str:
     auto, decided on this host); returns what was asked for."""
     requested, load_4bit = args.backend, args.load_4bit
     if args.recipe and (requested is None or not load_4bit):
-        from launcher.errors import RecipeError
-        from launcher.recipe import load_recipe
+        from sftcore.errors import RecipeError
+        from sftcore.recipe import load_recipe
 
         try:
             ev = load_recipe(args.recipe).eval

@@ -19,7 +19,7 @@ Backend (`--backend`, default the recipe's eval.backend, else auto): `hf` is lm-
 above; `vllm` is lm-eval's VLLM on vLLM's engine (jobs/eval_vllm.py), which lives in its own venv
 (contract.VLLM_PYTHON): this process re-runs itself there with `--backend vllm`. `auto` takes vLLM
 on an Ampere-or-newer NVIDIA GPU unless 4-bit loading or a LoRA rank above vLLM's limit rules it
-out (launcher/eval_backend.py, the planner's rule too), and keeps HF when the image has no vLLM
+out (sftcore/eval_backend.py, the planner's rule too), and keeps HF when the image has no vLLM
 venv. With vLLM, data parallel is lm-eval's data_parallel_size and model parallel its
 tensor_parallel_size, in one process (no accelerate relaunch).
 """
@@ -51,11 +51,12 @@ from jobs.eval_model import _resolve_base as _resolve_base
 from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_custom, reduce_preset
 from jobs.eval_presets import PresetTask as PresetTask
 from jobs.eval_vllm import choose_backend, have_vllm, run_under_vllm, vllm_python
-from jobs.leaderboard import reduce_v2, v2_average
-from launcher import contract
-from launcher.contract import Env
-from launcher.errors import JobFailed, job_exit
-from launcher.eval_backend import BACKENDS
+from sftcore.leaderboard import reduce_v2, v2_average
+from sftcore import contract
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, job_exit
+from sftcore.eval_backend import BACKENDS
+from sftcore.results import base_out
 
 HARNESS = "lm-eval"
 RESULTS_SCHEMA = 1
@@ -240,8 +241,8 @@ def _parse_batch(value: str):
 
 def apply_recipe(args: argparse.Namespace) -> None:
     """Fill unset flags from the recipe's eval section, so the job step needs only --recipe."""
-    from launcher.errors import RecipeError
-    from launcher.recipe import load_recipe
+    from sftcore.errors import RecipeError
+    from sftcore.recipe import load_recipe
 
     try:
         recipe = load_recipe(args.recipe)
@@ -313,11 +314,6 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             base["run_id"] = base["recipe_sha256"] = None
             _write(base, base_out(args.out), "eval-base", run_id=result and result["run_id"])
     return result
-
-
-def base_out(out: str) -> Path:
-    """Where --with-base writes the base model's results: beside OUT (eval → eval-base)."""
-    return Path(f"{str(out).rstrip('/')}-base")
 
 
 def _score(spec: ModelSpec, job: dict) -> dict | None:
@@ -430,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalInputError, DatasetUnavailable) as exc:
         return job_exit(exc)
     if result is not None:
-        from launcher.results import load_results, render_table
+        from sftcore.results import load_results, render_table
 
         base = base_out(args.out) / "results.json"
         print(render_table(([load_results(base)] if args.with_base and base.is_file() else []) + [result]))

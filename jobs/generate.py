@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from launcher.errors import UserError, job_exit
+from sftcore.errors import UserError, job_exit
 
 
 class GenerateInputError(UserError):
@@ -73,7 +73,7 @@ def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
     """Token ids of the whole conversation up to where the assistant's next reply starts: the
     template rendered to one string and tokenised once, exactly as training and a serving stack do."""
     from jobs import templates
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     tok = loaded.tokenizer
     try:

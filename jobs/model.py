@@ -8,8 +8,8 @@ cache on wastes memory and warns every step. Only the tiny test model is ever bu
 
 from __future__ import annotations
 
-from launcher import contract
-from launcher.errors import UserError
+from sftcore import contract
+from sftcore.errors import UserError
 
 TINY_MODEL_ID = contract.TINY_MODEL_ID
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -180,7 +180,7 @@ def plan_vs_actual(cal: dict | None, elapsed_s: float | None, usd_per_hour: floa
 def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[dict], repo_id: str,
                 is_adapter: bool, hardware: str | None, usd_per_hour: float | None,
                 has_plot: bool, license: str = "other") -> str:
-    from launcher.results import render_details, render_table
+    from sftcore.results import render_details, render_table
 
     fm = front_matter(recipe, meta, is_adapter, license)
     elapsed = max((r.get("elapsed_s", 0) for r in metrics), default=None)

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import contract
-from launcher.contract import Env
-from launcher.errors import UserError, job_exit
+from sftcore import contract
+from sftcore.contract import Env
+from sftcore.errors import UserError, job_exit
 
 HUB_ATTEMPTS = 3
 # Above this many bytes the upload goes through upload_large_folder: several commits, and its
@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.recipe or not args.run_dir:
             raise PublishInputError(f"give --recipe R and --run-dir DIR (or {Env.RECIPE}/{Env.OUT})")
-        from launcher.errors import RecipeError
-        from launcher.recipe import load_recipe
+        from sftcore.errors import RecipeError
+        from sftcore.recipe import load_recipe
 
         try:
             recipe = load_recipe(args.recipe)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 CLUSTER_INFO = "SKYPILOT_CLUSTER_INFO"  # SkyPilot's, not ours: {"cluster_name", "cloud", "region", "zone"}
 NUM_GPUS = "SKYPILOT_NUM_GPUS_PER_NODE"

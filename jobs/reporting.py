@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"  # wandb's default for WANDB_BASE_URL
 PROBE_TIMEOUT_S = 10.0  # whole probe, connect to answer; override with SFTLAUNCH_WANDB_TIMEOUT_S

@@ -23,7 +23,7 @@ from jobs.collectives import (
     shutdown,
     world_size,
 )
-from launcher import contract
+from sftcore import contract
 
 
 def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
@@ -78,7 +78,7 @@ def attempt_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topo
     if resume is None:
         return t.grad_accum
     from jobs import checkpoint_topology as ct
-    from launcher.errors import JobFailed
+    from sftcore.errors import JobFailed
 
     try:
         ga, note = ct.resume_grad_accum(resume, ct.saved_topology(resume, saved, t.grad_accum, t.deepspeed),
@@ -124,7 +124,7 @@ def finished_steps(out: Path, run_id: str | None) -> int | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("steps"), int):
         return None
     if run_id and meta.get("run_id") and meta["run_id"] != run_id:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"{out / 'final'} holds the model of run {meta['run_id']}, not {run_id}; "
                         "refusing to overwrite it: give this run its own --out directory")
@@ -133,7 +133,7 @@ def finished_steps(out: Path, run_id: str | None) -> int | None:
 
 def finished_or_refused(out: Path, run_id: str | None) -> tuple[int | None, str | None]:
     """(finished_steps, None) or (None, why it is refused): rank 0 decides for every rank."""
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     try:
         return finished_steps(out, run_id), None

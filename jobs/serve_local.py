@@ -25,7 +25,7 @@ import sys
 import threading
 from pathlib import Path
 
-from launcher.errors import SftlaunchError, UserError, job_exit
+from sftcore.errors import SftlaunchError, UserError, job_exit
 
 
 def resolve_local_model(ref: str, work: Path) -> str:

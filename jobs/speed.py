@@ -25,8 +25,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from launcher.contract import Env
-from launcher.errors import UserError
+from sftcore.contract import Env
+from sftcore.errors import UserError
 
 
 def gradient_checkpointing(recipe, cuda: bool | None = None) -> bool:

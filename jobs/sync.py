@@ -11,7 +11,7 @@ entrypoint calls this module; anything fsspec opens works as a bucket (gs://, s3
     python -m jobs sync end --out DIR --exit-code N [--stopped]
 
 `mask` is how no token ever reaches a log file: the values of the secret variables in this
-process's environment (launcher.secrets) are replaced line by line, before the line is written.
+process's environment (sftcore.masking) are replaced line by line, before the line is written.
 `push --every` copies what changed every S seconds until it is terminated or PID (the
 entrypoint) is gone; a failed copy is a warning, never the job's failure.
 """
@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import contract
-from launcher.contract import END_RECORD, METRICS, STOPPED_MARKER, Env
+from sftcore import contract
+from sftcore.contract import END_RECORD, METRICS, STOPPED_MARKER, Env
 
-# The job's files the launcher reads (named in launcher/contract.py), copied to <bucket>/<run id>/:
+# The job's files the launcher reads (named in sftcore/contract.py), copied to <bucket>/<run id>/:
 SYNCED_FILES = (METRICS, STOPPED_MARKER, END_RECORD)
 SYNCED_DIRS = (contract.LOGS_DIR,)
 
@@ -42,7 +42,7 @@ def warn(message: str) -> None:
 def line_masker(env: dict | None = None):
     """`mask` for many lines: the secret values are read from the environment once, here, not
     per line (they do not change while a step runs); token shapes are still matched per line."""
-    from launcher.secrets import MASK, mask, secret_values
+    from sftcore.masking import MASK, mask, secret_values
 
     values = secret_values(env)
 

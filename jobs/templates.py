@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import re
 
-from launcher import contract
-from launcher.errors import UserError
+from sftcore import contract
+from sftcore.errors import UserError
 
 TEMPLATES = contract.TEMPLATES
 ROLES = ("system", "user", "assistant")

@@ -37,8 +37,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import contract
-from launcher.contract import Env
+from sftcore import contract
+from sftcore.contract import Env
 
 TINY_MODEL_ID = contract.TINY_MODEL_ID
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.

@@ -41,8 +41,8 @@ from jobs.collectives import (
     world_size,
 )
 from jobs.resume import attempt_grad_accum, finished_or_refused, restore_metrics, resume_point, resumed_step
-from launcher import contract
-from launcher.contract import (
+from sftcore import contract
+from sftcore.contract import (
     STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
     Env,
 )
@@ -100,7 +100,7 @@ def _deepspeed_config(name: str | None) -> str | None:
         return None
     path = Path(__file__).resolve().parent.parent / "docker" / "deepspeed" / f"{name}.json"
     if not path.is_file():
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"train.deepspeed {name!r}: no config at {path}")
     return str(path)
@@ -207,7 +207,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         datasets = build_datasets(recipe, tokenizer, info=data_info)
     train_ds, eval_ds = datasets
     if not train_ds:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
     # The arguments first: with a DeepSpeed config they join the process group through DeepSpeed
@@ -224,7 +224,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     args.eval_on_start = args.eval_on_start and resume is None
     done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node
     if refused:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(refused)
     if done is not None and done >= total:
@@ -361,7 +361,7 @@ def _write_stopped(run_id, bucket, stopped: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out (or {Env.OUT}) is required")
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps {args.max_steps}: must be a positive integer")
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     return train(recipe, Path(args.out), run_id=args.run_id, max_steps=args.max_steps)

@@ -30,10 +30,10 @@ from typing import Any
 import yaml
 
 from launcher import offers as offers_mod
-from launcher.contract import Env
-from launcher.errors import UserError, one_line
+from sftcore.contract import Env
+from sftcore.errors import UserError, one_line
 from launcher.home import sftlaunch_home
-from launcher.recipe import MAX_GPUS_PER_NODE  # noqa: F401 - the one bound (GCP a2-megagpu-16g), re-exported
+from sftcore.recipe import MAX_GPUS_PER_NODE  # noqa: F401 - the one bound (GCP a2-megagpu-16g), re-exported
 
 DATA = Path(__file__).resolve().parent / "data"
 K8S_ENV = Env.K8S_GPUS

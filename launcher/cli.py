@@ -14,7 +14,7 @@ import sys
 import click
 
 from launcher import __version__
-from launcher.contract import Env
+from sftcore.contract import Env
 
 # name -> (module:attribute, short help). Kept as data so --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -91,10 +91,10 @@ def _is_located(line: str) -> bool:
 def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> int:
     """Run the CLI and map exceptions to the exit codes (docs/architecture.md); never a traceback unless --debug.
 
-    Every line printed here goes through `launcher.secrets.mask`: an error message may quote
+    Every line printed here goes through `sftcore.masking.mask`: an error message may quote
     whatever the user typed (a flag value, a recipe value), and that may be a token.
     """
-    from launcher.errors import SftlaunchError
+    from sftcore.errors import SftlaunchError
 
     debug = _debug_requested(argv)
     try:
@@ -106,7 +106,7 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
         return exc.exit_code
     except click.Abort as exc:
         cause = exc.__cause__ or exc.__context__  # click turns a KeyboardInterrupt into Abort
-        if getattr(cause, "signum", None):  # launcher.errors.Terminated: SIGTERM 143, SIGHUP 129
+        if getattr(cause, "signum", None):  # sftcore.errors.Terminated: SIGTERM 143, SIGHUP 129
             _say(f"Terminated by {cause.name}; `sftlaunch status` lists any run it had started.")
             return cause.exit_code
         _say("Aborted.")
@@ -127,7 +127,7 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
             _say(line if _is_located(line) else f"error: {line}")
         return exc.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
-        from launcher.errors import disk_full, disk_full_message
+        from sftcore.errors import disk_full, disk_full_message
 
         if disk_full(exc) and not debug:
             _say(f"error: {disk_full_message(exc, getattr(exc, 'filename', None))}")
@@ -144,8 +144,8 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
 def _say(text: str) -> None:
     """Every error line: secrets masked, and what the user typed (a flag, a run reference, a
     recipe value) with its control and bidi characters escaped, never sent to the terminal raw."""
-    from launcher.errors import printable
-    from launcher.secrets import mask
+    from sftcore.errors import printable
+    from sftcore.masking import mask
 
     click.echo(printable(mask(text), keep_newlines=True), err=True)
 

@@ -1,4 +1,4 @@
-"""Generate docs/recipes.md, the recipe reference, from the pydantic schema in launcher/recipe/schema.py.
+"""Generate docs/recipes.md, the recipe reference, from the pydantic schema in sftcore/recipe/schema.py.
 
 Why generated: a hand-written reference drifts the first time someone adds a key or changes a
 default. Every key, type, allowed values, bounds, default and meaning comes from the schema (the
@@ -146,7 +146,7 @@ def _anchor(path: str) -> str:
 def missing_descriptions(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     """Dotted paths of schema fields without a description (the reference needs one for each)."""
     if model is None:
-        from launcher.recipe import Recipe
+        from sftcore.recipe import Recipe
 
         model = Recipe
     out = []
@@ -161,7 +161,7 @@ def missing_descriptions(model: type[BaseModel] | None = None, prefix: str = "")
 
 
 def generate() -> str:
-    from launcher.recipe import Recipe
+    from sftcore.recipe import Recipe
 
     sections: list[tuple[str, type[BaseModel], str]] = [("", Recipe, "")]
     out = [HEADER]
@@ -196,13 +196,13 @@ def generate() -> str:
 
 
 def _formats_section() -> str:
-    """Per-format conventions, from the formatters' docstrings in jobs/formats.py (one source of truth;
-    jobs.formats imports only the standard library at module level)."""
+    """Per-format conventions, from the formatters' docstrings in sftcore/formats.py (one source of truth;
+    sftcore.formats imports only the standard library at module level)."""
     import inspect
 
-    from jobs.formats import FORMATTERS
+    from sftcore.formats import FORMATTERS
 
-    out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from jobs/formats.py). Every "
+    out = ["\n## Data formats\n\nWhat `data.sources[].format` maps each row to (from sftcore/formats.py). Every "
            "conversation is checked: roles alternate user/assistant after an optional system message (an empty one "
            "is dropped, so the model's default system prompt applies), it ends "
            "with the assistant's answer, no turn is empty; `data.bad_rows` says whether a bad row stops the "
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
     missing = missing_descriptions()
     print(f"wrote {OUT}")
     if missing:
-        print("fields without a description in launcher/recipe/schema.py: " + ", ".join(missing), file=sys.stderr)
+        print("fields without a description in sftcore/recipe/schema.py: " + ", ".join(missing), file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 
 def sftlaunch_home() -> Path:

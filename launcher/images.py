@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from launcher import __version__
-from launcher.contract import Env
+from sftcore.contract import Env
 from launcher.home import sftlaunch_home
 
 DEFAULT_REPOSITORY = "ghcr.io/sftlaunch/sftlaunch"
@@ -97,7 +97,7 @@ def check_reference(ref: str, flag: str = "--tag") -> str:
     """`ref` itself when docker would accept it as a build tag, else the UserError (exit 2)."""
     problem = reference_problem(ref)
     if problem:
-        from launcher.errors import UserError
+        from sftcore.errors import UserError
 
         raise UserError(f"{flag} {ref!r}: not a valid image reference ({problem}); "
                         "use [REGISTRY/]REPO[:TAG], e.g. ghcr.io/me/sftlaunch:0.1.0")

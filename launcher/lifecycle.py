@@ -35,8 +35,8 @@ import re
 import time
 from pathlib import Path
 
-from launcher import contract
-from launcher.contract import END_RECORD
+from sftcore import contract
+from sftcore.contract import END_RECORD
 from launcher.run_record import Backend
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
 

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import UserError, one_line
+from sftcore.errors import UserError, one_line
 from launcher.home import sftlaunch_home
 
 CATALOG_CLOUDS = ("lambda", "runpod", "gcp")  # clouds with a public SkyPilot catalog

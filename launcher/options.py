@@ -40,7 +40,7 @@ class GpuType(click.ParamType):
         if value is None or value == "auto":
             return value
         from launcher.catalog import canonical_gpu, unknown_gpu_message
-        from launcher.recipe import GPU_RE, gpu_count_problem
+        from sftcore.recipe import GPU_RE, gpu_count_problem
 
         text = str(value).strip()
         m = GPU_RE.match(text)

@@ -12,7 +12,7 @@ answers yields "could not check" when the deadline passes, never a hung command 
 does not hold the process open at exit). Only what the run itself will have is used: the
 container receives HF_TOKEN and, for s3:// buckets, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from
 this environment, so a token saved by `hf auth login` passes no cloud check. Nothing printed
-carries a secret value: every line goes through `launcher.secrets.mask`.
+carries a secret value: every line goes through `sftcore.masking.mask`.
 """
 
 from __future__ import annotations
@@ -28,69 +28,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.errors import one_line
-from launcher.secrets import mask
+from launcher.preflight_checks import (
+    CHECK_TIMEOUT_S,
+    FAIL,
+    INSTALL_CLOUD,
+    INSTALL_TRAIN,
+    LABELS,
+    PASS,
+    UNKNOWN,
+    WARN,
+    Check,
+    Line,
+    run_checks,
+)
+from sftcore.errors import one_line
+from sftcore.masking import mask
 
-PASS, WARN, FAIL, UNKNOWN = "pass", "warn", "fail", "unknown"
-LABELS = {PASS: "pass", WARN: "warn", FAIL: "FAIL", UNKNOWN: "could not check"}
-CHECK_TIMEOUT_S = 20.0  # one Hub or bucket check; the Hub and the stores answer in well under 1 s
 SKY_CHECK_TIMEOUT_S = 90.0  # `import sky` alone takes seconds, and GCP's check asks Google
 PROBE_PREFIX = ".sftlaunch-preflight-"
-INSTALL_TRAIN = 'pip install "sftlaunch[train]"'
-INSTALL_CLOUD = 'pip install "sftlaunch[cloud]"'
-
-
-@dataclass
-class Line:
-    """One row of the preflight table."""
-
-    check: str  # model, hub_repo, data[0], bucket, cloud
-    target: str  # what was checked: a model id, a URI, a cloud
-    status: str  # PASS | WARN | FAIL | UNKNOWN
-    detail: str
-    fix: str = ""
-
-    def masked(self) -> Line:
-        return Line(self.check, mask(self.target), self.status, mask(self.detail), mask(self.fix))
-
-
-@dataclass
-class Check:
-    """A check to run: `fn` returns (status, detail, fix), or Lines when it answers for several
-    things at once, and may take up to `timeout` seconds."""
-
-    check: str
-    target: str
-    fn: Callable[[], tuple[str, str, str] | list[Line]]
-    timeout: float = CHECK_TIMEOUT_S
-    fix_unknown: str = "rerun `sftlaunch preflight` when the service answers"
-    remote: bool = True  # asks a service (Hub, bucket, cloud); False: looks at this machine only
-
-
-def run_checks(checks: list[Check]) -> list[Line]:
-    """Run every check at once, each in a daemon thread with its own deadline."""
-    results: list[list[Line] | None] = [None] * len(checks)
-
-    def work(i: int, c: Check) -> None:
-        try:
-            answer = c.fn()
-        except Exception as exc:  # noqa: BLE001 - an unforeseen answer is "could not check", said why
-            answer = (UNKNOWN, one_line(exc, with_type=True, limit=300), c.fix_unknown)
-        results[i] = answer if isinstance(answer, list) else [Line(c.check, c.target, *answer)]
-
-    start = time.monotonic()
-    threads = []
-    for i, c in enumerate(checks):
-        t = threading.Thread(target=work, args=(i, c), name=f"preflight-{c.check}", daemon=True)
-        t.start()
-        threads.append(t)
-    for t, c in zip(threads, checks, strict=True):
-        t.join(max(0.0, start + c.timeout - time.monotonic()))
-    lines = []
-    for i, c in enumerate(checks):
-        answer = results[i] or [Line(c.check, c.target, UNKNOWN, f"no answer within {c.timeout:g} s", c.fix_unknown)]
-        lines.extend(line.masked() for line in answer)
-    return lines
 
 
 # -- what to check for a recipe ---------------------------------------------------------------------
@@ -113,7 +68,7 @@ def recipe_checks(recipe, *, local: bool = False, clouds: list[str] | None = Non
         checks.append(Check("bucket", uri, lambda: probe_bucket(uri, timeout), timeout,
                             "rerun when the store answers, or check the network and the endpoint", "://" in uri))
     if not local:
-        from launcher.clouds import CLOUDS
+        from sftcore.clouds import CLOUDS
 
         wanted = [c for c in (recipe.resources.clouds if clouds is None else clouds) if c in CLOUDS]
         checks += image_checks(recipe, wanted or [c for c in recipe.resources.clouds if c in CLOUDS], timeout)
@@ -137,7 +92,7 @@ def image_checks(recipe, clouds: list[str], timeout: float) -> list[Check]:
 def image_status(ref: str, default: bool, root: bool = False, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, str]:
     """The registry's answer for `ref` as a preflight line (launcher.registry speaks the protocol)."""
     from launcher import registry
-    from launcher.contract import Env
+    from sftcore.contract import Env
 
     answer = registry.manifest_state(ref, timeout)
     host = registry.parse_reference(ref).registry
@@ -160,8 +115,8 @@ def image_status(ref: str, default: bool, root: bool = False, timeout: float = C
 
 
 def data_check(i: int, src, local: bool, timeout: float) -> Check:
-    from launcher.recipe import looks_local
-    from launcher.recipe.input import data_path_problem
+    from sftcore.recipe import looks_local
+    from sftcore.recipe.input import data_path_problem
 
     if looks_local(src.path):
         def fn():
@@ -365,7 +320,7 @@ def gate(recipe, *, dry_run: bool, local: bool = False, **kwargs) -> bool:
     check failed. A dry run only shows it and returns whether one failed (`up` exits 2 at its
     end). A local run checks only what it will ask of a service (Hub, bucket): its local files
     were checked when the recipe loaded. Nothing to check: nothing printed."""
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     checks = [c for c in recipe_checks(recipe, local=local, **kwargs) if c.remote or not local]
     if not checks:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.preflight import FAIL, INSTALL_TRAIN, PASS, UNKNOWN, WARN, Check
+from launcher.preflight_checks import FAIL, INSTALL_TRAIN, PASS, UNKNOWN, WARN, Check
 
 TINY_MODEL_ID = "sftlaunch/tiny-llama"  # == jobs.tiny.TINY_MODEL_ID: built locally, never on the Hub
 WRITE_ROLES_IN_ORG = ("admin", "write", "contributor")
@@ -75,7 +75,7 @@ def _unreachable(exc: BaseException) -> tuple[str, str, str] | None:
     """'could not check' for offline mode, timeouts, refused connections and server errors."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    from launcher.errors import one_line
+    from sftcore.errors import one_line
 
     if isinstance(exc, OfflineModeIsEnabled):
         return OFFLINE

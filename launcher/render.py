@@ -20,19 +20,19 @@ from typing import Any
 
 import yaml
 
-from launcher import contract
-from launcher.clouds import CLOUDS, able_clouds, capability_problem, check_features, not_allowed
-from launcher.contract import Env
-from launcher.errors import UserError
+from sftcore import contract
+from sftcore.clouds import CLOUDS, able_clouds, capability_problem, check_features, not_allowed
+from sftcore.contract import Env
+from sftcore.errors import UserError
 from launcher.images import resolve_image
-from launcher.recipe import Recipe, looks_local
+from sftcore.recipe import Recipe, looks_local
 
 CONTAINER_ROOT = contract.CONTAINER_ROOT
 CONTAINER_RECIPE = contract.CONTAINER_RECIPE
 ENTRYPOINT = contract.ENTRYPOINT
 RUN_LABEL = contract.RUN_LABEL
 STEPS = contract.STEPS
-# Secrets passed by name; values come from the caller's environment at launch (launcher.secrets).
+# Secrets passed by name; values come from the caller's environment at launch (sftcore.masking).
 SECRET_NAMES = contract.JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Multi-node runs: NCCL's and PyTorch's documented switches, safe on every cloud. WARN prints

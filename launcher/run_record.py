@@ -64,7 +64,7 @@ class RunRecord:
     running_seconds: float = 0.0
     running_since: float | None = None
     ended_at: float | None = None
-    # The stop protocol and the end, formerly keys of `extra`.
+    # The stop protocol and the end.
     stop_requested_at: float | None = None
     stop_flag: str | None = None
     job_stopped: bool = False  # the job's own budget guard stopped training

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from launcher import contract
+from sftcore import contract
 
 PREFIX = contract.RUN_ID_PREFIX
 MAX_LEN = 35

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher import contract
-from launcher.errors import UserError
+from sftcore import contract
+from sftcore.errors import UserError
 
 # vLLM's published OpenAI-server image, pinned (docs.vllm.ai "Using Docker": vllm/vllm-openai:v0.11.0).
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"

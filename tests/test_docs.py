@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher import docgen
-from launcher.recipe import Recipe, TrainSpec
+from sftcore.recipe import Recipe, TrainSpec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.contract import Env
+from sftcore.contract import Env
 
 ENV = Env.TINY_EVAL
 _DEFAULT = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task" / "eval.jsonl"

@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import contract
-from launcher.contract import STOPPED_MARKER, Env
-from launcher.secrets import JOB_SECRETS
+from sftcore import contract
+from sftcore.contract import STOPPED_MARKER, Env
+from sftcore.masking import JOB_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"

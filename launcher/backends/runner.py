@@ -1,8 +1,7 @@
 """One runner interface for the three places a run executes: start, poll, logs, stop, release.
 
-Why: lifecycle, logs, teardown, status and up used to branch on the strings "local", "cluster"
-and "managed" and each spelt out how that kind is polled, followed and stopped. Now a record's
-`backend` picks its runner once (`Runners.for_record`) and callers ask it; every stop goes
+Why: a run executes locally, on a cluster or as a managed job, and each kind is polled, followed
+and stopped its own way; a record's `backend` picks its runner once (`Runners.for_record`) and callers ask it; every stop goes
 through launcher.backends.ownership (SkyPilot resources) or local.process_refusal (processes),
 so nothing is stopped that is not proven to be this run's and this user's.
 
@@ -240,7 +239,7 @@ class ManagedRunner(_SkyRunner):
         """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):
         its end record in the bucket says how it ended; without one, after a grace period for a
         launch still being registered, it failed without reaching the end of its entrypoint."""
-        from jobs.sync import END_RECORD
+        from sftcore.contract import END_RECORD
         from launcher.lifecycle import bucket_base, end_record, stop_reason
 
         end = end_record(record)
@@ -310,7 +309,7 @@ def deferred_interrupts():
     """Hold a Ctrl-C (SIGINT), SIGTERM or SIGHUP until the block ends, then raise it: starting a
     process and recording it must not be split, or a run would be left going that no command can
     see. Outside the main thread signals cannot be held and the block runs as it is."""
-    from launcher.errors import Terminated
+    from sftcore.errors import Terminated
 
     received: list[int] = []
     previous = {}
@@ -335,7 +334,7 @@ def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:
     with Ctrl-C held. If anything cuts in (an error, an interrupt let through), the process we
     started — ours by the Popen handle we hold — is killed and the row says so."""
     from launcher.backends import local
-    from launcher.errors import one_line
+    from sftcore.errors import one_line
 
     record = None
     try:

@@ -29,7 +29,7 @@ import functools
 import io
 from dataclasses import dataclass, field
 
-from launcher.errors import one_line
+from sftcore.errors import one_line
 
 LABEL = "sftlaunch-run"
 
@@ -82,7 +82,6 @@ CLUSTER_JOB_STATES = {
 }
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 100
-EXIT_CANCELLED = 103
 
 JOB_QUEUE_FIELDS = (
     "job_id", "job_name", "status", "submitted_at", "end_at", "job_duration", "recovery_count",

@@ -13,7 +13,7 @@ import statistics
 
 import click
 
-from launcher.errors import UserError
+from sftcore.errors import UserError
 from launcher.options import json_option, recipe_argument
 
 
@@ -105,7 +105,7 @@ def _samples(recipe, tokenizer, n: int) -> list[list[tuple[str, bool]]]:
 @json_option
 def data_preview(recipe: str, samples: int, as_json: bool) -> None:
     """Token counts, padding and truncation, packed-batch fill and rendered samples of RECIPE's data."""
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     r = load_recipe(recipe)
     try:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from launcher import contract
-from launcher.contract import Env
-from launcher.errors import JobFailed, UserError
-from launcher.eval_backend import BACKENDS
+from sftcore import contract
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, UserError
+from sftcore.eval_backend import BACKENDS
 from launcher.options import dry_run_option, json_option
 
 PRESETS = contract.EVAL_PRESETS
@@ -120,7 +120,7 @@ def run_job(model: str, out: Path, args: list[str], extra: list[str] = ()) -> di
         raise UserError(last.removeprefix("error: ") or "the eval job rejected its input")
     if code != 0:
         raise JobFailed(f"the eval job failed (exit {code}): {last}")
-    from launcher.results import load_results
+    from sftcore.results import load_results
 
     return load_results(out)
 
@@ -152,7 +152,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base,
                      parallel, backend)
         return
-    from launcher.results import render_details, render_table
+    from sftcore.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
 
     args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend) + ["--parallel", parallel]
@@ -174,8 +174,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         extra = [*extra, "--with-base"]
     results = [run_job(model, out, args, extra)]
     if with_base:
-        from jobs.evaluate import base_out  # stdlib-only at import: the path rule lives there
-        from launcher.results import load_results
+        from sftcore.results import base_out, load_results
 
         results.insert(0, load_results(base_out(str(out))))
     if record is not None and (limit is None or not record.get("eval")):
@@ -202,7 +201,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
 
     from launcher.backends.sky import get_backend
     from launcher.estimate import plan
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
     from launcher.render import render_task, to_yaml
 
     data = dict(record["recipe"])
@@ -239,7 +238,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     if dry_run:
         click.echo(to_yaml(task))
         return
-    from launcher.secrets import launch_secrets
+    from sftcore.masking import launch_secrets
 
     present, _ = launch_secrets(list((task.get("secrets") or {}).keys()))
     backend = get_backend()
@@ -263,7 +262,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     res = find_results(_registry().get(record["run_id"], history=False))
     if res:
         _registry().set_eval(record["run_id"], res)
-        from launcher.results import render_table
+        from sftcore.results import render_table
 
         base = _bucket_base_results(record) if with_base else None
         click.echo(render_table(([base] if base else []) + [res]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from launcher.errors import UserError
+from sftcore.errors import UserError
 
 
 def model_ref(target: str) -> str:

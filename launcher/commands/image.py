@@ -23,8 +23,8 @@ from pathlib import Path
 import click
 
 from launcher import __version__
-from launcher.contract import Env
-from launcher.errors import JobFailed, UserError
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, UserError
 from launcher.options import dry_run_option, json_option
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import click
 
-from launcher import contract
+from sftcore import contract
 from launcher.commands.up import Interrupted
-from launcher.errors import JobFailed, UserError, one_line
+from sftcore.errors import JobFailed, UserError, one_line
 from launcher.run_record import Backend
-from launcher.secrets import mask
+from sftcore.masking import mask
 
 
 def _print(line: str) -> None:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from launcher.clouds import not_allowed
-from launcher.errors import UserError
+from sftcore.clouds import not_allowed
+from sftcore.errors import UserError
 from launcher.options import cloud_option, fallbacks_option, gpu_option, json_option, recipe_argument
 
 
@@ -32,7 +32,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     """Estimate memory, time and cost of RECIPE on every allowed GPU offer; pick the cheapest that fits."""
     from launcher import offers
     from launcher.estimate import plan as make_plan
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     if refresh_prices:
         click.echo(offers.refresh(), err=True)

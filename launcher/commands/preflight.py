@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import click
 
-from launcher.contract import Env
-from launcher.errors import UserError
+from sftcore.contract import Env
+from sftcore.errors import UserError
 from launcher.options import cloud_option, json_option, recipe_argument
 
 

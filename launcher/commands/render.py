@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import UserError
+from sftcore.errors import UserError
 from launcher.options import RunIdType, cloud_option, fallbacks_option, gpu_option, recipe_argument
 
 
@@ -20,7 +20,7 @@ def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | 
     with the reason, before any planning. An explicit GPU the planner thinks does not fit is
     still rendered as asked (on the first allowed cloud that sells it).
     """
-    from launcher.clouds import CLOUDS
+    from sftcore.clouds import CLOUDS
     from launcher.render import Target
 
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
@@ -88,7 +88,7 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
            fallbacks: int | None) -> None:
     """Print the SkyPilot task YAML for RECIPE (secrets appear by name only)."""
     from launcher.images import sftlaunch_home
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
     from launcher.render import STEPS, container_recipe_yaml, render_task, to_yaml
 
     if output:

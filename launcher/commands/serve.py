@@ -21,7 +21,7 @@ import sys
 
 import click
 
-from launcher.errors import JobFailed, UserError
+from sftcore.errors import JobFailed, UserError
 from launcher.options import GpuType, dry_run_option, json_option, yes_option
 
 VERBS = ("status", "logs", "down")
@@ -181,7 +181,7 @@ def _plan_lines(plan: dict) -> list[str]:
 
 def _reach(call, consequence: str):
     """`call()`, with SkyPilot unreachable (no API server, ...) as one line and exit 2."""
-    from launcher.errors import one_line
+    from sftcore.errors import one_line
 
     try:
         return call()
@@ -196,8 +196,8 @@ def _reach(call, consequence: str):
 def _launch(task, name, record, source, first, plan) -> None:
     from launcher import services
     from launcher.backends.serve import get_serve_backend
-    from launcher.errors import one_line
-    from launcher.secrets import launch_secrets
+    from sftcore.errors import one_line
+    from sftcore.masking import launch_secrets
 
     backend = get_serve_backend()
     try:

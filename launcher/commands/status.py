@@ -14,7 +14,7 @@ import click
 
 from launcher.options import json_option
 from launcher.run_record import Backend
-from launcher.secrets import mask
+from sftcore.masking import mask
 
 COLUMNS = ("RUN", "RECIPE", "WHERE", "STATE", "PROGRESS", "$ SO FAR", "EVAL AVG")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import UserError, one_line, printable
+from sftcore.errors import UserError, one_line, printable
 from launcher.options import dry_run_option, yes_option
 from launcher.run_record import Backend, RunRecord
-from launcher.secrets import mask
+from sftcore.masking import mask
 
 _WHAT = {Backend.CLUSTER: "cluster", Backend.MANAGED: "managed job", Backend.LOCAL: "local process"}
 
@@ -201,6 +201,6 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
     for r in stale:
         registry.set_state(r.run_id, "cancelled", "teardown: nothing was left running")
     if failures:
-        from launcher.errors import JobFailed
+        from sftcore.errors import JobFailed
 
         raise JobFailed("teardown failed for: " + "; ".join(failures))

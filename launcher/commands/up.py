@@ -30,8 +30,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from launcher.contract import Env
-from launcher.errors import JobFailed, UserError, signals_as_interrupts
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, UserError, signals_as_interrupts
 from launcher.options import (
     cloud_option,
     dry_run_option,
@@ -41,7 +41,7 @@ from launcher.options import (
     yes_option,
 )
 from launcher.run_record import Backend
-from launcher.secrets import mask
+from sftcore.masking import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
 
@@ -52,7 +52,7 @@ class Interrupted(JobFailed):
     exit_code = 130
 
     def __init__(self, message: str = "interrupted; the run keeps going"):
-        cause = sys.exc_info()[1]  # SIGTERM / SIGHUP (launcher.errors.Terminated): exit 143 / 129
+        cause = sys.exc_info()[1]  # SIGTERM / SIGHUP (sftcore.errors.Terminated): exit 143 / 129
         if getattr(cause, "signum", None):
             self.exit_code = cause.exit_code
             message = f"{cause.name} received; the run keeps going"
@@ -185,7 +185,7 @@ def _load(recipe: str, local: bool, bucket: str | None, from_cli: bool):
     rules (spot needs a bucket; a cloud run needs gs:// or s3://) judge it, and a bad value is
     reported against the flag. The environment's bucket is not applied to local runs (`--local`
     or `clouds: [local]`): the demo must not start writing to a cloud."""
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     if not bucket or (local and not from_cli):
         return load_recipe(recipe)
@@ -266,7 +266,7 @@ def _report_end(record: dict) -> None:
 def _report_local_outputs(run_dir: Path) -> None:
     """The end of a local run: the results table again (the job printed it mid-log) and where the
     model, its card and the loss plot are, so nobody has to dig through run.log for them."""
-    from launcher.results import load_results, render_table
+    from sftcore.results import load_results, render_table
 
     results = run_dir / "eval" / "results.json"
     if results.is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from launcher import contract
+from sftcore import contract
 from launcher.commands.up import (
     Interrupted,
     Streamer,
@@ -21,7 +21,7 @@ from launcher.commands.up import (
     reattach_hints,
     stream_until_end,
 )
-from launcher.errors import JobFailed, UserError, one_line
+from sftcore.errors import JobFailed, UserError, one_line
 from launcher.run_record import Backend
 
 LOST_RESULTS = ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
@@ -115,7 +115,7 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
     """Plan and check (nothing spent), pick a cloud with credentials and preflight, then either
     SkyPilot's dry run or confirm → record → launch → follow."""
     from launcher.backends.sky import get_backend
-    from launcher.clouds import CLOUDS
+    from sftcore.clouds import CLOUDS
     from launcher.preflight import PREFLIGHT_FAILED, gate
 
     result, registry, run_id = _plan_checked(r, dry_run, cloud, gpu)
@@ -147,7 +147,7 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
 def _plan_checked(r, dry_run: bool, cloud: str | None, gpu: str | None):
     """(plan, registry, run id) once the refusals that cost nothing have passed: outputs that
     would be lost, a --cloud the recipe does not allow, nothing fits, the estimate over max_usd."""
-    from launcher.clouds import not_allowed
+    from sftcore.clouds import not_allowed
     from launcher.runid import new_run_id
     from launcher.runs import Registry
 
@@ -255,7 +255,7 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
     from launcher import render
     from launcher.backends.runner import Launch, runner_for
     from launcher.images import resolve_image
-    from launcher.secrets import launch_secrets
+    from sftcore.masking import launch_secrets
 
     bucket = r.output.bucket
     record = registry.create(

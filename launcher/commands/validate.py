@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import RecipeError, printable
+from sftcore.errors import RecipeError, printable
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -16,7 +16,7 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
 def validate(recipes: tuple[str, ...], quiet: bool) -> None:
     """Check RECIPES (files, or directories of *.yaml/*.yml); print `file:line: field: message` for every problem (exit 2 if any)."""
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     files, problems = _expand(recipes)
     for path in files:

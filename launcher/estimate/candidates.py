@@ -13,11 +13,11 @@ from typing import Any, NamedTuple
 
 from launcher import catalog
 from launcher import offers as offers_mod
-from launcher.clouds import CLOUDS, able_clouds, check_features
-from launcher.errors import UserError
+from sftcore.clouds import CLOUDS, able_clouds, check_features
+from sftcore.errors import UserError
 from launcher.estimate.memory import GB, Memory, UnknownModel, _shape, eval_memory, memory
 from launcher.estimate.timing import Timing, timing
-from launcher.recipe import GPU_RE, Recipe
+from sftcore.recipe import GPU_RE, Recipe
 
 CLOUD_LABELS = {"lambda": "Lambda", "runpod": "RunPod", "gcp": "GCP", "kubernetes": "Kubernetes"}
 
@@ -177,7 +177,7 @@ def refuse_unsold(recipe: Recipe, clouds: list[str], name: str | None, count: in
 def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int, cloud_flag: str | None = None,
                        spot_flag: bool = False) -> None:
     """Refuse spot or multi-node when none of the clouds considered can do it, quoting SkyPilot's
-    reason (launcher/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
+    reason (sftcore/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
     asked = [f for f, active in (("spot", spot), ("multi_node", nodes > 1)) if active]
     for feature, reasons in check_features(asked, clouds).items():

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import catalog
-from launcher.recipe import Recipe
+from sftcore.recipe import Recipe
 
 GB = 1e9
 
@@ -94,7 +94,7 @@ def _shape(recipe: Recipe) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shape: parameters, MoE, logits, attention span (issue 12). Kept apart from the memory terms.
+# Shape: parameters, MoE, logits, attention span. Kept apart from the memory terms.
 
 DEFAULT_EXPERT_MODULES = ("w1", "w2", "w3")  # Mixtral's names; other MoE shapes list theirs
 
@@ -104,15 +104,6 @@ def _expert_modules(shape: dict[str, Any]) -> tuple[str, ...]:
     if not experts:
         return ()
     return tuple(experts.get("modules") or DEFAULT_EXPERT_MODULES)
-
-
-def _linear_params_per_layer(shape: dict[str, Any]) -> float:
-    """Every linear weight of one layer, each expert's counted (the MoE total, not the active)."""
-    experts, per_expert = shape.get("experts"), _expert_modules(shape)
-    total = 0.0
-    for name, (i, o) in shape["linear"].items():
-        total += i * o * (experts["total"] if name in per_expert else 1)
-    return total
 
 
 def param_count(shape: dict[str, Any]) -> tuple[float, float]:

@@ -19,8 +19,8 @@ from typing import Any
 
 from launcher import catalog
 from launcher.estimate.memory import GB, _shape, attention_flops_per_token, checkpointing, lora_params
-from launcher.eval_backend import BackendError, choose
-from launcher.recipe import Recipe, looks_local
+from sftcore.eval_backend import BackendError, choose
+from sftcore.recipe import Recipe, looks_local
 
 
 @dataclass
@@ -173,7 +173,7 @@ def eval_workload(recipe: Recipe) -> tuple[float, float, str]:
 
 
 def eval_backend(recipe: Recipe, gpu: str) -> tuple[str, str]:
-    """(backend, why) the eval step will use on `gpu`: the job's own rule (launcher.eval_backend)
+    """(backend, why) the eval step will use on `gpu`: the job's own rule (sftcore.eval_backend)
     with the catalog's facts: CPU runs use hf, a GPU without bf16 (pre-Ampere) keeps auto on hf.
     The eval step scores the trained adapter itself (merging happens at publish), so a LoRA
     recipe's rank counts."""

@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from launcher import contract
+from sftcore import contract
 from tests.docker.test_dockerfile import REPO, TEXT, arg_defaults, constraint_pins, kv_pairs, stages
 
 VLLM_CONSTRAINTS = REPO / "docker" / "vllm-constraints.txt"

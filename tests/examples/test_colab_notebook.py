@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "examples" / "colab_qlora.ipynb"

@@ -12,7 +12,7 @@ from transformers import TrainerControl
 
 from jobs import calibration as cal
 from jobs.callbacks import RunState
-from launcher.contract import Env
+from sftcore.contract import Env
 
 
 class Clock:
@@ -144,7 +144,7 @@ def test_other_ranks_follow_rank_0s_decision(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text", ["20", "0,10", "5,-1", "a,b"])
 def test_a_bad_probe_length_is_one_line_naming_the_variable(text):
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     with pytest.raises(UserError, match=f"{Env.CALIBRATION}=.*STEPS,SECONDS"):
         cal.probe_length({Env.CALIBRATION: text})
@@ -187,7 +187,7 @@ def test_the_model_card_shows_planned_measured_and_actual_time_and_dollars():
     from pathlib import Path
 
     from jobs.modelcard import render_card
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "tiny-local.yaml").resolved_dict()
     m = cal.project(PLAN, tokens=4000, seconds=8, steps=4, step=5, max_steps=1000, elapsed_s=60, usd_h=10.0, max_usd=None)

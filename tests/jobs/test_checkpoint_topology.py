@@ -16,7 +16,7 @@ import pytest
 
 from jobs import checkpoint as ck
 from jobs import checkpoint_topology as ct
-from launcher.errors import JobFailed
+from sftcore.errors import JobFailed
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]

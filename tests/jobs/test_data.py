@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import UserError
+from sftcore.errors import UserError
 
 DATA = Path(__file__).resolve().parents[2] / "recipes" / "data"
 
 
 def _recipe(sources, **data):
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     spec = {"sources": sources, "template": "plain", "seq_len": 128, "packing": True, "eval_fraction": 0.1}
     spec.update(data)
@@ -62,7 +62,7 @@ def test_every_shipped_file_formats(path, fmt):
 
 
 def test_dolphin_and_alpaca_mapping():
-    from jobs.formats import fmt_airoboros, fmt_alpaca, fmt_dolphin
+    from sftcore.formats import fmt_airoboros, fmt_alpaca, fmt_dolphin
 
     m = fmt_dolphin({"instruction": "You are kind.", "input": "Q?", "output": "A."})["messages"]
     assert m == [{"role": "system", "content": "You are kind."}, {"role": "user", "content": "Q?"},
@@ -88,7 +88,7 @@ def test_mixing_max_samples_and_deterministic_shuffle():
     a = load_rows(_recipe(srcs))
     assert len(a) == 12
     assert a == load_rows(_recipe(srcs))
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     other = _recipe(srcs).resolved_dict()
     other["train"]["seed"] = 4

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from launcher.errors import UserError
+from sftcore.errors import UserError
 
 pytest.importorskip("transformers")
 
@@ -23,7 +23,7 @@ BAD = [
 
 
 def _recipe(path: Path, bad_rows: str | None = None, fmt: str = "messages"):
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     data = {"sources": [{"path": str(path), "format": fmt}], "template": "plain", "seq_len": 64, "eval_fraction": 0}
     if bad_rows:

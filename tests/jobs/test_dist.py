@@ -58,7 +58,7 @@ def test_head_is_the_first_ip_with_surrounding_whitespace_ignored():
     ({"SKYPILOT_NUM_GPUS_PER_NODE": "eight"}, "SKYPILOT_NUM_GPUS_PER_NODE"),
 ])
 def test_inconsistent_env_is_a_user_error(env, field):
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     with pytest.raises(UserError, match=field):
         launch_args(env)

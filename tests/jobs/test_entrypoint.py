@@ -85,7 +85,7 @@ def test_deepspeed_full_fine_tune_on_two_cpu_processes(tiny, tmp_path, stage):
 
 @pytest.mark.slow
 def test_lora_adapter_saved_under_deepspeed_is_complete_and_reloads(tiny, tmp_path):
-    """launcher.recipe allows LoRA with zero2 only (zero3 is rejected at validation), so the
+    """sftcore.recipe allows LoRA with zero2 only (zero3 is rejected at validation), so the
     sharded-save case a recipe can reach is ZeRO-2."""
     from peft import PeftModel
     from safetensors.torch import load_file

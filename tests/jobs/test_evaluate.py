@@ -307,7 +307,7 @@ def test_finetuned_tiny_model_beats_the_untrained_one(tmp_path, monkeypatch, req
     tiny model."""
     eval_rows_env(monkeypatch, tmp_path)
     if HAVE_TRAIN:
-        from launcher.recipe import load_recipe
+        from sftcore.recipe import load_recipe
 
         train = load_recipe(TINY_RECIPE).resolved_dict()["train"]
         assert train.get("max_steps") in (None, TRAIN_STEPS) and train["epochs"] == 6, train

@@ -37,7 +37,7 @@ def test_dry_run_prints_each_recipe_with_the_planner_estimate(tmp_path):
     assert set(found) == {"full-zero2", "full-zero3", "lora", "qlora"}
     bench = _bench_module()
     from launcher import estimate
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     model_dir = tmp_path / "llama-1b-random"
     assert f"--model-dir {model_dir}" in out and (model_dir / "config.json").is_file()  # all the estimate reads

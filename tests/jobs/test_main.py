@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs import __main__ as jobs_main
-from launcher.errors import JobFailed, UserError, job_exit
+from sftcore.errors import JobFailed, UserError, job_exit
 
 
 def _classes():

@@ -82,7 +82,7 @@ def test_qlora_base_is_nf4_with_lora_on_top(tiny):
 
 def test_unknown_model_is_one_clear_user_error(tmp_path):
     from jobs import model as jm
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     recipe = make_recipe(tmp_path / "nope", write_data(tmp_path / "d.jsonl"))
     with pytest.raises(UserError, match="model.id"):
@@ -146,7 +146,7 @@ def test_saved_tokenizer_carries_the_recipes_chat_template(tiny, tmp_path, templ
 
     from jobs import model as jm
     from jobs import templates
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
     from tests.jobs.test_train_support import recipe_dict
 
     d = recipe_dict(*tiny)

@@ -38,7 +38,7 @@ def held_bytes(model) -> int:
 
 
 def _recipe(model_dir, data, method):
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     d = recipe_dict(model_dir, data, precision="bf16")
     d["method"] = method

@@ -47,7 +47,7 @@ def _published_run(tmp_path: Path, template: str) -> tuple[str, Path]:
 
     from jobs.model import load_tokenizer
     from jobs.tiny import ensure_tiny
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
     from launcher.runs import Registry
 
     recipe = load_recipe(REPO / "recipes" / "tiny-local.yaml", overrides={("data", "template"): template})

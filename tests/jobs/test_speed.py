@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from launcher.contract import Env
-from launcher.errors import UserError
+from sftcore.contract import Env
+from sftcore.errors import UserError
 from tests.jobs.test_train_support import build_tiny_model, make_recipe, write_data
 
 

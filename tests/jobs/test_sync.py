@@ -43,12 +43,12 @@ def test_mask_filter_masks_stdout_and_the_tee_file(tmp_path):
 def test_mask_stream_reads_the_secret_values_once_per_stream(monkeypatch):
     import io
 
-    from launcher import secrets
+    from sftcore import masking
 
     monkeypatch.setenv("HF_TOKEN", CANARY)
     lookups = []
-    real = secrets.secret_values
-    monkeypatch.setattr(secrets, "secret_values", lambda env=None: lookups.append(env) or real(env))
+    real = masking.secret_values
+    monkeypatch.setattr(masking, "secret_values", lambda env=None: lookups.append(env) or real(env))
     shaped = "hf_" + "x" * 24  # a token shape from no variable: still masked line by line
     src = io.BytesIO(b"".join(f"line {i} {CANARY} {shaped}\n".encode() for i in range(50)))
     dst = io.BytesIO()

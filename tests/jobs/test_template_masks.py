@@ -183,7 +183,7 @@ def test_qwen3_answers_without_reasoning_leave_the_empty_think_block_untrained(t
 
 def test_an_empty_system_message_is_dropped_so_the_default_system_prompt_applies(toks):
     from jobs import templates
-    from jobs.formats import check_row
+    from jobs.data import check_row
 
     row = check_row("messages", {"messages": [EMPTY_SYSTEM, *T[:2]]})
     assert row["messages"] == T[:2]  # as dolphin's empty instruction gives no system message
@@ -196,7 +196,7 @@ def test_an_empty_system_message_is_dropped_so_the_default_system_prompt_applies
 
 
 def _recipe(path, model_dir, bad_rows: str, seq_len: int = 512):
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     return recipe_from_dict({
         "name": "t", "model": {"id": str(model_dir)}, "method": "full",
@@ -212,7 +212,7 @@ def _write(path, convs):
 
 def test_a_row_the_template_refuses_stops_naming_source_and_row_or_is_skipped(toks, tmp_path):
     from jobs.data import build_datasets
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     path = _write(tmp_path / "gemma.jsonl", [T[:2], [SYSTEM, *T[:2]], T[:4]])
     model = tiny.ensure_tiny(family="gemma2")

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from launcher.errors import UserError  # noqa: E402
+from sftcore.errors import UserError  # noqa: E402
 
 # meta-llama/Llama-2-7b-chat-hf, tokenizer_config.json "chat_template", verbatim.
 OFFICIAL_LLAMA2 = (
@@ -67,7 +67,7 @@ def shipped_conversations() -> list[list[dict]]:
     import json
     from pathlib import Path
 
-    from jobs.formats import FORMATTERS
+    from sftcore.formats import FORMATTERS
 
     data = Path(__file__).resolve().parents[2] / "recipes" / "data"
     out = []
@@ -333,7 +333,7 @@ def test_plain_matches_reference_prompt_and_eval_rows(tiny):
     import json
     from pathlib import Path
 
-    from jobs.formats import fmt_dolphin
+    from sftcore.formats import fmt_dolphin
     from jobs.templates import render
 
     root = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task"

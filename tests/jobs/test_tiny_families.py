@@ -21,7 +21,7 @@ RECIPE = {"qwen2": "qwen2.5-7b-qlora", "gemma2": "gemma2-9b-qlora", "mistral": "
 
 
 def _recipe(model_dir: Path, method: str, family: str):
-    from launcher.recipe import load_recipe, recipe_from_dict
+    from sftcore.recipe import load_recipe, recipe_from_dict
 
     shipped = load_recipe(REPO / "recipes" / f"{RECIPE[family]}.yaml")
     d = {"name": "t", "model": {"id": str(model_dir)}, "method": method,

@@ -294,7 +294,7 @@ def test_row_counts_per_source_type_reach_sftlaunch_json_and_the_card(tiny, tmp_
 
     from jobs import train as jt
     from jobs.modelcard import render_card
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
     from tests.jobs.test_train_support import recipe_dict
 
     def rows(n, start=0):
@@ -406,7 +406,7 @@ def test_a_finished_run_run_again_neither_trains_past_max_steps_nor_overwrites_f
 @pytest.mark.slow
 def test_another_runs_final_model_is_never_overwritten(tiny, tmp_path):
     from jobs.resume import finished_steps
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     out = tmp_path / "theirs"
     (out / "final").mkdir(parents=True)

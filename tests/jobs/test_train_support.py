@@ -59,7 +59,7 @@ def recipe_dict(model_dir: Path, data: Path, **train) -> dict:
 
 
 def make_recipe(model_dir: Path, data: Path, method: str = "full", **train):
-    from launcher.recipe import recipe_from_dict
+    from sftcore.recipe import recipe_from_dict
 
     d = recipe_dict(model_dir, data, **train)
     d["method"] = method
@@ -112,7 +112,7 @@ def drive(argv: list[str]) -> int:
     run_id = overrides.pop("run_id", "sftl-t-0000")
     recipe = make_recipe(build_tiny_model(root / "model"), write_data(root / "d.jsonl"), method=method, **overrides)
     tok = jm.load_tokenizer(recipe)
-    from launcher.errors import SftlaunchError, job_exit
+    from sftcore.errors import SftlaunchError, job_exit
 
     try:  # as `python -m jobs train` does: a refusal is one line and its exit code
         rc = jt.train(recipe, out, run_id=run_id, datasets=(token_rows(64), token_rows(4, seed=1)),

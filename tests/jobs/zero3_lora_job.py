@@ -1,6 +1,6 @@
 """`jobs.train.train` with LoRA under ZeRO-3, run by torchrun from test_multiproc.
 
-launcher.recipe refuses lora + zero3 (the recipe contract: DeepSpeed is for full fine-tunes, zero2
+sftcore.recipe refuses lora + zero3 (the recipe contract: DeepSpeed is for full fine-tunes, zero2
 also with lora), so no recipe reaches this path today. The reference workflow's trap, adapters
 saved under ZeRO-3 coming out empty because each rank holds only a shard, is still worth pinning
 on the job's own save path: this swaps the validated recipe's `train.deepspeed` to zero3 after
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jobs.train import train
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 from tests.jobs.test_train_support import left_up
 
 if __name__ == "__main__":

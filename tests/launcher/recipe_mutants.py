@@ -173,9 +173,9 @@ LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+): ")
 
 
 def classify_load(path: Path) -> tuple[str, str]:
-    """("accepted" | "clean" | "internal", detail) for launcher.recipe.load_recipe."""
-    from launcher.errors import RecipeError
-    from launcher.recipe import load_recipe
+    """("accepted" | "clean" | "internal", detail) for sftcore.recipe.load_recipe."""
+    from sftcore.errors import RecipeError
+    from sftcore.recipe import load_recipe
 
     try:
         load_recipe(path)

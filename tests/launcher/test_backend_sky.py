@@ -14,7 +14,7 @@ import pytest
 sky = pytest.importorskip("sky")
 
 from launcher.backends import sky as adapter  # noqa: E402
-from launcher.recipe import load_recipe  # noqa: E402
+from sftcore.recipe import load_recipe  # noqa: E402
 from launcher.render import Target, render_task  # noqa: E402
 from tests.launcher.fake_backend import write_recipe  # noqa: E402
 
@@ -304,7 +304,7 @@ from pathlib import Path
 import sky, sky.check
 from sky import clouds, exceptions, optimizer
 from launcher.backends import sky as adapter
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 from launcher.render import Target, render_task
 from tests.launcher.fake_backend import write_recipe
 sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [clouds.RunPod()]

@@ -19,9 +19,9 @@ import pytest
 from jobs.rate import resolve
 from launcher import offers
 from launcher.commands.render import resolve_target
-from launcher.errors import UserError
+from sftcore.errors import UserError
 from launcher.estimate import plan
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 from launcher.render import render_task
 from tests.sky_catalog import sky_launch_envs
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
-from launcher.errors import UserError
+from sftcore.errors import UserError
 from launcher.estimate import plan
-from launcher.recipe import recipe_from_dict
+from sftcore.recipe import recipe_from_dict
 from tests.sky_catalog import FIXTURE_DIR
 
 REPO = Path(__file__).resolve().parents[2]

@@ -63,7 +63,7 @@ def test_every_sample_dropped_is_exit_2_like_train(tmp_path, capsys):
 
     from jobs.data import no_samples_message
     from launcher.cli import main
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
 
     data = load_recipe(TINY).resolved_dict()
     data["data"]["seq_len"] = 4

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from launcher import catalog
 from launcher.cli import cli
 from launcher.estimate import eval_memory, lora_params, memory, plan, timing
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

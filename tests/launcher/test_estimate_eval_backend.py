@@ -1,4 +1,4 @@
-"""The plan's eval time uses the lm-eval backend that will run (launcher.eval_backend's rule), and
+"""The plan's eval time uses the lm-eval backend that will run (sftcore.eval_backend's rule), and
 vLLM's decode rate is the published figure it cites (launcher/data/workloads.yaml)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from launcher.cli import cli
 from launcher.estimate import eval_workload, timing
 from launcher.estimate.memory import _shape
 from launcher.estimate.timing import eval_backend
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 QLORA_8B = REPO / "recipes" / "llama3.1-8b-qlora.yaml"  # eval: leaderboard-v2, lora r 16

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.contract import Env
+from sftcore.contract import Env
 from launcher.estimate import memory, plan, timing
 from launcher.estimate.memory import liger_chunk_tokens
-from launcher.recipe import recipe_from_dict
+from sftcore.recipe import recipe_from_dict
 from launcher.render import render_task
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -34,7 +34,7 @@ def _recipe(gc="auto", method="qlora", seq=2048, mb=1, kernels="auto"):
 
 
 def test_auto_is_the_default_and_true_false_still_force():
-    from launcher.recipe.schema import TrainSpec
+    from sftcore.recipe.schema import TrainSpec
 
     assert TrainSpec().gradient_checkpointing == "auto" and TrainSpec().kernels == "auto"
     r = _recipe(gc=True)

@@ -85,7 +85,7 @@ def remote_run(tmp_path, monkeypatch):
     import types
 
     import launcher.backends.sky as sky_mod
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
     from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r", name="demo", bucket="gs://sftl-test/runs"))
@@ -173,7 +173,7 @@ def test_backend_flag_reaches_the_job(remote_run):
     import yaml
 
     from launcher.commands.eval import eval_args
-    from launcher.contract import CONTAINER_RECIPE
+    from sftcore.contract import CONTAINER_RECIPE
 
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--backend", "hf", "--dry-run"])
     assert result.exit_code == 0, result.stderr

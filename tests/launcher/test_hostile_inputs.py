@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.errors import RecipeError
-from launcher.recipe import load_recipe
-from launcher.recipe.input import DATA_SCAN_LIMIT, MAX_RECIPE_BYTES
+from sftcore.errors import RecipeError
+from sftcore.recipe import load_recipe
+from sftcore.recipe.input import DATA_SCAN_LIMIT, MAX_RECIPE_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny-local.yaml"
@@ -130,7 +130,7 @@ def test_an_oversized_recipe_is_refused_before_it_is_read(tmp_path):
 
 def test_a_recipe_that_grows_past_the_limit_after_stat_is_refused(tmp_path, monkeypatch):
     """stat said small, the read finds more (a file being written, /proc): the read is bounded too."""
-    from launcher.recipe import input as recipe_input
+    from sftcore.recipe import input as recipe_input
 
     p = tmp_path / "r.yaml"
     p.write_text("name: x\n" * 10)
@@ -217,7 +217,7 @@ def test_a_huge_integer_gives_a_short_message(tmp_path):
 def test_many_plain_keys_are_not_an_alias_expansion(tmp_path):
     """Thousands of values and no alias at all (the old guard counted every value as an alias
     expansion): unknown keys, the first 50 reported; past MAX_NODES, one line saying so. Never 'aliases'."""
-    from launcher.recipe import MAX_NODES
+    from sftcore.recipe import MAX_NODES
 
     keys = "".join(f"k{i}: {i}\n" for i in range(100_000))
     some = _recipe(tmp_path, TINY.read_text() + "extra:\n" + "".join("  " + ln + "\n" for ln in keys.splitlines()[:4000]))
@@ -274,7 +274,7 @@ def test_a_system_directory_is_not_a_data_directory(tmp_path, path):
 
 
 def test_thousands_of_sources_are_refused_without_scanning_each(tmp_path, monkeypatch):
-    from launcher.recipe import rules as recipe_module
+    from sftcore.recipe import rules as recipe_module
 
     scanned: list = []
     monkeypatch.setattr(recipe_module, "data_path_problem", lambda lp: scanned.append(lp) or "not data")
@@ -311,7 +311,7 @@ def test_an_unreadable_entry_in_a_data_directory_is_named(tmp_path, monkeypatch)
     """What the job's recursive read would crash on (it asks every entry is_file(); a root-owned
     /proc/1/cwd raises PermissionError) is refused at validate. Root reads everything, so the
     denial is injected at os.scandir / DirEntry.stat."""
-    from launcher.recipe import input as recipe_input
+    from sftcore.recipe import input as recipe_input
 
     d = tmp_path / "rows"
     (d / "locked").mkdir(parents=True)
@@ -474,7 +474,7 @@ def test_libyaml_and_pure_pyyaml_give_the_same_verdicts(tmp_path, monkeypatch):
     """The loader composes with libyaml for speed; PyYAML's pure-Python parser (a separate
     implementation, and the one used where PyYAML is built without libyaml) must reach the same
     problems on the same files. Tabs are the known exception (libyaml allows some PyYAML refuses)."""
-    from launcher.recipe import compose as recipe_module
+    from sftcore.recipe import compose as recipe_module
     from tests.launcher.recipe_mutants import mutants, write
 
     fast = recipe_module._FastRecipeLoader

@@ -131,7 +131,7 @@ def test_push_records_digest_and_runs_resolve_to_it(fake_docker):
 
 
 def test_render_uses_the_recorded_digest(fake_docker):
-    from launcher.recipe import load_recipe
+    from sftcore.recipe import load_recipe
     from launcher.render import Target, render_task
 
     assert invoke("image", "push").exit_code == 0

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
-from launcher.clouds import CLOUDS
+from sftcore.clouds import CLOUDS
 from launcher.estimate import logits_bytes, memory, param_count, plan, quantized_split
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 

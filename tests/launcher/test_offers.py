@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from launcher import catalog, offers
-from launcher.errors import UserError
+from sftcore.errors import UserError
 from launcher.estimate import plan
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.recipe import load_recipe, recipe_from_dict
 from tests.sky_catalog import sky_env
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.estimate import plan
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 from launcher.runs import Registry
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "llama2-70b-qlora.yaml"
@@ -55,7 +55,7 @@ def test_measured_mfu_replaces_the_published_one_and_the_plan_says_so():
 
 
 def test_an_unreadable_registry_plans_with_published_figures(tmp_path, monkeypatch):
-    from launcher.contract import Env
+    from sftcore.contract import Env
 
     monkeypatch.setenv(Env.HOME, str(tmp_path))
     (tmp_path / "runs.db").write_bytes(b"not a database at all" * 100)

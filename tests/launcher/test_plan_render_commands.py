@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.clouds import CLOUDS
+from sftcore.clouds import CLOUDS
 
 REPO = Path(__file__).resolve().parents[2]
 MISTRAL = REPO / "recipes/mistral-7b-qlora.yaml"

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from launcher import offers
-from launcher.clouds import CLOUDS
-from launcher.errors import UserError
+from sftcore.clouds import CLOUDS
+from sftcore.errors import UserError
 from launcher.estimate import plan
-from launcher.recipe import load_recipe
+from sftcore.recipe import load_recipe
 from launcher.render import render_task
 from tests.sky_catalog import FIXTURE_DIR, sky_optimize_tasks
 

@@ -196,7 +196,7 @@ def test_missing_model_and_missing_dataset(tmp_path, hub, clouds_ok):
 
 
 def test_local_data_removed_after_the_recipe_loaded(tmp_path):
-    from launcher.recipe import DataSource
+    from sftcore.recipe import DataSource
 
     src = DataSource(path=str(tmp_path / "gone.jsonl"), format="alpaca")
     line = pf.run_checks([pf.data_check(0, src, local=False, timeout=5)])[0]

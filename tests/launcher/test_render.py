@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.clouds import CLOUDS
-from launcher.errors import UserError
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.clouds import CLOUDS
+from sftcore.errors import UserError
+from sftcore.recipe import load_recipe, recipe_from_dict
 from launcher.render import CONTAINER_RECIPE, Target, container_recipe, render_task, to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
 def test_the_plan_prediction_reaches_the_job_for_its_calibration():
     """SFTLAUNCH_PLAN carries the chosen candidate's figures; jobs.calibration reads them back."""
     from jobs.calibration import read_plan
-    from launcher.contract import PLAN_KEYS, Env
+    from sftcore.contract import PLAN_KEYS, Env
     from launcher.estimate import plan
 
     recipe = load_recipe(REPO / "recipes" / "llama2-70b-qlora.yaml")

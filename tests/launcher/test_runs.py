@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from launcher.errors import UserError
-from launcher.results import eval_scores
+from sftcore.errors import UserError
+from sftcore.results import eval_scores
 from launcher.run_record import Backend, RunRecord
 from launcher.runid import MAX_LEN, looks_like_run_id, new_run_id
 from launcher.runs import MIGRATIONS, SCHEMA_VERSION, Registry

@@ -338,7 +338,7 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
 
     from jobs.calibration import CalibrationCallback
     from jobs.callbacks import RunState
-    from launcher.contract import Env, run_prefix
+    from sftcore.contract import Env, run_prefix
 
     clock = _Clock(monkeypatch)
     reg = Registry()

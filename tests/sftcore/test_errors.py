@@ -1,8 +1,8 @@
-"""launcher.errors.one_line: what any command prints or stores of a foreign exception."""
+"""sftcore.errors.one_line: what any command prints or stores of a foreign exception."""
 
 from __future__ import annotations
 
-from launcher.errors import one_line
+from sftcore.errors import one_line
 
 CANARY = "hf_CANARYerrors0123456789abcdefXYZ"
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from launcher.errors import UserError
-from launcher.results import load_results, render_details, render_table
+from sftcore.errors import UserError
+from sftcore.results import load_results, render_details, render_table
 
 NAMES = [("arc_challenge", "ARC", "acc_norm", 25), ("hellaswag", "HellaSwag", "acc_norm", 10),
          ("mmlu", "MMLU", "acc", 5), ("truthfulqa_mc2", "TruthfulQA", "acc", 0),

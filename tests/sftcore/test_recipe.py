@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.errors import RecipeError
-from launcher.recipe import load_recipe, recipe_from_dict
+from sftcore.errors import RecipeError
+from sftcore.recipe import load_recipe, recipe_from_dict
 
 GOOD = textwrap.dedent(
     """\

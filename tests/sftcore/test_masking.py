@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.secrets import MASK, launch_secrets, mask, mask_obj
+from sftcore.masking import MASK, launch_secrets, mask, mask_obj
 
 
 def test_mask_replaces_values_from_the_environment(monkeypatch):

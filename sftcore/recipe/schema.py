@@ -1,7 +1,7 @@
 """The recipe's schema: the pydantic models, the name lists and each field's own bounds.
 
-Shape and types only. Rules that span fields are in launcher.recipe.rules; reading the YAML with
-the line of each key in launcher.recipe.loader; pydantic's errors worded in launcher.recipe.messages.
+Shape and types only. Rules that span fields are in sftcore.recipe.rules; reading the YAML with
+the line of each key in sftcore.recipe.loader; pydantic's errors worded in sftcore.recipe.messages.
 docs/recipes.md is generated from these models (launcher/docgen.py).
 """
 
@@ -16,11 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from launcher import contract
-from launcher.clouds import CLOUDS
+from sftcore import contract
+from sftcore.formats import FORMATTERS
+from sftcore.clouds import CLOUDS
 
 METHODS = ("full", "lora", "qlora")
-FORMATS = contract.FORMATS
+FORMATS = tuple(FORMATTERS)
 TEMPLATES = contract.TEMPLATES
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_bnb_8bit", "sgd",

@@ -12,11 +12,11 @@ Callers import from here; the names below are the package's public surface.
 Light imports only: this runs on `sftlaunch validate` and must not pull torch or sky.
 """
 
-from launcher.recipe.compose import MAX_ALIAS_VALUES, MAX_DEPTH, MAX_NODES, REWORD_BYTES
-from launcher.recipe.loader import load_recipe, recipe_from_dict
-from launcher.recipe.messages import MAX_MESSAGE, MAX_PROBLEMS
-from launcher.recipe.rules import MAX_SOURCES, looks_local
-from launcher.recipe.schema import (
+from sftcore.recipe.compose import MAX_ALIAS_VALUES, MAX_DEPTH, MAX_NODES, REWORD_BYTES
+from sftcore.recipe.loader import load_recipe, recipe_from_dict
+from sftcore.recipe.messages import MAX_MESSAGE, MAX_PROBLEMS
+from sftcore.recipe.rules import MAX_SOURCES, looks_local
+from sftcore.recipe.schema import (
     BUCKET_FORMS,
     CLOUD_BUCKET_RE,
     DEEPSPEED,

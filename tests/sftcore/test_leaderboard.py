@@ -8,8 +8,8 @@ import json
 import pytest
 
 from jobs import evaluate
-from jobs.leaderboard import BBH_CHOICES, BENCHES, COLUMNS, MUSR_CHOICES, normalize, reduce_v2, v2_average
-from launcher.results import load_results, render_details, render_table
+from sftcore.leaderboard import BBH_CHOICES, BENCHES, COLUMNS, MUSR_CHOICES, normalize, reduce_v2, v2_average
+from sftcore.results import load_results, render_details, render_table
 
 
 @pytest.fixture(scope="module")

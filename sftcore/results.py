@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.leaderboard import COLUMNS as V2_COLUMNS  # stdlib only: the v2 column names, defined once
+from sftcore.leaderboard import COLUMNS as V2_COLUMNS  # stdlib only: the v2 column names, defined once
 
 # Column order of the reference table (sft-demos / Open LLM Leaderboard v1).
 LEADERBOARD_COLUMNS = ("ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande", "GSM8K")
@@ -19,9 +19,14 @@ LEADERBOARD_COLUMNS = ("ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande", "
 _PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
 
+
+def base_out(out: str) -> Path:
+    """Where --with-base writes the base model's results: beside OUT (eval → eval-base)."""
+    return Path(f"{str(out).rstrip('/')}-base")
+
 def load_results(path: str | Path) -> dict:
     """A results.json file, or a directory holding one."""
-    from launcher.errors import UserError
+    from sftcore.errors import UserError
 
     p = Path(path)
     if p.is_dir():

@@ -146,19 +146,3 @@ FORMATTERS: dict[str, Callable[[dict], dict]] = {
     "messages": fmt_messages,
     "text": fmt_text,
 }
-
-
-def check_row(fmt: str, row: object) -> dict:
-    """The formatted row, or RowError with the reason it cannot be trained on."""
-    from jobs import templates
-
-    if not isinstance(row, dict):
-        raise RowError(f"expected a JSON object, got {type(row).__name__}", "not an object")
-    out = FORMATTERS[fmt](row)
-    if "messages" in out:
-        out["messages"] = templates.drop_empty_system(out["messages"])
-        try:
-            templates.validate(out["messages"])
-        except templates.BadConversation as e:
-            raise RowError(str(e), e.reason) from None
-    return out

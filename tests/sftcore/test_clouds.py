@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from launcher.clouds import CLOUDS, SKY_FEATURE, capability_problem, min_name_limit
+from sftcore.clouds import CLOUDS, SKY_FEATURE, capability_problem, min_name_limit
 
 sky = pytest.importorskip("sky")
 
@@ -51,7 +51,7 @@ def test_capability_problem_quotes_reason():
 def test_check_features_reports_every_feature_no_allowed_cloud_can_do():
     """One rule for recipe, planner and render: a feature is refused only when none of the clouds
     allowed can do it, with each cloud's reason in SkyPilot's words."""
-    from launcher.clouds import able_clouds, check_features
+    from sftcore.clouds import able_clouds, check_features
 
     assert check_features(["spot", "multi_node"], ["lambda", "runpod"]) == {}  # runpod has spot, lambda nodes
     assert check_features(["spot", "multi_node"], ["kubernetes", "lambda"]) == {
@@ -67,7 +67,7 @@ def test_check_features_reports_every_feature_no_allowed_cloud_can_do():
 
 
 def test_not_allowed_is_one_wording_for_plan_up_and_render():
-    from launcher.clouds import not_allowed
+    from sftcore.clouds import not_allowed
 
     assert not_allowed("kubernetes", ["lambda", "gcp"], "r.yaml") == (
         "--cloud kubernetes: r.yaml: resources.clouds: kubernetes is not allowed by the recipe (lambda, gcp); "

@@ -114,7 +114,7 @@ def one_line(exc: BaseException, with_type: bool = False, limit: int | None = No
     token, an env value) and often span many lines with colour codes and SkyPilot's rich-status
     payloads; what we print or store must be one clean, masked line.
     """
-    from launcher.secrets import mask
+    from sftcore.masking import mask
 
     text = _ANSI.sub("", _SKY_PAYLOAD.sub("", str(exc)))
     line = mask(next((ln.strip() for ln in text.splitlines() if ln.strip()), "")) or type(exc).__name__

@@ -1,13 +1,13 @@
-"""launcher.eval_backend: which lm-eval backend runs (the planner's and the job's one rule), and the
+"""sftcore.eval_backend: which lm-eval backend runs (the planner's and the job's one rule), and the
 recipe rule that refuses `eval.backend: vllm` where vLLM cannot score the model."""
 
 from __future__ import annotations
 
 import pytest
 
-from launcher.errors import RecipeError
-from launcher.eval_backend import VLLM_LORA_RANKS, BackendError, choose, max_lora_rank
-from launcher.recipe import recipe_from_dict
+from sftcore.errors import RecipeError
+from sftcore.eval_backend import VLLM_LORA_RANKS, BackendError, choose, max_lora_rank
+from sftcore.recipe import recipe_from_dict
 
 
 def test_auto_takes_vllm_only_where_it_can_run():

@@ -10,16 +10,15 @@ from __future__ import annotations
 import datetime
 import difflib
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from launcher.errors import printable
-from launcher.recipe.input import short as _short
-from launcher.recipe.schema import Recipe
+from sftcore.errors import printable
+from sftcore.recipe.input import Located
+from sftcore.recipe.input import short as _short
+from sftcore.recipe.schema import Recipe
 
-if TYPE_CHECKING:
-    from launcher.recipe.loader import _Located
 
 
 def _fmt_path(path: tuple) -> str:
@@ -154,7 +153,7 @@ def _clean_loc(loc_: tuple) -> tuple:
     return tuple(out)
 
 
-def _schema_problems(data: dict, loc: _Located) -> tuple[Recipe | None, list[tuple[tuple, str, int | None]]]:
+def _schema_problems(data: dict, loc: Located) -> tuple[Recipe | None, list[tuple[tuple, str, int | None]]]:
     try:
         return Recipe.model_validate(data), []
     except ValidationError as exc:

@@ -11,15 +11,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from launcher.clouds import CLOUDS, able_clouds, check_features, min_name_limit
-from launcher.eval_backend import BackendError, choose
-from launcher.recipe.input import (
+from sftcore.clouds import CLOUDS, able_clouds, check_features, min_name_limit
+from sftcore.eval_backend import BackendError, choose
+from sftcore.recipe.input import (
     LOCAL_DATA_SUFFIXES,
     data_path_problem,
     local_bucket_problem,
     tasks_dir_problem,
 )
-from launcher.recipe.schema import NAME_MAX, NAME_RE, RUN_ID_PREFIX, RUN_ID_SUFFIX_LEN, Recipe, _has_scheme
+from sftcore.recipe.schema import NAME_MAX, NAME_RE, RUN_ID_PREFIX, RUN_ID_SUFFIX_LEN, Recipe, _has_scheme
 
 # --------------------------------------------------------------------------------------------
 # Cross-field rules, checked on the raw data so they are reported together with type errors.
@@ -108,7 +108,7 @@ def _method_problems(data: dict) -> list[tuple[tuple, str]]:
 
 def _resource_problems(data: dict, clouds: list[str], remote: list[str], spot_flag: str | None) -> list[tuple[tuple, str]]:
     """Spot needs a bucket, a cloud run a cloud bucket, local one machine alone; spot and
-    multi-node need a cloud that can (launcher.clouds.check_features, SkyPilot's reasons)."""
+    multi-node need a cloud that can (sftcore.clouds.check_features, SkyPilot's reasons)."""
     out: list[tuple[tuple, str]] = []
     spot = _get(data, "resources", "spot")
     bucket = _get(data, "output", "bucket")
@@ -192,7 +192,7 @@ def _dtype_problems(data: dict) -> list[tuple[tuple, str]]:
 
 
 def _eval_problems(data: dict) -> list[tuple[tuple, str]]:
-    """eval.backend vllm where vLLM cannot score this recipe's model (launcher.eval_backend)."""
+    """eval.backend vllm where vLLM cannot score this recipe's model (sftcore.eval_backend)."""
     if _get(data, "eval", "backend") != "vllm":
         return []
     gpu = str(_get(data, "resources", "gpu", default="auto")).split(":")[0].upper()

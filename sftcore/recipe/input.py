@@ -4,7 +4,7 @@ numbers a recipe may hold, and which local paths count as training data.
 Why a module of its own: each rule here answers a hostile or mistaken input (a FIFO that would
 hang the reader, /dev/zero, a 30 MB paste, an invisible control character, a YAML 1.1 number
 that silently means something else, `data.sources[].path: /`) with one line naming the line and
-the fix, before anything slow or unbounded runs. launcher.recipe calls these while loading.
+the fix, before anything slow or unbounded runs. sftcore.recipe calls these while loading.
 Light imports only (os, stat, re, yaml): it runs on `sftlaunch validate`.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import RecipeError
+from sftcore.errors import RecipeError
 
 MAX_RECIPE_BYTES = 2**20  # 1 MiB: the shipped recipes are 1-3 KB; a larger file is a mistake (a data file) or an attack
 _STD = "tag:yaml.org,2002:"
@@ -130,7 +130,7 @@ def unsafe_text(value) -> str | None:
     they retitle or recolour the terminal or reorder the text. Tabs and newlines are fine."""
     if not isinstance(value, str):
         return None
-    from launcher.errors import UNSAFE_CHARS
+    from sftcore.errors import UNSAFE_CHARS
 
     m = next((m for m in UNSAFE_CHARS.finditer(value) if m.group() not in "\t\n"), None)
     if m is None:
@@ -361,3 +361,18 @@ def _data_dir_problem(directory: Path, kinds: str) -> str | None:
     if not found:
         return f"directory {directory} has no {kinds} file; point at the data files or a directory of them"
     return None
+
+
+class Located:
+    """Plain data plus a map from key path to the line of that key (1-based): built by the loader,
+    read by the messages that name a line."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple, int] = {}
+        # (path, message, line or None: the line of the key at `path`)
+        self.problems: list[tuple[tuple, str, int | None]] = []
+        self.rejected: list[tuple] = []  # paths whose value was reported; pydantic stays quiet there
+        # Nodes built so far, and how many were built again because an alias repeated them: only
+        # the repeats measure an alias expansion (a long file of plain keys has none).
+        self.seen: set[int] = set()
+        self.repeats = 0

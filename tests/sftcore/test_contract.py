@@ -1,4 +1,4 @@
-"""The launcher/container contract is spelled in launcher/contract.py only.
+"""The launcher/container contract is spelled in sftcore/contract.py only.
 
 Scope: launcher/, jobs/ and bench/ must take every `SFTLAUNCH_*` name and every `<bucket>/<run id>`
 path from the contract module (docstrings may mention them: they document, they do not decide).
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher import contract
-from launcher.contract import Env
+from sftcore import contract
+from sftcore.contract import Env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = [p for d in ("launcher", "jobs", "bench") for p in sorted((ROOT / d).rglob("*.py"))
            if p != ROOT / "launcher" / "contract.py"]
 ENTRYPOINT = (ROOT / "docker" / "entrypoint.sh").read_text()
@@ -73,7 +73,7 @@ def _offences(path: Path) -> list[str]:
 
 def test_no_contract_literal_outside_the_contract_module():
     offences = [o for p in SCANNED for o in _offences(p)]
-    assert not offences, "use launcher.contract instead:\n" + "\n".join(offences)
+    assert not offences, "use sftcore.contract instead:\n" + "\n".join(offences)
 
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
@@ -137,14 +137,15 @@ def test_bucket_layout(fn, want):
 def test_each_name_list_is_the_one_its_implementation_serves():
     """The recipe's vocabulary (contract) and what the job implements name the same things."""
     from jobs.evaluate import PRESETS
-    from jobs.formats import FORMATTERS
     from jobs.templates import TEMPLATES
-    from launcher import recipe, render, runid, secrets
+    from launcher import render, runid
     from launcher.commands import eval as eval_command
+    from sftcore import masking, recipe
+    from sftcore.formats import FORMATTERS
 
-    assert tuple(FORMATTERS) == contract.FORMATS == recipe.FORMATS
+    assert tuple(FORMATTERS) == recipe.FORMATS
     assert tuple(PRESETS) == contract.EVAL_PRESETS == recipe.EVAL_PRESETS == eval_command.PRESETS
     assert TEMPLATES is contract.TEMPLATES is recipe.TEMPLATES
-    assert secrets.JOB_SECRETS is render.SECRET_NAMES is contract.JOB_SECRETS
+    assert masking.JOB_SECRETS is render.SECRET_NAMES is contract.JOB_SECRETS
     assert runid.PREFIX == recipe.RUN_ID_PREFIX == contract.RUN_ID_PREFIX
     assert runid.RUN_ID_RE.match(runid.new_run_id("demo")) and not runid.RUN_ID_RE.match("sftlx-demo-abcd")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from launcher import contract
+from sftcore import contract
 
 # Secrets a run may need inside the container, by name. Values come from the caller's env.
 JOB_SECRETS = contract.JOB_SECRETS

@@ -2,9 +2,9 @@
 
 Why not yaml.safe_load: users need every problem at once, each pointing at the line to edit
 (`file:line: field.path: message`). So nodes are turned into data here, recording key lines and
-catching duplicate keys, tags and surprising numbers; pydantic (launcher.recipe.schema) and the
-cross-field rules (launcher.recipe.rules) then check the data, and every problem is mapped back
-to the line of its key (launcher.recipe.messages words pydantic's errors).
+catching duplicate keys, tags and surprising numbers; pydantic (sftcore.recipe.schema) and the
+cross-field rules (sftcore.recipe.rules) then check the data, and every problem is mapped back
+to the line of its key (sftcore.recipe.messages words pydantic's errors).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import RecipeError, printable
-from launcher.recipe.compose import _STD, MAX_ALIAS_VALUES, _compose, _RecipeLoader
-from launcher.recipe.input import number_problem, read_recipe_bytes, unsafe_text, yaml11_bool
-from launcher.recipe.input import short as _short
-from launcher.recipe.messages import _capped, _fmt, _fmt_path, _schema_problems
-from launcher.recipe.rules import _cross_field_problems, _get, _resolve_paths
-from launcher.recipe.schema import Recipe, _nearest
+from sftcore.errors import RecipeError, printable
+from sftcore.recipe.compose import _STD, MAX_ALIAS_VALUES, _compose, _RecipeLoader
+from sftcore.recipe.input import Located, number_problem, read_recipe_bytes, unsafe_text, yaml11_bool
+from sftcore.recipe.input import short as _short
+from sftcore.recipe.messages import _capped, _fmt, _fmt_path, _schema_problems
+from sftcore.recipe.rules import _cross_field_problems, _get, _resolve_paths
+from sftcore.recipe.schema import Recipe, _nearest
 
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _MAP_TAG, _SEQ_TAG, _MERGE_TAG = _STD + "map", _STD + "seq", _STD + "merge"
@@ -35,32 +35,18 @@ class _NotData(Exception):
         self.line, self.message = line, message
 
 
-class _Located:
-    """Plain data plus a map from key path to the line of that key (1-based)."""
-
-    def __init__(self) -> None:
-        self.lines: dict[tuple, int] = {}
-        # (path, message, line or None: the line of the key at `path`)
-        self.problems: list[tuple[tuple, str, int | None]] = []
-        self.rejected: list[tuple] = []  # paths whose value was reported; pydantic stays quiet there
-        # Nodes built so far, and how many were built again because an alias repeated them: only
-        # the repeats measure an alias expansion (a long file of plain keys has none).
-        self.seen: set[int] = set()
-        self.repeats = 0
-
-
 def _show_tag(tag: str) -> str:
     return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
 
 
-def _check_tag(node: yaml.Node, allowed: set[str], path: tuple, loc: _Located) -> bool:
+def _check_tag(node: yaml.Node, allowed: set[str], path: tuple, loc: Located) -> bool:
     if node.tag in allowed:
         return True
     loc.problems.append((path, f"YAML tag {_show_tag(node.tag)} is not allowed in a recipe; remove it", node.start_mark.line + 1))
     return False
 
 
-def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = frozenset()) -> Any:
+def _construct(node: yaml.Node, path: tuple, loc: Located, active: frozenset = frozenset()) -> Any:
     """Node -> plain data, recording key lines; tags are checked, never acted on."""
     if id(node) in active:
         where = _fmt_path(path) or "the top level"
@@ -107,7 +93,7 @@ def _construct(node: yaml.Node, path: tuple, loc: _Located, active: frozenset = 
     return value
 
 
-def _construct_mapping(node: yaml.MappingNode, path: tuple, loc: _Located, active: frozenset) -> dict:
+def _construct_mapping(node: yaml.MappingNode, path: tuple, loc: Located, active: frozenset) -> dict:
     out: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
@@ -130,7 +116,7 @@ def _construct_mapping(node: yaml.MappingNode, path: tuple, loc: _Located, activ
     return out
 
 
-def _construct_key(node: yaml.Node, path: tuple, loc: _Located) -> Any:
+def _construct_key(node: yaml.Node, path: tuple, loc: Located) -> Any:
     """A mapping key; a bad one is reported against the mapping that holds it."""
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode):
@@ -200,7 +186,7 @@ def _from_text(text: str, source: str, base_dir: Path, overrides: dict[tuple[str
     if not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
         raise RecipeError([f"{source}:{node.start_mark.line + 1}: (recipe): top level is {kind}; a recipe is a mapping of keys (name:, model:, data:, ...)"])
-    loc = _Located()
+    loc = Located()
     try:
         data = _construct(node, (), loc)
     except _NotData as exc:
@@ -248,7 +234,7 @@ def recipe_from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | 
     """
     if not isinstance(data, dict):
         raise RecipeError([f"{source}:1: (recipe): a recipe is a mapping of keys, not {type(data).__name__}"])
-    return _validate(_plain(data), source, Path(base_dir or Path.cwd()).resolve(), _Located())
+    return _validate(_plain(data), source, Path(base_dir or Path.cwd()).resolve(), Located())
 
 
 def _plain(value: Any) -> Any:
@@ -261,7 +247,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _validate(data: dict, source: str, base_dir: Path, loc: _Located, labels: dict[tuple, str] | None = None) -> Recipe:
+def _validate(data: dict, source: str, base_dir: Path, loc: Located, labels: dict[tuple, str] | None = None) -> Recipe:
     """`labels`: key paths set by an override -> the flag or variable that set them."""
     labels = labels or {}
     recipe, schema = _schema_problems(data, loc)

@@ -2,7 +2,7 @@
 
 Why a module of its own: PyYAML's composer recurses once per level and libyaml's in C, so a
 hostile file (100,000 `[`, a 1 MiB paste) must be refused before or while composing, with one
-line naming where. Turning nodes into data (with lines) is launcher.recipe.loader's.
+line naming where. Turning nodes into data (with lines) is sftcore.recipe.loader's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import re
 
 import yaml
 
-from launcher.errors import RecipeError
-from launcher.recipe.input import control_characters
-from launcher.recipe.input import short as _short
+from sftcore.errors import RecipeError
+from sftcore.recipe.input import control_characters
+from sftcore.recipe.input import short as _short
 
 MAX_DEPTH = 32  # a recipe nests 4 levels; anything past this is a mistake or an attack
 MAX_NODES = 10_000  # values written out (keys count too); the shipped recipes have 75 to 125

@@ -1,0 +1,40 @@
+"""The three packages' layering (pyproject's [tool.importlinter], docs/architecture.md), checked by
+import-linter itself: sftcore imports neither half, jobs never import the launcher, the launcher
+imports job code only in the two commands that run it on this machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("sftcore", "launcher", "jobs")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    cli = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", cli, "--no-cache"], cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_layering_holds():
+    done = _lint(REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 kept, 0 broken" in done.stdout, done.stdout
+
+
+def test_a_core_module_importing_the_launcher_breaks_the_build(tmp_path):
+    """The check can fail: the same config on a copy where sftcore reaches into launcher."""
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    with open(tmp_path / "sftcore" / "contract.py", "a") as f:
+        f.write("\n\ndef _leak():\n    from launcher import runs  # noqa: F401\n")
+    with open(tmp_path / "jobs" / "train.py", "a") as f:
+        f.write("\n\ndef _leak():\n    import launcher.render  # noqa: F401\n")
+    done = _lint(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sftcore.contract -> launcher.runs" in done.stdout and "jobs.train -> launcher.render" in done.stdout
+    assert "1 kept, 2 broken" in done.stdout, done.stdout
