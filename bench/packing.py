@@ -50,6 +50,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from jobs import data
+    from jobs.rows import load_rows
     from jobs.tiny import ensure_tiny
     from sftcore.recipe import recipe_from_dict
 
@@ -63,7 +64,7 @@ def main() -> None:
                      "seq_len": args.seq_len, "eval_fraction": 0},
             "train": {"micro_batch_size": args.micro_batch_size}, "resources": {"clouds": ["local"]}, "eval": None,
         }, base_dir=REPO / "recipes" / "data")
-        samples = data._samples(data.load_rows(recipe), recipe, tok, data._new_stats())
+        samples = data._samples(load_rows(recipe), recipe, tok, data._new_stats())
         lengths = [len(ids) for ids, _ in samples]
         packed = [len(p["input_ids"]) for p in data.pack(samples, args.seq_len)]
         print(f"{path:<24} {len(lengths):>6} {sum(lengths):>8} {_share(lengths, args.micro_batch_size):>8.3f} "

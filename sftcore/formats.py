@@ -1,8 +1,9 @@
 """Dataset formats: one row of a dataset author's schema -> chat messages, checked.
 
-Why apart from jobs.data: the formats are where the dataset authors' conventions live (and what
-docs/recipes.md's "Data formats" section is generated from, by launcher.docgen from the
-docstrings below); jobs.data reads, tokenises and packs whatever these return.
+Why in sftcore: the formats are the recipe's vocabulary (`data.sources[].format` is validated
+against FORMATTERS) and where the dataset authors' conventions live (docs/recipes.md's "Data
+formats" section is generated from the docstrings below, by launcher.docgen); jobs.rows reads the
+rows and jobs.data tokenises and packs whatever these return.
 
 Each row becomes {"messages": [{role, content}, ...]} (system?, user, assistant, possibly several
 turns), except `text` ({"text"}: trained on every token) and airoboros' pre-formatted rows

@@ -62,12 +62,12 @@ def _pct(values: list[int], q: float) -> int:
 
 
 def _source_stats(recipe, tokenizer) -> list[dict]:
-    from jobs import data
+    from jobs import data, rows as job_rows
 
     out = []
     for src in recipe.data.sources:
         skipped: dict = {}
-        rows = data.load_source(src, recipe.train.seed, recipe.data.bad_rows, skipped)
+        rows = job_rows.load_source(src, recipe.train.seed, recipe.data.bad_rows, skipped)
         rendered = [samples for _, samples in data.tokenized(rows, recipe, tokenizer, skipped)]
         lengths = [len(ids) for samples in rendered for ids, _ in samples]
         out.append({
@@ -83,9 +83,10 @@ def _source_stats(recipe, tokenizer) -> list[dict]:
 def _samples(recipe, tokenizer, n: int) -> list[list[tuple[str, bool]]]:
     """Rendered samples as (text, trained) runs of consecutive tokens."""
     from jobs import data
+    from jobs.rows import load_rows
 
     out = []
-    for _row, samples in data.tokenized(data.load_rows(recipe)[:n], recipe, tokenizer):
+    for _row, samples in data.tokenized(load_rows(recipe)[:n], recipe, tokenizer):
         ids, labels = samples[-1]  # the whole conversation
         ids, labels = ids[: recipe.data.seq_len], labels[: recipe.data.seq_len]
         runs: list[tuple[list[int], bool]] = []
@@ -110,6 +111,7 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
     r = load_recipe(recipe)
     try:
         from jobs import data
+        from jobs.rows import skipped_line
     except ImportError:
         raise UserError("data-preview needs transformers: pip install 'sftlaunch[train]'") from None
     tokenizer = _tokenizer(r)
@@ -146,7 +148,7 @@ def data_preview(recipe: str, samples: int, as_json: bool) -> None:
                       str(s["max"]), f"{s['truncated_pct']:.1f}")
     console.print(table)
     if stats["skipped"]:
-        console.print(data.skipped_line(stats["skipped"]))
+        console.print(skipped_line(stats["skipped"]))
     console.print(
         f"train rows {stats['train_rows']}, eval rows {stats['eval_rows']}, tokens {stats['tokens_after_truncation']} "
         f"(trained {stats['trained_tokens']}), truncated {stats['truncated_pct']:.1f}%, dropped {stats['dropped']}\n"

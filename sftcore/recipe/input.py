@@ -229,14 +229,14 @@ def yaml12_number_problem(text: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Local data paths
 
-LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")  # what jobs/data.py reads
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")  # the data files jobs/rows.py reads
 DATA_SCAN_LIMIT = 10_000  # entries under a data directory; past this it is not a directory of data files
 
 
 def data_path_problem(lp: Path) -> str | None:
     """Why local data path `lp` is not a data file or a directory of data files, or None.
 
-    The job reads every data file under a directory (jobs/data.py: recursively, asking each entry
+    The job reads every data file under a directory (jobs/rows.py: recursively, asking each entry
     whether it is a file), so what is checked here is what it will meet: a readable regular file,
     or a bounded, readable tree holding at least one. `path: /` or `~` fails fast on the bound
     instead of walking the disk (or, later, crashing on /proc).

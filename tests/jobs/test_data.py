@@ -42,7 +42,7 @@ SHIPPED = [
 
 @pytest.mark.parametrize("path,fmt", SHIPPED)
 def test_every_shipped_file_formats(path, fmt):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     rows = load_rows(_recipe([{"path": path, "format": fmt}]))
     assert len(rows) >= 50
@@ -81,7 +81,7 @@ def test_dolphin_and_alpaca_mapping():
 
 
 def test_mixing_max_samples_and_deterministic_shuffle():
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     srcs = [{"path": "dolphin.jsonl", "format": "dolphin", "max_samples": 7},
             {"path": "slimorca.jsonl", "format": "slimorca", "max_samples": 5}]
@@ -97,7 +97,7 @@ def test_mixing_max_samples_and_deterministic_shuffle():
 
 
 def test_eval_split():
-    from jobs.data import split_rows
+    from jobs.rows import split_rows
 
     rows = list(range(100))
     train, ev = split_rows(rows, 0.1, seed=1)
@@ -200,7 +200,7 @@ def _write(tmp_path, name, text):
     ],
 )
 def test_bad_data_is_one_clear_error(tmp_path, name, text, fmt, expect):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     path = _write(tmp_path, name, text)
     with pytest.raises(UserError, match=expect):
@@ -208,7 +208,7 @@ def test_bad_data_is_one_clear_error(tmp_path, name, text, fmt, expect):
 
 
 def test_json_rows_are_numbered(tmp_path):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     path = _write(tmp_path, "h.json", json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
     with pytest.raises(UserError, match=r"h\.json: row 2: .*'output'"):

@@ -40,7 +40,7 @@ def _write(tmp_path: Path, rows: list[dict]) -> Path:
 
 @pytest.mark.parametrize("row,reason", BAD)
 def test_bad_conversation_is_an_error_naming_source_and_row(tmp_path, row, reason):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     path = _write(tmp_path, [GOOD, GOOD, row])
     with pytest.raises(UserError, match=r"rows\.jsonl: row 3: .*bad_rows: skip"):
@@ -48,7 +48,7 @@ def test_bad_conversation_is_an_error_naming_source_and_row(tmp_path, row, reaso
 
 
 def test_empty_dolphin_input_is_not_an_empty_user_turn(tmp_path):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     path = _write(tmp_path, [{"instruction": "Be kind.", "input": "", "output": "Hi."}])
     with pytest.raises(UserError, match=r"row 1: .*\(user\) is empty"):
@@ -58,7 +58,9 @@ def test_empty_dolphin_input_is_not_an_empty_user_turn(tmp_path):
 def test_skip_counts_each_reason_and_says_so(tmp_path, capsys, shared_cache):
     from transformers import AutoTokenizer
 
-    from jobs.data import build_datasets, load_rows
+    from jobs.data import build_datasets
+
+    from jobs.rows import load_rows
     from jobs.tiny import ensure_tiny
 
     rows = [GOOD] * 3 + [r for r, _ in BAD] + [BAD[1][0]]
@@ -102,7 +104,9 @@ def test_data_preview_shows_the_skipped_rows(tmp_path, shared_cache):
 def test_airoboros_preformatted_rows_are_not_wrapped_in_the_template(tmp_path, shared_cache):
     from transformers import AutoTokenizer
 
-    from jobs.data import IGNORE, load_rows, tokenize_row
+    from jobs.data import IGNORE, tokenize_row
+
+    from jobs.rows import load_rows
     from jobs.tiny import ensure_tiny
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny(shared_cache))
@@ -119,7 +123,7 @@ def test_airoboros_preformatted_rows_are_not_wrapped_in_the_template(tmp_path, s
 
 
 def test_a_source_whose_every_row_is_bad_says_so(tmp_path):
-    from jobs.data import load_rows
+    from jobs.rows import load_rows
 
     path = _write(tmp_path, [BAD[0][0], BAD[1][0]])
     with pytest.raises(UserError, match=r"rows\.jsonl: every row was skipped as bad \(data: skipped 2 bad rows"):

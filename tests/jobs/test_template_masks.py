@@ -183,7 +183,7 @@ def test_qwen3_answers_without_reasoning_leave_the_empty_think_block_untrained(t
 
 def test_an_empty_system_message_is_dropped_so_the_default_system_prompt_applies(toks):
     from jobs import templates
-    from jobs.data import check_row
+    from jobs.rows import check_row
 
     row = check_row("messages", {"messages": [EMPTY_SYSTEM, *T[:2]]})
     assert row["messages"] == T[:2]  # as dolphin's empty instruction gives no system message
