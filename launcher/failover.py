@@ -78,8 +78,8 @@ def credentialed(clouds: Sequence[str]) -> frozenset[str]:
 
 def unchecked_note(clouds: Sequence[str]) -> str:
     """What `plan` and `render` say when they did not ask for credentials."""
-    return (f"credentials not checked for {', '.join(clouds)}: `up` launches only on clouds SkyPilot's check "
-            "enables, in this order; --check-credentials applies that check here")
+    return (f"credentials not checked for {', '.join(clouds)}; `up` skips clouds without them "
+            "(--check-credentials checks here)")
 
 
 def no_usable_cloud(clouds: Sequence[str], usable: Collection[str]) -> str:
