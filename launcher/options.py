@@ -101,6 +101,14 @@ def fallbacks_option(f):
     )(f)
 
 
+def check_credentials_option(f):
+    return click.option(
+        "--check-credentials", is_flag=True,
+        help="Ask SkyPilot's credential check (as `up --dry-run` does; a few seconds) and order the "
+             "failover over the clouds it enables, exactly as `up` would launch.",
+    )(f)
+
+
 def yes_option(f):
     return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(f)
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from sftcore import contract
-from sftcore.clouds import CLOUDS, able_clouds, capability_problem, check_features, not_allowed
+from sftcore.clouds import CLOUDS, Feature, capability_problem, not_allowed
 from sftcore.contract import Env
 from sftcore.errors import UserError
 from launcher.images import resolve_image
@@ -60,7 +60,9 @@ class Target:
 
 
 def check_target(recipe: Recipe, target: Any) -> None:
-    """Refuse what the cloud cannot do, quoting SkyPilot's reason (exit 2)."""
+    """Refuse a target that is not one of the recipe's SkyPilot clouds (exit 2). What the cloud
+    can do (spot, multi-node) is not asked again here: recipe validation checked it, and the
+    planner for a --cloud that narrows the clouds, before any target reached this function."""
     cloud = target.cloud
     if cloud == "local":
         raise UserError("resources.clouds: local is not a SkyPilot cloud; run it with `sftlaunch up --local RECIPE`")
@@ -69,13 +71,6 @@ def check_target(recipe: Recipe, target: Any) -> None:
     allowed = recipe.resources.clouds
     if cloud not in allowed:
         raise UserError(not_allowed(cloud, allowed, _src(recipe)))
-    asked = [f for f, on in (("spot", target.spot), ("multi_node", target.nodes > 1)) if on]
-    for feature, reason in check_features(asked, [cloud]).items():
-        others = able_clouds(feature, allowed)
-        fix = f" or use --cloud {others[0]}" if others else f" or allow {able_clouds(feature)[0]}"
-        if feature == "spot":
-            raise UserError(f"{_src(recipe)}: resources.spot: {reason}; remove `spot: true`{fix}")
-        raise UserError(f"{_src(recipe)}: resources.nodes: {reason}; set nodes: 1{fix}")
 
 
 def _src(recipe: Recipe) -> str:
@@ -131,7 +126,7 @@ def _choice(recipe: Recipe, target: Any, region: str | None) -> dict[str, Any]:
     }
     if region:
         out["region"] = region
-    if target.nodes > 1 and capability_problem(target.cloud, "network_tier") is None:
+    if target.nodes > 1 and capability_problem(target.cloud, Feature.NETWORK_TIER) is None:
         # The fastest interconnect the cloud has (GCP: GPUDirect-TCPX/TCPXO/RDMA); asked only
         # where SkyPilot supports it, since elsewhere it would make the choice infeasible.
         out["network_tier"] = "best"

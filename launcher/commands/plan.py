@@ -8,7 +8,14 @@ import click
 
 from sftcore.clouds import not_allowed
 from sftcore.errors import UserError
-from launcher.options import cloud_option, fallbacks_option, gpu_option, json_option, recipe_argument
+from launcher.options import (
+    check_credentials_option,
+    cloud_option,
+    fallbacks_option,
+    gpu_option,
+    json_option,
+    recipe_argument,
+)
 
 
 def _fmt_hours(h: float) -> str:
@@ -26,12 +33,25 @@ def _fmt_hours(h: float) -> str:
               help="First re-read the offers from SkyPilot's catalog (SkyPilot fetches CSVs it finds stale; "
                    "needs the cloud extra).")
 @fallbacks_option
+@check_credentials_option
 @json_option
 def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, explain: bool, show_all: bool,
-         refresh_prices: bool, fallbacks: int | None, as_json: bool) -> None:
-    """Estimate memory, time and cost of RECIPE on every allowed GPU offer; pick the cheapest that fits."""
+         refresh_prices: bool, fallbacks: int | None, check_credentials: bool, as_json: bool) -> None:
+    """Estimate memory, time and cost of RECIPE on every allowed GPU offer; pick the cheapest that fits.
+
+    The failover order printed is `launcher.failover.launch_order`, the one `render` writes and
+    `up` launches. Credentials are not asked unless --check-credentials (SkyPilot's check, as
+    `up --dry-run` asks it): without it the order is over every allowed cloud and the output
+    names the clouds whose credentials were not checked."""
     from launcher import offers
     from launcher.estimate import plan as make_plan
+    from launcher.failover import (
+        considered_clouds,
+        credentialed,
+        launch_order,
+        no_usable_cloud,
+        unchecked_note,
+    )
     from sftcore.recipe import load_recipe
 
     if refresh_prices:
@@ -45,10 +65,16 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     if cloud and cloud not in r.resources.clouds:
         raise UserError(not_allowed(cloud, r.resources.clouds, recipe))
     result = make_plan(r, cloud=cloud, gpu=gpu)
+    clouds = considered_clouds(r, cloud)
+    usable = credentialed(clouds) if check_credentials and clouds and result.chosen is not None else None
     table = offers.table()
-    order = result.failover(fallbacks or r.resources.fallbacks, r.resources.max_usd)
-    over_budget = (result.chosen is not None and r.resources.max_usd is not None
-                   and result.chosen.total_usd > r.resources.max_usd)
+    order = launch_order(result, fallbacks or r.resources.fallbacks, r.resources.max_usd, usable)
+    unchecked = unchecked_note(clouds) if usable is None and clouds and result.chosen is not None else None
+    max_usd = r.resources.max_usd
+    # `up` refuses when the plan's choice, or the first choice it launches, is over budget.
+    over = next((c for c in (result.chosen, *order[:1]) if max_usd is not None and c is not None
+                 and c.total_usd > max_usd), None)
+    over_budget = over is not None
     if as_json:
         out = result.as_dict()
         out["offers_source"] = table.source
@@ -56,26 +82,31 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
         out["offers_path"] = table.path
         out["offers_notes"] = list(table.notes)
         out["failover"] = [c.as_dict() for c in order]
+        out["credentials_checked"] = sorted(usable) if usable is not None else None
+        out["credentials_note"] = unchecked
         out["max_usd"] = r.resources.max_usd
         out["over_budget"] = over_budget
         click.echo(json.dumps(out, indent=2, default=float))
     else:
-        _table(r, result, show_all, table, order)
-        if explain and result.chosen is not None:
-            _explain(result.chosen)
+        _table(r, result, show_all, table, order, unchecked)
+        if explain and order:
+            _explain(order[0])
     if result.chosen is None:
         if result.reason_field == "model.id":
             raise UserError(f"{recipe}: {result.reason}")
         raise UserError(f"{recipe}: {result.reason_field}: nothing fits: {result.reason}")
+    if not order:
+        raise UserError(f"{recipe}: {no_usable_cloud(clouds, usable or ())}")
     if over_budget:
-        raise UserError(budget_message(recipe, r, result))
+        raise UserError(budget_message(recipe, r, result, over, usable))
 
 
-def budget_message(recipe: str, r, result) -> str:
-    cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd]
+def budget_message(recipe: str, r, result, over, usable=None) -> str:
+    cheaper = [c for c in result.candidates if c.fits and c.total_usd <= r.resources.max_usd
+               and (usable is None or c.cloud in usable)]
     hint = (f"; within budget: {cheaper[0].cloud} {cheaper[0].accelerators} at ${cheaper[0].total_usd:.0f}"
             if cheaper else "; raise resources.max_usd, use fewer rows or epochs, or a cheaper method")
-    return (f"{recipe}: resources.max_usd: the estimate ${result.chosen.total_usd:.2f} exceeds "
+    return (f"{recipe}: resources.max_usd: the estimate ${over.total_usd:.2f} exceeds "
             f"max_usd ${r.resources.max_usd:.2f}{hint}")
 
 
@@ -96,7 +127,7 @@ def _price(c) -> str:
     return f"{c.usd_per_hour:.2f}"
 
 
-def _table(recipe, result, show_all: bool, table_src, order) -> None:
+def _table(recipe, result, show_all: bool, table_src, order, unchecked: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -110,7 +141,7 @@ def _table(recipe, result, show_all: bool, table_src, order) -> None:
     rows = result.candidates if show_all else result.candidates[:12]
     rank = {id(c): i + 1 for i, c in enumerate(order)}
     for c in rows:
-        mark = "→" if c is result.chosen else (str(rank[id(c)]) if id(c) in rank else "")
+        mark = "→" if order and c is order[0] else (str(rank[id(c)]) if id(c) in rank else "")
         nodes = f"{c.nodes}×" if c.nodes > 1 else ""
         ev = f"{c.eval_mem_gb:.1f}" if c.eval_mem_gb is not None else "-"
         style = None if c.fits else "dim"
@@ -127,14 +158,21 @@ def _table(recipe, result, show_all: bool, table_src, order) -> None:
         console.print(f"({len(result.candidates) - len(rows)} more; --all shows them)")
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
-    if result.chosen:
-        c = result.chosen
+    if order:
+        c = order[0]
+        if c is not result.chosen:
+            console.print(f"note: no credentials for {result.chosen.cloud} (the cheapest fit, "
+                          f"{result.chosen.accelerators}); `up` launches on {c.cloud}", markup=False)
         console.print(f"plan: {c.cloud} {c.accelerators}{' ×' + str(c.nodes) + ' nodes' if c.nodes > 1 else ''}"
                       f"{' spot' if c.spot else ''}, ~{_fmt_hours(c.eta_hours)}, ~${c.total_usd:.0f}"
                       + (f" (borderline fit: {c.borderline_why})" if c.borderline else ""), markup=False)
         if len(order) > 1 or recipe.resources.fallbacks > 1:
             console.print("failover order (no capacity on one → the next; each within max_usd): "
                           + " → ".join(f"{x.cloud} {x.accelerators} ${x.total_usd:.0f}" for x in order), markup=False)
+        if unchecked:
+            console.print(f"note: {unchecked}", markup=False)
+    elif result.chosen is not None:
+        console.print("nothing to launch: no credentials for a cloud with a fitting offer", markup=False)
     elif result.reason_field == "model.id":
         console.print(f"cannot plan: {result.reason}", markup=False)
     else:

@@ -8,50 +8,58 @@ from pathlib import Path
 import click
 
 from sftcore.errors import UserError
-from launcher.options import RunIdType, cloud_option, fallbacks_option, gpu_option, recipe_argument
+from launcher.options import (
+    RunIdType,
+    check_credentials_option,
+    cloud_option,
+    fallbacks_option,
+    gpu_option,
+    recipe_argument,
+)
 
 
-def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | None = None):
-    """The targets to render, in plan order: the chosen one first, then up to `fallbacks`-1
-    further fitting offers (resources.fallbacks by default) for SkyPilot to fall over to.
+def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | None = None,
+                   usable: frozenset[str] | None = None):
+    """The targets to render: `launcher.failover.launch_order` over the plan (the order `plan`
+    prints and `up` launches), the first choice then up to `fallbacks`-1 (resources.fallbacks by
+    default) further fitting offers for SkyPilot to fall over to. `usable`: the clouds with
+    credentials (--check-credentials), None when not checked.
 
-    An explicit GPU is checked against what the allowed clouds sell (name and count, with a
-    did-you-mean) and spot / multi-node against what they can do, so a bad request is exit 2
-    with the reason, before any planning. An explicit GPU the planner thinks does not fit is
-    still rendered as asked (on the first allowed cloud that sells it).
+    The plan refuses an explicit GPU no allowed cloud sells (name and count, with a did-you-mean)
+    and spot / multi-node a --cloud cannot do, so a bad request is exit 2 with the reason. An
+    explicit GPU the planner thinks does not fit is still rendered as asked (on the first allowed
+    cloud that sells it).
     """
-    from sftcore.clouds import CLOUDS
+    from launcher import catalog
+    from sftcore.clouds import CLOUDS, not_allowed
+    from launcher.estimate import plan, requested_gpu
+    from launcher.failover import launch_order, no_usable_cloud
     from launcher.render import Target
 
+    src = recipe.source_path or "recipe"
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
-    if cloud is None:
-        if not allowed:
-            raise UserError(
-                f"{recipe.source_path or 'recipe'}: resources.clouds: only local is allowed; "
-                "run it with `sftlaunch up --local`, or add a cloud (lambda, runpod, gcp, kubernetes)"
-            )
-    from launcher import catalog
-    from launcher.estimate import plan, refuse_unsold, refuse_unsupported, requested_gpu
-
+    if cloud is None and not allowed:
+        raise UserError(f"{src}: resources.clouds: only local is allowed; "
+                        "run it with `sftlaunch up --local`, or add a cloud (lambda, runpod, gcp, kubernetes)")
+    if cloud is not None and cloud not in CLOUDS:
+        raise UserError(f"--cloud {cloud}: unknown cloud; use one of {', '.join(CLOUDS)}")
+    if cloud is not None and cloud not in allowed:
+        raise UserError(not_allowed(cloud, recipe.resources.clouds, str(src)))
     name, count = requested_gpu(recipe, gpu)
     considered = [cloud] if cloud else allowed
-    if cloud is None or cloud in allowed:  # render.check_target words the not-allowed case
-        refuse_unsupported(recipe, considered, recipe.resources.spot, recipe.resources.nodes, cloud)
-        refuse_unsold(recipe, considered, name, count, gpu is not None)
-    n = fallbacks or recipe.resources.fallbacks
-    if cloud is not None and cloud not in allowed:
-        return [Target(cloud=cloud, gpu=name or "auto", gpus_per_node=count or 1, nodes=recipe.resources.nodes,
-                       spot=recipe.resources.spot)]
     result = plan(recipe, cloud=cloud, gpu=gpu)
     if result.chosen is not None:
-        return result.failover(n, recipe.resources.max_usd)
+        order = launch_order(result, fallbacks or recipe.resources.fallbacks, recipe.resources.max_usd, usable)
+        if not order:
+            raise UserError(f"{src}: {no_usable_cloud(considered, usable or ())}")
+        return order
     if name is not None and result.reason_field != "resources.regions":
-        sellers = [c for c in considered if c == "kubernetes"
-                   or any(o.gpu == name and (count is None or o.count == count) for o in catalog.offers(c))]
+        sellers = [c for c in considered if (usable is None or c in usable) and (c == "kubernetes"
+                   or any(o.gpu == name and (count is None or o.count == count) for o in catalog.offers(c)))]
         return [Target(cloud=(sellers or considered)[0], gpu=name, gpus_per_node=count or 1,
                        nodes=recipe.resources.nodes, spot=recipe.resources.spot)]
     field = "" if result.reason_field == "model.id" else f"{result.reason_field}: nothing fits: "
-    raise UserError(f"{recipe.source_path or 'recipe'}: {field}{result.reason}")
+    raise UserError(f"{src}: {field}{result.reason}")
 
 
 def _check_output(output: Path, recipe: str) -> None:
@@ -84,9 +92,11 @@ def new_run_id(name: str) -> str:
 @click.option("--step", "steps", multiple=True, type=click.Choice(["train", "eval", "publish"]),
               help="Steps to run (default: train, eval, publish).")
 @fallbacks_option
+@check_credentials_option
 def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None, run_id: str | None, steps: tuple[str, ...],
-           fallbacks: int | None) -> None:
+           fallbacks: int | None, check_credentials: bool) -> None:
     """Print the SkyPilot task YAML for RECIPE (secrets appear by name only)."""
+    from launcher.failover import considered_clouds, credentialed, unchecked_note
     from launcher.images import sftlaunch_home
     from sftcore.recipe import load_recipe
     from launcher.render import STEPS, container_recipe_yaml, render_task, to_yaml
@@ -94,7 +104,11 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     if output:
         _check_output(output, recipe)
     r = load_recipe(recipe)
-    targets = resolve_target(r, cloud.lower() if cloud else None, gpu, fallbacks)
+    cloud = cloud.lower() if cloud else None
+    clouds = considered_clouds(r, cloud)
+    ask = check_credentials and clouds and (cloud is None or cloud in r.resources.clouds)
+    usable = credentialed(clouds) if ask else None
+    targets = resolve_target(r, cloud, gpu, fallbacks, usable)
     target = targets[0]
     run_id = run_id or new_run_id(r.name)
     # The container reads the resolved recipe from a file mount; write it where the mount points.
@@ -104,8 +118,9 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     mount_src.write_text(container_recipe_yaml(r))
     task = render_task(r, target, run_id, str(mount_src), steps=tuple(steps) or STEPS, fallbacks=targets[1:])
     order = " → ".join(f"{t.cloud} {t.accelerators}" for t in targets)
-    flag = f" --cloud {cloud.lower()}" if cloud else ""
-    text = f"# sftlaunch render {recipe}{flag}  (run id {run_id}; {order})\n" + to_yaml(task)
+    flag = f" --cloud {cloud}" if cloud else ""
+    note = "" if usable is not None else f"# note: {unchecked_note(clouds)}\n"
+    text = f"# sftlaunch render {recipe}{flag}  (run id {run_id}; {order})\n{note}" + to_yaml(task)
     if output:
         try:
             output.write_text(text)

@@ -94,16 +94,6 @@ def _candidates(r, cloud: str | None, gpu: str | None):
     return plan(r, cloud=cloud, gpu=gpu)
 
 
-def pick(result, enabled: dict[str, bool]):
-    """The cheapest fitting candidate on a cloud with credentials (planner order is by cost)."""
-    if result.chosen is not None and enabled.get(result.chosen.cloud):
-        return result.chosen
-    for cand in result.candidates:
-        if cand.fits and enabled.get(cand.cloud):
-            return cand
-    return None
-
-
 def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
     from launcher.backends.sky import CREDENTIAL_HINTS
 
@@ -112,20 +102,24 @@ def _missing_lines(clouds: list[str], enabled: dict[str, bool]) -> list[str]:
 
 def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: str | None,
              n_fallbacks: int | None = None) -> None:
-    """Plan and check (nothing spent), pick a cloud with credentials and preflight, then either
-    SkyPilot's dry run or confirm → record → launch → follow."""
+    """Plan and check (nothing spent), order the launch over the clouds with credentials
+    (launcher.failover.launch_order) and preflight, then either SkyPilot's dry run or confirm →
+    record → launch → follow."""
     from launcher.backends.sky import get_backend
-    from sftcore.clouds import CLOUDS
+    from launcher.failover import considered_clouds, launch_order
     from launcher.preflight import PREFLIGHT_FAILED, gate
 
     result, registry, run_id = _plan_checked(r, dry_run, cloud, gpu)
-    clouds = [c for c in ([cloud] if cloud else r.resources.clouds) if c in CLOUDS]
+    clouds = considered_clouds(r, cloud)
     backend = get_backend()
     # A dry run asks SkyPilot's check and optimizer without its API server: none is started, none left running.
     asked = backend.offline() if dry_run else backend
     enabled = _enabled_clouds(asked, clouds, dry_run)
     missing = _missing_lines(clouds, enabled)
-    chosen = pick(result, enabled)
+    # The one launch order (plan and render print the same for the same usable clouds).
+    order = launch_order(result, n_fallbacks or r.resources.fallbacks, r.resources.max_usd,
+                         {c for c, ok in enabled.items() if ok})
+    chosen = order[0] if order else None
     # Hub, bucket, data, the usable clouds (those without credentials have their own lines below)
     preflight_failed = gate(r, dry_run=dry_run, clouds=[c for c in clouds if enabled.get(c)], enabled=enabled)
     if chosen is None:
@@ -134,7 +128,9 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
             raise UserError(PREFLIGHT_FAILED)
         return
     _switched_cloud(r, result, chosen, run_id, missing)
-    fallbacks = _fallbacks(r, result, chosen, enabled, n_fallbacks)
+    fallbacks = order[1:]
+    if fallbacks:
+        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in order))
     if dry_run:
         _optimizer_dry_runs(asked, r, result, clouds, enabled, chosen, run_id, fallbacks)
         echo("dry run: nothing launched.")
@@ -209,18 +205,6 @@ def _switched_cloud(r, result, chosen, run_id: str, missing: list[str]) -> None:
         echo("clouds without credentials (not considered):", err=True)
         for line in missing:
             echo(line, err=True)
-
-
-def _fallbacks(r, result, chosen, enabled: dict[str, bool], n_fallbacks: int | None) -> list:
-    """Failover: the next fitting offers (on clouds with credentials, same spot and nodes) as
-    SkyPilot's ordered resources; those over max_usd are left out, so the budget holds for
-    whichever one SkyPilot launches."""
-    rest = [c for c in result.failover(len(result.candidates), r.resources.max_usd)
-            if c is not chosen and enabled.get(c.cloud) and c.spot == chosen.spot and c.nodes == chosen.nodes]
-    fallbacks = rest[:max(0, (n_fallbacks or r.resources.fallbacks) - 1)]
-    if fallbacks:
-        echo("  failover  " + " → ".join(f"{c.cloud} {c.accelerators} ~${c.total_usd:.0f}" for c in [chosen, *fallbacks]))
-    return fallbacks
 
 
 def _confirm_and_launch(registry, backend, r, chosen, run_id: str, fallbacks: list, detach: bool, yes: bool) -> None:

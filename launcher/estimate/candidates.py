@@ -13,10 +13,11 @@ from typing import Any, NamedTuple
 
 from launcher import catalog
 from launcher import offers as offers_mod
-from sftcore.clouds import CLOUDS, able_clouds, check_features
+from sftcore.clouds import CLOUDS, Feature, able_clouds, asked_features, check_features
 from sftcore.errors import UserError
 from launcher.estimate.memory import GB, Memory, UnknownModel, _shape, eval_memory, memory
 from launcher.estimate.timing import Timing, timing
+from launcher.failover import best_fit
 from sftcore.recipe import GPU_RE, Recipe
 
 CLOUD_LABELS = {"lambda": "Lambda", "runpod": "RunPod", "gcp": "GCP", "kubernetes": "Kubernetes"}
@@ -93,17 +94,6 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # what the user should know (assumptions, missing inventory)
     reason_field: str = "resources.gpu"  # the recipe field `reason` is about
 
-    def failover(self, n: int, max_usd: float | None = None) -> list[Candidate]:
-        """The first `n` fitting candidates in plan order, the chosen one first: what `up`
-        renders as SkyPilot's ordered resources, so "no capacity" on one moves to the next.
-        With `max_usd`, fallbacks estimated above it are left out: the budget must hold for
-        whichever one SkyPilot ends up launching (the chosen one is judged by the caller)."""
-        if self.chosen is None:
-            return []
-        rest = [c for c in self.candidates if c.fits and c is not self.chosen
-                and (max_usd is None or c.total_usd <= max_usd)]
-        return [self.chosen] + rest[:max(0, n - 1)]
-
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "workload": self.workload,
                 "chosen": self.chosen.as_dict() if self.chosen else None, "reason": self.reason,
@@ -177,13 +167,15 @@ def refuse_unsold(recipe: Recipe, clouds: list[str], name: str | None, count: in
 def refuse_unsupported(recipe: Recipe, clouds: list[str], spot: bool, nodes: int, cloud_flag: str | None = None,
                        spot_flag: bool = False) -> None:
     """Refuse spot or multi-node when none of the clouds considered can do it, quoting SkyPilot's
-    reason (sftcore/clouds.py) and naming a cloud that can; planning would only say "no offer"."""
+    reason (sftcore/clouds.py) and naming a cloud that can; planning would only say "no offer".
+
+    Recipe validation already made this check over resources.clouds; `plan` asks it again only
+    when a flag changed what validation saw (--cloud narrowing the clouds, a spot override)."""
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
-    asked = [f for f, active in (("spot", spot), ("multi_node", nodes > 1)) if active]
-    for feature, reasons in check_features(asked, clouds).items():
+    for feature, reasons in check_features(asked_features(spot, nodes), clouds).items():
         in_recipe = [c for c in able_clouds(feature, allowed) if c not in clouds]
         elsewhere = [c for c in able_clouds(feature) if c not in allowed]
-        if feature == "spot":
+        if feature is Feature.SPOT:
             flag = "--spot" if spot_flag else recipe.override_label("resources", "spot")
             where = "--spot" if spot_flag else _field(recipe, "resources", "spot")
             fix = f"drop {flag}" if flag else "remove `spot: true`"
@@ -331,7 +323,9 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
     """Every offer on the allowed clouds, ranked cheapest first; the cheapest that fits is chosen.
 
     Raises UserError for bad input the plan cannot work around: an unknown GPU name, or spot /
-    multi-node asked of clouds that cannot do it.
+    multi-node asked by a flag (--cloud, `spot`) of clouds that cannot do it. This is where
+    plan, render and up resolve the clouds a run may go to; `launcher.failover.launch_order`
+    then orders the candidates.
     """
     clouds = [c for c in recipe.resources.clouds if c in CLOUDS]
     if cloud:
@@ -341,8 +335,9 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
     nodes = recipe.resources.nodes if workload == "train" else 1
     want_name, want_count = requested_gpu(recipe, gpu, workload)
     local = recipe.resources.clouds == ["local"]
-    if not local:
+    if not local and (cloud or spot_flag):  # the recipe's own clouds passed validation's check
         refuse_unsupported(recipe, clouds, spot, nodes, cloud, spot_flag)
+    if not local:
         refuse_unsold(recipe, clouds, want_name, want_count, gpu is not None)
     try:
         shape = _shape(recipe)
@@ -366,14 +361,7 @@ def plan(recipe: Recipe, cloud: str | None = None, gpu: str | None = None, spot:
                 (cands if pinned is not None else elsewhere).append(cand)
     notes += _measured_notes(recipe, cands)
     cands.sort(key=lambda x: (not x.fits, x.total_usd, x.eta_hours))
-    fitting = [x for x in cands if x.fits]
-    # Prefer a confident fit over a borderline one when it costs at most 10% more.
-    chosen = None
-    if fitting:
-        chosen = fitting[0]
-        if chosen.borderline:
-            sure = [x for x in fitting if not x.borderline and x.total_usd <= chosen.total_usd * 1.10]
-            chosen = sure[0] if sure else chosen
+    chosen = best_fit([x for x in cands if x.fits])
     reason = None
     if chosen is None and regions and any(x.fits for x in elsewhere):
         reason = _sold_elsewhere(regions, elsewhere)

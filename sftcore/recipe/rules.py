@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sftcore.clouds import CLOUDS, able_clouds, check_features, min_name_limit
+from sftcore.clouds import CLOUDS, Feature, able_clouds, asked_features, check_features, min_name_limit
 from sftcore.eval_backend import BackendError, choose
 from sftcore.recipe.input import (
     LOCAL_DATA_SUFFIXES,
@@ -108,7 +108,9 @@ def _method_problems(data: dict) -> list[tuple[tuple, str]]:
 
 def _resource_problems(data: dict, clouds: list[str], remote: list[str], spot_flag: str | None) -> list[tuple[tuple, str]]:
     """Spot needs a bucket, a cloud run a cloud bucket, local one machine alone; spot and
-    multi-node need a cloud that can (sftcore.clouds.check_features, SkyPilot's reasons)."""
+    multi-node need a cloud that can (sftcore.clouds.check_features, SkyPilot's reasons). This
+    is where that capability check is made; the planner repeats it only for what a flag changes
+    after validation (--cloud narrowing the clouds), in estimate.candidates.refuse_unsupported."""
     out: list[tuple[tuple, str]] = []
     spot = _get(data, "resources", "spot")
     bucket = _get(data, "output", "bucket")
@@ -124,15 +126,15 @@ def _resource_problems(data: dict, clouds: list[str], remote: list[str], spot_fl
         out.append((("resources", "nodes"), "local runs use one machine; set nodes: 1 or remove local from resources.clouds"))
     if "local" in clouds and len(clouds) > 1:
         out.append((("resources", "clouds"), "local cannot be mixed with clouds; use `clouds: [local]` or list only clouds"))
-    asked = [f for f, active in (("spot", spot is True), ("multi_node", isinstance(nodes, int) and nodes > 1)) if active]
+    asked = asked_features(spot is True, nodes if isinstance(nodes, int) else 1)
     for feature, reasons in check_features(asked, remote).items():
         # No allowed cloud can do it: quote SkyPilot's reasons and name a cloud that can.
-        field = ("resources", "spot") if feature == "spot" else ("resources", "nodes")
+        field = ("resources", "spot") if feature is Feature.SPOT else ("resources", "nodes")
         others = [c for c in able_clouds(feature) if c not in remote]
-        if feature == "spot" and spot_flag:
+        if feature is Feature.SPOT and spot_flag:
             fix = f"drop {spot_flag}"
         else:
-            fix = "remove `spot: true`" if feature == "spot" else f"remove `nodes: {nodes}`"
+            fix = "remove `spot: true`" if feature is Feature.SPOT else f"remove `nodes: {nodes}`"
         fix += f" or allow {others[0]} in resources.clouds" if others else ""
         out.append((field, f"{reasons}; {fix}"))
     return out

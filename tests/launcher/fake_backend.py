@@ -260,11 +260,6 @@ class FakePlan:
     chosen: FakeCandidate | None = None
     reason: str | None = None
 
-    def failover(self, n: int, max_usd: float | None = None) -> list:
-        from launcher.estimate import Plan  # the real rule, on the fake candidates
-
-        return Plan.failover(self, n, max_usd)  # type: ignore[arg-type]
-
 
 def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket=True, max_usd=50,
                  hub_repo=None, eval_=True):

@@ -354,3 +354,24 @@ def test_every_gpu_runpod_sells_is_weighed_for_the_70b_and_7b_runs():
     one = {c.gpu for c in small.candidates if c.fits and c.gpus_per_node == 1}
     assert {"RTX5090", "RTXA5000", "RTX4090", "RTXA6000", "A40", "L4", "L40S", "RTXPRO6000"} <= one
     assert small.chosen.accelerators == "RTXA5000:1"  # $0.27/h, the cheapest total in the excerpt
+
+
+def test_launch_order_applies_the_plan_choice_rule_to_the_usable_clouds():
+    """One chooser: the plan's choice when its cloud is usable; else the same rule (cheapest fit,
+    a confident one over a borderline one within 10%) over the usable clouds; fallbacks on usable
+    clouds only, sharing spot and nodes, within max_usd."""
+    from launcher.failover import launch_order
+    from tests.launcher.fake_backend import FakeCandidate, FakePlan
+
+    cheap = FakeCandidate("lambda", total_usd=10.0)
+    edgy = FakeCandidate("runpod", total_usd=11.0, borderline=True)
+    sure = FakeCandidate("runpod", gpu="A100-80GB", total_usd=11.5)
+    gcp = FakeCandidate("gcp", total_usd=30.0)
+    misfit = FakeCandidate("runpod", gpu="T4", total_usd=1.0, fits=False)
+    plan = FakePlan([misfit, cheap, edgy, sure, gcp], cheap)
+    assert launch_order(plan, 3) == [cheap, edgy, sure]
+    assert launch_order(plan, 3, usable={"lambda", "runpod", "gcp"}) == [cheap, edgy, sure]
+    assert launch_order(plan, 3, usable={"runpod", "gcp"}) == [sure, edgy, gcp]
+    assert launch_order(plan, 3, max_usd=20.0, usable={"runpod", "gcp"}) == [sure, edgy]
+    assert launch_order(plan, 1, usable={"gcp"}) == [gcp] and launch_order(plan, 3, usable={"kubernetes"}) == []
+    assert launch_order(FakePlan([misfit], None), 3) == []

@@ -18,6 +18,7 @@ import pytest
 from launcher import catalog, offers
 from sftcore.errors import UserError
 from launcher.estimate import plan
+from launcher.failover import launch_order
 from sftcore.recipe import load_recipe, recipe_from_dict
 from tests.sky_catalog import sky_env
 
@@ -124,10 +125,10 @@ def test_absurd_gpu_counts_are_refused(gpu, tmp_path):
 def test_failover_order_and_budget():
     r = load_recipe(REPO / "recipes/llama2-70b-qlora.yaml")
     result = plan(r)
-    order = result.failover(3)
+    order = launch_order(result, 3)
     assert order[0] is result.chosen and len(order) == 3
     assert [c.total_usd for c in order[1:]] == sorted(c.total_usd for c in order[1:])
-    capped = result.failover(3, max_usd=order[1].total_usd)
+    capped = launch_order(result, 3, max_usd=order[1].total_usd)
     assert all(c.total_usd <= order[1].total_usd for c in capped[1:])
 
 
@@ -194,7 +195,7 @@ def test_lambda_b200_is_offered_only_as_2x_and_8x():
     counts = sorted({r["count"] for r in data["rows"]["lambda"] if r["gpu"] == "B200"})
     assert counts == [2, 8], counts
     assert sorted({n for g, n, _ in _csv_sold("lambda") if g == "B200"}) == [2, 8]
-    order = plan(load_recipe(REPO / "recipes/falcon-180b-qlora.yaml")).failover(3)
+    order = launch_order(plan(load_recipe(REPO / "recipes/falcon-180b-qlora.yaml")), 3)
     assert order and not any(c.cloud == "lambda" and c.gpu == "B200" and c.gpus_per_node == 1 for c in order)
     assert ("lambda", "B200", 2) in {(c.cloud, c.gpu, c.gpus_per_node) for c in order}
 

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from sftcore.clouds import CLOUDS
+from sftcore.clouds import CLOUDS, Feature
 
 REPO = Path(__file__).resolve().parents[2]
 MISTRAL = REPO / "recipes/mistral-7b-qlora.yaml"
@@ -46,7 +46,7 @@ def _clean(res, *needles):
 def test_spot_on_a_cloud_without_spot_quotes_the_reason(command, tmp_path):
     recipe = _variant(tmp_path, "spot", resources={"spot": True}, output={"bucket": "gs://b/sftlaunch"})
     res = _run(command, recipe, "--cloud", "lambda")
-    reason = CLOUDS["lambda"].unsupported["spot"].rstrip(".")
+    reason = CLOUDS["lambda"].unsupported[Feature.SPOT].rstrip(".")
     _clean(res, "--cloud lambda", "resources.spot", f"Lambda: {reason}", "remove `spot: true`", "use --cloud runpod")
 
 

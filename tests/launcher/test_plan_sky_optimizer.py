@@ -24,6 +24,7 @@ from launcher import offers
 from sftcore.clouds import CLOUDS
 from sftcore.errors import UserError
 from launcher.estimate import plan
+from launcher.failover import launch_order
 from sftcore.recipe import load_recipe
 from launcher.render import render_task
 from tests.sky_catalog import FIXTURE_DIR, sky_optimize_tasks
@@ -103,7 +104,7 @@ def test_unsold_count_is_refused_like_skypilot_does():
 def test_failover_moves_to_the_second_choice_when_the_first_is_gone(tmp_path):
     recipe = load_recipe(REPO / "recipes/llama2-70b-qlora.yaml")
     result = plan(recipe)
-    order = result.failover(3)
+    order = launch_order(result, 3)
     assert len(order) >= 2 and all(c.fits for c in order)
     first, second = order[0], order[1]
     task = render_task(recipe, first, "sftl-x-beef", "/tmp/recipe.yaml", fallbacks=order[1:])
@@ -131,7 +132,7 @@ def test_failover_crosses_clouds_when_one_cloud_has_none_left(tmp_path):
     With no B200 left on Lambda, SkyPilot's optimizer goes to the RunPod choice of the same
     rendered task."""
     recipe = load_recipe(REPO / "recipes/falcon-180b-qlora.yaml")
-    order = plan(recipe).failover(3)
+    order = launch_order(plan(recipe), 3)
     assert [c.cloud for c in order] == ["lambda", "lambda", "runpod"], [(c.cloud, c.accelerators) for c in order]
     task = render_task(recipe, order[0], "sftl-x-beef", "/tmp/recipe.yaml", fallbacks=order[1:])
     got = sky_optimize_tasks(tmp_path, [{"task": task, "clouds": ["lambda", "runpod"]}], drop={"lambda": "_b200_"})

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from sftcore.clouds import CLOUDS
+from sftcore.clouds import CLOUDS, Feature
 from sftcore.errors import UserError
 from sftcore.recipe import load_recipe, recipe_from_dict
 from launcher.render import CONTAINER_RECIPE, Target, container_recipe, render_task, to_yaml
@@ -36,8 +36,8 @@ def _targets(recipe):
             assert "nothing fits" in str(exc), exc
             overall = resolve_target(recipe, None, None)[0]
             yield Target(cloud=cloud, gpu=overall.gpu, gpus_per_node=overall.gpus_per_node,
-                         nodes=1 if not CLOUDS[cloud].supports("multi_node") else overall.nodes,
-                         spot=overall.spot and CLOUDS[cloud].supports("spot"))
+                         nodes=1 if not CLOUDS[cloud].supports(Feature.MULTI_NODE) else overall.nodes,
+                         spot=overall.spot and CLOUDS[cloud].supports(Feature.SPOT))
 
 
 def test_recipes_exist():
@@ -108,8 +108,50 @@ def test_spot_renders_managed_job_recovery():
     ("kubernetes", True, 1, "Kubernetes: Spot instances are not supported in Kubernetes"),
 ])
 def test_cloud_capability_refusals_quote_skypilot(cloud, spot, nodes, fragment):
+    """Validation passed (another allowed cloud can); --cloud narrows to one that cannot: the
+    target is refused where it is resolved, with SkyPilot's reason."""
+    from launcher.commands.render import resolve_target
+
     with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace("`", ".")):
-        render_task(_recipe(spot=spot, nodes=nodes), Target(cloud, "H100", 8, nodes=nodes, spot=spot), "sftl-r-0000", "/x")
+        resolve_target(_recipe(spot=spot, nodes=nodes), cloud, None)
+
+
+def _count_capability_checks(monkeypatch) -> list:
+    """Every call of sftcore.clouds.check_features, through whichever module imported it."""
+    import sys
+
+    from sftcore import clouds
+
+    calls, real = [], clouds.check_features
+
+    def counted(features, among):
+        calls.append((list(features), list(among)))
+        return real(calls[-1][0], calls[-1][1])
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "check_features", None) is real:
+            monkeypatch.setattr(mod, "check_features", counted)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["plan", "render"])
+def test_the_capability_check_is_made_once_at_validation(command, tmp_path, monkeypatch):
+    """Spot on [lambda, runpod, gcp]: validation asks once; plan and render trust the validated
+    recipe. --cloud narrows what validation saw: asked once more, for that cloud only."""
+    data = yaml.safe_load((REPO / "recipes/mistral-7b-qlora.yaml").read_text())
+    data["resources"].update({"spot": True, "clouds": ["lambda", "runpod", "gcp"]})
+    data["output"]["bucket"] = "gs://b/sftlaunch"
+    path = tmp_path / "spot.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("SFTLAUNCH_HOME", str(tmp_path / "home"))
+    calls = _count_capability_checks(monkeypatch)
+    res = CliRunner().invoke(cli, [command, str(path)])
+    assert res.exit_code == 0, res.output
+    assert [a for _, a in calls] == [["lambda", "runpod", "gcp"]], calls
+    calls.clear()
+    res = CliRunner().invoke(cli, [command, str(path), "--cloud", "runpod"])
+    assert res.exit_code == 0, res.output
+    assert [a for _, a in calls] == [["lambda", "runpod", "gcp"], ["runpod"]], calls
 
 
 def test_render_cli_exit_2_for_disallowed_cloud(tmp_path):

@@ -458,3 +458,45 @@ def test_sighup_while_launching_a_cloud_run_says_what_is_left_running(tmp_path, 
     assert f"got SIGHUP while launching {rid}" in res.output and f"sftlaunch teardown {rid}" in res.output
     assert "Traceback" not in res.output and not any(c[0] in ("down", "jobs_cancel") for c in fake.calls)
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_plan_render_and_up_give_one_launch_order_for_the_same_usable_clouds(tmp_path, fake, monkeypatch):
+    """llama2-70b: the cheapest fits are on lambda; with credentials for runpod and gcp only,
+    `up` launches runpod's. `plan --check-credentials` prints that order and `render
+    --check-credentials` writes it; without the flag plan says whose credentials it did not check."""
+    from pathlib import Path
+
+    import yaml
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "llama2-70b-qlora.yaml")
+    monkeypatch.setenv("SFTLAUNCH_HOME", str(tmp_path / "home"))
+    fake.enabled = {"runpod", "gcp"}
+
+    res = CliRunner().invoke(cli, ["plan", recipe, "--json", "--check-credentials"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    planned = [(c["cloud"], c["accelerators"]) for c in out["failover"]]
+    assert out["credentials_checked"] == ["gcp", "runpod"] and out["credentials_note"] is None
+    assert len(planned) == 3 and {c for c, _ in planned} == {"runpod"}, planned
+
+    res = CliRunner().invoke(cli, ["render", recipe, "--check-credentials"])
+    assert res.exit_code == 0, res.output
+    rendered = [(c["cloud"], c["accelerators"]) for c in yaml.safe_load(res.output)["resources"]["ordered"]]
+
+    asked = _skypilot_without(fake, monkeypatch)
+    res = up(recipe, "--dry-run")
+    assert res.exit_code == 0, res.output
+    launched = [(c["cloud"], c["accelerators"]) for c in asked[0]["resources"]["ordered"]]
+    assert planned == rendered == launched
+
+    res = CliRunner().invoke(cli, ["plan", recipe, "--json"])  # credentials not asked: every allowed cloud
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["credentials_checked"] is None and out["failover"][0]["cloud"] == "lambda"
+    assert "credentials not checked for lambda, runpod, gcp" in out["credentials_note"]
+    res = CliRunner().invoke(cli, ["plan", recipe])
+    assert res.exit_code == 0 and "credentials not checked for lambda, runpod, gcp" in res.output, res.output
+
+    fake.enabled = set()
+    res = CliRunner().invoke(cli, ["plan", recipe, "--check-credentials"])
+    assert res.exit_code == 2 and "nothing that fits is on a cloud with credentials" in res.output, res.output

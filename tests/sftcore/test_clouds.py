@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from sftcore.clouds import CLOUDS, SKY_FEATURE, capability_problem, min_name_limit
+from sftcore.clouds import CLOUDS, Feature, capability_problem, min_name_limit
 
 sky = pytest.importorskip("sky")
 
@@ -26,7 +26,8 @@ def _sky_unsupported(cloud_key: str) -> dict[str, str]:
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))
 def test_table_matches_installed_skypilot(cloud):
     sky_reasons = _sky_unsupported(cloud)
-    for ours, sky_name in SKY_FEATURE.items():
+    for ours in Feature:
+        sky_name = ours.value
         if ours in CLOUDS[cloud].unsupported:
             assert sky_name in sky_reasons, f"{cloud}: we say no {ours}, SkyPilot now supports it"
             assert CLOUDS[cloud].unsupported[ours] == sky_reasons[sky_name]
@@ -43,8 +44,8 @@ def test_name_limits_match_skypilot(cloud):
 
 
 def test_capability_problem_quotes_reason():
-    assert capability_problem("lambda", "spot") == "Lambda: Spot instances are not supported in Lambda"
-    assert capability_problem("gcp", "spot") is None
+    assert capability_problem("lambda", Feature.SPOT) == "Lambda: Spot instances are not supported in Lambda"
+    assert capability_problem("gcp", Feature.SPOT) is None
     assert min_name_limit(["runpod", "gcp"]) == 35
 
 
@@ -53,17 +54,31 @@ def test_check_features_reports_every_feature_no_allowed_cloud_can_do():
     allowed can do it, with each cloud's reason in SkyPilot's words."""
     from sftcore.clouds import able_clouds, check_features
 
-    assert check_features(["spot", "multi_node"], ["lambda", "runpod"]) == {}  # runpod has spot, lambda nodes
-    assert check_features(["spot", "multi_node"], ["kubernetes", "lambda"]) == {
-        "spot": "Kubernetes: Spot instances are not supported in Kubernetes; Lambda: Spot instances are not supported in Lambda",
+    spot, nodes = Feature.SPOT, Feature.MULTI_NODE
+    assert check_features([spot, nodes], ["lambda", "runpod"]) == {}  # runpod has spot, lambda nodes
+    assert check_features([spot, nodes], ["kubernetes", "lambda"]) == {
+        spot: "Kubernetes: Spot instances are not supported in Kubernetes; Lambda: Spot instances are not supported in Lambda",
     }
-    assert check_features(["spot"], ["lambda"]) == {"spot": "Lambda: Spot instances are not supported in Lambda"}
-    assert check_features(["spot"], ["lambda", "gcp"]) == {}  # gcp can
-    assert check_features(["multi_node", "spot"], ["runpod"]) == {  # runpod has spot, not nodes
-        "multi_node": "RunPod: Multi-node not supported yet, as the interconnection among nodes are non-trivial on RunPod",
+    assert check_features([spot], ["lambda"]) == {spot: "Lambda: Spot instances are not supported in Lambda"}
+    assert check_features([spot], ["lambda", "gcp"]) == {}  # gcp can
+    assert check_features([nodes, spot], ["runpod"]) == {  # runpod has spot, not nodes
+        nodes: "RunPod: Multi-node not supported yet, as the interconnection among nodes are non-trivial on RunPod",
     }
-    assert check_features(["spot", "multi_node"], ["local"]) == {} and check_features(["spot"], []) == {}
-    assert able_clouds("spot") == ["runpod", "gcp"] and able_clouds("multi_node", ["runpod", "lambda"]) == ["lambda"]
+    assert check_features([spot, nodes], ["local"]) == {} and check_features([spot], []) == {}
+    assert able_clouds(spot) == ["runpod", "gcp"] and able_clouds(nodes, ["runpod", "lambda"]) == ["lambda"]
+
+
+def test_a_capability_is_asked_by_feature_member_never_by_string():
+    """A string key would read as "supported" for any misspelling; every lookup refuses one."""
+    from sftcore.clouds import able_clouds, asked_features, check_features
+
+    assert asked_features(True, 2) == [Feature.SPOT, Feature.MULTI_NODE] and asked_features(False, 1) == []
+    for ask in (lambda: capability_problem("lambda", "spot"), lambda: CLOUDS["lambda"].supports("spot"),
+                lambda: check_features(["spot"], ["lambda"]), lambda: check_features(["spot"], []),
+                lambda: able_clouds("multi_node")):
+        with pytest.raises(TypeError, match="Feature member"):
+            ask()
+    assert not CLOUDS["lambda"].supports(Feature.SPOT) and CLOUDS["gcp"].supports(Feature.MULTI_NODE)
 
 
 def test_not_allowed_is_one_wording_for_plan_up_and_render():
