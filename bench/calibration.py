@@ -41,9 +41,9 @@ def variant(method: str, packing: bool, steps: int):
 
 def run(method: str, packing: bool, steps: int, probe: int) -> dict:
     from jobs.train import train
-    from sftcore.contract import METRICS, Env
-    from launcher.estimate import plan
+    from launcher.estimate.candidates import plan
     from launcher.render import plan_prediction
+    from sftcore.contract import METRICS, Env
 
     recipe = variant(method, packing, steps)
     chosen = plan(recipe).chosen

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.estimate import memory, plan
+from launcher.estimate.candidates import plan
+from launcher.estimate.memory import memory
 from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]

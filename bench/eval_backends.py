@@ -40,7 +40,7 @@ def run(model: str, preset: str, backend: str, limit: int | None, out: Path) -> 
 
 
 def planned(model: str, preset: str, limit: int | None, gpu: str) -> dict[str, float]:
-    from launcher.estimate import timing
+    from launcher.estimate.timing import timing
     from sftcore.recipe import recipe_from_dict
 
     out = {}

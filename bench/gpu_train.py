@@ -89,7 +89,7 @@ def gpus_for(method: str, visible: int) -> int:
 def estimate(recipe: dict, gpus: int) -> tuple[float, float]:
     """(per-GPU memory estimate in GB, parameters) from launcher.estimate for this recipe."""
     from launcher import catalog
-    from launcher import estimate as est
+    from launcher.estimate import memory as est
     from sftcore.recipe import recipe_from_dict
 
     r = recipe_from_dict(recipe)

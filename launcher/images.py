@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 
 from launcher import __version__
-from sftcore.contract import Env
 from launcher.home import sftlaunch_home
+from sftcore.contract import Env
 
 DEFAULT_REPOSITORY = "ghcr.io/sftlaunch/sftlaunch"
 REPOSITORY_ENV = Env.IMAGE_REPO  # e.g. docker.io/me/sftlaunch for your own registry

@@ -35,10 +35,10 @@ import re
 import time
 from pathlib import Path
 
-from sftcore import contract
-from sftcore.contract import END_RECORD
 from launcher.run_record import Backend
 from launcher.runs import FINAL_STATES, Registry, cost_so_far
+from sftcore import contract
+from sftcore.contract import END_RECORD
 
 STOP_GRACE_S = 20 * 60
 STOPPED_LINE = contract.STOPPED_LINE  # docker/entrypoint.sh, when training ended early

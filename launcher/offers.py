@@ -34,8 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sftcore.errors import UserError, one_line
 from launcher.home import sftlaunch_home
+from sftcore.errors import UserError, one_line
 
 CATALOG_CLOUDS = ("lambda", "runpod", "gcp")  # clouds with a public SkyPilot catalog
 CATALOG_VERSION = "v8"  # sky.skylet.constants.CATALOG_SCHEMA_VERSION in SkyPilot 0.14

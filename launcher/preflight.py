@@ -21,11 +21,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from launcher.preflight_checks import (
@@ -42,7 +39,6 @@ from launcher.preflight_checks import (
     run_checks,
 )
 from sftcore.errors import one_line
-from sftcore.masking import mask
 
 SKY_CHECK_TIMEOUT_S = 90.0  # `import sky` alone takes seconds, and GCP's check asks Google
 PROBE_PREFIX = ".sftlaunch-preflight-"

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
+from launcher.images import resolve_image
 from sftcore import contract
 from sftcore.clouds import CLOUDS, Feature, capability_problem, not_allowed
 from sftcore.contract import Env
 from sftcore.errors import UserError
-from launcher.images import resolve_image
 from sftcore.recipe import Recipe, looks_local
 
 CONTAINER_ROOT = contract.CONTAINER_ROOT

@@ -31,10 +31,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sftcore.contract import Env
-from sftcore.errors import UserError, one_line
 from launcher.home import sftlaunch_home
-from sftcore.results import eval_scores
 from launcher.run_record import (
     _FIELD_NAMES,
     Backend,
@@ -45,7 +42,10 @@ from launcher.run_record import (
     running_hours,
 )
 from launcher.runs_schema import MIGRATIONS, SCHEMA_VERSION
+from sftcore.contract import Env
+from sftcore.errors import UserError, one_line
 from sftcore.masking import mask, mask_obj
+from sftcore.results import eval_scores
 
 BUSY_TIMEOUT_S = 30.0
 

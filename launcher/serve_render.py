@@ -138,7 +138,7 @@ def serve_memory(shape: dict[str, Any], kv_tokens: int, lora_rank: int | None = 
     """bf16 weights (from the shape's parameter count) and the KV cache: K and V, every layer, the
     K projection's width (kv heads × head dim) per token, for `kv_tokens` tokens in the cache at
     once (the caller: the stated load's sequences × their context, at least one max_model_len)."""
-    from launcher.estimate import param_count
+    from launcher.estimate.memory import param_count
 
     total, _active = param_count(shape)
     kv_dim = shape["linear"]["k_proj"][1] if "k_proj" in shape.get("linear", {}) else shape["hidden"]

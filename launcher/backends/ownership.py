@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sftcore import contract
 from launcher.backends.sky import LABEL
+from sftcore import contract
 
 if TYPE_CHECKING:
     from launcher.backends.serve import Service
@@ -36,8 +36,8 @@ def not_run_id(label) -> str | None:
     """Why a present label value cannot be ours, or None: sftlaunch only ever writes run ids of
     the contract's shape (launcher.runid), so anything else (`../x`, an escape, 200 chars) was
     written by someone else, and is reported as foreign, never trusted as a run to stop."""
-    from sftcore.errors import printable
     from launcher.runid import run_id_problem
+    from sftcore.errors import printable
 
     if label is None or (isinstance(label, str) and run_id_problem(label) is None):
         return None

@@ -239,8 +239,8 @@ class ManagedRunner(_SkyRunner):
         """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):
         its end record in the bucket says how it ended; without one, after a grace period for a
         launch still being registered, it failed without reaching the end of its entrypoint."""
-        from sftcore.contract import END_RECORD
         from launcher.lifecycle import bucket_base, end_record, stop_reason
+        from sftcore.contract import END_RECORD
 
         end = end_record(record)
         if end is not None:

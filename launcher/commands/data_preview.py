@@ -13,8 +13,8 @@ import statistics
 
 import click
 
-from sftcore.errors import UserError
 from launcher.options import json_option, recipe_argument
+from sftcore.errors import UserError
 
 
 def _tokenizer(recipe):
@@ -62,7 +62,8 @@ def _pct(values: list[int], q: float) -> int:
 
 
 def _source_stats(recipe, tokenizer) -> list[dict]:
-    from jobs import data, rows as job_rows
+    from jobs import data
+    from jobs import rows as job_rows
 
     out = []
     for src in recipe.data.sources:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import click
 
+from launcher.options import dry_run_option, json_option
 from sftcore import contract
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, UserError
 from sftcore.eval_backend import BACKENDS
-from launcher.options import dry_run_option, json_option
 
 PRESETS = contract.EVAL_PRESETS
 
@@ -152,8 +152,8 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run, with_base,
                      parallel, backend)
         return
-    from sftcore.results import render_details, render_table
     from launcher.runs import run_dir, sftlaunch_home
+    from sftcore.results import render_details, render_table
 
     args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend) + ["--parallel", parallel]
     if record is not None:
@@ -200,9 +200,9 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     import tempfile
 
     from launcher.backends.sky import get_backend
-    from launcher.estimate import plan
-    from sftcore.recipe import recipe_from_dict
+    from launcher.estimate.candidates import plan
     from launcher.render import render_task, to_yaml
+    from sftcore.recipe import recipe_from_dict
 
     data = dict(record["recipe"])
     overrides = {k: v for k, v in {"preset": preset, "tasks": tasks.split(",") if tasks else None,

@@ -23,9 +23,9 @@ from pathlib import Path
 import click
 
 from launcher import __version__
+from launcher.options import dry_run_option, json_option
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, UserError
-from launcher.options import dry_run_option, json_option
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import click
 
-from sftcore import contract
 from launcher.commands.up import Interrupted
-from sftcore.errors import JobFailed, UserError, one_line
 from launcher.run_record import Backend
+from sftcore import contract
+from sftcore.errors import JobFailed, UserError, one_line
 from sftcore.masking import mask
 
 

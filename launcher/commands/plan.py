@@ -6,8 +6,6 @@ import json
 
 import click
 
-from sftcore.clouds import not_allowed
-from sftcore.errors import UserError
 from launcher.options import (
     check_credentials_option,
     cloud_option,
@@ -16,6 +14,8 @@ from launcher.options import (
     json_option,
     recipe_argument,
 )
+from sftcore.clouds import not_allowed
+from sftcore.errors import UserError
 
 
 def _fmt_hours(h: float) -> str:
@@ -44,7 +44,7 @@ def plan(recipe: str, cloud: str | None, gpu: str | None, spot: bool | None, exp
     `up --dry-run` asks it): without it the order is over every allowed cloud and the output
     names the clouds whose credentials were not checked."""
     from launcher import offers
-    from launcher.estimate import plan as make_plan
+    from launcher.estimate.candidates import plan as make_plan
     from launcher.failover import (
         considered_clouds,
         credentialed,
@@ -180,7 +180,7 @@ def _table(recipe, result, show_all: bool, table_src, order, unchecked: str | No
 
 
 def _memory_lines(title: str, m, have: float) -> list[str]:
-    from launcher.estimate import fit_verdict
+    from launcher.estimate.candidates import fit_verdict
 
     fit = fit_verdict(m, have)
     verdict = f"borderline: {fit.why}" if fit.borderline else fit.why

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import click
 
+from launcher.options import cloud_option, json_option, recipe_argument
 from sftcore.contract import Env
 from sftcore.errors import UserError
-from launcher.options import cloud_option, json_option, recipe_argument
 
 
 @click.command()

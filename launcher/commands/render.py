@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from sftcore.errors import UserError
 from launcher.options import (
     RunIdType,
     check_credentials_option,
@@ -16,6 +15,7 @@ from launcher.options import (
     gpu_option,
     recipe_argument,
 )
+from sftcore.errors import UserError
 
 
 def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | None = None,
@@ -31,10 +31,10 @@ def resolve_target(recipe, cloud: str | None, gpu: str | None, fallbacks: int | 
     cloud that sells it).
     """
     from launcher import catalog
-    from sftcore.clouds import CLOUDS, not_allowed
-    from launcher.estimate import plan, requested_gpu
+    from launcher.estimate.candidates import plan, requested_gpu
     from launcher.failover import launch_order, no_usable_cloud
     from launcher.render import Target
+    from sftcore.clouds import CLOUDS, not_allowed
 
     src = recipe.source_path or "recipe"
     allowed = [c for c in recipe.resources.clouds if c in CLOUDS]
@@ -98,8 +98,8 @@ def render(recipe: str, cloud: str | None, gpu: str | None, output: Path | None,
     """Print the SkyPilot task YAML for RECIPE (secrets appear by name only)."""
     from launcher.failover import considered_clouds, credentialed, unchecked_note
     from launcher.images import sftlaunch_home
-    from sftcore.recipe import load_recipe
     from launcher.render import STEPS, container_recipe_yaml, render_task, to_yaml
+    from sftcore.recipe import load_recipe
 
     if output:
         _check_output(output, recipe)

@@ -21,8 +21,8 @@ import sys
 
 import click
 
-from sftcore.errors import JobFailed, UserError
 from launcher.options import GpuType, dry_run_option, json_option, yes_option
+from sftcore.errors import JobFailed, UserError
 
 VERBS = ("status", "logs", "down")
 DEFAULT_CLOUDS = ("runpod", "lambda", "gcp")

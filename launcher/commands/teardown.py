@@ -23,9 +23,9 @@ from pathlib import Path
 
 import click
 
-from sftcore.errors import UserError, one_line, printable
 from launcher.options import dry_run_option, yes_option
 from launcher.run_record import Backend, RunRecord
+from sftcore.errors import UserError, one_line, printable
 from sftcore.masking import mask
 
 _WHAT = {Backend.CLUSTER: "cluster", Backend.MANAGED: "managed job", Backend.LOCAL: "local process"}

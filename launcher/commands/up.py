@@ -30,8 +30,6 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from sftcore.contract import Env
-from sftcore.errors import JobFailed, UserError, signals_as_interrupts
 from launcher.options import (
     cloud_option,
     dry_run_option,
@@ -41,6 +39,8 @@ from launcher.options import (
     yes_option,
 )
 from launcher.run_record import Backend
+from sftcore.contract import Env
+from sftcore.errors import JobFailed, UserError, signals_as_interrupts
 from sftcore.masking import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry

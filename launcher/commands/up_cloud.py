@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sftcore import contract
 from launcher.commands.up import (
     Interrupted,
     Streamer,
@@ -21,8 +20,9 @@ from launcher.commands.up import (
     reattach_hints,
     stream_until_end,
 )
-from sftcore.errors import JobFailed, UserError, one_line
 from launcher.run_record import Backend
+from sftcore import contract
+from sftcore.errors import JobFailed, UserError, one_line
 
 LOST_RESULTS = ("results would be lost when the cluster is torn down: set output.bucket (gs://, s3://) "
                 "or output.hub_repo, or pass --bucket URI")
@@ -89,7 +89,7 @@ def _record_what_runs(backend, registry, run_id: str, choices: list):
 
 
 def _candidates(r, cloud: str | None, gpu: str | None):
-    from launcher.estimate import plan
+    from launcher.estimate.candidates import plan
 
     return plan(r, cloud=cloud, gpu=gpu)
 
@@ -143,9 +143,9 @@ def up_cloud(r, dry_run: bool, detach: bool, yes: bool, cloud: str | None, gpu: 
 def _plan_checked(r, dry_run: bool, cloud: str | None, gpu: str | None):
     """(plan, registry, run id) once the refusals that cost nothing have passed: outputs that
     would be lost, a --cloud the recipe does not allow, nothing fits, the estimate over max_usd."""
-    from sftcore.clouds import not_allowed
     from launcher.runid import new_run_id
     from launcher.runs import Registry
+    from sftcore.clouds import not_allowed
 
     src = _src(r)
     if not r.output.bucket and not r.output.hub_repo:

@@ -59,7 +59,6 @@ def test_skip_counts_each_reason_and_says_so(tmp_path, capsys, shared_cache):
     from transformers import AutoTokenizer
 
     from jobs.data import build_datasets
-
     from jobs.rows import load_rows
     from jobs.tiny import ensure_tiny
 
@@ -105,7 +104,6 @@ def test_airoboros_preformatted_rows_are_not_wrapped_in_the_template(tmp_path, s
     from transformers import AutoTokenizer
 
     from jobs.data import IGNORE, tokenize_row
-
     from jobs.rows import load_rows
     from jobs.tiny import ensure_tiny
 

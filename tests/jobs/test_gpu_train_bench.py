@@ -36,7 +36,7 @@ def test_dry_run_prints_each_recipe_with_the_planner_estimate(tmp_path):
     found = dict(re.findall(r"^(\S+): method .* estimate (\d+\.\d) GB/GPU$", out, re.M))
     assert set(found) == {"full-zero2", "full-zero3", "lora", "qlora"}
     bench = _bench_module()
-    from launcher import estimate
+    from launcher.estimate import memory as estimate
     from sftcore.recipe import recipe_from_dict
 
     model_dir = tmp_path / "llama-1b-random"

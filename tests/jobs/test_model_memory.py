@@ -50,7 +50,7 @@ def _recipe(model_dir, data, method):
 
 
 def planned_load_bytes(recipe) -> float:
-    from launcher import estimate
+    from launcher.estimate import memory as estimate
 
     mem = estimate.memory(recipe)
     adapters = 0.0

@@ -47,8 +47,8 @@ def _published_run(tmp_path: Path, template: str) -> tuple[str, Path]:
 
     from jobs.model import load_tokenizer
     from jobs.tiny import ensure_tiny
-    from sftcore.recipe import load_recipe
     from launcher.runs import Registry
+    from sftcore.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "tiny-local.yaml", overrides={("data", "template"): template})
     run_id, local = f"sftl-serve-{template[:5]}-0a0a", tmp_path / "run"

@@ -333,8 +333,8 @@ def test_plain_matches_reference_prompt_and_eval_rows(tiny):
     import json
     from pathlib import Path
 
-    from sftcore.formats import fmt_dolphin
     from jobs.templates import render
+    from sftcore.formats import fmt_dolphin
 
     root = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task"
     row = json.loads((root / "eval.jsonl").read_text().splitlines()[0])

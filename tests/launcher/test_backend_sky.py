@@ -14,8 +14,8 @@ import pytest
 sky = pytest.importorskip("sky")
 
 from launcher.backends import sky as adapter  # noqa: E402
-from sftcore.recipe import load_recipe  # noqa: E402
 from launcher.render import Target, render_task  # noqa: E402
+from sftcore.recipe import load_recipe  # noqa: E402
 from tests.launcher.fake_backend import write_recipe  # noqa: E402
 
 CANARY = "hf_CANARYadapter0123456789abcdefQ"

@@ -19,10 +19,10 @@ import pytest
 from jobs.rate import resolve
 from launcher import offers
 from launcher.commands.render import resolve_target
-from sftcore.errors import UserError
-from launcher.estimate import plan
-from sftcore.recipe import load_recipe
+from launcher.estimate.candidates import plan
 from launcher.render import render_task
+from sftcore.errors import UserError
+from sftcore.recipe import load_recipe
 from tests.sky_catalog import sky_launch_envs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
+from launcher.estimate.candidates import plan
 from sftcore.errors import UserError
-from launcher.estimate import plan
 from sftcore.recipe import recipe_from_dict
 from tests.sky_catalog import FIXTURE_DIR
 

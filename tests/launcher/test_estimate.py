@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
-from launcher.estimate import eval_memory, lora_params, memory, plan, timing
+from launcher.estimate.candidates import plan
+from launcher.estimate.memory import eval_memory, lora_params, memory
+from launcher.estimate.timing import timing
 from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,13 +275,13 @@ def test_explain_prints_the_eval_terms():
 
 
 def _mem(total: float, pageable: float = 0.0):
-    from launcher.estimate import Memory
+    from launcher.estimate.memory import Memory
 
     return Memory(weights=total - pageable, trainable=pageable, pageable=pageable, activations=0.0, fixed=0.0)
 
 
 def test_fit_verdict_draws_the_lines_at_the_headroom_and_the_gpu():
-    from launcher.estimate import fit_verdict
+    from launcher.estimate.candidates import fit_verdict
 
     h = catalog.workloads()["headroom"]
     avail = 80.0

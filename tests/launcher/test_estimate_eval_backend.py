@@ -10,9 +10,8 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
-from launcher.estimate import eval_workload, timing
 from launcher.estimate.memory import _shape
-from launcher.estimate.timing import eval_backend
+from launcher.estimate.timing import eval_backend, eval_workload, timing
 from sftcore.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from sftcore.contract import Env
-from launcher.estimate import memory, plan, timing
-from launcher.estimate.memory import liger_chunk_tokens
-from sftcore.recipe import recipe_from_dict
+from launcher.estimate.candidates import plan
+from launcher.estimate.memory import liger_chunk_tokens, memory
+from launcher.estimate.timing import timing
 from launcher.render import render_task
+from sftcore.contract import Env
+from sftcore.recipe import recipe_from_dict
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -58,7 +59,7 @@ def test_auto_turns_checkpointing_off_where_activations_fit_and_on_where_not():
 @pytest.mark.parametrize(("method", "extra"), [("qlora", 2), ("lora", 2), ("full", 2)])
 def test_recompute_flops_only_when_checkpointing_is_on(method, extra):
     """2·N more FLOPs per token with checkpointing (the forward again): 6N→8N full, 4N→6N adapters."""
-    from launcher.estimate import _shape
+    from launcher.estimate.memory import _shape
 
     r = _recipe(method=method)
     n = _shape(r).get("active_params_b", _shape(r)["params_b"]) * 1e9

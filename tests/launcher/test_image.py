@@ -131,8 +131,8 @@ def test_push_records_digest_and_runs_resolve_to_it(fake_docker):
 
 
 def test_render_uses_the_recorded_digest(fake_docker):
-    from sftcore.recipe import load_recipe
     from launcher.render import Target, render_task
+    from sftcore.recipe import load_recipe
 
     assert invoke("image", "push").exit_code == 0
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "llama2-70b-qlora.yaml")

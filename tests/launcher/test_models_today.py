@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from launcher import catalog
 from launcher.cli import cli
+from launcher.estimate.candidates import plan
+from launcher.estimate.memory import logits_bytes, memory, param_count, quantized_split
 from sftcore.clouds import CLOUDS
-from launcher.estimate import logits_bytes, memory, param_count, plan, quantized_split
 from sftcore.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def test_explain_shows_the_logits_line_and_the_eval_term_per_preset():
 
 
 def test_v2_eval_time_counts_generated_tokens_at_the_decode_rate():
-    from launcher.estimate import eval_hours, eval_workload
+    from launcher.estimate.timing import eval_hours, eval_workload
 
     w = catalog.workloads()
     r = load_recipe(REPO / "recipes/llama3.1-8b-qlora.yaml")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from launcher import catalog, offers
-from sftcore.errors import UserError
-from launcher.estimate import plan
+from launcher.estimate.candidates import plan
 from launcher.failover import launch_order
+from sftcore.errors import UserError
 from sftcore.recipe import load_recipe, recipe_from_dict
 from tests.sky_catalog import sky_env
 

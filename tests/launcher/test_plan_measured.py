@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.estimate import plan
-from sftcore.recipe import load_recipe
+from launcher.estimate.candidates import plan
 from launcher.runs import Registry
+from sftcore.recipe import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "llama2-70b-qlora.yaml"
 

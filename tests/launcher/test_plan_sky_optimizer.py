@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from launcher import offers
+from launcher.estimate.candidates import plan
+from launcher.failover import launch_order
+from launcher.render import render_task
 from sftcore.clouds import CLOUDS
 from sftcore.errors import UserError
-from launcher.estimate import plan
-from launcher.failover import launch_order
 from sftcore.recipe import load_recipe
-from launcher.render import render_task
 from tests.sky_catalog import FIXTURE_DIR, sky_optimize_tasks
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
+from launcher.render import CONTAINER_RECIPE, Target, container_recipe, render_task, to_yaml
 from sftcore.clouds import CLOUDS, Feature
 from sftcore.errors import UserError
 from sftcore.recipe import load_recipe, recipe_from_dict
-from launcher.render import CONTAINER_RECIPE, Target, container_recipe, render_task, to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -293,7 +293,7 @@ def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
     price, no regions) keeps that price even when a region (its context) is pinned."""
     import json
 
-    from launcher.estimate import plan
+    from launcher.estimate.candidates import plan
 
     monkeypatch.setenv("SFTLAUNCH_K8S_GPUS", "H100:8")
     monkeypatch.setenv("SFTLAUNCH_K8S_USD_PER_GPU_HOUR", "1.5")
@@ -312,8 +312,8 @@ def test_rate_table_prices_each_choice_and_keeps_one_price_clouds(monkeypatch):
 def test_the_plan_prediction_reaches_the_job_for_its_calibration():
     """SFTLAUNCH_PLAN carries the chosen candidate's figures; jobs.calibration reads them back."""
     from jobs.calibration import read_plan
+    from launcher.estimate.candidates import plan
     from sftcore.contract import PLAN_KEYS, Env
-    from launcher.estimate import plan
 
     recipe = load_recipe(REPO / "recipes" / "llama2-70b-qlora.yaml")
     chosen = plan(recipe).chosen

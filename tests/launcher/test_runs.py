@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from sftcore.errors import UserError
-from sftcore.results import eval_scores
 from launcher.run_record import Backend, RunRecord
 from launcher.runid import MAX_LEN, looks_like_run_id, new_run_id
 from launcher.runs import MIGRATIONS, SCHEMA_VERSION, Registry
+from sftcore.errors import UserError
+from sftcore.results import eval_scores
 
 RECIPE = {"name": "demo", "model": {"id": "sftlaunch/tiny-llama"}}
 

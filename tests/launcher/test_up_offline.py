@@ -116,8 +116,8 @@ def test_dry_run_starts_no_api_server_and_leaves_no_process(tmp_path):
 def test_offline_optimizer_says_when_no_enabled_cloud_offers_the_gpu(tmp_path, monkeypatch):
     """SkyPilot's ResourcesUnavailableError comes back as the refusal `up` shows, in one line."""
     from launcher.backends.sky_offline import OfflineSky
-    from sftcore.recipe import load_recipe
     from launcher.render import Target, render_task
+    from sftcore.recipe import load_recipe
 
     home = tmp_path / "run-home"
     home.mkdir()
