@@ -1,7 +1,7 @@
 """How often the calibration probe changes the plan's ETA: the shipped CPU recipe's variants,
 planned for this machine's CPU, then trained for a few steps with the probe on.
 
-Why: issue 20 asks whether the plan's published-MFU estimate survives contact with the run. Each
+Why: does the plan's published-MFU estimate survive contact with the run? Each
 variant of recipes/tiny-local.yaml (the shipped recipe that plans for a CPU; full / LoRA / QLoRA,
 packed / padded) is planned (`launcher.estimate.plan`, the local CPU candidate), rendered into the
 job's SFTLAUNCH_PLAN exactly as `render` does (`launcher.render.plan_prediction`), and trained

@@ -1,12 +1,12 @@
 """Hostile recipes: the mutant tally and the worst-case wall time of `sftlaunch validate`.
 
-Why: issue 14's contract is that every bad recipe is a one-line `file:line` error (exit 2) or is
+Why: the contract is that every bad recipe is a one-line `file:line` error (exit 2) or is
 accepted, never an internal error, and never a hang. This prints (1) for N seeded mutants of the
 shipped recipes (tests/launcher/recipe_mutants.py), how many each loader entry point (load_recipe,
 validate, plan, render) refused cleanly, accepted, or failed on internally; and (2) the wall time
 of a whole `sftlaunch validate FILE` process on hostile files at and past the 1 MiB limit (a FIFO,
 /dev/zero, 30 MB, 1 MiB of keys, brackets, control characters, digits, aliases, duplicate keys, many
-sources); and (3) for issue 21's cases (escapes, bidi, `yes`/`on`, a device or file as the bucket,
+sources); and (3) for hostile values (escapes, bidi, `yes`/`on`, a device or file as the bucket,
 /proc as tasks_dir) the exit codes of validate and preflight and whether a raw control or bidi
 character reached the output. Prints figures; asserts nothing.
 
@@ -118,7 +118,7 @@ def time_validate(path: Path, runs: int, env: dict) -> tuple[float, float, int, 
     return statistics.median(times), max(times), code, first
 
 
-# Issue 21: values that YAML escapes smuggle in, YAML 1.1 booleans, places that are not places.
+# values that YAML escapes smuggle in, YAML 1.1 booleans, places that are not places.
 ISSUE21 = [
     ("model.id with \\e]0; and \\a (OSC title)", "  id: sftlaunch/tiny-llama", '  id: "\\e]0;pwned\\a\\e[31mred"'),
     ("key with \\u202e (bidi override)", "  seq_len: 256", '  "seq\\u202e_len": 256'),
@@ -138,7 +138,7 @@ def issue21_cases(workdir: Path, env: dict) -> None:
         "tasks_dir: ../jobs/tasks", f"tasks_dir: {REPO / 'jobs' / 'tasks'}")
     (workdir / "data").mkdir(exist_ok=True)
     (workdir / "data" / "tiny-task").symlink_to(REPO / "recipes" / "data" / "tiny-task")
-    print(f"\n{'issue 21 case':<40} {'validate':>8} {'preflight':>9} {'raw':>4}  first line")
+    print(f"\n{'hostile value':<40} {'validate':>8} {'preflight':>9} {'raw':>4}  first line")
     for label, old, new in ISSUE21:
         text = tiny.replace(old.replace("../jobs/tasks", str(REPO / "jobs" / "tasks")), new, 1)
         path = _write(workdir / "case.yaml", text)

@@ -1,6 +1,6 @@
 """Share of non-pad tokens per batch on each shipped dataset, with and without packing.
 
-Why: padding is compute paid for nothing; packing should bring the share to >= 0.97 (issue 3).
+Why: padding is compute paid for nothing; packing should bring the share to >= 0.97.
 Both layouts are counted the same way, as jobs.data.make_collator batches them: micro_batch_size
 rows (samples, or packed rows from jobs.data.pack) in data order, each batch padded to its
 longest row; share = non-pad tokens / all token slots, summed over the batches. Uses the tiny

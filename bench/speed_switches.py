@@ -1,6 +1,6 @@
 """Training tokens per CPU-second for each speed switch, as ratios within one run.
 
-Why: issue 19 asks what each switch buys. Each variant trains the tiny model (recipes/
+Why: what does each switch buy? Each variant trains the tiny model (recipes/
 tiny-local.yaml's data and packing, jobs.model's loading, jobs.data's collator, AdamW) for the
 same batches; the variants run interleaved, several rounds, and the median real (non-pad)
 tokens/s of each is compared with its baseline in the same run, so the machine's load (2 shared

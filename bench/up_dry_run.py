@@ -6,7 +6,7 @@ come after it. This starts the real CLI in a fresh process, with an empty HOME a
 pointed at an unreachable API server (so no server is started and nothing is contacted), and
 reads its output until the plan's last line. Prints medians; asserts nothing.
 
-`--fresh-server-port`: the first-run user instead (issue 18): no endpoint set, SkyPilot's local
+`--fresh-server-port`: the first-run user instead: no endpoint set, SkyPilot's local
 port moved to a free one and its runtime dir in the empty HOME, so an SDK call that wants a
 server starts one there. Also reports what the run left behind: a listener on that port and the
 pids of processes carrying the run's HOME (they are ours: the temporary HOME is this run's alone;

@@ -1,4 +1,4 @@
-"""Per-row validation and data.bad_rows: a bad conversation never trains silently (issue 11)."""
+"""Per-row validation and data.bad_rows: a bad conversation never trains silently."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ HISTORY = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "
 
 @pytest.mark.parametrize("template", ["plain", "llama2-chat", "mistral-inst", "chatml"])
 def test_prompt_keeps_the_whole_history(model_dir, template):
-    """Issue 11.1: with [Q1, A1, Q2] the model must see all three, not only `<s>[INST] Q1 [/INST]`."""
+    """with [Q1, A1, Q2] the model must see all three, not only `<s>[INST] Q1 [/INST]`."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -43,7 +43,7 @@ def test_python_m_jobs_uses_the_mapping(monkeypatch, capsys):
 
 @pytest.mark.parametrize("error", ["oserror", "safetensors"])
 def test_a_full_disk_in_a_job_is_one_line_not_a_traceback(error, monkeypatch, capsys, tmp_path):
-    """Issue 21: a job that filled the disk printed a raw traceback (safetensors' own error type
+    """a job that filled the disk printed a raw traceback (safetensors' own error type
     carries the OS message; its text below is what it printed on a full 2 MiB tmpfs)."""
     import errno
     import os

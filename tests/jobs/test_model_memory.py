@@ -1,4 +1,4 @@
-"""What jobs.model allocates when it loads a model, against the planner's memory terms (issue 11).
+"""What jobs.model allocates when it loads a model, against the planner's memory terms.
 
 Measured: the bytes of every distinct tensor storage the loaded model holds — parameters, buffers
 and the 4-bit quantisation state (absmax, nested absmax, code book) bitsandbytes keeps beside each
@@ -76,7 +76,7 @@ def test_loaded_bytes_match_the_planner_within_10_percent(method, shared_cache, 
 
 
 def test_lora_base_is_in_the_compute_dtype_and_adapters_in_fp32(shared_cache, tmp_path):
-    """Issue 11.6: the frozen LoRA base was loaded in fp32 (4 bytes per parameter, planned 2)."""
+    """the frozen LoRA base was loaded in fp32 (4 bytes per parameter, planned 2)."""
     import torch
 
     from jobs import model as jm

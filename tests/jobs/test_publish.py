@@ -285,7 +285,7 @@ def test_missing_model_or_token_is_exit_2(tmp_path, base_model, capsys, monkeypa
 
 @pytest.mark.parametrize("template", ["plain", "llama2-chat", "chatml"])
 def test_published_tokenizer_carries_the_training_template(tmp_path, base_model, template):
-    """Issue 11: `apply_chat_template` on the published model gives the ids the model was trained on,
+    """`apply_chat_template` on the published model gives the ids the model was trained on,
     even for a run whose saved tokenizer still had the base model's own template."""
     from transformers import AutoTokenizer
 

@@ -1,4 +1,4 @@
-"""W&B never blocks or fails training (issue 14): an endpoint on loopback that never answers, one
+"""W&B never blocks or fails training: an endpoint on loopback that never answers, one
 that rejects the key, one that accepts it, and a malformed key. The unit tests call
 jobs.reporting directly; the slow ones run a real training process against the silent endpoint
 and the malformed key, bounded by a timeout, from a scratch working directory that must stay empty.

@@ -291,7 +291,7 @@ def test_mask_trains_each_answer_and_its_end_marker_only(tiny, template):
 
 
 def test_answers_tokenise_as_serving_does_not_piece_by_piece(sp):
-    """Issue 11.2: "\\nThe" in plain is one whole-string tokenisation ("The", not "▁The")."""
+    """"\\nThe" in plain is one whole-string tokenisation ("The", not "▁The")."""
     from jobs.templates import render
 
     ids, mask = render(TURNS[:2], "plain", sp)

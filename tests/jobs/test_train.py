@@ -375,7 +375,7 @@ def test_full_zero3_builds_the_model_under_deepspeed_zero_init(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_a_finished_run_run_again_neither_trains_past_max_steps_nor_overwrites_final(tiny, tmp_path, capsys):
-    """Issue 21: a rerun resumed from the checkpoint at max_steps, trained step 5/4 (the Trainer
+    """a rerun resumed from the checkpoint at max_steps, trained step 5/4 (the Trainer
     checks the limit only after a step) and overwrote final/. Now a finished run is left as it is,
     and a checkpoint at max_steps without final/ (killed in between) becomes final/ untrained."""
     from safetensors.torch import load_file

@@ -41,7 +41,7 @@ def _nothing():
 @contextlib.contextmanager
 def installed(monkeypatch, fake: FakeSky | None = None):
     """The fake as the backend every command gets; on the way out, the scenario must not have
-    downed or cancelled anything that is not ours (issue 14's goal: 0 such actions)."""
+    downed or cancelled anything that is not ours(goal: 0 such actions)."""
     from launcher.backends import sky as sky_backend
 
     fake = fake if fake is not None else FakeSky()

@@ -5,7 +5,7 @@ keyboard) makes: delete, duplicate or re-indent a line, retype a value, misspell
 control character or invalid UTF-8, truncate, swap numbers for YAML 1.1 surprises or huge ones,
 nest deeply, add aliases, point paths at devices and system directories. `classify` runs one
 loader entry point and says whether the result was a clean error, an acceptance or an internal
-error; the contract (issue 14) is that the last never happens.
+error; the contract is that the last never happens.
 """
 
 from __future__ import annotations

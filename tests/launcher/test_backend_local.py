@@ -222,7 +222,7 @@ def test_up_local_says_which_runner_it_chose(monkeypatch, tmp_path, fake_docker)
 
 
 def test_container_clean_up_removes_only_containers_labelled_for_the_run(tmp_path, monkeypatch):
-    """Issue 14: the failure path ran `docker rm -f <run_id>`, deleting any container that had the
+    """the failure path ran `docker rm -f <run_id>`, deleting any container that had the
     run id as its name. Now only containers carrying our label for this run are removed."""
     import os
 

@@ -341,7 +341,7 @@ def test_explain_says_each_verdict_in_the_rules_words(tmp_path):
 
 
 def test_every_gpu_runpod_sells_is_weighed_for_the_70b_and_7b_runs():
-    # Issue 10: RunPod sells 1x RTX PRO 6000 (96 GB), H100-SXM, H100-NVL, A100-80GB-SXM, B200 and
+    # RunPod sells 1x RTX PRO 6000 (96 GB), H100-SXM, H100-NVL, A100-80GB-SXM, B200 and
     # H200-SXM, all with room for the 70B QLoRA run's ~62 GB/GPU (tests/fixtures/catalogs/runpod,
     # verbatim skypilot-catalog rows); none may be dropped for want of a TFLOP/s figure or memory.
     big = plan(load_recipe(REPO / "recipes/llama2-70b-qlora.yaml"), cloud="runpod")

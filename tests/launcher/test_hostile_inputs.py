@@ -1,4 +1,4 @@
-"""Hostile and mistaken inputs (issue 14): every one is a one-line error naming the file, line or
+"""Hostile and mistaken inputs: every one is a one-line error naming the file, line or
 flag and the fix, exit 2, never a hang, never `internal error`, never a write outside the home.
 
 Hang-prone cases (a FIFO, /dev/zero, a 30 MB file) run under `deadline`, which interrupts a
@@ -499,7 +499,7 @@ def test_libyaml_and_pure_pyyaml_give_the_same_verdicts(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 21: what YAML escapes smuggle in, YAML 1.1 booleans, places that are not places
+# what YAML escapes smuggle in, YAML 1.1 booleans, places that are not places
 
 _RAW = ("\x1b", "\x07", "\u202e", "\x9b")
 

@@ -139,7 +139,7 @@ def _read_only(monkeypatch, *paths):
 
 
 def test_logs_on_a_read_only_home_reads_without_writing(fake, tmp_path, monkeypatch):
-    """Issue 21: `logs` on a read-only HOME. A local run's log is read without a write; a
+    """`logs` on a read-only HOME. A local run's log is read without a write; a
     cluster's, where SkyPilot's client cannot write ~/.sky, is one line saying why."""
     import errno
 

@@ -1,4 +1,4 @@
-"""Issue 12's models: shapes against published parameter counts, and each new recipe validates,
+"""Models of today: shapes against published parameter counts, and each new recipe validates,
 plans on the expected class of GPU, renders for every cloud it allows and SkyPilot accepts it."""
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def test_every_snapshot_offer_is_sold_in_the_catalog_rows_it_came_from():
 
 
 def test_lambda_b200_is_offered_only_as_2x_and_8x():
-    """Lambda sells B200 only as 2x and 8x (issue 20): neither the fixture excerpt (SkyPilot's
+    """Lambda sells B200 only as 2x and 8x: neither the fixture excerpt (SkyPilot's
     catalogs/v8/lambda/vms.csv at skypilot-org/skypilot-catalog commit 95eaf484) nor the packaged
     snapshot made from it may name a B200:1, and no plan may put one in its failover order."""
     data = json.loads(offers.SNAPSHOT.read_text())

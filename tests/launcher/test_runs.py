@@ -338,7 +338,7 @@ def test_upgrades_a_v3_database_with_empty_calibration_columns(tmp_path):
 
 
 def test_a_full_disk_is_not_a_broken_registry(tmp_path, monkeypatch):
-    """Issue 21: sqlite's real SQLITE_FULL (a page limit stands in for the disk) was reported as
+    """sqlite's real SQLITE_FULL (a page limit stands in for the disk) was reported as
     a broken registry with advice to move it aside, which loses the tracking of every run."""
     from click.testing import CliRunner
 

@@ -231,7 +231,7 @@ def test_lifecycle_modules_import_light():
 
 
 def test_a_stale_job_id_now_someone_elses_is_never_cancelled(fake, tmp_path):
-    """Issue 14: a stale record whose managed-job id now belongs to someone else's unlabelled job
+    """a stale record whose managed-job id now belongs to someone else's unlabelled job
     got `jobs_cancel` from a plain `sftlaunch status` (budget guard past its grace / no bucket)."""
     reg = Registry()
     launched(fake, reg, "sftl-demo-5701", kind="managed", usd=10.0, max_usd=1.0, hours_ago=2.0)

@@ -204,7 +204,7 @@ def _local_run(reg, rid, command, monkeypatch):
 
 
 def test_a_tail_of_the_run_script_is_never_taken_for_the_run(fake, monkeypatch):
-    """Issue 14: `tail -f <run dir>/run.sh` has the run's script in its command line; the old
+    """`tail -f <run dir>/run.sh` has the run's script in its command line; the old
     substring match took it for the run and teardown killed it."""
     import subprocess
 
@@ -243,7 +243,7 @@ def test_an_empty_or_ambiguous_reference_tears_down_nothing(fake, monkeypatch):
 
 
 def test_an_unreachable_api_server_is_one_line(monkeypatch):
-    """Issue 14: teardown gave `internal error: ApiServerConnectionError` where status copes."""
+    """teardown gave `internal error: ApiServerConnectionError` where status copes."""
     monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(sky_backend, "_backend_factory", sky_backend.SkyBackend)
     reg = Registry()
@@ -275,7 +275,7 @@ def _wait_for(check, seconds=20.0):
 
 
 def test_a_killed_wrapper_leaves_its_group_to_teardown_not_to_status(fake, monkeypatch, tmp_path):
-    """Issue 21: kill the recorded leader pid of a detached `up --local`; status said failed,
+    """kill the recorded leader pid of a detached `up --local`; status said failed,
     teardown said nothing to tear down, and training kept running in its group."""
     import os
     import signal
@@ -331,7 +331,7 @@ def test_a_group_that_is_not_the_runs_is_never_signalled(fake, monkeypatch, tmp_
 @pytest.mark.parametrize("label", ["../../etc", "sftl-x-1234; rm -rf ~", "sftl-\x1b]0;owned\x07-1234",
                                    "sftl-" + "a" * 60 + "-1234", "sftl-demo-zzzz"])
 def test_all_never_trusts_a_label_value_that_is_not_a_run_id(fake, label):
-    """Issue 21: `teardown --all` took any sftlaunch-run label value as a run of ours. Only the
+    """`teardown --all` took any sftlaunch-run label value as a run of ours. Only the
     contract's run ids (sftl-NAME-4hex, at most 35 chars) are; the rest is reported as foreign."""
     fake.clusters["odd"] = Cluster("odd", "UP", {"sftlaunch-run": label}, user_hash=fake.user)
     fake.jobs[30] = ManagedJob(30, "odd-job", "RUNNING", {"sftlaunch-run": label}, user_hash=fake.user)

@@ -372,7 +372,7 @@ def test_the_environments_bucket_names_itself_and_skips_local_runs(tmp_path, fak
 
 
 def test_a_failed_launch_downs_only_a_cluster_proven_ours(fake, plan, tmp_path, monkeypatch):
-    """Issue 14: after a failed launch, `down(run_id)` acted by name. A same-named cluster that is
+    """after a failed launch, `down(run_id)` acted by name. A same-named cluster that is
     not labelled for the run (someone's, or a stale one) is left alone and named in a warning."""
     from launcher.backends.sky import Cluster
 
@@ -438,7 +438,7 @@ def test_the_record_says_which_fallback_ran_and_its_price(tmp_path, fake, plan, 
 
 
 def test_sighup_while_launching_a_cloud_run_says_what_is_left_running(tmp_path, fake, plan, monkeypatch):
-    """Issue 21: a real SIGHUP (the terminal closed) while SkyPilot provisions: up says it was
+    """a real SIGHUP (the terminal closed) while SkyPilot provisions: up says it was
     launching, names the run and how to check and tear it down, exit 129; nothing is downed."""
     import os
     import signal

@@ -105,7 +105,7 @@ def _interrupt_at(step, monkeypatch):
 
 
 def test_ctrl_c_at_any_step_leaves_nothing_running_or_a_recorded_run(monkeypatch, tmp_path):
-    """Issue 14: a Ctrl-C ~2 ms after run.sh was written left training running with no registry
+    """a Ctrl-C ~2 ms after run.sh was written left training running with no registry
     row. At every step boundary the outcome is either nothing running, or a run that is recorded
     as active with its process proven ours (so status/teardown see and can stop it)."""
     from launcher.backends import local
@@ -141,7 +141,7 @@ def test_ctrl_c_at_any_step_leaves_nothing_running_or_a_recorded_run(monkeypatch
 
 @pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGHUP", 129)])
 def test_sigterm_or_sighup_while_following_says_what_is_left_running(monkeypatch, signame, code):
-    """Issue 21: SIGTERM/SIGHUP killed `up` without a word, leaving the run going unannounced.
+    """SIGTERM/SIGHUP killed `up` without a word, leaving the run going unannounced.
     A real signal to this process while `up --local` follows the log: the run goes on, the
     output names it and how to check and stop it, exit 128+N, no traceback."""
     import signal

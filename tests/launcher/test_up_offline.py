@@ -1,7 +1,7 @@
 """`up --dry-run` asks SkyPilot's credential check and optimizer without an API server
 (launcher/backends/sky_offline.py): none is started, no process is left behind.
 
-Before (issue 18): with a fresh HOME the SDK's `sdk.check` found no server at its local port,
+Before: with a fresh HOME the SDK's `sdk.check` found no server at its local port,
 started one (`sky.server.server`, 70-89 s in all) and it outlived the command. Here the real CLI
 runs in a child process with a fresh HOME, SkyPilot's local port moved to a free one and no
 SKYPILOT_API_SERVER_ENDPOINT, exactly the set-up in which the SDK starts a server; afterwards
