@@ -106,7 +106,7 @@ def run(group: click.Group, argv: list[str], prog_name: str = "sftlaunch") -> in
         return exc.exit_code
     except click.Abort as exc:
         cause = exc.__cause__ or exc.__context__  # click turns a KeyboardInterrupt into Abort
-        if getattr(cause, "signum", None):  # sftcore.errors.Terminated: SIGTERM 143, SIGHUP 129
+        if getattr(cause, "signum", None):  # launcher.signals.Terminated: SIGTERM 143, SIGHUP 129
             _say(f"Terminated by {cause.name}; `sftlaunch status` lists any run it had started.")
             return cause.exit_code
         _say("Aborted.")

@@ -6,7 +6,6 @@ Commands raise these instead of printing and exiting themselves, so the one hand
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import re
 import sys
@@ -63,44 +62,6 @@ def printable(text: str, keep_newlines: bool = False) -> str:
         return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
     return UNSAFE_CHARS.sub(esc, text)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP while `up` runs. A KeyboardInterrupt on purpose: every place that handles
-    Ctrl-C (kill what was being started, or leave the run going and print how to reattach, check
-    and tear it down) handles these the same way; only the exit code differs (128 + N)."""
-
-    def __init__(self, signum: int):
-        import signal
-
-        super().__init__(signum)
-        self.signum = signum
-        self.name = signal.Signals(signum).name
-        self.exit_code = 128 + signum
-
-
-@contextlib.contextmanager
-def signals_as_interrupts(signums=None):
-    """Turn SIGTERM and SIGHUP into `Terminated` for the block (the main thread only); Python's
-    default for them is to die at once, without a word about the run left going."""
-    import signal
-
-    signums = (signal.SIGTERM, signal.SIGHUP) if signums is None else signums
-
-    def fire(signum, _frame):
-        raise Terminated(signum)
-
-    previous = {}
-    try:
-        for sig in signums:
-            previous[sig] = signal.signal(sig, fire)
-    except ValueError:  # not the main thread: signals stay as they were
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 _SKY_PAYLOAD = re.compile(r"<sky-payload>.*?</sky-payload>", re.S)

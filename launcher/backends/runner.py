@@ -11,13 +11,12 @@ Runners only *read* the world and act on it; recording what they saw is lifecycl
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.run_record import Backend, RunRecord
+from launcher.signals import deferred_interrupts
 
 LAUNCH_GRACE_S = 120  # a launch request may not have created the cluster / queued the job yet
 
@@ -302,30 +301,6 @@ class Runners:
 def runner_for(record: RunRecord, backend=None) -> Runner | None:
     """A runner for one record, around an existing backend (up, logs) or the default one."""
     return Runners((lambda: backend) if backend is not None else None).for_record(record)
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Hold a Ctrl-C (SIGINT), SIGTERM or SIGHUP until the block ends, then raise it: starting a
-    process and recording it must not be split, or a run would be left going that no command can
-    see. Outside the main thread signals cannot be held and the block runs as it is."""
-    from sftcore.errors import Terminated
-
-    received: list[int] = []
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        raise KeyboardInterrupt if received[0] == signal.SIGINT else Terminated(received[0])
 
 
 def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:

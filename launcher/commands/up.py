@@ -39,8 +39,9 @@ from launcher.options import (
     yes_option,
 )
 from launcher.run_record import Backend
+from launcher.signals import signals_as_interrupts
 from sftcore.contract import Env
-from sftcore.errors import JobFailed, UserError, signals_as_interrupts
+from sftcore.errors import JobFailed, UserError
 from sftcore.masking import mask
 
 PROGRESS_EVERY_S = 10.0  # how often streaming writes progress/cost to the registry
@@ -52,7 +53,7 @@ class Interrupted(JobFailed):
     exit_code = 130
 
     def __init__(self, message: str = "interrupted; the run keeps going"):
-        cause = sys.exc_info()[1]  # SIGTERM / SIGHUP (sftcore.errors.Terminated): exit 143 / 129
+        cause = sys.exc_info()[1]  # SIGTERM / SIGHUP (launcher.signals.Terminated): exit 143 / 129
         if getattr(cause, "signum", None):
             self.exit_code = cause.exit_code
             message = f"{cause.name} received; the run keeps going"

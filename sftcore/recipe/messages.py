@@ -20,7 +20,6 @@ from sftcore.recipe.input import short as _short
 from sftcore.recipe.schema import Recipe
 
 
-
 def _fmt_path(path: tuple) -> str:
     return ".".join(_short(str(p), 40) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
 

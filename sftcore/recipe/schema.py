@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from sftcore import contract
-from sftcore.formats import FORMATTERS
 from sftcore.clouds import CLOUDS
+from sftcore.formats import FORMATTERS
 
 METHODS = ("full", "lora", "qlora")
 FORMATS = tuple(FORMATTERS)
