@@ -33,7 +33,6 @@ from launcher import offers as offers_mod
 from launcher.home import sftlaunch_home
 from sftcore.contract import Env
 from sftcore.errors import UserError, one_line
-from sftcore.recipe import MAX_GPUS_PER_NODE  # noqa: F401 - the one bound (GCP a2-megagpu-16g), re-exported
 
 DATA = Path(__file__).resolve().parent / "data"
 K8S_ENV = Env.K8S_GPUS

@@ -26,7 +26,7 @@ from launcher.estimate.timing import Timing, timing
 from launcher.failover import best_fit
 from sftcore.clouds import CLOUDS
 from sftcore.errors import UserError
-from sftcore.recipe import GPU_RE, Recipe
+from sftcore.recipe import GPU_RE, MAX_GPUS_PER_NODE, Recipe
 
 
 @dataclass
@@ -126,8 +126,8 @@ def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train
     if name is None:
         raise UserError(f"{where()}: {catalog.unknown_gpu_message(m.group('name'))}")
     count = int(m.group("count")) if m.group("count") else None
-    if count is not None and count > catalog.MAX_GPUS_PER_NODE:
-        raise UserError(f"{where()}: {text!r}: at most {catalog.MAX_GPUS_PER_NODE} GPUs per node are sold; "
+    if count is not None and count > MAX_GPUS_PER_NODE:
+        raise UserError(f"{where()}: {text!r}: at most {MAX_GPUS_PER_NODE} GPUs per node are sold; "
                         "use resources.nodes for more")
     return name, count
 
