@@ -39,7 +39,7 @@ def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, mo
     assert saved["tasks"][0]["samples"] == 4  # the recipe's limit applied
     assert json.loads((run / "eval-base" / "results.json").read_text())["model"]["id"] == str(model_dir)
     record = Registry().get(RUN)
-    assert record["eval_average"] == pytest.approx(saved["average"])
+    assert record.eval_average == pytest.approx(saved["average"])
     # A second, quick look never overwrites the run's scores: a new dir, the record keeps the full score.
     first = (run / "eval" / "results.json").read_text()
     stored = []
@@ -124,7 +124,7 @@ def test_remote_eval_launches_tears_down_and_stores_scores(remote_run, tmp_path)
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002"])
     assert result.exit_code == 0, result.stderr
     assert [c[0] for c in fake.calls if c[0] in ("launch", "down")] == ["launch", "down"]
-    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.42)
+    assert Registry().get("sftl-demo-0002").eval_average == pytest.approx(0.42)
     assert "| sftl-demo-0002 | 42.00 | 42.00 |" in result.stdout
 
 
@@ -148,7 +148,7 @@ def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines.index("| org/base | 30.00 | 30.00 |") < lines.index("| sftl-demo-0002 | 60.00 | 60.00 |")
-    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.6)
+    assert Registry().get("sftl-demo-0002").eval_average == pytest.approx(0.6)
 
 
 @pytest.mark.slow
@@ -174,12 +174,15 @@ def test_backend_flag_reaches_the_job(remote_run):
 
     from launcher.commands.eval import eval_args
     from launcher.contract import CONTAINER_RECIPE
+    from launcher.run_record import RunRecord
+    from launcher.run_state import RunState
 
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--backend", "hf", "--dry-run"])
     assert result.exit_code == 0, result.stderr
     mounted = yaml.safe_load(open(yaml.safe_load(result.stdout)["file_mounts"][CONTAINER_RECIPE]).read())
     assert mounted["eval"]["backend"] == "hf"
-    record = {"recipe": {"eval": {"preset": "leaderboard-v2", "backend": "vllm"}}}
+    record = RunRecord(run_id="sftl-demo-0002", name="demo", state=RunState.SUCCEEDED, created_at=0.0, updated_at=0.0,
+                       recipe={"eval": {"preset": "leaderboard-v2", "backend": "vllm"}})
     assert eval_args(record, None, None, None, None, None, False)[-2:] == ["--backend", "vllm"]
     assert eval_args(record, None, None, None, None, None, False, "hf")[-2:] == ["--backend", "hf"]
     assert "--backend" not in eval_args(None, "leaderboard-v1", None, None, None, None, False)
