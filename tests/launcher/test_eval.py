@@ -157,13 +157,17 @@ def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_
     unknown; the eval that already succeeded stays a success, with no traceback."""
     from launcher import lifecycle
     from launcher.commands.eval import _bucket_base_results
+    from launcher.run_record import RunRecord
+    from launcher.run_state import RunState
 
     adc = tmp_path / "adc.json"
     adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x.apps.googleusercontent.com",
                                "client_secret": "s", "refresh_token": "r"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 2)
-    assert _bucket_base_results({"bucket": "gs://sftl-test-no-such-bucket", "run_id": "sftl-demo-0002"}) is None
+    record = RunRecord(run_id="sftl-demo-0002", name="demo", state=RunState.SUCCEEDED, created_at=0.0, updated_at=0.0,
+                       bucket="gs://sftl-test-no-such-bucket")
+    assert _bucket_base_results(record) is None
     assert "Traceback" not in capfd.readouterr().err
 
 
