@@ -16,7 +16,7 @@ from launcher.backends.sky import CLUSTER_JOB_STATES, CLUSTER_STATES, JOB_STATES
 from launcher.cli import cli
 from launcher.run_record import Backend, RunRecord
 from launcher.run_state import RunState
-from launcher.runs import MIGRATIONS, Registry
+from launcher.runs import MIGRATIONS, Registry, RegistryError
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "launcher"
 NAMES = {s.value for s in RunState}
@@ -65,6 +65,17 @@ def test_an_old_database_reads_back_as_run_states(tmp_path, readonly):
     assert reg.get("sftl-old-0008").state is RunState.STOPPED
     active = {r.state for r in reg.list(active_only=True)}
     assert active == RunState.active()  # `stopped` is final: not refreshed, not torn down
+
+
+@pytest.mark.parametrize("stored", ["paused", "Running", 7, ""])
+def test_a_stored_state_that_is_no_run_state_is_a_broken_row(tmp_path, stored):
+    _v1_database(tmp_path, ["running"])
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("UPDATE runs SET state=?", (stored,))
+    db.commit()
+    db.close()
+    with pytest.raises(RegistryError, match=rf"run 'sftl-old-0000': column state holds '{stored}'; move it aside"):
+        Registry(tmp_path).list()
 
 
 def test_states_are_stored_as_plain_text_and_stopped_is_sticky(tmp_path):
