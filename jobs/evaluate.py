@@ -51,11 +51,11 @@ from jobs.eval_model import _resolve_base as _resolve_base
 from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_custom, reduce_preset
 from jobs.eval_presets import PresetTask as PresetTask
 from jobs.eval_vllm import choose_backend, have_vllm, run_under_vllm, vllm_python
-from sftcore.leaderboard import reduce_v2, v2_average
 from sftcore import contract
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, job_exit
 from sftcore.eval_backend import BACKENDS
+from sftcore.leaderboard import reduce_v2, v2_average
 from sftcore.results import base_out
 
 HARNESS = "lm-eval"

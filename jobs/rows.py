@@ -25,7 +25,6 @@ from sftcore.formats import FORMATTERS, RowError
 from sftcore.recipe.input import LOCAL_DATA_SUFFIXES
 
 
-
 def check_row(fmt: str, row: object) -> dict:
     """The formatted row, or RowError with the reason it cannot be trained on (the format's own
     checks in sftcore.formats, then the conversation rules in jobs.templates)."""

@@ -35,8 +35,9 @@ import re
 import time
 from pathlib import Path
 
-from launcher.run_record import Backend
-from launcher.runs import FINAL_STATES, Registry, cost_so_far
+from launcher.run_record import Backend, RunRecord
+from launcher.run_state import RunState
+from launcher.runs import Registry, cost_so_far
 from sftcore import contract
 from sftcore.contract import END_RECORD
 
@@ -49,7 +50,6 @@ STOPPED_LINE = contract.STOPPED_LINE  # docker/entrypoint.sh, when training ende
 BUCKET_READ_TIMEOUT_S = 15
 _STORAGE_LOGGERS = ("gcsfs", "s3fs")  # they log retries and give-ups as ERROR with a traceback
 _STEP_RE = re.compile(r"\bstep[\s=:]+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
-ACTIVE_STATES = frozenset({"pending", "launching", "running", "recovering", "stopping"})
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -161,11 +161,11 @@ def _fs_write_text(uri: str, text: str) -> None:
 
 
 def bucket_base(record) -> str | None:
-    bucket = record.get("bucket")
-    return contract.run_prefix(bucket, record["run_id"]) if bucket else None
+    bucket = record.bucket
+    return contract.run_prefix(bucket, record.run_id) if bucket else None
 
 
-def bucket_progress(record: dict) -> tuple[int, int] | None:
+def bucket_progress(record: RunRecord) -> tuple[int, int] | None:
     base = bucket_base(record)
     text = _fs_read_text(f"{base}/{contract.METRICS}") if base else None
     return last_progress(text.splitlines()[-200:]) if text else None
@@ -184,8 +184,8 @@ def calibration_fields(calibration: dict) -> dict:
 
 
 def _metrics_text(record, remote: bool) -> str | None:
-    if record.get("backend") == Backend.LOCAL and record.get("local_dir"):
-        files = _metrics_files(Path(record.get("local_dir")))
+    if record.backend == Backend.LOCAL and record.local_dir:
+        files = _metrics_files(Path(record.local_dir))
         return files[0].read_text(errors="replace") if files else None
     base = bucket_base(record) if remote else None
     return _fs_read_text(f"{base}/{contract.METRICS}") if base else None
@@ -201,11 +201,11 @@ def record_calibration(registry: Registry, record, remote: bool = True) -> bool:
     return bool(fields)
 
 
-def find_results(record: dict) -> dict | None:
+def find_results(record: RunRecord) -> dict | None:
     """The run's eval results.json, from the local run dir or the bucket copy."""
     candidates = []
-    if record.get("local_dir"):
-        d = Path(record["local_dir"])
+    if record.local_dir:
+        d = Path(record.local_dir)
         candidates += [str(d / "eval" / "results.json"), str(d / "results.json")]
     base = bucket_base(record)
     if base:
@@ -226,8 +226,8 @@ def find_results(record: dict) -> dict | None:
 def end_record(record) -> dict | None:
     """The job's `exit.json` ({exit_code, stopped, at}): the run dir for local runs, else the bucket.
     (`record`: a RunRecord, or any mapping with the same keys.)"""
-    if record.get("backend") == Backend.LOCAL:
-        path = Path(record.get("local_dir")) / END_RECORD if record.get("local_dir") else None
+    if record.backend == Backend.LOCAL:
+        path = Path(record.local_dir) / END_RECORD if record.local_dir else None
         text = path.read_text() if path is not None and path.exists() else None
     else:
         base = bucket_base(record)
@@ -254,8 +254,8 @@ def stop_reason(record, end: dict | None = None) -> str | None:
 
 # -- budget guard ---------------------------------------------------------------------------------
 def control_dir(record) -> str | None:
-    if record.get("backend") == Backend.LOCAL and record.get("local_dir"):
-        return str(Path(record.get("local_dir")) / contract.CONTROL_DIR)
+    if record.backend == Backend.LOCAL and record.local_dir:
+        return str(Path(record.local_dir) / contract.CONTROL_DIR)
     base = bucket_base(record)
     return f"{base}/{contract.CONTROL_DIR}" if base else None
 
@@ -269,11 +269,11 @@ def request_stop(registry: Registry, record, reason: str) -> str | None:
     payload = {"reason": reason, "cost_usd": record.cost_usd, "max_usd": record.max_usd, "at": time.time()}
     _fs_write_text(flag, json.dumps(payload))
     registry.update(record.run_id, stop_requested_at=payload["at"], stop_flag=flag)
-    registry.set_state(record.run_id, "stopping", reason)
+    registry.set_state(record.run_id, RunState.STOPPING, reason)
     return flag
 
 
-def hard_stop(registry: Registry, backend, record, state: str, detail: str) -> None:
+def hard_stop(registry: Registry, backend, record, state: RunState, detail: str) -> None:
     """Release whatever the run holds (cluster, managed job, local process), if proven ours,
     and record `state`. `backend`: a SkyPilot backend or a factory of one (built only if needed)."""
     from launcher.backends.runner import Runners
@@ -290,7 +290,7 @@ def hard_stop(registry: Registry, backend, record, state: str, detail: str) -> N
 def guard_budget(registry: Registry, backend, record, now: float | None = None) -> str | None:
     """Apply the budget guard to one run; returns what it did ('requested', 'stopped') or None."""
     max_usd = record.max_usd
-    if not max_usd or record.state not in ACTIVE_STATES:
+    if not max_usd or not record.state.is_active:
         return None
     cost = cost_so_far(record, now)
     if cost < max_usd:
@@ -302,11 +302,11 @@ def guard_budget(registry: Registry, backend, record, now: float | None = None) 
         record = dataclasses.replace(record, cost_usd=cost)
         if request_stop(registry, record, reason) is not None:
             return "requested"
-        hard_stop(registry, backend, record, "stopped",
+        hard_stop(registry, backend, record, RunState.STOPPED,
                   f"budget: ${cost:.2f} spent of max_usd ${max_usd:.2f}; no bucket to signal a checkpoint, stopped now")
         return "stopped"
     if now - requested > STOP_GRACE_S:
-        hard_stop(registry, backend, record, "stopped",
+        hard_stop(registry, backend, record, RunState.STOPPED,
                   f"budget: the job did not stop within {STOP_GRACE_S // 60} min of the request; stopped it")
         return "stopped"
     return None
@@ -321,7 +321,7 @@ def refresh(registry: Registry, backend_factory, records: list | None = None,
     from launcher.backends.runner import Runners
 
     records = [r for r in (records if records is not None else registry.list(active_only=True))
-               if r.state in ACTIVE_STATES]
+               if r.state.is_active]
     runners = Runners(backend_factory)
     changed: list[str] = []
     for rec in records:
@@ -334,13 +334,13 @@ def refresh(registry: Registry, backend_factory, records: list | None = None,
             apply_poll(registry, runner, rec, runner.poll(rec))
         fresh = registry.get(rec.run_id, history=False)
         # Until the probe has reported, and once more at the end (a resumed attempt measures again).
-        if fresh.measured_tokens_per_s is None or fresh.state in FINAL_STATES:
+        if fresh.measured_tokens_per_s is None or fresh.state.is_final:
             record_calibration(registry, fresh, remote_progress)
             fresh = registry.get(rec.run_id, history=False)
-        if budget and fresh.state in ACTIVE_STATES:
+        if budget and fresh.state.is_active:
             guard_budget(registry, backend_factory, fresh)
             fresh = registry.get(rec.run_id, history=False)
-        if fresh.state in FINAL_STATES and fresh.eval is None:
+        if fresh.state.is_final and fresh.eval is None:
             results = find_results(fresh)
             if results:
                 registry.set_eval(rec.run_id, results)
@@ -354,16 +354,16 @@ def apply_poll(registry: Registry, runner, rec, poll) -> None:
     stop; an on-demand cluster whose one job is over is released (if proven ours)."""
     if poll.job_seconds is not None:
         registry.update(rec.run_id, job_seconds=poll.job_seconds)
-    if poll.recovery_count is not None and poll.recovery_count > rec.recovery_count and _may_move(rec, "recovering"):
+    if poll.recovery_count is not None and poll.recovery_count > rec.recovery_count and _may_move(rec, RunState.RECOVERING):
         registry.update(rec.run_id, recovery_count=poll.recovery_count)
-        registry.set_state(rec.run_id, "recovering", f"preempted; recovery #{poll.recovery_count}")
+        registry.set_state(rec.run_id, RunState.RECOVERING, f"preempted; recovery #{poll.recovery_count}")
     state, detail = poll.state, poll.detail
     if state is None:
         return
     current = registry.get(rec.run_id, history=False)
-    if state in FINAL_STATES:
-        if state in ("succeeded", "failed") and (why := stop_reason(rec)):
-            state, detail = "stopped", why
+    if state.is_final:
+        if state in (RunState.SUCCEEDED, RunState.FAILED) and (why := stop_reason(rec)):
+            state, detail = RunState.STOPPED, why
         registry.set_state(rec.run_id, state, detail, at=poll.at)
         if poll.release and runner.release(rec).stopped:
             registry.update(rec.run_id, cluster_down=True)
@@ -371,6 +371,6 @@ def apply_poll(registry: Registry, runner, rec, poll) -> None:
         registry.set_state(rec.run_id, state, detail)
 
 
-def _may_move(rec, state: str) -> bool:
+def _may_move(rec, state: RunState) -> bool:
     """A run asked to stop stays `stopping` until it actually ends."""
-    return not (rec.state == "stopping" and state not in FINAL_STATES)
+    return not (rec.state is RunState.STOPPING and not state.is_final)

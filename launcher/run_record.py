@@ -6,8 +6,9 @@ and guessed the defaults, and a budget-stop request hid in a free-form `extra` J
 fact is a field with its type, `Backend` names the three kinds of runner once, and the cost
 helpers derive spending from the record alone.
 
-`RunRecord` still answers `record["field"]` and `record.get("field")` so callers that print or
-export a record (eval, results, JSON output) need no rewrite; new code uses attributes.
+Attribute access only: a record is not a mapping (`record["state"]` and `record.get` raise), so a
+misspelt field fails where it is written instead of reading as None. `as_dict` gives the plain
+data (enums as their names) for JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import dataclasses
 import enum
 import time
 from dataclasses import dataclass
+
+from launcher.run_state import BY_NAME, RunState
 
 
 class Backend(str, enum.Enum):
@@ -30,7 +33,7 @@ class Backend(str, enum.Enum):
 class RunRecord:
     run_id: str
     name: str
-    state: str
+    state: RunState
     created_at: float
     updated_at: float
     recipe_sha256: str = ""
@@ -87,28 +90,19 @@ class RunRecord:
     running_hours: float = 0.0
     cost_usd: float = 0.0
 
-    # -- dict-style reads, for callers that treat a record as data ------------------------------
-    def __getitem__(self, key: str):
-        if key not in _FIELD_SET:
-            raise KeyError(key)
-        value = getattr(self, key)
-        return value.value if key == "backend" and value is not None else value
-
-    def get(self, key: str, default=None):
-        if key not in _FIELD_SET:
-            return default
-        value = self[key]
-        return default if value is None else value
-
     def as_dict(self) -> dict:
-        return {name: self[name] for name in _FIELD_NAMES}
+        """Every field as plain data: `backend` and `state` as their stored names."""
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        for name in ("backend", "state"):
+            if out[name] is not None:
+                out[name] = out[name].value
+        return out
 
     def with_cost_now(self, now: float | None = None) -> RunRecord:
         return dataclasses.replace(self, running_hours=running_hours(self, now), cost_usd=cost_so_far(self, now))
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunRecord))
-_FIELD_SET = frozenset(_FIELD_NAMES)
 _BOOL_FIELDS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})
 _INT_FIELDS = frozenset({"gpus_per_node", "nodes", "pid", "progress_step", "progress_total", "recovery_count"})
 _FLOAT_FIELDS = frozenset({
@@ -118,7 +112,7 @@ _FLOAT_FIELDS = frozenset({
     "job_seconds",
 })
 _STR_FIELDS = frozenset({
-    "run_id", "name", "state", "recipe_sha256", "cloud", "region", "gpu", "image", "bucket", "checkpoint_uri",
+    "run_id", "name", "recipe_sha256", "cloud", "region", "gpu", "image", "bucket", "checkpoint_uri",
     "result_uri", "log_uri", "local_dir", "cluster_name", "job_id", "owner", "pid_start",
 })
 
@@ -162,6 +156,7 @@ _CONVERT = {
     **{n: _as_bool for n in _BOOL_FIELDS}, **{n: _as_int for n in _INT_FIELDS},
     **{n: _as_float for n in _FLOAT_FIELDS}, **{n: _as_str for n in _STR_FIELDS},
     "job_id": _as_job_id, "backend": lambda value: _BACKENDS[value] if value in _BACKENDS else Backend(value),
+    "state": lambda value: BY_NAME[value] if type(value) is str and value in BY_NAME else RunState(value),
 }
 _BACKENDS = {b.value: b for b in Backend}  # a dict lookup: Enum's own call is slow for 1,000 rows
 _NULL = {"job_stopped": False, "torn_down": False, "cluster_down": False, "recovery_count": 0, "running_seconds": 0.0}
@@ -200,23 +195,19 @@ def coerce(name: str, value):
         raise BadRow(f"column {name} holds {str(value)[:40]!r}") from None
 
 
-def running_hours(record, now: float | None = None) -> float:
+def running_hours(record: RunRecord, now: float | None = None) -> float:
     """Billed hours: the time in billing states, by the state history; for a managed job at least
     SkyPilot's running time summed over every recovery (`job_seconds`). The history misses an
     attempt that ran between two refreshes (recovering -> succeeded skips the recovered run);
     SkyPilot's sum misses provisioning. Each is a floor of the bill, so the larger is taken."""
-    seconds = _read(record, "running_seconds") or 0.0
-    since = _read(record, "running_since")
+    seconds = record.running_seconds or 0.0
+    since = record.running_since
     if since is not None:
         seconds += max(0.0, (time.time() if now is None else now) - since)
-    return max(seconds, _read(record, "job_seconds") or 0.0) / 3600.0
+    return max(seconds, record.job_seconds or 0.0) / 3600.0
 
 
-def cost_so_far(record, now: float | None = None) -> float:
-    return round((_read(record, "usd_per_hour") or 0.0) * running_hours(record, now), 4)
-
-
-def _read(record, key: str):
-    return record.get(key) if isinstance(record, dict) else getattr(record, key)
+def cost_so_far(record: RunRecord, now: float | None = None) -> float:
+    return round((record.usd_per_hour or 0.0) * running_hours(record, now), 4)
 
 

@@ -10,7 +10,7 @@ database from version i to i+1; opening an older file applies the missing steps 
 exclusive transaction.
 
 Cost so far is derived, never guessed: `usd_per_hour` times the seconds spent in billing states
-(`BILLING_STATES`), accumulated by `set_state` as the state history is written; for a managed job
+(`RunState.is_billing`), accumulated by `set_state` as the state history is written; for a managed job
 at least SkyPilot's own running time summed over every recovery (`job_seconds`), which also
 counts the attempts no refresh saw (launcher.run_record.running_hours).
 
@@ -41,6 +41,7 @@ from launcher.run_record import (
     cost_so_far,
     running_hours,
 )
+from launcher.run_state import RunState
 from launcher.runs_schema import MIGRATIONS, SCHEMA_VERSION
 from sftcore.contract import Env
 from sftcore.errors import UserError, one_line
@@ -48,15 +49,6 @@ from sftcore.masking import mask, mask_obj
 from sftcore.results import eval_scores
 
 BUSY_TIMEOUT_S = 30.0
-
-# States a run moves through. Billing states are those where GPUs are (likely) held.
-STATES = (
-    "pending", "launching", "running", "recovering", "stopping",
-    "succeeded", "failed", "cancelled", "stopped",
-)
-# `stopping` bills too: the job runs on until its checkpoint is saved (or the cluster is downed).
-BILLING_STATES = frozenset({"launching", "running", "stopping"})
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
 
 # Columns a caller may set through create()/update(); the rest are managed here.
 FIELDS = frozenset({
@@ -250,7 +242,7 @@ class Registry:
     def create(self, run_id: str, recipe, **fields) -> RunRecord:
         name, recipe_json, sha = recipe_payload(recipe)
         now = time.time()
-        state = fields.pop("state", "pending")
+        state = _state(fields.pop("state", RunState.PENDING))
         cols = self._columns(fields)
         with self._tx() as conn:
             conn.execute(
@@ -262,7 +254,7 @@ class Registry:
             conn.execute(
                 "INSERT INTO states (run_id, state, detail, at) VALUES (?, ?, ?, ?)", (run_id, state, None, now)
             )
-            if state in BILLING_STATES:
+            if state.is_billing:
                 conn.execute("UPDATE runs SET running_since=? WHERE run_id=?", (now, run_id))
         return self.get(run_id)
 
@@ -282,13 +274,12 @@ class Registry:
                 raise KeyError(run_id)
 
     @_guarded
-    def set_state(self, run_id: str, state: str, detail: str | None = None, at: float | None = None) -> bool:
+    def set_state(self, run_id: str, state: RunState | str, detail: str | None = None, at: float | None = None) -> bool:
         """Record a transition (no-op if unchanged); returns whether the state changed.
 
         Running time is accumulated here: leaving a billing state adds the time spent in it.
         A final state is sticky against late, stale refreshes (a cancelled run stays cancelled)."""
-        if state not in STATES:
-            raise ValueError(f"unknown run state {state!r}")
+        state = _state(state)
         now = time.time() if at is None else at
         with self._tx() as conn:
             row = conn.execute(
@@ -298,16 +289,16 @@ class Registry:
                 raise KeyError(run_id)
             if row["state"] == state:
                 return False
-            if row["state"] in FINAL_STATES and state not in FINAL_STATES:
+            if row["state"] in RunState.final() and not state.is_final:
                 return False
             running_seconds = row["running_seconds"] or 0.0
             running_since = row["running_since"]
-            if running_since is not None and state not in BILLING_STATES:
+            if running_since is not None and not state.is_billing:
                 running_seconds += max(0.0, now - running_since)
                 running_since = None
-            elif running_since is None and state in BILLING_STATES:
+            elif running_since is None and state.is_billing:
                 running_since = now
-            ended_at = now if state in FINAL_STATES else None
+            ended_at = now if state.is_final else None
             conn.execute(
                 "UPDATE runs SET state=?, running_seconds=?, running_since=?, ended_at=COALESCE(?, ended_at),"
                 " updated_at=? WHERE run_id=?",
@@ -369,8 +360,9 @@ class Registry:
         """Every run, newest first, without the (larger) recipe and history."""
         sql = "SELECT * FROM runs"
         if active_only:
-            sql += f" WHERE state NOT IN ({','.join('?' * len(FINAL_STATES))})"
-        rows = self._conn.execute(sql + " ORDER BY created_at DESC", tuple(FINAL_STATES) if active_only else ())
+            sql += f" WHERE state NOT IN ({','.join('?' * len(RunState.final()))})"
+        rows = self._conn.execute(sql + " ORDER BY created_at DESC",
+                                  tuple(s.value for s in RunState.final()) if active_only else ())
         return [self._record(r, with_recipe=False) for r in rows]
 
     @_guarded
@@ -402,8 +394,6 @@ class Registry:
             self._names = [n for n in _COLUMN_FIELDS if n in data]
         try:
             values = coerce_row(data, self._names)
-            if data.get("state") not in STATES:
-                raise BadRow(f"column state holds {str(data.get('state'))[:40]!r}")
             values["eval"] = _json_column(data, "eval_json", dict)
             if with_recipe:
                 values["recipe"] = _json_column(data, "recipe_json", dict)
@@ -413,6 +403,13 @@ class Registry:
         record.running_hours = running_hours(record)
         record.cost_usd = cost_so_far(record)
         return record
+
+
+def _state(state: RunState | str) -> RunState:
+    try:
+        return RunState(state)
+    except ValueError:
+        raise ValueError(f"unknown run state {state!r}") from None
 
 
 def _json_column(data: dict, column: str, kind: type):
@@ -467,4 +464,4 @@ def ambiguous(ref: str, ids: list[str]) -> str:
     return f"run reference {ref!r} matches {len(ids)} runs ({shown}); give more of the id"
 
 
-__all__ = ["Backend", "Registry", "RegistryError", "RunRecord", "cost_so_far", "run_dir", "running_hours"]
+__all__ = ["Backend", "Registry", "RegistryError", "RunRecord", "RunState", "cost_so_far", "run_dir", "running_hours"]

@@ -67,12 +67,12 @@ def _is_hub_id(ref: str) -> bool:
 def source_from_run(record) -> ServeSource:
     """A run's published model: the adapter on its base (vLLM --enable-lora) or merged weights,
     copied from `<bucket>/<run id>/model/`, else the run's Hub repo."""
-    recipe = record.get("recipe") or {}
-    run_id = record["run_id"]
+    recipe = record.recipe or {}
+    run_id = record.run_id
     model = recipe.get("model") or {}
     output = recipe.get("output") or {}
     base_id = model.get("id", "")
-    bucket, hub = record.get("bucket") or output.get("bucket"), output.get("hub_repo")
+    bucket, hub = record.bucket or output.get("bucket"), output.get("hub_repo")
     adapter = recipe.get("method") in ("lora", "qlora") and not output.get("merge_adapter")
     where = contract.model_prefix(bucket, run_id) if bucket and "://" in bucket else None
     if where is None and not hub:

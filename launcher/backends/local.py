@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.run_state import RunState
 from sftcore import contract
 from sftcore.contract import STOPPED_MARKER, Env
 from sftcore.masking import JOB_SECRETS
@@ -247,11 +248,11 @@ def group_members(record) -> list[int]:
     environment the wrapper gave it. Why: a killed wrapper leaves training running in its group;
     a group id cannot be reused while any member lives, and a stranger who later got the number
     has neither the start time nor the environment. Linux only (/proc); elsewhere, none proven."""
-    pid, started = record.get("pid"), record.get("pid_start")
+    pid, started = record.pid, record.pid_start
     if not pid or not str(started or "").startswith("linux:") or not Path("/proc/self/stat").exists():
         return []
     pid, since = int(pid), int(str(started).split(":", 1)[1])
-    marker = f"{Env.RUN_ID}={record.get('run_id')}".encode()
+    marker = f"{Env.RUN_ID}={record.run_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -274,7 +275,7 @@ def process_refusal(record) -> str | None:
     or, its leader gone, when members of that group are still proven ours (`group_members`).
     Else why it is not ours to signal. Never a command-line match: `tail -f <run dir>/run.sh`
     has the run's path in its command line too."""
-    pid = record.get("pid")
+    pid = record.pid
     if not pid:
         return "no process was recorded for this run"
     identity = process_identity(int(pid)) if alive(int(pid)) else None
@@ -283,14 +284,14 @@ def process_refusal(record) -> str | None:
     started, group = identity
     if group != int(pid):
         return f"process {pid} does not lead the process group sftlaunch created for the run"
-    if not record.get("pid_start"):
+    if not record.pid_start:
         # Recorded by an sftlaunch before start times were kept: the wrapper's exact argv
         # (`bash <run dir>/run.sh`, whole arguments, not a substring) leading its own group.
-        script = str(paths(Path(record["local_dir"]))["script"]) if record.get("local_dir") else None
+        script = str(paths(Path(record.local_dir))["script"]) if record.local_dir else None
         if script is None or _argv(int(pid)) != ["bash", script]:
             return f"process {pid} is not the run's wrapper `bash {script}` (and the record has no start time)"
         return None
-    if started != record.get("pid_start"):
+    if started != record.pid_start:
         return f"process {pid} is not the run's (it started at another time: the pid was reused)"
     return None
 
@@ -322,22 +323,22 @@ def stopped_marker(run_dir: Path) -> str | None:
         return None
 
 
-def poll(record) -> tuple[str, str | None]:
+def poll(record) -> tuple[RunState, str | None]:
     """(state, detail) of a local run from its exit-code file, STOPPED marker and process."""
-    run_dir = Path(record["local_dir"])
+    run_dir = Path(record.local_dir)
     code = exit_code(run_dir)
     if code is not None:
         marker = stopped_marker(run_dir)
         if code == 0 and marker:
-            return "stopped", f"training stopped after saving a checkpoint ({marker})"
-        return ("succeeded", None) if code == 0 else ("failed", f"exit code {code}")
+            return RunState.STOPPED, f"training stopped after saving a checkpoint ({marker})"
+        return (RunState.SUCCEEDED, None) if code == 0 else (RunState.FAILED, f"exit code {code}")
     if is_ours(record):
-        orphans = [] if alive(int(record["pid"])) else group_members(record)
+        orphans = [] if alive(int(record.pid)) else group_members(record)
         if orphans:
-            return "running", (f"its wrapper (pid {record['pid']}) is gone but {len(orphans)} of its processes "
-                               f"still run in its group; `sftlaunch teardown {record['run_id']}` stops them")
-        return "running", None
-    return "failed", "the local process is gone and left no exit code"
+            return RunState.RUNNING, (f"its wrapper (pid {record.pid}) is gone but {len(orphans)} of its processes "
+                               f"still run in its group; `sftlaunch teardown {record.run_id}` stops them")
+        return RunState.RUNNING, None
+    return RunState.FAILED, "the local process is gone and left no exit code"
 
 
 def stop(record, grace_s: float = 10.0) -> bool:
@@ -345,19 +346,19 @@ def stop(record, grace_s: float = 10.0) -> bool:
     Nothing is signalled unless the process is proven ours (`process_refusal`); the ownership is
     proven again before the SIGKILL, since the group may have ended (and its pid been reused)
     during the grace period."""
-    run_dir = Path(record["local_dir"]) if record.get("local_dir") else None
+    run_dir = Path(record.local_dir) if record.local_dir else None
     finished = run_dir is not None and exit_code(run_dir) is not None
     was_alive = not finished and is_ours(record)
     if was_alive:
         kill_group(record, grace_s)
-    remove_containers(record["run_id"])
+    remove_containers(record.run_id)
     return was_alive
 
 
 def kill_group(record, grace_s: float = 10.0) -> None:
     """SIGTERM the whole group, then SIGKILL what is left after the grace, proving it ours before
     each signal; waits for the members too, not only the leader (which may be gone already)."""
-    pid = int(record["pid"])
+    pid = int(record.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not is_ours(record):
             return
@@ -373,7 +374,7 @@ def kill_group(record, grace_s: float = 10.0) -> None:
 
 
 def _group_alive(record) -> bool:
-    return alive(int(record["pid"])) or bool(group_members(record))
+    return alive(int(record.pid)) or bool(group_members(record))
 
 
 def kill_started(run_dir: Path) -> bool:
@@ -413,7 +414,7 @@ def remove_containers(run_id: str) -> list[str]:
 
 def follow_log(record, on_line, follow: bool = True, poll_s: float = 0.2) -> int | None:
     """Print run.log (and keep printing while the run lives); returns its exit code when it ends."""
-    run_dir = Path(record["local_dir"])
+    run_dir = Path(record.local_dir)
     log = paths(run_dir)["log"]
     pos, buf = 0, ""
     while True:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.run_record import Backend, RunRecord
+from launcher.run_state import RunState
 from launcher.signals import deferred_interrupts
 
 LAUNCH_GRACE_S = 120  # a launch request may not have created the cluster / queued the job yet
@@ -25,7 +26,7 @@ LAUNCH_GRACE_S = 120  # a launch request may not have created the cluster / queu
 class Poll:
     """What a runner saw: `state` None means "no news" (keep the recorded state)."""
 
-    state: str | None
+    state: RunState | None
     detail: str | None = None
     at: float | None = None
     recovery_count: int | None = None
@@ -95,11 +96,11 @@ class LocalRunner(Runner):
         from launcher.backends import local
 
         if not record.local_dir:
-            return Poll("failed", "the run was recorded without a run directory")
+            return Poll(RunState.FAILED, "the run was recorded without a run directory")
         if record.pid is None and local.exit_code(Path(record.local_dir)) is None:
-            if time.time() - record.created_at < LAUNCH_GRACE_S and record.state in ("pending", "launching"):
+            if time.time() - record.created_at < LAUNCH_GRACE_S and record.state.is_starting:
                 return Poll(None)  # recorded, its process being started right now
-            return Poll("failed", "the local process was never started")
+            return Poll(RunState.FAILED, "the local process was never started")
         return Poll(*local.poll(record))
 
     def logs(self, record, follow, on_line):
@@ -164,23 +165,22 @@ class ClusterRunner(_SkyRunner):
 
     def poll(self, record):
         from launcher.backends.sky import CLUSTER_JOB_STATES, CLUSTER_STATES
-        from launcher.runs import FINAL_STATES
 
         cluster = self._cluster(record) if record.cluster_name else None
         if cluster is None:
-            if record.state in ("pending", "launching"):
+            if record.state.is_starting:
                 if time.time() - record.created_at < LAUNCH_GRACE_S:
                     return Poll(None)
-                return Poll("failed", "the launch did not complete: no cluster of this run exists")
-            return Poll("stopped", "the cluster no longer exists (autostopped, or torn down outside sftlaunch)")
-        state = CLUSTER_STATES.get(cluster.status, "launching")
-        if state == "running":
+                return Poll(RunState.FAILED, "the launch did not complete: no cluster of this run exists")
+            return Poll(RunState.STOPPED, "the cluster no longer exists (autostopped, or torn down outside sftlaunch)")
+        state = CLUSTER_STATES.get(cluster.status, RunState.LAUNCHING)
+        if state is RunState.RUNNING:
             job_id = int(record.job_id) if record.job_id else None
             job_status = self.backend.cluster_job_status(cluster.name, job_id)
-            state = CLUSTER_JOB_STATES.get(job_status or "", "running")
-            if state in FINAL_STATES:
+            state = CLUSTER_JOB_STATES.get(job_status or "", RunState.RUNNING)
+            if state.is_final:
                 return Poll(state, f"job {job_status.lower()} on {cluster.name}", release=True)
-        return Poll(state, "the cluster is stopped" if state == "stopped" else None)
+        return Poll(state, "the cluster is stopped" if state is RunState.STOPPED else None)
 
     def logs(self, record, follow, on_line):
         job_id = int(record.job_id) if record.job_id else None
@@ -225,7 +225,7 @@ class ManagedRunner(_SkyRunner):
         job = self._job(record)
         if job is None:
             return self._settle_missing(record)
-        state = JOB_STATES.get(job.status, "running")
+        state = JOB_STATES.get(job.status, RunState.RUNNING)
         detail = None
         if job.finished:
             detail = f"managed job {job.status.lower()}" + (f": {job.failure_reason}" if job.failure_reason else "")
@@ -247,14 +247,14 @@ class ManagedRunner(_SkyRunner):
             at = min(float(at), time.time()) if isinstance(at, (int, float)) else None
             why = stop_reason(record, end)
             if why:
-                return Poll("stopped", why, at=at)
+                return Poll(RunState.STOPPED, why, at=at)
             if end["exit_code"] == 0:
-                return Poll("succeeded", "managed job ended with exit 0 (its exit record in the bucket)", at=at)
-            return Poll("failed", f"managed job ended with exit {end['exit_code']} (its exit record in the bucket)", at=at)
+                return Poll(RunState.SUCCEEDED, "managed job ended with exit 0 (its exit record in the bucket)", at=at)
+            return Poll(RunState.FAILED, f"managed job ended with exit {end['exit_code']} (its exit record in the bucket)", at=at)
         submitted = record.running_since or record.created_at  # when it entered launching/running
         if time.time() - submitted > LAUNCH_GRACE_S:
             where = f" at {bucket_base(record)}/{END_RECORD}" if bucket_base(record) else ""
-            return Poll("failed", f"the managed job is not in SkyPilot's queue and left no exit record{where}")
+            return Poll(RunState.FAILED, f"the managed job is not in SkyPilot's queue and left no exit record{where}")
         return Poll(None)
 
     def logs(self, record, follow, on_line):
@@ -317,7 +317,7 @@ def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:
             record = create()
             fields = LocalRunner().start(record, launch)
             registry.update(record.run_id, **fields)
-            registry.set_state(record.run_id, "running", f"pid {fields['pid']}")
+            registry.set_state(record.run_id, RunState.RUNNING, f"pid {fields['pid']}")
     except BaseException as exc:
         record = record or registry.get(run_id, history=False)  # create() may have committed, then been cut
         if record is not None:
@@ -325,7 +325,7 @@ def start_local_recorded(registry, run_id: str, create, launch: Launch) -> dict:
             local.remove_containers(record.run_id)
             interrupted = isinstance(exc, KeyboardInterrupt)
             why = "interrupted" if interrupted else f"could not start: {one_line(exc)}"
-            registry.set_state(record.run_id, "cancelled" if interrupted else "failed",
+            registry.set_state(record.run_id, RunState.CANCELLED if interrupted else RunState.FAILED,
                                f"{why} before the run was under way; nothing is left running")
         raise
     return fields

@@ -29,6 +29,7 @@ import functools
 import io
 from dataclasses import dataclass, field
 
+from launcher.run_state import RunState
 from sftcore.errors import one_line
 
 LABEL = "sftlaunch-run"
@@ -63,22 +64,24 @@ CREDENTIAL_HINTS: dict[str, str] = {
 # SkyPilot reports clouds by their class repr; ours are lowercase keys.
 _SKY_CLOUD_NAMES = {"runpod": "runpod", "lambda": "lambda", "gcp": "gcp", "kubernetes": "kubernetes"}
 
-# SkyPilot's cluster / managed-job states, normalised to ours (launcher.runs.STATES).
+# SkyPilot's cluster / managed-job states, normalised to ours (launcher.run_state.RunState).
 # AUTOSTOPPING: idle, so its job has ended; the job status query decides the outcome.
 CLUSTER_STATES = {
-    "PENDING": "launching", "INIT": "launching", "UP": "running", "AUTOSTOPPING": "running", "STOPPED": "stopped",
+    "PENDING": RunState.LAUNCHING, "INIT": RunState.LAUNCHING, "UP": RunState.RUNNING,
+    "AUTOSTOPPING": RunState.RUNNING, "STOPPED": RunState.STOPPED,
 }
 JOB_STATES = {
-    "PENDING": "pending", "SUBMITTED": "pending", "STARTING": "launching", "RUNNING": "running",
-    "WINDING_DOWN": "running", "RECOVERING": "recovering", "CANCELLING": "stopping",
-    "SUCCEEDED": "succeeded", "CANCELLED": "cancelled", "FAILED": "failed", "FAILED_SETUP": "failed",
-    "FAILED_PRECHECKS": "failed", "FAILED_NO_RESOURCE": "failed", "FAILED_CONTROLLER": "failed",
+    "PENDING": RunState.PENDING, "SUBMITTED": RunState.PENDING, "STARTING": RunState.LAUNCHING,
+    "RUNNING": RunState.RUNNING, "WINDING_DOWN": RunState.RUNNING, "RECOVERING": RunState.RECOVERING,
+    "CANCELLING": RunState.STOPPING, "SUCCEEDED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED,
+    "FAILED": RunState.FAILED, "FAILED_SETUP": RunState.FAILED, "FAILED_PRECHECKS": RunState.FAILED,
+    "FAILED_NO_RESOURCE": RunState.FAILED, "FAILED_CONTROLLER": RunState.FAILED,
 }
 # sky.skylet.job_lib.JobStatus values for a job on a cluster.
 CLUSTER_JOB_STATES = {
-    "INIT": "launching", "PENDING": "launching", "SETTING_UP": "launching", "RUNNING": "running",
-    "SUCCEEDED": "succeeded", "FAILED": "failed", "FAILED_SETUP": "failed", "FAILED_DRIVER": "failed",
-    "CANCELLED": "cancelled",
+    "INIT": RunState.LAUNCHING, "PENDING": RunState.LAUNCHING, "SETTING_UP": RunState.LAUNCHING,
+    "RUNNING": RunState.RUNNING, "SUCCEEDED": RunState.SUCCEEDED, "FAILED": RunState.FAILED,
+    "FAILED_SETUP": RunState.FAILED, "FAILED_DRIVER": RunState.FAILED, "CANCELLED": RunState.CANCELLED,
 }
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 100
@@ -128,7 +131,7 @@ class ManagedJob:
 
     @property
     def finished(self) -> bool:
-        return JOB_STATES.get(self.status, "running") in ("succeeded", "failed", "cancelled")
+        return JOB_STATES.get(self.status, RunState.RUNNING).is_final
 
 
 class Unavailable(Exception):

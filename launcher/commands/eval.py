@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from launcher.options import dry_run_option, json_option
+from launcher.run_record import RunRecord
 from sftcore import contract
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, UserError
@@ -50,32 +51,32 @@ def find_run(target: str) -> dict | None:
     return reg.resolve(target)
 
 
-def run_model_dir(record: dict) -> Path:
+def run_model_dir(record: RunRecord) -> Path:
     """The run's trained model (or adapter) on this machine; fetched from the bucket if needed."""
     from launcher.runs import run_dir
 
-    local = Path(record.get("local_dir") or run_dir(record["run_id"]))
+    local = Path(record.local_dir or run_dir(record.run_id))
     if (local / "final").is_dir():
         return local / "final"
-    bucket = record.get("bucket")
+    bucket = record.bucket
     if bucket:
         import fsspec
 
-        src = contract.model_prefix(bucket, record["run_id"])
+        src = contract.model_prefix(bucket, record.run_id)
         fs, path = fsspec.core.url_to_fs(src)
         if fs.exists(path):
             dest = local / "final"
             dest.mkdir(parents=True, exist_ok=True)
             fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
             return dest
-    raise UserError(f"run {record['run_id']}: no trained model in {local / 'final'}"
-                    + (f" or {contract.model_prefix(bucket, record['run_id'])}" if bucket else "")
+    raise UserError(f"run {record.run_id}: no trained model in {local / 'final'}"
+                    + (f" or {contract.model_prefix(bucket, record.run_id)}" if bucket else "")
                     + "; has training finished? (`sftlaunch status`)")
 
 
-def eval_args(record: dict | None, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend=None) -> list[str]:
+def eval_args(record: RunRecord | None, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend=None) -> list[str]:
     """Flags for the job: the command line's, else the run's recipe eval section, else the preset."""
-    ev = ((record or {}).get("recipe") or {}).get("eval") or {}
+    ev = ((record.recipe if record is not None else None) or {}).get("eval") or {}
     if not preset and not tasks:
         preset = ev.get("preset")
         tasks = ",".join(ev.get("tasks") or []) or None
@@ -158,12 +159,12 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend) + ["--parallel", parallel]
     if record is not None:
         model = str(run_model_dir(record))
-        out = Path(record.get("local_dir") or run_dir(record["run_id"])) / "eval"
+        out = Path(record.local_dir or run_dir(record.run_id)) / "eval"
         if (out / "results.json").exists():  # never overwrite the run's earlier scores
             out = out.with_name(f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
-        extra = ["--run-id", record["run_id"]]
-        if record.get("recipe_sha256"):
-            extra += ["--recipe-sha256", record["recipe_sha256"]]
+        extra = ["--run-id", record.run_id]
+        if record.recipe_sha256:
+            extra += ["--recipe-sha256", record.recipe_sha256]
     else:
         model = target
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target.strip("/"))[-60:]
@@ -177,16 +178,16 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
         from sftcore.results import base_out, load_results
 
         results.insert(0, load_results(base_out(str(out))))
-    if record is not None and (limit is None or not record.get("eval")):
+    if record is not None and (limit is None or not record.eval):
         # A --limit look does not replace a full score already on the run.
-        _registry().set_eval(record["run_id"], results[-1])
+        _registry().set_eval(record.run_id, results[-1])
     if as_json:
         click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2, sort_keys=True))
         return
     click.echo(render_table(results))
     click.echo()
     click.echo(render_details(results[-1]))
-    click.echo(f"\nresults: {out / 'results.json'}" + (f" (stored in run {record['run_id']})" if record else ""))
+    click.echo(f"\nresults: {out / 'results.json'}" + (f" (stored in run {record.run_id})" if record else ""))
 
 
 def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
@@ -204,7 +205,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
     from launcher.render import render_task, to_yaml
     from sftcore.recipe import recipe_from_dict
 
-    data = dict(record["recipe"])
+    data = dict(record.recipe)
     overrides = {k: v for k, v in {"preset": preset, "tasks": tasks.split(",") if tasks else None,
                                    "tasks_dir": tasks_dir, "limit": limit, "batch_size": batch_size,
                                    "backend": backend}.items()
@@ -215,7 +216,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
         data["eval"] = {**(data.get("eval") or {}), **overrides}
     if data.get("eval") is None:
         data["eval"] = {"preset": "leaderboard-v1"}
-    recipe = recipe_from_dict(data, source=f"run {record['run_id']}")
+    recipe = recipe_from_dict(data, source=f"run {record.run_id}")
     import inspect
 
     # Inference needs far less memory than training; use the planner's eval workload if it has one
@@ -227,13 +228,13 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
         raise UserError(f"no GPU fits this model for eval: {result.reason}")
     tmp = Path(tempfile.mkdtemp(prefix="sftlaunch-eval-")) / "recipe.yaml"
     tmp.write_text(recipe.to_yaml())
-    task = render_task(recipe, chosen, record["run_id"], str(tmp), steps=("eval",))
+    task = render_task(recipe, chosen, record.run_id, str(tmp), steps=("eval",))
     if with_base:
         task["envs"][Env.EVAL_WITH_BASE] = "1"
     if parallel != "auto":
         task["envs"][Env.EVAL_PARALLEL] = parallel
-    cluster = f"{record['run_id']}-eval"[:35]
-    click.echo(f"eval of {record['run_id']} on {chosen.cloud} {chosen.accelerators} "
+    cluster = f"{record.run_id}-eval"[:35]
+    click.echo(f"eval of {record.run_id} on {chosen.cloud} {chosen.accelerators} "
                f"(${chosen.usd_per_hour:.2f}/h); cluster {cluster}", err=True)
     if dry_run:
         click.echo(to_yaml(task))
@@ -252,29 +253,29 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
 
         # An eval cluster has nothing worth keeping once results are in the bucket; it is downed
         # only if it carries this run's label and is this user's.
-        _downed, refusal = destroy_cluster(backend, record["run_id"], cluster)
+        _downed, refusal = destroy_cluster(backend, record.run_id, cluster)
         if refusal:
             click.echo(f"warning: left alone: {refusal}", err=True)
     if code:
-        raise JobFailed(f"remote eval of {record['run_id']} failed (exit {code})")
+        raise JobFailed(f"remote eval of {record.run_id} failed (exit {code})")
     from launcher.lifecycle import find_results
 
-    res = find_results(_registry().get(record["run_id"], history=False))
+    res = find_results(_registry().get(record.run_id, history=False))
     if res:
-        _registry().set_eval(record["run_id"], res)
+        _registry().set_eval(record.run_id, res)
         from sftcore.results import render_table
 
         base = _bucket_base_results(record) if with_base else None
         click.echo(render_table(([base] if base else []) + [res]))
 
 
-def _bucket_base_results(record: dict) -> dict | None:
+def _bucket_base_results(record: RunRecord) -> dict | None:
     """The base model's results the remote job left beside the run's (eval-base/results.json)."""
     from launcher.lifecycle import _fs_read_text
 
-    if not record.get("bucket"):
+    if not record.bucket:
         return None
-    text = _fs_read_text(contract.results_uri(record["bucket"], record["run_id"], "eval-base"))
+    text = _fs_read_text(contract.results_uri(record.bucket, record.run_id, "eval-base"))
     try:
         data = json.loads(text) if text else None
     except ValueError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from launcher.commands.up import Interrupted
-from launcher.run_record import Backend
+from launcher.run_record import Backend, RunRecord
 from sftcore import contract
 from sftcore.errors import JobFailed, UserError, one_line
 from sftcore.masking import mask
@@ -32,9 +32,9 @@ def _log_order(path: str) -> tuple:
     return (rank, rest != "log", name)
 
 
-def bucket_logs(record: dict, on_line) -> bool:
+def bucket_logs(record: RunRecord, on_line) -> bool:
     """Print `<bucket>/<run id>/logs/*` in step order; False when there is no copy to read."""
-    bucket = record.get("bucket")
+    bucket = record.bucket
     if not bucket:
         return False
     try:
@@ -43,7 +43,7 @@ def bucket_logs(record: dict, on_line) -> bool:
         return False
     from launcher.lifecycle import bucket_options
 
-    base = contract.logs_prefix(bucket, record["run_id"])
+    base = contract.logs_prefix(bucket, record.run_id)
     try:
         # Short per-request timeouts and no GCE metadata probe, as for status's bucket reads.
         fs, path = fsspec.core.url_to_fs(base, **bucket_options(base))
@@ -78,7 +78,6 @@ def _read_only_hint(exc: BaseException) -> str:
 def logs(run: str, follow: bool) -> None:
     """Show (or --follow) a run's logs."""
     from launcher.backends.runner import Runners
-    from launcher.lifecycle import ACTIVE_STATES
     from launcher.runs import Registry
 
     registry = Registry()
@@ -87,7 +86,7 @@ def logs(run: str, follow: bool) -> None:
     runners = Runners()
     runner = runners.for_record(record)
     try:
-        active = record.state in ACTIVE_STATES
+        active = record.state.is_active
         # A local run's log is its run.log; SkyPilot keeps a managed job's log after it ends, a
         # cluster's only while the cluster lives.
         if runner is not None and (active or runner.kind is not Backend.CLUSTER):

@@ -79,7 +79,7 @@ def _local(record, target: str, port: int, prompt_log: str | None, dry_run: bool
     if record is not None:
         from launcher.commands.eval import run_model_dir
 
-        model, slug = str(run_model_dir(record)), record["run_id"]
+        model, slug = str(run_model_dir(record)), record.run_id
     else:
         model, slug = target, re.sub(r"[^A-Za-z0-9_.-]+", "_", target.strip("/"))[-60:]
     cmd = [sys.executable, "-m", "jobs.serve_local", "--model", model, "--port", str(port),
@@ -110,7 +110,7 @@ def _plan(record, target, clouds, gpu, max_model_len):
     from launcher.serve_render import serve_choices, serve_memory, source_from_model, source_from_run
 
     source = source_from_run(record) if record is not None else source_from_model(target)
-    recipe = (record or {}).get("recipe") or {}
+    recipe = (record.recipe if record is not None else None) or {}
     if not clouds:
         allowed = [c for c in ((recipe.get("resources") or {}).get("clouds") or []) if c != "local"]
         clouds = allowed or list(DEFAULT_CLOUDS)
@@ -210,7 +210,7 @@ def _launch(task, name, record, source, first, plan) -> None:
                         f"or `sftlaunch serve down {name}` first")
     present, _ = launch_secrets(list((task.get("secrets") or {}).keys()))
     # Recorded before launching, so a half-started service can still be proven ours and downed.
-    services.record(name, record["run_id"] if record else None, source.base, first.cloud, first.accelerators,
+    services.record(name, record.run_id if record else None, source.base, first.cloud, first.accelerators,
                     first.usd_per_hour, user, plan)
     endpoint = backend.up(task, name, secrets=present, on_line=lambda line: click.echo(line, err=True))
     click.echo(f"service {name}: http://{endpoint}/v1" if endpoint else f"service {name} started")

@@ -13,64 +13,64 @@ import json
 import click
 
 from launcher.options import json_option
-from launcher.run_record import Backend
+from launcher.run_record import Backend, RunRecord
 from sftcore.masking import mask
 
 COLUMNS = ("RUN", "RECIPE", "WHERE", "STATE", "PROGRESS", "$ SO FAR", "EVAL AVG")
 
 
-def where(record) -> str:
+def where(record: RunRecord) -> str:
     if record.backend is Backend.LOCAL:
-        return "local" + (" (docker)" if record.get("image") else "")
-    if not record.get("cloud"):
+        return "local" + (" (docker)" if record.image else "")
+    if not record.cloud:
         return "-"
-    gpu = f"{record.get('gpu')}×{record.get('gpus_per_node') or 1}"
-    if (record.get("nodes") or 1) > 1:
-        gpu = f"{record['nodes']}×{gpu}"
-    region = f"/{record['region']}" if record.get("region") else ""
-    return f"{record['cloud']}{region} {gpu}" + (" spot" if record.get("spot") else "")
+    gpu = f"{record.gpu}×{record.gpus_per_node or 1}"
+    if (record.nodes or 1) > 1:
+        gpu = f"{record.nodes}×{gpu}"
+    region = f"/{record.region}" if record.region else ""
+    return f"{record.cloud}{region} {gpu}" + (" spot" if record.spot else "")
 
 
-def progress(record: dict) -> str:
-    step, total = record.get("progress_step"), record.get("progress_total")
+def progress(record: RunRecord) -> str:
+    step, total = record.progress_step, record.progress_total
     if step is None or not total:
         return "-"
     return f"{step}/{total} ({100.0 * step / total:.0f}%)"
 
 
-def row(record: dict) -> dict:
-    avg = record.get("eval_average")
+def row(record: RunRecord) -> dict:
+    avg = record.eval_average
     return {
-        "run_id": record["run_id"],
-        "recipe": record.get("name"),
+        "run_id": record.run_id,
+        "recipe": record.name,
         "where": where(record),
-        "state": record.get("state"),
+        "state": record.state.value,
         "progress": progress(record),
-        "progress_step": record.get("progress_step"),
-        "progress_total": record.get("progress_total"),
-        "cost_usd": record.get("cost_usd"),
-        "usd_per_hour": record.get("usd_per_hour"),
-        "max_usd": record.get("max_usd"),
+        "progress_step": record.progress_step,
+        "progress_total": record.progress_total,
+        "cost_usd": record.cost_usd,
+        "usd_per_hour": record.usd_per_hour,
+        "max_usd": record.max_usd,
         "eval_average": avg,
-        "eval_scores": (record.get("eval") or {}).get("scores"),
-        "backend": record.get("backend"),
-        "cluster_name": record.get("cluster_name"),
-        "job_id": record.get("job_id"),
-        "created_at": record.get("created_at"),
-        "ended_at": record.get("ended_at"),
-        "checkpoint_uri": record.get("checkpoint_uri"),
-        "result_uri": record.get("result_uri"),
+        "eval_scores": (record.eval or {}).get("scores"),
+        "backend": record.backend.value if record.backend else None,
+        "cluster_name": record.cluster_name,
+        "job_id": record.job_id,
+        "created_at": record.created_at,
+        "ended_at": record.ended_at,
+        "checkpoint_uri": record.checkpoint_uri,
+        "result_uri": record.result_uri,
         # predicted (the plan at launch) vs measured (the job's calibration probe) vs actual (billed)
-        "running_hours": record.get("running_hours"),
-        "recovery_count": record.get("recovery_count"),
-        "predicted_eta_hours": record.get("eta_hours"),
-        "predicted_usd": record.get("total_usd"),
-        "predicted_tokens_per_s": record.get("predicted_tokens_per_s"),
-        "measured_tokens_per_s": record.get("measured_tokens_per_s"),
-        "measured_mfu": record.get("measured_mfu"),
-        "peak_mem_gb": record.get("peak_mem_gb"),
-        "calibrated_eta_hours": record.get("calibrated_eta_hours"),
-        "calibrated_usd": record.get("calibrated_usd"),
+        "running_hours": record.running_hours,
+        "recovery_count": record.recovery_count,
+        "predicted_eta_hours": record.eta_hours,
+        "predicted_usd": record.total_usd,
+        "predicted_tokens_per_s": record.predicted_tokens_per_s,
+        "measured_tokens_per_s": record.measured_tokens_per_s,
+        "measured_mfu": record.measured_mfu,
+        "peak_mem_gb": record.peak_mem_gb,
+        "calibrated_eta_hours": record.calibrated_eta_hours,
+        "calibrated_usd": record.calibrated_usd,
     }
 
 
@@ -116,9 +116,9 @@ def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
     if not no_refresh and not registry.writable:
         click.echo(f"note: {registry.path} is read-only; showing recorded states (refreshing records them)", err=True)
     elif not no_refresh:
-        from launcher.lifecycle import ACTIVE_STATES, refresh
+        from launcher.lifecycle import refresh
 
-        active = [r for r in records if r.get("state") in ACTIVE_STATES]
+        active = [r for r in records if r.state.is_active]
         if active:
             from launcher.backends.sky import get_backend
 
@@ -150,5 +150,5 @@ def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
             when = _t.strftime("%Y-%m-%d %H:%M:%S", _t.localtime(h["at"]))
             click.echo(mask(f"  {when}  {h['state']}" + (f"  {h['detail']}" if h.get("detail") else "")))
         for key in ("checkpoint_uri", "result_uri"):
-            if rec.get(key):
-                click.echo(f"  {key.replace('_uri', 's')}: {rec[key]}")
+            if getattr(rec, key):
+                click.echo(f"  {key.replace('_uri', 's')}: {getattr(rec, key)}")

@@ -25,6 +25,7 @@ import click
 
 from launcher.options import dry_run_option, yes_option
 from launcher.run_record import Backend, RunRecord
+from launcher.run_state import RunState
 from sftcore.errors import UserError, one_line, printable
 from sftcore.masking import mask
 
@@ -111,7 +112,7 @@ def _stop(target: Target, backend_factory) -> str | None:
 
     record = target.record
     if record is None or record.backend is not target.kind:  # labelled, but not (so) in this registry
-        record = RunRecord(run_id=target.run_id, name="", state="running", created_at=0.0, updated_at=0.0,
+        record = RunRecord(run_id=target.run_id, name="", state=RunState.RUNNING, created_at=0.0, updated_at=0.0,
                            backend=target.kind, cluster_name=target.name if target.kind is Backend.CLUSTER else None,
                            job_id=target.name if target.kind is Backend.MANAGED else None)
     if target.kind is Backend.CLUSTER:
@@ -127,7 +128,6 @@ def _stop(target: Target, backend_factory) -> str | None:
 def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> None:
     """Stop everything sftlaunch launched (only labelled resources)."""
     from launcher.backends.sky import get_backend
-    from launcher.lifecycle import ACTIVE_STATES
     from launcher.runs import Registry
 
     if not runs and not all_:
@@ -152,7 +152,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
     stale = [
         r for r in registry.list(active_only=True)
         if (run_ids is None or r.run_id in run_ids) and r.run_id not in {t.run_id for t in targets}
-        and r.state in ACTIVE_STATES
+        and r.state.is_active
     ]
     if stale and not dry_run:
         from launcher.lifecycle import refresh
@@ -161,13 +161,13 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             refresh(registry, backend_factory, stale, remote_progress=False, budget=False)
         except Exception:  # noqa: BLE001 - knowing the outcome is a bonus; the end is recorded below
             pass
-        stale = [r for r in (registry.get(s.run_id, history=False) for s in stale) if r.state in ACTIVE_STATES]
+        stale = [r for r in (registry.get(s.run_id, history=False) for s in stale) if r.state.is_active]
     if not targets:
         click.echo("nothing to tear down: no running cluster, managed job or local run carries an sftlaunch label"
                    + (f" for {', '.join(sorted(run_ids))}" if run_ids else ""))
         if not dry_run:
             for r in stale:
-                registry.set_state(r.run_id, "cancelled", "teardown: nothing was left running")
+                registry.set_state(r.run_id, RunState.CANCELLED, "teardown: nothing was left running")
         return
     click.echo("sftlaunch would tear down:" if dry_run else "sftlaunch will tear down:")
     for t in targets:
@@ -196,10 +196,10 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         if t.record is not None:
             rec = registry.get(t.run_id, history=False)
             registry.update(t.run_id, torn_down=True)
-            if rec.state not in ("succeeded", "failed", "cancelled", "stopped"):
-                registry.set_state(t.run_id, "cancelled", f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
+            if rec.state.is_active:
+                registry.set_state(t.run_id, RunState.CANCELLED, f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
     for r in stale:
-        registry.set_state(r.run_id, "cancelled", "teardown: nothing was left running")
+        registry.set_state(r.run_id, RunState.CANCELLED, "teardown: nothing was left running")
     if failures:
         from sftcore.errors import JobFailed
 

@@ -38,7 +38,8 @@ from launcher.options import (
     recipe_argument,
     yes_option,
 )
-from launcher.run_record import Backend
+from launcher.run_record import Backend, RunRecord
+from launcher.run_state import RunState
 from launcher.signals import signals_as_interrupts
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, UserError
@@ -227,7 +228,7 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
     # The row exists before any process starts (no orphan window).
     fields = start_local_recorded(registry, run_id, lambda: registry.create(
-        run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
+        run_id, r, state=RunState.LAUNCHING, backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
         max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
         log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker, extra_env=bucket))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
@@ -249,19 +250,19 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
     lifecycle.refresh(registry, lambda: None, [registry.get(run_id, history=False)])
     final = registry.get(run_id, history=False)
     _report_end(final)
-    if code != 0 and final["state"] != "stopped":
+    if code != 0 and final.state is not RunState.STOPPED:
         raise JobFailed(f"run {run_id} failed (exit code {code}); see {fields['log_uri']}")
 
 
-def _report_end(record: dict) -> None:
-    avg = record.get("eval_average")
+def _report_end(record: RunRecord) -> None:
+    avg = record.eval_average
     score = f", eval average {avg:.3f}" if isinstance(avg, (int, float)) else ""
-    echo(f"{record['run_id']}: {record['state']}{score}, cost ${record['cost_usd']:.2f}")
-    if record.get("local_dir"):
-        _report_local_outputs(Path(record["local_dir"]))
-    if record.get("result_uri") or record.get("local_dir"):
-        echo(f"results: {record.get('result_uri') or record['local_dir']}")
-    echo(record["run_id"])
+    echo(f"{record.run_id}: {record.state}{score}, cost ${record.cost_usd:.2f}")
+    if record.local_dir:
+        _report_local_outputs(Path(record.local_dir))
+    if record.result_uri or record.local_dir:
+        echo(f"results: {record.result_uri or record.local_dir}")
+    echo(record.run_id)
 
 
 def _report_local_outputs(run_dir: Path) -> None:

@@ -21,6 +21,7 @@ from launcher.commands.up import (
     stream_until_end,
 )
 from launcher.run_record import Backend
+from launcher.run_state import RunState
 from sftcore import contract
 from sftcore.errors import JobFailed, UserError, one_line
 
@@ -228,8 +229,8 @@ def _confirm_and_launch(registry, backend, r, chosen, run_id: str, fallbacks: li
     code = stream_until_end(registry, backend, run_id, streamer)
     final = registry.get(run_id, history=False)
     _report_end(final)
-    if final["state"] == "failed" or (code not in (None, 0) and final["state"] != "stopped"):
-        raise JobFailed(f"run {run_id} failed ({final['state']}); see `sftlaunch logs {run_id}`")
+    if final.state is RunState.FAILED or (code not in (None, 0) and final.state is not RunState.STOPPED):
+        raise JobFailed(f"run {run_id} failed ({final.state}); see `sftlaunch logs {run_id}`")
 
 
 def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task: dict,
@@ -243,7 +244,7 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
 
     bucket = r.output.bucket
     record = registry.create(
-        run_id, r, state="launching", backend=Backend.MANAGED if chosen.spot else Backend.CLUSTER,
+        run_id, r, state=RunState.LAUNCHING, backend=Backend.MANAGED if chosen.spot else Backend.CLUSTER,
         cloud=chosen.cloud, region=getattr(chosen, "region", None), gpu=chosen.gpu,
         gpus_per_node=chosen.gpus_per_node, nodes=chosen.nodes, spot=chosen.spot, usd_per_hour=chosen.usd_per_hour,
         max_usd=r.resources.max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
@@ -266,7 +267,7 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
         raise Interrupted() from None
     except Exception as exc:  # noqa: BLE001 - provisioning failed: record it, one line, exit 1
         detail = one_line(exc)
-        registry.set_state(run_id, "failed", f"launch failed: {detail}")
+        registry.set_state(run_id, RunState.FAILED, f"launch failed: {detail}")
         _release_failed_launch(registry, backend, run_id)  # a half-provisioned cluster must not keep billing
         raise JobFailed(f"launch of {run_id} failed: {detail}") from None
     finally:
@@ -275,7 +276,7 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
     registry.update(run_id, job_id=job_id)
     if fallbacks and runner.kind is not Backend.MANAGED:  # SkyPilot may have launched a later choice
         chosen = _record_what_runs(backend, registry, run_id, [chosen, *fallbacks])
-    registry.set_state(run_id, "launching" if runner.kind is Backend.MANAGED else "running",
+    registry.set_state(run_id, RunState.LAUNCHING if runner.kind is Backend.MANAGED else RunState.RUNNING,
                        f"submitted ({what} {job_id})")
     echo(f"launched {run_id} ({'managed job' if runner.kind is Backend.MANAGED else 'cluster'} on {chosen.cloud})")
     return streamer

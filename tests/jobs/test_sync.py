@@ -85,8 +85,11 @@ def test_push_to_s3_and_status_reads_it_back(tmp_path, s3):  # noqa: F811
     keys = sorted(k.split("sftl-x-0002/", 1)[1] for k in fs.find("ckpts/sftl-x-0002"))
     assert keys == ["exit.json", "logs/train.log", "metrics.jsonl"]
     from launcher import lifecycle
+    from launcher.run_record import Backend, RunRecord
+    from launcher.run_state import RunState
 
-    record = {"run_id": "sftl-x-0002", "bucket": s3, "backend": "managed"}
+    record = RunRecord(run_id="sftl-x-0002", name="x", state=RunState.RUNNING, created_at=0.0, updated_at=0.0,
+                       bucket=s3, backend=Backend.MANAGED)
     fsspec.config.conf.setdefault("s3", {})["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     try:
         assert lifecycle.bucket_progress(record) == (1, 4)

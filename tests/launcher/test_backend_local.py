@@ -112,17 +112,17 @@ def test_a_train_stopped_early_skips_eval_and_publish_and_is_recorded_stopped(tm
     code, lines, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0006", steps=steps, STUB_STOP="1")
     assert code == 0 and ran == ["train"]
     assert any(line.startswith("sftlaunch: run stopped before the end of training") for line in lines)
-    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
+    assert rec.state == "stopped" and "budget" in rec.history[-1]["detail"]
 
 
 def test_a_local_run_is_the_entrypoints_all_over_the_recipes_steps(tmp_path):
     code, _, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0007")
-    assert code == 0 and ran == ["eval", "publish", "train"] and rec["state"] == "succeeded"
+    assert code == 0 and ran == ["eval", "publish", "train"] and rec.state == "succeeded"
     assert (run_dir("sftl-local-0007") / "exit.json").is_file()  # written by the entrypoint
     code, _, ran, _ = _entrypoint_run(tmp_path, "sftl-local-0008", recipe=_NoEvalRecipe())
     assert code == 0 and ran == ["publish", "train"]  # eval: null drops the eval step
     code, _, ran, rec = _entrypoint_run(tmp_path, "sftl-local-0009", STUB_TRAIN_EXIT="1")
-    assert code == 1 and ran == ["train"] and rec["state"] == "failed"
+    assert code == 1 and ran == ["train"] and rec.state == "failed"
 
 
 JOBS_STUB = """#!/usr/bin/env bash

@@ -39,7 +39,7 @@ def test_local_eval_of_a_run_with_base_row_stores_scores(model_dir, tmp_path, mo
     assert saved["tasks"][0]["samples"] == 4  # the recipe's limit applied
     assert json.loads((run / "eval-base" / "results.json").read_text())["model"]["id"] == str(model_dir)
     record = Registry().get(RUN)
-    assert record["eval_average"] == pytest.approx(saved["average"])
+    assert record.eval_average == pytest.approx(saved["average"])
     # A second, quick look never overwrites the run's scores: a new dir, the record keeps the full score.
     first = (run / "eval" / "results.json").read_text()
     stored = []
@@ -81,18 +81,14 @@ def test_unknown_hub_model_is_one_line_and_exit_2():
 @pytest.fixture()
 def remote_run(tmp_path, monkeypatch):
     """A finished cloud run in the registry, a planner that picks one H100, a fake SkyPilot."""
-    import sys
-    import types
-
     import launcher.backends.sky as sky_mod
+    from launcher.estimate import candidates
     from sftcore.recipe import load_recipe
     from tests.launcher.fake_backend import FakeCandidate, FakePlan, FakeSky, write_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r", name="demo", bucket="gs://sftl-test/runs"))
     chosen = FakeCandidate(cloud="runpod", gpu="H100", usd_per_hour=2.5)
-    planner = types.ModuleType("launcher.estimate")
-    planner.plan = lambda r, **kw: FakePlan([chosen], chosen=chosen)
-    monkeypatch.setitem(sys.modules, "launcher.estimate", planner)
+    monkeypatch.setattr(candidates, "plan", lambda r, **kw: FakePlan([chosen], chosen=chosen))
     fake = FakeSky()
     monkeypatch.setattr(sky_mod, "_backend_factory", lambda: fake)
     # The record's bucket is a local dir standing in for the recipe's gs:// one, readable here.
@@ -124,7 +120,7 @@ def test_remote_eval_launches_tears_down_and_stores_scores(remote_run, tmp_path)
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002"])
     assert result.exit_code == 0, result.stderr
     assert [c[0] for c in fake.calls if c[0] in ("launch", "down")] == ["launch", "down"]
-    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.42)
+    assert Registry().get("sftl-demo-0002").eval_average == pytest.approx(0.42)
     assert "| sftl-demo-0002 | 42.00 | 42.00 |" in result.stdout
 
 
@@ -148,7 +144,7 @@ def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines.index("| org/base | 30.00 | 30.00 |") < lines.index("| sftl-demo-0002 | 60.00 | 60.00 |")
-    assert Registry().get("sftl-demo-0002")["eval_average"] == pytest.approx(0.6)
+    assert Registry().get("sftl-demo-0002").eval_average == pytest.approx(0.6)
 
 
 @pytest.mark.slow
@@ -157,13 +153,17 @@ def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_
     unknown; the eval that already succeeded stays a success, with no traceback."""
     from launcher import lifecycle
     from launcher.commands.eval import _bucket_base_results
+    from launcher.run_record import RunRecord
+    from launcher.run_state import RunState
 
     adc = tmp_path / "adc.json"
     adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x.apps.googleusercontent.com",
                                "client_secret": "s", "refresh_token": "r"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 2)
-    assert _bucket_base_results({"bucket": "gs://sftl-test-no-such-bucket", "run_id": "sftl-demo-0002"}) is None
+    record = RunRecord(run_id="sftl-demo-0002", name="demo", state=RunState.SUCCEEDED, created_at=0.0, updated_at=0.0,
+                       bucket="gs://sftl-test-no-such-bucket")
+    assert _bucket_base_results(record) is None
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -173,13 +173,16 @@ def test_backend_flag_reaches_the_job(remote_run):
     import yaml
 
     from launcher.commands.eval import eval_args
+    from launcher.run_record import RunRecord
+    from launcher.run_state import RunState
     from sftcore.contract import CONTAINER_RECIPE
 
     result = CliRunner(mix_stderr=False).invoke(cli, ["eval", "sftl-demo-0002", "--backend", "hf", "--dry-run"])
     assert result.exit_code == 0, result.stderr
     mounted = yaml.safe_load(open(yaml.safe_load(result.stdout)["file_mounts"][CONTAINER_RECIPE]).read())
     assert mounted["eval"]["backend"] == "hf"
-    record = {"recipe": {"eval": {"preset": "leaderboard-v2", "backend": "vllm"}}}
+    record = RunRecord(run_id="sftl-demo-0002", name="demo", state=RunState.SUCCEEDED, created_at=0.0, updated_at=0.0,
+                       recipe={"eval": {"preset": "leaderboard-v2", "backend": "vllm"}})
     assert eval_args(record, None, None, None, None, None, False)[-2:] == ["--backend", "vllm"]
     assert eval_args(record, None, None, None, None, None, False, "hf")[-2:] == ["--backend", "hf"]
     assert "--backend" not in eval_args(None, "leaderboard-v1", None, None, None, None, False)

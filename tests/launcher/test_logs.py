@@ -30,7 +30,7 @@ def test_follow_to_the_end_records_it(fake):
     reg = Registry()
     launched(fake, reg, "sftl-demo-cccc")
     res = logs("sftl-demo-cccc", "--follow")
-    assert res.exit_code == 0 and reg.get("sftl-demo-cccc")["state"] == "succeeded"
+    assert res.exit_code == 0 and reg.get("sftl-demo-cccc").state == "succeeded"
 
 
 def test_ctrl_c_while_following(fake):
@@ -39,7 +39,7 @@ def test_ctrl_c_while_following(fake):
     fake.interrupt_after = 1
     res = logs("sftl-demo-dddd", "-f")
     assert res.exit_code == 130 and "the run keeps going" in res.output
-    assert reg.get("sftl-demo-dddd")["state"] == "running"
+    assert reg.get("sftl-demo-dddd").state == "running"
 
 
 def _job_writes_its_logs(tmp_path, bucket, run_id, **env):

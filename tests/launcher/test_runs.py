@@ -22,11 +22,11 @@ def test_create_get_list_find_resolve(tmp_path):
     reg.create("sftl-demo-0a0a", RECIPE, cloud="gcp", gpu="H100", gpus_per_node=1, spot=True, usd_per_hour=3.0)
     reg.create("sftl-demo-0b0b", RECIPE)
     rec = reg.get("sftl-demo-0a0a")
-    assert rec["recipe"] == RECIPE and len(rec["recipe_sha256"]) == 64
-    assert rec["spot"] is True and rec["state"] == "pending" and rec["history"][0]["state"] == "pending"
-    assert [r["run_id"] for r in reg.list()] == ["sftl-demo-0b0b", "sftl-demo-0a0a"]
+    assert rec.recipe == RECIPE and len(rec.recipe_sha256) == 64
+    assert rec.spot is True and rec.state == "pending" and rec.history[0]["state"] == "pending"
+    assert [r.run_id for r in reg.list()] == ["sftl-demo-0b0b", "sftl-demo-0a0a"]
     assert len(reg.find("sftl-demo-0")) == 2 and reg.find("sftl-demo_") == []
-    assert reg.resolve("sftl-demo-0a")["run_id"] == "sftl-demo-0a0a"
+    assert reg.resolve("sftl-demo-0a").run_id == "sftl-demo-0a0a"
     with pytest.raises(UserError, match=r"matches 2 runs \(sftl-demo-0b0b, sftl-demo-0a0a\)"):
         reg.resolve("sftl-demo")
     with pytest.raises(UserError, match="no run"):
@@ -45,13 +45,13 @@ def test_cost_is_rate_times_billing_time(tmp_path):
     reg.set_state("sftl-c-0001", "running", at=t0 + 5400)
     reg.set_state("sftl-c-0001", "succeeded", at=t0 + 7200)
     rec = reg.get("sftl-c-0001")
-    assert rec["running_hours"] == pytest.approx(1.5)
-    assert rec["cost_usd"] == pytest.approx(6.0)
-    assert [h["state"] for h in rec["history"]] == ["pending", "launching", "running", "recovering", "running", "succeeded"]
-    assert rec["ended_at"] == pytest.approx(t0 + 7200)
+    assert rec.running_hours == pytest.approx(1.5)
+    assert rec.cost_usd == pytest.approx(6.0)
+    assert [h["state"] for h in rec.history] == ["pending", "launching", "running", "recovering", "running", "succeeded"]
+    assert rec.ended_at == pytest.approx(t0 + 7200)
     # A final state is not undone by a stale refresh.
     assert reg.set_state("sftl-c-0001", "running") is False
-    assert reg.get("sftl-c-0001")["state"] == "succeeded"
+    assert reg.get("sftl-c-0001").state == "succeeded"
 
 
 def test_set_eval_from_lm_eval_results_and_from_scores(tmp_path):
@@ -63,7 +63,7 @@ def test_set_eval_from_lm_eval_results_and_from_scores(tmp_path):
     }}
     stored = reg.set_eval("sftl-e-0001", lm_eval)
     assert stored["scores"] == {"arc_challenge": 0.6, "gsm8k": 0.2}
-    assert reg.get("sftl-e-0001")["eval_average"] == pytest.approx(0.4)
+    assert reg.get("sftl-e-0001").eval_average == pytest.approx(0.4)
     assert eval_scores({"scores": {"a": 1.0, "b": 0.0}, "average": 0.9}) == ({"a": 1.0, "b": 0.0}, 0.9)
 
 
@@ -98,8 +98,8 @@ def test_concurrent_processes_do_not_corrupt(tmp_path):
         assert p.exitcode == 0
     reg = Registry(tmp_path)
     runs = reg.list()
-    assert len(runs) == 60 and all(r["state"] == "succeeded" for r in runs)
-    assert all(len(reg.get(r["run_id"])["history"]) == 3 for r in runs)
+    assert len(runs) == 60 and all(r.state == "succeeded" for r in runs)
+    assert all(len(reg.get(r.run_id).history) == 3 for r in runs)
     assert reg._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert reg._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -120,10 +120,10 @@ def test_upgrades_a_v1_database(tmp_path):
     reg = Registry(tmp_path)
     assert reg.schema_version() == SCHEMA_VERSION
     rec = reg.get("sftl-old-0001")
-    assert rec["cloud"] == "lambda" and rec["recipe"] == {"name": "old"} and rec["spot"] is False
+    assert rec.cloud == "lambda" and rec.recipe == {"name": "old"} and rec.spot is False
     reg.update("sftl-old-0001", bucket="gs://b", progress_step=3, progress_total=9)
     reg.set_state("sftl-old-0001", "succeeded")
-    assert reg.get("sftl-old-0001")["bucket"] == "gs://b"
+    assert reg.get("sftl-old-0001").bucket == "gs://b"
     assert Registry(tmp_path).schema_version() == SCHEMA_VERSION  # reopening does not re-migrate
 
 
@@ -170,7 +170,7 @@ def test_upgrades_a_v2_database_moving_extra_into_typed_fields(tmp_path):
     db.commit()
     db.close()
     rec = Registry(tmp_path).get("sftl-old-0002")
-    assert isinstance(rec, RunRecord) and rec.backend is Backend.MANAGED and rec["backend"] == "managed"
+    assert isinstance(rec, RunRecord) and rec.backend is Backend.MANAGED and rec.backend == "managed"
     assert (rec.stop_requested_at, rec.stop_flag, rec.recovery_count, rec.torn_down, rec.job_stopped) == (
         12.5, "gs://b/x/control/stop", 2, True, False)
 

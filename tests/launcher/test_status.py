@@ -58,11 +58,11 @@ def test_refresh_managed_preemption_then_failure(fake):
     job = fake.jobs[1]
     job.status, job.recovery_count = "RECOVERING", 1
     run("status")
-    assert reg.get("sftl-demo-dddd")["state"] == "recovering"
+    assert reg.get("sftl-demo-dddd").state == "recovering"
     job.status, job.failure_reason = "FAILED", "exit 1"
     run("status")
     rec = reg.get("sftl-demo-dddd")
-    assert rec["state"] == "failed" and "exit 1" in rec["history"][-1]["detail"]
+    assert rec.state == "failed" and "exit 1" in rec.history[-1]["detail"]
 
 
 def test_refresh_failure_shows_recorded_states(fake, monkeypatch):
@@ -84,14 +84,14 @@ def test_budget_guard_asks_the_job_to_checkpoint_then_records_the_stop(fake, tmp
     run("status")
     rec = reg.get("sftl-demo-ffff")
     flag = bucket / "sftl-demo-ffff" / "control" / "stop"
-    assert rec["state"] == "stopping" and flag.exists()
+    assert rec.state == "stopping" and flag.exists()
     assert json.loads(flag.read_text())["max_usd"] == 15.0
     assert ("down", "sftl-demo-ffff") not in fake.calls  # the job gets to save its checkpoint first
     # The job saw the flag, checkpointed and exited 0: recorded as stopped (not succeeded), cluster downed.
     fake.cluster_jobs["sftl-demo-ffff"] = "SUCCEEDED"
     run("status")
     rec = reg.get("sftl-demo-ffff")
-    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
+    assert rec.state == "stopped" and "budget" in rec.history[-1]["detail"]
     assert ("down", "sftl-demo-ffff") in fake.calls
 
 
@@ -101,19 +101,19 @@ def test_budget_guard_hard_stops_after_the_grace_period_or_without_a_bucket(fake
     run("status")
     rec = reg.get("sftl-demo-9a01")
     lifecycle.guard_budget(reg, fake, rec, now=rec.stop_requested_at + lifecycle.STOP_GRACE_S + 1)
-    assert reg.get("sftl-demo-9a01")["state"] == "stopped" and ("down", "sftl-demo-9a01") in fake.calls
+    assert reg.get("sftl-demo-9a01").state == "stopped" and ("down", "sftl-demo-9a01") in fake.calls
     launched(fake, reg, "sftl-demo-9a02", kind="managed", usd=10.0, max_usd=15.0, hours_ago=2.0)
     run("status")
     rec = reg.get("sftl-demo-9a02")
-    assert rec["state"] == "stopped" and "no bucket" in rec["history"][-1]["detail"]
-    assert ("jobs_cancel", int(rec["job_id"])) in fake.calls
+    assert rec.state == "stopped" and "no bucket" in rec.history[-1]["detail"]
+    assert ("jobs_cancel", int(rec.job_id)) in fake.calls
 
 
 def test_under_budget_nothing_happens(fake, tmp_path):
     reg = Registry()
     launched(fake, reg, "sftl-demo-9a03", usd=1.0, max_usd=15.0, bucket=str(tmp_path / "b"), hours_ago=1.0)
     run("status")
-    assert reg.get("sftl-demo-9a03")["state"] == "running"
+    assert reg.get("sftl-demo-9a03").state == "running"
     assert not Path(tmp_path / "b").exists()
 
 
@@ -138,14 +138,14 @@ def test_status_without_a_jobs_controller(fake, tmp_path):
     res = run("status")
     assert res.exit_code == 0, res.output
     assert "could not refresh" not in res.output and ("jobs_queue",) in fake.calls
-    assert reg.get("sftl-demo-9a04")["state"] == "succeeded"
+    assert reg.get("sftl-demo-9a04").state == "succeeded"
     stopped = reg.get("sftl-demo-9a05")
-    assert stopped["state"] == "stopped" and "budget" in stopped["history"][-1]["detail"]
+    assert stopped.state == "stopped" and "budget" in stopped.history[-1]["detail"]
     lost = reg.get("sftl-demo-9a06")
-    assert lost["state"] == "failed" and "left no exit record" in lost["history"][-1]["detail"]
-    assert reg.get("sftl-demo-9a07")["state"] == "running"
+    assert lost.state == "failed" and "left no exit record" in lost.history[-1]["detail"]
+    assert reg.get("sftl-demo-9a07").state == "running"
     # Cost ends when the job did (its exit record), not when status happened to look.
-    assert reg.get("sftl-demo-9a04")["cost_usd"] < reg.get("sftl-demo-9a06")["cost_usd"]
+    assert reg.get("sftl-demo-9a04").cost_usd < reg.get("sftl-demo-9a06").cost_usd
     assert json.loads(run("status", "--json", "sftl-demo-9a04").output)["state"] == "succeeded"
 
 
@@ -157,7 +157,7 @@ def test_status_records_a_job_side_budget_stop_of_a_detached_cluster_run(fake, t
     fake.cluster_jobs["sftl-demo-9a08"] = "SUCCEEDED"  # the entrypoint ends a stop with exit 0
     run("status")
     rec = reg.get("sftl-demo-9a08")
-    assert rec["state"] == "stopped" and "eval and publish skipped" in rec["history"][-1]["detail"]
+    assert rec.state == "stopped" and "eval and publish skipped" in rec.history[-1]["detail"]
     assert ("down", "sftl-demo-9a08") in fake.calls
 
 
@@ -189,7 +189,7 @@ def test_a_hanging_bucket_is_unknown_to_status_not_a_hang_or_a_traceback(fake, h
     res = run("status")
     assert res.exit_code == 0, res.output
     rec = reg.get("sftl-demo-9a02")
-    assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
+    assert rec.state == "failed" and "left no exit record" in rec.history[-1]["detail"]
     captured = capfd.readouterr()
     assert "Traceback" not in res.output + captured.out + captured.err
 

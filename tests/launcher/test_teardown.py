@@ -54,7 +54,7 @@ def test_all_touches_only_labelled_resources(fake):
     assert touched(fake) == []
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
-    job_id = int(reg.get("sftl-demo-bbbb")["job_id"])
+    job_id = int(reg.get("sftl-demo-bbbb").job_id)
     assert sorted(touched(fake)) == [("down", "sftl-demo-aaaa"), ("down", "sftl-other-cccc"), ("jobs_cancel", job_id)]
     assert {"my-notebook", "sftl-lookalike-0000", "sftl-team-dddd"} <= set(fake.clusters)
     assert fake.jobs[7].status == "RUNNING" and fake.jobs[8].status == "PENDING" and fake.jobs[20].status == "RUNNING"
@@ -71,13 +71,13 @@ def test_all_touches_only_labelled_resources(fake):
 def test_named_run_and_unlabelled_pending_job_of_ours(fake):
     reg = Registry()
     launched(fake, reg, "sftl-demo-dddd", kind="managed")
-    job_id = int(reg.get("sftl-demo-dddd")["job_id"])
+    job_id = int(reg.get("sftl-demo-dddd").job_id)
     fake.jobs[job_id].labels = None  # pending: SkyPilot has no cluster handle yet, so no labels
     launched(fake, reg, "sftl-demo-eeee")
     res = run("sftl-demo-dddd", "--yes")
     assert res.exit_code == 0, res.output
     assert touched(fake) == [("jobs_cancel", job_id)]
-    assert reg.get("sftl-demo-eeee")["state"] == "running"
+    assert reg.get("sftl-demo-eeee").state == "running"
 
 
 def test_cost_cannot_grow_after_teardown_and_refuses_without_terminal(fake):
@@ -86,9 +86,9 @@ def test_cost_cannot_grow_after_teardown_and_refuses_without_terminal(fake):
     res = run("sftl-demo-ffff")
     assert res.exit_code == 2 and "--yes" in res.output and touched(fake) == []
     assert run("sftl-demo-ffff", "--yes").exit_code == 0
-    cost = reg.get("sftl-demo-ffff")["cost_usd"]
+    cost = reg.get("sftl-demo-ffff").cost_usd
     time.sleep(0.05)
-    assert reg.get("sftl-demo-ffff")["cost_usd"] == cost == pytest.approx(6.0, abs=0.01)
+    assert reg.get("sftl-demo-ffff").cost_usd == cost == pytest.approx(6.0, abs=0.01)
     assert run().exit_code == 2  # neither runs nor --all
 
 
@@ -105,7 +105,7 @@ def test_without_a_jobs_controller_teardown_still_works(fake):
     assert res.exit_code == 0 and "sftl-demo-9a09: cluster sftl-demo-9a09" in res.output and touched(fake) == []
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
-    assert touched(fake) == [("down", "sftl-demo-9a09")] and reg.get("sftl-demo-9a09")["state"] == "cancelled"
+    assert touched(fake) == [("down", "sftl-demo-9a09")] and reg.get("sftl-demo-9a09").state == "cancelled"
     assert run("sftl-demo-9a09", "--yes").exit_code == 0  # idempotent: already gone
 
 
@@ -121,9 +121,9 @@ def test_a_managed_run_whose_controller_has_gone_is_settled_not_cancelled(fake, 
     res = run("--all", "--yes")
     assert res.exit_code == 0, res.output
     assert "nothing to tear down" in res.output and touched(fake) == [("jobs_cancel", 1)]
-    assert reg.get("sftl-demo-9a0a")["state"] == "succeeded"  # from its exit record in the bucket
+    assert reg.get("sftl-demo-9a0a").state == "succeeded"  # from its exit record in the bucket
     rec = reg.get("sftl-demo-9a0b")
-    assert rec["state"] == "failed" and "left no exit record" in rec["history"][-1]["detail"]
+    assert rec.state == "failed" and "left no exit record" in rec.history[-1]["detail"]
 
 
 def test_a_reused_pid_is_never_killed(fake, monkeypatch):
@@ -142,7 +142,7 @@ def test_a_reused_pid_is_never_killed(fake, monkeypatch):
         assert res.exit_code == 0, res.output
         assert "nothing to tear down" in res.output and stranger.poll() is None  # still alive
         assert local.stop(reg.get("sftl-local-0009")) is False and stranger.poll() is None
-        assert reg.get("sftl-local-0009")["state"] == "failed"  # gone without an exit code
+        assert reg.get("sftl-local-0009").state == "failed"  # gone without an exit code
     finally:
         stranger.kill()
         stranger.wait()
@@ -170,7 +170,7 @@ def test_tears_down_a_local_run_by_killing_its_process_group(fake, monkeypatch, 
     res = run(rid, "--yes")
     assert res.exit_code == 0, res.output
     assert "local process" in res.output and not local.alive(fields["pid"])
-    assert reg.get(rid)["state"] == "cancelled" and touched(fake) == []
+    assert reg.get(rid).state == "cancelled" and touched(fake) == []
 
 
 def test_teardown_only_looks_at_a_stale_run_it_never_asks_the_job_to_stop(fake, tmp_path):

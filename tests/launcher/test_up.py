@@ -57,14 +57,14 @@ def up(*args, input=None):
 def only_record():
     runs = Registry().list()
     assert len(runs) == 1
-    return Registry().get(runs[0]["run_id"])
+    return Registry().get(runs[0].run_id)
 
 
 def test_on_demand_success_streams_records_and_downs_the_cluster(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 0, res.output
     rec = only_record()
-    rid = rec["run_id"]
+    rid = rec.run_id
     assert res.output.strip().splitlines()[-1] == rid
     for text in ("cloud     runpod", "H100×1", "$2.50/h", "ETA       2.0 h", "~$5.00", "checkpoints →"):
         assert text in res.output
@@ -72,11 +72,11 @@ def test_on_demand_success_streams_records_and_downs_the_cluster(tmp_path, fake,
     kind, task, _secrets, autostop = fake.launched[0]
     assert kind == "cluster" and task["name"] == rid and task["resources"]["labels"] == {"sftlaunch-run": rid}
     assert autostop == {"idle_minutes": 30, "down": True}  # idle after its job: deleted, not stopped
-    assert rec["state"] == "succeeded" and rec["backend"] == "cluster" and rec["cluster_name"] == rid
-    assert (rec["progress_step"], rec["progress_total"]) == (20, 20)
-    assert [h["state"] for h in rec["history"]] == ["launching", "running", "succeeded"]
+    assert rec.state == "succeeded" and rec.backend == "cluster" and rec.cluster_name == rid
+    assert (rec.progress_step, rec.progress_total) == (20, 20)
+    assert [h["state"] for h in rec.history] == ["launching", "running", "succeeded"]
     assert ("down", rid) in fake.calls and rid not in fake.clusters  # the last step: cluster gone
-    assert rec["usd_per_hour"] == 2.5 and rec["checkpoint_uri"].endswith(f"{rid}/checkpoints/")
+    assert rec.usd_per_hour == 2.5 and rec.checkpoint_uri.endswith(f"{rid}/checkpoints/")
 
 
 def test_job_failure_exits_1_and_still_downs(tmp_path, fake, plan):
@@ -84,7 +84,7 @@ def test_job_failure_exits_1_and_still_downs(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 1, res.output
     rec = only_record()
-    assert rec["state"] == "failed" and ("down", rec["run_id"]) in fake.calls
+    assert rec.state == "failed" and ("down", rec.run_id) in fake.calls
 
 
 def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
@@ -92,8 +92,8 @@ def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 1 and "no H100" in res.output
     rec = only_record()
-    assert rec["state"] == "failed" and "launch failed" in rec["history"][-1]["detail"]
-    assert ("down", rec["run_id"]) in fake.calls
+    assert rec.state == "failed" and "launch failed" in rec.history[-1]["detail"]
+    assert ("down", rec.run_id) in fake.calls
 
 
 def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
@@ -105,19 +105,19 @@ def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
     rec = only_record()
     kind, task, _, _ = fake.launched[0]
     assert kind == "managed" and "job_recovery" in task["resources"] and task["resources"]["use_spot"]
-    assert rec["backend"] == "managed" and rec["job_id"] == "1" and rec["cluster_name"] is None
-    states = [h["state"] for h in rec["history"]]
+    assert rec.backend == "managed" and rec.job_id == "1" and rec.cluster_name is None
+    states = [h["state"] for h in rec.history]
     assert "recovering" in states and states[-1] == "succeeded"
     assert rec.recovery_count == 1
     assert not any(c[0] == "down" for c in fake.calls)
-    assert read[0] == f"gs://sftl-test/runs/{rec['run_id']}/exit.json"  # a budget stop? no record: no
+    assert read[0] == f"gs://sftl-test/runs/{rec.run_id}/exit.json"  # a budget stop? no record: no
 
 
 def test_detach_returns_after_submission(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes", "--detach")
     assert res.exit_code == 0, res.output
     rec = only_record()
-    assert rec["state"] == "running" and res.output.strip().splitlines()[-1] == rec["run_id"]
+    assert rec.state == "running" and res.output.strip().splitlines()[-1] == rec.run_id
     assert not any(c[0] == "tail_logs" for c in fake.calls)
 
 
@@ -126,10 +126,10 @@ def test_ctrl_c_while_streaming_leaves_the_run_alone(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 130, res.output
     rec = only_record()
-    rid = rec["run_id"]
+    rid = rec.run_id
     assert f"sftlaunch logs {rid} --follow" in res.output and f"sftlaunch teardown {rid}" in res.output
     assert not any(c[0] in ("down", "jobs_cancel") for c in fake.calls)
-    assert rid in fake.clusters and rec["state"] == "running"
+    assert rid in fake.clusters and rec.state == "running"
 
 
 def test_no_credentials_refuses_with_what_each_cloud_needs(tmp_path, fake, plan):
@@ -254,8 +254,8 @@ def test_bucket_flag_and_env_override_output_bucket(tmp_path, fake, plan, monkey
     assert res.exit_code == 0, res.output
     _, task, _, _ = fake.launched[0]
     rec = only_record()
-    assert task["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl" and rec["bucket"] == "gs://mine/sftl"
-    assert rec["checkpoint_uri"] == f"gs://mine/sftl/{rec['run_id']}/checkpoints/"
+    assert task["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl" and rec.bucket == "gs://mine/sftl"
+    assert rec.checkpoint_uri == f"gs://mine/sftl/{rec.run_id}/checkpoints/"
     mounted = yaml.safe_load(open(task["file_mounts"]["/sftlaunch/recipe.yaml"]).read())
     assert mounted["output"]["bucket"] == "gs://mine/sftl"  # what publish and train read in the container
     monkeypatch.setenv("SFTLAUNCH_BUCKET", "s3://env-bucket/x")
@@ -280,8 +280,8 @@ def test_a_budget_stop_in_the_job_is_recorded_as_stopped(tmp_path, fake, plan):
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 0, res.output
     rec = only_record()
-    assert rec["state"] == "stopped" and "budget" in rec["history"][-1]["detail"]
-    assert ("down", rec["run_id"]) in fake.calls
+    assert rec.state == "stopped" and "budget" in rec.history[-1]["detail"]
+    assert ("down", rec.run_id) in fake.calls
 
 
 def test_gpu_no_cloud_offers(tmp_path, fake, monkeypatch):
@@ -434,7 +434,7 @@ def test_the_record_says_which_fallback_ran_and_its_price(tmp_path, fake, plan, 
     assert res.exit_code == 0, res.output
     assert "SkyPilot launched gcp H100:1 ($3.00/h" in res.output
     rec = only_record()
-    assert (rec["cloud"], rec["region"], rec["usd_per_hour"]) == ("gcp", "us-central1", 3.0)
+    assert (rec.cloud, rec.region, rec.usd_per_hour) == ("gcp", "us-central1", 3.0)
 
 
 def test_sighup_while_launching_a_cloud_run_says_what_is_left_running(tmp_path, fake, plan, monkeypatch):
@@ -454,7 +454,7 @@ def test_sighup_while_launching_a_cloud_run_says_what_is_left_running(tmp_path, 
     monkeypatch.setattr(type(fake), "launch", launch_then_hangup)
     res = up(write_recipe(tmp_path / "r"), "--yes")
     assert res.exit_code == 129, res.output
-    rid = only_record()["run_id"]
+    rid = only_record().run_id
     assert f"got SIGHUP while launching {rid}" in res.output and f"sftlaunch teardown {rid}" in res.output
     assert "Traceback" not in res.output and not any(c[0] in ("down", "jobs_cancel") for c in fake.calls)
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL

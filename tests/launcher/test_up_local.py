@@ -39,11 +39,11 @@ def test_up_local_tiny_end_to_end(tiny_local_run, monkeypatch):
                         ("eval results:", out / "eval" / "results.json")):
         assert f"{label:14}{path}" in tail and path.exists(), label
     rec = Registry().get(run_id)
-    assert rec["state"] == "succeeded" and rec["backend"] == "local"
-    assert rec["progress_total"] and rec["progress_step"] == rec["progress_total"]
-    assert rec["eval_average"] is not None and rec["eval"]["scores"]
+    assert rec.state == "succeeded" and rec.backend == "local"
+    assert rec.progress_total and rec.progress_step == rec.progress_total
+    assert rec.eval_average is not None and rec.eval["scores"]
     meta = json.loads((out / "final" / "sftlaunch.json").read_text())
-    assert meta["run_id"] == run_id and meta["recipe_sha256"] == rec["recipe_sha256"]
+    assert meta["run_id"] == run_id and meta["recipe_sha256"] == rec.recipe_sha256
     assert (out / "metrics.jsonl").exists() and (out / "run.log").exists()
     status = CliRunner().invoke(cli, ["status", "--json", run_id])
     assert json.loads(status.output)["state"] == "succeeded"
