@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -42,13 +41,19 @@ from launcher.run_record import (
     running_hours,
 )
 from launcher.run_state import RunState
+from launcher.runs_errors import (
+    BUSY_TIMEOUT_S,
+    RegistryError,
+    broken,
+    read_only_error,
+    sqlite_error,
+    writable,
+)
 from launcher.runs_schema import MIGRATIONS, SCHEMA_VERSION
 from sftcore.contract import Env
-from sftcore.errors import UserError, one_line
+from sftcore.errors import UserError
 from sftcore.masking import mask, mask_obj
 from sftcore.results import eval_scores
-
-BUSY_TIMEOUT_S = 30.0
 
 # Columns a caller may set through create()/update(); the rest are managed here.
 FIELDS = frozenset({
@@ -81,19 +86,6 @@ def recipe_payload(recipe) -> tuple[str, str, str]:
     return str(data.get("name", "")), json.dumps(mask_obj(data), sort_keys=True), sha
 
 
-class RegistryError(UserError):
-    """The registry file cannot be used as it is; the message names it and the fix."""
-
-
-def _move_aside(path: Path) -> str:
-    return (f"move it aside (`mv {path} {path}.broken`): the next sftlaunch command starts a new "
-            "registry and the old file stays for inspection")
-
-
-def broken(path: Path, what: str) -> RegistryError:
-    return RegistryError(f"{path}: {what}; {_move_aside(path)}")
-
-
 def _guarded(fn):
     """sqlite errors from a damaged file (malformed pages, not a database, read-only) as one line."""
 
@@ -102,7 +94,7 @@ def _guarded(fn):
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            raise self._sqlite_error(exc) from None
+            raise sqlite_error(self.path, self.home, exc) from None
 
     return inner
 
@@ -116,7 +108,7 @@ class Registry:
                                 f"{Env.HOME} to a directory")
         if self.path.exists() and not self.path.is_file():
             raise broken(self.path, "is not a file")
-        self.writable = not readonly and _writable(self.home, self.path)
+        self.writable = not readonly and writable(self.home, self.path)
         self._names: list[str] | None = None
         try:
             self._conn = self._connect()
@@ -128,7 +120,7 @@ class Registry:
             self._migrate()
             self._conn.execute("SELECT run_id, state FROM runs LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise self._sqlite_error(exc) from None
+            raise sqlite_error(self.path, self.home, exc) from None
 
     def _connect(self) -> sqlite3.Connection:
         if self.writable:
@@ -144,27 +136,6 @@ class Registry:
         except sqlite3.OperationalError:
             # A WAL database in a directory we cannot write: sqlite cannot create its -shm file.
             return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
-
-    def _sqlite_error(self, exc: sqlite3.DatabaseError) -> RegistryError:
-        text = one_line(exc)
-        if "readonly" in text or "read-only" in text:
-            return self._read_only_error()
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-            return RegistryError(f"{self.path}: {text} (another sftlaunch is writing for over "
-                                 f"{BUSY_TIMEOUT_S:.0f} s); try again")
-        if "disk is full" in text or ("disk i/o error" in text.lower() and _low_on_space(self.home)):
-            # Not a broken registry: moving it aside would lose the tracking of every run.
-            return RegistryError(f"{self.path}: not written: the disk is full ({text}); the registry is "
-                                 f"intact: free space on that disk (`df -h {self.home}`) and retry")
-        if "disk i/o error" in text.lower():
-            return RegistryError(f"{self.path}: the disk reported an I/O error ({text}); check the disk "
-                                 f"holding {self.home}, then retry (the file need not be damaged)")
-        return broken(self.path, f"is not a readable sftlaunch registry ({text})")
-
-    def _read_only_error(self) -> RegistryError:
-        return RegistryError(f"{self.path}: read-only; this command records run state: make {self.home} writable "
-                             f"(or point {Env.HOME} at a writable copy); `status --no-refresh` and `logs` "
-                             "work read-only")
 
     # -- schema -----------------------------------------------------------------------------
     def _version(self) -> int:
@@ -214,7 +185,7 @@ class Registry:
 
     def _tx(self, mode: str = "IMMEDIATE"):
         if not self.writable:
-            raise self._read_only_error()
+            raise read_only_error(self.path, self.home)
         conn = self._conn
 
         class _Tx:
@@ -425,29 +396,6 @@ def _json_column(data: dict, column: str, kind: type):
     return value
 
 
-def _low_on_space(home: Path) -> bool:
-    """Under 1 MiB free where the registry lives: sqlite reports a full disk under WAL as an I/O error."""
-    import shutil
-
-    try:
-        return shutil.disk_usage(home).free < 2**20
-    except OSError:
-        return False
-
-
-def _writable(home: Path, path: Path) -> bool:
-    """Whether this process may create or change the registry (a read-only home is not an error
-    until something is written)."""
-    if path.exists():
-        return os.access(path, os.W_OK) and os.access(home, os.W_OK)
-    probe = home
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK)
-
-
 def check_reference(ref: str | None) -> str:
     """A run reference must name something: empty or blank would match every run as a prefix."""
     if ref is None or not ref.strip():
@@ -464,4 +412,3 @@ def ambiguous(ref: str, ids: list[str]) -> str:
     return f"run reference {ref!r} matches {len(ids)} runs ({shown}); give more of the id"
 
 
-__all__ = ["Backend", "Registry", "RegistryError", "RunRecord", "RunState", "cost_so_far", "run_dir", "running_hours"]

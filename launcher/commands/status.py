@@ -109,7 +109,8 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--no-refresh", is_flag=True, help="Show what the registry recorded; ask no one.")
 def status(run: str | None, as_json: bool, no_refresh: bool) -> None:
     """Show runs: where, state, progress, cost so far, eval average."""
-    from launcher.runs import Registry, RegistryError
+    from launcher.runs import Registry
+    from launcher.runs_errors import RegistryError
 
     registry = Registry()
     records = [registry.resolve(run)] if run is not None else registry.list()

@@ -16,7 +16,8 @@ from launcher.backends.sky import CLUSTER_JOB_STATES, CLUSTER_STATES, JOB_STATES
 from launcher.cli import cli
 from launcher.run_record import Backend, RunRecord
 from launcher.run_state import RunState
-from launcher.runs import MIGRATIONS, Registry, RegistryError
+from launcher.runs import MIGRATIONS, Registry
+from launcher.runs_errors import RegistryError
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "launcher"
 NAMES = {s.value for s in RunState}

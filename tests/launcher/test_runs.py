@@ -343,7 +343,7 @@ def test_a_full_disk_is_not_a_broken_registry(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from launcher.cli import cli
-    from launcher.runs import RegistryError
+    from launcher.runs_errors import RegistryError, sqlite_error
 
     home = tmp_path / "full"
     monkeypatch.setenv("SFTLAUNCH_HOME", str(home))
@@ -362,7 +362,8 @@ def test_a_full_disk_is_not_a_broken_registry(tmp_path, monkeypatch):
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**30, 2**30, 0))
-    text = str(Registry(home)._sqlite_error(sqlite3.OperationalError("disk I/O error")))
+    reg = Registry(home)
+    text = str(sqlite_error(reg.path, reg.home, sqlite3.OperationalError("disk I/O error")))
     assert "disk is full" in text and "move it aside" not in text, text
     res = CliRunner().invoke(cli, ["status", "--no-refresh"])
     assert res.exit_code == 0 and "sftl-full-0001" in res.output, res.output
