@@ -73,7 +73,8 @@ def parse_progress(line: str) -> tuple[int, int] | None:
 
 
 def _metrics_files(run_dir: Path) -> list[Path]:
-    return [p for p in (run_dir / "metrics.jsonl", run_dir / "train" / "metrics.jsonl") if p.exists()]
+    # The run dir's, or (runs of older versions) its train/ subdir's.
+    return [p for p in (contract.RunLayout(run_dir).metrics, contract.RunLayout(run_dir / "train").metrics) if p.exists()]
 
 
 def last_progress(lines) -> tuple[int, int] | None:
@@ -167,7 +168,7 @@ def bucket_base(record) -> str | None:
 
 def bucket_progress(record: dict) -> tuple[int, int] | None:
     base = bucket_base(record)
-    text = _fs_read_text(f"{base}/{contract.METRICS}") if base else None
+    text = _fs_read_text(contract.RunLayout(base).metrics) if base else None
     return last_progress(text.splitlines()[-200:]) if text else None
 
 
@@ -205,11 +206,11 @@ def find_results(record: dict) -> dict | None:
     """The run's eval results.json, from the local run dir or the bucket copy."""
     candidates = []
     if record.get("local_dir"):
-        d = Path(record["local_dir"])
-        candidates += [str(d / "eval" / "results.json"), str(d / "results.json")]
-    base = bucket_base(record)
-    if base:
-        candidates += [f"{base}/eval/results.json", f"{base}/results.json"]
+        d = contract.RunLayout(Path(record["local_dir"]))
+        candidates += [str(d.eval_results()), str(d.results)]
+    if record.get("bucket"):
+        b = contract.RunLayout.in_bucket(record["bucket"], record["run_id"])
+        candidates += [b.eval_results(), b.results]
     for uri in candidates:
         text = Path(uri).read_text() if "://" not in uri and Path(uri).exists() else (
             _fs_read_text(uri) if "://" in uri else None)

@@ -23,9 +23,11 @@ def load_results(path: str | Path) -> dict:
     """A results.json file, or a directory holding one."""
     from launcher.errors import UserError
 
+    from launcher.contract import RESULTS
+
     p = Path(path)
     if p.is_dir():
-        p = p / "results.json"
+        p = p / RESULTS
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:

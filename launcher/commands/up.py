@@ -30,6 +30,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from launcher import contract
 from launcher.contract import Env
 from launcher.errors import JobFailed, UserError, signals_as_interrupts
 from launcher.options import (
@@ -223,12 +224,11 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
             raise UserError(PREFLIGHT_FAILED)
         return
     confirm(yes, "Start this run here?")
-    bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
     # The row exists before any process starts (no orphan window).
     fields = start_local_recorded(registry, run_id, lambda: registry.create(
         run_id, r, state="launching", backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
         max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
-        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker, extra_env=bucket))
+        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:
@@ -268,14 +268,15 @@ def _report_local_outputs(run_dir: Path) -> None:
     model, its card and the loss plot are, so nobody has to dig through run.log for them."""
     from launcher.results import load_results, render_table
 
-    results = run_dir / "eval" / "results.json"
+    layout = contract.RunLayout(run_dir)
+    results = layout.eval_results()
     if results.is_file():
         try:
             echo("\n" + render_table([load_results(results)]))
         except UserError:
             pass  # an unreadable results.json was already reported by the eval step
-    published = run_dir / "publish"
-    for label, path in (("model", published if published.is_dir() else run_dir / "final"),
+    published = layout.publish
+    for label, path in (("model", published if published.is_dir() else layout.final),
                         ("model card", published / "README.md"), ("loss plot", published / "training_loss.png"),
                         ("eval results", results)):
         if path.exists():

@@ -125,7 +125,7 @@ def test_progress_line_has_a_bar_and_stays_parseable():
 def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
     """Exit 0, not an error: a managed job that fails is restarted by SkyPilot and spends again."""
     from jobs.checkpoint import verify
-    from jobs.train import STOPPED_MARKER
+    from launcher.contract import STOPPED_MARKER
 
     monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "1000000")
     monkeypatch.setenv("SFTLAUNCH_MAX_USD", "0.01")
