@@ -21,9 +21,8 @@ _PREFERRED_METRICS = ("acc_norm", "acc", "mc2", "exact_match", "f1", "bleu")
 
 def load_results(path: str | Path) -> dict:
     """A results.json file, or a directory holding one."""
-    from launcher.errors import UserError
-
     from launcher.contract import RESULTS
+    from launcher.errors import UserError
 
     p = Path(path)
     if p.is_dir():
