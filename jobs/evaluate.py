@@ -200,6 +200,7 @@ def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
+    job = JobEnv.from_env()
     p = argparse.ArgumentParser(prog="python -m jobs eval", description="Score a model with lm-eval; write OUT/results.json.")
     p.add_argument("--model", required=True, help="model dir, PEFT adapter dir, hub id, or sftlaunch/tiny-llama")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
@@ -210,16 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=None, help='"auto" (default) or an integer')
     p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes)")
     p.add_argument("--parallel", choices=("auto", "data", "model", "none"),
-                   default=os.environ.get(Env.EVAL_PARALLEL) or "auto",
+                   default=job.eval_parallel or "auto",
                    help="with several GPUs: data (a replica per GPU), model (one copy split across the GPUs, "
                         "for models that do not fit one), auto (data if the model fits one GPU); "
                         f"default ${Env.EVAL_PARALLEL} or auto")
-    p.add_argument("--backend", choices=BACKENDS, default=os.environ.get(Env.EVAL_BACKEND) or None,
+    p.add_argument("--backend", choices=BACKENDS, default=job.eval_backend,
                    help="lm-eval backend: vllm (GPU, fast generation), hf (transformers; CPU), auto (vllm where it "
                         f"can run); default ${Env.EVAL_BACKEND}, else the recipe's eval.backend, else auto")
-    p.add_argument("--with-base", action="store_true", default=os.environ.get(Env.EVAL_WITH_BASE) == "1",
+    p.add_argument("--with-base", action="store_true", default=job.eval_with_base,
                    help=f"also score the base model of a fine-tune into OUT-base (default ${Env.EVAL_WITH_BASE}=1)")
-    job = JobEnv.from_env()
     p.add_argument("--recipe", default=job.recipe,
                    help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win), "
                         f"and the bucket from its output.bucket; default ${Env.RECIPE}")

@@ -5,8 +5,8 @@ Why one module: the two halves run on different machines, from different process
 different versions of the checkout (a run launched yesterday, a `status` today). A name spelled
 twice drifts; a name spelled here once cannot. Standard library only, because `jobs/` imports it
 inside the image (which installs the whole project, launcher included: docker/Dockerfile) and
-`launcher/` imports it at `--help` speed. tests/test_contract.py fails when an `SFTLAUNCH_` literal
-or a `<bucket>/<run id>` f-string appears outside this module, and checks docker/entrypoint.sh
+`launcher/` imports it at `--help` speed. tests/test_contract.py fails when an `SFTLAUNCH_` literal,
+a run file's name (RunLayout) or a `<bucket>/<run id>` f-string appears outside this module, and checks docker/entrypoint.sh
 (bash cannot import Python) against the names below. docs/architecture.md explains the flow.
 """
 
@@ -91,6 +91,9 @@ class JobEnv:
     plan: str | None = None  # Env.PLAN (JSON)
     calibration: str | None = None  # Env.CALIBRATION "STEPS,SECONDS"
     gradient_checkpointing: bool | None = None  # the plan's answer for train.gradient_checkpointing: auto
+    eval_with_base: bool = False  # `sftlaunch eval --with-base`: also score the base model
+    eval_parallel: str | None = None  # `sftlaunch eval --parallel` (jobs eval checks the choice)
+    eval_backend: str | None = None  # `sftlaunch eval --backend` (jobs eval checks the choice)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobEnv:
@@ -108,12 +111,17 @@ class JobEnv:
             usd_h = -1.0
         if usd_h is not None and not usd_h >= 0:
             raise _bad(Env.USD_PER_HOUR, usd, "a price in $/hour, e.g. 2.5")
-        gc = text(Env.GRADIENT_CHECKPOINTING)
-        if gc not in (None, "0", "1"):
-            raise _bad(Env.GRADIENT_CHECKPOINTING, gc, "1 (on) or 0 (off), or unset")
+        switches = {}
+        for name in (Env.GRADIENT_CHECKPOINTING, Env.EVAL_WITH_BASE):
+            value = text(name)
+            if value not in (None, "0", "1"):
+                raise _bad(name, value, "1 (on) or 0 (off), or unset")
+            switches[name] = None if value is None else value == "1"
         return cls(run_id=text(Env.RUN_ID), recipe=text(Env.RECIPE), out=text(Env.OUT), control=text(Env.CONTROL),
                    hardware=text(Env.HARDWARE), rates=text(Env.RATES), usd_per_hour=usd_h, plan=text(Env.PLAN),
-                   calibration=text(Env.CALIBRATION), gradient_checkpointing=None if gc is None else gc == "1")
+                   calibration=text(Env.CALIBRATION), gradient_checkpointing=switches[Env.GRADIENT_CHECKPOINTING],
+                   eval_with_base=bool(switches[Env.EVAL_WITH_BASE]), eval_parallel=text(Env.EVAL_PARALLEL),
+                   eval_backend=text(Env.EVAL_BACKEND))
 
 
 def _bad(name: str, value: str | None, want: str):

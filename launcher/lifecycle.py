@@ -7,16 +7,16 @@ autostop is only the safety net), a run past `max_usd` is asked to stop after a 
 
 The budget guard's protocol with the training job (jobs/ side):
   1. The launcher writes a JSON flag `{reason, cost_usd, max_usd, at}` to `<control>/stop`, where
-     <control> is `<bucket>/<run id>/control` for cloud runs (the job sees SFTLAUNCH_BUCKET and
-     SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
-  2. The training job polls for that file (at each logging step, through fsspec); when it
+     <control> is `<bucket>/<run id>/control` for cloud runs (the job reads the bucket from its
+     recipe and SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
+  2. The training job polls for that file (at each logging step, through jobs.store); when it
      appears it saves a checkpoint (manifest last, as usual), writes `<control>/stopped`
      (`{step, checkpoint}`) and exits 0 without eval or publish.
   3. The launcher records `stopping` when it writes the flag, `stopped` when the job ends, and
      downs the cluster / cancels the managed job itself if the job has not ended within
      `STOP_GRACE_S` (or has no control channel: no bucket), so spending always ends.
 
-The job's own budget guard (SFTLAUNCH_MAX_USD inside the container) stops training the same way
+The job's own budget guard (the recipe's resources.max_usd, inside the container) stops training the same way
 and writes `DIR/STOPPED`; docker/entrypoint.sh then skips eval and publish, prints a line starting
 with `STOPPED_LINE`, and ends with exit 0 (so a managed job is not restarted). SkyPilot then says
 SUCCEEDED; the launcher records `stopped`, never `succeeded` or `failed`, when it saw that line

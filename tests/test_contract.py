@@ -252,6 +252,8 @@ def test_job_env_reads_the_launchers_variables_once():
     assert (job.run_id, job.usd_per_hour, job.gradient_checkpointing, job.out) == ("sftl-a-0001", 2.5, False, None)
     assert (job.rates, job.plan, job.hardware) == ("[]", "{}", "gcp 1×A100")
     assert contract.JobEnv.from_env({}) == contract.JobEnv()
+    ev = contract.JobEnv.from_env({Env.EVAL_WITH_BASE: "1", Env.EVAL_PARALLEL: "model", Env.EVAL_BACKEND: "hf"})
+    assert (ev.eval_with_base, ev.eval_parallel, ev.eval_backend) == (True, "model", "hf")
     # What the recipe owns has no field: the job reads output.bucket and resources.max_usd from it.
     fields = set(contract.JobEnv.__dataclass_fields__)
     assert not fields & {"bucket", "max_usd"} and not hasattr(Env, "MAX_USD")
@@ -260,6 +262,7 @@ def test_job_env_reads_the_launchers_variables_once():
 @pytest.mark.parametrize(("name", "value", "want"), [
     (Env.USD_PER_HOUR, "cheap", "a price in $/hour"), (Env.USD_PER_HOUR, "-1", "a price in $/hour"),
     (Env.USD_PER_HOUR, "nan", "a price in $/hour"), (Env.GRADIENT_CHECKPOINTING, "yes", "1 (on) or 0 (off)"),
+    (Env.EVAL_WITH_BASE, "true", "1 (on) or 0 (off)"),
 ])
 def test_a_bad_job_env_value_is_one_line_naming_the_variable(name, value, want):
     from launcher.errors import UserError
