@@ -6,9 +6,11 @@
 #   SFTLAUNCH_RUN_ID   run id (sftl-<name>-<hex>); keys bucket copies and resume
 #   SFTLAUNCH_OUT      output dir (default /data/sftlaunch/<run id>)
 #   SFTLAUNCH_STEPS    for `all`: comma list of steps (default train,eval,publish)
-#   SFTLAUNCH_BUCKET   with SFTLAUNCH_RUN_ID: metrics.jsonl, logs/, STOPPED and exit.json are
-#                      copied to <bucket>/<run id>/ every SFTLAUNCH_SYNC_EVERY s (60) and at the end
-#   SFTLAUNCH_RATES (or SFTLAUNCH_USD_PER_HOUR), SFTLAUNCH_MAX_USD, SFTLAUNCH_CONTROL: read by the jobs
+#   SFTLAUNCH_RATES (or SFTLAUNCH_USD_PER_HOUR), SFTLAUNCH_CONTROL, SFTLAUNCH_PLAN, ...: read by
+#                      the jobs (sftcore/contract.py JobEnv)
+# With SFTLAUNCH_RUN_ID and the recipe's output.bucket, metrics.jsonl, logs/, STOPPED and exit.json
+# are copied to <bucket>/<run id>/ every SFTLAUNCH_SYNC_EVERY s (60) and at the end (jobs sync
+# reads the bucket from the recipe; the budget, resources.max_usd, comes from the recipe too).
 #   SKYPILOT_NODE_RANK / _NODE_IPS / _NUM_NODES / _NUM_GPUS_PER_NODE: multi-node (jobs/dist.py)
 #
 # Each step's output goes, with secret values masked, to stdout and to $OUT/logs/<step>.log
@@ -57,7 +59,6 @@ if [ -z "$OUT" ]; then
 fi
 export SFTLAUNCH_OUT="$OUT"
 RANK="${SKYPILOT_NODE_RANK:-0}"
-BUCKET="${SFTLAUNCH_BUCKET:-}"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 
@@ -80,9 +81,9 @@ do_publish() {
 
 # -- bucket copy of metrics and logs ---------------------------------------------------------------
 sync_pid=""
-SYNC=(push --out "$OUT" --bucket "$BUCKET" --run-id "$RUN_ID")
+SYNC=(push --out "$OUT" --recipe "$SFTLAUNCH_RECIPE" --run-id "$RUN_ID")
 start_sync() {
-  [ -n "$BUCKET" ] && [ -n "$RUN_ID" ] || return 0
+  [ -n "$RUN_ID" ] || return 0
   "$PY" -m jobs sync "${SYNC[@]}" --every "${SFTLAUNCH_SYNC_EVERY:-60}" --parent "$$" &
   sync_pid=$!
 }
@@ -120,8 +121,8 @@ finish() {
   if [ "$RANK" = "0" ]; then
     "$PY" -m jobs sync end --out "$OUT" --exit-code "$rc" ${STOPPED_WHY:+--stopped} || true
   fi
-  if [ -n "$BUCKET" ] && [ -n "$RUN_ID" ]; then
-    "$PY" -m jobs sync "${SYNC[@]}" || echo "warning: the final copy to $BUCKET/$RUN_ID/ failed" >&2
+  if [ -n "$RUN_ID" ]; then
+    "$PY" -m jobs sync "${SYNC[@]}" || echo "warning: the final copy to <bucket>/$RUN_ID/ failed" >&2
   fi
   exit "$rc"
 }

@@ -26,13 +26,13 @@ from transformers import TrainerCallback
 
 from jobs.collectives import broadcast_flags, log, rank, world_size
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv, RunLayout
 
 
-def read_plan(env: Mapping[str, str]) -> dict:
+def read_plan(job: JobEnv) -> dict:
     """The plan's prediction from Env.PLAN (numbers only); {} when absent or unreadable."""
     try:
-        data = json.loads(env.get(Env.PLAN) or "{}")
+        data = json.loads(job.plan or "{}")
     except ValueError:
         log(f"calibration: {Env.PLAN} is not JSON; measuring without the plan's figures")
         return {}
@@ -42,9 +42,9 @@ def read_plan(env: Mapping[str, str]) -> dict:
             if k in contract.PLAN_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def probe_length(env: Mapping[str, str]) -> tuple[int, float]:
+def probe_length(job: JobEnv) -> tuple[int, float]:
     """(steps, seconds) of the probe: Env.CALIBRATION "STEPS,SECONDS", else the default."""
-    text = env.get(Env.CALIBRATION)
+    text = job.calibration
     if not text:
         return contract.CALIBRATION_DEFAULT
     try:
@@ -115,17 +115,15 @@ def last_calibration(path: Path) -> dict | None:
 class CalibrationCallback(TrainerCallback):
     """Measures once per attempt, writes the row, and stops the run if the budget would break."""
 
-    def __init__(self, out: Path, counter, run, env: Mapping[str, str] | None = None,
+    def __init__(self, out: Path, counter, run, max_usd: float | None = None, job: JobEnv | None = None,
                  clock: Callable[[], float] = time.time, peak_gb: Callable[[], float | None] = cuda_peak_gb) -> None:
-        import os
-
-        env = os.environ if env is None else env
-        self.metrics_path = out / contract.METRICS
+        job = JobEnv.from_env() if job is None else job
+        self.metrics_path = RunLayout(out).metrics
         self.counter, self.run, self.clock, self.peak_gb = counter, run, clock, peak_gb
-        self.plan = read_plan(env)
-        self.steps, self.seconds = probe_length(env)
-        self.usd_h = float(env[Env.USD_PER_HOUR]) if env.get(Env.USD_PER_HOUR) else None
-        self.max_usd = float(env[Env.MAX_USD]) if env.get(Env.MAX_USD) else None
+        self.plan = read_plan(job)
+        self.steps, self.seconds = probe_length(job)
+        self.usd_h = job.usd_per_hour
+        self.max_usd = None if max_usd is None else float(max_usd)  # the recipe's resources.max_usd
         self.mark: tuple[float, int, int] | None = None  # (time, step, tokens) after the first step
         self.last_end: tuple[float, int] | None = None  # (time, tokens) when the latest step ended
         self.skipped_s = 0.0  # evals inside the probe window

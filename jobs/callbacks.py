@@ -10,7 +10,6 @@ Imports transformers: jobs.train imports this module only once it trains.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from transformers import TrainerCallback
 
 from jobs import checkpoint as ckpt
 from jobs import rate as rate_mod
+from jobs import store
 from jobs.collectives import barrier, broadcast_flags, local_rank, log, rank, world_size
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import RunLayout
 
 BAR_WIDTH = 20
 CONTROL_CHECK_S = 10  # how often rank 0 looks for <control>/stop (a bucket round trip)
@@ -62,9 +62,9 @@ def progress_line(step: int, total: int, loss: float, tokens_per_s: float, eta_s
 
 class StopGuard:
     """Whether to stop now: the budget guard (the launched offer's $/h, jobs.rate, x elapsed hours
-    passed SFTLAUNCH_MAX_USD) or the launcher's request (<control>/stop)."""
+    passed the recipe's resources.max_usd) or the launcher's request (<control>/stop)."""
 
-    def __init__(self, run: RunState, control_dir: str | None) -> None:
+    def __init__(self, run: RunState, control_dir: str | None, max_usd: float | None) -> None:
         self.run = run
         self.control_dir = control_dir
         # The launched offer's $/h (jobs/rate.py: SkyPilot's cluster info against render's table).
@@ -72,7 +72,7 @@ class StopGuard:
         self.usd_h = self.rate.usd_per_hour if self.rate else None
         if self.rate and rank() == 0:
             log(f"budget guard: {self.rate.describe()} ({self.rate.how})")
-        self.max_usd = os.environ.get(Env.MAX_USD)
+        self.max_usd = max_usd
         self.last_control_check = 0.0
 
     def over_budget(self, now: float) -> bool:
@@ -86,10 +86,9 @@ class StopGuard:
         if rank() != 0 or not self.control_dir:
             return False
         try:
-            fs, path = ckpt._fs(self.control_dir)
-            return fs.exists(f"{path.rstrip('/')}/stop")
+            return store.exists(store.join(self.control_dir, contract.STOP_FLAG))
         except Exception as exc:  # noqa: BLE001 - a flaky bucket must not kill training
-            ckpt.warn(f"cannot read {self.control_dir}/stop ({exc})")
+            ckpt.warn(f"cannot read {store.join(self.control_dir, contract.STOP_FLAG)} ({exc})")
             return False
 
     def record(self, over_budget: bool, now: float) -> None:
@@ -103,7 +102,7 @@ class StopGuard:
             log(f"budget guard: {self.run.detail}; saving a checkpoint and stopping")
         else:
             self.run.stopped = "control"
-            self.run.detail = f"stop requested through {self.control_dir}/stop"
+            self.run.detail = f"stop requested through {store.join(self.control_dir, contract.STOP_FLAG)}"
             log(f"{self.run.detail}; saving a checkpoint and stopping")
 
 
@@ -118,8 +117,8 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, out: Path, recipe, run_id: str | None, run: RunState, guard: StopGuard) -> None:
         from jobs.checkpoint_upload import Uploader
 
-        self.metrics_path = out / contract.METRICS
-        self.ckpt_root = out / "checkpoints"
+        self.metrics_path = RunLayout(out).metrics
+        self.ckpt_root = RunLayout(out).checkpoints
         self.every_s = recipe.train.checkpoint_minutes * 60
         self.deepspeed = recipe.train.deepspeed
         self.prefix = ckpt.bucket_prefix(run.bucket, run_id)
@@ -171,7 +170,7 @@ class CheckpointCallback(TrainerCallback):
             ckpt.finalize_node(src, self.ckpt_root, step)
         barrier()  # every node has its step-N folder; manifests and uploads go on in the background
         self.uploads.submit(step)
-        dest = self.ckpt_root / f"step-{step}"
+        dest = self.ckpt_root / contract.step_dir(step)
         if rank() == 0:
             self.run.last_checkpoint = str(dest)
             log(f"checkpoint saved: {dest}")
@@ -182,7 +181,7 @@ class MetricsCallback(TrainerCallback):
     """metrics.jsonl rows (loss, lr, tokens/s, eval loss, elapsed) and the progress line, on rank 0."""
 
     def __init__(self, out: Path, counter, run: RunState) -> None:
-        self.metrics_path = out / contract.METRICS
+        self.metrics_path = RunLayout(out).metrics
         self.counter = counter  # jobs.train's token-counting collator
         self.run = run
         self.last_log_t = run.started
@@ -240,5 +239,6 @@ def make_callbacks(out: Path, counter, recipe, run_id: str | None, run: RunState
                    control_dir: str | None) -> list[TrainerCallback]:
     from jobs.calibration import CalibrationCallback  # the first minutes measured against the plan
 
-    return [AtMaxSteps(), CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir)),
-            MetricsCallback(out, counter, run), CalibrationCallback(out, counter, run)]
+    max_usd = recipe.resources.max_usd
+    return [AtMaxSteps(), CheckpointCallback(out, recipe, run_id, run, StopGuard(run, control_dir, max_usd)),
+            MetricsCallback(out, counter, run), CalibrationCallback(out, counter, run, max_usd)]

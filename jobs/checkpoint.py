@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from jobs import store
 from jobs.checkpoint_manifest import (  # noqa: F401 - MANIFEST, _All, file_rank, local_manifests: callers use ckpt.X
     _NODE_MANIFEST_RE,
     MANIFEST,
@@ -41,10 +42,9 @@ from sftcore import contract
 
 STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
 METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk
-_STEP_RE = re.compile(r"^step-(\d+)$")
 # Partial folders a kill leaves beside the step folders: the Trainer's own checkpoint-N (killed
 # while saving, before finalize_node made it step-N) and materialize's download folder.
-_LEFTOVER_RES = (re.compile(r"^checkpoint-(\d+)$"), re.compile(r"^\.download-step-(\d+)\.node-\d+$"))
+_LEFTOVER_RES = (re.compile(r"^checkpoint-(\d+)$"), re.compile(rf"^\.download-{contract.STEP_PREFIX}(\d+)\.node-\d+$"))
 
 
 def warn(msg: str) -> None:
@@ -56,9 +56,9 @@ def local_steps(ckpt_root: Path) -> list[tuple[int, Path]]:
         return []
     out = []
     for p in ckpt_root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m.group(1)), p))
+        step = contract.step_of(p.name)
+        if step is not None and p.is_dir():
+            out.append((step, p))
     return sorted(out, reverse=True)
 
 
@@ -68,26 +68,9 @@ def bucket_prefix(bucket: str | None, run_id: str | None) -> str | None:
     return contract.checkpoints_prefix(bucket, run_id)
 
 
-def _fs(url: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url, **_storage_options(url))
-    return fs, path
-
-
-def _storage_options(url: str) -> dict:
-    # s3fs takes its endpoint from AWS_ENDPOINT_URL in recent botocore; set it explicitly too so an
-    # S3-compatible store (MinIO, R2, a test server) works whatever the botocore version.
-    if url.startswith("s3://"):
-        endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            return {"client_kwargs": {"endpoint_url": endpoint}}
-    return {}
-
-
 def upload(ckpt: Path, prefix: str, topo: Topology = SINGLE) -> str:
     """Copy this node's files of one local checkpoint to <prefix>/step-N/, its manifest last."""
-    fs, base = _fs(prefix)
+    fs, base = store.filesystem(prefix)
     dest = f"{base.rstrip('/')}/{ckpt.name}"
     name = manifest_name(topo.node)
     manifest = json.loads((ckpt / name).read_text())
@@ -101,22 +84,22 @@ def upload(ckpt: Path, prefix: str, topo: Topology = SINGLE) -> str:
 
 
 def remote_steps(prefix: str) -> list[int]:
-    fs, base = _fs(prefix)
+    fs, base = store.filesystem(prefix)
     try:
         entries = fs.ls(base, detail=False)
     except (FileNotFoundError, OSError):
         return []
     steps = []
     for e in entries:
-        m = _STEP_RE.match(e.rstrip("/").rsplit("/", 1)[-1])
-        if m:
-            steps.append(int(m.group(1)))
+        step = contract.step_of(e.rstrip("/").rsplit("/", 1)[-1])
+        if step is not None:
+            steps.append(step)
     return sorted(steps, reverse=True)
 
 
 def remote_manifests(prefix: str, step: int) -> dict[int, dict | None]:
-    fs, base = _fs(prefix)
-    src = f"{base.rstrip('/')}/step-{step}"
+    fs, base = store.filesystem(prefix)
+    src = store.join(base, contract.step_dir(step))
     try:
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(src, detail=False)]
     except (FileNotFoundError, OSError):
@@ -135,7 +118,7 @@ def remote_complete_steps(prefix: str) -> list[int]:
     for step in remote_steps(prefix):
         problem = _missing_manifests(remote_manifests(prefix, step), " in the bucket")
         if problem:
-            warn(f"{prefix}/step-{step}: {problem}; skipped")
+            warn(f"{store.join(prefix, contract.step_dir(step))}: {problem}; skipped")
         else:
             done.append(step)
     return done
@@ -145,15 +128,15 @@ def materialize(prefix: str, step: int, ckpt_root: Path, topo: Topology = SINGLE
     """Make ckpt_root/step-N hold what this node needs from the bucket copy (files already here
     with the right sha256 are kept, the rest downloaded); None, with a warning, when the bucket
     copy is incomplete or corrupt."""
-    fs, base = _fs(prefix)
-    src = f"{base.rstrip('/')}/step-{step}"
+    fs, base = store.filesystem(prefix)
+    src = store.join(base, contract.step_dir(step))
     manifests = remote_manifests(prefix, step)
     problem = _missing_manifests(manifests, " in the bucket")
     if problem:
-        warn(f"{prefix}/step-{step}: {problem}; skipped")
+        warn(f"{store.join(prefix, contract.step_dir(step))}: {problem}; skipped")
         return None
-    dest = ckpt_root / f"step-{step}"
-    tmp = ckpt_root / f".download-step-{step}.node-{topo.node}"
+    dest = ckpt_root / contract.step_dir(step)
+    tmp = ckpt_root / f".download-{contract.step_dir(step)}.node-{topo.node}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel, info in _needed(manifests, topo).items():  # type: ignore[arg-type]
@@ -167,7 +150,7 @@ def materialize(prefix: str, step: int, ckpt_root: Path, topo: Topology = SINGLE
         (tmp / manifest_name(node)).write_text(json.dumps(m))
     problem = verify(tmp, topo)
     if problem:
-        warn(f"{prefix}/step-{step}: {problem}; skipped")
+        warn(f"{store.join(prefix, contract.step_dir(step))}: {problem}; skipped")
         shutil.rmtree(tmp, ignore_errors=True)
         return None
     shutil.rmtree(dest, ignore_errors=True)
@@ -203,7 +186,7 @@ def common_step(per_node: list[dict], excluded: set[int] = frozenset()) -> int |
 
 def prepare(step: int, ckpt_root: Path, prefix: str | None, topo: Topology, cands: dict) -> Path | None:
     """This node's local step-N ready to load: as it is when complete here, else from the bucket."""
-    path = ckpt_root / f"step-{step}"
+    path = ckpt_root / contract.step_dir(step)
     if step in cands["local"]:
         return path
     if prefix and step in cands["bucket"]:
@@ -241,8 +224,8 @@ def remote_state(prefix: str, step: int) -> str:
     """"complete", "incomplete" (proven: the folder lists and lacks a readable node manifest) or
     "unknown" (it could not be listed or read now). Only "incomplete" may ever be deleted: a
     listing that fails for a moment must not make a good checkpoint look partial."""
-    fs, base = _fs(prefix)
-    src = f"{base.rstrip('/')}/step-{step}"
+    fs, base = store.filesystem(prefix)
+    src = store.join(base, contract.step_dir(step))
     manifests: dict[int, dict | None] = {}
     try:
         for entry in fs.ls(src, detail=False):
@@ -255,11 +238,11 @@ def remote_state(prefix: str, step: int) -> str:
 
 
 def _remove_remote(prefix: str, step: int, why: str) -> None:
-    fs, base = _fs(prefix)
+    fs, base = store.filesystem(prefix)
     try:
-        fs.rm(f"{base.rstrip('/')}/step-{step}", recursive=True)
+        fs.rm(store.join(base, contract.step_dir(step)), recursive=True)
     except (FileNotFoundError, OSError) as exc:
-        warn(f"{prefix}/step-{step}: could not prune {why} ({exc})")
+        warn(f"{store.join(prefix, contract.step_dir(step))}: could not prune {why} ({exc})")
 
 
 def read_state(ckpt: Path | None) -> dict:
@@ -326,7 +309,7 @@ def finalize_node(trainer_dir: Path, ckpt_root: Path, step: int) -> Path:
     """This node's part of a save, the collective part: the Trainer's checkpoint-N becomes step-N.
     Run by each node's local rank 0; its manifest and upload follow in the background
     (jobs.checkpoint_upload), so until the manifest is there the folder does not count."""
-    dest = ckpt_root / f"step-{step}"
+    dest = ckpt_root / contract.step_dir(step)
     if trainer_dir != dest and trainer_dir.exists():
         _move_into(trainer_dir, dest)
     dest.mkdir(parents=True, exist_ok=True)  # a node whose processes wrote nothing still signs off

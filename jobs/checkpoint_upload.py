@@ -21,6 +21,7 @@ from pathlib import Path
 from jobs import checkpoint as ckpt
 from jobs.checkpoint_manifest import Topology, write_manifest
 from jobs.collectives import gather, local_rank, log, rank
+from sftcore import contract
 
 POLL_S = 1.0  # how often ranks compare notes while waiting for uploads (each poll is one short gather)
 
@@ -54,7 +55,7 @@ class Uploader:
             self._thread.join()
 
     def _seal(self, step: int) -> None:
-        dest = self.ckpt_root / f"step-{step}"
+        dest = self.ckpt_root / contract.step_dir(step)
         part = f" (node {self.topo.node} of {self.topo.nodes})" if self.topo.nodes > 1 else ""
         t0 = time.time()
         try:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv
 from sftcore.errors import JobFailed, job_exit
 
 DEFAULT_PORT = 29500
@@ -114,7 +114,7 @@ def _recipe_deepspeed(job_args: list[str], env: dict) -> str | None:
     recipe = None
     if "--recipe" in job_args:
         recipe = job_args[job_args.index("--recipe") + 1]
-    recipe = recipe or env.get(Env.RECIPE)
+    recipe = recipe or JobEnv.from_env(env).recipe
     if not recipe:
         return None
     from sftcore.recipe import load_recipe
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["info"]:
-            info(argv[1] if len(argv) > 1 else os.environ.get(Env.RECIPE))
+            info(argv[1] if len(argv) > 1 else JobEnv.from_env().recipe)
             return 0
         if argv[:1] == ["train"]:
             return run_train(argv[1:])

@@ -81,8 +81,8 @@ def resolve_model(ref: str, revision: str | None = None) -> ModelSpec:
         if not path.is_dir():
             raise EvalInputError(f"--model {ref}: not a directory; give a model or adapter directory or a hub id")
         meta = {}
-        if (path / "sftlaunch.json").is_file():
-            meta = json.loads((path / "sftlaunch.json").read_text())
+        if (path / contract.RUN_META).is_file():
+            meta = json.loads((path / contract.RUN_META).read_text())
         has_tok = (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
         if (path / "adapter_config.json").is_file():
             cfg = json.loads((path / "adapter_config.json").read_text())
@@ -141,23 +141,19 @@ def _resolve_hub(ref: str, revision: str | None) -> ModelSpec:
     return ModelSpec(base_path, None, ref, base_path, ref, base, {})
 
 
-def fetch_from_bucket(model: str, run_id: str | None) -> None:
+def fetch_from_bucket(model: str, bucket: str | None, run_id: str | None) -> None:
     """An eval-only cloud task starts on a fresh disk: bring the run's published model
-    (`<bucket>/<run id>/model/`) to the --model path the job was given."""
-    bucket = contract.job_bucket()
+    (`<bucket>/<run id>/model/`, the recipe's bucket) to the --model path the job was given."""
     if not bucket or not run_id or not _looks_like_path(model) or Path(model).exists():
         return
-    import fsspec
+    from jobs import store
 
-    fs, src = fsspec.core.url_to_fs(contract.model_prefix(bucket, run_id))
-    if not fs.exists(src):
-        raise EvalInputError(f"--model {model}: not on this machine and not in {contract.model_prefix(bucket, run_id)}; "
-                             "publish the run first (python -m jobs publish)")
-    Path(model).mkdir(parents=True, exist_ok=True)
-    for path in fs.find(src):
-        rel = path[len(src.rstrip("/")) + 1:]
-        (Path(model) / rel).parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(path, str(Path(model) / rel))
+    src = contract.RunLayout.in_bucket(bucket, run_id).model
+    try:
+        store.get_tree(src, Path(model))
+    except FileNotFoundError:
+        raise EvalInputError(f"--model {model}: not on this machine and not in {src}; "
+                             "publish the run first (python -m jobs publish)") from None
 
 
 _BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,

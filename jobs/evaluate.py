@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from jobs import store
+
 # Model resolution and the presets live in their own modules; the names callers import from
 # here (`from jobs.evaluate import EvalInputError, PRESETS, ...`) are re-exported.
 from jobs.eval_model import TINY_MODEL_ID as TINY_MODEL_ID
@@ -52,7 +54,7 @@ from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_c
 from jobs.eval_presets import PresetTask as PresetTask
 from jobs.eval_vllm import choose_backend, have_vllm, run_under_vllm, vllm_python
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv, RunLayout
 from sftcore.errors import JobFailed, job_exit
 from sftcore.eval_backend import BACKENDS
 from sftcore.leaderboard import reduce_v2, v2_average
@@ -199,6 +201,7 @@ def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
+    job = JobEnv.from_env()
     p = argparse.ArgumentParser(prog="python -m jobs eval", description="Score a model with lm-eval; write OUT/results.json.")
     p.add_argument("--model", required=True, help="model dir, PEFT adapter dir, hub id, or sftlaunch/tiny-llama")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
@@ -209,20 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=None, help='"auto" (default) or an integer')
     p.add_argument("--load-4bit", action="store_true", help="load the weights in 4-bit NF4 (bitsandbytes)")
     p.add_argument("--parallel", choices=("auto", "data", "model", "none"),
-                   default=os.environ.get(Env.EVAL_PARALLEL) or "auto",
+                   default=job.eval_parallel or "auto",
                    help="with several GPUs: data (a replica per GPU), model (one copy split across the GPUs, "
                         "for models that do not fit one), auto (data if the model fits one GPU); "
                         f"default ${Env.EVAL_PARALLEL} or auto")
-    p.add_argument("--backend", choices=BACKENDS, default=os.environ.get(Env.EVAL_BACKEND) or None,
+    p.add_argument("--backend", choices=BACKENDS, default=job.eval_backend,
                    help="lm-eval backend: vllm (GPU, fast generation), hf (transformers; CPU), auto (vllm where it "
                         f"can run); default ${Env.EVAL_BACKEND}, else the recipe's eval.backend, else auto")
-    p.add_argument("--with-base", action="store_true", default=os.environ.get(Env.EVAL_WITH_BASE) == "1",
+    p.add_argument("--with-base", action="store_true", default=job.eval_with_base,
                    help=f"also score the base model of a fine-tune into OUT-base (default ${Env.EVAL_WITH_BASE}=1)")
-    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None,
-                   help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win); "
-                        f"default ${Env.RECIPE}")
+    p.add_argument("--recipe", default=job.recipe,
+                   help="take preset/tasks/limit/batch size/4-bit from the recipe's eval section (flags win), "
+                        f"and the bucket from its output.bucket; default ${Env.RECIPE}")
     p.add_argument("--recipe-sha256", default=None, help="recorded in results.json when the model has no sftlaunch.json")
-    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
+    p.add_argument("--run-id", default=job.run_id)
     p.add_argument("--out", required=True, help="directory for results.json")
     return p
 
@@ -249,6 +252,7 @@ def apply_recipe(args: argparse.Namespace) -> None:
     except RecipeError as exc:
         raise EvalInputError(exc.problems[0] if exc.problems else str(exc)) from None
     args.recipe_sha256 = args.recipe_sha256 or recipe.sha256()
+    args.bucket = recipe.output.bucket
     ev = recipe.eval
     if ev is None and not (args.preset or args.tasks):
         args.skip = f"{args.recipe}: eval is null; nothing to evaluate"
@@ -273,7 +277,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if args.limit is not None and args.limit < 1:
         raise EvalInputError(f"--limit {args.limit}: must be a positive number of examples")
     batch = _parse_batch(str(args.batch_size or "auto"))
-    fetch_from_bucket(args.model, args.run_id)
+    bucket = getattr(args, "bucket", None)  # the recipe's output.bucket; none without --recipe
+    fetch_from_bucket(args.model, bucket, args.run_id)
     spec = resolve_model(args.model, args.revision)
     base_spec = None
     base_id = spec.meta.get("base_model") or spec.base_model  # sftlaunch.json's is portable
@@ -298,7 +303,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
            "device": _device(), "parallel": getattr(args, "parallel_mode", "none")}
     result = _score(spec, job)
     if result is not None:
-        _write(result, Path(args.out), "eval")
+        _write(result, Path(args.out), bucket)
     if base_spec is not None:
         if getattr(args, "backend", None) == "vllm":
             # The fine-tune's vLLM engine holds ~90% of GPU memory until it is collected (its
@@ -312,7 +317,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             # the model card put the two rows side by side.
             base["model"]["id"] = base_id
             base["run_id"] = base["recipe_sha256"] = None
-            _write(base, base_out(args.out), "eval-base", run_id=result and result["run_id"])
+            _write(base, base_out(args.out), bucket, base=True, run_id=result and result["run_id"])
     return result
 
 
@@ -371,19 +376,17 @@ def _score(spec: ModelSpec, job: dict) -> dict | None:
     }
 
 
-def _write(result: dict, out: Path, bucket_dir: str, run_id: str | None = None) -> None:
+def _write(result: dict, out: Path, bucket: str | None, base: bool = False, run_id: str | None = None) -> None:
+    """OUT/results.json, and its copy in `<bucket>/<run id>/eval[-base]/` where `sftlaunch
+    status`/`eval` look for a remote run's scores (the cluster may be gone)."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / "results.json")
-    bucket = contract.job_bucket()
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    tmp = out / f"{contract.RESULTS}.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / contract.RESULTS)
     run_id = run_id or result["run_id"]
     if bucket and run_id:
-        # Where `sftlaunch status`/`eval` look for a remote run's scores (the cluster may be gone).
-        import fsspec
-
-        with fsspec.open(contract.results_uri(bucket, run_id, bucket_dir), "w") as fh:
-            fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        store.write_text(RunLayout.in_bucket(bucket, run_id).eval_results(base), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         from sftcore.results import load_results, render_table
 
-        base = base_out(args.out) / "results.json"
+        base = base_out(args.out) / contract.RESULTS
         print(render_table(([load_results(base)] if args.with_base and base.is_file() else []) + [result]))
-        print(f"results: {Path(args.out) / 'results.json'}")
+        print(f"results: {Path(args.out) / contract.RESULTS}")
     return 0
 
 

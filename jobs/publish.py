@@ -25,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import store
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv, RunLayout
 from sftcore.errors import UserError, job_exit
 
 HUB_ATTEMPTS = 3
+CARD = "README.md"  # the model card, in the publish dir and beside the bucket copy
 # Above this many bytes the upload goes through upload_large_folder: several commits, and its
 # progress is kept in <folder>/.cache/huggingface so a killed job resumes where it stopped.
 LARGE_FOLDER_BYTES = int(os.environ.get(Env.LARGE_UPLOAD_BYTES, 8 * 2**30))
@@ -49,7 +51,8 @@ def merge_adapter(adapter_dir: Path, out: Path, revision: str | None = None, tru
     from jobs.eval_model import EvalInputError, _resolve_base
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    meta = json.loads((adapter_dir / "sftlaunch.json").read_text()) if (adapter_dir / "sftlaunch.json").is_file() else {}
+    meta_path = adapter_dir / contract.RUN_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     try:
         try:
             base = _resolve_base(cfg["base_model_name_or_path"], adapter_dir)
@@ -71,7 +74,7 @@ def merge_adapter(adapter_dir: Path, out: Path, revision: str | None = None, tru
                                   trust_remote_code=trust_remote_code).save_pretrained(out)
     if meta:
         meta["merged_from_adapter"] = True
-        (out / "sftlaunch.json").write_text(json.dumps(meta, indent=2))
+        (out / contract.RUN_META).write_text(json.dumps(meta, indent=2))
     return out
 
 
@@ -94,8 +97,8 @@ def write_chat_template(folder: Path, template: str) -> None:
 
 def _load_results(run_dir: Path) -> list[dict]:
     out = []
-    for name in ("eval-base", "eval"):
-        p = run_dir / name / "results.json"
+    for base in (True, False):  # the base model's row first
+        p = RunLayout(run_dir).eval_results(base)
         if p.is_file():
             out.append(json.loads(p.read_text()))
     return out
@@ -106,7 +109,8 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
     the root, README.md (the card), results.json, training_loss.png."""
     from jobs.modelcard import LOSS_PLOT, plot_loss, read_metrics, render_card
 
-    final = run_dir / "final"
+    layout = RunLayout(run_dir)
+    final = layout.final
     if not final.is_dir():
         raise PublishInputError(f"{final}: no trained model; run `python -m jobs train` first")
     if out.exists():
@@ -117,39 +121,33 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
         is_adapter = False
     else:
         shutil.copytree(final, out, dirs_exist_ok=True)
-    meta = json.loads((final / "sftlaunch.json").read_text()) if (final / "sftlaunch.json").is_file() else {}
+    meta = json.loads(layout.final_meta.read_text()) if layout.final_meta.is_file() else {}
     write_chat_template(out, meta.get("template") or recipe.data.template)
     results = _load_results(run_dir)
     if results:
-        (out / "results.json").write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+        RunLayout(out).results.write_text(json.dumps(results[-1], indent=2, sort_keys=True) + "\n")
+    metrics = read_metrics(layout.metrics)
     has_plot = plot_loss(metrics, out / LOSS_PLOT) is not None
-    usd = (meta.get("offer") or {}).get("usd_per_hour") or os.environ.get(Env.USD_PER_HOUR)
+    job = JobEnv.from_env()
+    usd = (meta.get("offer") or {}).get("usd_per_hour") or job.usd_per_hour
     card = render_card(
         recipe=recipe.resolved_dict(), meta=meta, results=results, metrics=metrics,
         repo_id=recipe.output.hub_repo or f"{recipe.name}", is_adapter=is_adapter,
-        hardware=os.environ.get(Env.HARDWARE) or ("local CPU" if meta.get("device") == "cpu" else None),
+        hardware=job.hardware or ("local CPU" if meta.get("device") == "cpu" else None),
         usd_per_hour=float(usd) if usd else None, has_plot=has_plot, license=license,
     )
-    (out / "README.md").write_text(card)
+    (out / CARD).write_text(card)
     return out
 
 
 def copy_to_bucket(src: Path, bucket: str, run_id: str) -> str:
     """Copy the publish dir to `<bucket>/<run id>/model/`, with results.json and README.md also at
-    `<bucket>/<run id>/` where status and eval look (s3://, gs://, a local path: anything fsspec opens)."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    dest = contract.run_prefix(bucket, run_id)
-    fs, root = fsspec.core.url_to_fs(dest)
-    uploads = [(p, f"{root}/model/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*")) if p.is_file()]
-    uploads += [(src / name, f"{root}/{name}") for name in ("results.json", "README.md") if (src / name).is_file()]
-    for path, target in uploads:
-        if isinstance(fs, LocalFileSystem):
-            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(path), target)
-    return dest
+    `<bucket>/<run id>/` where status and eval look (s3://, gs://, a local path: jobs.store)."""
+    dest = RunLayout.in_bucket(bucket, run_id)
+    uploads = [(p, f"{contract.MODEL_DIR}/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*")) if p.is_file()]
+    uploads += [(src / name, name) for name in (contract.RESULTS, CARD) if (src / name).is_file()]
+    store.put_files(uploads, str(dest.root))
+    return str(dest.root)
 
 
 def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
@@ -217,9 +215,10 @@ def _delete_stale(api, repo_id: str, folder: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs publish", description="Model card, bucket copy and Hub upload of a run.")
-    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None, help="the run's recipe")
-    p.add_argument("--run-dir", default=os.environ.get(Env.OUT) or None, help="the train output dir")
-    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
+    job = JobEnv.from_env()
+    p.add_argument("--recipe", default=job.recipe, help="the run's recipe")
+    p.add_argument("--run-dir", default=job.out, help="the train output dir")
+    p.add_argument("--run-id", default=job.run_id)
     p.add_argument("--force", action="store_true", help="overwrite an existing Hub repo's main branch")
     p.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
     p.add_argument("--license", default="other", help="license in the card's metadata")
@@ -243,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         except RecipeError as exc:
             raise PublishInputError(exc.problems[0]) from None
         run_dir = Path(args.run_dir)
-        meta_path = run_dir / "final" / "sftlaunch.json"
+        meta_path = RunLayout(run_dir).final_meta
         run_id = args.run_id or (json.loads(meta_path.read_text()).get("run_id") if meta_path.is_file() else None) or run_dir.name
-        out = assemble(recipe, run_dir, run_dir / "publish", license=args.license)
+        out = assemble(recipe, run_dir, RunLayout(run_dir).publish, license=args.license)
         print(f"publish dir: {out}")
-        if bucket := contract.job_bucket():
+        if bucket := recipe.output.bucket:
             print(f"bucket: {copy_to_bucket(out, bucket, run_id)}")
         if recipe.output.hub_repo and not args.no_hub:
             print(f"hub: {hub_upload(out, recipe.output.hub_repo, args.force, private=not args.public)}")

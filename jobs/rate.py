@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv
 
 CLUSTER_INFO = "SKYPILOT_CLUSTER_INFO"  # SkyPilot's, not ours: {"cluster_name", "cloud", "region", "zone"}
 NUM_GPUS = "SKYPILOT_NUM_GPUS_PER_NODE"
@@ -128,17 +128,16 @@ def resolve(env: Mapping[str, str] | None = None, device: tuple[str, float | Non
 
     `device`: the visible GPU's (CUDA name, GiB), or None when there is none to look at."""
     env = os.environ if env is None else env
-    raw = env.get(Env.RATES)
-    if not raw:
-        usd = env.get(Env.USD_PER_HOUR)
-        return Rate(float(usd), how=f"{Env.USD_PER_HOUR} as given") if usd else None
+    job = JobEnv.from_env(env)
+    usd = job.usd_per_hour
+    if not job.rates:
+        return Rate(usd, how=f"{Env.USD_PER_HOUR} as given") if usd is not None else None
     try:
-        table = [e for e in json.loads(raw) if isinstance(e, dict) and e.get("usd_per_hour") is not None]
+        table = [e for e in json.loads(job.rates) if isinstance(e, dict) and e.get("usd_per_hour") is not None]
     except (ValueError, TypeError):
         table = []
     if not table:
-        usd = env.get(Env.USD_PER_HOUR)
-        return Rate(float(usd), how=f"{Env.RATES} unreadable; {Env.USD_PER_HOUR} as given") if usd else None
+        return Rate(usd, how=f"{Env.RATES} unreadable; {Env.USD_PER_HOUR} as given") if usd is not None else None
     cloud, region = _cluster(env)
     gpus = _gpus(env)
     steps = [

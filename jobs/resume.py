@@ -67,7 +67,7 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     if speaks:  # the abandoned attempt's newer folders; its incomplete uploads too, by global rank 0 only
         ckpt.drop_newer(ckpt_root, step, prefix if topo.node == 0 else None)
     barrier()
-    return ckpt_root / f"step-{step}" if step is not None else None
+    return ckpt_root / contract.step_dir(step) if step is not None else None
 
 
 def attempt_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topology) -> int:
@@ -94,7 +94,7 @@ def attempt_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topo
 def restore_metrics(out: Path, resumed: Path, step: int) -> None:
     """metrics.jsonl as of the resumed step: rows logged after it belong to the lost attempt and
     would repeat in the loss plot; on a fresh disk the checkpoint's copy brings the earlier rows."""
-    path = out / contract.METRICS
+    path = contract.RunLayout(out).metrics
     copy = resumed / ckpt.METRICS_COPY
     if path.is_file():
         text = path.read_text()
@@ -118,7 +118,7 @@ def finished_steps(out: Path, run_id: str | None) -> int | None:
     finished run resumed from its last checkpoint, trained one step past max_steps (the Trainer
     checks the limit only after a step) and overwrote final/. Another run's final/ is refused."""
     try:
-        meta = json.loads((out / "final" / "sftlaunch.json").read_text())
+        meta = json.loads(contract.RunLayout(out).final_meta.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("steps"), int):
@@ -126,7 +126,7 @@ def finished_steps(out: Path, run_id: str | None) -> int | None:
     if run_id and meta.get("run_id") and meta["run_id"] != run_id:
         from sftcore.errors import UserError
 
-        raise UserError(f"{out / 'final'} holds the model of run {meta['run_id']}, not {run_id}; "
+        raise UserError(f"{contract.RunLayout(out).final} holds the model of run {meta['run_id']}, not {run_id}; "
                         "refusing to overwrite it: give this run its own --out directory")
     return meta["steps"]
 

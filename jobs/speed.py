@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from sftcore.contract import Env
+from sftcore.contract import JobEnv
 from sftcore.errors import UserError
 
 
@@ -34,9 +34,9 @@ def gradient_checkpointing(recipe, cuda: bool | None = None) -> bool:
     gc = recipe.train.gradient_checkpointing
     if gc != "auto":
         return bool(gc)
-    decided = os.environ.get(Env.GRADIENT_CHECKPOINTING, "").strip()
-    if decided in ("0", "1"):
-        return decided == "1"
+    decided = JobEnv.from_env().gradient_checkpointing
+    if decided is not None:
+        return decided
     if cuda is None:
         import torch
 

@@ -4,10 +4,11 @@ Why this exists: a detached cloud run is watched from the laptop through the buc
 `sftlaunch status` reads `<bucket>/<run id>/metrics.jsonl` for progress and `exit.json` for the
 outcome once SkyPilot has forgotten the job (its jobs controller stops 10 idle minutes after the
 last job), and `sftlaunch logs` reads `<bucket>/<run id>/logs/` once the cluster is gone. The
-entrypoint calls this module; anything fsspec opens works as a bucket (gs://, s3://, a path).
+entrypoint calls this module; the bucket is the recipe's output.bucket (jobs.store opens it:
+gs://, s3://, a path); a recipe without one makes `push` a no-op.
 
     python -m jobs sync mask [--tee FILE]       stdin → stdout (and FILE), secret values masked
-    python -m jobs sync push --out DIR --bucket URI --run-id ID [--every S --parent PID]
+    python -m jobs sync push --out DIR --recipe R --run-id ID [--every S --parent PID]
     python -m jobs sync end --out DIR --exit-code N [--stopped]
 
 `mask` is how no token ever reaches a log file: the values of the secret variables in this
@@ -26,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import store
 from sftcore import contract
-from sftcore.contract import END_RECORD, METRICS, STOPPED_MARKER, Env
+from sftcore.contract import END_RECORD, METRICS, STOPPED_MARKER, JobEnv, RunLayout
 
 # The job's files the launcher reads (named in sftcore/contract.py), copied to <bucket>/<run id>/:
 SYNCED_FILES = (METRICS, STOPPED_MARKER, END_RECORD)
@@ -83,15 +85,13 @@ def local_files(out: Path) -> list[Path]:
 
 
 def destination(bucket: str, run_id: str) -> str:
-    return contract.run_prefix(bucket, run_id)
+    return str(RunLayout.in_bucket(bucket, run_id).root)
 
 
 def push(out: Path, bucket: str, run_id: str, seen: dict | None = None) -> tuple[list[str], list[str]]:
     """Copy the files that changed since `seen` (all of them without it) to `<bucket>/<run id>/`.
     Returns (copied, failed) as paths relative to `out`."""
-    from jobs.checkpoint import _fs
-
-    fs, base = _fs(destination(bucket, run_id))
+    fs, base = store.filesystem(destination(bucket, run_id))
     copied, failed = [], []
     for path in local_files(out):
         rel = path.relative_to(out).as_posix()
@@ -102,7 +102,7 @@ def push(out: Path, bucket: str, run_id: str, seen: dict | None = None) -> tuple
         stamp = (st.st_size, st.st_mtime_ns)
         if seen is not None and seen.get(rel) == stamp:
             continue
-        remote = f"{base.rstrip('/')}/{rel}"
+        remote = store.join(base, rel)
         try:
             fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
             fs.put_file(str(path), remote)
@@ -151,16 +151,17 @@ def loop(out: Path, bucket: str, run_id: str, every: float, parent: int | None =
 def write_end(out: Path, exit_code: int, stopped: bool) -> dict:
     """`<out>/exit.json`: how the job ended, for the launcher once SkyPilot no longer knows."""
     reason = None
+    layout = RunLayout(out)
     if stopped:
         try:
-            reason = json.loads((out / STOPPED_MARKER).read_text())
+            reason = json.loads(layout.stopped_marker.read_text())
         except (OSError, ValueError):
             reason = {"reason": "budget"}
     record = {"exit_code": exit_code, "stopped": reason, "at": time.time(),
-              "run_id": os.environ.get(Env.RUN_ID) or None}
+              "run_id": JobEnv.from_env().run_id}
     tmp = out / f"{END_RECORD}.tmp"
     tmp.write_text(json.dumps(record) + "\n")
-    tmp.replace(out / END_RECORD)
+    tmp.replace(layout.end_record)
     return record
 
 
@@ -171,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--tee", help="also append the masked lines to this file")
     ps = sub.add_parser("push", help="copy metrics.jsonl, logs/, STOPPED and exit.json to <bucket>/<run id>/")
     ps.add_argument("--out", required=True, type=Path)
-    ps.add_argument("--bucket", required=True)
+    ps.add_argument("--recipe", required=True, type=Path, help="the run's recipe: its output.bucket is the bucket")
     ps.add_argument("--run-id", required=True)
     ps.add_argument("--every", type=float, help="keep copying what changed every this many seconds")
     ps.add_argument("--parent", type=int, help="with --every: stop when this process is gone")
-    e = sub.add_parser("end", help="write <out>/exit.json")
+    e = sub.add_parser("end", help=f"write <out>/{END_RECORD}")
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--exit-code", required=True, type=int)
     e.add_argument("--stopped", action="store_true", help="training was stopped early (STOPPED marker)")
@@ -191,13 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "end":
         write_end(args.out, args.exit_code, args.stopped)
         return 0
+    if args.every is not None and args.every <= 0:
+        print("error: --every must be a positive number of seconds", file=sys.stderr)
+        return 2
+    bucket = recipe_bucket(args.recipe)
+    if bucket is None:
+        return 0  # no bucket: the run's files stay where they are
     if args.every is not None:
-        if args.every <= 0:
-            print("error: --every must be a positive number of seconds", file=sys.stderr)
-            return 2
-        return loop(args.out, args.bucket, args.run_id, args.every, args.parent)
-    _copied, failed = push(args.out, args.bucket, args.run_id)
+        return loop(args.out, bucket, args.run_id, args.every, args.parent)
+    _copied, failed = push(args.out, bucket, args.run_id)
     return 1 if failed else 0
+
+
+def recipe_bucket(path: Path) -> str | None:
+    """The recipe's output.bucket, the one bucket a job writes to. Raises UserError (exit 2) when
+    the recipe does not load: the train step reports the same recipe the same way."""
+    from sftcore.errors import RecipeError, UserError
+    from sftcore.recipe import load_recipe
+
+    try:
+        return load_recipe(path).output.bucket
+    except RecipeError as exc:
+        raise UserError(exc.problems[0] if exc.problems else str(exc)) from None
 
 
 if __name__ == "__main__":

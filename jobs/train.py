@@ -13,8 +13,8 @@ preempted or restarted run cannot spend max_usd once per attempt. (Time after th
 checkpoint of a killed attempt is not counted: a checkpoint is the only record that survives.)
 
 Exit codes: 0 done, or stopped after saving a checkpoint — on the launcher's request
-(<control>/stop) or by the budget guard (SFTLAUNCH_USD_PER_HOUR × elapsed hours passed
-SFTLAUNCH_MAX_USD); a stop writes DIR/STOPPED ({reason, step, checkpoint}) so the entrypoint skips
+(<control>/stop) or by the budget guard (the launched offer's $/h × elapsed hours passed the
+recipe's resources.max_usd); a stop writes DIR/STOPPED ({reason, step, checkpoint}) so the entrypoint skips
 eval and publish, and a relaunch resumes. A stop is not an error on purpose: a managed job that
 exits non-zero is restarted by SkyPilot (max_restarts_on_errors) and would spend again.
 1 failed, 2 bad input.
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
+from jobs import store
 from jobs.collectives import (
     broadcast,
     init_dist,
@@ -42,17 +43,15 @@ from jobs.collectives import (
 )
 from jobs.resume import attempt_grad_accum, finished_or_refused, restore_metrics, resume_point, resumed_step
 from sftcore import contract
-from sftcore.contract import (
-    STOPPED_MARKER,  # in DIR: the entrypoint skips eval/publish when training was stopped
-    Env,
-)
+from sftcore.contract import Env, JobEnv, RunLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs train", description="Fine-tune one recipe.")
-    p.add_argument("--recipe", default=os.environ.get(Env.RECIPE) or None, help="recipe YAML")
-    p.add_argument("--out", default=os.environ.get(Env.OUT) or None, help="output directory")
-    p.add_argument("--run-id", default=os.environ.get(Env.RUN_ID) or None)
+    job = JobEnv.from_env()
+    p.add_argument("--recipe", default=job.recipe, help="recipe YAML")
+    p.add_argument("--out", default=job.out, help="output directory")
+    p.add_argument("--run-id", default=job.run_id)
     env_steps = os.environ.get(Env.MAX_STEPS)  # for smoke runs through the entrypoint
     p.add_argument("--max-steps", type=int, default=int(env_steps) if env_steps else None,
                    help=f"override train.max_steps (default ${Env.MAX_STEPS})")
@@ -91,8 +90,8 @@ class _TokenCounter:
 
 
 def _control_dir(bucket: str | None, run_id: str | None) -> str | None:
-    return os.environ.get(Env.CONTROL) or (
-        contract.control_prefix(bucket, run_id) if bucket and run_id else None)
+    """The stop channel: the launcher's local control dir, else `<bucket>/<run id>/control`."""
+    return JobEnv.from_env().control or (RunLayout.in_bucket(bucket, run_id).control if bucket and run_id else None)
 
 
 def _deepspeed_config(name: str | None) -> str | None:
@@ -146,7 +145,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
     total = planned_steps(recipe, train_rows, max_steps, ga)
     eval_steps = max(1, total // 5)
     kwargs = dict(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(RunLayout(out).checkpoints),
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler,
         warmup_steps=int(math.ceil(t.warmup_ratio * total)),
@@ -163,7 +162,7 @@ def training_arguments(recipe, out: Path, train_rows: int, eval_rows: int, max_s
         use_cpu=not cuda,
         deepspeed=_deepspeed_config(t.deepspeed),
         report_to=report_to(out),
-        run_name=os.environ.get(Env.RUN_ID) or recipe.name,
+        run_name=JobEnv.from_env().run_id or recipe.name,
         logging_steps=max(1, min(10, total // 50)),
         logging_first_step=True,
         eval_strategy="steps" if eval_rows else "no",
@@ -196,7 +195,8 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    bucket = contract.job_bucket()  # as the launcher set it from the recipe (render, local backend)
+    bucket = recipe.output.bucket
+    layout = RunLayout(out)
     set_seed(recipe.train.seed)
     path = model_path or jm.resolve_model_path(recipe)
     tokenizer = jm.load_tokenizer(recipe, path)
@@ -220,7 +220,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     # Then the process group and this rank's device (resume_point joins the group): a 4-bit model
     # is quantized on the device it loads to, which must be this rank's own.
     topo = ckpt.Topology.from_env()
-    resume = resume_point(out / "checkpoints", ckpt.bucket_prefix(bucket, run_id), topo)
+    resume = resume_point(layout.checkpoints, ckpt.bucket_prefix(bucket, run_id), topo)
     args.eval_on_start = args.eval_on_start and resume is None
     done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node
     if refused:
@@ -228,7 +228,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
         raise UserError(refused)
     if done is not None and done >= total:
-        log(f"training already finished: {out / 'final'} holds step {done} of {total}; nothing to train, "
+        log(f"training already finished: {layout.final} holds step {done} of {total}; nothing to train, "
             "final/ kept (a new run trains again; a higher --max-steps continues this one)")
         shutdown()
         return 0
@@ -257,10 +257,10 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     run = RunState(bucket=bucket, topology=topo, started=t0, elapsed_before=float(saved.get("elapsed_s") or 0.0),
                    attempts=int(saved.get("attempts") or 0) + 1)
     if rank() == 0:
-        (out / STOPPED_MARKER).unlink(missing_ok=True)
-        (out / "recipe.yaml").write_text(recipe.to_yaml())
+        layout.stopped_marker.unlink(missing_ok=True)
+        layout.recipe.write_text(recipe.to_yaml())
         if resume is None:
-            (out / contract.METRICS).unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
+            layout.metrics.unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
         else:
             restore_metrics(out, resume, int(saved.get("step") or resumed_step(resume)))
     callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id))
@@ -310,7 +310,7 @@ def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> None:
     if rank() == 0:
         stopped = {"reason": run.stopped, "detail": run.detail, "step": step,
                    "checkpoint": run.last_checkpoint}
-        (out / STOPPED_MARKER).write_text(json.dumps(stopped) + "\n")
+        RunLayout(out).stopped_marker.write_text(json.dumps(stopped) + "\n")
         _write_stopped(run_id, run.bucket, stopped)
     log(f"training stopped at step {step} ({run.stopped}); resume by relaunching with the same run id")
 
@@ -318,7 +318,8 @@ def _finish_stopped(trainer, out: Path, run_id: str | None, run) -> None:
 def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, rows: dict,
                 data_rows: list | None) -> None:
     """DIR/final/: the model (or adapter), its tokenizer, and sftlaunch.json describing the run."""
-    final = out / "final"
+    layout = RunLayout(out)
+    final = layout.final
     trainer.save_model(str(final))
     if rank() == 0:
         tokenizer.save_pretrained(str(final))
@@ -341,8 +342,8 @@ def _save_final(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, 
         meta["offer"] = offer.as_dict() if offer else None
         from jobs.calibration import last_calibration
 
-        meta["calibration"] = last_calibration(out / contract.METRICS)  # measured vs planned (jobs.calibration)
-        (final / "sftlaunch.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta["calibration"] = last_calibration(layout.metrics)  # measured vs planned (jobs.calibration)
+        layout.final_meta.write_text(json.dumps(meta, indent=2) + "\n")
         log(f"final model saved to {final}")
 
 
@@ -351,13 +352,11 @@ def _write_stopped(run_id, bucket, stopped: dict) -> None:
     control = _control_dir(bucket, run_id)
     if not control:
         return
+    flag = store.join(control, contract.STOPPED_FLAG)
     try:
-        fs, path = ckpt._fs(control)
-        fs.makedirs(path, exist_ok=True)
-        with fs.open(f"{path.rstrip('/')}/stopped", "w") as fh:
-            fh.write(json.dumps(stopped))
+        store.write_text(flag, json.dumps(stopped))
     except Exception as exc:  # noqa: BLE001 - the checkpoint and DIR/STOPPED are what matter
-        ckpt.warn(f"cannot write {control}/stopped ({exc})")
+        ckpt.warn(f"cannot write {flag} ({exc})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,16 +7,16 @@ autostop is only the safety net), a run past `max_usd` is asked to stop after a 
 
 The budget guard's protocol with the training job (jobs/ side):
   1. The launcher writes a JSON flag `{reason, cost_usd, max_usd, at}` to `<control>/stop`, where
-     <control> is `<bucket>/<run id>/control` for cloud runs (the job sees SFTLAUNCH_BUCKET and
-     SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
-  2. The training job polls for that file (at each logging step, through fsspec); when it
+     <control> is `<bucket>/<run id>/control` for cloud runs (the job reads the bucket from its
+     recipe and SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
+  2. The training job polls for that file (at each logging step, through jobs.store); when it
      appears it saves a checkpoint (manifest last, as usual), writes `<control>/stopped`
      (`{step, checkpoint}`) and exits 0 without eval or publish.
   3. The launcher records `stopping` when it writes the flag, `stopped` when the job ends, and
      downs the cluster / cancels the managed job itself if the job has not ended within
      `STOP_GRACE_S` (or has no control channel: no bucket), so spending always ends.
 
-The job's own budget guard (SFTLAUNCH_MAX_USD inside the container) stops training the same way
+The job's own budget guard (the recipe's resources.max_usd, inside the container) stops training the same way
 and writes `DIR/STOPPED`; docker/entrypoint.sh then skips eval and publish, prints a line starting
 with `STOPPED_LINE`, and ends with exit 0 (so a managed job is not restarted). SkyPilot then says
 SUCCEEDED; the launcher records `stopped`, never `succeeded` or `failed`, when it saw that line
@@ -73,7 +73,8 @@ def parse_progress(line: str) -> tuple[int, int] | None:
 
 
 def _metrics_files(run_dir: Path) -> list[Path]:
-    return [p for p in (run_dir / "metrics.jsonl", run_dir / "train" / "metrics.jsonl") if p.exists()]
+    # The run dir's, or (runs of older versions) its train/ subdir's.
+    return [p for p in (contract.RunLayout(run_dir).metrics, contract.RunLayout(run_dir / "train").metrics) if p.exists()]
 
 
 def last_progress(lines) -> tuple[int, int] | None:
@@ -167,7 +168,7 @@ def bucket_base(record) -> str | None:
 
 def bucket_progress(record: RunRecord) -> tuple[int, int] | None:
     base = bucket_base(record)
-    text = _fs_read_text(f"{base}/{contract.METRICS}") if base else None
+    text = _fs_read_text(contract.RunLayout(base).metrics) if base else None
     return last_progress(text.splitlines()[-200:]) if text else None
 
 
@@ -205,11 +206,11 @@ def find_results(record: RunRecord) -> dict | None:
     """The run's eval results.json, from the local run dir or the bucket copy."""
     candidates = []
     if record.local_dir:
-        d = Path(record.local_dir)
-        candidates += [str(d / "eval" / "results.json"), str(d / "results.json")]
-    base = bucket_base(record)
-    if base:
-        candidates += [f"{base}/eval/results.json", f"{base}/results.json"]
+        d = contract.RunLayout(Path(record.local_dir))
+        candidates += [str(d.eval_results()), str(d.results)]
+    if record.bucket:
+        b = contract.RunLayout.in_bucket(record.bucket, record.run_id)
+        candidates += [b.eval_results(), b.results]
     for uri in candidates:
         text = Path(uri).read_text() if "://" not in uri and Path(uri).exists() else (
             _fs_read_text(uri) if "://" in uri else None)

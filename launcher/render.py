@@ -81,9 +81,12 @@ def _mount_name(i: int, path: str) -> str:
     return f"{i}-{Path(path).name}"
 
 
-def container_recipe(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
-    """The resolved recipe as the container sees it, plus the file mounts it needs (remote→local)."""
+def container_recipe(recipe: Recipe, bucket: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+    """The resolved recipe as the container sees it, plus the file mounts it needs (remote→local).
+    bucket=False drops output.bucket: the job reads its bucket from this copy alone."""
     data = copy.deepcopy(recipe.resolved_dict())
+    if not bucket:
+        data["output"]["bucket"] = None
     mounts: dict[str, str] = {}
     for i, src in enumerate(data["data"]["sources"]):
         if looks_local(src["path"]) and Path(src["path"]).is_absolute():
@@ -242,12 +245,11 @@ def render_task(
         Env.STEPS: ",".join(job_steps(recipe, steps)),  # what `entrypoint.sh all` runs
         "HF_HOME": contract.CONTAINER_HF_HOME,
     }
-    if recipe.output.bucket:
-        envs[Env.BUCKET] = recipe.output.bucket
     if target.nodes > 1:
         envs.update(NCCL_ENV)
     # What the job needs to describe its hardware and cost (model card) and to stop itself when
-    # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not).
+    # the run's cost passes max_usd (the budget guard runs inside the job, laptop or not). The
+    # bucket and max_usd reach the job in the mounted recipe only (contract.JobEnv).
     nodes = f"{target.nodes} nodes × " if target.nodes > 1 else ""
     envs[Env.HARDWARE] = " | ".join(f"{t.cloud} {nodes}{t.gpus_per_node}×{t.gpu}" for t in targets) + (
         " spot" if target.spot else "")
@@ -255,8 +257,6 @@ def render_task(
     rates = rate_table(pairs)
     if rates is not None:
         envs[Env.RATES] = json.dumps(rates, separators=(",", ":"), sort_keys=True)
-    if res.max_usd is not None:
-        envs[Env.MAX_USD] = f"{float(res.max_usd):.2f}"
     gc = checkpointing_env(recipe, targets)
     if gc is not None:
         envs[Env.GRADIENT_CHECKPOINTING] = gc
@@ -297,7 +297,7 @@ def to_yaml(task: dict[str, Any]) -> str:
     return yaml.dump(task, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
-def container_recipe_yaml(recipe: Recipe) -> str:
-    data, _ = container_recipe(recipe)
+def container_recipe_yaml(recipe: Recipe, bucket: bool = True) -> str:
+    data, _ = container_recipe(recipe, bucket)
     header = f"# Resolved recipe (sha256 {recipe.sha256()}), as mounted in the container.\n"
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

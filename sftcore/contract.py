@@ -5,8 +5,8 @@ Why one module: the two halves run on different machines, from different process
 different versions of the checkout (a run launched yesterday, a `status` today). A name spelled
 twice drifts; a name spelled here once cannot. Standard library only, because `jobs/` imports it
 inside the image (which installs the whole project, launcher included: docker/Dockerfile) and
-`launcher/` imports it at `--help` speed. tests/test_contract.py fails when an `SFTLAUNCH_` literal
-or a `<bucket>/<run id>` f-string appears outside this module, and checks docker/entrypoint.sh
+`launcher/` imports it at `--help` speed. tests/test_contract.py fails when an `SFTLAUNCH_` literal,
+a run file's name (RunLayout) or a `<bucket>/<run id>` f-string appears outside this module, and checks docker/entrypoint.sh
 (bash cannot import Python) against the names below. docs/architecture.md explains the flow.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 
 class Env:
@@ -22,7 +24,7 @@ class Env:
 
     # -- read by the launcher on the laptop ----------------------------------------------------
     HOME = "SFTLAUNCH_HOME"  # the user's state dir (runs.db, images.json, prices.yaml); default ~/.sftlaunch
-    BUCKET = "SFTLAUNCH_BUCKET"  # the user's default for `up --bucket`, and the job's one bucket source
+    BUCKET = "SFTLAUNCH_BUCKET"  # the user's default for `up --bucket` (jobs read output.bucket from the recipe)
     DEBUG = "SFTLAUNCH_DEBUG"  # 1: tracebacks instead of one-line errors
     IMAGE_REPO = "SFTLAUNCH_IMAGE_REPO"  # the image repository instead of ghcr.io/sftlaunch/sftlaunch
     LOCAL_DOCKER = "SFTLAUNCH_LOCAL_DOCKER"  # 0/1: force `up --local` to run directly / in Docker
@@ -41,7 +43,6 @@ class Env:
     # USD_PER_HOUR is one explicit rate for runs without a table (local runs, tests).
     RATES = "SFTLAUNCH_RATES"
     USD_PER_HOUR = "SFTLAUNCH_USD_PER_HOUR"
-    MAX_USD = "SFTLAUNCH_MAX_USD"
     PLAN = "SFTLAUNCH_PLAN"  # the plan's prediction (JSON, PLAN_KEYS) that the job's calibration checks
     CALIBRATION = "SFTLAUNCH_CALIBRATION"  # "STEPS,SECONDS": the probe's length (default CALIBRATION_DEFAULT)
     EVAL_WITH_BASE = "SFTLAUNCH_EVAL_WITH_BASE"  # 1: eval also scores the base model
@@ -71,21 +72,183 @@ class Env:
         return frozenset(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
 
 
-# Launcher-side settings of the user's shell that must never reach a local run's job: the job
-# takes its bucket from Env.BUCKET as the launcher set it (render: recipe.output.bucket), and a
-# shell default meant for `up` would otherwise make a local demo write to a cloud bucket.
-LAUNCHER_ONLY_ENV = (Env.BUCKET,)
+@dataclass(frozen=True)
+class JobEnv:
+    """What the launcher tells a job through its environment, read and checked once
+    (`JobEnv.from_env()`). It carries only what the recipe cannot: the run's identity and paths,
+    the rate the budget guard charges, and what the plan decided for the hardware it chose. What
+    the recipe owns (output.bucket, resources.max_usd) the job reads from the recipe, so the two
+    cannot disagree. Raw JSON stays a string here: jobs/rate.py and jobs/calibration.py interpret
+    RATES and PLAN and say what they fall back to when either is unreadable."""
 
-# -- files in a run's output dir (and, copied, in <bucket>/<run id>/) ------------------------------
+    run_id: str | None = None
+    recipe: str | None = None  # Env.RECIPE
+    out: str | None = None  # Env.OUT
+    control: str | None = None  # local runs: the stop channel instead of <bucket>/<run id>/control
+    hardware: str | None = None  # for the model card
+    rates: str | None = None  # Env.RATES (JSON)
+    usd_per_hour: float | None = None  # Env.USD_PER_HOUR
+    plan: str | None = None  # Env.PLAN (JSON)
+    calibration: str | None = None  # Env.CALIBRATION "STEPS,SECONDS"
+    gradient_checkpointing: bool | None = None  # the plan's answer for train.gradient_checkpointing: auto
+    eval_with_base: bool = False  # `sftlaunch eval --with-base`: also score the base model
+    eval_parallel: str | None = None  # `sftlaunch eval --parallel` (jobs eval checks the choice)
+    eval_backend: str | None = None  # `sftlaunch eval --backend` (jobs eval checks the choice)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobEnv:
+        """The job's settings from `env` (default os.environ); a malformed value is a UserError
+        (one line, exit 2) naming the variable and what it should hold."""
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            return (env.get(name) or "").strip() or None
+
+        usd = text(Env.USD_PER_HOUR)
+        try:
+            usd_h = float(usd) if usd is not None else None
+        except ValueError:
+            usd_h = -1.0
+        if usd_h is not None and not usd_h >= 0:
+            raise _bad(Env.USD_PER_HOUR, usd, "a price in $/hour, e.g. 2.5")
+        switches = {}
+        for name in (Env.GRADIENT_CHECKPOINTING, Env.EVAL_WITH_BASE):
+            value = text(name)
+            if value not in (None, "0", "1"):
+                raise _bad(name, value, "1 (on) or 0 (off), or unset")
+            switches[name] = None if value is None else value == "1"
+        return cls(run_id=text(Env.RUN_ID), recipe=text(Env.RECIPE), out=text(Env.OUT), control=text(Env.CONTROL),
+                   hardware=text(Env.HARDWARE), rates=text(Env.RATES), usd_per_hour=usd_h, plan=text(Env.PLAN),
+                   calibration=text(Env.CALIBRATION), gradient_checkpointing=switches[Env.GRADIENT_CHECKPOINTING],
+                   eval_with_base=bool(switches[Env.EVAL_WITH_BASE]), eval_parallel=text(Env.EVAL_PARALLEL),
+                   eval_backend=text(Env.EVAL_BACKEND))
+
+
+def _bad(name: str, value: str | None, want: str):
+    from sftcore.errors import UserError
+
+    return UserError(f"{name}={value!r}: expected {want}")
+
+
+# -- files in a run's output dir (and, copied, in <bucket>/<run id>/): RunLayout joins them -------
 METRICS = "metrics.jsonl"  # one JSON row per logged step; status reads progress from it
 END_RECORD = "exit.json"  # how the job ended: {exit_code, stopped, at, run_id}
 STOPPED_MARKER = "STOPPED"  # training stopped early after a checkpoint: {reason, step, checkpoint}
 LOGS_DIR = "logs"  # <step>.log, <step>.node<R>.log
-RESULTS = "results.json"  # eval scores
+RECIPE_COPY = "recipe.yaml"  # the resolved recipe the run trains (local runs: also the one it starts from)
+CHECKPOINTS_DIR = "checkpoints"  # step-N/ folders, locally and in the bucket
+STEP_PREFIX = "step-"  # a checkpoint folder is STEP_PREFIX + the global step
 FINAL_DIR = "final"  # the trained model (or adapter) in the output dir
+RUN_META = "sftlaunch.json"  # beside a trained model: how it was made (recipe, run id, steps, data)
+EVAL_DIR = "eval"  # the run model's eval; EVAL_BASE_DIR: the base model's, beside it
+EVAL_BASE_DIR = "eval-base"
+RESULTS = "results.json"  # eval scores, in an eval dir, the publish dir and <bucket>/<run id>/
+PUBLISH_DIR = "publish"  # the publish dir: model, card, results (what the Hub receives)
+MODEL_DIR = "model"  # <bucket>/<run id>/model/: the published model
 CONTROL_DIR = "control"  # the stop channel: the launcher writes STOP_FLAG, the job STOPPED_FLAG
 STOP_FLAG = "stop"
 STOPPED_FLAG = "stopped"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of one run lives under `root`: the run's output dir (a Path: every path is
+    a Path) or `<bucket>/<run id>` (a string: every path is a URI string). The job writes a file
+    and the launcher reads its bucket copy through the same attribute, so a name cannot differ
+    between the sides."""
+
+    root: Path | str
+
+    @classmethod
+    def in_bucket(cls, bucket: str, run_id: str) -> RunLayout:
+        """`<bucket>/<run id>`: everything of one run (metrics, logs, exit record, results, model)."""
+        return cls(f"{bucket.rstrip('/')}/{run_id}")
+
+    def join(self, *parts: str) -> Path | str:
+        if isinstance(self.root, Path):
+            return self.root.joinpath(*parts)
+        return "/".join([str(self.root).rstrip("/"), *parts])
+
+    @property
+    def metrics(self):
+        return self.join(METRICS)
+
+    @property
+    def end_record(self):
+        return self.join(END_RECORD)
+
+    @property
+    def stopped_marker(self):
+        return self.join(STOPPED_MARKER)
+
+    @property
+    def logs(self):
+        return self.join(LOGS_DIR)
+
+    @property
+    def recipe(self):
+        return self.join(RECIPE_COPY)
+
+    @property
+    def checkpoints(self):
+        return self.join(CHECKPOINTS_DIR)
+
+    def step(self, n: int):
+        """The checkpoint folder of global step `n`."""
+        return self.join(CHECKPOINTS_DIR, step_dir(n))
+
+    @property
+    def final(self):
+        return self.join(FINAL_DIR)
+
+    @property
+    def final_meta(self):
+        return self.join(FINAL_DIR, RUN_META)
+
+    def eval_dir(self, base: bool = False):
+        return self.join(EVAL_BASE_DIR if base else EVAL_DIR)
+
+    def eval_results(self, base: bool = False):
+        """An eval's results: `eval/` for the run's model, `eval-base/` for its base model."""
+        return self.join(EVAL_BASE_DIR if base else EVAL_DIR, RESULTS)
+
+    @property
+    def results(self):
+        """results.json at the root: beside the published model in the bucket."""
+        return self.join(RESULTS)
+
+    @property
+    def publish(self):
+        return self.join(PUBLISH_DIR)
+
+    @property
+    def model(self):
+        """The published model (the publish dir's copy) of a run."""
+        return self.join(MODEL_DIR)
+
+    @property
+    def control(self):
+        return self.join(CONTROL_DIR)
+
+    @property
+    def stop_flag(self):
+        return self.join(CONTROL_DIR, STOP_FLAG)
+
+    @property
+    def stopped_flag(self):
+        return self.join(CONTROL_DIR, STOPPED_FLAG)
+
+
+def step_dir(n: int) -> str:
+    """`step-N`: a checkpoint folder's name."""
+    return f"{STEP_PREFIX}{n}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a checkpoint folder's name holds (`step-12` -> 12), None for any other name."""
+    digits = name[len(STEP_PREFIX):] if name.startswith(STEP_PREFIX) else ""
+    return int(digits) if digits.isdigit() and digits.isascii() else None
+
 
 # -- calibration: the first minutes of a run measured against the plan (jobs/calibration.py) ----------
 PLAN_KEYS = ("tokens_per_s", "train_hours", "eval_hours", "eta_hours", "total_usd", "mfu", "params_b")  # Env.PLAN's JSON
@@ -141,34 +304,28 @@ def container_out(run_id: str) -> str:
     return f"{CONTAINER_OUT_ROOT}/{run_id}"
 
 
-# -- bucket layout: <bucket>/<run id>/... --------------------------------------------------------
+# -- bucket layout: <bucket>/<run id>/... (RunLayout.in_bucket) ------------------------------------
 def run_prefix(bucket: str, run_id: str) -> str:
     """`<bucket>/<run id>`: everything of one run (metrics, logs, exit record, results, model)."""
-    return f"{bucket.rstrip('/')}/{run_id}"
+    return str(RunLayout.in_bucket(bucket, run_id).root)
 
 
 def checkpoints_prefix(bucket: str, run_id: str) -> str:
-    return f"{run_prefix(bucket, run_id)}/checkpoints"
+    return RunLayout.in_bucket(bucket, run_id).checkpoints
 
 
 def logs_prefix(bucket: str, run_id: str) -> str:
-    return f"{run_prefix(bucket, run_id)}/{LOGS_DIR}"
+    return RunLayout.in_bucket(bucket, run_id).logs
 
 
 def control_prefix(bucket: str, run_id: str) -> str:
-    return f"{run_prefix(bucket, run_id)}/{CONTROL_DIR}"
+    return RunLayout.in_bucket(bucket, run_id).control
 
 
 def model_prefix(bucket: str, run_id: str) -> str:
-    """The published model (the publish dir) of a run."""
-    return f"{run_prefix(bucket, run_id)}/model"
+    return RunLayout.in_bucket(bucket, run_id).model
 
 
-def results_uri(bucket: str, run_id: str, subdir: str = "eval") -> str:
+def results_uri(bucket: str, run_id: str, subdir: str = EVAL_DIR) -> str:
     """An eval's results: `eval/` for the run's model, `eval-base/` for its base model."""
-    return f"{run_prefix(bucket, run_id)}/{subdir}/{RESULTS}"
-
-
-def job_bucket(env: Mapping[str, str] | None = None) -> str | None:
-    """The job's bucket: Env.BUCKET as the launcher set it, the one source every job step reads."""
-    return (os.environ if env is None else env).get(Env.BUCKET) or None
+    return RunLayout.in_bucket(bucket, run_id).join(subdir, RESULTS)

@@ -26,11 +26,12 @@ def base_out(out: str) -> Path:
 
 def load_results(path: str | Path) -> dict:
     """A results.json file, or a directory holding one."""
+    from sftcore.contract import RESULTS
     from sftcore.errors import UserError
 
     p = Path(path)
     if p.is_dir():
-        p = p / "results.json"
+        p = p / RESULTS
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:

@@ -94,7 +94,7 @@ def paths(run_dir: Path) -> dict[str, Path]:
         "log": run_dir / "run.log",
         "exit_code": run_dir / "exit_code",
         "script": run_dir / "run.sh",
-        "recipe": run_dir / "recipe.yaml",
+        "recipe": contract.RunLayout(run_dir).recipe,
         "control": run_dir / contract.CONTROL_DIR,
     }
 
@@ -155,7 +155,10 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         from launcher.images import resolve_image
 
         image = image or resolve_image(recipe.image)
-        p["recipe"].write_text(render.container_recipe_yaml(recipe))
+        # The job's bucket is its recipe's output.bucket. A local Docker run gets neither a mount
+        # for a path nor cloud credentials for gs:// or s3://, so its copy names no bucket: its
+        # outputs stay in the run dir. A direct run keeps the recipe's (and `up --bucket`'s) bucket.
+        p["recipe"].write_text(render.container_recipe_yaml(recipe, bucket=False))
         _, mounts = render.container_recipe(recipe)
         command = _docker_command(run_id, image, p["recipe"], mounts, run_dir)
     else:
@@ -174,9 +177,7 @@ def start(recipe, run_id: str, run_dir: Path, steps=("train", "eval", "publish")
         "exit $rc\n"
     )
     p["script"].write_text(script)
-    # The shell's SFTLAUNCH_BUCKET is `up`'s default for cloud runs, never this job's: the job's
-    # bucket is only what the caller passes in extra_env (up: the recipe's output.bucket).
-    env = {k: v for k, v in os.environ.items() if k not in contract.LAUNCHER_ONLY_ENV}
+    env = dict(os.environ)  # the job reads its bucket from the recipe, never from this environment
     env.update({
         Env.RUN_ID: run_id,
         Env.RECIPE: str(p["recipe"]),

@@ -50,7 +50,7 @@ class Launch:
     on_line: object = None  # cloud: SkyPilot's launch output, line by line
     idle_minutes: int | None = None  # on-demand clusters: autostop (down) after this idle time
     use_docker: bool | None = None  # local: None decides by the Docker daemon and image
-    extra_env: dict | None = None  # local: the job's one bucket source (Env.BUCKET), never the shell's
+    extra_env: dict | None = None  # local: variables added to the job's environment
 
 
 class Runner:

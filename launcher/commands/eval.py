@@ -55,9 +55,9 @@ def run_model_dir(record: RunRecord) -> Path:
     """The run's trained model (or adapter) on this machine; fetched from the bucket if needed."""
     from launcher.runs import run_dir
 
-    local = Path(record.local_dir or run_dir(record.run_id))
-    if (local / "final").is_dir():
-        return local / "final"
+    final = contract.RunLayout(Path(record.local_dir or run_dir(record.run_id))).final
+    if final.is_dir():
+        return final
     bucket = record.bucket
     if bucket:
         import fsspec
@@ -65,11 +65,10 @@ def run_model_dir(record: RunRecord) -> Path:
         src = contract.model_prefix(bucket, record.run_id)
         fs, path = fsspec.core.url_to_fs(src)
         if fs.exists(path):
-            dest = local / "final"
-            dest.mkdir(parents=True, exist_ok=True)
-            fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
-            return dest
-    raise UserError(f"run {record.run_id}: no trained model in {local / 'final'}"
+            final.mkdir(parents=True, exist_ok=True)
+            fs.get(path.rstrip("/") + "/", str(final), recursive=True)
+            return final
+    raise UserError(f"run {record.run_id}: no trained model in {final}"
                     + (f" or {contract.model_prefix(bucket, record.run_id)}" if bucket else "")
                     + "; has training finished? (`sftlaunch status`)")
 
@@ -159,8 +158,8 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     args = eval_args(record, preset, tasks, tasks_dir, limit, batch_size, load_4bit, backend) + ["--parallel", parallel]
     if record is not None:
         model = str(run_model_dir(record))
-        out = Path(record.local_dir or run_dir(record.run_id)) / "eval"
-        if (out / "results.json").exists():  # never overwrite the run's earlier scores
+        out = contract.RunLayout(Path(record.local_dir or run_dir(record.run_id))).eval_dir()
+        if (out / contract.RESULTS).exists():  # never overwrite the run's earlier scores
             out = out.with_name(f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
         extra = ["--run-id", record.run_id]
         if record.recipe_sha256:
@@ -187,7 +186,7 @@ def eval_(target, preset, tasks, tasks_dir, local, limit, batch_size, load_4bit,
     click.echo(render_table(results))
     click.echo()
     click.echo(render_details(results[-1]))
-    click.echo(f"\nresults: {out / 'results.json'}" + (f" (stored in run {record.run_id})" if record else ""))
+    click.echo(f"\nresults: {out / contract.RESULTS}" + (f" (stored in run {record.run_id})" if record else ""))
 
 
 def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, load_4bit, dry_run=False,
@@ -275,7 +274,7 @@ def _bucket_base_results(record: RunRecord) -> dict | None:
 
     if not record.bucket:
         return None
-    text = _fs_read_text(contract.results_uri(record.bucket, record.run_id, "eval-base"))
+    text = _fs_read_text(contract.RunLayout.in_bucket(record.bucket, record.run_id).eval_results(base=True))
     try:
         data = json.loads(text) if text else None
     except ValueError:

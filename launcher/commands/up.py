@@ -41,6 +41,7 @@ from launcher.options import (
 from launcher.run_record import Backend, RunRecord
 from launcher.run_state import RunState
 from launcher.signals import signals_as_interrupts
+from sftcore import contract
 from sftcore.contract import Env
 from sftcore.errors import JobFailed, UserError
 from sftcore.masking import mask
@@ -225,12 +226,11 @@ def _up_local(r, dry_run: bool, detach: bool, yes: bool) -> None:
             raise UserError(PREFLIGHT_FAILED)
         return
     confirm(yes, "Start this run here?")
-    bucket = {Env.BUCKET: r.output.bucket} if r.output.bucket else {}  # the job's one bucket source
     # The row exists before any process starts (no orphan window).
     fields = start_local_recorded(registry, run_id, lambda: registry.create(
         run_id, r, state=RunState.LAUNCHING, backend=Backend.LOCAL, cloud="local", gpu=None, spot=False, usd_per_hour=0.0,
         max_usd=r.resources.max_usd, bucket=r.output.bucket, local_dir=str(out),
-        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker, extra_env=bucket))
+        log_uri=str(local.paths(out)["log"])), Launch(recipe=r, use_docker=use_docker))
     echo(f"running {'in Docker (' + str(fields['image']) + ')' if fields.get('image') else 'directly, without Docker'}")
     echo(f"started {run_id} (pid {fields['pid']}); log: {fields['log_uri']}")
     if detach:
@@ -270,14 +270,15 @@ def _report_local_outputs(run_dir: Path) -> None:
     model, its card and the loss plot are, so nobody has to dig through run.log for them."""
     from sftcore.results import load_results, render_table
 
-    results = run_dir / "eval" / "results.json"
+    layout = contract.RunLayout(run_dir)
+    results = layout.eval_results()
     if results.is_file():
         try:
             echo("\n" + render_table([load_results(results)]))
         except UserError:
             pass  # an unreadable results.json was already reported by the eval step
-    published = run_dir / "publish"
-    for label, path in (("model", published if published.is_dir() else run_dir / "final"),
+    published = layout.publish
+    for label, path in (("model", published if published.is_dir() else layout.final),
                         ("model card", published / "README.md"), ("loss plot", published / "training_loss.png"),
                         ("eval results", results)):
         if path.exists():

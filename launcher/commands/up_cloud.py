@@ -32,8 +32,8 @@ LOST_RESULTS = ("results would be lost when the cluster is torn down: set output
 def _outputs_line(recipe, run_id: str) -> str:
     bucket = recipe.output.bucket
     if bucket:
-        base = contract.run_prefix(bucket, run_id)
-        text = f"checkpoints → {base}/checkpoints/, results and logs → {base}/"
+        layout = contract.RunLayout.in_bucket(bucket, run_id)
+        text = f"checkpoints → {layout.checkpoints}/, results and logs → {layout.root}/"
     elif recipe.output.hub_repo:
         text = "no output.bucket: checkpoints and logs are lost at teardown"
     else:

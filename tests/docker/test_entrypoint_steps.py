@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.launcher.fake_backend import STUB_RECIPE_YAML
+
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = REPO / "docker" / "entrypoint.sh"
 
@@ -29,11 +31,10 @@ def _entry(tmp_path: Path, step: str, **env) -> tuple[int, list[str], dict]:
     stub.write_text(STUB.format(python=sys.executable))
     stub.chmod(0o755)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("name: r\n")
+    recipe.write_text(STUB_RECIPE_YAML)
     out = tmp_path / "out"
     full = {**os.environ, "SFTLAUNCH_PYTHON": str(stub), "SFTLAUNCH_RECIPE": str(recipe),
             "SFTLAUNCH_OUT": str(out), "SFTLAUNCH_RUN_ID": "sftl-r-0000", **env}
-    full.pop("SFTLAUNCH_BUCKET", None)
     proc = subprocess.run(["bash", str(ENTRY), step], env=full, capture_output=True, text=True, timeout=120)
     calls = (out / "calls").read_text().splitlines() if (out / "calls").exists() else []
     return proc.returncode, calls, json.loads((out / "exit.json").read_text())

@@ -12,7 +12,7 @@ from transformers import TrainerControl
 
 from jobs import calibration as cal
 from jobs.callbacks import RunState
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv
 
 
 class Clock:
@@ -23,9 +23,11 @@ class Clock:
         return self.t
 
 
-def _probe(tmp_path, env, clock, counter, started=1000.0, elapsed_before=0.0):
+def _probe(tmp_path, env, clock, counter, started=1000.0, elapsed_before=0.0, max_usd=None):
+    """`max_usd`: the recipe's resources.max_usd; `env`: the launcher's variables (JobEnv)."""
     run = RunState(bucket=None, topology=None, started=started, elapsed_before=elapsed_before, attempts=1)
-    cb = cal.CalibrationCallback(tmp_path, counter, run, env=env, clock=clock, peak_gb=lambda: 12.5)
+    cb = cal.CalibrationCallback(tmp_path, counter, run, max_usd, job=JobEnv.from_env(env), clock=clock,
+                                 peak_gb=lambda: 12.5)
     return cb, run
 
 
@@ -94,8 +96,8 @@ def test_an_eval_inside_the_probe_is_not_counted_as_training(tmp_path):
 
 def test_a_cost_over_max_usd_stops_after_a_checkpoint_with_the_numbers(tmp_path):
     clock, counter = Clock(), SimpleNamespace(tokens=0)
-    env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36", Env.MAX_USD: "30"}
-    cb, run = _probe(tmp_path, env, clock, counter, started=1000.0 - 600, elapsed_before=1200)
+    env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36"}
+    cb, run = _probe(tmp_path, env, clock, counter, started=1000.0 - 600, elapsed_before=1200, max_usd=30)
     control = _steps(cb, counter, clock, 3, 1000)
     m = _rows(tmp_path)[0]["calibration"]
     # elapsed 1200 s earlier + 600 s + 6 s; remaining 997 steps x 2 s; plan's eval 0.5 h; at $36/h
@@ -108,8 +110,8 @@ def test_a_cost_over_max_usd_stops_after_a_checkpoint_with_the_numbers(tmp_path)
 
 def test_a_probe_that_ends_at_the_last_step_lets_the_run_finish(tmp_path):
     clock, counter = Clock(), SimpleNamespace(tokens=0)
-    env = {Env.CALIBRATION: "20,600", Env.USD_PER_HOUR: "3600", Env.MAX_USD: "1"}
-    cb, run = _probe(tmp_path, env, clock, counter)
+    env = {Env.CALIBRATION: "20,600", Env.USD_PER_HOUR: "3600"}
+    cb, run = _probe(tmp_path, env, clock, counter, max_usd=1)
     control = _steps(cb, counter, clock, 4, 4)
     assert _rows(tmp_path)[0]["calibration"]["over_budget"] is True
     assert not control.should_training_stop and run.stopped is None
@@ -117,8 +119,8 @@ def test_a_probe_that_ends_at_the_last_step_lets_the_run_finish(tmp_path):
 
 def test_a_cost_within_max_usd_trains_on(tmp_path):
     clock, counter = Clock(), SimpleNamespace(tokens=0)
-    env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36", Env.MAX_USD: "100"}
-    cb, run = _probe(tmp_path, env, clock, counter)
+    env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "36"}
+    cb, run = _probe(tmp_path, env, clock, counter, max_usd=100)
     control = _steps(cb, counter, clock, 3, 1000)
     assert _rows(tmp_path)[0]["calibration"]["over_budget"] is False
     assert not control.should_training_stop and run.stopped is None
@@ -147,12 +149,15 @@ def test_a_bad_probe_length_is_one_line_naming_the_variable(text):
     from sftcore.errors import UserError
 
     with pytest.raises(UserError, match=f"{Env.CALIBRATION}=.*STEPS,SECONDS"):
-        cal.probe_length({Env.CALIBRATION: text})
+        cal.probe_length(JobEnv.from_env({Env.CALIBRATION: text}))
 
 
 def test_plan_figures_are_numbers_only():
-    assert cal.read_plan({Env.PLAN: '{"tokens_per_s": 5, "x": 1, "eta_hours": "2", "mfu": true}'}) == {"tokens_per_s": 5.0}
-    assert cal.read_plan({Env.PLAN: "not json"}) == {} and cal.read_plan({}) == {}
+    def plan(text):
+        return cal.read_plan(JobEnv.from_env({Env.PLAN: text} if text is not None else {}))
+
+    assert plan('{"tokens_per_s": 5, "x": 1, "eta_hours": "2", "mfu": true}') == {"tokens_per_s": 5.0}
+    assert plan("not json") == {} and plan(None) == {}
 
 
 @pytest.mark.slow
@@ -160,7 +165,7 @@ def test_a_real_run_records_the_probe_and_a_calibration_stop_checkpoints(tmp_pat
     """On the tiny model: the row reaches metrics.jsonl and sftlaunch.json; a projected cost over
     max_usd (the plan's eval hour at $3600/h) stops after a checkpoint, reason `calibration`."""
     from jobs.checkpoint import verify
-    from jobs.train import STOPPED_MARKER
+    from sftcore.contract import STOPPED_MARKER
     from tests.jobs.test_train import _run
     from tests.jobs.test_train_support import build_tiny_model, write_data
 
@@ -173,9 +178,8 @@ def test_a_real_run_records_the_probe_and_a_calibration_stop_checkpoints(tmp_pat
 
     monkeypatch.setenv(Env.PLAN, json.dumps({"eval_hours": 1.0}))
     monkeypatch.setenv(Env.USD_PER_HOUR, "3600")
-    monkeypatch.setenv(Env.MAX_USD, "1000")  # the budget guard (elapsed x $/h) stays far below it
     out = tmp_path / "stop"
-    rc, _ = _run(tiny, out, max_steps=50)
+    rc, _ = _run(tiny, out, max_steps=50, max_usd=1000)  # the budget guard (elapsed x $/h) stays far below it
     stopped = json.loads((out / STOPPED_MARKER).read_text())
     ckpts = list((out / "checkpoints").glob("step-*"))
     assert rc == 0 and stopped["reason"] == "calibration" and stopped["step"] == 3

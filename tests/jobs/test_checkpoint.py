@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs import store
 from jobs.resume import resume_point
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
@@ -164,7 +165,7 @@ def test_a_bucket_step_that_cannot_be_listed_is_never_pruned(tmp_path, monkeypat
     prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-x-0000")
     for s in (1, 2, 3):
         ck.upload(_fake_ckpt(tmp_path / "src", s), prefix)
-    real_fs = ck._fs
+    real_fs = store.filesystem
 
     class Flaky:
         def __init__(self, fs):
@@ -178,7 +179,7 @@ def test_a_bucket_step_that_cannot_be_listed_is_never_pruned(tmp_path, monkeypat
         def __getattr__(self, name):
             return getattr(self.fs, name)
 
-    monkeypatch.setattr(ck, "_fs", lambda url: (Flaky(real_fs(url)[0]), real_fs(url)[1]))
+    monkeypatch.setattr(store, "filesystem", lambda url: (Flaky(real_fs(url)[0]), real_fs(url)[1]))
     assert ck.remote_state(prefix, 1) == "unknown"
     ck.prune(tmp_path / "src", keep=1, prefix=prefix)
     assert ck.remote_steps(prefix) == [3, 1]  # step 2 was old and complete: pruned; step 1 unknown: kept
@@ -202,10 +203,9 @@ def test_a_kill_during_a_save_leaves_nothing_behind_after_the_resumed_run(root, 
     folder without its manifest in the bucket, a download cut short), then the real job resumes:
     the resumed run's own checkpoints are complete and no partial folder is left, local or remote."""
     bucket = tmp_path / "bucket"
-    env = {"SFTLAUNCH_BUCKET": str(bucket)}
     settings = {"micro_batch_size": 2, "grad_accum": 1, "checkpoint_minutes": 0.0001, "keep_checkpoints": 2,
-                "run_id": "sftl-t-c1c1"}
-    first = _drive(root, tmp_path / "run", env=env, max_steps=2, **settings)
+                "run_id": "sftl-t-c1c1", "bucket": str(bucket)}
+    first = _drive(root, tmp_path / "run", max_steps=2, **settings)
     log, _ = first.communicate(timeout=300)
     assert first.returncode == 0, log
     ckpts, prefix = tmp_path / "run" / "checkpoints", ck.bucket_prefix(str(bucket), "sftl-t-c1c1")
@@ -213,7 +213,7 @@ def test_a_kill_during_a_save_leaves_nothing_behind_after_the_resumed_run(root, 
     _partial(ckpts / "checkpoint-3", ("model.safetensors", "rng_state.pth"))
     _partial(ckpts / ".download-step-1.node-0")
     stale = _partial(Path(prefix) / "step-3", ("model.safetensors", "stale-from-the-killed-attempt.bin"))
-    again = _drive(root, tmp_path / "run", env=env, max_steps=4, **settings)
+    again = _drive(root, tmp_path / "run", max_steps=4, **settings)
     log, _ = again.communicate(timeout=300)
     assert again.returncode == 0, log
     assert "resuming from checkpoint" in log and "step-2" in log
@@ -234,15 +234,13 @@ def _free_port() -> int:
 def test_bucket_round_trip_resumes_on_a_fresh_disk(root, tmp_path, request, kind):
     bucket = request.getfixturevalue("s3") if kind == "s3" else str(tmp_path / "bucket")
     env = {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}
-    first = _drive(root, tmp_path / "a", env={**env, "SFTLAUNCH_BUCKET": bucket}, max_steps=2,
-                   run_id="sftl-t-b0b0")
+    first = _drive(root, tmp_path / "a", env=env, max_steps=2, run_id="sftl-t-b0b0", bucket=bucket)
     log, _ = first.communicate(timeout=300)
     assert first.returncode == 0, log
     prefix = ck.bucket_prefix(bucket, "sftl-t-b0b0")
     assert ck.remote_steps(prefix) == [2]
     # A new machine: nothing local; the newest complete checkpoint comes from the bucket.
-    second = _drive(root, tmp_path / "b", env={**env, "SFTLAUNCH_BUCKET": bucket}, max_steps=4,
-                    run_id="sftl-t-b0b0")
+    second = _drive(root, tmp_path / "b", env=env, max_steps=4, run_id="sftl-t-b0b0", bucket=bucket)
     log, _ = second.communicate(timeout=300)
     assert second.returncode == 0, log
     assert "resuming from checkpoint" in log and "step-2" in log
@@ -265,12 +263,11 @@ def test_incomplete_upload_in_the_bucket_is_skipped(tmp_path, capsys):
 
 def _node(root, out, rank: int, port: int, bucket: Path, **overrides):
     """One of two loopback "nodes": torchrun with one gloo process, its own output dir."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "SFTLAUNCH_BUCKET": str(bucket),
-           "PYTHONPATH": str(REPO), "TORCHELASTIC_RENDEZVOUS_TIMEOUT": "120"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "TORCHELASTIC_RENDEZVOUS_TIMEOUT": "120"}
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
          "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
-         "-m", "tests.jobs.test_train_support", str(root), str(out), json.dumps(overrides)],
+         "-m", "tests.jobs.test_train_support", str(root), str(out), json.dumps({**overrides, "bucket": str(bucket)})],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs import store
 from jobs.checkpoint_upload import Uploader
 from jobs.resume import resume_point
 from tests.jobs.test_train_support import build_tiny_model, write_data
@@ -59,9 +60,9 @@ class GatedFs:
 
 
 def _gate_bucket(monkeypatch, **kw) -> GatedFs:
-    real = ck._fs
+    real = store.filesystem
     gated = GatedFs(real("/")[0], **kw)
-    monkeypatch.setattr(ck, "_fs", lambda url: (gated, real(url)[1]))
+    monkeypatch.setattr(store, "filesystem", lambda url: (gated, real(url)[1]))
     return gated
 
 
@@ -138,13 +139,14 @@ def test_without_a_bucket_the_thread_writes_the_manifest_and_prunes(tmp_path):
 
 _SLOW_FS = '''
 import os, time
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+
+from jobs import store
 
 
 class SlowFs(LocalFileSystem):
     """A bucket whose uploads take SLOW_PUT_S per file (logged with times)."""
-    protocol = "slowfile"
 
     def put_file(self, lpath, rpath, **kw):
         time.sleep(float(os.environ["SLOW_PUT_S"]))
@@ -152,7 +154,16 @@ class SlowFs(LocalFileSystem):
         print(f"bucket put {rpath.rsplit('/', 2)[-2]}/{rpath.rsplit('/', 1)[-1]}", flush=True)
 
 
-fsspec.register_implementation("slowfile", SlowFs, clobber=True)
+_filesystem = store.filesystem
+
+
+def filesystem(uri):
+    """The recipe's bucket (a local path under SLOW_BUCKET) through SlowFs; anything else as is."""
+    fs, path = _filesystem(uri)
+    return (SlowFs(), path) if uri.startswith(os.environ["SLOW_BUCKET"]) else (fs, path)
+
+
+store.filesystem = filesystem
 '''
 
 
@@ -165,14 +176,15 @@ def root(tmp_path_factory):
 
 
 def _slow_job(root, tmp_path, settings: dict, env: dict | None = None) -> tuple[str, list[str], str]:
-    """The test_train_support job against a slowfile:// bucket (1 s per file); (log, lines, prefix)."""
+    """The test_train_support job against a bucket whose uploads take 1 s per file; (log, lines, prefix)."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_SLOW_FS)
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "SLOW_PUT_S": "1",
-           "SFTLAUNCH_BUCKET": f"slowfile://{tmp_path / 'bucket'}", **(env or {})}
+    bucket = str(tmp_path / "bucket")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "SLOW_PUT_S": "1", "SLOW_BUCKET": bucket, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "tests.jobs.test_train_support", str(root), str(tmp_path / "run"),
-                           json.dumps(settings)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           json.dumps({**settings, "bucket": bucket})], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return log, log.splitlines(), ck.bucket_prefix(str(tmp_path / "bucket"), settings["run_id"])

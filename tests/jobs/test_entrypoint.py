@@ -26,9 +26,12 @@ def tiny(tmp_path_factory):
     return build_tiny_model(root / "model"), write_data(root / "d.jsonl", n=24), root
 
 
-def _recipe(tiny, name, method="full", **train) -> Path:
+def _recipe(tiny, name, method="full", bucket=None, max_usd=None, **train) -> Path:
     d = recipe_dict(tiny[0], tiny[1], **{"max_steps": 2, "micro_batch_size": 2, "grad_accum": 1, **train})
     d["method"] = method
+    d["output"] = {"bucket": bucket}  # the job's bucket and budget are the recipe's
+    if max_usd is not None:
+        d["resources"]["max_usd"] = max_usd
     d["data"]["eval_fraction"] = 0.1
     if method == "lora":
         d["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
@@ -151,10 +154,10 @@ def test_start_log_has_versions_gpus_and_the_masked_recipe(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_all_with_a_bucket_tees_masked_logs_and_copies_them(tiny, tmp_path):
-    recipe = _recipe(tiny, "synced")
     bucket = tmp_path / "bucket"
+    recipe = _recipe(tiny, "synced", bucket=str(bucket))
     out = tmp_path / "out"
-    rc, log = _entry("all", recipe, out, SFTLAUNCH_STEPS="train", SFTLAUNCH_BUCKET=str(bucket),
+    rc, log = _entry("all", recipe, out, SFTLAUNCH_STEPS="train",
                      SFTLAUNCH_SYNC_EVERY="1", HF_TOKEN=CANARY)
     assert rc == 0, log[-3000:]
     copy = bucket / "sftl-t-e0e0"
@@ -175,9 +178,9 @@ def test_a_budget_stop_skips_eval_and_publish_and_exits_0(tiny, tmp_path):
     """The in-job guard: $1,000,000/h against max_usd $0.01 stops training at its first check,
     after a checkpoint; `all` then skips eval and publish and ends with 0 (so a managed job is
     not restarted), and the end record says it was a stop."""
-    recipe = _recipe(tiny, "budget", max_steps=20)
+    recipe = _recipe(tiny, "budget", max_steps=20, max_usd=0.01)
     out = tmp_path / "out"
-    rc, log = _entry("all", recipe, out, SFTLAUNCH_USD_PER_HOUR="1000000", SFTLAUNCH_MAX_USD="0.01")
+    rc, log = _entry("all", recipe, out, SFTLAUNCH_USD_PER_HOUR="1000000")
     assert rc == 0, log[-3000:]
     assert "sftlaunch: run stopped before the end of training" in log
     assert (out / "STOPPED").exists() and not (out / "final").exists()

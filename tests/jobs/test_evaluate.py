@@ -27,6 +27,16 @@ def harness_tasks():
     return evaluate.task_manager(None)
 
 
+def bucket_recipe(tmp_path, bucket: str) -> str:
+    """A recipe whose output.bucket is `bucket`: where `jobs eval --recipe` copies its scores."""
+    path = tmp_path / "bucket-recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "evalbucket", "model": {"id": "sftlaunch/tiny-llama"}, "method": "full",
+                                    "data": {"sources": [{"path": "stub/data", "format": "alpaca"}]},
+                                    "resources": {"clouds": ["local"]}, "eval": {"tasks": ["tiny_mc"]},
+                                    "output": {"bucket": bucket}}))
+    return str(path)
+
+
 def run_eval(tmp_path, *args) -> tuple[int, dict | None]:
     out = tmp_path / "out"
     code = evaluate.main([*args, "--out", str(out)])
@@ -144,14 +154,15 @@ def test_a_fresh_cloud_disk_fetches_the_published_model_from_the_bucket(model_di
 
     eval_rows_env(monkeypatch, tmp_path)
     shutil.copytree(model_dir, tmp_path / "bucket" / "sftl-x-0001" / "model")
-    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "bucket"))
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "shell-default"))  # up's default: not the job's
     target = tmp_path / "fresh" / "out" / "final"
     code, res = run_eval(tmp_path, "--model", str(target), "--run-id", "sftl-x-0001", "--tasks", "tiny_mc",
-                         "--limit", "2", "--batch-size", "2")
+                         "--limit", "2", "--batch-size", "2", "--recipe", bucket_recipe(tmp_path, str(tmp_path / "bucket")))
     assert code == 0 and (target / "config.json").is_file()
     assert res["run_id"] == "sftl-x-0001"
     # ... and the scores go back to the bucket, where status and eval look for them.
     assert json.loads((tmp_path / "bucket" / "sftl-x-0001" / "eval" / "results.json").read_text()) == res
+    assert not (tmp_path / "shell-default").exists()
 
 
 def test_adapter_dir_resolves_its_base_and_scores(model_dir, tmp_path, monkeypatch):
@@ -280,9 +291,9 @@ def test_with_base_scores_the_base_beside_the_fine_tune(model_dir, tmp_path, mon
     tuned = tmp_path / "final"
     shutil.copytree(model_dir, tuned)
     (tuned / "sftlaunch.json").write_text(json.dumps({"run_id": "sftl-w-0001", "base_model": str(model_dir)}))
-    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "bucket"))
     monkeypatch.setenv("SFTLAUNCH_EVAL_WITH_BASE", "1")
-    code, res = run_eval(tmp_path, "--model", str(tuned), "--tasks", "tiny_mc", "--limit", "2", "--batch-size", "2")
+    code, res = run_eval(tmp_path, "--model", str(tuned), "--tasks", "tiny_mc", "--limit", "2", "--batch-size", "2",
+                         "--recipe", bucket_recipe(tmp_path, str(tmp_path / "bucket")))
     assert code == 0 and res["run_id"] == "sftl-w-0001"
     base = json.loads((tmp_path / "out-base" / "results.json").read_text())
     assert base["model"]["id"] == str(model_dir) and base["run_id"] is None

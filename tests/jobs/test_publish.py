@@ -102,8 +102,7 @@ def hub(monkeypatch):
 def test_publish_to_s3_and_hub_then_refuse_to_overwrite(tmp_path, base_model, s3, hub, capsys, monkeypatch):
     monkeypatch.setenv("SFTLAUNCH_HARDWARE", "local 1xCPU")
     monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "2.5")
-    recipe = _recipe(tmp_path, "s3://sftl-test/runs")
-    monkeypatch.setenv("SFTLAUNCH_BUCKET", "s3://sftl-test/runs")  # the job's bucket, as render sets it
+    recipe = _recipe(tmp_path, "s3://sftl-test/runs")  # the job's bucket: the recipe's output.bucket
     run = _run_dir(tmp_path, base_model)
     assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 0
 
@@ -170,8 +169,7 @@ def test_forced_large_upload_also_removes_stale_files(tmp_path, base_model, hub,
 
 
 def test_model_card_contents_and_loss_plot(tmp_path, base_model, monkeypatch):
-    recipe = _recipe(tmp_path, str(tmp_path / "bucket"), hub_repo=None)
-    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "bucket"))  # the job's bucket, as render sets it
+    recipe = _recipe(tmp_path, str(tmp_path / "bucket"), hub_repo=None)  # the job's bucket: output.bucket
     run = _run_dir(tmp_path, base_model)
     assert publish.main(["--recipe", str(recipe), "--run-dir", str(run)]) == 0
     out = run / "publish"

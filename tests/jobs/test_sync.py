@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 CANARY = "hf_CANARYsyncMASK0123456789abcdefgh"
 
 
+def _recipe(tmp_path: Path, bucket: str | None) -> Path:
+    """A run's recipe: `jobs sync push` copies to its output.bucket, the job's only bucket."""
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"name": "sync", "model": {"id": "sftlaunch/tiny-llama"}, "method": "full",
+                                    "data": {"sources": [{"path": "stub/data", "format": "alpaca"}]},
+                                    "resources": {"clouds": ["local"]}, "output": {"bucket": bucket}}))
+    return path
+
+
 def _out(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     (out / "logs").mkdir(parents=True)
@@ -76,8 +88,8 @@ def test_push_to_a_local_path_copies_logs_and_metrics_only_when_changed(tmp_path
 def test_push_to_s3_and_status_reads_it_back(tmp_path, s3):  # noqa: F811
     out = _out(tmp_path)
     sync.write_end(out, 0, stopped=False)
-    proc = subprocess.run([sys.executable, "-m", "jobs", "sync", "push", "--out", str(out), "--bucket", s3,
-                           "--run-id", "sftl-x-0002"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "jobs", "sync", "push", "--out", str(out),
+                           "--recipe", str(_recipe(tmp_path, s3)), "--run-id", "sftl-x-0002"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     import fsspec
 
@@ -111,7 +123,8 @@ def test_loop_copies_while_running_and_stops_with_its_parent(tmp_path):
     out = _out(tmp_path)
     bucket = tmp_path / "bucket"
     # The parent is a shell that outlives nothing: when it exits, the loop must end by itself.
-    parent = subprocess.Popen(["bash", "-c", f"{sys.executable} -m jobs sync push --out {out} --bucket {bucket} "
+    recipe = _recipe(tmp_path, str(bucket))
+    parent = subprocess.Popen(["bash", "-c", f"{sys.executable} -m jobs sync push --out {out} --recipe {recipe} "
                                "--run-id sftl-x-0004 --every 0.2 --parent $$ & echo $!; sleep 2"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     loop_pid = int(parent.stdout.readline())
@@ -144,4 +157,27 @@ def test_end_record(tmp_path):
     rec = sync.write_end(out, 0, stopped=True)
     assert json.loads((out / "exit.json").read_text()) == rec
     assert rec["exit_code"] == 0 and rec["stopped"] == {"reason": "budget", "step": 5}
-    assert sync.main(["push", "--out", str(out), "--bucket", str(tmp_path), "--run-id", "r", "--every", "-1"]) == 2
+    assert sync.main(["push", "--out", str(out), "--recipe", str(_recipe(tmp_path, str(tmp_path / "b"))),
+                      "--run-id", "r", "--every", "-1"]) == 2
+
+
+def test_push_copies_to_the_recipes_bucket_and_nowhere_without_one(tmp_path, monkeypatch):
+    """The bucket is the recipe's output.bucket; SFTLAUNCH_BUCKET (up's default on the laptop) is
+    not a job setting, and a recipe without a bucket copies nothing."""
+    out = _out(tmp_path)
+    monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "shell-default"))
+    bucket = tmp_path / "bucket"
+    args = ["push", "--out", str(out), "--run-id", "sftl-x-0005", "--recipe"]
+    assert sync.main([*args, str(_recipe(tmp_path, str(bucket)))]) == 0
+    assert (bucket / "sftl-x-0005" / "metrics.jsonl").is_file()
+    assert sync.main([*args, str(_recipe(tmp_path / "nobucket", None))]) == 0
+    assert not (tmp_path / "shell-default").exists()
+
+
+def test_a_recipe_that_does_not_load_is_one_line_and_exit_2(tmp_path):
+    out = _out(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: r\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs", "sync", "push", "--out", str(out), "--recipe", str(bad),
+                           "--run-id", "r"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -125,12 +125,11 @@ def test_progress_line_has_a_bar_and_stays_parseable():
 def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
     """Exit 0, not an error: a managed job that fails is restarted by SkyPilot and spends again."""
     from jobs.checkpoint import verify
-    from jobs.train import STOPPED_MARKER
+    from sftcore.contract import STOPPED_MARKER
 
     monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "1000000")
-    monkeypatch.setenv("SFTLAUNCH_MAX_USD", "0.01")
     out = tmp_path / "budget"
-    rc, _ = _run(tiny, out, max_steps=50)
+    rc, _ = _run(tiny, out, max_steps=50, max_usd=0.01)
     assert rc == 0
     ckpts = list((out / "checkpoints").glob("step-*"))
     assert len(ckpts) == 1 and verify(ckpts[0]) is None
@@ -155,9 +154,8 @@ def test_budget_guard_charges_the_launched_choice_and_the_final_record_names_it(
     monkeypatch.setenv("SFTLAUNCH_RATES", json.dumps(rates))
     monkeypatch.setenv("SKYPILOT_CLUSTER_INFO", json.dumps({"cluster_name": "sftl-t-0000", "cloud": "GCP",
                                                             "region": "us-central1", "zone": "us-central1-a"}))
-    monkeypatch.setenv("SFTLAUNCH_MAX_USD", "1")
     out = tmp_path / "rates"
-    rc, _ = _run(tiny, out)
+    rc, _ = _run(tiny, out, max_usd=1)
     assert rc == 0 and (out / "final").is_dir() and not (out / "STOPPED").exists()
     offer = json.loads((out / "final" / "sftlaunch.json").read_text())["offer"]
     assert {k: offer[k] for k in ("cloud", "region", "accelerator", "count", "usd_per_hour")} == {
@@ -201,7 +199,7 @@ def test_budget_clock_counts_from_the_saved_elapsed_time_after_a_kill(tiny, tmp_
     saved = ck.read_state(out / "checkpoints" / f"step-{done[0]}")
     assert saved["step"] == done[0] and saved["elapsed_s"] > 0 and saved["attempts"] == 1
     spent = saved["elapsed_s"]  # at $3600/h: one dollar per second
-    again = _drive(root, out, env={"SFTLAUNCH_USD_PER_HOUR": "3600", "SFTLAUNCH_MAX_USD": f"{spent:.3f}"}, **settings)
+    again = _drive(root, out, env={"SFTLAUNCH_USD_PER_HOUR": "3600"}, max_usd=round(spent, 3), **settings)
     log, _ = again.communicate(timeout=300)
     assert again.returncode == 0, log
     stopped = json.loads((out / "STOPPED").read_text())

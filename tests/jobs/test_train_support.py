@@ -58,11 +58,17 @@ def recipe_dict(model_dir: Path, data: Path, **train) -> dict:
             "train": t, "resources": {"clouds": ["local"]}, "eval": None}
 
 
-def make_recipe(model_dir: Path, data: Path, method: str = "full", **train):
+def make_recipe(model_dir: Path, data: Path, method: str = "full", bucket: str | None = None,
+                max_usd: float | None = None, **train):
+    """`bucket` and `max_usd`: the recipe's output.bucket and resources.max_usd, where the job
+    reads them."""
     from sftcore.recipe import recipe_from_dict
 
     d = recipe_dict(model_dir, data, **train)
     d["method"] = method
+    d["output"] = {"bucket": bucket}
+    if max_usd is not None:
+        d["resources"]["max_usd"] = max_usd
     if method in ("lora", "qlora"):
         d["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
     if method == "qlora":

@@ -285,6 +285,11 @@ def write_recipe(dir_, name="demo", clouds=("runpod", "gcp"), spot=False, bucket
     return path
 
 
+# A valid recipe for runs of the stub job: `jobs sync push` (the real module) loads it for its
+# output.bucket, which it names none of.
+STUB_RECIPE_YAML = ("name: local\nmodel: {id: sftlaunch/tiny-llama}\nmethod: full\n"
+                    "data: {sources: [{path: stub/data, format: alpaca}]}\nresources: {clouds: [local]}\n")
+
 STUB_PYTHON = """#!/usr/bin/env bash
 # Stands in for the job's Python under docker/entrypoint.sh (SFTLAUNCH_PYTHON): the training,
 # eval and publish jobs only print, write metrics.jsonl and leave a ran-<step> file, so the

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from launcher.backends import local
 from launcher.cli import cli
 from launcher.runs import Registry, run_dir
+from tests.launcher.fake_backend import STUB_RECIPE_YAML
 
 
 class _Recipe:
@@ -17,7 +18,7 @@ class _Recipe:
     eval = {"tasks": ["tiny_mc"]}
 
     def to_yaml(self):
-        return "name: local\n"
+        return STUB_RECIPE_YAML
 
 
 class _NoEvalRecipe(_Recipe):
@@ -44,23 +45,26 @@ def test_follow_poll_and_status(monkeypatch):
     assert "sftl-local-0002 starts" in logs.output
 
 
-def test_the_shell_default_bucket_never_reaches_a_local_run(monkeypatch, tmp_path):
-    """SFTLAUNCH_BUCKET in the user's shell is `up`'s default for cloud runs; the job reads its
-    bucket from the same name, so the direct runner must not pass the shell's value on (it once
-    did: a local demo then copied its logs and checkpoints to the user's cloud bucket)."""
+def test_a_local_runs_bucket_is_its_recipes(monkeypatch, tmp_path):
+    """The job reads its bucket from the recipe copy in the run dir, never from the environment:
+    SFTLAUNCH_BUCKET in the user's shell (`up`'s default for cloud runs) changes nothing. A direct
+    run's copy keeps output.bucket; a Docker run's copy names none (no mount or credentials)."""
+    import yaml
+
+    from sftcore.recipe import recipe_from_dict
+
     monkeypatch.setenv("SFTLAUNCH_BUCKET", str(tmp_path / "shell-default"))
-    rec = _start(monkeypatch, 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
-    lines = []
-    assert local.follow_log(rec, lines.append) == 0
-    assert lines == ["bucket=[]"]
-    # What the caller passes (up: the recipe's output.bucket) is what the job gets, as render does for clouds.
-    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: 'echo "bucket=[${SFTLAUNCH_BUCKET:-}]"')
-    fields = local.start(_Recipe(), "sftl-local-0003", run_dir("sftl-local-0003"), use_docker=False,
-                         extra_env={"SFTLAUNCH_BUCKET": str(tmp_path / "recipe-bucket")})
-    Registry().create("sftl-local-0003", {"name": "local"}, state="running", cloud="local", **fields)
-    lines = []
-    assert local.follow_log(Registry().get("sftl-local-0003"), lines.append) == 0
-    assert lines == [f"bucket=[{tmp_path / 'recipe-bucket'}]"]
+    recipe = recipe_from_dict({**yaml.safe_load(STUB_RECIPE_YAML), "output": {"bucket": str(tmp_path / "mine")}})
+    monkeypatch.setattr(local, "_direct_command", lambda recipe_path, steps: "true")
+    rid = "sftl-local-0003"
+    local.start(recipe, rid, run_dir(rid), use_docker=False)
+    assert yaml.safe_load(local.paths(run_dir(rid))["recipe"].read_text())["output"]["bucket"] == str(tmp_path / "mine")
+    monkeypatch.setattr(local, "_docker_command", lambda *a: "true")
+    monkeypatch.setattr("launcher.images.resolve_image", lambda image: "img:test")
+    rid = "sftl-local-0005"
+    local.start(recipe, rid, run_dir(rid), use_docker=True)
+    copy = local.paths(run_dir(rid))["recipe"].read_text()
+    assert yaml.safe_load(copy)["output"]["bucket"] is None and "shell-default" not in copy
 
 
 def test_docker_command_passes_secrets_by_name_only(monkeypatch, tmp_path):

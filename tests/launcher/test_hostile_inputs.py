@@ -333,12 +333,12 @@ def test_an_unreadable_entry_in_a_data_directory_is_named(tmp_path, monkeypatch)
 def test_data_preview_turns_a_late_read_error_into_exit_2(tmp_path, monkeypatch):
     """The data was valid at validate and became unreadable before it was read."""
     pytest.importorskip("transformers")
-    from jobs import data
+    from jobs import rows
 
     def denied(src, *_args, **_kwargs):
         raise PermissionError(13, "Permission denied", "/proc/1/cwd")
 
-    monkeypatch.setattr(data, "load_source", denied)
+    monkeypatch.setattr(rows, "load_source", denied)
     res = _cli("data-preview", _tiny(tmp_path))
     _clean_exit_2(res)
     assert "data.sources: cannot read /proc/1/cwd (Permission denied)" in res.output

@@ -51,14 +51,14 @@ def _job_writes_its_logs(tmp_path, bucket, run_id, **env):
     import subprocess
     from pathlib import Path
 
-    from tests.launcher.fake_backend import stub_job_python
+    from tests.launcher.fake_backend import STUB_RECIPE_YAML, stub_job_python
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("name: demo\n")
+    recipe.write_text(STUB_RECIPE_YAML + f"output: {{bucket: {bucket}}}\n")  # the job's bucket
     entry = Path(__file__).resolve().parents[2] / "docker" / "entrypoint.sh"
     full = {**os.environ, "SFTLAUNCH_RECIPE": str(recipe), "SFTLAUNCH_OUT": str(tmp_path / "job-out"),
-            "SFTLAUNCH_RUN_ID": run_id, "SFTLAUNCH_BUCKET": str(bucket),
+            "SFTLAUNCH_RUN_ID": run_id,
             "SFTLAUNCH_PYTHON": stub_job_python(tmp_path / "bin"), **env}
     proc = subprocess.run(["bash", str(entry), "all"], env=full, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

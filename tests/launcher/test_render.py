@@ -90,11 +90,15 @@ def test_autostop_deletes_the_idle_cluster_on_every_cloud(cloud):
 
 
 def test_spot_renders_managed_job_recovery():
-    task = render_task(_recipe(spot=True), Target("gcp", "A100-80GB", 8, spot=True), "sftl-r-0000", "/x")
+    task = render_task(_recipe(spot=True, max_usd=50), Target("gcp", "A100-80GB", 8, spot=True), "sftl-r-0000", "/x")
     assert task["resources"]["use_spot"] is True
     assert task["resources"]["job_recovery"]["strategy"]
     assert "autostop" not in task["resources"]
-    assert task["envs"]["SFTLAUNCH_BUCKET"] == "s3://my-bucket/x"
+    # The bucket and the budget reach the job in its mounted recipe only (the job reads them there).
+    assert "SFTLAUNCH_BUCKET" not in task["envs"] and "SFTLAUNCH_MAX_USD" not in task["envs"]
+    mounted, _ = container_recipe(_recipe(spot=True, max_usd=50))
+    assert mounted["output"]["bucket"] == "s3://my-bucket/x" and mounted["resources"]["max_usd"] == 50
+    assert container_recipe(_recipe(), bucket=False)[0]["output"]["bucket"] is None  # local Docker runs
     assert task["envs"]["SFTLAUNCH_HARDWARE"] == "gcp 8×A100-80GB spot"  # the model card's hardware line
     two = render_task(_recipe(nodes=2), Target("gcp", "H100", 8, nodes=2), "sftl-r-0000", "/x")
     assert two["envs"]["SFTLAUNCH_HARDWARE"] == "gcp 2 nodes × 8×H100"
@@ -120,6 +124,7 @@ def _count_capability_checks(monkeypatch) -> list:
     """Every call of sftcore.clouds.check_features, through whichever module imported it."""
     import sys
 
+    import launcher.estimate.refusals  # noqa: F401 - imported by plan lazily: patched here too
     from sftcore import clouds
 
     calls, real = [], clouds.check_features
@@ -209,15 +214,14 @@ def _run_rendered(task, tmp_path, **env):
     import subprocess
 
     from launcher.render import ENTRYPOINT
-    from tests.launcher.fake_backend import stub_job_python
+    from tests.launcher.fake_backend import STUB_RECIPE_YAML, stub_job_python
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("name: r\n")
+    recipe.write_text(STUB_RECIPE_YAML)
     script = task["run"].replace(ENTRYPOINT, str(REPO / "docker" / "entrypoint.sh"))
     full = {**os.environ, **task["envs"], "SFTLAUNCH_RECIPE": str(recipe), "SFTLAUNCH_OUT": str(tmp_path / "out"),
             "SFTLAUNCH_PYTHON": stub_job_python(tmp_path / "bin"), **env}
-    full.pop("SFTLAUNCH_BUCKET", None)
     proc = subprocess.run(["bash", "-c", script], env=full, capture_output=True, text=True, timeout=120)
     return proc, tmp_path / "out"
 
@@ -313,12 +317,12 @@ def test_the_plan_prediction_reaches_the_job_for_its_calibration():
     """SFTLAUNCH_PLAN carries the chosen candidate's figures; jobs.calibration reads them back."""
     from jobs.calibration import read_plan
     from launcher.estimate.candidates import plan
-    from sftcore.contract import PLAN_KEYS, Env
+    from sftcore.contract import PLAN_KEYS, Env, JobEnv
 
     recipe = load_recipe(REPO / "recipes" / "llama2-70b-qlora.yaml")
     chosen = plan(recipe).chosen
     task = render_task(recipe, chosen, "sftl-x-beef", "/tmp/r.yaml")
-    got = read_plan(task["envs"])
+    got = read_plan(JobEnv.from_env(task["envs"]))  # the task's envs as the job reads them
     assert set(got) == set(PLAN_KEYS)
     t = chosen.timing
     assert got["tokens_per_s"] == pytest.approx(t.tokens / (t.train_hours * 3600), rel=1e-6)

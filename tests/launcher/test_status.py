@@ -338,7 +338,7 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
 
     from jobs.calibration import CalibrationCallback
     from jobs.callbacks import RunState
-    from sftcore.contract import Env, run_prefix
+    from sftcore.contract import Env, JobEnv, run_prefix
 
     clock = _Clock(monkeypatch)
     reg = Registry()
@@ -349,10 +349,10 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
     out.mkdir(parents=True)
     plan = {"tokens_per_s": 1000.0, "train_hours": 1.5, "eval_hours": 0.2, "eta_hours": 2.0, "total_usd": 8.0,
             "mfu": 0.4, "params_b": 7.0}
-    env = {Env.PLAN: json.dumps(plan), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "4", Env.MAX_USD: "50"}
+    env = {Env.PLAN: json.dumps(plan), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "4"}
     counter = SimpleNamespace(tokens=0)
-    cb = CalibrationCallback(out, counter, RunState(None, None, clock.t, 0.0, 1), env=env, clock=lambda: clock.t,
-                             peak_gb=lambda: 61.2)
+    cb = CalibrationCallback(out, counter, RunState(None, None, clock.t, 0.0, 1), 50, job=JobEnv.from_env(env),
+                             clock=lambda: clock.t, peak_gb=lambda: 61.2)
     for step in (1, 2, 3):
         clock.t += 4.0
         counter.tokens += 1000

@@ -247,21 +247,26 @@ def test_refuses_a_run_that_would_persist_nothing(tmp_path, fake, plan):
     assert not fake.launched
 
 
-def test_bucket_flag_and_env_override_output_bucket(tmp_path, fake, plan, monkeypatch):
+def _job_bucket(task) -> str | None:
+    """The bucket the job will use: its mounted recipe's output.bucket (not an env variable)."""
     import yaml
 
+    assert "SFTLAUNCH_BUCKET" not in task["envs"]
+    with open(task["file_mounts"]["/sftlaunch/recipe.yaml"]) as fh:
+        return yaml.safe_load(fh)["output"]["bucket"]
+
+
+def test_bucket_flag_and_env_override_output_bucket(tmp_path, fake, plan, monkeypatch):
     res = up(write_recipe(tmp_path / "r", bucket=False), "--yes", "--detach", "--bucket", "gs://mine/sftl")
     assert res.exit_code == 0, res.output
     _, task, _, _ = fake.launched[0]
     rec = only_record()
-    assert task["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl" and rec.bucket == "gs://mine/sftl"
+    assert _job_bucket(task) == "gs://mine/sftl" and rec.bucket == "gs://mine/sftl"  # what the job reads
     assert rec.checkpoint_uri == f"gs://mine/sftl/{rec.run_id}/checkpoints/"
-    mounted = yaml.safe_load(open(task["file_mounts"]["/sftlaunch/recipe.yaml"]).read())
-    assert mounted["output"]["bucket"] == "gs://mine/sftl"  # what publish and train read in the container
     monkeypatch.setenv("SFTLAUNCH_BUCKET", "s3://env-bucket/x")
     res = up(write_recipe(tmp_path / "s", name="demo2"), "--yes", "--detach")
     assert res.exit_code == 0, res.output
-    assert fake.launched[1][1]["envs"]["SFTLAUNCH_BUCKET"] == "s3://env-bucket/x"
+    assert _job_bucket(fake.launched[1][1]) == "s3://env-bucket/x"
     assert "replaces" in res.output  # the recipe named another bucket: said so
 
 
@@ -340,7 +345,7 @@ def test_bucket_flag_satisfies_the_spot_rule(tmp_path, fake, plan):
     assert res.exit_code == 2 and "spot" in res.output
     res = up(path, "--yes", "--detach", "--bucket", "gs://mine/sftl")
     assert res.exit_code == 0, res.output
-    assert fake.launched[-1][1]["envs"]["SFTLAUNCH_BUCKET"] == "gs://mine/sftl"
+    assert _job_bucket(fake.launched[-1][1]) == "gs://mine/sftl"
     res = up(path, "--yes", "--detach", "--bucket", "gs://Bad Bucket")
     assert res.exit_code == 2 and "--bucket: output.bucket: " in res.output and "'gs://Bad Bucket'" in res.output
     assert "Traceback" not in res.output
@@ -355,7 +360,7 @@ def test_a_cloud_run_never_writes_to_a_local_path(tmp_path, fake, plan):
     assert "gs:// or s3://" in res.output and "Traceback" not in res.output
     res = up(path, "--yes", "--detach", "--bucket", "s3://mine/x")  # the flag replaces it: fine
     assert res.exit_code == 0, res.output
-    assert fake.launched[-1][1]["envs"]["SFTLAUNCH_BUCKET"] == "s3://mine/x"
+    assert _job_bucket(fake.launched[-1][1]) == "s3://mine/x"
     assert "note: --bucket s3://mine/x replaces" in res.output and "output.bucket ./out" in res.output
 
 

@@ -71,6 +71,65 @@ def _offences(path: Path) -> list[str]:
     return found
 
 
+# A run's file and folder names (RunLayout's parts). Words that are also run states, step names
+# or SkyPilot statuses ("stopped", "STOPPED", "eval", "model", "logs") are left out: they are not
+# only file names, so a literal of them proves nothing.
+RUN_FILE_NAMES = {contract.METRICS, contract.END_RECORD, contract.RESULTS, contract.FINAL_DIR, contract.RUN_META,
+                  contract.CHECKPOINTS_DIR, contract.EVAL_BASE_DIR}
+
+
+def _keys(tree: ast.AST) -> set[int]:
+    """Strings used as mapping keys (`d["checkpoints"]`, `d.get("checkpoints")`): names of
+    figures, not of files."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript):
+            ids.add(id(node.slice))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            ids.add(id(node.args[0]))
+    return ids
+
+
+def _string_parts(tree: ast.AST, skip: set[int]):
+    """(line, text) of every string constant and f-string literal part not in `skip`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            yield node.lineno, node.value
+
+
+def _layout_offences(path: Path) -> list[str]:
+    """A run file's name spelled by hand: a string whose path segment is one of RUN_FILE_NAMES,
+    or a `step-N` folder name."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for line, text in _string_parts(tree, _docstrings(tree) | _keys(tree)):
+        segments = text.split("/")
+        if any(seg in RUN_FILE_NAMES for seg in segments) or any(
+                seg.startswith(contract.STEP_PREFIX) for seg in segments):
+            found.append(f"{path.relative_to(ROOT)}:{line}: run file name {text[:60]!r}")
+    return found
+
+
+def test_no_run_file_name_outside_the_contract_module():
+    """jobs/ and launcher/ take every run file's name and path from contract.RunLayout."""
+    offences = [o for p in SCANNED if not p.is_relative_to(ROOT / "bench") for o in _layout_offences(p)]
+    assert not offences, "use sftcore.contract.RunLayout instead:\n" + "\n".join(offences)
+
+
+def test_the_layout_scan_finds_what_it_forbids(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""final/ and results.json in a docstring."""\nfrom pathlib import Path\n'
+                   'a = Path("x") / "final"\nb = f"{a}/eval/results.json"\nc = f"{a}/step-{1}"\n'
+                   'd = "checkpoints"\ne = "final answer"\nf = {}.get("final")\n')
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        found = _layout_offences(bad)
+    finally:
+        ROOT = saved
+    assert sorted(int(f.split(":")[1]) for f in found) == [3, 4, 5, 6], found
+
+
 def test_no_contract_literal_outside_the_contract_module():
     offences = [o for p in SCANNED for o in _offences(p)]
     assert not offences, "use sftcore.contract instead:\n" + "\n".join(offences)
@@ -104,6 +163,10 @@ def test_entrypoint_names_are_the_contract():
     assert f'LOGS="$OUT/{contract.LOGS_DIR}"' in ENTRYPOINT
     assert f'echo "{contract.STOPPED_LINE} ' in ENTRYPOINT
     assert f'"$PY" -m jobs eval --model "$OUT/{contract.FINAL_DIR}"' in ENTRYPOINT
+    assert f'--out "$OUT/{contract.EVAL_DIR}"' in ENTRYPOINT
+    # The bucket and the budget are the recipe's: the entrypoint hands the recipe to `jobs sync`.
+    assert Env.BUCKET not in ENTRYPOINT and "MAX_USD" not in ENTRYPOINT
+    assert 'SYNC=(push --out "$OUT" --recipe "$SFTLAUNCH_RECIPE"' in ENTRYPOINT
     # The image runs the entrypoint where the rendered task calls it.
     assert f'ENTRYPOINT ["bash", "{contract.ENTRYPOINT}"]' in (ROOT / "docker" / "Dockerfile").read_text()
 
@@ -149,3 +212,73 @@ def test_each_name_list_is_the_one_its_implementation_serves():
     assert masking.JOB_SECRETS is render.SECRET_NAMES is contract.JOB_SECRETS
     assert runid.PREFIX == recipe.RUN_ID_PREFIX == contract.RUN_ID_PREFIX
     assert runid.RUN_ID_RE.match(runid.new_run_id("demo")) and not runid.RUN_ID_RE.match("sftlx-demo-abcd")
+
+
+def test_run_layout_of_a_run_dir_gives_paths():
+    from pathlib import Path
+
+    run = contract.RunLayout(Path("/runs/sftl-a-0001"))
+    assert run.metrics == Path("/runs/sftl-a-0001/metrics.jsonl")
+    assert run.end_record.name == "exit.json" and run.stopped_marker.name == "STOPPED"
+    assert run.step(12) == Path("/runs/sftl-a-0001/checkpoints/step-12")
+    assert run.final_meta == Path("/runs/sftl-a-0001/final/sftlaunch.json")
+    assert run.eval_results() == Path("/runs/sftl-a-0001/eval/results.json")
+    assert run.eval_results(base=True) == Path("/runs/sftl-a-0001/eval-base/results.json")
+    assert run.publish.name == "publish" and run.recipe.name == "recipe.yaml" and run.logs.name == "logs"
+
+
+def test_run_layout_in_a_bucket_gives_uris():
+    b = contract.RunLayout.in_bucket("gs://b/x/", "sftl-a-0001")
+    assert b == contract.RunLayout.in_bucket("gs://b/x", "sftl-a-0001") and b.root == "gs://b/x/sftl-a-0001"
+    assert b.checkpoints == "gs://b/x/sftl-a-0001/checkpoints"
+    assert b.step(3) == "gs://b/x/sftl-a-0001/checkpoints/step-3"
+    assert b.model == "gs://b/x/sftl-a-0001/model" and b.results == "gs://b/x/sftl-a-0001/results.json"
+    assert b.stop_flag == "gs://b/x/sftl-a-0001/control/stop"
+    assert b.stopped_flag == "gs://b/x/sftl-a-0001/control/stopped"
+    with pytest.raises(AttributeError):
+        b.root = "gs://elsewhere"  # frozen
+
+
+@pytest.mark.parametrize(("name", "step"), [("step-12", 12), ("step-0", 0), ("step-", None), ("step-1a", None),
+                                            ("checkpoint-3", None), ("step-\u0663", None)])
+def test_step_names_round_trip(name, step):
+    assert contract.step_of(name) == step
+    if step is not None:
+        assert contract.step_dir(step) == name
+
+
+def test_job_env_reads_the_launchers_variables_once():
+    job = contract.JobEnv.from_env({Env.RUN_ID: "sftl-a-0001", Env.USD_PER_HOUR: " 2.5 ", Env.GRADIENT_CHECKPOINTING: "0",
+                                    Env.RATES: "[]", Env.PLAN: "{}", Env.HARDWARE: "gcp 1×A100", Env.OUT: ""})
+    assert (job.run_id, job.usd_per_hour, job.gradient_checkpointing, job.out) == ("sftl-a-0001", 2.5, False, None)
+    assert (job.rates, job.plan, job.hardware) == ("[]", "{}", "gcp 1×A100")
+    assert contract.JobEnv.from_env({}) == contract.JobEnv()
+    ev = contract.JobEnv.from_env({Env.EVAL_WITH_BASE: "1", Env.EVAL_PARALLEL: "model", Env.EVAL_BACKEND: "hf"})
+    assert (ev.eval_with_base, ev.eval_parallel, ev.eval_backend) == (True, "model", "hf")
+    # What the recipe owns has no field: the job reads output.bucket and resources.max_usd from it.
+    fields = set(contract.JobEnv.__dataclass_fields__)
+    assert not fields & {"bucket", "max_usd"} and not hasattr(Env, "MAX_USD")
+
+
+@pytest.mark.parametrize(("name", "value", "want"), [
+    (Env.USD_PER_HOUR, "cheap", "a price in $/hour"), (Env.USD_PER_HOUR, "-1", "a price in $/hour"),
+    (Env.USD_PER_HOUR, "nan", "a price in $/hour"), (Env.GRADIENT_CHECKPOINTING, "yes", "1 (on) or 0 (off)"),
+    (Env.EVAL_WITH_BASE, "true", "1 (on) or 0 (off)"),
+])
+def test_a_bad_job_env_value_is_one_line_naming_the_variable(name, value, want):
+    from sftcore.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        contract.JobEnv.from_env({name: value})
+    assert str(err.value) == f"{name}={value!r}: expected {want}" + (", e.g. 2.5" if name == Env.USD_PER_HOUR else ", or unset")
+
+
+def test_a_bad_job_env_value_exits_2_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, Env.USD_PER_HOUR: "cheap"}
+    proc = subprocess.run([sys.executable, "-m", "jobs", "publish", "--help"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == f"error: {Env.USD_PER_HOUR}='cheap': expected a price in $/hour, e.g. 2.5\n"
