@@ -19,6 +19,25 @@ SKY_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 os.environ["NO_GCE_CHECK"] = "true"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "requires(*modules): skip the test as pytest.importorskip does when a module does not import;"
+        " checked when the test runs, so collecting it imports nothing",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tests marked `requires("transformers")` import it at setup, not at collection: collecting
+    the suite (in every xdist worker) then loads no torch, transformers or sky, and only a worker
+    that runs such a test pays for the import. The skip reason is importorskip's own; no fixture
+    of a skipped test is set up."""
+    for mark in item.iter_markers("requires"):
+        for name in mark.args:
+            pytest.importorskip(name)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     override = os.environ.get("SFTLAUNCH_TEST_CACHE")

@@ -1,6 +1,9 @@
 """jobs.calibration: the probe measures tokens/s after the warm-up step on a fake clock, writes the
 `calibration` row, re-plans ETA and cost, and stops the run after a checkpoint when the measured
-cost would break max_usd (on every rank, as rank 0 decided)."""
+cost would break max_usd (on every rank, as rank 0 decided).
+
+jobs.calibration and TrainerControl come from transformers, which loads torch: each test imports
+them when it runs, so collecting this file stays cheap."""
 
 from __future__ import annotations
 
@@ -8,10 +11,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from transformers import TrainerControl
 
-from jobs import calibration as cal
-from jobs.callbacks import RunState
 from sftcore.contract import Env, JobEnv
 
 
@@ -25,6 +25,9 @@ class Clock:
 
 def _probe(tmp_path, env, clock, counter, started=1000.0, elapsed_before=0.0, max_usd=None):
     """`max_usd`: the recipe's resources.max_usd; `env`: the launcher's variables (JobEnv)."""
+    from jobs import calibration as cal
+    from jobs.callbacks import RunState
+
     run = RunState(bucket=None, topology=None, started=started, elapsed_before=elapsed_before, attempts=1)
     cb = cal.CalibrationCallback(tmp_path, counter, run, max_usd, job=JobEnv.from_env(env), clock=clock,
                                  peak_gb=lambda: 12.5)
@@ -33,6 +36,8 @@ def _probe(tmp_path, env, clock, counter, started=1000.0, elapsed_before=0.0, ma
 
 def _steps(cb, counter, clock, steps, max_steps, tokens_per_step=1000, step_s=2.0, start=0):
     """Drive `steps` optimizer steps; returns the control of the last one."""
+    from transformers import TrainerControl
+
     control = TrainerControl()
     for i in range(start + 1, start + steps + 1):
         clock.t += step_s
@@ -50,6 +55,8 @@ def _rows(tmp_path):
 
 
 def test_measures_after_the_warm_up_step_and_replans_the_eta(tmp_path):
+    from transformers import TrainerControl
+
     clock, counter = Clock(), SimpleNamespace(tokens=0)
     env = {Env.PLAN: json.dumps(PLAN), Env.CALIBRATION: "4,600"}
     cb, _ = _probe(tmp_path, env, clock, counter)
@@ -81,6 +88,8 @@ def test_the_seconds_limit_ends_the_probe_first(tmp_path):
 
 
 def test_an_eval_inside_the_probe_is_not_counted_as_training(tmp_path):
+    from transformers import TrainerControl
+
     clock, counter = Clock(), SimpleNamespace(tokens=0)
     cb, _ = _probe(tmp_path, {Env.CALIBRATION: "3,600"}, clock, counter)
     _steps(cb, counter, clock, 2, 50)
@@ -128,6 +137,8 @@ def test_a_cost_within_max_usd_trains_on(tmp_path):
 
 def test_other_ranks_follow_rank_0s_decision(tmp_path, monkeypatch):
     """A rank other than 0 neither measures nor writes; it stops because rank 0's broadcast says so."""
+    from jobs import calibration as cal
+
     monkeypatch.setenv("RANK", "1")
     seen = []
 
@@ -146,6 +157,7 @@ def test_other_ranks_follow_rank_0s_decision(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text", ["20", "0,10", "5,-1", "a,b"])
 def test_a_bad_probe_length_is_one_line_naming_the_variable(text):
+    from jobs import calibration as cal
     from sftcore.errors import UserError
 
     with pytest.raises(UserError, match=f"{Env.CALIBRATION}=.*STEPS,SECONDS"):
@@ -153,6 +165,8 @@ def test_a_bad_probe_length_is_one_line_naming_the_variable(text):
 
 
 def test_plan_figures_are_numbers_only():
+    from jobs import calibration as cal
+
     def plan(text):
         return cal.read_plan(JobEnv.from_env({Env.PLAN: text} if text is not None else {}))
 
@@ -190,6 +204,7 @@ def test_a_real_run_records_the_probe_and_a_calibration_stop_checkpoints(tmp_pat
 def test_the_model_card_shows_planned_measured_and_actual_time_and_dollars():
     from pathlib import Path
 
+    from jobs import calibration as cal
     from jobs.modelcard import render_card
     from sftcore.recipe import load_recipe
 

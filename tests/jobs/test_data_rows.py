@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from sftcore.errors import UserError
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
 BAD = [

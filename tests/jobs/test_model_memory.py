@@ -14,7 +14,7 @@ import pytest
 
 from tests.jobs.test_train_support import recipe_dict, write_data
 
-pytest.importorskip("peft")
+pytestmark = pytest.mark.requires("peft")
 
 
 def held_bytes(model) -> int:

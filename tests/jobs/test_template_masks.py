@@ -20,7 +20,7 @@ import json
 
 import pytest
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 from jobs import tiny  # noqa: E402
 

@@ -20,7 +20,7 @@ import copy
 
 import pytest
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 from sftcore.errors import UserError  # noqa: E402
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 
 def test_tiny_builds_caches_and_roundtrips(shared_cache):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "recipes" / "data" / "alpaca.jsonl"  # single-turn, no system turn: every family's template takes it

@@ -11,7 +11,7 @@ import inspect
 
 import pytest
 
-sky = pytest.importorskip("sky")
+pytestmark = pytest.mark.requires("sky")
 
 from launcher.backends import sky as adapter  # noqa: E402
 from launcher.render import Target, render_task  # noqa: E402
@@ -52,6 +52,8 @@ class Recorder:
 
 @pytest.fixture
 def rec(monkeypatch):
+    import sky
+
     r = Recorder(monkeypatch)
     r.patch(sky, "stream_and_get")
     r.patch(sky, "get")
@@ -66,6 +68,7 @@ def rec(monkeypatch):
 
 
 def test_state_tables_cover_skypilots_enums():
+    import sky
     from sky.jobs.state import ManagedJobStatus
     from sky.skylet.job_lib import JobStatus
     from sky.utils.status_lib import ClusterStatus
@@ -93,6 +96,8 @@ def test_task_validates_and_secrets_join_only_at_launch(task_dict, monkeypatch):
 
 
 def test_launch_calls_the_sdk_as_0_14_expects(task_dict, rec, monkeypatch):
+    import sky
+
     rec.patch(sky, "launch")
     rec.returns("req-launch", (4, object()))
     lines = []
@@ -107,6 +112,8 @@ def test_launch_calls_the_sdk_as_0_14_expects(task_dict, rec, monkeypatch):
 
 
 def test_jobs_launch_queue_cancel_status_down(task_dict, rec):
+    import sky
+
     b = adapter.SkyBackend()
     rec.patch(sky.jobs, "launch")
     rec.returns("req-launch", ([12], None))
@@ -142,6 +149,7 @@ def test_jobs_launch_queue_cancel_status_down(task_dict, rec):
 
 
 def test_optimize_returns_skypilots_printed_plan(task_dict, monkeypatch):
+    import sky
     from sky.client import sdk
 
     sig = inspect.signature(sdk.optimize)
@@ -174,6 +182,7 @@ def test_check_maps_skypilots_answer_per_cloud(rec):
 
 def _raising(monkeypatch, exc):
     """Every request's result raises `exc`, as sky.get/stream_and_get do for a failed request."""
+    import sky
 
     def boom(*a, **k):
         raise exc
@@ -183,6 +192,7 @@ def _raising(monkeypatch, exc):
 
 
 def test_no_jobs_controller_is_an_empty_queue_and_nothing_to_cancel(rec, monkeypatch):
+    import sky
     from sky import exceptions
 
     # What sky/jobs/server/core.py raises in 0.14.1 when the controller is not up.
@@ -203,6 +213,7 @@ def test_non_follow_managed_logs_without_a_controller_are_unavailable(rec, monke
     """Checked against a real local API server: without --follow, sky.jobs.tail_logs returns None
     and prints nothing when no controller is up (stream_response drops the request's error), so
     the adapter asks the queue, which raises ClusterNotUpError, instead of showing an empty log."""
+    import sky
     from sky import exceptions
 
     jsig = inspect.signature(sky.jobs.tail_logs)
@@ -219,6 +230,7 @@ def test_non_follow_managed_logs_without_a_controller_are_unavailable(rec, monke
 
 
 def test_a_gone_cluster_is_already_down_and_has_no_logs(rec, monkeypatch):
+    import sky
     from sky import exceptions
 
     for name in ("down", "job_status"):
@@ -264,6 +276,8 @@ def test_credential_hints_say_what_skypilots_checks_read(monkeypatch, tmp_path):
 
 
 def test_tail_logs_streams_lines_and_returns_the_exit_code(monkeypatch):
+    import sky
+
     sig = inspect.signature(sky.tail_logs)
 
     def fake_tail(*args, **kwargs):
@@ -344,6 +358,7 @@ def test_optimizer_dry_run_on_a_catalog_snapshot(tmp_path):
 def test_owner_and_current_user_from_skypilots_own_records(rec, monkeypatch):
     """Ownership compares SkyPilot's owner of a cluster / managed job (StatusResponse.user_hash,
     ManagedJobRecord.user_hash in 0.14.1's schemas) with the user the API server acts for."""
+    import sky
     from sky import models
     from sky.client import sdk
     from sky.jobs import utils as jobs_utils

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("transformers")
+pytestmark = pytest.mark.requires("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "recipes" / "tiny-local.yaml")

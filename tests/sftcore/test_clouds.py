@@ -8,10 +8,11 @@ import pytest
 
 from sftcore.clouds import CLOUDS, Feature, capability_problem, min_name_limit
 
-sky = pytest.importorskip("sky")
+pytestmark = pytest.mark.requires("sky")
 
 
 def _sky_unsupported(cloud_key: str) -> dict[str, str]:
+    import sky
     from sky import clouds as sky_clouds
 
     cls = getattr(sky_clouds, CLOUDS[cloud_key].sky_class)
