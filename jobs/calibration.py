@@ -8,7 +8,7 @@ the measured rate and the run's cost (elapsed + remaining training + the plan's 
 writes one `calibration` row to metrics.jsonl: the launcher's status refresh reads it into the run
 record, and later plans for the same GPU/method/size use the measured MFU. If the projected cost
 breaks max_usd, training stops after a checkpoint exactly as the budget guard stops it
-(RunState.stopped = "calibration", DIR/STOPPED, exit 0), with the numbers in the detail.
+(TrainingAttempt.stopped = "calibration", DIR/STOPPED, exit 0), with the numbers in the detail.
 
 Rank 0 decides (clocks differ per rank) and broadcasts, so every rank saves and stops together.
 Each attempt (a resumed spot run lands on a new machine) measures again; the last row wins.

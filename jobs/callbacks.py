@@ -1,6 +1,6 @@
 """The Trainer callbacks of one training attempt: metrics.jsonl and the progress line, checkpoints
 by wall clock (finalized on every node, sealed and uploaded in the background), and the stop decisions (budget
-guard, the launcher's stop request), with the state they share with jobs.train (RunState).
+guard, the launcher's stop request), with the state they share with jobs.train (TrainingAttempt).
 
 Why callbacks: the Trainer owns the loop, the data position and the checkpoint format; these hook
 the run contract (DESIGN: metrics, checkpoints, budget) onto its events without forking it.
@@ -28,7 +28,7 @@ CONTROL_CHECK_S = 10  # how often rank 0 looks for <control>/stop (a bucket roun
 
 
 @dataclass
-class RunState:
+class TrainingAttempt:
     """What train() and the callbacks share for one attempt."""
 
     bucket: str | None
@@ -64,7 +64,7 @@ class StopGuard:
     """Whether to stop now: the budget guard (the launched offer's $/h, jobs.rate, x elapsed hours
     passed the recipe's resources.max_usd) or the launcher's request (<control>/stop)."""
 
-    def __init__(self, run: RunState, control_dir: str | None, max_usd: float | None) -> None:
+    def __init__(self, run: TrainingAttempt, control_dir: str | None, max_usd: float | None) -> None:
         self.run = run
         self.control_dir = control_dir
         # The launched offer's $/h (jobs/rate.py: SkyPilot's cluster info against render's table).
@@ -114,7 +114,7 @@ class CheckpointCallback(TrainerCallback):
 
     RETRY_S = 60
 
-    def __init__(self, out: Path, recipe, run_id: str | None, run: RunState, guard: StopGuard) -> None:
+    def __init__(self, out: Path, recipe, run_id: str | None, run: TrainingAttempt, guard: StopGuard) -> None:
         from jobs.checkpoint_upload import Uploader
 
         self.metrics_path = RunLayout(out).metrics
@@ -180,7 +180,7 @@ class CheckpointCallback(TrainerCallback):
 class MetricsCallback(TrainerCallback):
     """metrics.jsonl rows (loss, lr, tokens/s, eval loss, elapsed) and the progress line, on rank 0."""
 
-    def __init__(self, out: Path, counter, run: RunState) -> None:
+    def __init__(self, out: Path, counter, run: TrainingAttempt) -> None:
         self.metrics_path = RunLayout(out).metrics
         self.counter = counter  # jobs.train's token-counting collator
         self.run = run
@@ -235,7 +235,7 @@ class AtMaxSteps(TrainerCallback):
             raise NothingLeftToTrain(state.global_step)
 
 
-def make_callbacks(out: Path, counter, recipe, run_id: str | None, run: RunState,
+def make_callbacks(out: Path, counter, recipe, run_id: str | None, run: TrainingAttempt,
                    control_dir: str | None) -> list[TrainerCallback]:
     from jobs.calibration import CalibrationCallback  # the first minutes measured against the plan
 

@@ -191,7 +191,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import CheckpointCallback, NothingLeftToTrain, RunState, make_callbacks
+    from jobs.callbacks import CheckpointCallback, NothingLeftToTrain, TrainingAttempt, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     if args.report_to and "wandb" in args.report_to:
         _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)
-    run = RunState(bucket=bucket, topology=topo, started=t0, elapsed_before=float(saved.get("elapsed_s") or 0.0),
+    run = TrainingAttempt(bucket=bucket, topology=topo, started=t0, elapsed_before=float(saved.get("elapsed_s") or 0.0),
                    attempts=int(saved.get("attempts") or 0) + 1)
     if rank() == 0:
         layout.stopped_marker.unlink(missing_ok=True)

@@ -26,9 +26,9 @@ class Clock:
 def _probe(tmp_path, env, clock, counter, started=1000.0, elapsed_before=0.0, max_usd=None):
     """`max_usd`: the recipe's resources.max_usd; `env`: the launcher's variables (JobEnv)."""
     from jobs import calibration as cal
-    from jobs.callbacks import RunState
+    from jobs.callbacks import TrainingAttempt
 
-    run = RunState(bucket=None, topology=None, started=started, elapsed_before=elapsed_before, attempts=1)
+    run = TrainingAttempt(bucket=None, topology=None, started=started, elapsed_before=elapsed_before, attempts=1)
     cb = cal.CalibrationCallback(tmp_path, counter, run, max_usd, job=JobEnv.from_env(env), clock=clock,
                                  peak_gb=lambda: 12.5)
     return cb, run

@@ -337,7 +337,7 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
     from transformers import TrainerControl
 
     from jobs.calibration import CalibrationCallback
-    from jobs.callbacks import RunState
+    from jobs.callbacks import TrainingAttempt
     from sftcore.contract import Env, JobEnv, run_prefix
 
     clock = _Clock(monkeypatch)
@@ -351,7 +351,7 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
             "mfu": 0.4, "params_b": 7.0}
     env = {Env.PLAN: json.dumps(plan), Env.CALIBRATION: "2,600", Env.USD_PER_HOUR: "4"}
     counter = SimpleNamespace(tokens=0)
-    cb = CalibrationCallback(out, counter, RunState(None, None, clock.t, 0.0, 1), 50, job=JobEnv.from_env(env),
+    cb = CalibrationCallback(out, counter, TrainingAttempt(None, None, clock.t, 0.0, 1), 50, job=JobEnv.from_env(env),
                              clock=lambda: clock.t, peak_gb=lambda: 61.2)
     for step in (1, 2, 3):
         clock.t += 4.0
