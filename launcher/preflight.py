@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from launcher.backends import credentials
 from launcher.preflight_checks import (
     CHECK_TIMEOUT_S,
     FAIL,
@@ -40,7 +39,6 @@ from launcher.preflight_checks import (
 )
 from sftcore.errors import one_line
 
-SKY_CHECK_TIMEOUT_S = 90.0  # `import sky` alone takes seconds, and GCP's check asks Google
 PROBE_PREFIX = ".sftlaunch-preflight-"
 
 
@@ -184,12 +182,12 @@ def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, 
         from fsspec.asyn import AsyncFileSystem
     except ImportError:
         return UNKNOWN, "fsspec is not installed here", INSTALL_TRAIN
-    from launcher.lifecycle import _quiet_storage_logs, bucket_options
+    from launcher.run_outputs import bucket_options, quiet_storage_logs
 
     probe = f"{uri.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     stage = "reach"
     try:
-        with _quiet_storage_logs():
+        with quiet_storage_logs():
             if "://" not in uri:
                 Path(uri).mkdir(parents=True, exist_ok=True)
             fs, path = fsspec.core.url_to_fs(probe, skip_instance_cache=True, **bucket_options(uri))
@@ -222,55 +220,6 @@ def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, 
 # -- cloud credentials ------------------------------------------------------------------------------
 # SkyPilot's own per-cloud credential check (what `sky check` calls for each cloud, without
 # touching the API server or its state database), in a child process we can time out and kill.
-_SKY_CHECK = """
-import json, sys
-from sky.clouds import cloud as sky_cloud
-from sky.utils import registry
-out = {}
-for name in sys.argv[1:]:
-    try:
-        ok, reason = registry.CLOUD_REGISTRY.from_str(name).check_credentials(sky_cloud.CloudCapability.COMPUTE)
-    except Exception as exc:
-        ok, reason = False, f"{type(exc).__name__}: {exc}"
-    out[name] = [bool(ok), reason]
-print("SFTLAUNCH-CHECK " + json.dumps(out, default=str))
-"""
-
-
-def sky_credentials(clouds: list[str], timeout: float = SKY_CHECK_TIMEOUT_S) -> dict[str, tuple[bool, str]]:
-    """cloud -> (can launch compute, SkyPilot's reason). Raises ModuleNotFoundError without SkyPilot
-    and TimeoutError past `timeout` (the child is killed)."""
-    import importlib.util
-
-    if importlib.util.find_spec("sky") is None:
-        raise ModuleNotFoundError("SkyPilot is not installed")
-    proc = subprocess.Popen([sys.executable, "-c", _SKY_CHECK, *clouds], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise TimeoutError(f"SkyPilot's check gave no answer within {timeout:g} s") from None
-    for line in out.splitlines():
-        if line.startswith("SFTLAUNCH-CHECK "):
-            data = json.loads(line.split(" ", 1)[1])
-            return {c: (bool(ok), _reason_text(reason)) for c, (ok, reason) in data.items()}
-    last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}, no output"
-    raise RuntimeError(f"SkyPilot's check failed: {last}")
-
-
-def _reason_text(reason) -> str:
-    """SkyPilot's reason as one line; Kubernetes answers per kubeconfig context."""
-    if isinstance(reason, dict):
-        return "; ".join(f"context {ctx}: {_reason_text(txt)}" for ctx, txt in reason.items())
-    # SkyPilot's first line names the problem; the rest (and a first line's closing "run the
-    # following commands:") repeats set-up steps that the fix column gives.
-    line = one_line(RuntimeError(str(reason)), limit=200) if reason else ""
-    head, sep, last = line.rstrip().rpartition(". ")
-    return head + "." if sep and last.endswith(":") else line
-
-
 def cloud_check(clouds: list[str], enabled: dict[str, bool] | None = None) -> Check:
     """One check for all clouds (one `import sky`), a line per cloud. `enabled`: SkyPilot's
     answer when the caller already has it."""
@@ -278,12 +227,12 @@ def cloud_check(clouds: list[str], enabled: dict[str, bool] | None = None) -> Ch
     def fn():
         try:
             states = ({c: (bool(enabled.get(c)), "") for c in clouds} if enabled is not None
-                      else sky_credentials(clouds))
+                      else credentials.sky_credentials(clouds))
         except ModuleNotFoundError:
             return UNKNOWN, "SkyPilot is not installed here", INSTALL_CLOUD
         return cloud_lines(clouds, states)
 
-    return Check("cloud", ", ".join(clouds), fn, SKY_CHECK_TIMEOUT_S + 5,
+    return Check("cloud", ", ".join(clouds), fn, credentials.SKY_CHECK_TIMEOUT_S + 5,
                  f"run `sky check {' '.join(clouds)}` to see why")
 
 

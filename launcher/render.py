@@ -25,6 +25,7 @@ from sftcore import contract
 from sftcore.clouds import CLOUDS, Feature, capability_problem, not_allowed
 from sftcore.contract import Env
 from sftcore.errors import UserError
+from sftcore.masking import JOB_SECRETS
 from sftcore.recipe import Recipe, looks_local
 
 CONTAINER_ROOT = contract.CONTAINER_ROOT
@@ -33,7 +34,7 @@ ENTRYPOINT = contract.ENTRYPOINT
 RUN_LABEL = contract.RUN_LABEL
 STEPS = contract.STEPS
 # Secrets passed by name; values come from the caller's environment at launch (sftcore.masking).
-SECRET_NAMES = contract.JOB_SECRETS
+SECRET_NAMES = JOB_SECRETS
 S3_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Multi-node runs: NCCL's and PyTorch's documented switches, safe on every cloud. WARN prints
 # NCCL's errors (not its INFO chatter); async error handling aborts a collective that failed on

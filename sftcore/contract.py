@@ -295,7 +295,6 @@ RUN_ID_PREFIX = "sftl-"  # run ids are sftl-<recipe name>-<4 hex>
 # -- the recipe's vocabulary, which the job implements (one name list each) -------------------------
 TEMPLATES = ("plain", "llama2-chat", "mistral-inst", "chatml", "tokenizer")  # jobs/templates.py
 EVAL_PRESETS = ("leaderboard-v1", "leaderboard-v2")  # jobs/eval_presets.py PRESETS
-JOB_SECRETS = ("HF_TOKEN", "WANDB_API_KEY")  # passed to the job by name, values from the caller's env
 TINY_MODEL_ID = "sftlaunch/tiny-llama"  # built locally by jobs/tiny.py, never downloaded
 
 

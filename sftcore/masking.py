@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 import re
 
-from sftcore import contract
-
-# Secrets a run may need inside the container, by name. Values come from the caller's env.
-JOB_SECRETS = contract.JOB_SECRETS
+# Secrets a run may need inside the container, by name (render passes them as SkyPilot secrets).
+# Values come from the caller's env.
+JOB_SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
 # Cloud keys that may sit in the caller's environment; never forwarded, always masked.
 CLOUD_SECRETS = (
     "RUNPOD_API_KEY", "LAMBDA_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

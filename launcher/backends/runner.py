@@ -76,7 +76,7 @@ class Runner:
         return Stop(False)
 
     def progress(self, record: RunRecord, remote: bool) -> tuple[int, int] | None:
-        from launcher.lifecycle import bucket_progress
+        from launcher.run_outputs import bucket_progress
 
         return bucket_progress(record) if remote and record.bucket else None
 
@@ -117,7 +117,7 @@ class LocalRunner(Runner):
         return Stop(stopped, None if stopped or ended else refusal)
 
     def progress(self, record, remote):
-        from launcher.lifecycle import local_progress
+        from launcher.run_outputs import local_progress
 
         return local_progress(Path(record.local_dir)) if record.local_dir else None
 
@@ -238,7 +238,7 @@ class ManagedRunner(_SkyRunner):
         """A managed run SkyPilot no longer lists (no jobs controller up, or the queue forgot it):
         its end record in the bucket says how it ended; without one, after a grace period for a
         launch still being registered, it failed without reaching the end of its entrypoint."""
-        from launcher.lifecycle import bucket_base, end_record, stop_reason
+        from launcher.run_outputs import bucket_base, end_record, stop_reason
         from sftcore.contract import END_RECORD
 
         end = end_record(record)

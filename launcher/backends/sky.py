@@ -30,6 +30,7 @@ import io
 from dataclasses import dataclass, field
 
 from launcher.run_state import RunState
+from sftcore.clouds import CLOUDS
 from sftcore.errors import one_line
 
 LABEL = "sftlaunch-run"
@@ -62,7 +63,6 @@ CREDENTIAL_HINTS: dict[str, str] = {
     ),
 }
 # SkyPilot reports clouds by their class repr; ours are lowercase keys.
-_SKY_CLOUD_NAMES = {"runpod": "runpod", "lambda": "lambda", "gcp": "gcp", "kubernetes": "kubernetes"}
 
 # SkyPilot's cluster / managed-job states, normalised to ours (launcher.run_state.RunState).
 # AUTOSTOPPING: idle, so its job has ended; the job status query decides the outcome.
@@ -253,7 +253,7 @@ class SkyBackend:
         import sky
         from sky.client import sdk  # `sky.check` is the server-side module, not the SDK call
 
-        wanted = [c for c in clouds if c in _SKY_CLOUD_NAMES]
+        wanted = [c for c in clouds if c in CLOUDS]
         if not wanted:
             return {}
         result = sky.get(sdk.check(tuple(wanted), verbose=False))

@@ -19,6 +19,8 @@ import re
 import subprocess
 import sys
 
+from sftcore.clouds import CLOUDS
+
 OPTIMIZE_TIMEOUT_S = 120.0  # importing sky and reading its catalogs; the optimizer itself is fast
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _MARK = "SFTLAUNCH-NORESOURCES "  # the child's line for "no resources", as _OPTIMIZE prints it
@@ -52,13 +54,12 @@ class OfflineSky:
 
     def enabled_clouds(self, clouds: list[str]) -> dict[str, bool]:
         """cloud -> whether SkyPilot's own per-cloud check finds compute credentials."""
-        from launcher.backends.sky import _SKY_CLOUD_NAMES
-        from launcher.preflight import sky_credentials
+        from launcher.backends import credentials
 
-        wanted = [c for c in clouds if c in _SKY_CLOUD_NAMES]
+        wanted = [c for c in clouds if c in CLOUDS]
         if not wanted:
             return {}
-        states = sky_credentials(wanted)
+        states = credentials.sky_credentials(wanted)
         self._enabled = [c for c in wanted if states.get(c, (False, ""))[0]]
         return {c: c in self._enabled for c in wanted}
 

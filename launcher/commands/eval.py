@@ -257,7 +257,7 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
             click.echo(f"warning: left alone: {refusal}", err=True)
     if code:
         raise JobFailed(f"remote eval of {record.run_id} failed (exit {code})")
-    from launcher.lifecycle import find_results
+    from launcher.run_outputs import find_results
 
     res = find_results(_registry().get(record.run_id, history=False))
     if res:
@@ -270,11 +270,11 @@ def _eval_remote(record, target, preset, tasks, tasks_dir, limit, batch_size, lo
 
 def _bucket_base_results(record: RunRecord) -> dict | None:
     """The base model's results the remote job left beside the run's (eval-base/results.json)."""
-    from launcher.lifecycle import _fs_read_text
+    from launcher.run_outputs import read_text
 
     if not record.bucket:
         return None
-    text = _fs_read_text(contract.RunLayout.in_bucket(record.bucket, record.run_id).eval_results(base=True))
+    text = read_text(contract.RunLayout.in_bucket(record.bucket, record.run_id).eval_results(base=True))
     try:
         data = json.loads(text) if text else None
     except ValueError:

@@ -41,7 +41,7 @@ def bucket_logs(record: RunRecord, on_line) -> bool:
         import fsspec
     except ImportError:
         return False
-    from launcher.lifecycle import bucket_options
+    from launcher.run_outputs import bucket_options
 
     base = contract.logs_prefix(bucket, record.run_id)
     try:

@@ -102,7 +102,8 @@ class Streamer:
         self._last_pct = -1
 
     def __call__(self, line: str) -> None:
-        from launcher.lifecycle import STOPPED_LINE, parse_progress
+        from launcher.run_outputs import parse_progress
+        from sftcore.contract import STOPPED_LINE
 
         echo(line)
         if STOPPED_LINE in line:

@@ -7,7 +7,8 @@ from the model's shape and the recipe, transparently: every term is returned (an
 launcher/data/*.yaml. It imports neither torch nor sky.
 
 Four modules along the method's seams: memory.py (the model's shape and memory per GPU),
-timing.py (tokens, FLOPs, hours), candidates.py (offers, the fit rule, the plan), refusals.py.
+timing.py (tokens, FLOPs, hours), candidates.py (offers, the fit rule, the plan), refusals.py
+(what cannot be planned, worded), plan_data.py (Candidate and Plan).
 Callers import from the module that defines a name (`from launcher.estimate.candidates import
 plan`).
 

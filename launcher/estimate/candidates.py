@@ -7,11 +7,11 @@ nothing fits, is worded in refusals.py. It imports neither torch nor sky.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from launcher import catalog
 from launcher.estimate.memory import Memory, UnknownModel, _shape, eval_memory, memory
+from launcher.estimate.plan_data import Candidate, Plan
 from launcher.estimate.refusals import (
     eval_fix,
     field_where,
@@ -22,88 +22,11 @@ from launcher.estimate.refusals import (
     refuse_unsupported,
     sold_elsewhere,
 )
-from launcher.estimate.timing import Timing, timing
+from launcher.estimate.timing import timing
 from launcher.failover import best_fit
 from sftcore.clouds import CLOUDS
 from sftcore.errors import UserError
 from sftcore.recipe import GPU_RE, MAX_GPUS_PER_NODE, Recipe
-
-
-@dataclass
-class Candidate:
-    cloud: str
-    region: str | None
-    gpu: str
-    gpus_per_node: int
-    nodes: int
-    spot: bool
-    usd_per_hour: float
-    mem_needed_gb: float  # training (or, for the eval workload, eval) memory per GPU
-    mem_available_gb: float
-    fits: bool
-    borderline: bool
-    eta_hours: float
-    total_usd: float
-    memory: Memory | None = None
-    timing: Timing | None = None
-    why_not: str | None = None
-    eval_memory: Memory | None = None  # the post-training eval on this machine, per GPU
-    borderline_why: str | None = None
-    assumed: bool = False  # an explicit GPU on Kubernetes nobody declared: assumed to exist
-    blocked_by_eval: bool = False  # training fits, the post-training eval does not
-    usd_per_hour_max: float | None = None  # the same offer in its dearest region
-    regions: int = 1  # how many regions sell it (render leaves the region free)
-    # $/h of this candidate (all its GPUs) in every region that sells it, the pinned ones only
-    # when resources.regions pins them; {} when unknown (Kubernetes). The job's budget guard
-    # charges the price of the region it runs in (render's rate table, jobs/rate.py).
-    region_usd_per_hour: dict[str, float] = field(default_factory=dict)
-    gradient_checkpointing: bool = True  # what the job does here (the plan's choice for `auto`)
-    checkpointing_why: str = ""  # why, in words, for `plan --explain`
-
-    @property
-    def accelerators(self) -> str:
-        return f"{self.gpu}:{self.gpus_per_node}"
-
-    @property
-    def gpus(self) -> int:
-        return self.gpus_per_node * self.nodes
-
-    @property
-    def eval_mem_gb(self) -> float | None:
-        return self.eval_memory.total if self.eval_memory else None
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("cloud", "region", "gpu", "gpus_per_node", "nodes", "spot", "usd_per_hour",
-                                             "mem_needed_gb", "eval_mem_gb", "mem_available_gb", "fits", "borderline",
-                                             "borderline_why", "eta_hours", "total_usd", "why_not", "assumed",
-                                             "blocked_by_eval", "usd_per_hour_max", "regions",
-                                             "region_usd_per_hour", "gradient_checkpointing", "checkpointing_why")}
-        out["accelerators"] = self.accelerators
-        if self.memory:
-            out["memory"] = self.memory.as_dict()
-        if self.eval_memory:
-            out["eval_memory"] = self.eval_memory.as_dict()
-        if self.timing:
-            out["timing"] = {"tokens": self.timing.tokens, "flops": self.timing.flops, "train_hours": self.timing.train_hours,
-                             "overhead_hours": self.timing.overhead_hours, "eval_hours": self.timing.eval_hours,
-                             **self.timing.terms}
-        return out
-
-
-@dataclass
-class Plan:
-    candidates: list[Candidate]
-    chosen: Candidate | None
-    reason: str | None
-    model: str
-    workload: str = "train"
-    notes: list[str] = field(default_factory=list)  # what the user should know (assumptions, missing inventory)
-    reason_field: str = "resources.gpu"  # the recipe field `reason` is about
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "workload": self.workload,
-                "chosen": self.chosen.as_dict() if self.chosen else None, "reason": self.reason,
-                "notes": self.notes, "candidates": [c.as_dict() for c in self.candidates]}
 
 
 def requested_gpu(recipe: Recipe, gpu: str | None = None, workload: str = "train") -> tuple[str | None, int | None]:

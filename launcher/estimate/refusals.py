@@ -8,17 +8,15 @@ builds and ranks what can be planned. It imports neither torch nor sky.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from launcher import catalog
 from launcher import offers as offers_mod
 from launcher.estimate.memory import GB, eval_memory, memory
+from launcher.estimate.plan_data import Candidate
 from sftcore.clouds import CLOUDS, Feature, able_clouds, asked_features, check_features
 from sftcore.errors import UserError
 from sftcore.recipe import Recipe
-
-if TYPE_CHECKING:
-    from launcher.estimate.candidates import Candidate
 
 CLOUD_LABELS = {"lambda": "Lambda", "runpod": "RunPod", "gcp": "GCP", "kubernetes": "Kubernetes"}
 

@@ -96,7 +96,7 @@ def test_push_to_s3_and_status_reads_it_back(tmp_path, s3):  # noqa: F811
     fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
     keys = sorted(k.split("sftl-x-0002/", 1)[1] for k in fs.find("ckpts/sftl-x-0002"))
     assert keys == ["exit.json", "logs/train.log", "metrics.jsonl"]
-    from launcher import lifecycle
+    from launcher import run_outputs
     from launcher.run_record import Backend, RunRecord
     from launcher.run_state import RunState
 
@@ -104,8 +104,8 @@ def test_push_to_s3_and_status_reads_it_back(tmp_path, s3):  # noqa: F811
                        bucket=s3, backend=Backend.MANAGED)
     fsspec.config.conf.setdefault("s3", {})["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     try:
-        assert lifecycle.bucket_progress(record) == (1, 4)
-        assert lifecycle.end_record(record)["exit_code"] == 0
+        assert run_outputs.bucket_progress(record) == (1, 4)
+        assert run_outputs.end_record(record)["exit_code"] == 0
     finally:
         fsspec.config.conf.clear()
 

@@ -61,7 +61,7 @@ def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
         delta = (trained[k].float() - base[k].float()).norm() / base[k].float().norm()
         assert delta < 0.05, (k, float(delta))
     # The launcher parses "step N/M" out of the log.
-    from launcher.lifecycle import _STEP_RE
+    from launcher.run_outputs import _STEP_RE
 
     printed = capsys.readouterr().out
     assert _STEP_RE.findall(printed)[-1] == ("4", "4")
@@ -112,7 +112,7 @@ def test_grad_accum_matches_a_bigger_micro_batch(tiny, tmp_path):
 
 def test_progress_line_has_a_bar_and_stays_parseable():
     from jobs.callbacks import progress_line
-    from launcher.lifecycle import _STEP_RE, parse_progress
+    from launcher.run_outputs import _STEP_RE, parse_progress
 
     line = progress_line(60, 100, 1.23456, 1234.4, 3725)
     assert line == "step 60/100 [############--------]  60% loss 1.2346 tokens/s 1234 ETA 1:02:05"

@@ -151,7 +151,7 @@ def test_remote_eval_with_base_asks_the_job_for_both_rows(remote_run, tmp_path):
 def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_path, monkeypatch, capfd):
     """Credentials that cannot be refreshed (here: a made-up ADC token, offline) make the base row
     unknown; the eval that already succeeded stays a success, with no traceback."""
-    from launcher import lifecycle
+    from launcher import run_outputs
     from launcher.commands.eval import _bucket_base_results
     from launcher.run_record import RunRecord
     from launcher.run_state import RunState
@@ -160,7 +160,7 @@ def test_base_results_in_an_unreadable_bucket_are_unknown_not_a_failed_eval(tmp_
     adc.write_text(json.dumps({"type": "authorized_user", "client_id": "x.apps.googleusercontent.com",
                                "client_secret": "s", "refresh_token": "r"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
-    monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 2)
+    monkeypatch.setattr(run_outputs, "BUCKET_READ_TIMEOUT_S", 2)
     record = RunRecord(run_id="sftl-demo-0002", name="demo", state=RunState.SUCCEEDED, created_at=0.0, updated_at=0.0,
                        bucket="gs://sftl-test-no-such-bucket")
     assert _bucket_base_results(record) is None

@@ -89,7 +89,7 @@ def test_finished_run_reads_the_bucket_copy_the_job_wrote(fake, tmp_path):
     _job_writes_its_logs(tmp_path / "second", bucket, "sftl-demo-ffff")
     fake.down("sftl-demo-ffff")
     assert "publish: model card written" in logs("sftl-demo-ffff").output
-    from launcher.lifecycle import bucket_progress
+    from launcher.run_outputs import bucket_progress
 
     assert bucket_progress(reg.get("sftl-demo-ffff")) == (2, 2)
 

@@ -96,7 +96,7 @@ def s3(monkeypatch):
 @pytest.fixture()
 def clouds_ok(monkeypatch):
     """SkyPilot's check, answered: every cloud has credentials (the real check is tested below)."""
-    monkeypatch.setattr(pf, "sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
+    monkeypatch.setattr("launcher.backends.credentials.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
 
 
 @pytest.fixture()

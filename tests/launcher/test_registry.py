@@ -159,7 +159,7 @@ def _preflight_json(path, *args):
 
 
 def test_preflight_checks_each_image_the_run_may_pull(tmp_path, fake_registry, monkeypatch):
-    monkeypatch.setattr("launcher.preflight.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
+    monkeypatch.setattr("launcher.backends.credentials.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
     monkeypatch.setenv("SFTLAUNCH_IMAGE_REPO", f"{fake_registry.host}/{REPO}")
     digest = fake_registry.push(REPO, __version__)
     path = recipe(tmp_path, clouds=("gcp", "runpod", "lambda"))
@@ -181,7 +181,7 @@ def test_preflight_checks_each_image_the_run_may_pull(tmp_path, fake_registry, m
 
 
 def test_preflight_with_the_recipes_image_and_no_network(tmp_path, fake_registry, monkeypatch):
-    monkeypatch.setattr("launcher.preflight.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
+    monkeypatch.setattr("launcher.backends.credentials.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
     path = recipe(tmp_path, clouds=("gcp",))
     data = open(path).read() + f"image: {fake_registry.host}/me/mine:v1\n"
     open(path, "w").write(data)
@@ -195,7 +195,7 @@ def test_preflight_with_the_recipes_image_and_no_network(tmp_path, fake_registry
 
 
 def test_a_private_image_warns_and_no_password_or_token_is_printed(tmp_path, fake_registry, monkeypatch):
-    monkeypatch.setattr("launcher.preflight.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
+    monkeypatch.setattr("launcher.backends.credentials.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
     fake_registry.push("me/private", "v1")
     fake_registry.private.add("me/private")
     fake_registry.users.update({"sky": SKY_PASSWORD_CANARY, "someone": PASSWORD_CANARY})
@@ -233,7 +233,7 @@ def test_up_refuses_to_launch_when_the_image_is_missing(tmp_path, fake_registry,
     monkeypatch.setattr("launcher.commands.up_cloud._candidates", plan)
     # the bucket's own line passes (its check is tested in test_preflight.py)
     monkeypatch.setattr("launcher.preflight.probe_bucket", lambda uri, timeout=None: ("pass", "in-memory bucket", ""))
-    monkeypatch.setattr("launcher.lifecycle._fs_write_text", lambda *a, **k: None)
+    monkeypatch.setattr("launcher.run_outputs.write_text", lambda *a, **k: None)
     monkeypatch.setenv("SFTLAUNCH_IMAGE_REPO", f"{fake_registry.host}/{REPO}")
     fake.enabled = {"gcp"}
     path = write_recipe(tmp_path / "r", clouds=("gcp",), bucket="gs://sftl-test/runs")

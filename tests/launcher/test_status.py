@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from launcher import lifecycle
+from launcher import lifecycle, run_outputs
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry
@@ -176,7 +176,7 @@ def hanging_s3(monkeypatch):
                  "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.getsockname()[1]}"}.items():
         monkeypatch.setenv(k, v)
     s3fs.S3FileSystem.clear_instance_cache()  # no client built for another endpoint
-    monkeypatch.setattr(lifecycle, "BUCKET_READ_TIMEOUT_S", 1)
+    monkeypatch.setattr(run_outputs, "BUCKET_READ_TIMEOUT_S", 1)
     yield "s3://hangs"
     s3fs.S3FileSystem.clear_instance_cache()
     server.close()
@@ -204,19 +204,19 @@ def test_bucket_reads_ask_each_store_for_short_timeouts(monkeypatch):
     monkeypatch.setattr(fsspec.core, "url_to_fs", lambda url, **kw: asked.append(copy.deepcopy(kw)) or real(url, **kw))
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     # No Application Default Credentials: gcsfs is not let fall back to probing the GCE metadata server.
-    assert lifecycle._fs_read_text("gs://sftl-test-no-such-bucket/run/exit.json") is None
+    assert run_outputs.read_text("gs://sftl-test-no-such-bucket/run/exit.json") is None
     assert asked[-1] == {"requests_timeout": 10, "token": "google_default"}
-    lifecycle._fs_read_text("s3://sftl-test-no-such-bucket/run/exit.json")
+    run_outputs.read_text("s3://sftl-test-no-such-bucket/run/exit.json")
     assert asked[-1]["config_kwargs"]["retries"] == {"total_max_attempts": 2}
     assert asked[-1]["config_kwargs"]["connect_timeout"] == 5 and asked[-1]["config_kwargs"]["read_timeout"] == 10
     monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})  # the user's own fsspec config wins
-    assert "token" not in lifecycle.bucket_options("gs://b/x")
+    assert "token" not in run_outputs.bucket_options("gs://b/x")
 
 
 def test_parse_progress():
-    assert lifecycle.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
-    assert lifecycle.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)
-    assert lifecycle.parse_progress("step 50/40") is None and lifecycle.parse_progress("hello") is None
+    assert run_outputs.parse_progress('{"step": 3, "total_steps": 9, "loss": 1.0}') == (3, 9)
+    assert run_outputs.parse_progress("(head) train | step 12/40 | loss 0.9") == (12, 40)
+    assert run_outputs.parse_progress("step 50/40") is None and run_outputs.parse_progress("hello") is None
 
 
 def test_lifecycle_modules_import_light():

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from launcher import lifecycle
+from launcher import run_outputs
 from launcher.cli import cli
 from launcher.runs import Registry
 from tests.launcher.fake_backend import FakeCandidate, FakePlan
@@ -27,8 +27,8 @@ def bucket_store(monkeypatch):
     """The bucket, in memory: the registry's refresh reads exit records and progress from it and
     the budget guard writes its stop flag there; nothing in these tests may reach a real bucket."""
     store: dict[str, str] = {}
-    monkeypatch.setattr(lifecycle, "_fs_read_text", store.get)
-    monkeypatch.setattr(lifecycle, "_fs_write_text", store.__setitem__)
+    monkeypatch.setattr(run_outputs, "read_text", store.get)
+    monkeypatch.setattr(run_outputs, "write_text", store.__setitem__)
     # preflight's bucket probe too (tests/launcher/test_preflight.py probes a moto bucket)
     monkeypatch.setattr("launcher.preflight.probe_bucket", lambda uri, timeout=None: ("pass", "in-memory bucket", ""))
     return store
@@ -98,7 +98,7 @@ def test_launch_error_is_recorded_and_half_cluster_downed(tmp_path, fake, plan):
 
 def test_spot_is_a_managed_job_that_recovers(tmp_path, fake, plan, monkeypatch):
     read = []
-    monkeypatch.setattr(lifecycle, "_fs_read_text", lambda uri: read.append(uri))  # no network here: an empty bucket
+    monkeypatch.setattr(run_outputs, "read_text", lambda uri: read.append(uri))  # no network here: an empty bucket
     fake.preemptions = 1
     res = up(write_recipe(tmp_path / "r", spot=True, clouds=("gcp", "runpod"), bucket="gs://sftl-test/runs"), "--yes")
     assert res.exit_code == 0, res.output

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 # RunPod's API, which this machine cannot reach). Everything after it is real.
 _CLI = """
 import sys
-from launcher import preflight
-preflight.sky_credentials = lambda clouds, timeout=None: {c: (c == "runpod", "") for c in clouds}
+from launcher.backends import credentials
+credentials.sky_credentials = lambda clouds, timeout=None: {c: (c == "runpod", "") for c in clouds}
 from launcher.cli import main
 sys.argv = ["sftlaunch", "up", sys.argv[1], "--dry-run", "--cloud", "runpod"]
 main()

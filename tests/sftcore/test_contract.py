@@ -172,7 +172,7 @@ def test_entrypoint_names_are_the_contract():
 
 
 def test_entrypoint_stop_line_matches_what_the_launcher_looks_for():
-    from launcher.lifecycle import STOPPED_LINE
+    from sftcore.contract import STOPPED_LINE
 
     assert STOPPED_LINE == contract.STOPPED_LINE
     line = re.search(r'echo "(sftlaunch: run stopped[^"]*)"', ENTRYPOINT).group(1)
@@ -209,7 +209,7 @@ def test_each_name_list_is_the_one_its_implementation_serves():
     assert tuple(FORMATTERS) == recipe.FORMATS
     assert tuple(PRESETS) == contract.EVAL_PRESETS == recipe.EVAL_PRESETS == eval_command.PRESETS
     assert TEMPLATES is contract.TEMPLATES is recipe.TEMPLATES
-    assert masking.JOB_SECRETS is render.SECRET_NAMES is contract.JOB_SECRETS
+    assert masking.JOB_SECRETS is render.SECRET_NAMES
     assert runid.PREFIX == recipe.RUN_ID_PREFIX == contract.RUN_ID_PREFIX
     assert runid.RUN_ID_RE.match(runid.new_run_id("demo")) and not runid.RUN_ID_RE.match("sftlx-demo-abcd")
 
