@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from launcher.commands.up import Interrupted
+from launcher.commands.up_follow import Interrupted
 from launcher.run_record import Backend, RunRecord
 from sftcore import contract
 from sftcore.errors import JobFailed, UserError, one_line

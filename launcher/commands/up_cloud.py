@@ -1,7 +1,7 @@
 """`sftlaunch up` on a cloud: plan and check, pick a cloud with credentials, then launch and record.
 
-Split from launcher/commands/up.py (which holds the command, local runs and the log stream); the
-order and why (everything that can refuse without spending money first) are in its docstring.
+The command and local runs are launcher/commands/up.py, whose docstring gives the order and why
+(everything that can refuse without spending money first).
 `sky` is imported only inside the functions that launch, so importing this module stays light.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from launcher.commands.up import (
+from launcher.commands.up_follow import (
     Interrupted,
     Streamer,
-    _report_end,
-    _src,
     confirm,
     echo,
     reattach_hints,
+    recipe_source,
+    report_end,
     stream_until_end,
 )
 from launcher.run_record import Backend
@@ -50,7 +50,7 @@ def print_plan(recipe, cand, run_id: str) -> None:
     mem = ""
     if getattr(cand, "mem_needed_gb", None) and getattr(cand, "mem_available_gb", None):
         mem = f"  [{cand.mem_needed_gb:.0f} of {cand.mem_available_gb:.0f} GB per GPU]"
-    echo(f"Plan for {_src(recipe)} ({recipe.name} · {recipe.method} · {recipe.model.id})")
+    echo(f"Plan for {recipe_source(recipe)} ({recipe.name} · {recipe.method} · {recipe.model.id})")
     echo(f"  cloud     {where}")
     echo(f"  GPUs      {nodes}{cand.gpu}×{cand.gpus_per_node}{mem}")
     echo(f"  spot      {spot}")
@@ -148,7 +148,7 @@ def _plan_checked(r, dry_run: bool, cloud: str | None, gpu: str | None):
     from launcher.runs import Registry
     from sftcore.clouds import not_allowed
 
-    src = _src(r)
+    src = recipe_source(r)
     if not r.output.bucket and not r.output.hub_repo:
         if not dry_run:
             raise UserError(f"{src}: output: {LOST_RESULTS}")
@@ -200,7 +200,7 @@ def _switched_cloud(r, result, chosen, run_id: str, missing: list[str]) -> None:
         echo(f"note: no credentials for {result.chosen.cloud}; using {chosen.cloud} instead:")
         print_plan(r, chosen, run_id)
         if max_usd is not None and chosen.total_usd > max_usd:
-            raise UserError(f"{_src(r)}: resources.max_usd: on {chosen.cloud} the estimate ${chosen.total_usd:.2f} "
+            raise UserError(f"{recipe_source(r)}: resources.max_usd: on {chosen.cloud} the estimate ${chosen.total_usd:.2f} "
                             f"exceeds max_usd ${max_usd:.2f}; set up {result.chosen.cloud} credentials or raise max_usd")
     if missing:
         echo("clouds without credentials (not considered):", err=True)
@@ -228,7 +228,7 @@ def _confirm_and_launch(registry, backend, r, chosen, run_id: str, fallbacks: li
         return
     code = stream_until_end(registry, backend, run_id, streamer)
     final = registry.get(run_id, history=False)
-    _report_end(final)
+    report_end(final)
     if final.state is RunState.FAILED or (code not in (None, 0) and final.state is not RunState.STOPPED):
         raise JobFailed(f"run {run_id} failed ({final.state}); see `sftlaunch logs {run_id}`")
 
@@ -361,7 +361,7 @@ def _check_secrets(r) -> None:
 
     if r.output.hub_repo and not os.environ.get("HF_TOKEN"):
         raise UserError(
-            f"{_src(r)}: output.hub_repo: pushing to the Hub needs HF_TOKEN in your environment; "
+            f"{recipe_source(r)}: output.hub_repo: pushing to the Hub needs HF_TOKEN in your environment; "
             "export HF_TOKEN=... (a write token) or remove output.hub_repo"
         )
     if "/" in r.model.id and not Path(r.model.id).exists() and not os.environ.get("HF_TOKEN"):
