@@ -18,9 +18,8 @@ from transformers import TrainerCallback
 
 from jobs import checkpoint as ckpt
 from jobs import rate as rate_mod
-from jobs import store
 from jobs.collectives import barrier, broadcast_flags, local_rank, log, rank, world_size
-from sftcore import contract
+from sftcore import contract, store
 from sftcore.contract import RunLayout
 
 BAR_WIDTH = 20

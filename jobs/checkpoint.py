@@ -21,7 +21,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from jobs import store
 from jobs.checkpoint_manifest import (  # noqa: F401 - MANIFEST, _All, file_rank, local_manifests: callers use ckpt.X
     _NODE_MANIFEST_RE,
     MANIFEST,
@@ -38,7 +37,7 @@ from jobs.checkpoint_manifest import (  # noqa: F401 - MANIFEST, _All, file_rank
     verify,
     write_manifest,
 )
-from sftcore import contract
+from sftcore import contract, store
 
 STATE = "sftlaunch_state.json"  # cumulative run state the Trainer does not keep (elapsed seconds)
 METRICS_COPY = "sftlaunch_metrics.jsonl"  # metrics.jsonl up to this step, for a resume on a fresh disk

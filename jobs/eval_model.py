@@ -146,7 +146,7 @@ def fetch_from_bucket(model: str, bucket: str | None, run_id: str | None) -> Non
     (`<bucket>/<run id>/model/`, the recipe's bucket) to the --model path the job was given."""
     if not bucket or not run_id or not _looks_like_path(model) or Path(model).exists():
         return
-    from jobs import store
+    from sftcore import store
 
     src = contract.RunLayout.in_bucket(bucket, run_id).model
     try:

@@ -25,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import store
-from sftcore import contract
+from sftcore import contract, store
 from sftcore.contract import Env, JobEnv, RunLayout
 from sftcore.errors import UserError, job_exit
 
@@ -142,7 +141,7 @@ def assemble(recipe, run_dir: Path, out: Path, license: str = "other") -> Path:
 
 def copy_to_bucket(src: Path, bucket: str, run_id: str) -> str:
     """Copy the publish dir to `<bucket>/<run id>/model/`, with results.json and README.md also at
-    `<bucket>/<run id>/` where status and eval look (s3://, gs://, a local path: jobs.store)."""
+    `<bucket>/<run id>/` where status and eval look (s3://, gs://, a local path: sftcore.store)."""
     dest = RunLayout.in_bucket(bucket, run_id)
     uploads = [(p, f"{contract.MODEL_DIR}/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*")) if p.is_file()]
     uploads += [(src / name, name) for name in (contract.RESULTS, CARD) if (src / name).is_file()]

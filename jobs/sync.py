@@ -4,7 +4,7 @@ Why this exists: a detached cloud run is watched from the laptop through the buc
 `sftlaunch status` reads `<bucket>/<run id>/metrics.jsonl` for progress and `exit.json` for the
 outcome once SkyPilot has forgotten the job (its jobs controller stops 10 idle minutes after the
 last job), and `sftlaunch logs` reads `<bucket>/<run id>/logs/` once the cluster is gone. The
-entrypoint calls this module; the bucket is the recipe's output.bucket (jobs.store opens it:
+entrypoint calls this module; the bucket is the recipe's output.bucket (sftcore.store opens it:
 gs://, s3://, a path); a recipe without one makes `push` a no-op.
 
     python -m jobs sync mask [--tee FILE]       stdin → stdout (and FILE), secret values masked
@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import store
-from sftcore import contract
+from sftcore import contract, store
 from sftcore.contract import END_RECORD, METRICS, STOPPED_MARKER, JobEnv, RunLayout
 
 # The job's files the launcher reads (named in sftcore/contract.py), copied to <bucket>/<run id>/:

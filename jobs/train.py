@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
-from jobs import store
 from jobs.collectives import (
     broadcast,
     init_dist,
@@ -42,7 +41,7 @@ from jobs.collectives import (
     world_size,
 )
 from jobs.resume import attempt_grad_accum, finished_or_refused, restore_metrics, resume_point, resumed_step
-from sftcore import contract
+from sftcore import contract, store
 from sftcore.contract import Env, JobEnv, RunLayout
 
 

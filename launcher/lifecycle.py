@@ -9,7 +9,7 @@ The budget guard's protocol with the training job (jobs/ side):
   1. The launcher writes a JSON flag `{reason, cost_usd, max_usd, at}` to `<control>/stop`, where
      <control> is `<bucket>/<run id>/control` for cloud runs (the job reads the bucket from its
      recipe and SFTLAUNCH_RUN_ID) and `$SFTLAUNCH_CONTROL` (= `<run dir>/control`) for local runs.
-  2. The training job polls for that file (at each logging step, through jobs.store); when it
+  2. The training job polls for that file (at each logging step, through sftcore.store); when it
      appears it saves a checkpoint (manifest last, as usual), writes `<control>/stopped`
      (`{step, checkpoint}`) and exits 0 without eval or publish.
   3. The launcher records `stopping` when it writes the flag, `stopped` when the job ends, and

@@ -170,28 +170,27 @@ def _classify_store_error(exc: BaseException) -> str:
 
 def probe_bucket(uri: str, timeout: float = CHECK_TIMEOUT_S) -> tuple[str, str, str]:
     """Write a small probe object under `uri` and delete it: the bucket exists and the run can
-    checkpoint there (and prune old checkpoints). Storage options as `launcher.lifecycle` sets
-    them for every bucket read (short per-request timeouts, bounded retries)."""
+    checkpoint there (and prune old checkpoints). Storage options as for every launcher bucket read
+    (sftcore.store's `fail_fast`: short per-request timeouts, bounded retries)."""
     fixes = _bucket_fixes(uri)
     if uri.startswith(("s3://", "s3a://")):
         missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not os.environ.get(k)]
         if missing:
             return FAIL, f"{' and '.join(missing)} not set: the run could not write there", fixes["creds"]
-    try:
-        import fsspec
-        from fsspec.asyn import AsyncFileSystem
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("fsspec") is None:
         return UNKNOWN, "fsspec is not installed here", INSTALL_TRAIN
-    from launcher.run_outputs import bucket_options, quiet_storage_logs
+    from sftcore import store
 
     probe = f"{uri.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     stage = "reach"
     try:
-        with quiet_storage_logs():
+        with store.quiet_logs():
             if "://" not in uri:
                 Path(uri).mkdir(parents=True, exist_ok=True)
-            fs, path = fsspec.core.url_to_fs(probe, skip_instance_cache=True, **bucket_options(uri))
-            deadline = {"timeout": timeout} if isinstance(fs, AsyncFileSystem) else {}
+            fs, path = store.filesystem(probe, fail_fast=True, fresh=True)
+            deadline = {"timeout": timeout} if store.is_async(fs) else {}
             stage = "write"
             fs.pipe_file(path, b"sftlaunch preflight probe; safe to delete\n", **deadline)
             stage = "delete"

@@ -9,14 +9,12 @@ unreachable copy: a bucket read gives up after BUCKET_READ_TIMEOUT_S and means "
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import re
 from pathlib import Path
 
 from launcher.run_record import Backend, RunRecord
-from sftcore import contract
+from sftcore import contract, store
 from sftcore.contract import END_RECORD
 
 # One bucket read (status, teardown, eval) gives up after this long: "unknown" beats a hung
@@ -24,7 +22,6 @@ from sftcore.contract import END_RECORD
 # neither settable per instance, so the read runs under fsspec's own deadline for async
 # filesystems (`timeout=`, which cancels the request) on top of short per-request timeouts.
 BUCKET_READ_TIMEOUT_S = 15
-_STORAGE_LOGGERS = ("gcsfs", "s3fs")  # they log retries and give-ups as ERROR with a traceback
 _STEP_RE = re.compile(r"\bstep[\s=:]+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 
 
@@ -78,49 +75,12 @@ def local_progress(run_dir: Path) -> tuple[int, int] | None:
     return None
 
 
-def bucket_options(uri: str) -> dict:
-    """fsspec storage options that make one failed request to `uri`'s store fail fast (reads,
-    and the budget guard's small stop flag)."""
-    import fsspec
-
-    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
-    if protocol in ("gs", "gcs"):
-        opts: dict = {"requests_timeout": 10}
-        configured = {**fsspec.config.conf.get("gs", {}), **fsspec.config.conf.get("gcs", {})}
-        if "token" not in configured:
-            # Application Default Credentials only (what `gcloud auth application-default login`
-            # and SkyPilot's GCP set-up write; on a GCE VM it finds the VM's account): gcsfs's
-            # default also probes the GCE metadata server, ~15 s of retries off Google Cloud.
-            opts["token"] = "google_default"
-        return opts
-    if protocol in ("s3", "s3a"):
-        # botocore's `total_max_attempts` counts the first try (its `max_attempts` does not).
-        return {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"total_max_attempts": 2}}}
-    return {}
-
-
-@contextlib.contextmanager
-def quiet_storage_logs():
-    loggers = [logging.getLogger(name) for name in _STORAGE_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def read_text(uri: str) -> str | None:
     """The text at `uri`, or None when it is missing, unreadable, unauthorised or slow."""
     try:
-        import fsspec
-        from fsspec.asyn import AsyncFileSystem
-
-        with quiet_storage_logs():
-            fs, path = fsspec.core.url_to_fs(uri, **bucket_options(uri))
-            deadline = {"timeout": BUCKET_READ_TIMEOUT_S} if isinstance(fs, AsyncFileSystem) else {}
+        with store.quiet_logs():
+            fs, path = store.filesystem(uri, fail_fast=True)
+            deadline = {"timeout": BUCKET_READ_TIMEOUT_S} if store.is_async(fs) else {}
             return fs.cat_file(path, **deadline).decode("utf-8", errors="replace")
     except Exception:  # noqa: BLE001 - a missing or unreachable copy just means "unknown"
         return None
@@ -131,10 +91,10 @@ def write_text(uri: str, text: str) -> None:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         Path(uri).write_text(text)
         return
-    import fsspec
-
-    with quiet_storage_logs(), fsspec.open(uri, "w", **bucket_options(uri)) as fh:
-        fh.write(text)
+    with store.quiet_logs():
+        fs, path = store.filesystem(uri, fail_fast=True)
+        with fs.open(path, "w") as fh:
+            fh.write(text)
 
 
 def bucket_base(record) -> str | None:

@@ -60,10 +60,10 @@ def run_model_dir(record: RunRecord) -> Path:
         return final
     bucket = record.bucket
     if bucket:
-        import fsspec
+        from sftcore import store
 
         src = contract.model_prefix(bucket, record.run_id)
-        fs, path = fsspec.core.url_to_fs(src)
+        fs, path = store.filesystem(src)
         if fs.exists(path):
             final.mkdir(parents=True, exist_ok=True)
             fs.get(path.rstrip("/") + "/", str(final), recursive=True)

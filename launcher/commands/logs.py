@@ -37,16 +37,16 @@ def bucket_logs(record: RunRecord, on_line) -> bool:
     bucket = record.bucket
     if not bucket:
         return False
-    try:
-        import fsspec
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("fsspec") is None:
         return False
-    from launcher.run_outputs import bucket_options
+    from sftcore import store
 
     base = contract.logs_prefix(bucket, record.run_id)
     try:
         # Short per-request timeouts and no GCE metadata probe, as for status's bucket reads.
-        fs, path = fsspec.core.url_to_fs(base, **bucket_options(base))
+        fs, path = store.filesystem(base, fail_fast=True)
         files = sorted((p for p in fs.find(path) if not p.endswith("/")), key=_log_order)
     except Exception:  # noqa: BLE001 - unreachable or absent: say so below
         return False

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
-from jobs import store
 from jobs.resume import resume_point
+from sftcore import store
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
-from jobs import store
 from jobs.checkpoint_upload import Uploader
 from jobs.resume import resume_point
+from sftcore import store
 from tests.jobs.test_train_support import build_tiny_model, write_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ import os, time
 from fsspec.implementations.local import LocalFileSystem
 
 
-from jobs import store
+from sftcore import store
 
 
 class SlowFs(LocalFileSystem):

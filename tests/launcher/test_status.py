@@ -13,6 +13,7 @@ from launcher import lifecycle, run_outputs
 from launcher.backends.sky import Cluster, ManagedJob
 from launcher.cli import cli
 from launcher.runs import Registry
+from sftcore import store
 from tests.launcher.fake_backend import launched
 
 
@@ -210,7 +211,11 @@ def test_bucket_reads_ask_each_store_for_short_timeouts(monkeypatch):
     assert asked[-1]["config_kwargs"]["retries"] == {"total_max_attempts": 2}
     assert asked[-1]["config_kwargs"]["connect_timeout"] == 5 and asked[-1]["config_kwargs"]["read_timeout"] == 10
     monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})  # the user's own fsspec config wins
-    assert "token" not in run_outputs.bucket_options("gs://b/x")
+    assert "token" not in store.storage_options("gs://b/x", fail_fast=True)
+    # An S3-compatible store's endpoint reaches the launcher's reads too (the job's writes use it).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    run_outputs.read_text("s3://sftl-test-no-such-bucket/run/exit.json")
+    assert asked[-1]["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9"}
 
 
 def test_parse_progress():

@@ -1,4 +1,4 @@
-"""jobs.store: every bucket copy of the job goes through one module, which applies the S3 endpoint
+"""sftcore.store: every bucket copy of the job, and every read of the launcher, goes through one module, which applies the S3 endpoint
 override. The publish and eval copies run here against a moto S3 server that is reachable only
 through the override (the SDK's own AWS_ENDPOINT_URL points at a closed port), so a copy that
 opened the bucket with a bare fsspec call would fail."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import store
+from sftcore import store
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ID = "sftl-store-0001"
@@ -30,10 +30,12 @@ def _fsspec_uses(path: Path) -> list[int]:
     return lines
 
 
-def test_only_the_store_opens_buckets_in_jobs():
-    found = [f"{p.relative_to(REPO)}:{line}" for p in sorted((REPO / "jobs").rglob("*.py"))
-             if p != REPO / "jobs" / "store.py" for line in _fsspec_uses(p)]
-    assert not found, "open buckets through jobs.store:\n" + "\n".join(found)
+def test_only_the_store_opens_buckets():
+    """Job and launcher alike: every bucket is opened through sftcore.store."""
+    found = [f"{p.relative_to(REPO)}:{line}" for pkg in ("jobs", "launcher", "sftcore")
+             for p in sorted((REPO / pkg).rglob("*.py"))
+             if p != REPO / "sftcore" / "store.py" for line in _fsspec_uses(p)]
+    assert not found, "open buckets through sftcore.store:\n" + "\n".join(found)
 
 
 def test_the_fsspec_scan_is_not_vacuous(tmp_path):
