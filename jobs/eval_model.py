@@ -3,7 +3,8 @@ directory (its base from adapter_config.json or sftlaunch.json), the tiny model 
 model or adapter; plus the run's published model fetched from the bucket for an eval-only task,
 and the weights' size (for choosing data or model parallel).
 
-Split from jobs/evaluate.py (the `python -m jobs eval` entry, which re-exports these names).
+The `python -m jobs eval` entry is jobs/evaluate.py; callers import these names from here.
+
 Why resolve first: a wrong id or a missing base is one line and exit 2 (EvalInputError), not a
 loader traceback. Standard library only at import (huggingface_hub and fsspec load when used).
 """

@@ -1,7 +1,8 @@
 """The eval presets (which harness tasks, shots and metrics make a leaderboard's table) and how
 the harness's raw output reduces to one row per preset task or requested task.
 
-Split from jobs/evaluate.py (the `python -m jobs eval` entry, which re-exports these names).
+The `python -m jobs eval` entry is jobs/evaluate.py; callers import these names from here.
+
 Why presets are data: the reference workflow's table uses metrics, shot counts and an MMLU
 average (plain mean of the 57 subjects) that differ from the harness defaults. Standard library
 only at import.

@@ -36,9 +36,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-# Model resolution and the presets live in their own modules; the names callers import from
-# here (`from jobs.evaluate import EvalInputError, PRESETS, ...`) are re-exported.
-from jobs.eval_model import TINY_MODEL_ID as TINY_MODEL_ID
 from jobs.eval_model import (
     EvalInputError,
     ModelSpec,
@@ -47,9 +44,7 @@ from jobs.eval_model import (
     model_bytes,
     resolve_model,
 )
-from jobs.eval_model import _resolve_base as _resolve_base
 from jobs.eval_presets import CHAT_PRESETS, PRESETS, V2_MAX_GEN_TOKENS, reduce_custom, reduce_preset
-from jobs.eval_presets import PresetTask as PresetTask
 from jobs.eval_vllm import choose_backend, have_vllm, run_under_vllm, vllm_python
 from sftcore import contract, store
 from sftcore.contract import Env, JobEnv, RunLayout
