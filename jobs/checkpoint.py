@@ -64,7 +64,7 @@ def local_steps(ckpt_root: Path) -> list[tuple[int, Path]]:
 def bucket_prefix(bucket: str | None, run_id: str | None) -> str | None:
     if not bucket or not run_id:
         return None
-    return contract.checkpoints_prefix(bucket, run_id)
+    return contract.RunLayout.in_bucket(bucket, run_id).checkpoints
 
 
 def upload(ckpt: Path, prefix: str, topo: Topology = SINGLE) -> str:

@@ -99,7 +99,7 @@ def write_text(uri: str, text: str) -> None:
 
 def bucket_base(record) -> str | None:
     bucket = record.bucket
-    return contract.run_prefix(bucket, record.run_id) if bucket else None
+    return contract.RunLayout.in_bucket(bucket, record.run_id).root if bucket else None
 
 
 def bucket_progress(record: RunRecord) -> tuple[int, int] | None:

@@ -98,9 +98,6 @@ class RunRecord:
                 out[name] = out[name].value
         return out
 
-    def with_cost_now(self, now: float | None = None) -> RunRecord:
-        return dataclasses.replace(self, running_hours=running_hours(self, now), cost_usd=cost_so_far(self, now))
-
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunRecord))
 _BOOL_FIELDS = frozenset({"spot", "job_stopped", "torn_down", "cluster_down"})

@@ -74,7 +74,7 @@ def source_from_run(record) -> ServeSource:
     base_id = model.get("id", "")
     bucket, hub = record.bucket or output.get("bucket"), output.get("hub_repo")
     adapter = recipe.get("method") in ("lora", "qlora") and not output.get("merge_adapter")
-    where = contract.model_prefix(bucket, run_id) if bucket and "://" in bucket else None
+    where = contract.RunLayout.in_bucket(bucket, run_id).model if bucket and "://" in bucket else None
     if where is None and not hub:
         raise UserError(f"run {run_id}: its model is in no bucket or Hub repo a cloud replica can read "
                         "(output.bucket / output.hub_repo); serve it here with `sftlaunch serve --local "

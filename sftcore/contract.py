@@ -301,30 +301,3 @@ TINY_MODEL_ID = "sftlaunch/tiny-llama"  # built locally by jobs/tiny.py, never d
 def container_out(run_id: str) -> str:
     """The job's output dir inside the container (entrypoint.sh's default for SFTLAUNCH_OUT)."""
     return f"{CONTAINER_OUT_ROOT}/{run_id}"
-
-
-# -- bucket layout: <bucket>/<run id>/... (RunLayout.in_bucket) ------------------------------------
-def run_prefix(bucket: str, run_id: str) -> str:
-    """`<bucket>/<run id>`: everything of one run (metrics, logs, exit record, results, model)."""
-    return str(RunLayout.in_bucket(bucket, run_id).root)
-
-
-def checkpoints_prefix(bucket: str, run_id: str) -> str:
-    return RunLayout.in_bucket(bucket, run_id).checkpoints
-
-
-def logs_prefix(bucket: str, run_id: str) -> str:
-    return RunLayout.in_bucket(bucket, run_id).logs
-
-
-def control_prefix(bucket: str, run_id: str) -> str:
-    return RunLayout.in_bucket(bucket, run_id).control
-
-
-def model_prefix(bucket: str, run_id: str) -> str:
-    return RunLayout.in_bucket(bucket, run_id).model
-
-
-def results_uri(bucket: str, run_id: str, subdir: str = EVAL_DIR) -> str:
-    """An eval's results: `eval/` for the run's model, `eval-base/` for its base model."""
-    return RunLayout.in_bucket(bucket, run_id).join(subdir, RESULTS)

@@ -62,14 +62,14 @@ def run_model_dir(record: RunRecord) -> Path:
     if bucket:
         from sftcore import store
 
-        src = contract.model_prefix(bucket, record.run_id)
+        src = contract.RunLayout.in_bucket(bucket, record.run_id).model
         fs, path = store.filesystem(src)
         if fs.exists(path):
             final.mkdir(parents=True, exist_ok=True)
             fs.get(path.rstrip("/") + "/", str(final), recursive=True)
             return final
     raise UserError(f"run {record.run_id}: no trained model in {final}"
-                    + (f" or {contract.model_prefix(bucket, record.run_id)}" if bucket else "")
+                    + (f" or {contract.RunLayout.in_bucket(bucket, record.run_id).model}" if bucket else "")
                     + "; has training finished? (`sftlaunch status`)")
 
 

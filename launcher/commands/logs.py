@@ -43,7 +43,7 @@ def bucket_logs(record: RunRecord, on_line) -> bool:
         return False
     from sftcore import store
 
-    base = contract.logs_prefix(bucket, record.run_id)
+    base = contract.RunLayout.in_bucket(bucket, record.run_id).logs
     try:
         # Short per-request timeouts and no GCE metadata probe, as for status's bucket reads.
         fs, path = store.filesystem(base, fail_fast=True)
@@ -108,7 +108,7 @@ def logs(run: str, follow: bool) -> None:
                 return
         if bucket_logs(record, _print):
             return
-        where = contract.logs_prefix(record.bucket, run_id) + "/" if record.bucket else None
+        where = contract.RunLayout.in_bucket(record.bucket, run_id).logs + "/" if record.bucket else None
         raise UserError(
             f"{run_id} has ended and its cluster is gone; "
             + (f"no log copy found at {where}" if where else "it had no output.bucket, so no log copy was kept")

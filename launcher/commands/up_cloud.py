@@ -250,9 +250,9 @@ def _launch_recorded(registry, backend, r, chosen, run_id: str, out: Path, task:
         max_usd=r.resources.max_usd, eta_hours=chosen.eta_hours, total_usd=chosen.total_usd,
         image=resolve_image(r.image, cloud=chosen.cloud), bucket=r.output.bucket,
         cluster_name=None if chosen.spot else run_id,
-        checkpoint_uri=contract.checkpoints_prefix(bucket, run_id) + "/" if bucket else None,
-        result_uri=contract.run_prefix(bucket, run_id) + "/" if bucket else None,
-        log_uri=contract.logs_prefix(bucket, run_id) + "/" if bucket else None,
+        checkpoint_uri=contract.RunLayout.in_bucket(bucket, run_id).checkpoints + "/" if bucket else None,
+        result_uri=contract.RunLayout.in_bucket(bucket, run_id).root + "/" if bucket else None,
+        log_uri=contract.RunLayout.in_bucket(bucket, run_id).logs + "/" if bucket else None,
         local_dir=str(out), owner=_current_user(backend),
     )
     names = list((task.get("secrets") or {}).keys()) or list(render.SECRET_NAMES)

@@ -343,14 +343,14 @@ def test_the_jobs_calibration_row_reaches_the_record_and_status(fake, monkeypatc
 
     from jobs.calibration import CalibrationCallback
     from jobs.callbacks import TrainingAttempt
-    from sftcore.contract import Env, JobEnv, run_prefix
+    from sftcore.contract import Env, JobEnv, RunLayout
 
     clock = _Clock(monkeypatch)
     reg = Registry()
     bucket = tmp_path / "bucket"
     launched(fake, reg, "sftl-demo-cal0", usd=4.0, hours_ago=0.1, bucket=str(bucket))
     reg.update("sftl-demo-cal0", eta_hours=2.0, total_usd=8.0)
-    out = Path(run_prefix(str(bucket), "sftl-demo-cal0"))
+    out = Path(RunLayout.in_bucket(str(bucket), "sftl-demo-cal0").root)
     out.mkdir(parents=True)
     plan = {"tokens_per_s": 1000.0, "train_hours": 1.5, "eval_hours": 0.2, "eta_hours": 2.0, "total_usd": 8.0,
             "mfu": 0.4, "params_b": 7.0}

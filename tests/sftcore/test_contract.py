@@ -44,7 +44,7 @@ def _is_layout(node: ast.JoinedStr, source: str) -> bool:
         expr = ast.get_source_segment(source, part.value) or ""
         if not re.search(r"bucket|run_id|OUT_ROOT|CONTAINER_OUT", expr) or (
                 isinstance(part.value, ast.Call) and not expr.endswith(".rstrip('/')")):
-            continue  # a helper's result (contract.run_prefix(...)) is the way to do it
+            continue  # a helper's result (RunLayout.in_bucket(...).logs) is the way to do it
         before = parts[i - 1] if i else None
         after = parts[i + 1] if i + 1 < len(parts) else None
         if (isinstance(after, ast.Constant) and str(after.value).startswith("/")) or (
@@ -184,17 +184,21 @@ def test_env_names_are_unique_and_prefixed():
     assert len(values) == len(set(values)) and all(v == f"SFTLAUNCH_{k}" for k, v in vars(Env).items() if k.isupper())
 
 
-@pytest.mark.parametrize(("fn", "want"), [
-    (contract.run_prefix, "gs://b/x/sftl-a-0001"),
-    (contract.checkpoints_prefix, "gs://b/x/sftl-a-0001/checkpoints"),
-    (contract.logs_prefix, "gs://b/x/sftl-a-0001/logs"),
-    (contract.control_prefix, "gs://b/x/sftl-a-0001/control"),
-    (contract.model_prefix, "gs://b/x/sftl-a-0001/model"),
-    (contract.results_uri, "gs://b/x/sftl-a-0001/eval/results.json"),
+@pytest.mark.parametrize(("attr", "want"), [
+    ("root", "gs://b/x/sftl-a-0001"),
+    ("checkpoints", "gs://b/x/sftl-a-0001/checkpoints"),
+    ("logs", "gs://b/x/sftl-a-0001/logs"),
+    ("control", "gs://b/x/sftl-a-0001/control"),
+    ("model", "gs://b/x/sftl-a-0001/model"),
+    ("metrics", "gs://b/x/sftl-a-0001/metrics.jsonl"),
+    ("end_record", "gs://b/x/sftl-a-0001/exit.json"),
 ])
-def test_bucket_layout(fn, want):
+def test_bucket_layout(attr, want):
     """docs/architecture.md's `<bucket>/<run id>/...`; a trailing slash on the bucket changes nothing."""
-    assert fn("gs://b/x", "sftl-a-0001") == fn("gs://b/x/", "sftl-a-0001") == want
+    layout = contract.RunLayout.in_bucket
+    assert getattr(layout("gs://b/x", "sftl-a-0001"), attr) == getattr(layout("gs://b/x/", "sftl-a-0001"), attr) == want
+    assert layout("gs://b/x", "sftl-a-0001").eval_results() == "gs://b/x/sftl-a-0001/eval/results.json"
+    assert layout("gs://b/x", "sftl-a-0001").eval_results(base=True) == "gs://b/x/sftl-a-0001/eval-base/results.json"
 
 
 def test_each_name_list_is_the_one_its_implementation_serves():
