@@ -12,6 +12,11 @@ the whole group is stopped. A label value that is not a run id of the contract's
 trusted (reported as foreign with --all). Teardown is idempotent: what is already gone is skipped,
 and the end is recorded once. With SkyPilot's API server unreachable it says so in one line
 (exit 2) and touches nothing.
+
+`--all` also takes down the SkyServe services `sftlaunch serve` launched (recorded in runs.db,
+our name prefix, this SkyPilot user's: launcher.backends.ownership.service_refusal), so nothing
+sftlaunch started is left billing. Naming runs leaves their services serving (a trained model is
+often served on after its training is torn down) and prints how to take each one down.
 """
 
 from __future__ import annotations
@@ -89,6 +94,69 @@ def find_targets(registry, backend_factory, run_ids: set[str] | None, foreign: l
     return targets
 
 
+@dataclass
+class ServiceTarget:
+    """A SkyServe service `sftlaunch serve` launched (recorded in runs.db), proven ours now."""
+
+    name: str
+    status: str
+    usd_per_hour: float | None  # per replica, as planned when it was launched
+
+    def describe(self) -> str:
+        rate = f" · ${self.usd_per_hour:.2f}/h per replica" if self.usd_per_hour else ""
+        return f"{self.name}: service [{self.status}]{rate}"
+
+
+def find_services(run_ids: set[str] | None, dry_run: bool) -> tuple[list[ServiceTarget], list[str]]:
+    """(services to take down, notes). With --all (`run_ids` None) every service `sftlaunch serve`
+    recorded and SkyServe still runs as this user's; for named runs none (a run's model may be
+    served on after its training is torn down), only a note naming the service and how to stop it.
+    Asks SkyPilot only when a service is recorded; one recorded but gone is marked down."""
+    from launcher import services
+
+    live_recs = [r for r in services.all_records() if not r["downed_at"]]
+    if run_ids is not None:
+        return [], [f"service {r['name']} serves run {r['run_id']} and keeps serving; `sftlaunch serve down "
+                    f"{r['name']}` takes it down" for r in live_recs if r["run_id"] in run_ids]
+    if not live_recs:
+        return [], []
+    from launcher.backends.ownership import service_refusal
+    from launcher.backends.serve import get_serve_backend
+
+    backend = get_serve_backend()
+    try:
+        live = {s.name: s for s in backend.status([r["name"] for r in live_recs])}
+        user = backend.current_user()
+    except Exception as exc:  # noqa: BLE001 - API server unreachable: say so, touch nothing
+        raise UserError(f"cannot reach SkyPilot to find the services to tear down ({one_line(exc, with_type=True)}); "
+                        "nothing was torn down. Start or reach its API server (`sky api info`) and retry") from None
+    targets, notes = [], []
+    for rec in live_recs:
+        svc = live.get(rec["name"])
+        if svc is None:
+            if not dry_run:
+                services.mark_down(rec["name"])  # taken down outside sftlaunch: nothing bills
+            continue
+        refusal = service_refusal(svc, True, user)
+        if refusal:
+            notes.append(f"left alone: {refusal}")
+        else:
+            targets.append(ServiceTarget(svc.name, svc.status, rec["usd_per_hour"]))
+    return targets, notes
+
+
+def _down_service(target: ServiceTarget) -> str | None:
+    """Take one service down after proving it ours again; the refusal, if any."""
+    from launcher import services
+    from launcher.backends.ownership import down_service_if_ours
+    from launcher.backends.serve import get_serve_backend
+
+    _downed, refusal = down_service_if_ours(get_serve_backend(), target.name, recorded=True)
+    if refusal is None:
+        services.mark_down(target.name)
+    return refusal
+
+
 def _run_ids(registry, runs: tuple[str, ...], all_: bool) -> set[str] | None:
     """The run ids named (full ids, or unique prefixes of recorded ones); None for --all."""
     from launcher.runid import looks_like_run_id
@@ -122,7 +190,9 @@ def _stop(target: Target, backend_factory) -> str | None:
 
 @click.command()
 @click.argument("runs", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Every cluster and job sftlaunch launched (labelled sftlaunch-run).")
+@click.option("--all", "all_", is_flag=True,
+              help="Every cluster, job and local run sftlaunch launched (labelled sftlaunch-run), and every "
+                   "service `sftlaunch serve` launched.")
 @dry_run_option
 @yes_option
 def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> None:
@@ -143,7 +213,8 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
 
     foreign: list[str] = []
     targets = find_targets(registry, backend_factory, run_ids, foreign)
-    for note in foreign:
+    served, service_notes = find_services(run_ids, dry_run)
+    for note in foreign + service_notes:
         click.echo(printable(mask(f"  {note}")))
     # Runs recorded as active whose resources are already gone: learn how they ended (their exit
     # record, SkyPilot's last word), then record the end of whatever is still unaccounted for.
@@ -162,15 +233,15 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
         except Exception:  # noqa: BLE001 - knowing the outcome is a bonus; the end is recorded below
             pass
         stale = [r for r in (registry.get(s.run_id, history=False) for s in stale) if r.state.is_active]
-    if not targets:
-        click.echo("nothing to tear down: no running cluster, managed job or local run carries an sftlaunch label"
+    if not targets and not served:
+        click.echo("nothing to tear down: no running cluster, managed job, local run or service carries an sftlaunch label"
                    + (f" for {', '.join(sorted(run_ids))}" if run_ids else ""))
         if not dry_run:
             for r in stale:
                 registry.set_state(r.run_id, RunState.CANCELLED, "teardown: nothing was left running")
         return
     click.echo("sftlaunch would tear down:" if dry_run else "sftlaunch will tear down:")
-    for t in targets:
+    for t in [*targets, *served]:
         click.echo(printable(mask(f"  {t.describe()}")))
     total = sum(t.record.cost_usd for t in targets if t.record)
     click.echo(f"total so far: ${total:.2f}")
@@ -198,6 +269,16 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             registry.update(t.run_id, torn_down=True)
             if rec.state.is_active:
                 registry.set_state(t.run_id, RunState.CANCELLED, f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
+    for svc in served:
+        try:
+            refusal = _down_service(svc)
+        except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
+            failures.append(mask(f"service {svc.name}: {one_line(exc)}"))
+            continue
+        if refusal is not None:
+            failures.append(mask(f"service {svc.name}: not touched: {refusal}"))
+        else:
+            click.echo(f"  done: service {svc.name} taken down")
     for r in stale:
         registry.set_state(r.run_id, RunState.CANCELLED, "teardown: nothing was left running")
     if failures:

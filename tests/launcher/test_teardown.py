@@ -340,3 +340,51 @@ def test_all_never_trusts_a_label_value_that_is_not_a_run_id(fake, label):
     assert "odd" in fake.clusters and fake.jobs[30].status == "RUNNING" and touched(fake) == []
     assert "cluster odd: label sftlaunch-run=" in res.output and "(foreign): not touched" in res.output
     assert "managed job 30 (odd-job): label" in res.output and "\x1b" not in res.output and "nothing to tear down" in res.output
+
+
+def test_all_takes_down_the_services_we_launched_and_only_those(fake, fake_serve):
+    """`teardown --all` leaves nothing billing: a service `sftlaunch serve` recorded and SkyServe
+    runs as this user's is taken down; a recorded teammate's, an unrecorded look-alike and one
+    already gone are not touched (the gone one is marked down)."""
+    from launcher import services
+
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-aaaa", usd=2.0, hours_ago=1.0)
+    services.record("sftl-demo-aaaa", "sftl-demo-aaaa", "m/x", "gcp", "L4:1", 0.7, "u-me", {})
+    fake_serve.add("sftl-demo-aaaa", "u-me")
+    services.record("sftl-mate-1111", None, "m/y", "gcp", "L4:1", 0.7, "u-me", {})
+    fake_serve.add("sftl-mate-1111", "u-teammate")  # recorded here, but another SkyPilot user's
+    fake_serve.add("sftl-other-2222", "u-me")  # ours by name and user, never recorded here
+    services.record("sftl-gone-3333", None, "m/z", "gcp", "L4:1", 0.7, "u-me", {})  # downed elsewhere
+    dry = run("--all", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "sftl-demo-aaaa: service [READY] · $0.70/h per replica" in dry.output
+    assert "left alone: service sftl-mate-1111 belongs to SkyPilot user u-teammate" in dry.output
+    assert "sftl-other-2222" not in dry.output and not [c for c in fake_serve.calls if c[0] == "down"]
+    assert services.get("sftl-gone-3333")["downed_at"] is None  # a dry run writes nothing
+    res = run("--all", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "done: service sftl-demo-aaaa taken down" in res.output
+    assert [c for c in fake_serve.calls if c[0] == "down"] == [("down", "sftl-demo-aaaa")]
+    assert services.get("sftl-demo-aaaa")["downed_at"] and services.get("sftl-gone-3333")["downed_at"]
+    assert services.get("sftl-mate-1111")["downed_at"] is None and "sftl-other-2222" in fake_serve.services
+    assert ("down", "sftl-demo-aaaa") in touched(fake)  # the run's cluster too
+
+
+def test_a_named_run_keeps_its_service_and_says_how_to_stop_it(fake, fake_serve):
+    from launcher import services
+
+    reg = Registry()
+    launched(fake, reg, "sftl-demo-aaaa", usd=2.0, hours_ago=1.0)
+    services.record("sftl-demo-aaaa", "sftl-demo-aaaa", "m/x", "gcp", "L4:1", 0.7, "u-me", {})
+    fake_serve.add("sftl-demo-aaaa", "u-me")
+    res = run("sftl-demo-aaaa", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "service sftl-demo-aaaa serves run sftl-demo-aaaa and keeps serving; `sftlaunch serve down" in res.output
+    assert not [c for c in fake_serve.calls if c[0] in ("down", "status")] and "sftl-demo-aaaa" in fake_serve.services
+
+
+def test_all_without_recorded_services_never_asks_skyserve(fake, fake_serve):
+    res = run("--all", "--yes")
+    assert res.exit_code == 0 and "nothing to tear down" in res.output, res.output
+    assert fake_serve.calls == []
