@@ -95,16 +95,24 @@ def image_status(ref: str, default: bool, root: bool = False, timeout: float = C
             if default else "fix image: in the recipe, or push that image")
     if answer.state == registry.EXISTS and answer.credentials is None:
         return PASS, "exists" + (f" ({answer.digest})" if answer.digest else ""), ""
+    if answer.state == registry.EXISTS and registry.docker_login_names([ref]):
+        return (PASS, "private; the run logs in with SKYPILOT_DOCKER_USERNAME/PASSWORD (passed to SkyPilot as "
+                "secrets at launch)" + (f" ({answer.digest})" if answer.digest else ""), "")
     if answer.state == registry.EXISTS:
         return (WARN, f"private: readable with the credentials of {answer.credentials}, but the run pulls it "
-                "without credentials (sftlaunch passes no docker login to SkyPilot)",
-                f"make the image public (on {host}: the package's visibility), or set image: to a public one")
+                "without credentials (SkyPilot logs in only with its docker login variables)",
+                f"export SKYPILOT_DOCKER_USERNAME, SKYPILOT_DOCKER_PASSWORD and SKYPILOT_DOCKER_SERVER={host} "
+                f"(a read-only token), or make the image public (on {host}: the package's visibility)")
     if answer.state == registry.MISSING:
         return FAIL, f"{answer.detail}; the GPU host would fail at pull", push
+    if answer.state == registry.DENIED and registry.docker_login_names([ref]):
+        return (FAIL, f"{answer.detail} for the credentials of {answer.credentials}: the run logs in with them and "
+                "would be refused the same way", f"give SKYPILOT_DOCKER_USERNAME read access to it, or {push}")
     if answer.state == registry.DENIED:
         whose = f" for the credentials of {answer.credentials}" if answer.credentials else ""
         return (FAIL, f"{answer.detail}{whose}: the image is private or does not exist, and the run pulls without "
-                "credentials", f"{push}; a private image must be made public")
+                "credentials", f"{push}; for a private image export SKYPILOT_DOCKER_USERNAME, "
+                f"SKYPILOT_DOCKER_PASSWORD and SKYPILOT_DOCKER_SERVER={host}")
     return UNKNOWN, answer.detail, "rerun when the registry answers, or check the network"
 
 

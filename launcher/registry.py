@@ -16,10 +16,13 @@ as insecure by default.
 
 Credentials: SkyPilot logs the GPU host into a registry only with SKYPILOT_DOCKER_USERNAME,
 SKYPILOT_DOCKER_PASSWORD and SKYPILOT_DOCKER_SERVER in the task's envs or secrets
-(sky/task.py `_with_docker_login_config`), which sftlaunch does not render: the run pulls
-anonymously. So the check asks anonymously first; credentials (those three variables, else a
-`docker login` saved in ~/.docker/config.json) only tell a private image from a missing one.
-No password or token is ever put in a message.
+(sky/task.py `_with_docker_login_config`). When all three are set here and their server is the
+registry of every image the run may pull, render declares them as task secrets (names only; `up`
+passes the values at launch, `docker_login_names`), so a private image is pulled with them.
+Otherwise the run pulls anonymously: SkyPilot would prefix another registry's image with the login
+server. So the check asks anonymously first; credentials (those three variables, else a `docker
+login` saved in ~/.docker/config.json) tell a private image from a missing one, and whether the
+run can pull it. No password or token is ever put in a message.
 """
 
 from __future__ import annotations
@@ -106,6 +109,29 @@ def _same_registry(server: str, registry: str) -> bool:
     if host in DOCKER_HUB_ALIASES:
         host = DOCKER_HUB
     return host == registry
+
+
+def docker_login_names(images, env=None) -> tuple[str, ...]:
+    """SkyPilot's docker login variables when all three are set in `env` (default: this process's)
+    and SkyPilot's login would pull every one of `images` unchanged; () otherwise. SkyPilot
+    prefixes an image not starting with `<server>/` with it (`DockerLoginConfig.format_image`), so
+    the server must be written as the image's registry is (`ghcr.io`, not `https://ghcr.io`); a
+    Docker Hub image written without a registry stays the same image under `docker.io/`."""
+    env = os.environ if env is None else env
+    user, password, server = (env.get(k) for k in SKY_DOCKER_ENV)
+    if not (user and password and server):
+        return ()
+
+    def unchanged(image: str) -> bool:
+        if image.startswith(f"{server}/"):
+            return True
+        try:
+            return server == DOCKER_HUB and parse_reference(image).registry == DOCKER_HUB
+        except ValueError:
+            return False
+
+    images = list(images)
+    return SKY_DOCKER_ENV if images and all(unchanged(image) for image in images) else ()
 
 
 def find_credentials(registry: str, env: dict | None = None) -> tuple[str, str, str] | None:

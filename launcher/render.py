@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from launcher.images import resolve_image
+from launcher.registry import docker_login_names
 from sftcore import contract
 from sftcore.clouds import CLOUDS, Feature, capability_problem, not_allowed
 from sftcore.contract import Env
@@ -211,9 +213,12 @@ def render_task(
     recipe_mount_src: str,
     steps: tuple[str, ...] = STEPS,
     fallbacks: list[Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The SkyPilot task for `recipe` on `target` (a Target or the planner's Candidate), with
-    `fallbacks` (further candidates, in plan order) as SkyPilot's ordered resources."""
+    `fallbacks` (further candidates, in plan order) as SkyPilot's ordered resources. `env` (default:
+    this process's) is looked at only for SkyPilot's docker login variables, whose names become task
+    secrets when they log in to the registry of every image the run may pull (values: at launch)."""
     targets = [target] + [f for f in fallbacks or [] if f is not target]
     for t in targets:
         check_target(recipe, t)
@@ -267,6 +272,8 @@ def render_task(
     secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
     if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
         secrets.update({name: None for name in S3_SECRET_NAMES})
+    images = {resolve_image(recipe.image, cloud=t.cloud) for t in targets}
+    secrets.update({name: None for name in docker_login_names(images, env)})
 
     task: dict[str, Any] = {
         "name": run_id,

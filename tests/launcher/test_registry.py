@@ -194,7 +194,7 @@ def test_preflight_with_the_recipes_image_and_no_network(tmp_path, fake_registry
     assert "could not check" in res.output and "preflight: ok, 2 could not be checked" in res.output  # + the Hub
 
 
-def test_a_private_image_warns_and_no_password_or_token_is_printed(tmp_path, fake_registry, monkeypatch):
+def test_a_private_image_passes_only_where_the_run_logs_in_and_no_secret_is_printed(tmp_path, fake_registry, monkeypatch):
     monkeypatch.setattr("launcher.backends.credentials.sky_credentials", lambda clouds, timeout=None: {c: (True, "") for c in clouds})
     fake_registry.push("me/private", "v1")
     fake_registry.private.add("me/private")
@@ -212,9 +212,18 @@ def test_a_private_image_warns_and_no_password_or_token_is_printed(tmp_path, fak
     monkeypatch.setenv("SKYPILOT_DOCKER_SERVER", fake_registry.host)
     outputs.append(_preflight_json(path))
     texts = [out for _, _, out in outputs] + [CliRunner().invoke(cli, ["preflight", path]).output]
-    for (code, lines, _), source in zip(outputs, ("docker login", "SKYPILOT_DOCKER_USERNAME"), strict=True):
-        assert code == 0 and lines[0]["status"] == "warn" and source in lines[0]["detail"]
-        assert "the run pulls it without credentials" in lines[0]["detail"]
+    (code, lines, _), (sky_code, sky_lines, _) = outputs
+    # `docker login` on this machine: the run would still pull anonymously, and is told how to log in.
+    assert code == 0 and lines[0]["status"] == "warn" and "docker login" in lines[0]["detail"]
+    assert "the run pulls it without credentials" in lines[0]["detail"]
+    assert f"SKYPILOT_DOCKER_SERVER={fake_registry.host}" in lines[0]["fix"]
+    # SkyPilot's docker login variables: render passes them (names; values at launch), the run pulls it.
+    assert sky_code == 0 and sky_lines[0]["status"] == "pass", sky_lines
+    assert "the run logs in with SKYPILOT_DOCKER_USERNAME/PASSWORD" in sky_lines[0]["detail"]
+    monkeypatch.setenv("SKYPILOT_DOCKER_PASSWORD", "wrong-" + SKY_PASSWORD_CANARY)
+    code, lines, wrong = _preflight_json(path)
+    texts.append(wrong)
+    assert code == 2 and lines[0]["status"] == "fail" and "would be refused the same way" in lines[0]["detail"]
     tokens = list(fake_registry.tokens)
     for text in texts:
         for secret in (PASSWORD_CANARY, SKY_PASSWORD_CANARY, *tokens):

@@ -330,3 +330,49 @@ def test_the_plan_prediction_reaches_the_job_for_its_calibration():
     assert got["params_b"] == pytest.approx(69, rel=0.05)
     # a bare Target (render --gpu) has no plan: nothing to calibrate against
     assert Env.PLAN not in render_task(recipe, Target("gcp", "A100-80GB", 1), "sftl-x-beef", "/tmp/r.yaml")["envs"]
+
+
+DOCKER_PASSWORD_CANARY = "ghp_DOCKERpasswordCANARY0123456789"
+
+
+@pytest.mark.parametrize(("server", "logs_in"), [("ghcr.io", True), ("https://ghcr.io", False), ("docker.io", False)])
+def test_a_private_image_is_pulled_with_skypilots_docker_login(server, logs_in):
+    """With SkyPilot's three docker login variables set for the image's registry, the task names
+    them as secrets (no value in the YAML); given the values at launch (our backend's `_task`),
+    SkyPilot's own Task attaches a DockerLoginConfig to every resource. For another registry they
+    are left out: SkyPilot would prefix the image with the login server and pull the wrong one
+    (with a scheme too: `https://ghcr.io/ghcr.io/...`)."""
+    sky = pytest.importorskip("sky")
+    from launcher.backends.sky import _task
+
+    login = {"SKYPILOT_DOCKER_USERNAME": "me", "SKYPILOT_DOCKER_PASSWORD": DOCKER_PASSWORD_CANARY,
+             "SKYPILOT_DOCKER_SERVER": server}
+    recipe = recipe_from_dict({**yaml.safe_load((REPO / "recipes/mistral-7b-qlora.yaml").read_text()),
+                               "image": "ghcr.io/me/private-sftlaunch:1"}, base_dir=REPO)
+    task = render_task(recipe, Target("gcp", "L4", 1), "sftl-r-0000", "/x",
+                       fallbacks=[Target("runpod", "L4", 1)], env=login)
+    text = to_yaml(task)
+    assert DOCKER_PASSWORD_CANARY not in text
+    declared = {k for k in yaml.safe_load(text)["secrets"] if k.startswith("SKYPILOT_DOCKER_")}
+    assert declared == (set(login) if logs_in else set())
+    parsed = _task(task, {**login, "HF_TOKEN": CANARY} if logs_in else {"HF_TOKEN": CANARY})
+    configs = [r.docker_login_config for r in parsed.resources]
+    assert len(configs) == 2 and all((c is not None and c.server == server) if logs_in else c is None for c in configs)
+    assert isinstance(parsed, sky.Task)
+    assert not any(k.startswith("SKYPILOT_DOCKER_") for k in render_task(recipe, Target("gcp", "L4", 1), "sftl-r-0000",
+                                                                       "/x", env={})["secrets"])
+
+
+def test_docker_hub_logins_keep_the_image_skypilot_pulls():
+    """SkyPilot's own `DockerLoginConfig.format_image` is the rule: a login is rendered only where it
+    leaves the image as it is, or names the same Docker Hub image."""
+    docker_utils = pytest.importorskip("sky.provision.docker_utils")
+    from launcher.registry import docker_login_names, parse_reference
+
+    for server, image in (("docker.io", "me/img:1"), ("ghcr.io", "ghcr.io/me/img:1"), ("docker.io", "ghcr.io/me/img:1"),
+                          ("https://ghcr.io", "ghcr.io/me/img:1"), ("quay.io", "me/img:1")):
+        env = {"SKYPILOT_DOCKER_USERNAME": "u", "SKYPILOT_DOCKER_PASSWORD": "p", "SKYPILOT_DOCKER_SERVER": server}
+        pulled = docker_utils.DockerLoginConfig("u", "p", server).format_image(image)
+        same = pulled == image or parse_reference(pulled) == parse_reference(image)
+        assert bool(docker_login_names([image], env)) == same, (server, image, pulled)
+    assert docker_login_names(["ghcr.io/me/img:1"], {"SKYPILOT_DOCKER_SERVER": "ghcr.io"}) == ()  # all three, or none
