@@ -11,10 +11,9 @@ so a managed job is not restarted for it), 1 the job failed, 2 bad input (one li
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
-from sftcore.contract import Env
+from sftcore.contract import JobEnv
 
 COMMANDS = {
     "train": "jobs.train",
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if not disk_full(exc):
             raise  # a bug: its traceback is what the run log needs
         # A full disk is no bug: one line, and what survives (checkpoints are complete or ignored).
-        where = os.environ.get(Env.OUT) or getattr(exc, "filename", None)
+        where = JobEnv.from_env().out or getattr(exc, "filename", None)
         return job_exit(JobFailed(f"{name}: " + disk_full_message(
             exc, where, then="relaunch: the newest complete checkpoint is kept and the run resumes from it")))
 

@@ -47,6 +47,7 @@ def _int(env: dict, name: str, default: int) -> int:
 
 
 def topology(env: dict) -> dict:
+    job = JobEnv.from_env(env)
     ips = [ip.strip() for ip in (env.get("SKYPILOT_NODE_IPS") or "").splitlines() if ip.strip()]
     nodes = _int(env, "SKYPILOT_NUM_NODES", len(ips) or 1)
     rank = _int(env, "SKYPILOT_NODE_RANK", 0)
@@ -61,8 +62,7 @@ def topology(env: dict) -> dict:
 
         raise UserError(f"SKYPILOT_NODE_RANK={rank} is outside 0..{nodes - 1}")
     return {"nodes": nodes, "rank": rank, "gpus": gpus, "head": head,
-            "port": _int(env, Env.MASTER_PORT, DEFAULT_PORT),
-            "cpu_procs": _int(env, Env.CPU_PROCS, 1)}
+            "port": job.master_port or DEFAULT_PORT, "cpu_procs": job.cpu_procs or 1}
 
 
 def launch_args(env: dict, job_args: list[str] | tuple[str, ...] = (), deepspeed_config: str | None = None,
@@ -157,7 +157,7 @@ def run_train(job_args: list[str], env: dict | None = None) -> int:
     except NoGpu as exc:
         return job_exit(exc)
     if t["nodes"] > 1:
-        timeout = float(env.get(Env.RENDEZVOUS_TIMEOUT) or 600)
+        timeout = JobEnv.from_env(env).rendezvous_timeout_s or 600
         env.setdefault("TORCHELASTIC_RENDEZVOUS_TIMEOUT", str(int(timeout)))
         if t["rank"] > 0:
             print(f"node {t['rank']}/{t['nodes']}: waiting up to {timeout:.0f}s for head {t['head']}:{t['port']}",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jobs.eval_model import EvalInputError, ModelSpec
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import JobEnv
 from sftcore.eval_backend import BackendError, choose, max_lora_rank
 
 
@@ -32,7 +32,7 @@ def have_vllm() -> bool:
 
 def vllm_python() -> str | None:
     """The vLLM venv's interpreter ($SFTLAUNCH_VLLM_PYTHON, else the image's), if it exists."""
-    path = os.environ.get(Env.VLLM_PYTHON) or contract.VLLM_PYTHON
+    path = JobEnv.from_env().vllm_python or contract.VLLM_PYTHON
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 

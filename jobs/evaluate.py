@@ -13,7 +13,7 @@ one process and lets HFLM split one copy of the model across the GPUs (`parallel
 accelerate's device_map="auto"), for a model that does not fit one GPU. `auto` picks data
 parallel when the weights (from the files' sizes or the Hub's safetensors metadata, a quarter of
 that in 4-bit) fit one GPU with room for activations, else model parallel; when the size cannot
-be read it keeps data parallel. SFTLAUNCH_EVAL_NO_DP=1 (older switch) means `model`.
+be read it keeps data parallel.
 
 Backend (`--backend`, default the recipe's eval.backend, else auto): `hf` is lm-eval's HFLM
 above; `vllm` is lm-eval's VLLM on vLLM's engine (jobs/eval_vllm.py), which lives in its own venv
@@ -185,8 +185,6 @@ def choose_parallel(mode: str, gpus: int, load_4bit: bool, size: int | None, gpu
         return "none"
     if mode in ("data", "model"):
         return mode
-    if os.environ.get(Env.EVAL_NO_DP) == "1":
-        return "model"
     if size is None or gpu_bytes is None:
         return "data"
     weights = size * (0.3 if load_4bit else 1.0)  # NF4 is 4 of 16 bits, plus constants and bf16 embeddings
@@ -399,13 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_under_vllm(py, argv)
         if requested == "vllm":
             return job_exit(EvalInputError(
-                f"--backend vllm: no vLLM here and no vLLM venv at {os.environ.get(Env.VLLM_PYTHON) or contract.VLLM_PYTHON}; "
+                f"--backend vllm: no vLLM here and no vLLM venv at {JobEnv.from_env().vllm_python or contract.VLLM_PYTHON}; "
                 f"use the sftlaunch image (it carries one), set {Env.VLLM_PYTHON}, or use --backend hf"))
         print("eval backend hf (auto: this image has no vLLM venv)", flush=True)
         args.backend = "hf"
     args.parallel_mode = "none"
     if gpus > 1 and not _under_launcher():
-        need_size = args.parallel == "auto" and os.environ.get(Env.EVAL_NO_DP) != "1"
+        need_size = args.parallel == "auto"
         size = model_bytes(args.model, args.revision) if need_size else None
         args.parallel_mode = choose_parallel(args.parallel, gpus, args.load_4bit, size,
                                              _gpu_memory_bytes() if size else None)

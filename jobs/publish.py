@@ -33,7 +33,7 @@ HUB_ATTEMPTS = 3
 CARD = "README.md"  # the model card, in the publish dir and beside the bucket copy
 # Above this many bytes the upload goes through upload_large_folder: several commits, and its
 # progress is kept in <folder>/.cache/huggingface so a killed job resumes where it stopped.
-LARGE_FOLDER_BYTES = int(os.environ.get(Env.LARGE_UPLOAD_BYTES, 8 * 2**30))
+LARGE_FOLDER_BYTES = 8 * 2**30  # default; Env.LARGE_UPLOAD_BYTES (JobEnv.large_upload_bytes) overrides
 
 
 class PublishInputError(UserError):
@@ -175,7 +175,7 @@ def hub_upload(folder: Path, repo_id: str, force: bool, private: bool = True,
     else:
         api.create_repo(repo_id, private=private, exist_ok=True)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    if size > LARGE_FOLDER_BYTES:
+    if size > (JobEnv.from_env().large_upload_bytes or LARGE_FOLDER_BYTES):
         api.upload_large_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision="main",
                                 private=private, print_report=False)
         if replace:

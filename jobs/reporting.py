@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sftcore.contract import Env
+from sftcore.contract import JobEnv
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"  # wandb's default for WANDB_BASE_URL
 PROBE_TIMEOUT_S = 10.0  # whole probe, connect to answer; override with SFTLAUNCH_WANDB_TIMEOUT_S
@@ -133,8 +133,6 @@ def probe(base_url: str, key: str, timeout: float) -> tuple[str, str]:
 
 
 def _timeout() -> float:
-    try:
-        value = float(os.environ.get(Env.WANDB_TIMEOUT_S) or PROBE_TIMEOUT_S)
-    except ValueError:
-        return PROBE_TIMEOUT_S
-    return value if 0 < value <= 300 else PROBE_TIMEOUT_S
+    """The probe's bound: Env.WANDB_TIMEOUT_S when set (at most 300 s), else PROBE_TIMEOUT_S."""
+    value = JobEnv.from_env().wandb_timeout_s
+    return value if value is not None and value <= 300 else PROBE_TIMEOUT_S

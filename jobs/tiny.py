@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftcore import contract
-from sftcore.contract import Env
+from sftcore.contract import JobEnv
 
 TINY_MODEL_ID = contract.TINY_MODEL_ID
 # Bump when anything below changes what gets built: a cached copy with another version is rebuilt.
@@ -162,8 +162,8 @@ FAMILIES: dict[str, Family] = {
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get(Env.CACHE)
-    return Path(env) if env else Path.home() / ".cache" / "sftlaunch"
+    cache = JobEnv.from_env().cache
+    return Path(cache) if cache else Path.home() / ".cache" / "sftlaunch"
 
 
 def _corpus(family: str = "llama") -> list[str]:

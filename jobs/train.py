@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=job.recipe, help="recipe YAML")
     p.add_argument("--out", default=job.out, help="output directory")
     p.add_argument("--run-id", default=job.run_id)
-    env_steps = os.environ.get(Env.MAX_STEPS)  # for smoke runs through the entrypoint
-    p.add_argument("--max-steps", type=int, default=int(env_steps) if env_steps else None,
+    p.add_argument("--max-steps", type=int, default=job.max_steps,  # smoke runs through the entrypoint
                    help=f"override train.max_steps (default ${Env.MAX_STEPS})")
     return p
 

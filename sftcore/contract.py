@@ -55,7 +55,6 @@ class Env:
     MAX_STEPS = "SFTLAUNCH_MAX_STEPS"
     SYNC_EVERY = "SFTLAUNCH_SYNC_EVERY"  # seconds between bucket copies of metrics and logs (60)
     PYTHON = "SFTLAUNCH_PYTHON"  # the interpreter entrypoint.sh runs the steps with
-    EVAL_NO_DP = "SFTLAUNCH_EVAL_NO_DP"  # older switch for --parallel model
     CPU_PROCS = "SFTLAUNCH_CPU_PROCS"
     MASTER_PORT = "SFTLAUNCH_MASTER_PORT"
     RENDEZVOUS_TIMEOUT = "SFTLAUNCH_RENDEZVOUS_TIMEOUT"
@@ -94,6 +93,16 @@ class JobEnv:
     eval_with_base: bool = False  # `sftlaunch eval --with-base`: also score the base model
     eval_parallel: str | None = None  # `sftlaunch eval --parallel` (jobs eval checks the choice)
     eval_backend: str | None = None  # `sftlaunch eval --backend` (jobs eval checks the choice)
+    # Knobs for smoke runs, tests and unusual hosts; unset on a normal run.
+    max_steps: int | None = None  # Env.MAX_STEPS: stop training after this many steps
+    vllm_python: str | None = None  # Env.VLLM_PYTHON: the vLLM venv's interpreter
+    large_upload_bytes: int | None = None  # Env.LARGE_UPLOAD_BYTES: publish's switch to upload_large_folder
+    wandb_timeout_s: float | None = None  # Env.WANDB_TIMEOUT_S: bound on the W&B reachability probe
+    cache: str | None = None  # Env.CACHE: the tiny model's build cache
+    tiny_eval: str | None = None  # Env.TINY_EVAL: the tiny eval task's data file
+    master_port: int | None = None  # Env.MASTER_PORT: the head's rendezvous port
+    cpu_procs: int | None = None  # Env.CPU_PROCS: processes per node without GPUs
+    rendezvous_timeout_s: float | None = None  # Env.RENDEZVOUS_TIMEOUT: how long workers wait for the head
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobEnv:
@@ -117,11 +126,29 @@ class JobEnv:
             if value not in (None, "0", "1"):
                 raise _bad(name, value, "1 (on) or 0 (off), or unset")
             switches[name] = None if value is None else value == "1"
+        def number(name: str, kind: type, want: str):
+            raw = text(name)
+            try:
+                value = kind(raw) if raw is not None else None
+            except ValueError:
+                value = -1
+            if value is not None and not value > 0:
+                raise _bad(name, raw, want)
+            return value
+
         return cls(run_id=text(Env.RUN_ID), recipe=text(Env.RECIPE), out=text(Env.OUT), control=text(Env.CONTROL),
                    hardware=text(Env.HARDWARE), rates=text(Env.RATES), usd_per_hour=usd_h, plan=text(Env.PLAN),
                    calibration=text(Env.CALIBRATION), gradient_checkpointing=switches[Env.GRADIENT_CHECKPOINTING],
                    eval_with_base=bool(switches[Env.EVAL_WITH_BASE]), eval_parallel=text(Env.EVAL_PARALLEL),
-                   eval_backend=text(Env.EVAL_BACKEND))
+                   eval_backend=text(Env.EVAL_BACKEND),
+                   max_steps=number(Env.MAX_STEPS, int, "a positive number of steps"),
+                   vllm_python=text(Env.VLLM_PYTHON),
+                   large_upload_bytes=number(Env.LARGE_UPLOAD_BYTES, int, "a positive number of bytes"),
+                   wandb_timeout_s=number(Env.WANDB_TIMEOUT_S, float, "a positive number of seconds"),
+                   cache=text(Env.CACHE), tiny_eval=text(Env.TINY_EVAL),
+                   master_port=number(Env.MASTER_PORT, int, "a port number"),
+                   cpu_procs=number(Env.CPU_PROCS, int, "a positive number of processes"),
+                   rendezvous_timeout_s=number(Env.RENDEZVOUS_TIMEOUT, float, "a positive number of seconds"))
 
 
 def _bad(name: str, value: str | None, want: str):

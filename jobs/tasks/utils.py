@@ -9,17 +9,17 @@ somewhere else (e.g. mounted into a container without the recipes/ tree).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from sftcore.contract import Env
+from sftcore.contract import Env, JobEnv
 
 ENV = Env.TINY_EVAL
 _DEFAULT = Path(__file__).resolve().parents[2] / "recipes" / "data" / "tiny-task" / "eval.jsonl"
 
 
 def eval_file() -> Path:
-    path = Path(os.environ[ENV]) if os.environ.get(ENV) else _DEFAULT
+    configured = JobEnv.from_env().tiny_eval
+    path = Path(configured) if configured else _DEFAULT
     if not path.is_file():
         raise FileNotFoundError(
             f"tiny task eval data not found at {path}; set ${ENV} to recipes/data/tiny-task/eval.jsonl"

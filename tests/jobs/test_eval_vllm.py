@@ -94,7 +94,7 @@ def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def gpu_host(monkeypatch):
     """This CPU host as the job would see a GPU host: n Ampere+ GPUs, no launcher env."""
-    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_NO_DP", "SFTLAUNCH_EVAL_PARALLEL",
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_PARALLEL",
                 "SFTLAUNCH_EVAL_BACKEND", "SFTLAUNCH_VLLM_PYTHON"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(eval_vllm, "_capable", lambda: True)

@@ -226,7 +226,7 @@ def test_parallel_mode_choice():
 def test_model_too_big_for_one_gpu_is_split_across_them_in_one_process(tmp_path, monkeypatch):
     """The wiring, offline: sizes come from the weight files (a sparse 150 GiB file here), the
     choice decides between relaunching under accelerate and HFLM(parallelize=True)."""
-    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_NO_DP", "SFTLAUNCH_EVAL_PARALLEL"):
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_LAUNCH", "SFTLAUNCH_EVAL_PARALLEL"):
         monkeypatch.delenv(var, raising=False)
     big = tmp_path / "big"
     big.mkdir()

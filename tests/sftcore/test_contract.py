@@ -286,3 +286,40 @@ def test_a_bad_job_env_value_exits_2_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs", "publish", "--help"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr == f"error: {Env.USD_PER_HOUR}='cheap': expected a price in $/hour, e.g. 2.5\n"
+
+
+def _env_reads(source: str) -> list[int]:
+    """Lines that read an SFTLAUNCH_ variable by its Env name straight from an environment:
+    `os.environ.get(Env.X)`, `env.get(Env.X)`, `os.getenv(Env.X)`, `os.environ[Env.X]` (loads)."""
+    def is_env_name(node) -> bool:
+        return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Env"
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "getenv")
+                and node.args and is_env_name(node.args[0])):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and is_env_name(node.slice):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_job_reads_the_launchers_variables_only_through_jobenv():
+    """Every SFTLAUNCH_ variable a job reads is parsed and checked once, in contract.JobEnv."""
+    found = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / "jobs").rglob("*.py"))
+             for line in _env_reads(p.read_text())]
+    assert not found, "read these through sftcore.contract.JobEnv:\n" + "\n".join(found)
+    assert _env_reads("import os\nx = os.environ.get(Env.OUT)\ny = env[Env.RUN_ID]\nz = os.getenv(Env.CACHE)\n"
+                      "env[Env.OUT] = 'set'\n") == [2, 3, 4]
+
+
+@pytest.mark.parametrize(("name", "value"), [("SFTLAUNCH_MAX_STEPS", "0"), ("SFTLAUNCH_MAX_STEPS", "ten"),
+                                             ("SFTLAUNCH_MASTER_PORT", "-1"), ("SFTLAUNCH_RENDEZVOUS_TIMEOUT", "soon"),
+                                             ("SFTLAUNCH_LARGE_UPLOAD_BYTES", "1e3x")])
+def test_a_malformed_knob_is_one_line_naming_it(name, value):
+    from sftcore.contract import JobEnv
+    from sftcore.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^{name}={value!r}: expected a (positive number|port number)"):
+        JobEnv.from_env({name: value})
+    assert JobEnv.from_env({"SFTLAUNCH_MAX_STEPS": "12", "SFTLAUNCH_WANDB_TIMEOUT_S": "2.5"}).max_steps == 12
