@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from jobs import checkpoint as ckpt
+from jobs import checkpoint_manifest
 from jobs import rate as rate_mod
 from jobs.collectives import barrier, broadcast_flags, local_rank, log, rank, world_size
 from sftcore import contract, store
@@ -31,7 +32,7 @@ class TrainingAttempt:
     """What train() and the callbacks share for one attempt."""
 
     bucket: str | None
-    topology: ckpt.Topology
+    topology: checkpoint_manifest.Topology
     started: float  # this attempt's start (time.time())
     elapsed_before: float  # seconds spent by earlier attempts (from the resumed checkpoint)
     attempts: int

@@ -21,21 +21,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from jobs.checkpoint_manifest import (  # noqa: F401 - MANIFEST, _All, file_rank, local_manifests: callers use ckpt.X
+from jobs.checkpoint_manifest import (
     _NODE_MANIFEST_RE,
-    MANIFEST,
     SINGLE,
     Topology,
-    _All,
     _file_ok,
     _missing_manifests,
     _needed,
     _parse_manifest,
-    file_rank,
-    local_manifests,
     manifest_name,
     verify,
-    write_manifest,
 )
 from sftcore import contract, store
 

@@ -63,7 +63,7 @@ class Topology:
 SINGLE = Topology()
 
 
-class _All(Topology):
+class EveryRank(Topology):
     """Needs every file (one node materialising a checkpoint for a disk all nodes share)."""
 
     def needs(self, rel: str) -> bool:

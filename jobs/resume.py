@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
+from jobs import checkpoint_manifest
 from jobs.collectives import (
     barrier,
     broadcast,
@@ -26,7 +27,7 @@ from jobs.collectives import (
 from sftcore import contract
 
 
-def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
+def _shared_disk(ckpt_root: Path, topo: checkpoint_manifest.Topology) -> bool:
     """Whether the nodes write to one disk (then node 0 alone prepares the checkpoint folder)."""
     import uuid
 
@@ -45,7 +46,7 @@ def _shared_disk(ckpt_root: Path, topo: ckpt.Topology) -> bool:
     return shared
 
 
-def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Path | None:
+def resume_point(ckpt_root: Path, prefix: str | None, topo: checkpoint_manifest.Topology) -> Path | None:
     """The newest checkpoint every node can load, ready on each node's disk (collective).
 
     Each node's local rank 0 lists the steps complete on its disk or in the bucket; the newest
@@ -54,7 +55,7 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     init_dist()
     shared = topo.nodes > 1 and _shared_disk(ckpt_root, topo)
     speaks = local_rank() == 0 and (not shared or topo.node == 0)
-    view = ckpt._All(topo.node, topo.nodes, topo.procs_per_node) if shared else topo
+    view = checkpoint_manifest.EveryRank(topo.node, topo.nodes, topo.procs_per_node) if shared else topo
     cands = ckpt.candidates(ckpt_root, prefix, view) if speaks else None
     per_node = [c for c in gather(cands) if c is not None]
     excluded: set[int] = set()
@@ -70,7 +71,7 @@ def resume_point(ckpt_root: Path, prefix: str | None, topo: ckpt.Topology) -> Pa
     return ckpt_root / contract.step_dir(step) if step is not None else None
 
 
-def attempt_grad_accum(resume: Path | None, saved: dict, recipe, topo: ckpt.Topology) -> int:
+def attempt_grad_accum(resume: Path | None, saved: dict, recipe, topo: checkpoint_manifest.Topology) -> int:
     """grad_accum for this attempt: the recipe's, or rescaled when the checkpoint was saved on
     another GPU count; a checkpoint this topology cannot resume is refused (jobs.checkpoint_topology),
     every rank alike, after leaving the process group."""

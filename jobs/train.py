@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from jobs import checkpoint as ckpt
+from jobs import checkpoint_manifest
 from jobs.collectives import (
     broadcast,
     init_dist,
@@ -217,7 +218,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     init_dist(deepspeed=bool(recipe.train.deepspeed))
     # Then the process group and this rank's device (resume_point joins the group): a 4-bit model
     # is quantized on the device it loads to, which must be this rank's own.
-    topo = ckpt.Topology.from_env()
+    topo = checkpoint_manifest.Topology.from_env()
     resume = resume_point(layout.checkpoints, ckpt.bucket_prefix(bucket, run_id), topo)
     args.eval_on_start = args.eval_on_start and resume is None
     done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node

@@ -178,7 +178,7 @@ def test_plan_figures_are_numbers_only():
 def test_a_real_run_records_the_probe_and_a_calibration_stop_checkpoints(tmp_path, monkeypatch):
     """On the tiny model: the row reaches metrics.jsonl and sftlaunch.json; a projected cost over
     max_usd (the plan's eval hour at $3600/h) stops after a checkpoint, reason `calibration`."""
-    from jobs.checkpoint import verify
+    from jobs.checkpoint_manifest import verify
     from sftcore.contract import STOPPED_MARKER
     from tests.jobs.test_train import _run
     from tests.jobs.test_train_support import build_tiny_model, write_data

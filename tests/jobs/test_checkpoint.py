@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs import checkpoint_manifest
 from jobs.resume import resume_point
 from sftcore import store
 from tests.jobs.test_train_support import build_tiny_model, write_data
@@ -49,7 +50,7 @@ def _fake_ckpt(root: Path, step: int) -> Path:
     p.mkdir(parents=True)
     (p / "model.safetensors").write_bytes(os.urandom(64))
     (p / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    ck.write_manifest(p, step)
+    checkpoint_manifest.write_manifest(p, step)
     return p
 
 
@@ -80,7 +81,7 @@ def test_kill_9_then_restart_resumes_and_matches_an_uninterrupted_run(root, tmp_
         assert (a[name] - b[name]).abs().max() < 1e-4, name
     # Pruned to keep_checkpoints, all complete.
     left = sorted(ckpts.glob("step-*"))
-    assert len(left) == 2 and all(ck.verify(p) is None for p in left)
+    assert len(left) == 2 and all(checkpoint_manifest.verify(p) is None for p in left)
 
 
 def test_incomplete_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, capsys):
@@ -90,7 +91,7 @@ def test_incomplete_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path,
     partial = tmp_path / "step-6"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
-    assert resume_point(tmp_path, None, ck.SINGLE) == good
+    assert resume_point(tmp_path, None, checkpoint_manifest.SINGLE) == good
     err = capsys.readouterr().err
     assert "step-6: no MANIFEST.json" in err and "step-4: model.safetensors sha256 mismatch" in err
 
@@ -144,7 +145,7 @@ def _upload_partial(prefix: str, step: int, tmp: Path) -> Path:
     src = _fake_ckpt(tmp / f"src-{step}", step)
     ck.upload(src, prefix)
     remote = Path(prefix) / f"step-{step}"
-    (remote / ck.MANIFEST).unlink()
+    (remote / checkpoint_manifest.MANIFEST).unlink()
     return remote
 
 
@@ -191,7 +192,7 @@ def test_resume_drops_the_abandoned_attempts_partial_uploads(tmp_path, capsys):
     ck.upload(_fake_ckpt(tmp_path / "src", 2), prefix)
     _upload_partial(prefix, 5, tmp_path)
     leftover = _partial(tmp_path / "fresh" / "checkpoint-6")
-    got = resume_point(tmp_path / "fresh", prefix, ck.SINGLE)
+    got = resume_point(tmp_path / "fresh", prefix, checkpoint_manifest.SINGLE)
     assert got == tmp_path / "fresh" / "step-2"
     assert ck.remote_steps(prefix) == [2] and not leftover.exists()
     assert "step-5: no MANIFEST.json in the bucket" in capsys.readouterr().err
@@ -218,7 +219,7 @@ def test_a_kill_during_a_save_leaves_nothing_behind_after_the_resumed_run(root, 
     assert again.returncode == 0, log
     assert "resuming from checkpoint" in log and "step-2" in log
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-3", "step-4"]
-    assert all(ck.verify(p) is None for p in ckpts.iterdir())
+    assert all(checkpoint_manifest.verify(p) is None for p in ckpts.iterdir())
     assert ck.remote_steps(prefix) == [4, 3] and ck.remote_complete_steps(prefix) == [4, 3]
     assert not (stale / "stale-from-the-killed-attempt.bin").exists()
 
@@ -256,8 +257,8 @@ def test_incomplete_upload_in_the_bucket_is_skipped(tmp_path, capsys):
     half = _fake_ckpt(tmp_path / "src", 5)
     ck.upload(half, prefix)
     (bucket / "sftl-x-0000" / "checkpoints" / "step-5" / "MANIFEST.json").unlink()
-    got = resume_point(tmp_path / "fresh", prefix, ck.SINGLE)
-    assert got == tmp_path / "fresh" / "step-2" and ck.verify(got) is None
+    got = resume_point(tmp_path / "fresh", prefix, checkpoint_manifest.SINGLE)
+    assert got == tmp_path / "fresh" / "step-2" and checkpoint_manifest.verify(got) is None
     assert "step-5: no MANIFEST.json in the bucket" in capsys.readouterr().err
 
 
@@ -325,15 +326,15 @@ def test_per_node_manifests_split_files_by_rank_and_nodes_fetch_only_what_they_n
     for name in names:
         (step / name).parent.mkdir(parents=True, exist_ok=True)
         (step / name).write_bytes(os.urandom(32))
-    n0, n1 = ck.Topology(0, 2, 1), ck.Topology(1, 2, 1)
-    assert ck.Topology.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}) == ck.Topology(1, 2, 2)
-    m0 = ck.write_manifest(step, 3, n0)
+    n0, n1 = checkpoint_manifest.Topology(0, 2, 1), checkpoint_manifest.Topology(1, 2, 1)
+    assert checkpoint_manifest.Topology.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}) == checkpoint_manifest.Topology(1, 2, 2)
+    m0 = checkpoint_manifest.write_manifest(step, 3, n0)
     assert set(m0["files"]) == set(names[:4] + names[5:7])  # shared files + rank 0's
-    assert "MANIFEST.node-1.json" in ck.verify(step, n0)  # node 1 has not finished yet
-    m1 = ck.write_manifest(step, 3, n1)
+    assert "MANIFEST.node-1.json" in checkpoint_manifest.verify(step, n0)  # node 1 has not finished yet
+    m1 = checkpoint_manifest.write_manifest(step, 3, n1)
     assert set(m1["files"]) == {"rng_state_1.pth", "global_step3/zero_pp_rank_1_mp_rank_00_model_states.pt",
                                 "global_step3/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
-    assert ck.verify(step, n0) is None and ck.verify(step, n1) is None
+    assert checkpoint_manifest.verify(step, n0) is None and checkpoint_manifest.verify(step, n1) is None
     bucket = tmp_path / "bucket"
     prefix = ck.bucket_prefix(str(bucket), "sftl-n-0001")
     ck.upload(step, prefix, n0)
@@ -343,7 +344,7 @@ def test_per_node_manifests_split_files_by_rank_and_nodes_fetch_only_what_they_n
     got = ck.materialize(prefix, 3, tmp_path / "fresh1", n1)
     have = {p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file() and "MANIFEST" not in p.name}
     assert have == {"trainer_state.json", "latest", "model.safetensors"} | set(m1["files"])
-    assert ck.verify(got, n1) is None and "missing" in ck.verify(got, n0)
+    assert checkpoint_manifest.verify(got, n1) is None and "missing" in checkpoint_manifest.verify(got, n0)
 
 
 _RESUME_SCRIPT = """
@@ -356,7 +357,7 @@ from jobs.resume import resume_point
 dist.init_process_group("gloo")
 roots, prefix, out = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 rank = dist.get_rank()
-got = resume_point(Path(roots[rank]), prefix or None, ck.Topology.from_env())
+got = resume_point(Path(roots[rank]), prefix or None, checkpoint_manifest.Topology.from_env())
 files = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) if got else None
 (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "path": str(got) if got else None, "files": files}))
 dist.destroy_process_group()
@@ -381,7 +382,7 @@ def _node_step(root: Path, step: int, node: int, names: list[str]) -> None:
     for name in names:
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_bytes(os.urandom(16))
-    ck.write_manifest(d, step, ck.Topology(node, 2, 1))
+    checkpoint_manifest.write_manifest(d, step, checkpoint_manifest.Topology(node, 2, 1))
 
 
 @pytest.mark.slow
@@ -392,8 +393,8 @@ def test_resume_point_agrees_across_nodes_with_and_without_a_shared_disk(tmp_pat
     prefix = ck.bucket_prefix(str(bucket), "sftl-r-0001")
     _node_step(a, 4, 0, shared + ["rng_state_0.pth"])
     _node_step(b, 4, 1, ["rng_state_1.pth"])
-    ck.upload(a / "step-4", prefix, ck.Topology(0, 2, 1))
-    ck.upload(b / "step-4", prefix, ck.Topology(1, 2, 1))
+    ck.upload(a / "step-4", prefix, checkpoint_manifest.Topology(0, 2, 1))
+    ck.upload(b / "step-4", prefix, checkpoint_manifest.Topology(1, 2, 1))
     _node_step(b, 6, 1, ["rng_state_1.pth"])
     got = _resume_on_two_nodes(tmp_path, [a, b], prefix)
     assert got[0]["path"] == str(a / "step-4")
@@ -414,11 +415,11 @@ def test_resume_point_agrees_across_nodes_with_and_without_a_shared_disk(tmp_pat
     _node_step(src, 10, 0, shared + ["rng_state_0.pth"])
     _node_step(src, 10, 1, ["rng_state_1.pth"])
     for node in (0, 1):
-        ck.upload(src / "step-10", prefix, ck.Topology(node, 2, 1))
+        ck.upload(src / "step-10", prefix, checkpoint_manifest.Topology(node, 2, 1))
     shutil.copytree(src / "step-10", f / "step-10", ignore=shutil.ignore_patterns("*node-1*", "rng_state_1.pth"))
     got = _resume_on_two_nodes(tmp_path, [f, f], prefix)
     assert got[0]["path"] == got[1]["path"] == str(f / "step-10")
-    assert ck.verify(f / "step-10", ck._All(0, 2, 1)) is None
+    assert checkpoint_manifest.verify(f / "step-10", checkpoint_manifest.EveryRank(0, 2, 1)) is None
     # Nothing both nodes can load: start fresh everywhere.
     d, e = tmp_path / "d", tmp_path / "e"
     _node_step(d, 2, 0, shared + ["rng_state_0.pth"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs import checkpoint_manifest
 from jobs import checkpoint_topology as ct
 from sftcore.errors import JobFailed
 from tests.jobs.test_train_support import build_tiny_model, write_data
@@ -74,11 +75,11 @@ def test_checkpoints_of_earlier_versions_take_their_topology_from_the_manifest(t
     step.mkdir()
     for name in ("latest", "trainer_state.json"):
         (step / name).write_text("x")
-    ck.write_manifest(step, 5, ck.Topology(0, 2, 2))
+    checkpoint_manifest.write_manifest(step, 5, checkpoint_manifest.Topology(0, 2, 2))
     assert ct.saved_topology(step, {}, 4, "zero3") == {"world_size": 4, "nodes": 2, "procs_per_node": 2,
                                                        "deepspeed": "zero3", "grad_accum": 4}
     (step / "latest").unlink()
-    ck.write_manifest(step, 5, ck.Topology(0, 1, 1))
+    checkpoint_manifest.write_manifest(step, 5, checkpoint_manifest.Topology(0, 1, 1))
     assert ct.saved_topology(step, {}, 4, None)["deepspeed"] is None
     assert ct.saved_topology(step, {"topology": _saved(2)}, 4, None) == _saved(2)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs import checkpoint as ck
+from jobs import checkpoint_manifest
 from jobs.checkpoint_upload import Uploader
 from jobs.resume import resume_point
 from sftcore import store
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _trainer_save(root: Path, step: int, files=("model.safetensors", "optimizer.pt", "trainer_state.json")) -> Path:
     """A step folder as the collective part of a save leaves it: files, no manifest yet."""
     d = ck.finalize_node(_partial_trainer_dir(root, step, files), root, step)
-    assert not (d / ck.MANIFEST).exists()
+    assert not (d / checkpoint_manifest.MANIFEST).exists()
     return d
 
 
@@ -70,24 +71,24 @@ def test_the_upload_runs_in_the_background_and_the_manifest_goes_last(tmp_path, 
     prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-u-0001")
     gated = _gate_bucket(monkeypatch)
     root = tmp_path / "ckpts"
-    up = Uploader(root, prefix, keep=2, topo=ck.SINGLE)
+    up = Uploader(root, prefix, keep=2, topo=checkpoint_manifest.SINGLE)
     _trainer_save(root, 3)
     up.submit(3)
     assert gated.entered.wait(30)  # the thread is mid-upload, held at the gate ...
     assert up.busy() and up.any_busy()  # ... and submit() returned: the caller trains on
-    assert ck.verify(root / "step-3") is None  # the local manifest is written before the upload
+    assert checkpoint_manifest.verify(root / "step-3") is None  # the local manifest is written before the upload
     assert ck.remote_state(prefix, 3) == "incomplete"
     gated.gate.set()
     up.finish()
     assert not up.busy() and up.failed == []
-    assert gated.puts[-1] == ck.MANIFEST and len(gated.puts) == 4
+    assert gated.puts[-1] == checkpoint_manifest.MANIFEST and len(gated.puts) == 4
     assert ck.remote_complete_steps(prefix) == [3]
 
 
 def test_a_failure_mid_upload_leaves_no_manifest_and_resume_ignores_the_step(tmp_path, monkeypatch, capsys):
     prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-u-0002")
     root = tmp_path / "ckpts"
-    up = Uploader(root, prefix, keep=2, topo=ck.SINGLE)
+    up = Uploader(root, prefix, keep=2, topo=checkpoint_manifest.SINGLE)
     _trainer_save(root, 2)
     up.submit(2)
     up.finish()
@@ -100,8 +101,8 @@ def test_a_failure_mid_upload_leaves_no_manifest_and_resume_ignores_the_step(tmp
     assert "checkpoint step 4: upload to" in capsys.readouterr().err
     assert ck.remote_steps(prefix) == [4, 2] and ck.remote_state(prefix, 4) == "incomplete"
     monkeypatch.undo()
-    got = resume_point(tmp_path / "fresh", prefix, ck.SINGLE)  # a new machine: only the bucket
-    assert got == tmp_path / "fresh" / "step-2" and ck.verify(got) is None
+    got = resume_point(tmp_path / "fresh", prefix, checkpoint_manifest.SINGLE)  # a new machine: only the bucket
+    assert got == tmp_path / "fresh" / "step-2" and checkpoint_manifest.verify(got) is None
     assert ck.remote_steps(prefix) == [2]  # the abandoned partial upload is dropped
 
 
@@ -110,7 +111,7 @@ def test_prune_never_removes_the_step_being_uploaded(tmp_path, monkeypatch):
     node 0's thread prunes), pruning keeps it, locally and in the bucket."""
     prefix = ck.bucket_prefix(str(tmp_path / "bucket"), "sftl-u-0003")
     root = tmp_path / "ckpts"
-    up = Uploader(root, prefix, keep=1, topo=ck.SINGLE)
+    up = Uploader(root, prefix, keep=1, topo=checkpoint_manifest.SINGLE)
     for s in (1, 2, 3):
         _trainer_save(root, s)
         up.submit(s)
@@ -129,7 +130,7 @@ def test_prune_never_removes_the_step_being_uploaded(tmp_path, monkeypatch):
 
 def test_without_a_bucket_the_thread_writes_the_manifest_and_prunes(tmp_path):
     root = tmp_path / "ckpts"
-    up = Uploader(root, None, keep=1, topo=ck.SINGLE)
+    up = Uploader(root, None, keep=1, topo=checkpoint_manifest.SINGLE)
     for s in (1, 2):
         _trainer_save(root, s)
         up.submit(s)

@@ -74,7 +74,7 @@ def test_qlora_on_two_processes(tiny, tmp_path):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny[0]), out / "final")
     assert sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")) > 0
     # Each process saved its own RNG state; the checkpoint is complete.
-    from jobs.checkpoint import verify
+    from jobs.checkpoint_manifest import verify
 
     step = out / "checkpoints" / "step-2"
     assert verify(step) is None and {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in step.iterdir()}

@@ -67,7 +67,7 @@ def test_full_run_writes_the_contract(tiny, tmp_path, capsys):
     assert _STEP_RE.findall(printed)[-1] == ("4", "4")
     assert re.search(r"step 4/4 \[#{20}\] 100% loss \d+\.\d{4} tokens/s \d+ ETA \d+:\d\d:\d\d", printed)
     # A checkpoint at the end, complete.
-    from jobs.checkpoint import verify
+    from jobs.checkpoint_manifest import verify
 
     assert verify(out / "checkpoints" / "step-4") is None
 
@@ -124,7 +124,7 @@ def test_progress_line_has_a_bar_and_stays_parseable():
 @pytest.mark.slow
 def test_budget_stop_checkpoints_writes_stopped_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
     """Exit 0, not an error: a managed job that fails is restarted by SkyPilot and spends again."""
-    from jobs.checkpoint import verify
+    from jobs.checkpoint_manifest import verify
     from sftcore.contract import STOPPED_MARKER
 
     monkeypatch.setenv("SFTLAUNCH_USD_PER_HOUR", "1000000")
