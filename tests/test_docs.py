@@ -46,4 +46,4 @@ def test_a_schema_change_shows_up_as_a_diff(monkeypatch):
 def test_every_schema_field_has_a_description():
     # The reference is only as good as the schema's Field(description=...) texts.
     missing = docgen.missing_descriptions()
-    assert not missing, "add Field(description=...) in launcher/recipe.py for: " + ", ".join(missing)
+    assert not missing, "add Field(description=...) in sftcore/recipe/schema.py for: " + ", ".join(missing)
