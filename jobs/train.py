@@ -190,25 +190,14 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     from transformers import Trainer, set_seed
 
     from jobs import model as jm
-    from jobs.callbacks import CheckpointCallback, NothingLeftToTrain, TrainingAttempt, make_callbacks
+    from jobs.callbacks import TrainingAttempt, make_callbacks
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    bucket = recipe.output.bucket
-    layout = RunLayout(out)
     set_seed(recipe.train.seed)
     path = model_path or jm.resolve_model_path(recipe)
     tokenizer = jm.load_tokenizer(recipe, path)
-    data_info: dict = {}
-    if datasets is None:
-        from jobs.data import build_datasets
-
-        datasets = build_datasets(recipe, tokenizer, info=data_info)
-    train_ds, eval_ds = datasets
-    if not train_ds:
-        from sftcore.errors import UserError
-
-        raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
+    train_ds, eval_ds, data_info = _datasets(recipe, tokenizer, datasets)
     # The arguments first: with a DeepSpeed config they join the process group through DeepSpeed
     # (deepspeed.comm, which zero.Init counts ranks with) and hold transformers' HfDeepSpeedConfig,
     # so a ZeRO-3 from_pretrained builds the model under deepspeed.zero.Init, each rank
@@ -216,32 +205,11 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps, eval_on_start=True)
     _ = args.device  # the Trainer's own device and process-group set-up, now rather than at train()
     init_dist(deepspeed=bool(recipe.train.deepspeed))
-    # Then the process group and this rank's device (resume_point joins the group): a 4-bit model
-    # is quantized on the device it loads to, which must be this rank's own.
-    topo = checkpoint_manifest.Topology.from_env()
-    resume = resume_point(layout.checkpoints, ckpt.bucket_prefix(bucket, run_id), topo)
-    args.eval_on_start = args.eval_on_start and resume is None
-    done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node
-    if refused:
-        from sftcore.errors import UserError
-
-        raise UserError(refused)
-    if done is not None and done >= total:
-        log(f"training already finished: {layout.final} holds step {done} of {total}; nothing to train, "
-            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
+    start = _where_to_start(recipe, out, run_id, args, total, (len(train_ds), len(eval_ds or [])), max_steps)
+    if start is None:
         shutdown()
         return 0
-    saved = ckpt.read_state(resume)
-    if resume and local_rank() == 0:
-        print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
-    if saved.get("elapsed_s"):
-        log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
-    grad_accum = attempt_grad_accum(resume, saved, recipe, topo)
-    if grad_accum != args.gradient_accumulation_steps:
-        # Same global batch on another GPU count (jobs.checkpoint_topology). Only runs without
-        # DeepSpeed get here (ZeRO on another world size is refused), so rebuilding is safe.
-        args, total = training_arguments(recipe, out, len(train_ds), len(eval_ds or []), max_steps,
-                                         eval_on_start=resume is None, grad_accum=grad_accum)
+    args, total, resume, saved, topo = start
     model = jm.load_model(recipe, tokenizer, path)
     # Liger's kernels are chosen by the loaded model's family; the Trainer applies them at init.
     args.use_liger_kernel = _speed_switches(recipe, model)
@@ -253,22 +221,90 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     if args.report_to and "wandb" in args.report_to:
         _wandb_env(run_id, recipe)
     counter = _TokenCounter(collator, tokenizer.pad_token_id)
-    run = TrainingAttempt(bucket=bucket, topology=topo, started=t0, elapsed_before=float(saved.get("elapsed_s") or 0.0),
-                   attempts=int(saved.get("attempts") or 0) + 1)
+    run = TrainingAttempt(bucket=recipe.output.bucket, topology=topo, started=t0,
+                          elapsed_before=float(saved.get("elapsed_s") or 0.0), attempts=int(saved.get("attempts") or 0) + 1)
     if rank() == 0:
-        layout.stopped_marker.unlink(missing_ok=True)
-        layout.recipe.write_text(recipe.to_yaml())
-        if resume is None:
-            layout.metrics.unlink(missing_ok=True)  # a fresh start: rows of an earlier attempt are void
-        else:
-            restore_metrics(out, resume, int(saved.get("step") or resumed_step(resume)))
-    callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(bucket, run_id))
+        _reset_run_files(recipe, out, resume, saved)
+    callbacks = make_callbacks(out, counter, recipe, run_id, run, _control_dir(recipe.output.bucket, run_id))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds or None,
                       data_collator=counter, processing_class=tokenizer, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our progress line replaces its raw dict prints
     log(f"training: {len(train_ds)} sequences, {len(eval_ds or [])} held out, {total} optimizer steps")
+    _train_and_save(trainer, tokenizer, recipe, out, run_id, run, resume, total, callbacks,
+                    {"train_rows": data_info.get("train_rows", len(train_ds)),
+                     "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
+                     "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}, data_info.get("sources"))
+    shutdown()
+    return 0
+
+
+def _datasets(recipe, tokenizer, datasets) -> tuple[list, list, dict]:
+    """(train, eval, what building them found: rows per source, skipped rows); `datasets` given by a
+    test are used as they are. No training row is bad input (exit 2)."""
+    data_info: dict = {}
+    if datasets is None:
+        from jobs.data import build_datasets
+
+        datasets = build_datasets(recipe, tokenizer, info=data_info)
+    train_ds, eval_ds = datasets
+    if not train_ds:
+        from sftcore.errors import UserError
+
+        raise UserError(f"{recipe.source_path or 'recipe'}: data.sources gave no training rows")
+    return train_ds, eval_ds, data_info
+
+
+def _where_to_start(recipe, out: Path, run_id: str | None, args, total: int, sizes: tuple[int, int],
+                    max_steps: int | None):
+    """(arguments, total steps, checkpoint to resume or None, its saved state, topology), or None when
+    this run's training is already finished. Joins the process group (resume_point does) before the
+    model loads: a 4-bit model is quantized on the device it loads to, which must be this rank's."""
+    topo = checkpoint_manifest.Topology.from_env()
+    resume = resume_point(RunLayout(out).checkpoints, ckpt.bucket_prefix(recipe.output.bucket, run_id), topo)
+    args.eval_on_start = args.eval_on_start and resume is None
+    done, refused = broadcast(finished_or_refused(out, run_id) if rank() == 0 else None)  # one answer for every node
+    if refused:
+        from sftcore.errors import UserError
+
+        raise UserError(refused)
+    if done is not None and done >= total:
+        log(f"training already finished: {RunLayout(out).final} holds step {done} of {total}; nothing to train, "
+            "final/ kept (a new run trains again; a higher --max-steps continues this one)")
+        return None
+    saved = ckpt.read_state(resume)
+    if resume and local_rank() == 0:
+        print(f"node {topo.node}: resuming from checkpoint {resume}", flush=True)
+    if saved.get("elapsed_s"):
+        log(f"budget guard: {saved['elapsed_s'] / 3600:.3f} h spent before this attempt")
+    grad_accum = attempt_grad_accum(resume, saved, recipe, topo)
+    if grad_accum != args.gradient_accumulation_steps:
+        # Same global batch on another GPU count (jobs.checkpoint_topology). Only runs without
+        # DeepSpeed get here (ZeRO on another world size is refused), so rebuilding is safe.
+        args, total = training_arguments(recipe, out, *sizes, max_steps, eval_on_start=resume is None,
+                                         grad_accum=grad_accum)
+    return args, total, resume, saved, topo
+
+
+def _reset_run_files(recipe, out: Path, resume: Path | None, saved: dict) -> None:
+    """Rank 0, before training: no stale STOPPED, the recipe trained beside the outputs, and the
+    metrics as of the resumed step (a fresh start: rows of an earlier attempt are void)."""
+    layout = RunLayout(out)
+    layout.stopped_marker.unlink(missing_ok=True)
+    layout.recipe.write_text(recipe.to_yaml())
+    if resume is None:
+        layout.metrics.unlink(missing_ok=True)
+    else:
+        restore_metrics(out, resume, int(saved.get("step") or resumed_step(resume)))
+
+
+def _train_and_save(trainer, tokenizer, recipe, out: Path, run_id: str | None, run, resume: Path | None,
+                    total: int, callbacks: list, rows: dict, sources) -> None:
+    """Train to the end, or to a stop; then the final model, or the stop's checkpoint and marker,
+    each only once its background upload is complete."""
+    from jobs.callbacks import CheckpointCallback, NothingLeftToTrain
+
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except NothingLeftToTrain:  # resumed at max_steps (killed after its last checkpoint): no step 17/16
@@ -278,12 +314,8 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
         uploads.finish()  # the stop checkpoint complete in the bucket before STOPPED says so
         _finish_stopped(trainer, out, run_id, run)
     else:
-        rows = {"train_rows": data_info.get("train_rows", len(train_ds)), "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
-                "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}
-        _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, data_info.get("sources"))
+        _save_final(trainer, tokenizer, recipe, out, run_id, run, rows, sources)
         uploads.finish()  # the last checkpoint's upload ran while the final model was saved
-    shutdown()
-    return 0
 
 
 def _speed_switches(recipe, model) -> bool:

@@ -206,6 +206,17 @@ def plan_prediction(target: Any) -> dict[str, float] | None:
     return {k: v for k, v in out.items() if isinstance(v, (int, float))}
 
 
+def secret_names(recipe: Recipe, targets: list[Any], env: Mapping[str, str] | None = None) -> dict[str, None]:
+    """The task's secrets, by name only (values join at launch): the job's, the S3 keys for an
+    s3:// bucket, and SkyPilot's docker login where it logs in to every image the run may pull."""
+    secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
+    if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
+        secrets.update({name: None for name in S3_SECRET_NAMES})
+    images = {resolve_image(recipe.image, cloud=t.cloud) for t in targets}
+    secrets.update({name: None for name in docker_login_names(images, env)})
+    return secrets
+
+
 def render_task(
     recipe: Recipe,
     target: Any,
@@ -269,11 +280,7 @@ def render_task(
     prediction = plan_prediction(target)
     if prediction:  # what the job's calibration probe measures the run against (jobs/calibration.py)
         envs[Env.PLAN] = json.dumps(prediction, sort_keys=True)
-    secrets: dict[str, None] = {name: None for name in SECRET_NAMES}
-    if recipe.output.bucket and recipe.output.bucket.startswith("s3://"):
-        secrets.update({name: None for name in S3_SECRET_NAMES})
-    images = {resolve_image(recipe.image, cloud=t.cloud) for t in targets}
-    secrets.update({name: None for name in docker_login_names(images, env)})
+    secrets = secret_names(recipe, targets, env)
 
     task: dict[str, Any] = {
         "name": run_id,

@@ -188,6 +188,38 @@ def _stop(target: Target, backend_factory) -> str | None:
     return Runners(backend_factory).for_record(record).stop(record).refusal
 
 
+def _stop_all(registry, targets: list[Target], served: list[ServiceTarget], backend_factory) -> list[str]:
+    """Stop every target (each proven ours again) and record it; the failures, one line each, for
+    the end: one failing target does not keep the others running."""
+    failures: list[str] = []
+    for t in targets:
+        try:
+            refusal = _stop(t, backend_factory)
+        except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
+            failures.append(mask(f"{t.run_id}: {one_line(exc)}"))
+            continue
+        if refusal is not None:
+            failures.append(mask(f"{t.run_id}: not touched: {refusal}"))
+            continue
+        click.echo(f"  done: {t.run_id} ({_WHAT[t.kind]} {t.name})")
+        if t.record is not None:
+            rec = registry.get(t.run_id, history=False)
+            registry.update(t.run_id, torn_down=True)
+            if rec.state.is_active:
+                registry.set_state(t.run_id, RunState.CANCELLED, f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
+    for svc in served:
+        try:
+            refusal = _down_service(svc)
+        except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
+            failures.append(mask(f"service {svc.name}: {one_line(exc)}"))
+            continue
+        if refusal is not None:
+            failures.append(mask(f"service {svc.name}: not touched: {refusal}"))
+        else:
+            click.echo(f"  done: service {svc.name} taken down")
+    return failures
+
+
 @click.command()
 @click.argument("runs", nargs=-1)
 @click.option("--all", "all_", is_flag=True,
@@ -253,32 +285,7 @@ def teardown(runs: tuple[str, ...], all_: bool, dry_run: bool, yes: bool) -> Non
             raise UserError("no terminal to confirm on; rerun with --yes to tear down without asking")
         if not click.confirm("Tear these down?", default=False):
             raise click.Abort()
-    failures = []
-    for t in targets:
-        try:
-            refusal = _stop(t, backend_factory)
-        except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
-            failures.append(mask(f"{t.run_id}: {one_line(exc)}"))
-            continue
-        if refusal is not None:
-            failures.append(mask(f"{t.run_id}: not touched: {refusal}"))
-            continue
-        click.echo(f"  done: {t.run_id} ({_WHAT[t.kind]} {t.name})")
-        if t.record is not None:
-            rec = registry.get(t.run_id, history=False)
-            registry.update(t.run_id, torn_down=True)
-            if rec.state.is_active:
-                registry.set_state(t.run_id, RunState.CANCELLED, f"torn down by sftlaunch teardown ({_WHAT[t.kind]} {t.name})")
-    for svc in served:
-        try:
-            refusal = _down_service(svc)
-        except Exception as exc:  # noqa: BLE001 - keep going; report every failure at the end
-            failures.append(mask(f"service {svc.name}: {one_line(exc)}"))
-            continue
-        if refusal is not None:
-            failures.append(mask(f"service {svc.name}: not touched: {refusal}"))
-        else:
-            click.echo(f"  done: service {svc.name} taken down")
+    failures = _stop_all(registry, targets, served, backend_factory)
     for r in stale:
         registry.set_state(r.run_id, RunState.CANCELLED, "teardown: nothing was left running")
     if failures:
