@@ -92,8 +92,11 @@ def tokenized(rows: list[dict], recipe, tokenizer, skipped: dict | None = None) 
 def _samples(rows: list[dict], recipe, tokenizer, stats: dict, skipped: dict | None = None) -> list[tuple[list[int], list[int]]]:
     seq_len = recipe.data.seq_len
     out = []
-    for _row, samples in tokenized(rows, recipe, tokenizer, skipped):
+    from jobs.templates import has_reasoning
+
+    for row, samples in tokenized(rows, recipe, tokenizer, skipped):
         stats["rows"] += 1
+        stats["reasoning"] += has_reasoning(row)
         for ids, labels in samples:
             stats["samples"] += 1
             stats["tokens"] += len(ids)
@@ -152,7 +155,7 @@ def _to_dataset(samples, recipe) -> list[dict]:
 
 
 def _new_stats() -> dict:
-    return {"rows": 0, "samples": 0, "tokens": 0, "truncated": 0, "dropped": 0}
+    return {"rows": 0, "samples": 0, "tokens": 0, "truncated": 0, "dropped": 0, "reasoning": 0}
 
 
 def no_samples_message(recipe) -> str:
@@ -165,7 +168,8 @@ def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[di
 
     `info` (a dict) receives what the model card reports: `sources` (rows used per source, after
     max_samples and before the eval split), `train_rows`/`eval_rows` (rows each side of the split that the chat template renders)
-    and `dropped` (training rows with nothing left to learn after truncation)."""
+    `dropped` (training rows with nothing left to learn after truncation) and `reasoning_rows`
+    (training rows whose answers start with a <think> block: jobs.templates.trained_chat_kwargs)."""
     per_source: list[dict] = []
     skipped: dict = {}
     train_rows, eval_rows = split_rows(load_rows(recipe, per_source, skipped), recipe.data.eval_fraction, recipe.train.seed)
@@ -178,7 +182,8 @@ def build_datasets(recipe, tokenizer, info: dict | None = None) -> tuple[list[di
         raise UserError(no_samples_message(recipe) + (f" ({skipped_line(skipped)})" if skipped else ""))
     if info is not None:
         info.update(sources=per_source, train_rows=stats["rows"], eval_rows=eval_stats["rows"],
-                    dropped=stats["dropped"], truncated=stats["truncated"], skipped=skipped)
+                    dropped=stats["dropped"], truncated=stats["truncated"], skipped=skipped,
+                    reasoning_rows=stats["reasoning"])
     return train, evals
 
 

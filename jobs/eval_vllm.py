@@ -114,7 +114,8 @@ def _local_adapter(ref: str) -> str:
 # Every keyword vllm_model_args can give lm-eval's VLLM (checked against its signature in the tests
 # and at image build).
 VLLM_ARG_NAMES = frozenset({"pretrained", "tokenizer", "dtype", "batch_size", "revision", "lora_local_path",
-                            "max_lora_rank", "tensor_parallel_size", "data_parallel_size", "max_model_len"})
+                            "max_lora_rank", "tensor_parallel_size", "data_parallel_size", "max_model_len",
+                            "chat_template_args"})
 # vLLM reserves KV cache for at least one sequence of max_model_len, which defaults to the model's
 # full context (128k for Llama 3.1: ~17 GB of KV cache for an 8B model, more than a 24 GB GPU has
 # left after the weights). The longest leaderboard requests are far shorter (MMLU-Pro 5-shot
@@ -171,6 +172,8 @@ def vllm_model_args(spec: ModelSpec, batch, parallel: str, gpus: int, context: i
         args["max_lora_rank"] = max_lora_rank(adapter_rank(args["lora_local_path"]) or 16)
     if context:
         args["max_model_len"] = min(context, VLLM_MAX_MODEL_LEN)
+    if (spec.meta or {}).get("chat_template_kwargs"):  # render chat prompts as training did (Qwen3: no thinking)
+        args["chat_template_args"] = dict(spec.meta["chat_template_kwargs"])
     if gpus > 1 and parallel == "model":
         args["tensor_parallel_size"] = gpus
     elif gpus > 1 and parallel == "data":

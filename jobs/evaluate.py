@@ -118,6 +118,8 @@ def make_lm(spec: ModelSpec, batch_size, load_4bit: bool, device: str, paralleli
     else:
         cls = HFLM
     kwargs = {"parallelize": True} if parallelize else {}
+    if (spec.meta or {}).get("chat_template_kwargs"):  # render chat prompts as training did (Qwen3: no thinking)
+        kwargs["chat_template_args"] = dict(spec.meta["chat_template_kwargs"])
     try:
         return cls(
             pretrained=spec.pretrained,

@@ -27,6 +27,7 @@ class Loaded:
     tokenizer: object
     template: str | None  # sftlaunch template name, None = tokenizer chat template or raw text
     device: str
+    chat_kwargs: dict | None = None  # what training rendered prompts with (final/sftlaunch.json)
 
 
 def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Loaded:
@@ -66,7 +67,7 @@ def load(ref: str, load_4bit: bool = False, revision: str | None = None) -> Load
         model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-    return Loaded(model, tokenizer, spec.meta.get("template"), device)
+    return Loaded(model, tokenizer, spec.meta.get("template"), device, spec.meta.get("chat_template_kwargs") or None)
 
 
 def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
@@ -78,9 +79,9 @@ def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
     tok = loaded.tokenizer
     try:
         if loaded.template and loaded.template != "tokenizer":
-            return templates.prompt_ids(messages, loaded.template, tok)
+            return templates.prompt_ids(messages, loaded.template, tok, loaded.chat_kwargs)
         if getattr(tok, "chat_template", None):
-            return templates.prompt_ids(messages, "tokenizer", tok)
+            return templates.prompt_ids(messages, "tokenizer", tok, loaded.chat_kwargs)
     except UserError as exc:
         raise GenerateInputError(str(exc)) from None
     text = "\n".join(m["content"] for m in messages) + "\n"

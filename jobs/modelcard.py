@@ -198,6 +198,12 @@ def render_card(*, recipe: dict, meta: dict, results: list[dict], metrics: list[
         packed = f" ({seqs:,} {'packed ' if recipe['data'].get('packing') else ''}sequences)" if seqs else ""
         lines += ["", f"Rows: {meta['train_rows']:,} trained on{packed}, {held:,} held out for the eval loss."]
     lines += ["", f"Prompt template: `{recipe['data']['template']}` (use the same layout at inference).", ""]
+    chat_kwargs = meta.get("chat_template_kwargs") or {}
+    if chat_kwargs:  # e.g. Qwen3 trained without reasoning: its empty think block was part of the prompt
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(chat_kwargs.items()))
+        lines[-1:] = [f"Trained with the chat template rendered as `apply_chat_template(..., {args})`: pass the "
+                      "same at inference (vLLM: `chat_template_kwargs`), or the model is prompted in a mode it was "
+                      "not trained in.", ""]
     lines += ["## Training", ""]
     lines.append(f"- Hardware: {hardware or 'not recorded'}")
     offer = meta.get("offer") or {}

@@ -309,14 +309,43 @@ def render_labels(messages: list[dict], template: str, tokenizer, loss: str = "c
     return ids, labels(ids, mask)
 
 
-def prompt_text(messages: list[dict], template: str, tokenizer) -> str:
-    """What the model sees before its next reply: `messages` end with a user turn."""
+def prompt_text(messages: list[dict], template: str, tokenizer, chat_kwargs: dict | None = None) -> str:
+    """What the model sees before its next reply: `messages` end with a user turn. `chat_kwargs`:
+    what the trained model's chat template is rendered with (`trained_chat_kwargs`, recorded in
+    final/sftlaunch.json), so generation sees the prompt training did."""
     messages = drop_empty_system(messages)
     validate(messages, for_training=False)
     src = _source(template, tokenizer)
-    return _render(messages, src, tokenizer, True)[0]
+    return _render(messages, src, tokenizer, True, **(chat_kwargs or {}))[0]
 
 
-def prompt_ids(messages: list[dict], template: str, tokenizer) -> list[int]:
+def prompt_ids(messages: list[dict], template: str, tokenizer, chat_kwargs: dict | None = None) -> list[int]:
     """Token ids of `prompt_text`, tokenised once as a serving stack does."""
-    return list(tokenizer(prompt_text(messages, template, tokenizer), add_special_tokens=False)["input_ids"])
+    text = prompt_text(messages, template, tokenizer, chat_kwargs)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+THINK_OPEN = "<think>"  # a reasoning block at the start of an answer (Qwen3 and its likes)
+
+
+def has_reasoning(row: dict) -> bool:
+    """Whether a row trains an answer that starts with its own reasoning block."""
+    return any(m.get("role") == "assistant" and str(m.get("content") or "").lstrip().startswith(THINK_OPEN)
+               for m in row.get("messages") or ())
+
+
+def trained_chat_kwargs(template: str, tokenizer, reasoning_rows: int) -> dict:
+    """What a trained model's chat template must be rendered with at generation to match training.
+
+    A template with a thinking switch (Qwen3: `enable_thinking=False` puts the empty
+    "<think>\n\n</think>\n\n" into the generation prompt) renders an answer without reasoning
+    after that empty block, and training treats it as prompt (`_answer_start`). A model trained on
+    such answers only is then served with the switch off; its default (thinking) prompt would ask
+    for reasoning it never learned. With any reasoning answer in the data, the default stays."""
+    if template != "tokenizer" or reasoning_rows:
+        return {}
+    src = _source(template, tokenizer)
+    ask = [{"role": "user", "content": "?"}]
+    default, _ = _render(ask, src, tokenizer, True)
+    off, _ = _render(ask, src, tokenizer, True, enable_thinking=False)
+    return {"enable_thinking": False} if off != default and off.startswith(default) else {}

@@ -191,6 +191,7 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
 
     from jobs import model as jm
     from jobs.callbacks import TrainingAttempt, make_callbacks
+    from jobs.templates import trained_chat_kwargs
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,11 @@ def train(recipe, out: Path, run_id: str | None = None, max_steps: int | None = 
     _train_and_save(trainer, tokenizer, recipe, out, run_id, run, resume, total, callbacks,
                     {"train_rows": data_info.get("train_rows", len(train_ds)),
                      "eval_rows": data_info.get("eval_rows", len(eval_ds or [])),
-                     "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or [])}, data_info.get("sources"))
+                     "train_sequences": len(train_ds), "eval_sequences": len(eval_ds or []),
+                     # how generation, eval and serving must render prompts to match training
+                     "chat_template_kwargs": trained_chat_kwargs(recipe.data.template, tokenizer,
+                                                                 data_info.get("reasoning_rows", 0))},
+                    data_info.get("sources"))
     shutdown()
     return 0
 

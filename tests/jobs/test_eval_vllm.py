@@ -49,12 +49,15 @@ def test_every_argument_we_give_is_a_parameter_of_lm_eval_vllm(tmp_path):
     full = ModelSpec("/m", None, None, "/m", "m", None, {})
     lora = ModelSpec("/base", None, str(adapter), str(adapter), "a", "/base", {})
     hub = ModelSpec("org/m", "main", None, "org/m", "org/m", None, {})
+    qwen3 = ModelSpec("/q", None, None, "/q", "q", None, {"chat_template_kwargs": {"enable_thinking": False}})
     seen = set()
     for spec, batch, parallel, gpus, want in (
         (full, "auto", "none", 1, {"pretrained": "/m", "tokenizer": "/m", "dtype": "auto", "batch_size": "auto"}),
         (lora, 8, "none", 1, {"lora_local_path": str(adapter), "max_lora_rank": 32, "batch_size": 8}),
         (hub, "auto:4", "data", 4, {"revision": "main", "data_parallel_size": 4}),
         (full, "auto", "model", 8, {"tensor_parallel_size": 8, "max_model_len": eval_vllm.VLLM_MAX_MODEL_LEN}),
+        # a trained Qwen3 is scored with the prompts it was trained on (lm-eval pops enable_thinking)
+        (qwen3, "auto", "none", 1, {"chat_template_args": {"enable_thinking": False}}),
     ):
         args = eval_vllm.vllm_model_args(spec, batch, parallel, gpus, context=131072 if gpus == 8 else None)
         assert want.items() <= args.items(), args

@@ -262,12 +262,21 @@ def test_model_too_big_for_one_gpu_is_split_across_them_in_one_process(tmp_path,
         def __init__(self, **kw):
             seen.append(kw)
 
+    real_init = hf.HFLM.__init__
     monkeypatch.setattr(hf, "HFLM", FakeHFLM)
     spec = evaluate.ModelSpec(str(big), None, None, str(big), "big", None, {})
     evaluate.make_lm(spec, "auto", False, "cuda", parallelize=True)
     evaluate.make_lm(spec, "auto", True, "cuda", parallelize=True)
     evaluate.make_lm(spec, "auto", False, "cuda")
     assert [kw.get("parallelize") for kw in seen] == [True, True, None]
+    # A trained Qwen3's recorded switch reaches HFLM's chat template (lm-eval's own parameter).
+    trained = evaluate.ModelSpec(str(big), None, None, str(big), "big", None,
+                                 {"chat_template_kwargs": {"enable_thinking": False}})
+    evaluate.make_lm(trained, "auto", False, "cuda")
+    assert seen[-1]["chat_template_args"] == {"enable_thinking": False} and "chat_template_args" not in seen[0]
+    import inspect
+
+    assert "chat_template_args" in inspect.signature(real_init).parameters
 
 
 def test_load_4bit_on_cpu_scores_the_tiny_model(model_dir, tmp_path, monkeypatch):

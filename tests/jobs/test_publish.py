@@ -323,3 +323,19 @@ def test_card_names_the_offer_that_ran_and_costs_it_at_its_rate(tmp_path):
     without = render_card(recipe=recipe, meta={"base_model": "org/base-7b", "run_id": RUN_ID}, results=[], metrics=[],
                           repo_id="me/x", is_adapter=False, hardware=None, usd_per_hour=None, has_plot=False)
     assert "Ran on" not in without
+
+
+def test_card_tells_how_to_prompt_a_model_trained_with_a_template_switch(tmp_path):
+    """A Qwen3 trained without reasoning records enable_thinking=False (jobs.templates); the card
+    says to pass it, where vLLM and transformers take it. Without a switch the card says nothing."""
+    from jobs.modelcard import render_card
+
+    recipe = yaml.safe_load(_recipe(tmp_path, None).read_text())
+
+    def card(meta):
+        return render_card(recipe=recipe, meta={"base_model": "Qwen/Qwen3-30B-A3B", "run_id": RUN_ID, **meta},
+                           results=[], metrics=[], repo_id="me/x", is_adapter=True, hardware=None,
+                           usd_per_hour=None, has_plot=False)
+
+    assert "`apply_chat_template(..., enable_thinking=False)`" in card({"chat_template_kwargs": {"enable_thinking": False}})
+    assert "apply_chat_template(" not in card({"chat_template_kwargs": {}})

@@ -271,3 +271,25 @@ def test_every_shipped_conversation_masks_as_transformers_does_in_every_family(t
                                                  return_dict=True, return_assistant_tokens_mask=True)
                 assert list(marked["input_ids"]) == ids == _ids(tok, served[:end]), (family, conv)
                 assert [bool(m) for m in marked["assistant_masks"]] == mask, (family, conv)
+
+
+def test_a_trained_qwen3_is_prompted_as_it_was_trained(toks):
+    """trained_chat_kwargs: the switch training implied, recorded in final/sftlaunch.json; prompts
+    rendered with it equal transformers' own apply_chat_template(enable_thinking=False), and
+    `jobs generate` sends those ids. Reasoning in the data, or a family without the switch: none."""
+    from jobs import generate, templates
+
+    qwen3 = toks["qwen3_moe"]
+    assert templates.trained_chat_kwargs("tokenizer", qwen3, reasoning_rows=0) == {"enable_thinking": False}
+    assert templates.trained_chat_kwargs("tokenizer", qwen3, reasoning_rows=3) == {}
+    assert templates.trained_chat_kwargs("tokenizer", toks["qwen2"], reasoning_rows=0) == {}
+    assert templates.trained_chat_kwargs("chatml", qwen3, reasoning_rows=0) == {}
+    assert templates.has_reasoning({"messages": [T[0], REASONED]}) and not templates.has_reasoning({"messages": T[:2]})
+    want = qwen3.apply_chat_template(T[:1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert want.endswith("<think>\n\n</think>\n\n")
+    assert templates.prompt_text(T[:1], "tokenizer", qwen3, {"enable_thinking": False}) == want
+    loaded = generate.Loaded(None, qwen3, "tokenizer", "cpu", {"enable_thinking": False})
+    assert generate.prompt_ids(loaded, T[:1]) == qwen3(want, add_special_tokens=False)["input_ids"]
+    untouched = generate.Loaded(None, qwen3, "tokenizer", "cpu")  # a Hub model: its own default
+    assert qwen3.decode(generate.prompt_ids(untouched, T[:1])) == qwen3.apply_chat_template(
+        T[:1], tokenize=False, add_generation_prompt=True)

@@ -144,6 +144,9 @@ def test_tiny_family_trains_a_few_steps(family, method, tmp_path):
     assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)  # finite, trained 3 steps
     meta = json.loads((out / "final" / "sftlaunch.json").read_text())
     assert meta["template"] == "tokenizer" and meta["train_sequences"] >= 1
+    # Alpaca answers carry no reasoning: a Qwen3 model is then served with its thinking switch off,
+    # the prompt training treated as prompt; the families without the switch record nothing.
+    assert meta["chat_template_kwargs"] == ({"enable_thinking": False} if family == "qwen3_moe" else {})
     final = out / "final"
     if method == "qlora":
         cfg = json.loads((final / "adapter_config.json").read_text())
