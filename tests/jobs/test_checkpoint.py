@@ -352,12 +352,12 @@ import json, os, sys
 from pathlib import Path
 os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = "1", "0"  # each process plays one node
 import torch.distributed as dist
-from jobs import checkpoint as ck
+from jobs.checkpoint_manifest import Topology
 from jobs.resume import resume_point
 dist.init_process_group("gloo")
 roots, prefix, out = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 rank = dist.get_rank()
-got = resume_point(Path(roots[rank]), prefix or None, checkpoint_manifest.Topology.from_env())
+got = resume_point(Path(roots[rank]), prefix or None, Topology.from_env())
 files = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) if got else None
 (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "path": str(got) if got else None, "files": files}))
 dist.destroy_process_group()
