@@ -26,16 +26,23 @@ def test_the_layering_holds():
     assert "4 kept, 0 broken" in done.stdout, done.stdout
 
 
-def test_a_core_module_importing_the_launcher_breaks_the_build(tmp_path):
-    """The check can fail: the same config on a copy where sftcore reaches into launcher."""
+def _lint_with(tmp_path: Path, appended: dict[str, str]) -> subprocess.CompletedProcess:
+    """The same config on a copy of the packages with `appended` code at the end of some modules."""
     for name in PACKAGES:
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "data"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    with open(tmp_path / "sftcore" / "contract.py", "a") as f:
-        f.write("\n\ndef _leak():\n    from launcher import runs  # noqa: F401\n")
-    with open(tmp_path / "jobs" / "train.py", "a") as f:
-        f.write("\n\ndef _leak():\n    import launcher.render  # noqa: F401\n")
-    done = _lint(tmp_path)
+    for module, code in appended.items():
+        with open(tmp_path / module, "a") as f:
+            f.write(code)
+    return _lint(tmp_path)
+
+
+def test_a_core_module_importing_the_launcher_breaks_the_build(tmp_path):
+    """The check can fail: the same config on a copy where sftcore reaches into launcher."""
+    done = _lint_with(tmp_path, {
+        "sftcore/contract.py": "\n\ndef _leak():\n    from launcher import runs  # noqa: F401\n",
+        "jobs/train.py": "\n\ndef _leak():\n    import launcher.render  # noqa: F401\n",
+    })
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sftcore.contract -> launcher.runs" in done.stdout and "jobs.train -> launcher.render" in done.stdout
     assert "2 kept, 2 broken" in done.stdout, done.stdout
@@ -43,12 +50,9 @@ def test_a_core_module_importing_the_launcher_breaks_the_build(tmp_path):
 
 def test_an_import_circle_breaks_the_build(tmp_path):
     """run_outputs is read by lifecycle; a lazy import back from it is a circle, and is refused."""
-    for name in PACKAGES:
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    with open(tmp_path / "launcher" / "run_outputs.py", "a") as f:
-        f.write("\n\ndef _back():\n    from launcher import lifecycle  # noqa: F401\n")
-    done = _lint(tmp_path)
+    done = _lint_with(tmp_path, {
+        "launcher/run_outputs.py": "\n\ndef _back():\n    from launcher import lifecycle  # noqa: F401\n",
+    })
     assert done.returncode == 1, done.stdout + done.stderr
     assert "No cycles are allowed in launcher." in done.stdout and "3 kept, 1 broken" in done.stdout, done.stdout
 

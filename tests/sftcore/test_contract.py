@@ -116,18 +116,22 @@ def test_no_run_file_name_outside_the_contract_module():
     assert not offences, "use sftcore.contract.RunLayout instead:\n" + "\n".join(offences)
 
 
+def _offending_lines(scan, path: Path, root: Path) -> list[int]:
+    """The line numbers `scan` reports for a file outside the repo (ROOT pointed at its folder)."""
+    global ROOT
+    saved, ROOT = ROOT, root
+    try:
+        return sorted(int(f.split(":")[1]) for f in scan(path))
+    finally:
+        ROOT = saved
+
+
 def test_the_layout_scan_finds_what_it_forbids(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('"""final/ and results.json in a docstring."""\nfrom pathlib import Path\n'
                    'a = Path("x") / "final"\nb = f"{a}/eval/results.json"\nc = f"{a}/step-{1}"\n'
                    'd = "checkpoints"\ne = "final answer"\nf = {}.get("final")\n')
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        found = _layout_offences(bad)
-    finally:
-        ROOT = saved
-    assert sorted(int(f.split(":")[1]) for f in found) == [3, 4, 5, 6], found
+    assert _offending_lines(_layout_offences, bad, tmp_path) == [3, 4, 5, 6]
 
 
 def test_no_contract_literal_outside_the_contract_module():
@@ -141,13 +145,7 @@ def test_the_scan_finds_what_it_forbids(tmp_path):
     bad.write_text('"""SFTLAUNCH_OK in a docstring."""\nimport os\nx = os.environ.get("SFTLAUNCH_RECIPE")\n'
                    'def f(bucket, run_id):\n    return f"{bucket.rstrip(\'/\')}/{run_id}/logs"\n'
                    'y = f"/data/sftlaunch/{run_id}"\nz = dict(SFTLAUNCH_HOME="h")\n')
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        found = _offences(bad)
-    finally:
-        ROOT = saved
-    assert sorted(int(f.split(":")[1]) for f in found) == [3, 5, 6, 7], found
+    assert _offending_lines(_offences, bad, tmp_path) == [3, 5, 6, 7]
 
 
 def test_entrypoint_names_are_the_contract():
