@@ -58,3 +58,14 @@ def all_records() -> list[dict]:
 def mark_down(name: str) -> None:
     with closing(_connect()) as conn, conn:
         conn.execute("UPDATE services SET downed_at = ? WHERE name = ?", (time.time(), name))
+
+
+def take_down(backend, name: str, recorded: bool) -> tuple[bool, str | None]:
+    """(downed, refusal): the service down only when launcher.backends.ownership proves it ours
+    (`recorded`: this table holds it), then marked down here; a refusal touches and marks nothing."""
+    from launcher.backends.ownership import down_service_if_ours
+
+    downed, refusal = down_service_if_ours(backend, name, recorded)
+    if refusal is None and recorded:
+        mark_down(name)
+    return downed, refusal

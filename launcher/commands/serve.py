@@ -254,7 +254,7 @@ def _logs(name, follow, component, replica) -> None:
 
 def _down(name, dry_run, yes) -> None:
     from launcher import services
-    from launcher.backends.ownership import down_service_if_ours, service_refusal
+    from launcher.backends.ownership import service_refusal
     from launcher.backends.serve import get_serve_backend
 
     rec = services.get(name)
@@ -270,9 +270,7 @@ def _down(name, dry_run, yes) -> None:
             raise UserError("no terminal to confirm on; rerun with --yes to take the service down")
         if not click.confirm(f"Take down service {name} (its replicas and endpoint)?", default=False):
             raise click.Abort()
-    downed, refusal = _reach(lambda: down_service_if_ours(backend, name, rec is not None), "nothing was taken down")
+    downed, refusal = _reach(lambda: services.take_down(backend, name, rec is not None), "nothing was taken down")
     if refusal:
         raise UserError(f"not touched: {refusal}")
-    if rec is not None:
-        services.mark_down(name)
     click.echo(f"service {name} taken down" if downed else f"no service {name} is running (nothing to do)")

@@ -148,13 +148,9 @@ def find_services(run_ids: set[str] | None, dry_run: bool) -> tuple[list[Service
 def _down_service(target: ServiceTarget) -> str | None:
     """Take one service down after proving it ours again; the refusal, if any."""
     from launcher import services
-    from launcher.backends.ownership import down_service_if_ours
     from launcher.backends.serve import get_serve_backend
 
-    _downed, refusal = down_service_if_ours(get_serve_backend(), target.name, recorded=True)
-    if refusal is None:
-        services.mark_down(target.name)
-    return refusal
+    return services.take_down(get_serve_backend(), target.name, recorded=True)[1]
 
 
 def _run_ids(registry, runs: tuple[str, ...], all_: bool) -> set[str] | None:
